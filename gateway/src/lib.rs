@@ -1,0 +1,83 @@
+//! Vigie's gateway.
+//!
+//! - [`view`]: the operations view, pure (latest state per asset from events in stream order).
+//! - [`store`]: the view persisted in sled with the stream sequence it is current at.
+//! - [`consumer`]: the durable JetStream consumer that feeds the view, exactly once.
+//! - [`live`]: the view shared with WebSocket sessions, and the broadcast of deltas.
+//! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
+
+pub mod consumer;
+pub mod http;
+pub mod live;
+pub mod store;
+pub mod view;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use runtime::config::CommonConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "vigie-gateway", version, about = "Vigie gateway: operations view, live WebSocket, console")]
+pub struct Config {
+    /// Address of the HTTP server (console, WebSocket, health). Port 0 picks a free port (logged).
+    #[arg(long, env = "VIGIE_GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Folder of the gateway's sled database (created if missing).
+    #[arg(long, env = "VIGIE_GATEWAY_STORE", default_value = "var/gateway")]
+    pub store: PathBuf,
+
+    /// Name of the durable JetStream consumer; each gateway replica has its own.
+    #[arg(long, env = "VIGIE_GATEWAY_CONSUMER", default_value = "gateway")]
+    pub consumer: String,
+
+    /// Folder of the built console (served at `/` when present).
+    #[arg(long, env = "VIGIE_UI_DIR", default_value = "ui-client/dist")]
+    pub ui_dir: PathBuf,
+
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    proto::ids::AssetId::parse_as("consumer name", &config.consumer).context("--consumer")?;
+    let store = store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
+    let (assets, applied_seq) = store.load().context("loading the view")?;
+    tracing::info!(assets = assets.len(), applied_seq, "view restored from the store");
+    let live = Arc::new(live::Live::new(view::OperationsView::restore(assets, applied_seq)));
+
+    let nats = runtime::bus::connect(&config.common.nats_url, "vigie-gateway").await?;
+    let consumer = consumer::Consumer {
+        js: jetstream::new(nats.clone()),
+        live: live.clone(),
+        store: store.clone(),
+        durable_name: config.consumer.clone(),
+        stream: config.common.stream.clone(),
+    };
+    let consuming = tokio::spawn(consumer.run(shutdown.clone()));
+
+    let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone() };
+    let app = http::router(state, Some(config.ui_dir.clone()));
+    tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
+    let timeout = config.common.shutdown_timeout;
+    let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = tokio::select! {
+        result = serving => result.context("HTTP server"),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(timeout).await } => Ok(()),
+    };
+    if let Err(e) = consuming.await {
+        tracing::error!(error = %e, "consumer task failed");
+    }
+    match tokio::time::timeout(timeout, nats.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "NATS drain failed"),
+        Err(_) => tracing::warn!("NATS drain timed out"),
+    }
+    store.flush().await.context("flushing the store")?;
+    tracing::info!("stopped");
+    served
+}

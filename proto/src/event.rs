@@ -1,0 +1,198 @@
+//! Building events on the service side and checking them on the consumer side.
+
+use crate::ids::{AssetId, CommuneId, IdError};
+use crate::subject;
+use crate::v1::{Domain, Event, Position, event::Payload};
+use prost::Message;
+use std::time::SystemTime;
+
+/// What happened, as a closed set. The token is the last subject token and the envelope's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    StreetlightRegistered,
+    StreetlightStatus,
+}
+
+impl EventKind {
+    pub fn token(self) -> &'static str {
+        match self {
+            EventKind::StreetlightRegistered => "streetlight_registered",
+            EventKind::StreetlightStatus => "streetlight_status",
+        }
+    }
+
+    pub fn domain(self) -> Domain {
+        match self {
+            EventKind::StreetlightRegistered | EventKind::StreetlightStatus => Domain::Lighting,
+        }
+    }
+}
+
+impl Payload {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Payload::StreetlightRegistered(_) => EventKind::StreetlightRegistered,
+            Payload::StreetlightStatus(_) => EventKind::StreetlightStatus,
+        }
+    }
+}
+
+/// Why an event is not acceptable. Used by services before they store one, and by consumers on
+/// what they receive from the bus.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("undecodable event: {0}")]
+    Undecodable(String),
+    #[error("event id {0:?} is not a UUID")]
+    BadId(String),
+    #[error(transparent)]
+    BadIdentifier(#[from] IdError),
+    #[error("event has no payload")]
+    NoPayload,
+    #[error("event says domain {said:?} and kind {said_kind:?} but carries a {actual} payload")]
+    KindMismatch { said: String, said_kind: String, actual: &'static str },
+    #[error("event has no {0} time")]
+    MissingTime(&'static str),
+    #[error("position lat {lat}, lon {lon} is not a WGS84 coordinate (lat in -90..=90, lon in -180..=180)")]
+    BadPosition { lat: f64, lon: f64 },
+}
+
+/// Checks a WGS84 position (finite, in range).
+pub fn check_position(lat: f64, lon: f64) -> Result<Position, EventError> {
+    if lat.is_finite() && lon.is_finite() && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) {
+        Ok(Position { lat, lon })
+    } else {
+        Err(EventError::BadPosition { lat, lon })
+    }
+}
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// A new event: a fresh UUIDv7 id, recorded now, domain and kind taken from the payload.
+pub fn new_event(
+    commune: &CommuneId,
+    asset_id: &AssetId,
+    observed_at: prost_types::Timestamp,
+    position: Option<Position>,
+    payload: Payload,
+) -> Event {
+    let kind = payload.kind();
+    Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        commune: commune.to_string(),
+        domain: kind.domain() as i32,
+        kind: kind.token().to_owned(),
+        asset_id: asset_id.to_string(),
+        observed_at: Some(observed_at),
+        recorded_at: Some(timestamp(SystemTime::now())),
+        position,
+        payload: Some(payload),
+    }
+}
+
+/// An event that passed [`check`]: its identifiers are parsed and its payload agrees with its
+/// domain and kind.
+#[derive(Debug, Clone)]
+pub struct CheckedEvent {
+    pub commune: CommuneId,
+    pub asset_id: AssetId,
+    pub kind: EventKind,
+    pub event: Event,
+}
+
+impl CheckedEvent {
+    pub fn domain(&self) -> Domain {
+        self.kind.domain()
+    }
+
+    /// The subject this event is published on.
+    pub fn subject(&self) -> String {
+        subject::event(self.kind.domain(), &self.commune, self.kind.token())
+    }
+
+    pub fn payload(&self) -> &Payload {
+        // `check` refuses events without a payload.
+        match &self.event.payload {
+            Some(p) => p,
+            None => unreachable!("checked events have a payload"),
+        }
+    }
+}
+
+/// Checks every invariant of the envelope.
+pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
+    uuid::Uuid::parse_str(&event.id).map_err(|_| EventError::BadId(event.id.clone()))?;
+    let commune = CommuneId::parse(&event.commune)?;
+    let asset_id = AssetId::parse(&event.asset_id)?;
+    let kind = event.payload.as_ref().ok_or(EventError::NoPayload)?.kind();
+    if event.domain != kind.domain() as i32 || event.kind != kind.token() {
+        return Err(EventError::KindMismatch {
+            said: Domain::try_from(event.domain).map(|d| d.token().to_owned()).unwrap_or_else(|_| event.domain.to_string()),
+            said_kind: event.kind.clone(),
+            actual: kind.token(),
+        });
+    }
+    if event.observed_at.is_none() {
+        return Err(EventError::MissingTime("observed"));
+    }
+    if event.recorded_at.is_none() {
+        return Err(EventError::MissingTime("recorded"));
+    }
+    if let Some(p) = &event.position {
+        check_position(p.lat, p.lon)?;
+    }
+    Ok(CheckedEvent { commune, asset_id, kind, event })
+}
+
+/// Decodes and checks an event received from the bus.
+pub fn decode(bytes: &[u8]) -> Result<CheckedEvent, EventError> {
+    let event = Event::decode(bytes).map_err(|e| EventError::Undecodable(e.to_string()))?;
+    check(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lighting::{StatusReport, StreetlightStatusReported};
+
+    fn sample() -> Event {
+        new_event(
+            &CommuneId::parse("34172").unwrap(),
+            &AssetId::parse("EP00001").unwrap(),
+            timestamp(SystemTime::now()),
+            Some(Position { lat: 43.6, lon: 3.88 }),
+            Payload::StreetlightStatus(StreetlightStatusReported { report: Some(StatusReport::default()) }),
+        )
+    }
+
+    #[test]
+    fn a_new_event_checks_and_has_its_subject() {
+        let e = sample();
+        assert_eq!(e.kind, "streetlight_status");
+        let checked = decode(&e.encode_to_vec()).unwrap();
+        assert_eq!(checked.subject(), "lighting.34172.streetlight_status");
+        assert_eq!(checked.event.id, e.id);
+    }
+
+    #[test]
+    fn inconsistent_events_are_refused() {
+        let mut e = sample();
+        e.kind = "streetlight_registered".into();
+        assert!(matches!(check(e), Err(EventError::KindMismatch { .. })));
+        let mut e = sample();
+        e.commune = "34.172".into();
+        assert!(matches!(check(e), Err(EventError::BadIdentifier(_))));
+        let mut e = sample();
+        e.id = "not-a-uuid".into();
+        assert!(matches!(check(e), Err(EventError::BadId(_))));
+        let mut e = sample();
+        e.position = Some(Position { lat: f64::NAN, lon: 3.0 });
+        assert!(matches!(check(e), Err(EventError::BadPosition { .. })));
+        let mut e = sample();
+        e.payload = None;
+        assert_eq!(check(e).unwrap_err(), EventError::NoPayload);
+        assert!(matches!(decode(b"\xff\xff\xff"), Err(EventError::Undecodable(_))));
+    }
+}

@@ -1,0 +1,36 @@
+//! Vigie's contract, in one place.
+//!
+//! - [`v1`], [`lighting`]: the protobuf messages and gRPC services, generated from `proto/vigie/**`.
+//! - [`ids`]: commune (INSEE) and asset identifiers, validated before they touch a subject or a key.
+//! - [`subject`]: the NATS subject scheme and the JetStream stream; no other crate builds a subject.
+//! - [`event`]: building an [`v1::Event`] (id, times, domain and kind derived from the payload) and
+//!   checking one received from the bus.
+//! - [`live`]: the WebSocket protocol spoken between the gateway and the console.
+
+pub mod event;
+pub mod ids;
+pub mod live;
+pub mod subject;
+
+/// Generated code; modules mirror the proto packages (generated paths rely on it).
+pub mod vigie {
+    /// The envelope and the types shared by every domain (`vigie.v1`).
+    pub mod v1 {
+        tonic::include_proto!("vigie.v1");
+    }
+    pub mod lighting {
+        /// Street lighting (`vigie.lighting.v1`).
+        pub mod v1 {
+            tonic::include_proto!("vigie.lighting.v1");
+        }
+    }
+}
+
+pub use vigie::lighting::v1 as lighting;
+pub use vigie::v1;
+
+/// Encoded `FileDescriptorSet` of every Vigie proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vigie_descriptor.bin"));
+
+/// Largest gRPC message a Vigie server accepts (4 MiB); larger ones get `RESOURCE_EXHAUSTED`.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -1,0 +1,132 @@
+//! The live protocol between the gateway and the console, version 1: JSON text frames over a
+//! WebSocket at `/ws`. Documented with examples in `docs/live-protocol.md`.
+//!
+//! On connect the server sends a `snapshot` (every asset, with the sequence number it is current
+//! at), then one `delta` per event, in order, each with a larger `seq`. `seq` is the JetStream
+//! sequence of the event, so it only grows, also across gateway restarts.
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame a client may send.
+pub const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
+
+/// Every server frame: `{"v": 1, "type": ..., ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerFrame {
+    pub v: u32,
+    #[serde(flatten)]
+    pub message: ServerMessage,
+}
+
+impl ServerFrame {
+    pub fn new(message: ServerMessage) -> Self {
+        Self { v: PROTOCOL_VERSION, message }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The whole view, current as of `seq`.
+    Snapshot { seq: u64, assets: Vec<AssetState> },
+    /// One event and the state of its asset after it.
+    Delta { seq: u64, event: EventSummary, asset: AssetState },
+    /// The answer to a client `ping`.
+    Pong,
+    /// The client sent something the server does not accept; the connection stays open.
+    Error { code: ErrorCode, message: String },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a message of this protocol.
+    BadMessage,
+    /// A protocol version the server does not speak.
+    UnsupportedVersion,
+    /// A frame larger than [`MAX_CLIENT_FRAME_BYTES`].
+    TooLarge,
+}
+
+/// Every client frame: `{"v": 1, "type": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientFrame {
+    pub v: u32,
+    #[serde(flatten)]
+    pub message: ClientMessage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Ping,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventSummary {
+    pub id: String,
+    pub domain: String,
+    pub kind: String,
+    pub commune: String,
+    pub asset_id: String,
+    /// RFC 3339, UTC.
+    pub observed_at: String,
+    pub recorded_at: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LatLon {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// The latest known state of one asset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AssetState {
+    pub domain: String,
+    pub id: String,
+    pub commune: String,
+    pub position: Option<LatLon>,
+    /// When the latest state was observed in the field (RFC 3339, UTC).
+    pub observed_at: String,
+    pub recorded_at: String,
+    pub last_event_id: String,
+    pub details: AssetDetails,
+}
+
+/// Domain-specific attributes, tagged by asset type. More types come with each domain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AssetDetails {
+    Streetlight(StreetlightDetails),
+}
+
+/// NGSI-LD `Streetlight` attributes; values use the NGSI-LD vocabulary
+/// (`ok`, `defectiveLamp`, `brokenLantern`, `columnIssue`; `on`, `off`, `low`, `bootingUp`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreetlightDetails {
+    pub lamp_type: String,
+    /// Absent until the first status report.
+    pub status: Option<String>,
+    pub power_state: Option<String>,
+    pub illuminance_level: Option<f64>,
+    pub power_consumption_w: Option<f64>,
+    pub voltage_v: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_a_version_and_a_type() {
+        let json = serde_json::to_value(ServerFrame::new(ServerMessage::Pong)).unwrap();
+        assert_eq!(json, serde_json::json!({"v": 1, "type": "pong"}));
+        let ping: ClientFrame = serde_json::from_str(r#"{"v":1,"type":"ping"}"#).unwrap();
+        assert_eq!(ping.message, ClientMessage::Ping);
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"v":1,"type":"dance"}"#).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! The NATS subject scheme. Every subject Vigie publishes or subscribes to is spelled here and
+//! nowhere else.
+//!
+//! Events: `<domain>.<commune>.<kind>`, e.g. `lighting.34172.streetlight_status`. The subject
+//! begins with the domain and the commune so that a subscription or a NATS permission can be
+//! scoped to a domain, a commune, or both (`*.34172.>`).
+
+use crate::ids::CommuneId;
+use crate::v1::Domain;
+
+/// The JetStream stream that holds every domain event.
+pub const EVENTS_STREAM: &str = "VIGIE_EVENTS";
+
+/// Every domain that publishes events, in subject order.
+pub const DOMAINS: [Domain; 4] = [Domain::Transport, Domain::Lighting, Domain::Water, Domain::Reports];
+
+impl Domain {
+    /// The domain's subject token and its name in the live protocol.
+    pub fn token(self) -> &'static str {
+        match self {
+            Domain::Unspecified => "unspecified",
+            Domain::Transport => "transport",
+            Domain::Lighting => "lighting",
+            Domain::Water => "water",
+            Domain::Reports => "reports",
+        }
+    }
+
+    pub fn from_token(token: &str) -> Option<Domain> {
+        DOMAINS.into_iter().find(|d| d.token() == token)
+    }
+}
+
+/// The subject of one event. `kind` comes from [`crate::event::EventKind::token`].
+pub fn event(domain: Domain, commune: &CommuneId, kind: &str) -> String {
+    format!("{}.{}.{}", domain.token(), commune, kind)
+}
+
+/// The subjects bound to the events stream: one wildcard per domain.
+pub fn events_stream_subjects() -> Vec<String> {
+    DOMAINS.iter().map(|d| format!("{}.>", d.token())).collect()
+}
+
+/// Every event of one commune, all domains.
+pub fn commune_events(commune: &CommuneId) -> String {
+    format!("*.{commune}.>")
+}
+
+/// Every event of one domain, all communes (what a domain service may publish).
+pub fn domain_events(domain: Domain) -> String {
+    format!("{}.>", domain.token())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme() {
+        let c = CommuneId::parse("34172").unwrap();
+        assert_eq!(event(Domain::Lighting, &c, "streetlight_status"), "lighting.34172.streetlight_status");
+        assert_eq!(commune_events(&c), "*.34172.>");
+        assert_eq!(domain_events(Domain::Water), "water.>");
+        assert_eq!(events_stream_subjects(), ["transport.>", "lighting.>", "water.>", "reports.>"]);
+        for d in DOMAINS {
+            assert_eq!(Domain::from_token(d.token()), Some(d));
+        }
+        assert_eq!(Domain::from_token("unspecified"), None);
+    }
+}

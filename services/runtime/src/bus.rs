@@ -1,0 +1,58 @@
+//! The NATS connection and the JetStream events stream.
+
+use crate::config::StreamSettings;
+use async_nats::jetstream::{self, stream};
+use proto::subject;
+
+/// Connects to NATS. The client connects in the background and reconnects forever, so a process
+/// starts (and a service accepts writes into its outbox) while NATS is down.
+pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        })
+        .connect(url)
+        .await
+}
+
+/// The configuration of the events stream for these settings.
+pub fn events_stream_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subject::EVENTS_STREAM.to_owned(),
+        subjects: subject::events_stream_subjects(),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: settings.max_age,
+        duplicate_window: settings.duplicate_window,
+        num_replicas: usize::from(settings.replicas),
+        ..Default::default()
+    }
+}
+
+/// Creates the events stream if it does not exist; adds subjects a newer version needs. Other
+/// settings of an existing stream are left as they are (an operator may have tuned them).
+pub async fn ensure_events_stream(js: &jetstream::Context, settings: &StreamSettings) -> anyhow::Result<()> {
+    let wanted = events_stream_config(settings);
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot get or create stream {}: {e}", subject::EVENTS_STREAM))?;
+    let info = stream.info().await.map_err(|e| anyhow::anyhow!("cannot read stream info: {e}"))?;
+    let mut config = info.config.clone();
+    let missing: Vec<String> = wanted.subjects.iter().filter(|s| !config.subjects.contains(s)).cloned().collect();
+    if !missing.is_empty() {
+        tracing::info!(?missing, "adding subjects to the events stream");
+        config.subjects.extend(missing);
+        js.update_stream(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot update stream {}: {e}", subject::EVENTS_STREAM))?;
+    }
+    Ok(())
+}

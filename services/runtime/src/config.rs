@@ -1,0 +1,72 @@
+//! Flags shared by every process. Each has an environment variable; flags win over variables.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "VIGIE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Log format on stderr: `text` or `json`. Verbosity comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "VIGIE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// How long a graceful shutdown may take (finish requests, drain the outbox and NATS) before the
+    /// process exits anyway. What is left in the outbox is published at the next start.
+    #[arg(long, env = "VIGIE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    pub stream: StreamSettings,
+}
+
+/// Settings of the JetStream events stream, used by whichever process creates it first.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamSettings {
+    /// Window in which JetStream drops a re-published event with the same `Nats-Msg-Id`. An outbox
+    /// entry whose publish was stored but not acknowledged is published again within this window.
+    #[arg(long = "stream-duplicate-window", env = "VIGIE_STREAM_DUPLICATE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+
+    /// How long events stay in the stream (and so how far back a view can be rebuilt).
+    #[arg(long = "stream-max-age", env = "VIGIE_STREAM_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub max_age: Duration,
+
+    /// Replicas of the stream (1 on one machine, 3 on a NATS cluster).
+    #[arg(long = "stream-replicas", env = "VIGIE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+}
+
+/// Parses `250ms`, `10s`, `5m`, `2h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s, 5m, 2h or 7d"))?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s, m, h or d")),
+    };
+    n.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! What every Vigie process does the same way, as plain functions and small types (no framework):
+//!
+//! - [`config`]: the flags every process shares (NATS, stream, logs, shutdown), each with its
+//!   `VIGIE_*` environment variable.
+//! - [`telemetry`]: tracing to stderr, text or JSON, filtered by `RUST_LOG`.
+//! - [`shutdown`]: a `CancellationToken` cancelled on SIGTERM or SIGINT.
+//! - [`bus`]: the NATS connection (reconnecting forever, also at start) and the idempotent creation
+//!   of the JetStream events stream.
+//! - [`outbox`]: the sled-backed transactional outbox and the relay that publishes it to JetStream.
+//! - [`grpc`]: serving gRPC on a bound listener with health, reflection and Vigie's limits.
+
+pub mod bus;
+pub mod config;
+pub mod grpc;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;

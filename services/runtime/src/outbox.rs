@@ -1,0 +1,215 @@
+//! The transactional outbox.
+//!
+//! A service writes its domain change and the event that announces it in **one sled transaction**,
+//! then flushes sled, and only then answers the gRPC call ([`Outbox::commit`]). The [`relay`] task
+//! publishes outbox entries to JetStream in key order, with `Nats-Msg-Id` = the event id, and
+//! removes each entry when JetStream acknowledges it. While NATS is unreachable entries wait (and
+//! the relay retries); after a crash they are still in sled and are published at the next start.
+//! An entry published but not yet removed when the process died is published again: JetStream's
+//! duplicate window drops the second copy, so nothing is lost and nothing is doubled.
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use prost::Message;
+use proto::event::CheckedEvent;
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus;
+use crate::config::StreamSettings;
+
+/// How an entry is stored: everything the relay needs, so it never decodes the event itself.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OutboxRecord {
+    #[prost(string, tag = "1")]
+    subject: String,
+    #[prost(string, tag = "2")]
+    msg_id: String,
+    #[prost(bytes = "vec", tag = "3")]
+    payload: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    tree: sled::Tree,
+    dead: sled::Tree,
+    wake: Arc<Notify>,
+}
+
+/// An outbox entry ready to be inserted in a transaction (see [`Outbox::prepare`]).
+pub struct PreparedEntry {
+    key: [u8; 8],
+    value: Vec<u8>,
+}
+
+impl PreparedEntry {
+    /// Inserts the entry; call inside the transaction that makes the domain change.
+    pub fn stage(&self, outbox: &TransactionalTree) -> Result<(), UnabortableTransactionError> {
+        outbox.insert(&self.key[..], self.value.as_slice())?;
+        Ok(())
+    }
+}
+
+impl Outbox {
+    pub fn open(db: &sled::Db) -> sled::Result<Outbox> {
+        Ok(Outbox {
+            db: db.clone(),
+            tree: db.open_tree("outbox")?,
+            dead: db.open_tree("outbox_undecodable")?,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The tree to include in the caller's transaction.
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Encodes the entry for `event` under a fresh, increasing key.
+    pub fn prepare(&self, event: &CheckedEvent) -> sled::Result<PreparedEntry> {
+        let key = self.db.generate_id()?.to_be_bytes();
+        let record = OutboxRecord {
+            subject: event.subject(),
+            msg_id: event.event.id.clone(),
+            payload: event.event.encode_to_vec(),
+        };
+        Ok(PreparedEntry { key, value: record.encode_to_vec() })
+    }
+
+    /// Makes committed transactions durable, then wakes the relay. Call before acknowledging.
+    pub async fn commit(&self) -> sled::Result<()> {
+        self.db.flush_async().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Entries not yet acknowledged by JetStream.
+    pub fn depth(&self) -> usize {
+        self.tree.len()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Entries published before waiting for their acknowledgements.
+    pub batch: usize,
+    /// Longest pause between retries while NATS is unreachable.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings { batch: 512, max_backoff: Duration::from_secs(2) }
+    }
+}
+
+/// Publishes the outbox until `stop` is cancelled, then keeps publishing until the outbox is
+/// empty or `drain_timeout` has passed (what is left goes out at the next start).
+pub async fn relay(
+    outbox: Outbox,
+    js: jetstream::Context,
+    stream: StreamSettings,
+    settings: RelaySettings,
+    stop: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let drain_deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        _ = run(&outbox, &js, &stream, &settings, &stop) => {}
+        _ = drain_deadline => {
+            tracing::warn!(left = outbox.depth(), "outbox not drained before the shutdown timeout; the rest is published at the next start");
+        }
+    }
+}
+
+async fn run(outbox: &Outbox, js: &jetstream::Context, stream: &StreamSettings, settings: &RelaySettings, stop: &CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    let mut stream_ready = false;
+    loop {
+        if !stream_ready {
+            match bus::ensure_events_stream(js, stream).await {
+                Ok(()) => stream_ready = true,
+                Err(e) => {
+                    if stop.is_cancelled() && outbox.depth() == 0 {
+                        return;
+                    }
+                    tracing::warn!(error = %e, pending = outbox.depth(), "events stream not reachable; outbox entries wait");
+                    pause(&mut backoff, settings.max_backoff).await;
+                    continue;
+                }
+            }
+        }
+        match publish_batch(outbox, js, settings.batch).await {
+            Ok(0) => {
+                if stop.is_cancelled() {
+                    return;
+                }
+                backoff = Duration::from_millis(50);
+                // A commit wakes us; the timer is a safety net for a missed notification.
+                tokio::select! {
+                    _ = outbox.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+            Ok(_) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                tracing::warn!(error = %e, pending = outbox.depth(), "outbox publish failed; retrying");
+                pause(&mut backoff, settings.max_backoff).await;
+            }
+        }
+    }
+}
+
+async fn pause(backoff: &mut Duration, max: Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(max);
+}
+
+/// Publishes up to `batch` entries from the head of the outbox and removes those acknowledged, in
+/// order. Returns how many were acknowledged.
+async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -> anyhow::Result<usize> {
+    let mut in_flight = Vec::with_capacity(batch);
+    for item in outbox.tree.iter().take(batch) {
+        let (key, value) = item?;
+        let record = match OutboxRecord::decode(value.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                // Cannot happen with entries we wrote; never let one block the others.
+                tracing::error!(error = %e, "undecodable outbox entry moved aside");
+                outbox.dead.insert(&key, value)?;
+                outbox.tree.remove(&key)?;
+                continue;
+            }
+        };
+        let publish = PublishMessage::build().message_id(&record.msg_id).payload(record.payload.into());
+        match js.send_publish(record.subject, publish).await {
+            Ok(ack) => in_flight.push((key, ack)),
+            Err(e) => {
+                if in_flight.is_empty() {
+                    return Err(e.into());
+                }
+                break;
+            }
+        }
+    }
+    let mut acknowledged = 0;
+    for (key, ack) in in_flight {
+        let ack = ack.await?;
+        if ack.stream != proto::subject::EVENTS_STREAM {
+            anyhow::bail!("event stored in stream {:?}, expected {}", ack.stream, proto::subject::EVENTS_STREAM);
+        }
+        if ack.duplicate {
+            tracing::debug!(seq = ack.sequence, "JetStream dropped a re-published event (duplicate window)");
+        }
+        outbox.tree.remove(&key)?;
+        acknowledged += 1;
+    }
+    Ok(acknowledged)
+}
