@@ -1,1 +1,411 @@
+//! Test harness: real processes on ephemeral ports.
+//!
+//! - [`NatsServer`]: `nats-server -js -p -1` with `--ports_file_dir`, so the port is learnt
+//!   without a race; stopped, restarted on the same port and store, killed on drop.
+//! - [`Process`]: a Vigie binary from the same `target/` folder as the test, its stderr captured;
+//!   readiness is a log line, then a health check. Killed on drop.
+//! - [`LiveClient`]: a WebSocket client of the gateway's live protocol.
+//! - [`test_territory`]: a small synthetic territory, so the tests need no shared data.
+//!
+//! Nothing here sleeps to wait for readiness: every wait polls a condition under a deadline.
 
+use anyhow::{Context, Result, anyhow, bail};
+use futures::{SinkExt, StreamExt};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use proto;
+
+/// How long any single wait in the harness may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The nats-server binary: `$VIGIE_NATS_SERVER`, else `.tools/bin/nats-server` (installed by
+/// `deploy/install-tools.sh`), else `nats-server` on the PATH.
+pub fn nats_server_binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("VIGIE_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let local = repo_root().join(".tools/bin/nats-server");
+    if local.is_file() {
+        return Ok(local);
+    }
+    if Command::new("nats-server").arg("--version").output().is_ok() {
+        return Ok(PathBuf::from("nats-server"));
+    }
+    bail!("nats-server not found: run deploy/install-tools.sh (or tests/run.sh), or set VIGIE_NATS_SERVER")
+}
+
+/// A Vigie binary built in the same profile as this test.
+pub fn vigie_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("unexpected test path {}", exe.display()))?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!("{} is missing: build the binaries first (`cargo build --workspace --bins`, as tests/run.sh does)", path.display());
+    }
+    Ok(path)
+}
+
+fn poll<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) -> Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, sig)?;
+    Ok(())
+}
+
+fn wait_exit(child: &mut Child, what: &str) -> Result<ExitStatus> {
+    poll(what, WAIT, || child.try_wait().ok().flatten())
+}
+
+/// A real nats-server with JetStream, on loopback.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let mut server = NatsServer { child: None, port: 0, dir };
+        server.spawn(None)?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self, port: Option<u16>) -> Result<()> {
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir)?;
+        let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into());
+        let child = Command::new(nats_server_binary()?)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--http_port", "-1"])
+            .arg("-sd")
+            .arg(self.dir.path().join("jetstream"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        let pid = child.id();
+        self.child = Some(child);
+        // Named after the executable and its pid: <name>_<pid>.ports.
+        let suffix = format!("_{pid}.ports");
+        let text = poll("nats-server ports file", WAIT, || {
+            let entry = std::fs::read_dir(&ports_dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
+            std::fs::read_to_string(entry.path()).ok().filter(|t| t.contains("\"nats\""))
+        })?;
+        let ports: serde_json::Value = serde_json::from_str(&text)?;
+        let url = ports["nats"][0].as_str().ok_or_else(|| anyhow!("no client port in {text}"))?;
+        self.port = url.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("bad url {url}"))?;
+        // The ports file is written once the listeners are up; JetStream is ready when the
+        // monitoring endpoint says so.
+        let monitor = ports["monitoring"][0].as_str().unwrap_or_default().trim_start_matches("http://").to_owned();
+        poll("JetStream ready", WAIT, || http_get(&monitor, "/healthz?js-enabled-only=true").ok().filter(|(s, _)| *s == 200))?;
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server gracefully (its JetStream store stays).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, nix::sys::signal::Signal::SIGTERM)?;
+            wait_exit(&mut child, "nats-server to stop")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn(Some(self.port))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(host_port: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host_port)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A running Vigie binary with its stderr captured (and echoed, prefixed, for failing tests).
+pub struct Process {
+    name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub fn start(binary: &str, args: &[String]) -> Result<Process> {
+        let mut process = Process {
+            name: binary.to_owned(),
+            binary: vigie_binary(binary)?,
+            args: args.to_vec(),
+            child: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        process.spawn()?;
+        Ok(process)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut child = Command::new(&self.binary)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let log = self.log.clone();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                if let Ok(mut log) = log.lock() {
+                    log.push(line);
+                }
+            }
+        });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for a log line containing `needle` after line `from`; returns its index and text.
+    pub fn wait_for_log(&self, needle: &str, from: usize) -> Result<(usize, String)> {
+        poll(&format!("{} to log {needle:?}", self.name), WAIT, || {
+            let log = self.log.lock().ok()?;
+            log.iter().enumerate().skip(from).find(|(_, l)| l.contains(needle)).map(|(i, l)| (i, l.clone()))
+        })
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// The `addr=` of the first log line containing `needle` after line `from`.
+    pub fn wait_for_addr(&self, needle: &str, from: usize) -> Result<String> {
+        let (_, line) = self.wait_for_log(needle, from)?;
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no addr= in {line:?}"))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        signal(&child, nix::sys::signal::Signal::SIGTERM)?;
+        wait_exit(&mut child, &format!("{} to exit", self.name))
+    }
+
+    /// Starts the same binary with the same arguments again.
+    pub fn restart(&mut self) -> Result<usize> {
+        let from = self.log_len();
+        self.spawn()?;
+        Ok(from)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Two square communes side by side: 34172 ("Ouest", lon 3.80-3.90) and 34129 ("Est",
+/// lon 3.90-4.00), lat 43.50-43.70.
+pub fn test_territory() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let square = |insee: &str, name: &str, west: f64, east: f64| {
+        serde_json::json!({"type": "Feature", "properties": {"insee": insee, "name": name, "population": 1000},
+          "geometry": {"type": "Polygon", "coordinates": [[[west, 43.5], [east, 43.5], [east, 43.7], [west, 43.7], [west, 43.5]]]}})
+    };
+    let communes = serde_json::json!({"type": "FeatureCollection",
+        "features": [square("34172", "Ouest", 3.8, 3.9), square("34129", "Est", 3.9, 4.0)]});
+    std::fs::write(dir.path().join("communes.geojson"), communes.to_string())?;
+    Ok(dir)
+}
+
+/// The lighting service and the gateway around one NATS server, each with its own store.
+pub struct Slice {
+    pub nats: NatsServer,
+    pub lighting: Process,
+    pub lighting_addr: String,
+    pub gateway: Process,
+    pub gateway_addr: String,
+    pub territory: tempfile::TempDir,
+    pub stores: tempfile::TempDir,
+}
+
+impl Slice {
+    pub async fn start() -> Result<Slice> {
+        let nats = NatsServer::start()?;
+        let territory = test_territory()?;
+        let stores = tempfile::tempdir()?;
+        let common = |store: &str| {
+            vec![
+                "--nats-url".to_owned(),
+                nats.url(),
+                "--store".to_owned(),
+                stores.path().join(store).display().to_string(),
+                "--shutdown-timeout".to_owned(),
+                "10s".to_owned(),
+            ]
+        };
+        let mut args = common("lighting");
+        args.extend(["--grpc-addr".into(), "127.0.0.1:0".into(), "--territory".into(), territory.path().display().to_string()]);
+        let lighting = Process::start("vigie-lighting", &args)?;
+        let lighting_addr = lighting.wait_for_addr("gRPC listening", 0)?;
+        let mut args = common("gateway");
+        args.extend(["--http-addr".into(), "127.0.0.1:0".into(), "--ui-dir".into(), "/nonexistent".into()]);
+        let gateway = Process::start("vigie-gateway", &args)?;
+        let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
+        let slice = Slice { nats, lighting, lighting_addr, gateway, gateway_addr, territory, stores };
+        slice.wait_lighting_serving().await?;
+        slice.wait_gateway_consuming()?;
+        Ok(slice)
+    }
+
+    /// Waits until the lighting service answers SERVING on the standard health service.
+    pub async fn wait_lighting_serving(&self) -> Result<()> {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let attempt = async {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.lighting_addr))?.connect().await?;
+                let mut client = HealthClient::new(channel);
+                let request = HealthCheckRequest { service: "vigie.lighting.v1.LightingService".into() };
+                Ok::<_, anyhow::Error>(client.check(request).await?.into_inner().status)
+            };
+            if let Ok(1) = attempt.await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the lighting service never reported SERVING");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the gateway has a JetStream consumer (it logs "consuming events").
+    pub fn wait_gateway_consuming(&self) -> Result<()> {
+        self.gateway.wait_for_log("consuming events", 0)?;
+        Ok(())
+    }
+
+    pub async fn lighting_client(&self) -> Result<LightingClient> {
+        Ok(LightingClient::connect(format!("http://{}", self.lighting_addr)).await?)
+    }
+
+    pub async fn live_client(&self) -> Result<LiveClient> {
+        LiveClient::connect(&format!("ws://{}/ws", self.gateway_addr)).await
+    }
+}
+
+pub type LightingClient = proto::lighting::lighting_service_client::LightingServiceClient<tonic::transport::Channel>;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A client of the live protocol. Frames are read as plain JSON, not with the gateway's types,
+/// so a change of the wire format shows up here.
+pub struct LiveClient {
+    socket: Socket,
+}
+
+impl LiveClient {
+    pub async fn connect(url: &str) -> Result<LiveClient> {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
+        Ok(LiveClient { socket })
+    }
+
+    /// The next text frame as JSON.
+    pub async fn next(&mut self) -> Result<serde_json::Value> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .map_err(|_| anyhow!("no frame from the gateway within {WAIT:?}"))?
+                .ok_or_else(|| anyhow!("the gateway closed the connection"))??;
+            match message {
+                tokio_tungstenite::tungstenite::Message::Text(text) => return Ok(serde_json::from_str(&text)?),
+                tokio_tungstenite::tungstenite::Message::Close(frame) => bail!("closed by the gateway: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.socket.send(tokio_tungstenite::tungstenite::Message::Text(text.into())).await?;
+        Ok(())
+    }
+
+    /// Reads frames until `done` says so; returns every delta's event id seen meanwhile (in order).
+    pub async fn collect_event_ids(&mut self, mut done: impl FnMut(&[String]) -> bool) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        while !done(&ids) {
+            let frame = self.next().await?;
+            if frame["type"] == "delta" {
+                let id = frame["event"]["id"].as_str().ok_or_else(|| anyhow!("delta without event id: {frame}"))?;
+                ids.push(id.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+}

