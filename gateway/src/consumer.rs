@@ -6,7 +6,7 @@
 //! lost its last writes in a crash, or was deleted), the consumer is recreated from the store's
 //! sequence, so nothing is missed either.
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, consumer::pull};
 use futures::StreamExt;
 use proto::subject::EVENTS_STREAM;
 use runtime::config::StreamSettings;
@@ -54,7 +54,11 @@ impl Consumer {
         let last_in_stream = stream.info().await?.state.last_sequence;
         if self.live.applied_seq() > last_in_stream {
             // The stream was recreated: its sequences are not the ones the view counted.
-            tracing::warn!(applied = self.live.applied_seq(), last_in_stream, "the events stream is behind the view; rebuilding the view from the stream");
+            tracing::warn!(
+                applied = self.live.applied_seq(),
+                last_in_stream,
+                "the events stream is behind the view; rebuilding the view from the stream"
+            );
             self.store.clear()?;
             self.live.reset();
             let _ = stream.delete_consumer(&self.durable_name).await;
@@ -81,14 +85,21 @@ impl Consumer {
         anyhow::bail!("the consumer's message stream ended")
     }
 
-    async fn open_consumer(&self, stream: &jetstream::stream::Stream) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+    async fn open_consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+    ) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
         let applied = self.live.applied_seq();
         if let Ok(mut existing) = stream.get_consumer::<pull::Config>(&self.durable_name).await {
             let ack_floor = existing.info().await?.ack_floor.stream_sequence;
             if ack_floor <= applied {
                 return Ok(existing);
             }
-            tracing::warn!(ack_floor, applied, "the consumer is ahead of the view store; recreating it from the store's sequence");
+            tracing::warn!(
+                ack_floor,
+                applied,
+                "the consumer is ahead of the view store; recreating it from the store's sequence"
+            );
             stream.delete_consumer(&self.durable_name).await?;
         }
         let deliver_policy = if applied == 0 {
@@ -113,7 +124,7 @@ impl Consumer {
 /// message cannot claim one commune in its subject and another in its body.
 fn decode(message: &jetstream::Message) -> Received {
     match proto::event::decode(&message.payload) {
-        Ok(event) if event.subject() == message.subject.as_str() => Received::Event(event),
+        Ok(event) if event.subject() == message.subject.as_str() => Received::Event(Box::new(event)),
         Ok(event) => {
             tracing::warn!(subject = %message.subject, expected = %event.subject(), id = %event.event.id, "event refused: subject does not match its content");
             Received::Refused

@@ -1,12 +1,14 @@
 //! HTTP: `/health`, the live WebSocket at `/ws`, and the console's static files.
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
-use proto::live::{ClientFrame, ClientMessage, ErrorCode, MAX_CLIENT_FRAME_BYTES, PROTOCOL_VERSION, ServerFrame, ServerMessage};
+use proto::live::{
+    ClientFrame, ClientMessage, ErrorCode, MAX_CLIENT_FRAME_BYTES, PROTOCOL_VERSION, ServerFrame, ServerMessage,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
@@ -27,7 +29,9 @@ pub fn router(state: AppState, ui_dir: Option<PathBuf>) -> Router {
     match ui_dir {
         Some(dir) if dir.is_dir() => {
             let index = dir.join("index.html");
-            router.fallback_service(tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index)))
+            router.fallback_service(
+                tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index)),
+            )
         }
         _ => router.fallback(console_missing),
     }
@@ -117,7 +121,8 @@ async fn session(socket: WebSocket, state: AppState) {
 
 /// The answer to one client text frame.
 fn answer(text: &str) -> Message {
-    let version = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("v").and_then(|v| v.as_u64()));
+    let version =
+        serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("v").and_then(|v| v.as_u64()));
     match serde_json::from_str::<ClientFrame>(text) {
         Ok(ClientFrame { v, .. }) if v != PROTOCOL_VERSION => frame(ServerMessage::Error {
             code: ErrorCode::UnsupportedVersion,
@@ -125,7 +130,11 @@ fn answer(text: &str) -> Message {
         }),
         Ok(ClientFrame { message: ClientMessage::Ping, .. }) => frame(ServerMessage::Pong),
         Err(e) => frame(ServerMessage::Error {
-            code: if version.is_some_and(|v| v != u64::from(PROTOCOL_VERSION)) { ErrorCode::UnsupportedVersion } else { ErrorCode::BadMessage },
+            code: if version.is_some_and(|v| v != u64::from(PROTOCOL_VERSION)) {
+                ErrorCode::UnsupportedVersion
+            } else {
+                ErrorCode::BadMessage
+            },
             message: format!("not a message of protocol {PROTOCOL_VERSION}: {e}"),
         }),
     }

@@ -45,7 +45,8 @@ pub struct Config {
 
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     proto::ids::AssetId::parse_as("consumer name", &config.consumer).context("--consumer")?;
-    let store = store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
+    let store =
+        store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
     let (assets, applied_seq) = store.load().context("loading the view")?;
     tracing::info!(assets = assets.len(), applied_seq, "view restored from the store");
     let live = Arc::new(live::Live::new(view::OperationsView::restore(assets, applied_seq)));

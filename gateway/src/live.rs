@@ -25,7 +25,7 @@ struct Inner {
 
 /// One received event: its stream sequence and what it decoded to.
 pub enum Received {
-    Event(CheckedEvent),
+    Event(Box<CheckedEvent>),
     /// Could not be applied (the reason is logged by the consumer); only its sequence counts.
     Refused,
 }
@@ -65,7 +65,11 @@ impl Live {
                 Received::Refused => inner.view.skip(seq),
                 Received::Event(event) => {
                     if let Some(applied) = inner.view.apply(&event, seq) {
-                        let frame = ServerFrame::new(ServerMessage::Delta { seq, event: applied.event, asset: applied.asset.clone() });
+                        let frame = ServerFrame::new(ServerMessage::Delta {
+                            seq,
+                            event: applied.event,
+                            asset: Box::new(applied.asset.clone()),
+                        });
                         match serde_json::to_string(&frame) {
                             // No receiver is not an error: nobody is connected.
                             Ok(json) => drop(inner.deltas.send(Arc::from(json))),

@@ -33,7 +33,8 @@ impl Store {
         for item in self.assets.iter() {
             let (key, value) = item?;
             let key = String::from_utf8_lossy(&key).into_owned();
-            let asset = serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt { key: key.clone(), source })?;
+            let asset =
+                serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt { key: key.clone(), source })?;
             assets.insert(key, asset);
         }
         let seq = self
@@ -49,10 +50,8 @@ impl Store {
     /// Both trees are written by one transaction, so a crash leaves them consistent.
     pub fn save(&self, changed: &HashMap<String, AssetState>, applied_seq: u64) -> Result<(), StoreError> {
         use sled::Transactional;
-        let encoded: Vec<(&String, Vec<u8>)> = changed
-            .iter()
-            .map(|(k, a)| (k, serde_json::to_vec(a).unwrap_or_default()))
-            .collect();
+        let encoded: Vec<(&String, Vec<u8>)> =
+            changed.iter().map(|(k, a)| (k, serde_json::to_vec(a).unwrap_or_default())).collect();
         (&self.assets, &self.meta)
             .transaction(|(assets, meta)| {
                 for (key, value) in &encoded {
@@ -63,7 +62,9 @@ impl Store {
             })
             .map_err(|e| match e {
                 sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-                sled::transaction::TransactionError::Abort(()) => StoreError::Sled(sled::Error::Unsupported("aborted".into())),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Sled(sled::Error::Unsupported("aborted".into()))
+                }
             })?;
         Ok(())
     }

@@ -166,7 +166,13 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     fn registered() -> CheckedEvent {
-        let light = Streetlight { id: "EP1".into(), commune: "34172".into(), lat: 43.6, lon: 3.88, lamp_type: "LANTERNE".into() };
+        let light = Streetlight {
+            id: "EP1".into(),
+            commune: "34172".into(),
+            lat: 43.6,
+            lon: 3.88,
+            lamp_type: "LANTERNE".into(),
+        };
         check(new_event(
             &CommuneId::parse("34172").unwrap(),
             &AssetId::parse("EP1").unwrap(),

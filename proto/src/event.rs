@@ -129,7 +129,9 @@ pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
     let kind = event.payload.as_ref().ok_or(EventError::NoPayload)?.kind();
     if event.domain != kind.domain() as i32 || event.kind != kind.token() {
         return Err(EventError::KindMismatch {
-            said: Domain::try_from(event.domain).map(|d| d.token().to_owned()).unwrap_or_else(|_| event.domain.to_string()),
+            said: Domain::try_from(event.domain)
+                .map(|d| d.token().to_owned())
+                .unwrap_or_else(|_| event.domain.to_string()),
             said_kind: event.kind.clone(),
             actual: kind.token(),
         });

@@ -76,9 +76,7 @@ impl AssetId {
         if value.chars().count() > Self::MAX_LEN {
             return Err(IdError::TooLong { what, value: value.into(), max: Self::MAX_LEN });
         }
-        if let Some(found) =
-            value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':')))
-        {
+        if let Some(found) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'))) {
             return Err(IdError::BadCharacter {
                 what,
                 value: value.into(),
@@ -109,7 +107,8 @@ mod tests {
         for ok in ["34172", "2A004", "2B033", "82005", "X"] {
             assert_eq!(CommuneId::parse(ok).map(|c| c.to_string()), Ok(ok.to_string()), "{ok}");
         }
-        for bad in ["", "34.172", "34*", "34>", "34 172", " 34172", "2a004", "3417é", "lighting.>", "12345678901234567"] {
+        for bad in ["", "34.172", "34*", "34>", "34 172", " 34172", "2a004", "3417é", "lighting.>", "12345678901234567"]
+        {
             assert!(CommuneId::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }

@@ -32,7 +32,7 @@ pub enum ServerMessage {
     /// The whole view, current as of `seq`.
     Snapshot { seq: u64, assets: Vec<AssetState> },
     /// One event and the state of its asset after it.
-    Delta { seq: u64, event: EventSummary, asset: AssetState },
+    Delta { seq: u64, event: EventSummary, asset: Box<AssetState> },
     /// The answer to a client `ping`.
     Pong,
     /// The client sent something the server does not accept; the connection stays open.

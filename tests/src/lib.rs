@@ -49,7 +49,10 @@ pub fn vigie_binary(name: &str) -> Result<PathBuf> {
     let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("unexpected test path {}", exe.display()))?;
     let path = dir.join(name);
     if !path.is_file() {
-        bail!("{} is missing: build the binaries first (`cargo build --workspace --bins`, as tests/run.sh does)", path.display());
+        bail!(
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`, as tests/run.sh does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -112,7 +115,10 @@ impl NatsServer {
         // Named after the executable and its pid: <name>_<pid>.ports.
         let suffix = format!("_{pid}.ports");
         let text = poll("nats-server ports file", WAIT, || {
-            let entry = std::fs::read_dir(&ports_dir).ok()?.flatten().find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
+            let entry = std::fs::read_dir(&ports_dir)
+                .ok()?
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
             std::fs::read_to_string(entry.path()).ok().filter(|t| t.contains("\"nats\""))
         })?;
         let ports: serde_json::Value = serde_json::from_str(&text)?;
@@ -121,7 +127,9 @@ impl NatsServer {
         // The ports file is written once the listeners are up; JetStream is ready when the
         // monitoring endpoint says so.
         let monitor = ports["monitoring"][0].as_str().unwrap_or_default().trim_start_matches("http://").to_owned();
-        poll("JetStream ready", WAIT, || http_get(&monitor, "/healthz?js-enabled-only=true").ok().filter(|(s, _)| *s == 200))?;
+        poll("JetStream ready", WAIT, || {
+            http_get(&monitor, "/healthz?js-enabled-only=true").ok().filter(|(s, _)| *s == 200)
+        })?;
         Ok(())
     }
 
@@ -162,7 +170,8 @@ pub fn http_get(host_port: &str, path: &str) -> Result<(u16, String)> {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    let status =
+        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
 }
@@ -311,7 +320,12 @@ impl Slice {
             ]
         };
         let mut args = common("lighting");
-        args.extend(["--grpc-addr".into(), "127.0.0.1:0".into(), "--territory".into(), territory.path().display().to_string()]);
+        args.extend([
+            "--grpc-addr".into(),
+            "127.0.0.1:0".into(),
+            "--territory".into(),
+            territory.path().display().to_string(),
+        ]);
         let lighting = Process::start("vigie-lighting", &args)?;
         let lighting_addr = lighting.wait_for_addr("gRPC listening", 0)?;
         let mut args = common("gateway");
@@ -330,7 +344,9 @@ impl Slice {
         let deadline = Instant::now() + WAIT;
         loop {
             let attempt = async {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.lighting_addr))?.connect().await?;
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.lighting_addr))?
+                    .connect()
+                    .await?;
                 let mut client = HealthClient::new(channel);
                 let request = HealthCheckRequest { service: "vigie.lighting.v1.LightingService".into() };
                 Ok::<_, anyhow::Error>(client.check(request).await?.into_inner().status)
@@ -372,7 +388,8 @@ pub struct LiveClient {
 
 impl LiveClient {
     pub async fn connect(url: &str) -> Result<LiveClient> {
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
+        let (socket, _) =
+            tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
         Ok(LiveClient { socket })
     }
 

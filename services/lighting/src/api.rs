@@ -96,12 +96,16 @@ impl LightingService for LightingApi {
         Ok(Response::new(RegisterStreetlightsResponse { registered, unchanged }))
     }
 
-    async fn report_status(&self, request: Request<ReportStatusRequest>) -> Result<Response<ReportStatusResponse>, Status> {
+    async fn report_status(
+        &self,
+        request: Request<ReportStatusRequest>,
+    ) -> Result<Response<ReportStatusResponse>, Status> {
         let request = request.into_inner();
         let valid = domain::validate_report(request.report.as_ref(), SystemTime::now())?;
-        let light = self.store.streetlight(valid.streetlight_id.as_str())?.ok_or_else(|| {
-            Status::not_found(format!("streetlight {} is not registered", valid.streetlight_id))
-        })?;
+        let light = self
+            .store
+            .streetlight(valid.streetlight_id.as_str())?
+            .ok_or_else(|| Status::not_found(format!("streetlight {} is not registered", valid.streetlight_id)))?;
         let commune = parsed(CommuneId::parse(&light.commune))?;
         let asset = parsed(AssetId::parse(&light.id))?;
         let event = checked(event::new_event(
@@ -115,7 +119,10 @@ impl LightingService for LightingApi {
         Ok(Response::new(ReportStatusResponse { event_id: event.event.id }))
     }
 
-    async fn get_streetlight(&self, request: Request<GetStreetlightRequest>) -> Result<Response<GetStreetlightResponse>, Status> {
+    async fn get_streetlight(
+        &self,
+        request: Request<GetStreetlightRequest>,
+    ) -> Result<Response<GetStreetlightResponse>, Status> {
         let id = request.into_inner().id;
         let id = AssetId::parse_as("streetlight id", &id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let light = self

@@ -110,8 +110,10 @@ impl Store {
 fn decode<M: Message + Default>(tree: &sled::Tree, what: &'static str, key: &str) -> Result<Option<M>, StoreError> {
     match tree.get(key.as_bytes())? {
         None => Ok(None),
-        Some(bytes) => M::decode(bytes.as_ref())
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt { what, key: key.to_owned(), source }),
+        Some(bytes) => M::decode(bytes.as_ref()).map(Some).map_err(|source| StoreError::Corrupt {
+            what,
+            key: key.to_owned(),
+            source,
+        }),
     }
 }

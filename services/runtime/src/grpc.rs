@@ -77,11 +77,8 @@ fn rewrite_client_fault<B>(mut response: http::Response<B>) -> http::Response<B>
         return response;
     };
     // grpc-message is percent-encoded.
-    let message = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .map(|m| m.replace("%20", " "))
-        .unwrap_or_default();
+    let message =
+        headers.get("grpc-message").and_then(|v| v.to_str().ok()).map(|m| m.replace("%20", " ")).unwrap_or_default();
     let code = match status.as_str() {
         "11" if message.contains("decoded message length too large") => "8",
         "13" if message.starts_with("failed to decode Protobuf message") => "3",

@@ -128,7 +128,13 @@ pub async fn relay(
     }
 }
 
-async fn run(outbox: &Outbox, js: &jetstream::Context, stream: &StreamSettings, settings: &RelaySettings, stop: &CancellationToken) {
+async fn run(
+    outbox: &Outbox,
+    js: &jetstream::Context,
+    stream: &StreamSettings,
+    settings: &RelaySettings,
+    stop: &CancellationToken,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut stream_ready = false;
     loop {

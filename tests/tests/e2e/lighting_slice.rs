@@ -2,7 +2,9 @@
 //! the gateway, through the outbox and JetStream, exactly once, whatever fails in between.
 
 use anyhow::Result;
-use proto::lighting::{LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight};
+use proto::lighting::{
+    LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 use tests::{LightingClient, Slice};
@@ -104,10 +106,8 @@ async fn a_report_reaches_connected_clients_and_later_snapshots() -> Result<()> 
     assert_eq!(ep2["commune"], "34129");
 
     // The service answers queries from its store.
-    let stored = client
-        .get_streetlight(proto::lighting::GetStreetlightRequest { id: "EP00001".into() })
-        .await?
-        .into_inner();
+    let stored =
+        client.get_streetlight(proto::lighting::GetStreetlightRequest { id: "EP00001".into() }).await?.into_inner();
     assert_eq!(stored.last_report.map(|r| r.illuminance_level), Some(0.4));
     Ok(())
 }
@@ -194,7 +194,10 @@ async fn bad_requests_get_clear_errors_and_the_service_stays_up() -> Result<()> 
         (vec![], "no streetlights"),
     ];
     for (lights, expected) in cases {
-        let status = client.register_streetlights(RegisterStreetlightsRequest { streetlights: lights.clone() }).await.unwrap_err();
+        let status = client
+            .register_streetlights(RegisterStreetlightsRequest { streetlights: lights.clone() })
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{lights:?}: {status:?}");
         assert!(status.message().contains(expected), "{lights:?}: {:?} should mention {expected:?}", status.message());
     }
@@ -213,7 +216,10 @@ async fn bad_requests_get_clear_errors_and_the_service_stays_up() -> Result<()> 
     assert!(status.message().contains("too large"), "{}", status.message());
 
     // Malformed: bytes that are not a protobuf message.
-    let status = raw_call(&slice.lighting_addr, "/vigie.lighting.v1.LightingService/ReportStatus", vec![0xff, 0xff, 0xff, 0xff]).await.unwrap_err();
+    let status =
+        raw_call(&slice.lighting_addr, "/vigie.lighting.v1.LightingService/ReportStatus", vec![0xff, 0xff, 0xff, 0xff])
+            .await
+            .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("decode"), "{}", status.message());
 

