@@ -10,7 +10,7 @@ const APPLIED_SEQ: &[u8] = b"applied_seq";
 pub enum StoreError {
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
-    #[error("store holds an unreadable asset {key:?}: {source}")]
+    #[error("asset {key:?} cannot be read from or written to the store as JSON: {source}")]
     Corrupt { key: String, source: serde_json::Error },
 }
 
@@ -50,8 +50,12 @@ impl Store {
     /// Both trees are written by one transaction, so a crash leaves them consistent.
     pub fn save(&self, changed: &HashMap<String, AssetState>, applied_seq: u64) -> Result<(), StoreError> {
         use sled::Transactional;
-        let encoded: Vec<(&String, Vec<u8>)> =
-            changed.iter().map(|(k, a)| (k, serde_json::to_vec(a).unwrap_or_default())).collect();
+        let encoded = changed
+            .iter()
+            .map(|(k, a)| {
+                Ok((k, serde_json::to_vec(a).map_err(|source| StoreError::Corrupt { key: k.clone(), source })?))
+            })
+            .collect::<Result<Vec<(&String, Vec<u8>)>, StoreError>>()?;
         (&self.assets, &self.meta)
             .transaction(|(assets, meta)| {
                 for (key, value) in &encoded {

@@ -167,6 +167,8 @@ async fn run(
             Ok(_) => backoff = Duration::from_millis(50),
             Err(e) => {
                 tracing::warn!(error = %e, pending = outbox.depth(), "outbox publish failed; retrying");
+                // The stream may have been deleted meanwhile: check it again before the next try.
+                stream_ready = false;
                 pause(&mut backoff, settings.max_backoff).await;
             }
         }
