@@ -75,8 +75,8 @@ impl Consumer {
                 batch.push((seq, decode(&message)));
                 last = Some(message);
             }
-            let (changed, applied_seq) = self.live.apply(batch);
-            self.store.save(&changed, applied_seq)?;
+            let persist = self.live.apply(batch);
+            self.store.save(&persist)?;
             if let Some(last) = last {
                 // AckPolicy::All: acknowledges the whole batch.
                 last.ack().await.map_err(|e| anyhow::anyhow!("acknowledging events: {e}"))?;

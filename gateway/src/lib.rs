@@ -47,9 +47,15 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     proto::ids::AssetId::parse_as("consumer name", &config.consumer).context("--consumer")?;
     let store =
         store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
-    let (assets, applied_seq) = store.load().context("loading the view")?;
-    tracing::info!(assets = assets.len(), applied_seq, "view restored from the store");
-    let live = Arc::new(live::Live::new(view::OperationsView::restore(assets, applied_seq)));
+    let loaded = store.load().context("loading the view")?;
+    tracing::info!(
+        assets = loaded.assets.len(),
+        alarms = loaded.alarms.len(),
+        applied_seq = loaded.applied_seq,
+        "view restored from the store"
+    );
+    let view = view::OperationsView::restore(loaded.assets, loaded.alarms, loaded.commands, loaded.applied_seq);
+    let live = Arc::new(live::Live::new(view));
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-gateway").await?;
     let consumer = consumer::Consumer {

@@ -4,12 +4,12 @@
 //! snapshot's `seq` and none before.
 
 use proto::event::CheckedEvent;
-use proto::live::{AssetState, ServerFrame, ServerMessage};
+use proto::live::{AlarmState, AssetState, CommandState, ServerFrame, ServerMessage};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
-use crate::view::OperationsView;
+use crate::view::{Change, OperationsView};
 
 /// Deltas a session may fall behind before it gets a fresh snapshot instead.
 pub const DELTA_BUFFER: usize = 8192;
@@ -21,6 +21,15 @@ pub struct Live {
 struct Inner {
     view: OperationsView,
     deltas: broadcast::Sender<Arc<str>>,
+}
+
+/// What a batch changed, for the store. `None` removes (a cleared alarm, an evicted command).
+#[derive(Default)]
+pub struct Persist {
+    pub assets: HashMap<String, AssetState>,
+    pub alarms: HashMap<String, Option<AlarmState>>,
+    pub commands: HashMap<String, Option<CommandState>>,
+    pub applied_seq: u64,
 }
 
 /// One received event: its stream sequence and what it decoded to.
@@ -55,42 +64,57 @@ impl Live {
         self.lock().view = OperationsView::default();
     }
 
-    /// Applies a batch in stream order and broadcasts one delta per applied event. Returns the
-    /// assets changed and the sequence the view is now current at, for the store.
-    pub fn apply(&self, batch: Vec<(u64, Received)>) -> (HashMap<String, AssetState>, u64) {
-        let mut changed = HashMap::new();
+    /// Applies a batch in stream order and broadcasts one delta per applied event. Returns what
+    /// changed and the sequence the view is now current at, for the store.
+    pub fn apply(&self, batch: Vec<(u64, Received)>) -> Persist {
+        let mut persist = Persist::default();
         let mut inner = self.lock();
         for (seq, received) in batch {
             match received {
                 Received::Refused => inner.view.skip(seq),
                 Received::Event(event) => {
                     if let Some(applied) = inner.view.apply(&event, seq) {
-                        let frame = ServerFrame::new(ServerMessage::Delta {
-                            seq,
-                            event: applied.event,
-                            asset: Box::new(applied.asset.clone()),
-                        });
+                        let (mut asset, mut alarm, mut command) = (None, None, None);
+                        match applied.change {
+                            Change::Asset(key, state) => {
+                                asset = Some(Box::new(state.clone()));
+                                persist.assets.insert(key, state);
+                            }
+                            Change::Alarm(key, state) => {
+                                alarm = Some(Box::new(state.clone()));
+                                persist.alarms.insert(key, state.active.then_some(state));
+                            }
+                            Change::Command(key, state, evicted) => {
+                                command = Some(Box::new(state.clone()));
+                                persist.commands.insert(key, Some(state));
+                                persist.commands.extend(evicted.into_iter().map(|k| (k, None)));
+                            }
+                        }
+                        let frame =
+                            ServerFrame::new(ServerMessage::Delta { seq, event: applied.event, asset, alarm, command });
                         match serde_json::to_string(&frame) {
                             // No receiver is not an error: nobody is connected.
                             Ok(json) => drop(inner.deltas.send(Arc::from(json))),
                             Err(e) => tracing::error!(error = %e, seq, "cannot serialise a delta"),
                         }
-                        changed.insert(applied.key, applied.asset);
                     }
                 }
             }
         }
-        (changed, inner.view.applied_seq())
+        persist.applied_seq = inner.view.applied_seq();
+        persist
     }
 
     /// A snapshot frame (JSON) and a receiver of every delta after it.
     pub fn subscribe(&self) -> (String, broadcast::Receiver<Arc<str>>) {
-        let (seq, assets, receiver) = {
+        let (seq, assets, alarms, commands, receiver) = {
             let inner = self.lock();
             let assets: Vec<AssetState> = inner.view.assets().cloned().collect();
-            (inner.view.applied_seq(), assets, inner.deltas.subscribe())
+            let alarms: Vec<AlarmState> = inner.view.alarms().cloned().collect();
+            let commands: Vec<CommandState> = inner.view.commands().cloned().collect();
+            (inner.view.applied_seq(), assets, alarms, commands, inner.deltas.subscribe())
         };
-        let frame = ServerFrame::new(ServerMessage::Snapshot { seq, assets });
+        let frame = ServerFrame::new(ServerMessage::Snapshot { seq, assets, alarms, commands });
         let json = serde_json::to_string(&frame).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot serialise a snapshot");
             String::new()

@@ -1,8 +1,12 @@
 //! The gateway's sled database: the view's assets and the stream sequence they are current at,
 //! written together in one atomic batch. The only module that sees sled.
 
-use proto::live::AssetState;
-use std::collections::HashMap;
+use proto::live::{AlarmState, AssetState, CommandState};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::live::Persist;
 
 const APPLIED_SEQ: &[u8] = b"applied_seq";
 
@@ -18,50 +22,65 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     assets: sled::Tree,
+    alarms: sled::Tree,
+    commands: sled::Tree,
     meta: sled::Tree,
+}
+
+/// The persisted view.
+pub struct Loaded {
+    pub assets: HashMap<String, AssetState>,
+    pub alarms: HashMap<String, AlarmState>,
+    pub commands: BTreeMap<String, CommandState>,
+    pub applied_seq: u64,
 }
 
 impl Store {
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(path).open()?;
-        Ok(Store { assets: db.open_tree("assets")?, meta: db.open_tree("meta")?, db })
+        Ok(Store {
+            assets: db.open_tree("assets")?,
+            alarms: db.open_tree("alarms")?,
+            commands: db.open_tree("commands")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
     }
 
     /// The persisted view and its sequence.
-    pub fn load(&self) -> Result<(HashMap<String, AssetState>, u64), StoreError> {
-        let mut assets = HashMap::with_capacity(self.assets.len());
-        for item in self.assets.iter() {
-            let (key, value) = item?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let asset =
-                serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt { key: key.clone(), source })?;
-            assets.insert(key, asset);
-        }
+    pub fn load(&self) -> Result<Loaded, StoreError> {
         let seq = self
             .meta
             .get(APPLIED_SEQ)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        Ok((assets, seq))
+        Ok(Loaded {
+            assets: read_all(&self.assets)?,
+            alarms: read_all(&self.alarms)?,
+            commands: read_all(&self.commands)?,
+            applied_seq: seq,
+        })
     }
 
-    /// Writes the assets changed by a batch of events and the sequence the view is now current at.
-    /// Both trees are written by one transaction, so a crash leaves them consistent.
-    pub fn save(&self, changed: &HashMap<String, AssetState>, applied_seq: u64) -> Result<(), StoreError> {
+    /// Writes what a batch of events changed and the sequence the view is now current at, in one
+    /// transaction, so a crash leaves them consistent.
+    pub fn save(&self, persist: &Persist) -> Result<(), StoreError> {
         use sled::Transactional;
-        let encoded = changed
-            .iter()
-            .map(|(k, a)| {
-                Ok((k, serde_json::to_vec(a).map_err(|source| StoreError::Corrupt { key: k.clone(), source })?))
-            })
-            .collect::<Result<Vec<(&String, Vec<u8>)>, StoreError>>()?;
-        (&self.assets, &self.meta)
-            .transaction(|(assets, meta)| {
-                for (key, value) in &encoded {
-                    assets.insert(key.as_bytes(), value.as_slice())?;
+        let assets = encode_all(persist.assets.iter().map(|(k, v)| (k, Some(v))))?;
+        let alarms = encode_all(persist.alarms.iter().map(|(k, v)| (k, v.as_ref())))?;
+        let commands = encode_all(persist.commands.iter().map(|(k, v)| (k, v.as_ref())))?;
+        (&self.assets, &self.alarms, &self.commands, &self.meta)
+            .transaction(|(t_assets, t_alarms, t_commands, meta)| {
+                for (tree, entries) in [(t_assets, &assets), (t_alarms, &alarms), (t_commands, &commands)] {
+                    for (key, value) in entries {
+                        match value {
+                            Some(v) => tree.insert(key.as_bytes(), v.as_slice())?,
+                            None => tree.remove(key.as_bytes())?,
+                        };
+                    }
                 }
-                meta.insert(APPLIED_SEQ, &applied_seq.to_be_bytes())?;
+                meta.insert(APPLIED_SEQ, &persist.applied_seq.to_be_bytes())?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -76,6 +95,8 @@ impl Store {
     /// Forgets the whole view (the stream it was built from is gone).
     pub fn clear(&self) -> Result<(), StoreError> {
         self.assets.clear()?;
+        self.alarms.clear()?;
+        self.commands.clear()?;
         self.meta.clear()?;
         self.db.flush()?;
         Ok(())
@@ -85,4 +106,31 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+type Encoded<'a> = Vec<(&'a String, Option<Vec<u8>>)>;
+
+fn encode_all<'a, T: Serialize + 'a>(
+    items: impl Iterator<Item = (&'a String, Option<&'a T>)>,
+) -> Result<Encoded<'a>, StoreError> {
+    items
+        .map(|(key, value)| {
+            let encoded = value
+                .map(|v| serde_json::to_vec(v).map_err(|source| StoreError::Corrupt { key: key.clone(), source }))
+                .transpose()?;
+            Ok((key, encoded))
+        })
+        .collect()
+}
+
+fn read_all<T: DeserializeOwned, C: FromIterator<(String, T)>>(tree: &sled::Tree) -> Result<C, StoreError> {
+    tree.iter()
+        .map(|item| {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let value =
+                serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt { key: key.clone(), source })?;
+            Ok((key, value))
+        })
+        .collect()
 }

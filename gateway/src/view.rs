@@ -2,10 +2,17 @@
 //! stream order. No I/O here; the consumer feeds it and the store persists what it changed.
 
 use proto::event::CheckedEvent;
-use proto::lighting::{LampStatus, PowerState};
-use proto::live::{AssetDetails, AssetState, EventSummary, LatLon, StreetlightDetails};
+use proto::lighting::{CommandStatus, LampStatus, LightingCommand, PowerState, TalqFault};
+use proto::live::{
+    AlarmState, AssetDetails, AssetState, CommandAction, CommandState, CommandTarget, EventSummary, LatLon,
+    StreetlightDetails,
+};
 use proto::v1::event::Payload;
-use std::collections::HashMap;
+use proto::v1::{AlarmCleared, AlarmRaised, Severity};
+use std::collections::{BTreeMap, HashMap};
+
+/// Commands kept in the view (the pending ones always; the oldest finished ones leave first).
+pub const MAX_COMMANDS: usize = 1000;
 
 /// `domain/asset id`: asset ids are unique within a domain.
 pub fn asset_key(domain: &str, id: &str) -> String {
@@ -15,20 +22,37 @@ pub fn asset_key(domain: &str, id: &str) -> String {
 #[derive(Debug, Default)]
 pub struct OperationsView {
     assets: HashMap<String, AssetState>,
+    /// Active alarms by key.
+    alarms: HashMap<String, AlarmState>,
+    /// Commands by id (UUIDv7: in time order).
+    commands: BTreeMap<String, CommandState>,
     /// Stream sequence of the last event applied (or refused): every event up to it is in the view.
     applied_seq: u64,
 }
 
 /// What applying one event changed.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Asset(String, AssetState),
+    /// An alarm raised or updated (`active`), or cleared (`!active`: it left the view).
+    Alarm(String, AlarmState),
+    /// A command created or updated; `evicted` finished commands left the view to make room.
+    Command(String, CommandState, Vec<String>),
+}
+
 pub struct Applied {
-    pub key: String,
     pub event: EventSummary,
-    pub asset: AssetState,
+    pub change: Change,
 }
 
 impl OperationsView {
-    pub fn restore(assets: HashMap<String, AssetState>, applied_seq: u64) -> Self {
-        OperationsView { assets, applied_seq }
+    pub fn restore(
+        assets: HashMap<String, AssetState>,
+        alarms: HashMap<String, AlarmState>,
+        commands: BTreeMap<String, CommandState>,
+        applied_seq: u64,
+    ) -> Self {
+        OperationsView { assets, alarms, commands, applied_seq }
     }
 
     pub fn applied_seq(&self) -> u64 {
@@ -41,6 +65,14 @@ impl OperationsView {
 
     pub fn assets(&self) -> impl Iterator<Item = &AssetState> {
         self.assets.values()
+    }
+
+    pub fn alarms(&self) -> impl Iterator<Item = &AlarmState> {
+        self.alarms.values()
+    }
+
+    pub fn commands(&self) -> impl Iterator<Item = &CommandState> {
+        self.commands.values()
     }
 
     /// Marks an event that could not be applied (undecodable, inconsistent) as passed.
@@ -56,6 +88,16 @@ impl OperationsView {
         }
         self.applied_seq = seq;
         let summary = summary(event);
+        let change = match event.payload() {
+            Payload::LightingAlarmRaised(raised) => self.raise(&summary, event, raised),
+            Payload::LightingAlarmCleared(cleared) => self.clear(&summary, cleared)?,
+            Payload::LightingCommand(command) => self.command(&summary, command),
+            _ => self.asset(&summary, event),
+        };
+        Some(Applied { event: summary, change })
+    }
+
+    fn asset(&mut self, summary: &EventSummary, event: &CheckedEvent) -> Change {
         let key = asset_key(&summary.domain, &summary.asset_id);
         let position = event.event.position.map(|p| LatLon { lat: p.lat, lon: p.lon });
         let asset = self.assets.entry(key.clone()).or_insert_with(|| AssetState {
@@ -66,16 +108,18 @@ impl OperationsView {
             observed_at: summary.observed_at.clone(),
             recorded_at: summary.recorded_at.clone(),
             last_event_id: summary.id.clone(),
-            details: initial_details(event.payload()),
+            details: AssetDetails::Streetlight(StreetlightDetails::default()),
         });
+        #[allow(irrefutable_let_patterns)] // more asset types come with the other domains
+        let AssetDetails::Streetlight(details) = &mut asset.details else {
+            return Change::Asset(key, asset.clone());
+        };
         match event.payload() {
             Payload::StreetlightRegistered(registered) => {
                 if let Some(light) = &registered.streetlight {
                     asset.commune = summary.commune.clone();
                     asset.position = position;
-                    if let AssetDetails::Streetlight(details) = &mut asset.details {
-                        details.lamp_type = light.lamp_type.clone();
-                    }
+                    details.lamp_type = light.lamp_type.clone();
                     asset.last_event_id = summary.id.clone();
                     asset.recorded_at = summary.recorded_at.clone();
                 }
@@ -83,17 +127,17 @@ impl OperationsView {
             Payload::StreetlightStatus(status) => {
                 // A late report (observed before the current state) is an event, not a new state.
                 // Before the first report, `observed_at` is the registration's and does not count.
-                let first_report = matches!(&asset.details, AssetDetails::Streetlight(d) if d.status.is_none());
+                let first_report = details.status.is_none();
                 if let Some(report) = &status.report
                     && (first_report || summary.observed_at >= asset.observed_at)
                 {
-                    if let AssetDetails::Streetlight(details) = &mut asset.details {
-                        details.status = Some(lamp_status_name(report.status).to_owned());
-                        details.power_state = Some(power_state_name(report.power_state).to_owned());
-                        details.illuminance_level = Some(report.illuminance_level);
-                        details.power_consumption_w = Some(report.power_consumption_w);
-                        details.voltage_v = report.voltage_v;
-                    }
+                    details.status = Some(lamp_status_name(report.status).to_owned());
+                    details.power_state = Some(power_state_name(report.power_state).to_owned());
+                    details.illuminance_level = Some(report.illuminance_level);
+                    details.power_consumption_w = Some(report.power_consumption_w);
+                    details.voltage_v = report.voltage_v;
+                    details.date_last_switching_on = status.date_last_switching_on.as_ref().map(|t| rfc3339(Some(t)));
+                    details.date_last_switching_off = status.date_last_switching_off.as_ref().map(|t| rfc3339(Some(t)));
                     asset.observed_at = summary.observed_at.clone();
                     asset.recorded_at = summary.recorded_at.clone();
                     asset.last_event_id = summary.id.clone();
@@ -102,16 +146,124 @@ impl OperationsView {
                     }
                 }
             }
+            Payload::StreetlightFault(fault) => {
+                if let Some(fault) = &fault.fault {
+                    let name = talq_fault_name(fault.fault).to_owned();
+                    details.faults.retain(|f| f != &name);
+                    if fault.active {
+                        details.faults.push(name);
+                        details.faults.sort();
+                    }
+                    asset.last_event_id = summary.id.clone();
+                    asset.recorded_at = summary.recorded_at.clone();
+                }
+            }
+            _ => {}
         }
-        Some(Applied { key, asset: asset.clone(), event: summary })
+        Change::Asset(key, asset.clone())
+    }
+
+    fn raise(&mut self, summary: &EventSummary, event: &CheckedEvent, raised: &AlarmRaised) -> Change {
+        let position = event.event.position.map(|p| LatLon { lat: p.lat, lon: p.lon });
+        let alarm = self
+            .alarms
+            .entry(raised.key.clone())
+            .and_modify(|a| {
+                a.raise_count += 1;
+                a.last_raised_at = summary.observed_at.clone();
+            })
+            .or_insert_with(|| AlarmState {
+                key: raised.key.clone(),
+                domain: summary.domain.clone(),
+                alarm_type: raised.alarm_type.clone(),
+                severity: String::new(),
+                commune: summary.commune.clone(),
+                asset_id: summary.asset_id.clone(),
+                asset_ids: Vec::new(),
+                position,
+                details: BTreeMap::new(),
+                active: true,
+                first_raised_at: summary.observed_at.clone(),
+                last_raised_at: summary.observed_at.clone(),
+                raise_count: 1,
+                cleared_at: None,
+                clear_reason: None,
+            });
+        alarm.severity = severity_name(raised.severity).to_owned();
+        alarm.asset_ids = raised.asset_ids.clone();
+        alarm.details = raised.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        alarm.position = position.or(alarm.position);
+        Change::Alarm(raised.key.clone(), alarm.clone())
+    }
+
+    /// `None` for an alarm the view does not hold (cleared twice, or raised before the stream's
+    /// retention): nothing changes.
+    fn clear(&mut self, summary: &EventSummary, cleared: &AlarmCleared) -> Option<Change> {
+        let mut alarm = self.alarms.remove(&cleared.key)?;
+        alarm.active = false;
+        alarm.cleared_at = Some(summary.observed_at.clone());
+        alarm.clear_reason = Some(cleared.reason.clone());
+        Some(Change::Alarm(cleared.key.clone(), alarm))
+    }
+
+    fn command(&mut self, summary: &EventSummary, command: &LightingCommand) -> Change {
+        let state = command_state(&summary.domain, command);
+        self.commands.insert(command.id.clone(), state.clone());
+        let mut evicted = Vec::new();
+        while self.commands.len() > MAX_COMMANDS {
+            let oldest_finished = self.commands.iter().find(|(_, c)| c.status != "pending").map(|(k, _)| k.clone());
+            match oldest_finished {
+                Some(key) => {
+                    self.commands.remove(&key);
+                    evicted.push(key);
+                }
+                None => break,
+            }
+        }
+        Change::Command(command.id.clone(), state, evicted)
     }
 }
 
-fn initial_details(payload: &Payload) -> AssetDetails {
-    match payload {
-        Payload::StreetlightRegistered(_) | Payload::StreetlightStatus(_) => {
-            AssetDetails::Streetlight(StreetlightDetails::default())
+fn command_state(domain: &str, c: &LightingCommand) -> CommandState {
+    use proto::lighting::command_action::Action;
+    use proto::lighting::command_target::Target;
+    let target = match c.target.as_ref().and_then(|t| t.target.as_ref()) {
+        Some(Target::StreetlightId(id)) => CommandTarget::Streetlight { id: id.clone() },
+        Some(Target::Commune(commune)) => CommandTarget::Commune { commune: commune.clone() },
+        Some(Target::Street(name)) => CommandTarget::Street { name: name.clone() },
+        Some(Target::Polygon(p)) => {
+            CommandTarget::Polygon { ring: p.ring.iter().map(|p| LatLon { lat: p.lat, lon: p.lon }).collect() }
         }
+        None => CommandTarget::Unknown,
+    };
+    let action = match c.action.as_ref().and_then(|a| a.action.as_ref()) {
+        Some(Action::SwitchOn(on)) => CommandAction::Switch { on: *on },
+        Some(Action::DimLevel(level)) => CommandAction::Dim { level: *level },
+        None => CommandAction::Unknown,
+    };
+    let status = match CommandStatus::try_from(c.status) {
+        Ok(CommandStatus::Pending) => "pending",
+        Ok(CommandStatus::Applied) => "applied",
+        Ok(CommandStatus::PartiallyApplied) => "partially_applied",
+        Ok(CommandStatus::Failed) => "failed",
+        Ok(CommandStatus::Unspecified) | Err(_) => "unknown",
+    };
+    CommandState {
+        id: c.id.clone(),
+        domain: domain.to_owned(),
+        commune: c.commune.clone(),
+        target,
+        action,
+        requested_by: c.requested_by.clone(),
+        reason: c.reason.clone(),
+        requested_at: rfc3339(c.requested_at.as_ref()),
+        updated_at: rfc3339(c.updated_at.as_ref()),
+        deadline: rfc3339(c.deadline.as_ref()),
+        status: status.to_owned(),
+        lamps_total: c.lamps_total,
+        lamps_applied: c.lamps_applied,
+        lamps_failed: c.lamps_failed,
+        failures: c.failures.clone(),
     }
 }
 
@@ -131,6 +283,28 @@ fn summary(event: &CheckedEvent) -> EventSummary {
         asset_id: event.asset_id.to_string(),
         observed_at: rfc3339(event.event.observed_at.as_ref()),
         recorded_at: rfc3339(event.event.recorded_at.as_ref()),
+    }
+}
+
+fn severity_name(value: i32) -> &'static str {
+    match Severity::try_from(value) {
+        Ok(Severity::Warning) => "warning",
+        Ok(Severity::Minor) => "minor",
+        Ok(Severity::Major) => "major",
+        Ok(Severity::Critical) => "critical",
+        Ok(Severity::Unspecified) | Err(_) => "indeterminate",
+    }
+}
+
+fn talq_fault_name(value: i32) -> &'static str {
+    match TalqFault::try_from(value) {
+        Ok(TalqFault::LampFailure) => "lamp_failure",
+        Ok(TalqFault::DimmingFailure) => "dimming_failure",
+        Ok(TalqFault::RelayFailure) => "relay_failure",
+        Ok(TalqFault::SupplyLoss) => "supply_loss",
+        Ok(TalqFault::LampOnInDaytime) => "lamp_on_in_daytime",
+        Ok(TalqFault::LowPowerFactor) => "low_power_factor",
+        Ok(TalqFault::Unspecified) | Err(_) => "unknown",
     }
 }
 
@@ -162,7 +336,7 @@ mod tests {
     use proto::event::{check, new_event};
     use proto::ids::{AssetId, CommuneId};
     use proto::lighting::{StatusReport, Streetlight, StreetlightRegistered, StreetlightStatusReported};
-    use proto::v1::Position;
+    use proto::v1::{AlarmCleared, AlarmRaised, Position, Severity};
     use std::time::{Duration, SystemTime};
 
     fn registered() -> CheckedEvent {
@@ -172,6 +346,7 @@ mod tests {
             lat: 43.6,
             lon: 3.88,
             lamp_type: "LANTERNE".into(),
+            street: String::new(),
         };
         check(new_event(
             &CommuneId::parse("34172").unwrap(),
@@ -199,12 +374,20 @@ mod tests {
             &AssetId::parse("EP1").unwrap(),
             at,
             Some(Position { lat: 43.6, lon: 3.88 }),
-            Payload::StreetlightStatus(StreetlightStatusReported { report: Some(report) }),
+            Payload::StreetlightStatus(StreetlightStatusReported { report: Some(report), ..Default::default() }),
         ))
         .unwrap()
     }
 
+    fn asset(applied: Applied) -> AssetState {
+        match applied.change {
+            Change::Asset(_, a) => a,
+            other => panic!("not an asset change: {other:?}"),
+        }
+    }
+
     fn details(a: &AssetState) -> &StreetlightDetails {
+        #[allow(irrefutable_let_patterns)]
         let AssetDetails::Streetlight(d) = &a.details else { panic!("not a streetlight") };
         d
     }
@@ -212,22 +395,71 @@ mod tests {
     #[test]
     fn latest_observation_wins_and_redeliveries_are_ignored() {
         let mut view = OperationsView::default();
-        let a = view.apply(&registered(), 1).unwrap();
-        assert_eq!(details(&a.asset).lamp_type, "LANTERNE");
-        assert_eq!(details(&a.asset).status, None);
-        let b = view.apply(&status(2_000, 0.3), 2).unwrap();
-        assert_eq!(details(&b.asset).status.as_deref(), Some("defectiveLamp"));
-        assert_eq!(details(&b.asset).power_state.as_deref(), Some("low"));
-        assert_eq!(details(&b.asset).lamp_type, "LANTERNE");
+        let a = asset(view.apply(&registered(), 1).unwrap());
+        assert_eq!(details(&a).lamp_type, "LANTERNE");
+        assert_eq!(details(&a).status, None);
+        let b = asset(view.apply(&status(2_000, 0.3), 2).unwrap());
+        assert_eq!(details(&b).status.as_deref(), Some("defectiveLamp"));
+        assert_eq!(details(&b).power_state.as_deref(), Some("low"));
+        assert_eq!(details(&b).lamp_type, "LANTERNE");
         // Late report: delivered as an event, state unchanged.
         let late = view.apply(&status(1_000, 0.9), 3).unwrap();
         assert_eq!(late.event.observed_at, "1970-01-01T00:16:40.000000000Z");
-        assert_eq!(details(&late.asset).illuminance_level, Some(0.3));
+        assert_eq!(details(&asset(late)).illuminance_level, Some(0.3));
         // Redelivery of an applied sequence.
         assert!(view.apply(&status(3_000, 1.0), 3).is_none());
         assert_eq!(view.applied_seq(), 3);
         assert_eq!(view.asset_count(), 1);
         view.skip(10);
         assert!(view.apply(&status(3_000, 1.0), 9).is_none());
+    }
+
+    fn alarm_event(payload: Payload) -> CheckedEvent {
+        check(new_event(
+            &CommuneId::parse("34172").unwrap(),
+            &AssetId::parse("EP1").unwrap(),
+            SystemTime::now().into(),
+            Some(Position { lat: 43.6, lon: 3.88 }),
+            payload,
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn alarms_are_deduplicated_by_key_and_leave_when_cleared() {
+        let mut view = OperationsView::default();
+        let raised = AlarmRaised {
+            key: "lighting/outage_cluster/EP1".into(),
+            alarm_type: "outage_cluster".into(),
+            severity: Severity::Major as i32,
+            asset_ids: vec!["EP1".into(), "EP2".into()],
+            details: Default::default(),
+        };
+        view.apply(&alarm_event(Payload::LightingAlarmRaised(raised.clone())), 1).unwrap();
+        let mut grown = raised.clone();
+        grown.asset_ids.push("EP3".into());
+        let Change::Alarm(_, alarm) = view.apply(&alarm_event(Payload::LightingAlarmRaised(grown)), 2).unwrap().change
+        else {
+            panic!("alarm expected")
+        };
+        assert_eq!(
+            (alarm.raise_count, alarm.asset_ids.len(), alarm.severity.as_str(), alarm.active),
+            (2, 3, "major", true)
+        );
+        assert_eq!(view.alarms().count(), 1);
+        let cleared =
+            AlarmCleared { key: raised.key.clone(), alarm_type: raised.alarm_type.clone(), reason: "repaired".into() };
+        let Change::Alarm(_, alarm) =
+            view.apply(&alarm_event(Payload::LightingAlarmCleared(cleared.clone())), 3).unwrap().change
+        else {
+            panic!("alarm expected")
+        };
+        assert!(!alarm.active);
+        assert_eq!(alarm.clear_reason.as_deref(), Some("repaired"));
+        assert_eq!(view.alarms().count(), 0);
+        assert!(
+            view.apply(&alarm_event(Payload::LightingAlarmCleared(cleared)), 4).is_none(),
+            "cleared twice: nothing"
+        );
     }
 }

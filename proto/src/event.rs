@@ -1,6 +1,6 @@
 //! Building events on the service side and checking them on the consumer side.
 
-use crate::ids::{AssetId, CommuneId, IdError};
+use crate::ids::{AlarmKey, AssetId, CommuneId, IdError};
 use crate::subject;
 use crate::v1::{Domain, Event, Position, event::Payload};
 use prost::Message;
@@ -11,6 +11,10 @@ use std::time::SystemTime;
 pub enum EventKind {
     StreetlightRegistered,
     StreetlightStatus,
+    StreetlightFault,
+    LightingCommand,
+    LightingAlarmRaised,
+    LightingAlarmCleared,
 }
 
 impl EventKind {
@@ -18,12 +22,21 @@ impl EventKind {
         match self {
             EventKind::StreetlightRegistered => "streetlight_registered",
             EventKind::StreetlightStatus => "streetlight_status",
+            EventKind::StreetlightFault => "streetlight_fault",
+            EventKind::LightingCommand => "command_updated",
+            EventKind::LightingAlarmRaised => "alarm_raised",
+            EventKind::LightingAlarmCleared => "alarm_cleared",
         }
     }
 
     pub fn domain(self) -> Domain {
         match self {
-            EventKind::StreetlightRegistered | EventKind::StreetlightStatus => Domain::Lighting,
+            EventKind::StreetlightRegistered
+            | EventKind::StreetlightStatus
+            | EventKind::StreetlightFault
+            | EventKind::LightingCommand
+            | EventKind::LightingAlarmRaised
+            | EventKind::LightingAlarmCleared => Domain::Lighting,
         }
     }
 }
@@ -33,6 +46,10 @@ impl Payload {
         match self {
             Payload::StreetlightRegistered(_) => EventKind::StreetlightRegistered,
             Payload::StreetlightStatus(_) => EventKind::StreetlightStatus,
+            Payload::StreetlightFault(_) => EventKind::StreetlightFault,
+            Payload::LightingCommand(_) => EventKind::LightingCommand,
+            Payload::LightingAlarmRaised(_) => EventKind::LightingAlarmRaised,
+            Payload::LightingAlarmCleared(_) => EventKind::LightingAlarmCleared,
         }
     }
 }
@@ -145,6 +162,15 @@ pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
     if let Some(p) = &event.position {
         check_position(p.lat, p.lon)?;
     }
+    match &event.payload {
+        Some(Payload::LightingAlarmRaised(a)) => {
+            AlarmKey::parse(&a.key)?;
+        }
+        Some(Payload::LightingAlarmCleared(a)) => {
+            AlarmKey::parse(&a.key)?;
+        }
+        _ => {}
+    }
     Ok(CheckedEvent { commune, asset_id, kind, event })
 }
 
@@ -165,7 +191,10 @@ mod tests {
             &AssetId::parse("EP00001").unwrap(),
             timestamp(SystemTime::now()),
             Some(Position { lat: 43.6, lon: 3.88 }),
-            Payload::StreetlightStatus(StreetlightStatusReported { report: Some(StatusReport::default()) }),
+            Payload::StreetlightStatus(StreetlightStatusReported {
+                report: Some(StatusReport::default()),
+                ..Default::default()
+            }),
         )
     }
 

@@ -98,6 +98,50 @@ impl fmt::Display for AssetId {
     }
 }
 
+/// The stable key of an alarm: `<domain>/<alarm_type>/<subject>`. ASCII letters, digits, `-`,
+/// `_`, `:` and `/`; 1 to 128 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlarmKey(String);
+
+impl AlarmKey {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        const WHAT: &str = "alarm key";
+        if value.is_empty() {
+            return Err(IdError::Empty { what: WHAT });
+        }
+        if value.chars().count() > Self::MAX_LEN {
+            return Err(IdError::TooLong { what: WHAT, value: value.into(), max: Self::MAX_LEN });
+        }
+        if let Some(found) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '/')))
+        {
+            return Err(IdError::BadCharacter {
+                what: WHAT,
+                value: value.into(),
+                found,
+                allowed: "ASCII letters, digits, '-', '_', ':' and '/'",
+            });
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// `<domain>/<alarm_type>/<subject>` from parts already valid as identifiers.
+    pub fn new(domain: &str, alarm_type: &str, subject: &AssetId) -> Self {
+        Self(format!("{domain}/{alarm_type}/{subject}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AlarmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +165,9 @@ mod tests {
         for bad in ["", "EP.1", "EP*", "EP>", "EP 1", "é", &"x".repeat(65)] {
             assert!(AssetId::parse(bad).is_err(), "{bad:?} must be refused");
         }
+        assert!(AlarmKey::parse("lighting/outage_cluster/EP1").is_ok());
+        assert!(AlarmKey::parse("lighting/x.y").is_err());
+        assert!(AlarmKey::parse("").is_err());
         let err = AssetId::parse_as("streetlight id", "EP.1").unwrap_err().to_string();
         assert!(err.contains("streetlight id") && err.contains('.'), "{err}");
     }

@@ -29,10 +29,19 @@ impl ServerFrame {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// The whole view, current as of `seq`.
-    Snapshot { seq: u64, assets: Vec<AssetState> },
-    /// One event and the state of its asset after it.
-    Delta { seq: u64, event: EventSummary, asset: Box<AssetState> },
+    /// The whole view, current as of `seq`: every asset, the active alarms, the recent commands.
+    Snapshot { seq: u64, assets: Vec<AssetState>, alarms: Vec<AlarmState>, commands: Vec<CommandState> },
+    /// One event, and what it changed: an asset, an alarm or a command (exactly one of them).
+    Delta {
+        seq: u64,
+        event: EventSummary,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asset: Option<Box<AssetState>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alarm: Option<Box<AlarmState>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<Box<CommandState>>,
+    },
     /// The answer to a client `ping`.
     Pong,
     /// The client sent something the server does not accept; the connection stays open.
@@ -115,6 +124,76 @@ pub struct StreetlightDetails {
     pub illuminance_level: Option<f64>,
     pub power_consumption_w: Option<f64>,
     pub voltage_v: Option<f64>,
+    /// Active TALQ faults: `lamp_failure`, `dimming_failure`, `relay_failure`, `supply_loss`,
+    /// `lamp_on_in_daytime`, `low_power_factor`.
+    #[serde(default)]
+    pub faults: Vec<String>,
+    /// NGSI-LD dateLastSwitchingOn / dateLastSwitchingOff (RFC 3339).
+    #[serde(default)]
+    pub date_last_switching_on: Option<String>,
+    #[serde(default)]
+    pub date_last_switching_off: Option<String>,
+}
+
+/// An alarm as the operator sees it. Raising the same key again updates it (`raise_count`,
+/// `last_raised_at`); a cleared alarm is sent once with `active: false`, then leaves the view.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlarmState {
+    pub key: String,
+    pub domain: String,
+    pub alarm_type: String,
+    /// `warning`, `minor`, `major` or `critical`.
+    pub severity: String,
+    pub commune: String,
+    pub asset_id: String,
+    pub asset_ids: Vec<String>,
+    pub position: Option<LatLon>,
+    pub details: std::collections::BTreeMap<String, String>,
+    pub active: bool,
+    pub first_raised_at: String,
+    pub last_raised_at: String,
+    pub raise_count: u32,
+    pub cleared_at: Option<String>,
+    pub clear_reason: Option<String>,
+}
+
+/// An operator command to a domain service, from pending to its outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandState {
+    pub id: String,
+    pub domain: String,
+    pub commune: String,
+    pub target: CommandTarget,
+    pub action: CommandAction,
+    pub requested_by: String,
+    pub reason: String,
+    pub requested_at: String,
+    pub updated_at: String,
+    pub deadline: String,
+    /// `pending`, `applied`, `partially_applied` or `failed`.
+    pub status: String,
+    pub lamps_total: u32,
+    pub lamps_applied: u32,
+    pub lamps_failed: u32,
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandTarget {
+    Streetlight { id: String },
+    Commune { commune: String },
+    Street { name: String },
+    Polygon { ring: Vec<LatLon> },
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandAction {
+    Switch { on: bool },
+    Dim { level: f64 },
+    Unknown,
 }
 
 #[cfg(test)]

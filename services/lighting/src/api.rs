@@ -1,54 +1,39 @@
-//! The gRPC face of the lighting service: validate, apply, store with the outbox, reply.
+//! The gRPC face of the lighting service (`vigie.lighting.v1.LightingService`).
 
-use proto::event::{self, CheckedEvent};
-use proto::ids::{AssetId, CommuneId};
+use futures::StreamExt;
+use proto::ids::AssetId;
+use proto::lighting::controller_message::Message as FromController;
 use proto::lighting::lighting_service_server::LightingService;
+use proto::lighting::telemetry_message::Message as Telemetry;
 use proto::lighting::{
-    GetStreetlightRequest, GetStreetlightResponse, RegisterStreetlightsRequest, RegisterStreetlightsResponse,
-    ReportStatusRequest, ReportStatusResponse, StreetlightRegistered, StreetlightStatusReported,
+    ControllerInstruction, ControllerMessage, GetCommandRequest, GetStreetlightRequest, GetStreetlightResponse,
+    LightingCommand, RegisterStreetlightsRequest, RegisterStreetlightsResponse, ReportStatusRequest,
+    ReportStatusResponse, SendCommandRequest, SendCommandResponse, TelemetryError, TelemetryMessage, TelemetrySummary,
 };
-use proto::v1::Position;
-use proto::v1::event::Payload;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
-use territory::Territory;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::domain::{self, Invalid, MAX_STREETLIGHTS_PER_CALL};
-use crate::store::{Store, StoreError};
+use crate::core::Lighting;
+
+/// Telemetry messages written between two flushes of the store.
+const TELEMETRY_GROUP_COMMIT: u64 = 256;
+/// Refusals listed in a telemetry summary (all are counted).
+const MAX_LISTED_ERRORS: usize = 100;
 
 pub struct LightingApi {
-    store: Store,
-    territory: Arc<Territory>,
+    core: Arc<Lighting>,
 }
 
 impl LightingApi {
-    pub fn new(store: Store, territory: Arc<Territory>) -> Self {
-        LightingApi { store, territory }
+    pub fn new(core: Arc<Lighting>) -> Self {
+        LightingApi { core }
     }
 }
 
-impl From<Invalid> for Status {
-    fn from(e: Invalid) -> Status {
-        Status::invalid_argument(e.0)
-    }
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
-        tracing::error!(error = %e, "store failure");
-        // Nothing was acknowledged: the caller may retry.
-        Status::unavailable(format!("the lighting store could not complete the write: {e}"))
-    }
-}
-
-fn parsed<T>(result: Result<T, proto::ids::IdError>) -> Result<T, Status> {
-    result.map_err(|e| Status::internal(format!("stored identifier no longer valid: {e}")))
-}
-
-fn checked(event: proto::v1::Event) -> Result<CheckedEvent, Status> {
-    event::check(event).map_err(|e| Status::internal(format!("built an invalid event: {e}")))
-}
+type InstructionStream = Pin<Box<dyn futures::Stream<Item = Result<ControllerInstruction, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl LightingService for LightingApi {
@@ -56,42 +41,9 @@ impl LightingService for LightingApi {
         &self,
         request: Request<RegisterStreetlightsRequest>,
     ) -> Result<Response<RegisterStreetlightsResponse>, Status> {
-        let lights = request.into_inner().streetlights;
-        if lights.is_empty() {
-            return Err(Status::invalid_argument("no streetlights in the request"));
-        }
-        if lights.len() > MAX_STREETLIGHTS_PER_CALL {
-            return Err(Status::invalid_argument(format!(
-                "{} streetlights in one call; at most {MAX_STREETLIGHTS_PER_CALL}",
-                lights.len()
-            )));
-        }
-        let mut changes = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut unchanged = 0u32;
-        let now = event::timestamp(SystemTime::now());
-        for light in &lights {
-            let valid = domain::validate_streetlight(light, &self.territory)?;
-            if !seen.insert(valid.id.clone()) {
-                return Err(Status::invalid_argument(format!("streetlight {} appears twice in the request", valid.id)));
-            }
-            let stored = valid.to_proto();
-            if self.store.streetlight(valid.id.as_str())?.as_ref() == Some(&stored) {
-                unchanged += 1;
-                continue;
-            }
-            let event = checked(event::new_event(
-                &valid.commune,
-                &valid.id,
-                now,
-                Some(Position { lat: valid.lat, lon: valid.lon }),
-                Payload::StreetlightRegistered(StreetlightRegistered { streetlight: Some(stored.clone()) }),
-            ))?;
-            changes.push((stored, event));
-        }
-        let registered = changes.len() as u32;
-        if !changes.is_empty() {
-            self.store.register(changes).await?;
+        let (registered, unchanged) = self.core.register(&request.into_inner().streetlights)?;
+        if registered > 0 {
+            self.core.commit().await?;
         }
         Ok(Response::new(RegisterStreetlightsResponse { registered, unchanged }))
     }
@@ -100,23 +52,9 @@ impl LightingService for LightingApi {
         &self,
         request: Request<ReportStatusRequest>,
     ) -> Result<Response<ReportStatusResponse>, Status> {
-        let request = request.into_inner();
-        let valid = domain::validate_report(request.report.as_ref(), SystemTime::now())?;
-        let light = self
-            .store
-            .streetlight(valid.streetlight_id.as_str())?
-            .ok_or_else(|| Status::not_found(format!("streetlight {} is not registered", valid.streetlight_id)))?;
-        let commune = parsed(CommuneId::parse(&light.commune))?;
-        let asset = parsed(AssetId::parse(&light.id))?;
-        let event = checked(event::new_event(
-            &commune,
-            &asset,
-            event::timestamp(valid.observed_at),
-            Some(Position { lat: light.lat, lon: light.lon }),
-            Payload::StreetlightStatus(StreetlightStatusReported { report: Some(valid.report.clone()) }),
-        ))?;
-        self.store.record_report(&valid.report, &event).await?;
-        Ok(Response::new(ReportStatusResponse { event_id: event.event.id }))
+        let event_id = self.core.record_status(request.into_inner().report.as_ref())?;
+        self.core.commit().await?;
+        Ok(Response::new(ReportStatusResponse { event_id }))
     }
 
     async fn get_streetlight(
@@ -125,11 +63,128 @@ impl LightingService for LightingApi {
     ) -> Result<Response<GetStreetlightResponse>, Status> {
         let id = request.into_inner().id;
         let id = AssetId::parse_as("streetlight id", &id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let light = self
-            .store
+        let store = self.core.store();
+        let light = store
             .streetlight(id.as_str())?
             .ok_or_else(|| Status::not_found(format!("streetlight {id} is not registered")))?;
-        let last_report = self.store.last_report(id.as_str())?;
+        let last_report = store.lamp_state(id.as_str())?.and_then(|s| s.last_report);
         Ok(Response::new(GetStreetlightResponse { streetlight: Some(light), last_report }))
+    }
+
+    async fn stream_telemetry(
+        &self,
+        request: Request<Streaming<TelemetryMessage>>,
+    ) -> Result<Response<TelemetrySummary>, Status> {
+        let mut stream = request.into_inner();
+        let mut summary = TelemetrySummary::default();
+        let mut index = 0u64;
+        let mut uncommitted = 0u64;
+        let refuse = |summary: &mut TelemetrySummary, index: u64, message: String| {
+            summary.refused += 1;
+            if summary.errors.len() < MAX_LISTED_ERRORS {
+                summary.errors.push(TelemetryError { index, message });
+            }
+        };
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    // The stream itself is broken (undecodable, oversized, cut): keep what was
+                    // accepted, say why it ended.
+                    refuse(&mut summary, index, format!("stream ended: {}", status.message()));
+                    break;
+                }
+            };
+            let outcome = match message.message {
+                Some(Telemetry::Status(report)) => self.core.record_status(Some(&report)),
+                Some(Telemetry::Fault(fault)) => self.core.record_fault(Some(&fault)),
+                None => Err(Status::invalid_argument("empty telemetry message: status or fault expected")),
+            };
+            match outcome {
+                Ok(_) => {
+                    summary.accepted += 1;
+                    uncommitted += 1;
+                }
+                Err(status) => refuse(&mut summary, index, status.message().to_owned()),
+            }
+            index += 1;
+            if uncommitted >= TELEMETRY_GROUP_COMMIT {
+                self.core.commit().await?;
+                uncommitted = 0;
+            }
+        }
+        // Everything counted as accepted is durable before the summary is sent.
+        self.core.commit().await?;
+        if summary.refused > 0 {
+            tracing::info!(accepted = summary.accepted, refused = summary.refused, "telemetry stream with refusals");
+        }
+        Ok(Response::new(summary))
+    }
+
+    async fn send_command(
+        &self,
+        request: Request<SendCommandRequest>,
+    ) -> Result<Response<SendCommandResponse>, Status> {
+        let commands = self.core.send_command(request.get_ref()).await?;
+        Ok(Response::new(SendCommandResponse { commands }))
+    }
+
+    async fn get_command(&self, request: Request<GetCommandRequest>) -> Result<Response<LightingCommand>, Status> {
+        let id = request.into_inner().id;
+        let id = AssetId::parse_as("command id", &id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let record = self
+            .core
+            .store()
+            .command(id.as_str())?
+            .ok_or_else(|| Status::not_found(format!("command {id} does not exist")))?;
+        Ok(Response::new(record.command.unwrap_or_default()))
+    }
+
+    type ControllerSessionStream = InstructionStream;
+
+    async fn controller_session(
+        &self,
+        request: Request<Streaming<ControllerMessage>>,
+    ) -> Result<Response<Self::ControllerSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let controller_id = match inbound.message().await? {
+            Some(ControllerMessage { message: Some(FromController::Hello(hello)) })
+                if !hello.controller_id.trim().is_empty() =>
+            {
+                hello.controller_id
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a controller session starts with a hello carrying the controller id",
+                ));
+            }
+        };
+        let (sender, receiver) = mpsc::channel(1024);
+        let session = self.core.desk.connect(sender.clone());
+        tracing::info!(controller = %controller_id, "lighting controller connected");
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            while let Some(message) = inbound.next().await {
+                let outcome = match message {
+                    Ok(ControllerMessage { message: Some(FromController::Result(result)) }) => {
+                        core.command_result(&result).await
+                    }
+                    Ok(_) => Err(Status::invalid_argument("only command results are expected after the hello")),
+                    Err(status) => {
+                        tracing::info!(controller = %controller_id, error = %status, "controller stream ended");
+                        break;
+                    }
+                };
+                if let Err(status) = outcome {
+                    tracing::warn!(controller = %controller_id, error = %status, "controller message refused");
+                    let _ = sender.send(Err(status)).await;
+                    break;
+                }
+            }
+            core.desk.disconnect(session);
+            tracing::info!(controller = %controller_id, "lighting controller disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

@@ -2,7 +2,11 @@
 
 use proto::event::check_position;
 use proto::ids::{AssetId, CommuneId};
-use proto::lighting::{LampStatus, PowerState, StatusReport, Streetlight};
+use proto::lighting::command_action::Action;
+use proto::lighting::command_target::Target;
+use proto::lighting::{
+    CommandAction, CommandTarget, LampStatus, PowerState, SendCommandRequest, StatusReport, Streetlight,
+};
 use std::time::{Duration, SystemTime};
 use territory::Territory;
 
@@ -11,6 +15,11 @@ pub const MAX_STREETLIGHTS_PER_CALL: usize = 10_000;
 /// How far in the future an observation time may be (clock skew of field devices).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 pub const MAX_LAMP_TYPE_CHARS: usize = 64;
+pub const MAX_STREET_CHARS: usize = 128;
+pub const MAX_POLYGON_POINTS: usize = 10_000;
+pub const MAX_REASON_CHARS: usize = 500;
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Input refused, with a message that says what is wrong (INVALID_ARGUMENT).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,6 +38,7 @@ pub struct ValidStreetlight {
     pub lat: f64,
     pub lon: f64,
     pub lamp_type: String,
+    pub street: String,
 }
 
 impl ValidStreetlight {
@@ -40,6 +50,7 @@ impl ValidStreetlight {
             lat: self.lat,
             lon: self.lon,
             lamp_type: self.lamp_type.clone(),
+            street: self.street.clone(),
         }
     }
 }
@@ -69,7 +80,20 @@ pub fn validate_streetlight(light: &Streetlight, territory: &Territory) -> Resul
     if lamp_type.chars().any(char::is_control) {
         return Err(invalid(format!("streetlight {id}: lamp type contains control characters")));
     }
-    Ok(ValidStreetlight { id, commune, lat: light.lat, lon: light.lon, lamp_type: lamp_type.to_owned() })
+    let street = light.street.trim();
+    if street.chars().count() > MAX_STREET_CHARS || street.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "streetlight {id}: street must be at most {MAX_STREET_CHARS} characters without control characters"
+        )));
+    }
+    Ok(ValidStreetlight {
+        id,
+        commune,
+        lat: light.lat,
+        lon: light.lon,
+        lamp_type: lamp_type.to_owned(),
+        street: street.to_owned(),
+    })
 }
 
 /// A status report that passed [`validate_report`].
@@ -83,18 +107,7 @@ pub struct ValidReport {
 pub fn validate_report(report: Option<&StatusReport>, now: SystemTime) -> Result<ValidReport, Invalid> {
     let report = report.ok_or_else(|| invalid("report is missing"))?;
     let id = AssetId::parse_as("streetlight id", &report.streetlight_id).map_err(|e| invalid(e.to_string()))?;
-    let observed = report.observed_at.ok_or_else(|| invalid(format!("streetlight {id}: observed_at is missing")))?;
-    let observed_at = SystemTime::try_from(observed)
-        .map_err(|e| invalid(format!("streetlight {id}: observed_at is not a valid time: {e}")))?;
-    if observed_at > now + MAX_CLOCK_SKEW {
-        return Err(invalid(format!(
-            "streetlight {id}: observed_at is more than {} s in the future",
-            MAX_CLOCK_SKEW.as_secs()
-        )));
-    }
-    if observed_at < SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800) {
-        return Err(invalid(format!("streetlight {id}: observed_at is before 2000")));
-    }
+    let observed_at = check_time(&id, report.observed_at, now)?;
     match LampStatus::try_from(report.status) {
         Ok(LampStatus::Unspecified) => return Err(invalid(format!("streetlight {id}: status is missing"))),
         Err(_) => return Err(invalid(format!("streetlight {id}: unknown status {}", report.status))),
@@ -121,6 +134,178 @@ pub fn validate_report(report: Option<&StatusReport>, now: SystemTime) -> Result
     Ok(ValidReport { streetlight_id: id, observed_at, report: report.clone() })
 }
 
+/// A command that passed [`validate_command`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidCommand {
+    pub target: ValidTarget,
+    pub action: CommandAction,
+    pub requested_by: String,
+    pub reason: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidTarget {
+    Streetlight(AssetId),
+    Commune(CommuneId),
+    /// Normalised street name (see [`street_key`]).
+    Street(String),
+    Polygon(geo::Polygon<f64>),
+}
+
+/// A street name for comparison: lower case, accents and punctuation folded, spaces collapsed.
+pub fn street_key(name: &str) -> String {
+    let folded: String = name
+        .chars()
+        .map(|c| match c {
+            'à' | 'â' | 'ä' | 'À' | 'Â' | 'Ä' => 'a',
+            'é' | 'è' | 'ê' | 'ë' | 'É' | 'È' | 'Ê' | 'Ë' => 'e',
+            'î' | 'ï' | 'Î' | 'Ï' => 'i',
+            'ô' | 'ö' | 'Ô' | 'Ö' => 'o',
+            'ù' | 'û' | 'ü' | 'Ù' | 'Û' | 'Ü' => 'u',
+            'ç' | 'Ç' => 'c',
+            c if c.is_alphanumeric() => c.to_ascii_lowercase(),
+            _ => ' ',
+        })
+        .collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub fn validate_command(request: &SendCommandRequest, territory: &Territory) -> Result<ValidCommand, Invalid> {
+    let requested_by = request.requested_by.trim();
+    if requested_by.is_empty() {
+        return Err(invalid("requested_by is required: who asks for this command"));
+    }
+    if requested_by.chars().count() > 64 || requested_by.chars().any(char::is_control) {
+        return Err(invalid("requested_by must be at most 64 characters without control characters"));
+    }
+    let reason = request.reason.trim();
+    if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(invalid(format!("reason must be at most {MAX_REASON_CHARS} characters of text")));
+    }
+    let timeout = match request.timeout_s {
+        0 => DEFAULT_COMMAND_TIMEOUT,
+        s if Duration::from_secs(u64::from(s)) > MAX_COMMAND_TIMEOUT => {
+            return Err(invalid(format!("timeout_s {s} is more than {}", MAX_COMMAND_TIMEOUT.as_secs())));
+        }
+        s => Duration::from_secs(u64::from(s)),
+    };
+    let action = request.action.unwrap_or_default();
+    match action.action {
+        None => return Err(invalid("action is missing: switch_on or dim_level")),
+        Some(Action::DimLevel(level)) if !(level.is_finite() && (0.0..=1.0).contains(&level)) => {
+            return Err(invalid(format!("dim_level {level} is outside 0..1")));
+        }
+        Some(_) => {}
+    }
+    let target = match request.target.as_ref().and_then(|t| t.target.as_ref()) {
+        None => return Err(invalid("target is missing: streetlight_id, commune, street or polygon")),
+        Some(Target::StreetlightId(id)) => {
+            ValidTarget::Streetlight(AssetId::parse_as("streetlight id", id).map_err(|e| invalid(e.to_string()))?)
+        }
+        Some(Target::Commune(c)) => {
+            let commune = CommuneId::parse(c).map_err(|e| invalid(e.to_string()))?;
+            if !territory.contains(&commune) {
+                return Err(invalid(format!("commune {commune} is not in this territory")));
+            }
+            ValidTarget::Commune(commune)
+        }
+        Some(Target::Street(name)) => {
+            let key = street_key(name);
+            if key.is_empty() || name.chars().count() > MAX_STREET_CHARS {
+                return Err(invalid(format!("street must be a name of 1 to {MAX_STREET_CHARS} characters")));
+            }
+            ValidTarget::Street(key)
+        }
+        Some(Target::Polygon(polygon)) => ValidTarget::Polygon(validate_polygon(&polygon.ring)?),
+    };
+    Ok(ValidCommand { target, action, requested_by: requested_by.to_owned(), reason: reason.to_owned(), timeout })
+}
+
+fn validate_polygon(ring: &[proto::v1::Position]) -> Result<geo::Polygon<f64>, Invalid> {
+    if ring.len() < 4 {
+        return Err(invalid(format!("polygon has {} points; a closed ring needs at least 4", ring.len())));
+    }
+    if ring.len() > MAX_POLYGON_POINTS {
+        return Err(invalid(format!("polygon has more than {MAX_POLYGON_POINTS} points")));
+    }
+    for (i, p) in ring.iter().enumerate() {
+        check_position(p.lat, p.lon).map_err(|e| invalid(format!("polygon point {i}: {e}")))?;
+    }
+    let (first, last) = (&ring[0], &ring[ring.len() - 1]);
+    if first.lat != last.lat || first.lon != last.lon {
+        return Err(invalid("polygon does not close: its last point must equal its first"));
+    }
+    let exterior: Vec<(f64, f64)> = ring.iter().map(|p| (p.lon, p.lat)).collect();
+    let polygon = geo::Polygon::new(geo::LineString::from(exterior), vec![]);
+    use geo::Area;
+    if polygon.unsigned_area() == 0.0 {
+        return Err(invalid("polygon has no area"));
+    }
+    Ok(polygon)
+}
+
+/// Whether a lamp is addressed by a target.
+pub fn targets(target: &ValidTarget, id: &AssetId, commune: &CommuneId, lat: f64, lon: f64, street: &str) -> bool {
+    match target {
+        ValidTarget::Streetlight(t) => t == id,
+        ValidTarget::Commune(c) => c == commune,
+        ValidTarget::Street(key) => !street.is_empty() && street_key(street) == *key,
+        ValidTarget::Polygon(polygon) => {
+            use geo::Intersects;
+            polygon.intersects(&geo::Point::new(lon, lat))
+        }
+    }
+}
+
+/// The target as the command records it (normalised).
+pub fn target_proto(target: &ValidTarget, original: Option<&CommandTarget>) -> CommandTarget {
+    match target {
+        ValidTarget::Streetlight(id) => CommandTarget { target: Some(Target::StreetlightId(id.to_string())) },
+        ValidTarget::Commune(c) => CommandTarget { target: Some(Target::Commune(c.to_string())) },
+        ValidTarget::Street(_) | ValidTarget::Polygon(_) => original.cloned().unwrap_or_default(),
+    }
+}
+
+/// Whether a report says the lamp gives light.
+pub fn is_lit(report: &StatusReport) -> bool {
+    report.illuminance_level > 0.0
+        || matches!(PowerState::try_from(report.power_state), Ok(PowerState::On | PowerState::Low))
+}
+
+/// A fault report that passed [`validate_fault`].
+pub fn validate_fault(
+    fault: Option<&proto::lighting::FaultReport>,
+    now: SystemTime,
+) -> Result<(AssetId, SystemTime, proto::lighting::TalqFault), Invalid> {
+    use proto::lighting::TalqFault;
+    let fault = fault.ok_or_else(|| invalid("fault is missing"))?;
+    let id = AssetId::parse_as("streetlight id", &fault.streetlight_id).map_err(|e| invalid(e.to_string()))?;
+    let observed_at = check_time(&id, fault.observed_at, now)?;
+    let kind = match TalqFault::try_from(fault.fault) {
+        Ok(TalqFault::Unspecified) => return Err(invalid(format!("streetlight {id}: fault is missing"))),
+        Err(_) => return Err(invalid(format!("streetlight {id}: unknown fault {}", fault.fault))),
+        Ok(kind) => kind,
+    };
+    Ok((id, observed_at, kind))
+}
+
+fn check_time(id: &AssetId, at: Option<prost_types::Timestamp>, now: SystemTime) -> Result<SystemTime, Invalid> {
+    let at = at.ok_or_else(|| invalid(format!("streetlight {id}: observed_at is missing")))?;
+    let observed_at = SystemTime::try_from(at)
+        .map_err(|e| invalid(format!("streetlight {id}: observed_at is not a valid time: {e}")))?;
+    if observed_at > now + MAX_CLOCK_SKEW {
+        return Err(invalid(format!(
+            "streetlight {id}: observed_at is more than {} s in the future",
+            MAX_CLOCK_SKEW.as_secs()
+        )));
+    }
+    if observed_at < SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800) {
+        return Err(invalid(format!("streetlight {id}: observed_at is before 2000")));
+    }
+    Ok(observed_at)
+}
+
 /// Whether `candidate` replaces `current` as the latest report: the later observation wins;
 /// a report arriving late never overwrites a newer state.
 pub fn is_newer(candidate: &StatusReport, current: Option<&StatusReport>) -> bool {
@@ -144,7 +329,75 @@ mod tests {
     }
 
     fn light(id: &str, commune: &str, lat: f64, lon: f64) -> Streetlight {
-        Streetlight { id: id.into(), commune: commune.into(), lat, lon, lamp_type: "LANTERNE".into() }
+        Streetlight {
+            id: id.into(),
+            commune: commune.into(),
+            lat,
+            lon,
+            lamp_type: "LANTERNE".into(),
+            street: String::new(),
+        }
+    }
+
+    fn command(target: Target, action: Action) -> SendCommandRequest {
+        SendCommandRequest {
+            target: Some(CommandTarget { target: Some(target) }),
+            action: Some(CommandAction { action: Some(action) }),
+            requested_by: "operateur.mtp".into(),
+            reason: "fête".into(),
+            timeout_s: 0,
+        }
+    }
+
+    fn ring(points: &[(f64, f64)]) -> proto::lighting::Polygon {
+        proto::lighting::Polygon { ring: points.iter().map(|&(lat, lon)| proto::v1::Position { lat, lon }).collect() }
+    }
+
+    #[test]
+    fn commands() {
+        let t = territory();
+        let square = [(43.59, 3.86), (43.59, 3.88), (43.61, 3.88), (43.61, 3.86), (43.59, 3.86)];
+        let ok = validate_command(&command(Target::Polygon(ring(&square)), Action::DimLevel(0.5)), &t).unwrap();
+        assert_eq!(ok.timeout, DEFAULT_COMMAND_TIMEOUT);
+        let c = CommuneId::parse("34172").unwrap();
+        assert!(targets(&ok.target, &AssetId::parse("EP1").unwrap(), &c, 43.6, 3.87, ""));
+        assert!(!targets(&ok.target, &AssetId::parse("EP1").unwrap(), &c, 43.62, 3.87, ""));
+        let street =
+            validate_command(&command(Target::Street("Rue de l'Université".into()), Action::SwitchOn(false)), &t)
+                .unwrap();
+        assert!(targets(&street.target, &AssetId::parse("EP1").unwrap(), &c, 0.0, 0.0, "RUE DE L UNIVERSITE"));
+        assert!(!targets(&street.target, &AssetId::parse("EP1").unwrap(), &c, 0.0, 0.0, ""));
+
+        let open = [(43.59, 3.86), (43.59, 3.88), (43.61, 3.88), (43.61, 3.86)];
+        let flat = [(43.59, 3.86), (43.59, 3.88), (43.59, 3.87), (43.59, 3.86)];
+        let mut anonymous = command(Target::Commune("34172".into()), Action::SwitchOn(true));
+        anonymous.requested_by = " ".into();
+        let mut long = command(Target::Commune("34172".into()), Action::SwitchOn(true));
+        long.timeout_s = 7200;
+        let cases = [
+            (command(Target::Polygon(ring(&open)), Action::DimLevel(0.5)), "does not close"),
+            (command(Target::Polygon(ring(&square[..3])), Action::DimLevel(0.5)), "at least 4"),
+            (command(Target::Polygon(ring(&flat)), Action::DimLevel(0.5)), "no area"),
+            (
+                command(
+                    Target::Polygon(ring(&[(43.59, 3.86), (91.0, 3.88), (43.61, 3.88), (43.59, 3.86)])),
+                    Action::DimLevel(0.5),
+                ),
+                "point 1",
+            ),
+            (command(Target::Commune("34172".into()), Action::DimLevel(1.5)), "outside 0..1"),
+            (command(Target::Commune("34172".into()), Action::DimLevel(f64::NAN)), "outside 0..1"),
+            (command(Target::Commune("99999".into()), Action::SwitchOn(true)), "not in this territory"),
+            (command(Target::StreetlightId("EP.1".into()), Action::SwitchOn(true)), "'.'"),
+            (command(Target::Street(" - ".into()), Action::SwitchOn(true)), "street"),
+            (anonymous, "requested_by"),
+            (long, "timeout_s"),
+            (SendCommandRequest { requested_by: "x".into(), ..Default::default() }, "action is missing"),
+        ];
+        for (request, expected) in cases {
+            let err = validate_command(&request, &t).unwrap_err().0;
+            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+        }
     }
 
     #[test]

@@ -1,13 +1,21 @@
 //! Vigie's street-lighting service.
 //!
-//! - [`domain`]: the rules, pure (valid streetlights and reports, which report is the latest).
-//! - [`store`]: the sled database, the only module that sees sled; writes go with their outbox entry.
+//! - [`domain`]: validation, pure (streetlights, reports, faults, commands and their targets).
+//! - [`rules`]: the alarm rules, pure (lamp faults, outage clusters, lamps on in daytime).
+//! - [`sun`]: sunrise and sunset at a lamp's coordinates.
+//! - [`commands`]: the command desk (pending commands, connected controllers).
+//! - [`store`]: the sled database, the only module that sees sled; writes go with their events.
+//! - [`core`]: validation → rules → store, in one order.
 //! - [`api`]: the gRPC service `vigie.lighting.v1.LightingService`.
 //! - [`run`]: wires them to NATS, the outbox relay and a gRPC listener, and shuts down gracefully.
 
 pub mod api;
+pub mod commands;
+pub mod core;
 pub mod domain;
+pub mod rules;
 pub mod store;
+pub mod sun;
 
 use anyhow::Context;
 use async_nats::jetstream;
@@ -35,8 +43,34 @@ pub struct Config {
     #[arg(long, env = "VIGIE_TERRITORY")]
     pub territory: PathBuf,
 
+    /// Dark lamps that make an outage cluster (one alarm instead of one per lamp).
+    #[arg(long, env = "VIGIE_LIGHTING_CLUSTER_MIN_LAMPS", default_value_t = 5)]
+    pub cluster_min_lamps: usize,
+
+    /// Distance within which dark lamps belong to the same cluster, metres.
+    #[arg(long, env = "VIGIE_LIGHTING_CLUSTER_RADIUS_M", default_value_t = 50.0)]
+    pub cluster_radius_m: f64,
+
+    /// Around sunrise and sunset, a lit lamp is not reported as "on in daytime".
+    #[arg(long, env = "VIGIE_LIGHTING_DAYTIME_MARGIN", default_value = "30m", value_parser = runtime::config::parse_duration)]
+    pub daytime_margin: std::time::Duration,
+
     #[command(flatten)]
     pub common: CommonConfig,
+}
+
+/// Re-evaluates time-dependent rules every minute.
+async fn tick(core: Arc<core::Lighting>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = core.tick(std::time::SystemTime::now()).await {
+            tracing::warn!(error = %e, "periodic rule evaluation failed");
+        }
+    }
 }
 
 /// Runs the service on `listener` until `shutdown` is cancelled; then stops accepting calls,
@@ -50,6 +84,18 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         .open()
         .with_context(|| format!("opening the store {}", config.store.display()))?;
     let store = store::Store::open(&db).context("opening the store's trees")?;
+    let background = CancellationToken::new();
+    let rules = rules::RulesConfig {
+        cluster_min_lamps: config.cluster_min_lamps,
+        cluster_radius_m: config.cluster_radius_m,
+        daytime_margin: config.daytime_margin,
+    };
+    if rules.cluster_min_lamps < 2 || !(rules.cluster_radius_m.is_finite() && rules.cluster_radius_m > 0.0) {
+        anyhow::bail!("--cluster-min-lamps must be at least 2 and --cluster-radius-m a positive number");
+    }
+    let territory = Arc::new(territory);
+    let core = core::Lighting::open(store.clone(), territory, rules, background.clone())
+        .context("restoring the lighting state")?;
     tracing::info!(streetlights = store.streetlight_count(), outbox = store.outbox().depth(), "store opened");
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-lighting").await?;
@@ -65,7 +111,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         config.common.shutdown_timeout,
     ));
 
-    let api = api::LightingApi::new(store.clone(), Arc::new(territory));
+    let ticking = tokio::spawn(tick(core.clone(), background.clone()));
+    let api = api::LightingApi::new(core);
     let server = LightingServiceServer::new(api).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
@@ -81,6 +128,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     };
 
     // No call is in flight any more: what the outbox holds is all there is to publish.
+    background.cancel();
+    let _ = ticking.await;
     relay_stop.cancel();
     if let Err(e) = relay.await {
         tracing::error!(error = %e, "outbox relay task failed");

@@ -1,22 +1,25 @@
-//! The lighting service's sled database: the inventory, the latest report of each streetlight, and
-//! the outbox. This is the only module that sees sled; every write that changes state stages its
-//! event in the outbox in the same transaction.
+//! The lighting service's sled database: inventory, lamp states, active alarms, commands, and the
+//! outbox. This is the only module that sees sled. Every change is written by [`Store::write`]
+//! together with the events that announce it, in one transaction; [`Store::commit`] makes it
+//! durable before the caller answers.
 
 use prost::Message;
 use proto::event::{CheckedEvent, EventError};
-use proto::lighting::{StatusReport, Streetlight};
+use proto::ids::{AssetId, CommuneId};
+use proto::lighting::{LightingCommand, StatusReport, Streetlight};
+use proto::v1::{AlarmRaised, Position};
 use runtime::outbox::{Outbox, PreparedEntry};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::domain::is_newer;
+use crate::rules::{ActiveAlarm, LampCondition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
-    #[error("store holds an undecodable {what} for {key:?}: {source}")]
-    Corrupt { what: &'static str, key: String, source: prost::DecodeError },
+    #[error("store holds an undecodable {what} for {key:?}: {message}")]
+    Corrupt { what: &'static str, key: String, message: String },
     #[error("event: {0}")]
     Event(#[from] EventError),
 }
@@ -30,10 +33,78 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
+/// What the service knows of one lamp beyond its inventory entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LampState {
+    /// The latest report by observation time.
+    #[prost(message, optional, tag = "1")]
+    pub last_report: Option<StatusReport>,
+    /// Active TALQ faults.
+    #[prost(int32, repeated, tag = "2")]
+    pub faults: Vec<i32>,
+    #[prost(bool, tag = "3")]
+    pub on_in_daytime: bool,
+    #[prost(message, optional, tag = "4")]
+    pub date_last_switching_on: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "5")]
+    pub date_last_switching_off: Option<prost_types::Timestamp>,
+}
+
+impl LampState {
+    pub fn condition(&self) -> LampCondition {
+        LampCondition {
+            status: self.last_report.as_ref().map(|r| r.status).unwrap_or_default(),
+            faults: self.faults.iter().copied().collect(),
+            on_in_daytime: self.on_in_daytime,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlarmRecord {
+    #[prost(string, tag = "1")]
+    commune: String,
+    #[prost(string, tag = "2")]
+    asset: String,
+    #[prost(message, optional, tag = "3")]
+    position: Option<Position>,
+    #[prost(message, optional, tag = "4")]
+    raised: Option<AlarmRaised>,
+}
+
+/// A command and the lamps it still waits for.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommandRecord {
+    #[prost(message, optional, tag = "1")]
+    pub command: Option<LightingCommand>,
+    #[prost(string, repeated, tag = "2")]
+    pub lamps: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    pub remaining: Vec<String>,
+}
+
+pub enum AlarmOp {
+    Raise(ActiveAlarm),
+    Clear(String),
+}
+
+/// Everything one operation changes; written atomically by [`Store::write`].
+#[derive(Default)]
+pub struct WriteBatch {
+    pub streetlights: Vec<Streetlight>,
+    pub lamp_states: Vec<(String, LampState)>,
+    /// Applied in order.
+    pub alarms: Vec<AlarmOp>,
+    pub commands: Vec<CommandRecord>,
+    pub events: Vec<CheckedEvent>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     streetlights: sled::Tree,
-    last_reports: sled::Tree,
+    lamp_states: sled::Tree,
+    alarms: sled::Tree,
+    commands: sled::Tree,
     outbox: Outbox,
 }
 
@@ -41,7 +112,9 @@ impl Store {
     pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
         Ok(Store {
             streetlights: db.open_tree("streetlights")?,
-            last_reports: db.open_tree("last_reports")?,
+            lamp_states: db.open_tree("lamp_states")?,
+            alarms: db.open_tree("alarms")?,
+            commands: db.open_tree("commands")?,
             outbox: Outbox::open(db)?,
         })
     }
@@ -54,54 +127,117 @@ impl Store {
         decode(&self.streetlights, "streetlight", id)
     }
 
-    pub fn last_report(&self, id: &str) -> Result<Option<StatusReport>, StoreError> {
-        decode(&self.last_reports, "status report", id)
+    pub fn lamp_state(&self, id: &str) -> Result<Option<LampState>, StoreError> {
+        decode(&self.lamp_states, "lamp state", id)
+    }
+
+    pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        decode(&self.commands, "command", id)
     }
 
     pub fn streetlight_count(&self) -> usize {
         self.streetlights.len()
     }
 
-    /// Writes the streetlights and their `streetlight_registered` events atomically, then makes
-    /// them durable.
-    pub async fn register(&self, changes: Vec<(Streetlight, CheckedEvent)>) -> Result<(), StoreError> {
-        let staged: Vec<(Streetlight, PreparedEntry)> = changes
+    pub fn all_streetlights(&self) -> Result<Vec<Streetlight>, StoreError> {
+        all(&self.streetlights, "streetlight")
+    }
+
+    pub fn all_lamp_states(&self) -> Result<Vec<(String, LampState)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.lamp_states.iter() {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let state = LampState::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
+                what: "lamp state",
+                key: key.clone(),
+                message: e.to_string(),
+            })?;
+            out.push((key, state));
+        }
+        Ok(out)
+    }
+
+    pub fn all_alarms(&self) -> Result<Vec<ActiveAlarm>, StoreError> {
+        let records: Vec<AlarmRecord> = all(&self.alarms, "alarm")?;
+        records
             .into_iter()
-            .map(|(light, event)| Ok((light, self.outbox.prepare(&event)?)))
-            .collect::<Result<_, StoreError>>()?;
-        (&self.streetlights, self.outbox.tree()).transaction(|(lights, outbox)| {
-            for (light, entry) in &staged {
-                lights.insert(light.id.as_bytes(), light.encode_to_vec())?;
-                entry.stage(outbox)?;
-            }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })?;
-        self.outbox.commit().await?;
+            .map(|r| {
+                let corrupt = |message: String| StoreError::Corrupt { what: "alarm", key: r.asset.clone(), message };
+                Ok(ActiveAlarm {
+                    commune: CommuneId::parse(&r.commune).map_err(|e| corrupt(e.to_string()))?,
+                    asset: AssetId::parse(&r.asset).map_err(|e| corrupt(e.to_string()))?,
+                    position: r.position,
+                    raised: r.raised.clone().ok_or_else(|| corrupt("no alarm".into()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Commands still pending (restored into the command desk at start).
+    pub fn pending_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
+        let all: Vec<CommandRecord> = all(&self.commands, "command")?;
+        Ok(all.into_iter().filter(|r| !r.remaining.is_empty()).collect())
+    }
+
+    /// Writes a batch and its events in one transaction (not yet flushed: see [`Store::commit`]).
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let entries: Vec<PreparedEntry> =
+            batch.events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
+        let lights: Vec<(Vec<u8>, Vec<u8>)> =
+            batch.streetlights.iter().map(|l| (l.id.as_bytes().to_vec(), l.encode_to_vec())).collect();
+        let states: Vec<(Vec<u8>, Vec<u8>)> =
+            batch.lamp_states.iter().map(|(id, s)| (id.as_bytes().to_vec(), s.encode_to_vec())).collect();
+        // (key, Some(record)) raises, (key, None) clears; in order.
+        let alarms: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+            .alarms
+            .iter()
+            .map(|op| match op {
+                AlarmOp::Raise(a) => {
+                    let record = AlarmRecord {
+                        commune: a.commune.to_string(),
+                        asset: a.asset.to_string(),
+                        position: a.position,
+                        raised: Some(a.raised.clone()),
+                    };
+                    (a.raised.key.as_bytes().to_vec(), Some(record.encode_to_vec()))
+                }
+                AlarmOp::Clear(key) => (key.as_bytes().to_vec(), None),
+            })
+            .collect();
+        let commands: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .commands
+            .iter()
+            .map(|c| (c.command.as_ref().map(|c| c.id.clone()).unwrap_or_default().into_bytes(), c.encode_to_vec()))
+            .collect();
+        (&self.streetlights, &self.lamp_states, &self.alarms, &self.commands, self.outbox.tree()).transaction(
+            |(t_lights, t_states, t_alarms, t_commands, t_outbox)| {
+                for (k, v) in &lights {
+                    t_lights.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in &states {
+                    t_states.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (key, record) in &alarms {
+                    match record {
+                        Some(v) => t_alarms.insert(key.as_slice(), v.as_slice())?,
+                        None => t_alarms.remove(key.as_slice())?,
+                    };
+                }
+                for (k, v) in &commands {
+                    t_commands.insert(k.as_slice(), v.as_slice())?;
+                }
+                for entry in &entries {
+                    entry.stage(t_outbox)?;
+                }
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            },
+        )?;
         Ok(())
     }
 
-    /// Records a report's event and, when it is the latest observation, the report itself, then
-    /// makes both durable.
-    pub async fn record_report(&self, report: &StatusReport, event: &CheckedEvent) -> Result<(), StoreError> {
-        let entry = self.outbox.prepare(event)?;
-        let key = report.streetlight_id.as_bytes();
-        (&self.last_reports, self.outbox.tree()).transaction(|(reports, outbox)| {
-            let current = match reports.get(key)? {
-                Some(bytes) => Some(StatusReport::decode(bytes.as_ref()).map_err(|source| {
-                    ConflictableTransactionError::Abort(StoreError::Corrupt {
-                        what: "status report",
-                        key: report.streetlight_id.clone(),
-                        source,
-                    })
-                })?),
-                None => None,
-            };
-            if is_newer(report, current.as_ref()) {
-                reports.insert(key, report.encode_to_vec())?;
-            }
-            entry.stage(outbox)?;
-            Ok(())
-        })?;
+    /// Makes every written batch durable and wakes the outbox relay.
+    pub async fn commit(&self) -> Result<(), StoreError> {
         self.outbox.commit().await?;
         Ok(())
     }
@@ -110,10 +246,23 @@ impl Store {
 fn decode<M: Message + Default>(tree: &sled::Tree, what: &'static str, key: &str) -> Result<Option<M>, StoreError> {
     match tree.get(key.as_bytes())? {
         None => Ok(None),
-        Some(bytes) => M::decode(bytes.as_ref()).map(Some).map_err(|source| StoreError::Corrupt {
+        Some(bytes) => M::decode(bytes.as_ref()).map(Some).map_err(|e| StoreError::Corrupt {
             what,
             key: key.to_owned(),
-            source,
+            message: e.to_string(),
         }),
     }
+}
+
+fn all<M: Message + Default>(tree: &sled::Tree, what: &'static str) -> Result<Vec<M>, StoreError> {
+    let mut out = Vec::with_capacity(tree.len());
+    for item in tree.iter() {
+        let (key, value) = item?;
+        out.push(M::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
+            what,
+            key: String::from_utf8_lossy(&key).into_owned(),
+            message: e.to_string(),
+        })?);
+    }
+    Ok(out)
 }

@@ -58,7 +58,8 @@ pub fn parse_inventory(path: &str, text: &str) -> Result<Vec<Streetlight>, Inven
         };
         let lamp_type = feature.property("lamp_type").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
         let commune = feature.property("insee").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        lights.push(Streetlight { id: id.to_owned(), commune, lat, lon, lamp_type });
+        let street = feature.property("street").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        lights.push(Streetlight { id: id.to_owned(), commune, lat, lon, lamp_type, street });
     }
     Ok(lights)
 }
@@ -149,6 +150,7 @@ mod tests {
             lat: 43.6,
             lon: 3.87,
             lamp_type: "LANTERNE".into(),
+            street: String::new(),
         };
         let night = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400);
         let a = report(&mut rand::rngs::StdRng::seed_from_u64(7), &light, night, false);

@@ -11,7 +11,14 @@ use tests::{LightingClient, Slice};
 use tonic::Code;
 
 fn light(id: &str, commune: &str, lat: f64, lon: f64) -> Streetlight {
-    Streetlight { id: id.into(), commune: commune.into(), lat, lon, lamp_type: "LANTERNE".into() }
+    Streetlight {
+        id: id.into(),
+        commune: commune.into(),
+        lat,
+        lon,
+        lamp_type: "LANTERNE".into(),
+        street: String::new(),
+    }
 }
 
 fn report(id: &str, level: f64) -> ReportStatusRequest {

@@ -1,0 +1,385 @@
+//! The service's core: validates what comes in, runs the rules, and writes the resulting state
+//! and events with the store, in the same order as the rules saw them (one lock around both).
+
+use proto::event::{self, CheckedEvent};
+use proto::ids::{AssetId, CommuneId};
+use proto::lighting::{
+    CommandResult, CommandStatus, FaultReport, LightingCommand, SendCommandRequest, StatusReport, Streetlight,
+    StreetlightFaultReported, StreetlightRegistered, StreetlightStatusReported,
+};
+use proto::v1::Position;
+use proto::v1::event::Payload;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use territory::Territory;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::commands::{CommandDesk, command_of};
+use crate::domain::{self, Invalid, MAX_STREETLIGHTS_PER_CALL};
+use crate::rules::{AlarmChange, LampPlace, Rules, RulesConfig};
+use crate::store::{AlarmOp, CommandRecord, LampState, Store, StoreError, WriteBatch};
+
+pub struct Lighting {
+    store: Store,
+    territory: Arc<Territory>,
+    rules: Mutex<Rules>,
+    pub desk: CommandDesk,
+    shutdown: CancellationToken,
+}
+
+impl From<Invalid> for Status {
+    fn from(e: Invalid) -> Status {
+        Status::invalid_argument(e.0)
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        tracing::error!(error = %e, "store failure");
+        // Nothing was acknowledged: the caller may retry.
+        Status::unavailable(format!("the lighting store could not complete the operation: {e}"))
+    }
+}
+
+fn checked(event: proto::v1::Event) -> Result<CheckedEvent, Status> {
+    event::check(event).map_err(|e| Status::internal(format!("built an invalid event: {e}")))
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    event::timestamp(SystemTime::now())
+}
+
+impl Lighting {
+    /// Opens the core on a store, restoring the rules' state and the pending commands.
+    pub fn open(
+        store: Store,
+        territory: Arc<Territory>,
+        config: RulesConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Lighting>, StoreError> {
+        let mut rules = Rules::new(config);
+        for light in store.all_streetlights()? {
+            if let Some((id, place)) = place_of(&light) {
+                rules.add_lamp(id, place);
+            }
+        }
+        let conditions = store
+            .all_lamp_states()?
+            .into_iter()
+            .filter_map(|(id, state)| AssetId::parse(&id).ok().map(|id| (id, state.condition())))
+            .collect();
+        rules.restore(conditions, store.all_alarms()?);
+        let desk = CommandDesk::default();
+        let pending = store.pending_commands()?;
+        tracing::info!(
+            lamps = rules.lamps().count(),
+            alarms = rules.active_alarms().count(),
+            pending_commands = pending.len(),
+            "lighting state restored"
+        );
+        desk.restore(pending.clone());
+        let core = Arc::new(Lighting { store, territory, rules: Mutex::new(rules), desk, shutdown });
+        for record in pending {
+            core.clone().expire_at_deadline(&command_of(&record));
+        }
+        Ok(core)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn rules(&self) -> MutexGuard<'_, Rules> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn commit(&self) -> Result<(), Status> {
+        Ok(self.store.commit().await?)
+    }
+
+    /// Registers or updates streetlights (all or nothing). Returns (registered, unchanged).
+    pub fn register(&self, lights: &[Streetlight]) -> Result<(u32, u32), Status> {
+        if lights.is_empty() {
+            return Err(Status::invalid_argument("no streetlights in the request"));
+        }
+        if lights.len() > MAX_STREETLIGHTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} streetlights in one call; at most {MAX_STREETLIGHTS_PER_CALL}",
+                lights.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut batch = WriteBatch::default();
+        let mut unchanged = 0u32;
+        let now = now_ts();
+        let mut rules = self.rules();
+        let mut places = Vec::new();
+        for light in lights {
+            let valid = domain::validate_streetlight(light, &self.territory)?;
+            if !seen.insert(valid.id.clone()) {
+                return Err(Status::invalid_argument(format!("streetlight {} appears twice in the request", valid.id)));
+            }
+            let stored = valid.to_proto();
+            if self.store.streetlight(valid.id.as_str())?.as_ref() == Some(&stored) {
+                unchanged += 1;
+                continue;
+            }
+            batch.events.push(checked(event::new_event(
+                &valid.commune,
+                &valid.id,
+                now,
+                Some(Position { lat: valid.lat, lon: valid.lon }),
+                Payload::StreetlightRegistered(StreetlightRegistered { streetlight: Some(stored.clone()) }),
+            ))?);
+            places.push((
+                valid.id.clone(),
+                LampPlace {
+                    commune: valid.commune.clone(),
+                    lat: valid.lat,
+                    lon: valid.lon,
+                    street: valid.street.clone(),
+                },
+            ));
+            batch.streetlights.push(stored);
+        }
+        let registered = batch.streetlights.len() as u32;
+        if registered > 0 {
+            self.store.write(batch)?;
+            for (id, place) in places {
+                rules.add_lamp(id, place);
+            }
+        }
+        Ok((registered, unchanged))
+    }
+
+    /// Records a status report (not yet committed); returns its event id.
+    pub fn record_status(&self, report: Option<&StatusReport>) -> Result<String, Status> {
+        let valid = domain::validate_report(report, SystemTime::now())?;
+        let id = valid.streetlight_id;
+        let mut rules = self.rules();
+        let (place, mut state) = self.known_locked(&rules, &id)?;
+        let report = valid.report;
+        let mut changes = Vec::new();
+        if domain::is_newer(&report, state.last_report.as_ref()) {
+            let was_lit = state.last_report.as_ref().is_some_and(domain::is_lit);
+            let lit = domain::is_lit(&report);
+            if lit && !was_lit {
+                state.date_last_switching_on = report.observed_at;
+            } else if !lit && was_lit {
+                state.date_last_switching_off = report.observed_at;
+            }
+            state.last_report = Some(report.clone());
+            changes = rules.observe_status(&id, &report, valid.observed_at);
+            state.on_in_daytime = rules.condition(&id).on_in_daytime;
+        }
+        let status_event = checked(event::new_event(
+            &place.commune,
+            &id,
+            event::timestamp(valid.observed_at),
+            Some(Position { lat: place.lat, lon: place.lon }),
+            Payload::StreetlightStatus(StreetlightStatusReported {
+                report: Some(report),
+                date_last_switching_on: state.date_last_switching_on,
+                date_last_switching_off: state.date_last_switching_off,
+            }),
+        ))?;
+        let event_id = status_event.event.id.clone();
+        let mut batch =
+            WriteBatch { lamp_states: vec![(id.to_string(), state)], events: vec![status_event], ..Default::default() };
+        add_alarm_changes(&mut batch, changes, event::timestamp(valid.observed_at))?;
+        self.store.write(batch)?;
+        Ok(event_id)
+    }
+
+    /// Records a TALQ fault report (not yet committed); returns its event id.
+    pub fn record_fault(&self, fault: Option<&FaultReport>) -> Result<String, Status> {
+        let (id, observed_at, kind) = domain::validate_fault(fault, SystemTime::now())?;
+        let Some(fault) = fault else { return Err(Status::invalid_argument("fault is missing")) };
+        let mut rules = self.rules();
+        let (place, mut state) = self.known_locked(&rules, &id)?;
+        let changes = rules.observe_fault(&id, kind, fault.active);
+        let condition = rules.condition(&id);
+        state.faults = condition.faults.iter().copied().collect();
+        state.on_in_daytime = condition.on_in_daytime;
+        let fault_event = checked(event::new_event(
+            &place.commune,
+            &id,
+            event::timestamp(observed_at),
+            Some(Position { lat: place.lat, lon: place.lon }),
+            Payload::StreetlightFault(StreetlightFaultReported { fault: Some(fault.clone()) }),
+        ))?;
+        let event_id = fault_event.event.id.clone();
+        let mut batch =
+            WriteBatch { lamp_states: vec![(id.to_string(), state)], events: vec![fault_event], ..Default::default() };
+        add_alarm_changes(&mut batch, changes, event::timestamp(observed_at))?;
+        self.store.write(batch)?;
+        Ok(event_id)
+    }
+
+    fn known_locked(&self, rules: &Rules, id: &AssetId) -> Result<(LampPlace, LampState), Status> {
+        let place =
+            rules.place(id).cloned().ok_or_else(|| Status::not_found(format!("streetlight {id} is not registered")))?;
+        let state = self.store.lamp_state(id.as_str())?.unwrap_or_default();
+        Ok((place, state))
+    }
+
+    /// Periodic re-evaluation (dusk ends "on in daytime").
+    pub async fn tick(&self, now: SystemTime) -> Result<(), Status> {
+        {
+            let mut rules = self.rules();
+            let changes = rules.tick(now);
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let mut batch = WriteBatch::default();
+            for change in &changes {
+                if let AlarmChange::Cleared { alarm, .. } = change {
+                    let mut state = self.store.lamp_state(alarm.asset.as_str())?.unwrap_or_default();
+                    state.on_in_daytime = rules.condition(&alarm.asset).on_in_daytime;
+                    batch.lamp_states.push((alarm.asset.to_string(), state));
+                }
+            }
+            add_alarm_changes(&mut batch, changes, event::timestamp(now))?;
+            self.store.write(batch)?;
+        }
+        self.commit().await
+    }
+
+    /// Creates the commands (one per commune of the target), stores and dispatches them.
+    pub async fn send_command(self: &Arc<Self>, request: &SendCommandRequest) -> Result<Vec<LightingCommand>, Status> {
+        let valid = domain::validate_command(request, &self.territory)?;
+        let mut by_commune: BTreeMap<CommuneId, Vec<String>> = BTreeMap::new();
+        for (id, place) in self.rules().lamps() {
+            if domain::targets(&valid.target, id, &place.commune, place.lat, place.lon, &place.street) {
+                by_commune.entry(place.commune.clone()).or_default().push(id.to_string());
+            }
+        }
+        if by_commune.is_empty() {
+            return Err(Status::not_found("no registered streetlight matches the target"));
+        }
+        let now = SystemTime::now();
+        let deadline = event::timestamp(now + valid.timeout);
+        let target = domain::target_proto(&valid.target, request.target.as_ref());
+        let mut batch = WriteBatch::default();
+        for (commune, mut lamps) in by_commune {
+            lamps.sort();
+            let command = LightingCommand {
+                id: uuid::Uuid::now_v7().to_string(),
+                commune: commune.to_string(),
+                target: Some(target.clone()),
+                action: Some(valid.action),
+                requested_by: valid.requested_by.clone(),
+                reason: valid.reason.clone(),
+                requested_at: Some(event::timestamp(now)),
+                updated_at: Some(event::timestamp(now)),
+                deadline: Some(deadline),
+                status: CommandStatus::Pending as i32,
+                lamps_total: lamps.len() as u32,
+                lamps_applied: 0,
+                lamps_failed: 0,
+                failures: Vec::new(),
+            };
+            batch.events.push(command_event(&command)?);
+            batch.commands.push(CommandRecord { command: Some(command), remaining: lamps.clone(), lamps });
+        }
+        let records = batch.commands.clone();
+        self.store.write(batch)?;
+        self.commit().await?;
+        for record in &records {
+            tracing::info!(command = %command_of(record).id, lamps = record.lamps.len(), by = %valid.requested_by, "command sent");
+            self.desk.track(record.clone());
+            self.clone().expire_at_deadline(&command_of(record));
+        }
+        Ok(records.iter().map(command_of).collect())
+    }
+
+    /// A controller's result; persisted when it changes the command.
+    pub async fn command_result(&self, result: &CommandResult) -> Result<(), Status> {
+        if let Some(record) = self.desk.apply_result(result, now_ts()) {
+            self.save_command(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn save_command(&self, record: CommandRecord) -> Result<(), Status> {
+        let command = command_of(&record);
+        if command.status != CommandStatus::Pending as i32 {
+            tracing::info!(command = %command.id, status = ?CommandStatus::try_from(command.status), applied = command.lamps_applied, failed = command.lamps_failed, "command finished");
+        }
+        let batch = WriteBatch { events: vec![command_event(&command)?], commands: vec![record], ..Default::default() };
+        self.store.write(batch)?;
+        self.commit().await
+    }
+
+    fn expire_at_deadline(self: Arc<Self>, command: &LightingCommand) {
+        let id = command.id.clone();
+        let wait = command
+            .deadline
+            .and_then(|d| SystemTime::try_from(d).ok())
+            .and_then(|d| d.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::ZERO);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if let Some(record) = self.desk.expire(&id, now_ts())
+                && let Err(e) = self.save_command(record).await
+            {
+                tracing::error!(command = %id, error = %e, "could not record the command's expiry");
+            }
+        });
+    }
+}
+
+fn place_of(light: &Streetlight) -> Option<(AssetId, LampPlace)> {
+    let id = AssetId::parse(&light.id).ok()?;
+    let commune = CommuneId::parse(&light.commune).ok()?;
+    Some((id, LampPlace { commune, lat: light.lat, lon: light.lon, street: light.street.clone() }))
+}
+
+fn command_event(command: &LightingCommand) -> Result<CheckedEvent, Status> {
+    let commune = CommuneId::parse(&command.commune).map_err(|e| Status::internal(e.to_string()))?;
+    let asset = AssetId::parse(&command.id).map_err(|e| Status::internal(e.to_string()))?;
+    checked(event::new_event(
+        &commune,
+        &asset,
+        command.updated_at.unwrap_or_else(now_ts),
+        None,
+        Payload::LightingCommand(command.clone()),
+    ))
+}
+
+/// Adds the alarm changes, and their events, to a batch.
+fn add_alarm_changes(
+    batch: &mut WriteBatch,
+    changes: Vec<AlarmChange>,
+    at: prost_types::Timestamp,
+) -> Result<(), Status> {
+    for change in changes {
+        let event = match &change {
+            AlarmChange::Raised(alarm) => event::new_event(
+                &alarm.commune,
+                &alarm.asset,
+                at,
+                alarm.position,
+                Payload::LightingAlarmRaised(alarm.raised.clone()),
+            ),
+            AlarmChange::Cleared { alarm, cleared } => event::new_event(
+                &alarm.commune,
+                &alarm.asset,
+                at,
+                alarm.position,
+                Payload::LightingAlarmCleared(cleared.clone()),
+            ),
+        };
+        batch.events.push(checked(event)?);
+        batch.alarms.push(match change {
+            AlarmChange::Raised(alarm) => AlarmOp::Raise(alarm),
+            AlarmChange::Cleared { cleared, .. } => AlarmOp::Clear(cleared.key),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,640 @@
+//! Lighting alarm rules, pure: from what the field reports to the alarms an operator needs.
+//!
+//! - A lamp is **dark** when its status is a fault (`defectiveLamp`, `brokenLantern`,
+//!   `columnIssue`) or it has an active TALQ lamp failure, relay failure or supply loss.
+//! - A dark lamp raises `lamp_failure` (minor), unless it belongs to an **outage cluster**: at
+//!   least `cluster_min_lamps` dark lamps of one commune, each within `cluster_radius_m` of another.
+//!   A cluster raises one `outage_cluster` alarm (major) and folds its lamps' own alarms into it:
+//!   "the whole street is dark" is one alarm, not N. The cluster keeps its key while it grows or
+//!   shrinks; it clears when it falls below the threshold.
+//! - `dimming_failure` and `low_power_factor` (warnings) follow the TALQ faults.
+//! - `lamp_on_in_daytime` (warning): a lamp reported lit while the sun is clearly up at its place
+//!   (computed for its coordinates), or reported so by the controller; cleared when it is reported
+//!   off, or at dusk.
+//!
+//! Clusters are per commune, so that an alarm and the lamps it names belong to one commune.
+
+use proto::ids::{AlarmKey, AssetId, CommuneId};
+use proto::lighting::{LampStatus, StatusReport, TalqFault};
+use proto::v1::{AlarmCleared, AlarmRaised, Position, Severity};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
+
+use crate::sun;
+
+pub const DOMAIN: &str = "lighting";
+pub const LAMP_FAILURE: &str = "lamp_failure";
+pub const OUTAGE_CLUSTER: &str = "outage_cluster";
+pub const DIMMING_FAILURE: &str = "dimming_failure";
+pub const LOW_POWER_FACTOR: &str = "low_power_factor";
+pub const LAMP_ON_IN_DAYTIME: &str = "lamp_on_in_daytime";
+
+/// The per-lamp alarm types, in evaluation order.
+const LAMP_ALARMS: [&str; 4] = [LAMP_FAILURE, DIMMING_FAILURE, LOW_POWER_FACTOR, LAMP_ON_IN_DAYTIME];
+
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    pub cluster_min_lamps: usize,
+    pub cluster_radius_m: f64,
+    /// Around sunrise and sunset, a lit lamp is not "on in daytime".
+    pub daytime_margin: Duration,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig { cluster_min_lamps: 5, cluster_radius_m: 50.0, daytime_margin: Duration::from_secs(30 * 60) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LampPlace {
+    pub commune: CommuneId,
+    pub lat: f64,
+    pub lon: f64,
+    /// Street name from the inventory ("" when unknown).
+    pub street: String,
+}
+
+/// What the rules remember of one lamp (persisted by the store).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LampCondition {
+    /// `LampStatus` of the latest report (0 before any).
+    pub status: i32,
+    /// Active TALQ faults (`TalqFault` values).
+    pub faults: BTreeSet<i32>,
+    pub on_in_daytime: bool,
+}
+
+impl LampCondition {
+    pub fn is_dark(&self) -> bool {
+        let status_fault = matches!(
+            LampStatus::try_from(self.status),
+            Ok(LampStatus::DefectiveLamp | LampStatus::BrokenLantern | LampStatus::ColumnIssue)
+        );
+        let dark_faults = [TalqFault::LampFailure, TalqFault::RelayFailure, TalqFault::SupplyLoss];
+        status_fault || dark_faults.iter().any(|f| self.faults.contains(&(*f as i32)))
+    }
+
+    /// Why the lamp is dark, for the operator.
+    fn dark_cause(&self) -> &'static str {
+        if self.faults.contains(&(TalqFault::SupplyLoss as i32)) {
+            "supply_loss"
+        } else if self.faults.contains(&(TalqFault::RelayFailure as i32)) {
+            "relay_failure"
+        } else {
+            match LampStatus::try_from(self.status) {
+                Ok(LampStatus::BrokenLantern) => "broken_lantern",
+                Ok(LampStatus::ColumnIssue) => "column_issue",
+                _ => "lamp_failure",
+            }
+        }
+    }
+}
+
+/// An active alarm as the rules keep it (persisted by the store).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlarm {
+    pub commune: CommuneId,
+    /// The asset the alarm's events are about (the lamp, or a cluster's first lamp).
+    pub asset: AssetId,
+    pub position: Option<Position>,
+    pub raised: AlarmRaised,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlarmChange {
+    Raised(ActiveAlarm),
+    Cleared { alarm: ActiveAlarm, cleared: AlarmCleared },
+}
+
+#[derive(Debug, Default)]
+pub struct Rules {
+    config: RulesConfig,
+    places: HashMap<AssetId, LampPlace>,
+    conditions: HashMap<AssetId, LampCondition>,
+    dark_by_commune: HashMap<CommuneId, BTreeSet<AssetId>>,
+    alarms: BTreeMap<String, ActiveAlarm>,
+}
+
+impl Rules {
+    pub fn new(config: RulesConfig) -> Rules {
+        Rules { config, ..Default::default() }
+    }
+
+    pub fn config(&self) -> &RulesConfig {
+        &self.config
+    }
+
+    /// Adds (or moves) a lamp of the inventory.
+    pub fn add_lamp(&mut self, id: AssetId, place: LampPlace) {
+        if let Some(old) = self.places.get(&id)
+            && old.commune != place.commune
+            && let Some(set) = self.dark_by_commune.get_mut(&old.commune)
+        {
+            set.remove(&id);
+        }
+        if self.condition(&id).is_dark() {
+            self.dark_by_commune.entry(place.commune.clone()).or_default().insert(id.clone());
+        }
+        self.places.insert(id, place);
+    }
+
+    pub fn place(&self, id: &AssetId) -> Option<&LampPlace> {
+        self.places.get(id)
+    }
+
+    pub fn lamps(&self) -> impl Iterator<Item = (&AssetId, &LampPlace)> {
+        self.places.iter()
+    }
+
+    pub fn condition(&self, id: &AssetId) -> LampCondition {
+        self.conditions.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Restores state saved by the store (at start, after `add_lamp` for every lamp).
+    pub fn restore(&mut self, conditions: Vec<(AssetId, LampCondition)>, alarms: Vec<ActiveAlarm>) {
+        for (id, condition) in conditions {
+            if condition.is_dark()
+                && let Some(place) = self.places.get(&id)
+            {
+                self.dark_by_commune.entry(place.commune.clone()).or_default().insert(id.clone());
+            }
+            self.conditions.insert(id, condition);
+        }
+        for alarm in alarms {
+            self.alarms.insert(alarm.raised.key.clone(), alarm);
+        }
+    }
+
+    pub fn active_alarms(&self) -> impl Iterator<Item = &ActiveAlarm> {
+        self.alarms.values()
+    }
+
+    /// A status report of a known lamp; returns the alarm changes it causes.
+    pub fn observe_status(&mut self, id: &AssetId, report: &StatusReport, observed_at: SystemTime) -> Vec<AlarmChange> {
+        let Some(place) = self.places.get(id).cloned() else { return Vec::new() };
+        let lit = crate::domain::is_lit(report);
+        let mut condition = self.condition(id);
+        condition.status = report.status;
+        let working = !condition.is_dark();
+        condition.on_in_daytime =
+            working && lit && sun::is_clearly_day(place.lat, place.lon, observed_at, self.config.daytime_margin);
+        self.update(id, &place, condition)
+    }
+
+    /// A TALQ fault started or ended on a known lamp.
+    pub fn observe_fault(&mut self, id: &AssetId, fault: TalqFault, active: bool) -> Vec<AlarmChange> {
+        let Some(place) = self.places.get(id).cloned() else { return Vec::new() };
+        let mut condition = self.condition(id);
+        if fault == TalqFault::LampOnInDaytime {
+            condition.on_in_daytime = active;
+        } else if active {
+            condition.faults.insert(fault as i32);
+        } else {
+            condition.faults.remove(&(fault as i32));
+        }
+        self.update(id, &place, condition)
+    }
+
+    /// Time passes: lamps "on in daytime" are no longer a fault once the sun is down.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<AlarmChange> {
+        let due: Vec<(AssetId, LampPlace)> = self
+            .conditions
+            .iter()
+            .filter(|(_, c)| c.on_in_daytime)
+            .filter_map(|(id, _)| self.places.get(id).map(|p| (id.clone(), p.clone())))
+            .filter(|(_, p)| !sun::is_clearly_day(p.lat, p.lon, now, self.config.daytime_margin))
+            .collect();
+        let mut changes = Vec::new();
+        for (id, place) in due {
+            let mut condition = self.condition(&id);
+            condition.on_in_daytime = false;
+            changes.extend(self.update(&id, &place, condition));
+        }
+        changes
+    }
+
+    fn update(&mut self, id: &AssetId, place: &LampPlace, condition: LampCondition) -> Vec<AlarmChange> {
+        let was_dark = self.condition(id).is_dark();
+        let is_dark = condition.is_dark();
+        self.conditions.insert(id.clone(), condition);
+        let mut changes = Vec::new();
+        let mut touched: BTreeSet<AssetId> = BTreeSet::from([id.clone()]);
+        if was_dark != is_dark {
+            let set = self.dark_by_commune.entry(place.commune.clone()).or_default();
+            if is_dark {
+                set.insert(id.clone());
+            } else {
+                set.remove(id);
+            }
+            changes.extend(self.evaluate_clusters(&place.commune, &mut touched));
+        }
+        for lamp in touched {
+            changes.extend(self.evaluate_lamp(&lamp));
+        }
+        changes
+    }
+
+    fn in_cluster(&self, id: &AssetId) -> bool {
+        self.alarms
+            .values()
+            .any(|a| a.raised.alarm_type == OUTAGE_CLUSTER && a.raised.asset_ids.iter().any(|m| m == id.as_str()))
+    }
+
+    /// Brings the per-lamp alarms of one lamp in line with its condition.
+    fn evaluate_lamp(&mut self, id: &AssetId) -> Vec<AlarmChange> {
+        let Some(place) = self.places.get(id).cloned() else { return Vec::new() };
+        let condition = self.condition(id);
+        let mut changes = Vec::new();
+        for alarm_type in LAMP_ALARMS {
+            let wanted: Option<(Severity, BTreeMap<String, String>)> = match alarm_type {
+                LAMP_FAILURE if condition.is_dark() && !self.in_cluster(id) => {
+                    Some((Severity::Minor, BTreeMap::from([("cause".to_owned(), condition.dark_cause().to_owned())])))
+                }
+                DIMMING_FAILURE if condition.faults.contains(&(TalqFault::DimmingFailure as i32)) => {
+                    Some((Severity::Warning, BTreeMap::new()))
+                }
+                LOW_POWER_FACTOR if condition.faults.contains(&(TalqFault::LowPowerFactor as i32)) => {
+                    Some((Severity::Warning, BTreeMap::new()))
+                }
+                LAMP_ON_IN_DAYTIME if condition.on_in_daytime => Some((Severity::Warning, BTreeMap::new())),
+                _ => None,
+            };
+            let key = AlarmKey::new(DOMAIN, alarm_type, id).to_string();
+            match wanted {
+                Some((severity, details)) => {
+                    let alarm = ActiveAlarm {
+                        commune: place.commune.clone(),
+                        asset: id.clone(),
+                        position: Some(Position { lat: place.lat, lon: place.lon }),
+                        raised: AlarmRaised {
+                            key: key.clone(),
+                            alarm_type: alarm_type.to_owned(),
+                            severity: severity as i32,
+                            asset_ids: vec![id.to_string()],
+                            details: details.into_iter().collect(),
+                        },
+                    };
+                    changes.extend(self.raise(alarm));
+                }
+                None => {
+                    let reason = if alarm_type == LAMP_FAILURE && condition.is_dark() {
+                        "part of an outage cluster"
+                    } else {
+                        "condition over"
+                    };
+                    changes.extend(self.clear(&key, reason));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Recomputes the outage clusters of one commune; lamps whose membership changed are added
+    /// to `touched` so that their own alarms follow.
+    fn evaluate_clusters(&mut self, commune: &CommuneId, touched: &mut BTreeSet<AssetId>) -> Vec<AlarmChange> {
+        let dark: Vec<(AssetId, f64, f64)> = self
+            .dark_by_commune
+            .get(commune)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.places.get(id).map(|p| (id.clone(), p.lat, p.lon)))
+            .collect();
+        let mut components = clusters(&dark, self.config.cluster_radius_m, self.config.cluster_min_lamps);
+        components.sort_by_key(|c| std::cmp::Reverse(c.len()));
+
+        let existing: Vec<(String, BTreeSet<String>)> = self
+            .alarms
+            .values()
+            .filter(|a| a.raised.alarm_type == OUTAGE_CLUSTER && &a.commune == commune)
+            .map(|a| (a.raised.key.clone(), a.raised.asset_ids.iter().cloned().collect()))
+            .collect();
+        let mut unmatched: BTreeMap<String, BTreeSet<String>> = existing.into_iter().collect();
+        let mut changes = Vec::new();
+        let mut wanted = Vec::new();
+        for members in components {
+            let names: BTreeSet<String> = members.iter().map(|m| m.to_string()).collect();
+            let best = unmatched
+                .iter()
+                .map(|(key, old)| (key.clone(), old.intersection(&names).count()))
+                .filter(|(_, overlap)| *overlap > 0)
+                .max_by_key(|(_, overlap)| *overlap)
+                .map(|(key, _)| key);
+            let key = match best {
+                Some(key) => {
+                    if let Some(old) = unmatched.remove(&key) {
+                        touched.extend(old.symmetric_difference(&names).filter_map(|m| AssetId::parse(m).ok()));
+                    }
+                    key
+                }
+                None => {
+                    touched.extend(members.iter().cloned());
+                    AlarmKey::new(DOMAIN, OUTAGE_CLUSTER, &members[0]).to_string()
+                }
+            };
+            wanted.push((key, members));
+        }
+        for (key, old) in unmatched {
+            touched.extend(old.iter().filter_map(|m| AssetId::parse(m).ok()));
+            changes.extend(self.clear(&key, "fewer dark lamps than the cluster threshold"));
+        }
+        for (key, members) in wanted {
+            let (lat, lon) =
+                members.iter().filter_map(|m| self.places.get(m)).fold((0.0, 0.0), |(a, b), p| (a + p.lat, b + p.lon));
+            let n = members.len() as f64;
+            let asset = members[0].clone();
+            let alarm = ActiveAlarm {
+                commune: commune.clone(),
+                asset: AssetId::parse(key.rsplit('/').next().unwrap_or_default()).unwrap_or(asset),
+                position: Some(Position { lat: lat / n, lon: lon / n }),
+                raised: AlarmRaised {
+                    key,
+                    alarm_type: OUTAGE_CLUSTER.to_owned(),
+                    severity: Severity::Major as i32,
+                    asset_ids: members.iter().map(|m| m.to_string()).collect(),
+                    details: [("lamps".to_owned(), members.len().to_string())].into_iter().collect(),
+                },
+            };
+            changes.extend(self.raise(alarm));
+        }
+        changes
+    }
+
+    /// Raises an alarm unless the same one is already active (no event for nothing new).
+    fn raise(&mut self, alarm: ActiveAlarm) -> Option<AlarmChange> {
+        if self.alarms.get(&alarm.raised.key) == Some(&alarm) {
+            return None;
+        }
+        self.alarms.insert(alarm.raised.key.clone(), alarm.clone());
+        Some(AlarmChange::Raised(alarm))
+    }
+
+    fn clear(&mut self, key: &str, reason: &str) -> Option<AlarmChange> {
+        let alarm = self.alarms.remove(key)?;
+        let cleared = AlarmCleared {
+            key: key.to_owned(),
+            alarm_type: alarm.raised.alarm_type.clone(),
+            reason: reason.to_owned(),
+        };
+        Some(AlarmChange::Cleared { alarm, cleared })
+    }
+}
+
+/// Groups points that are within `radius_m` of one another (single linkage) and keeps the groups
+/// of at least `min_size`, each sorted by id. A grid of `radius_m` cells keeps it linear in the
+/// number of points.
+pub fn clusters(points: &[(AssetId, f64, f64)], radius_m: f64, min_size: usize) -> Vec<Vec<AssetId>> {
+    if points.is_empty() || radius_m <= 0.0 {
+        return Vec::new();
+    }
+    // Local equirectangular projection: metres are exact enough at the scale of a street.
+    let lat0 = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+    let m_per_deg_lat = 111_132.0;
+    let m_per_deg_lon = 111_320.0 * lat0.to_radians().cos();
+    let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.2 * m_per_deg_lon, p.1 * m_per_deg_lat)).collect();
+    let cell = |x: f64, y: f64| ((x / radius_m).floor() as i64, (y / radius_m).floor() as i64);
+    let mut grid: HashMap<(i64, i64), Vec<usize>> = HashMap::new();
+    for (i, &(x, y)) in xy.iter().enumerate() {
+        grid.entry(cell(x, y)).or_default().push(i);
+    }
+    let mut parent: Vec<usize> = (0..points.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for (i, &(x, y)) in xy.iter().enumerate() {
+        let (cx, cy) = cell(x, y);
+        for dx in -1..=1 {
+            for dy in -1..=1 {
+                for &j in grid.get(&(cx + dx, cy + dy)).into_iter().flatten() {
+                    if j > i && (xy[j].0 - x).hypot(xy[j].1 - y) <= radius_m {
+                        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                        parent[a] = b;
+                    }
+                }
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<AssetId>> = BTreeMap::new();
+    for (i, point) in points.iter().enumerate() {
+        let r = root(&mut parent, i);
+        groups.entry(r).or_default().push(point.0.clone());
+    }
+    let mut out: Vec<Vec<AssetId>> = groups
+        .into_values()
+        .filter(|g| g.len() >= min_size)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> AssetId {
+        AssetId::parse(s).unwrap()
+    }
+
+    /// Lamps along a street, `spacing_m` apart, going east from (43.6, 3.87).
+    fn street(rules: &mut Rules, prefix: &str, n: usize, spacing_m: f64, commune: &str) -> Vec<AssetId> {
+        let deg_per_m = 1.0 / (111_320.0 * 43.6f64.to_radians().cos());
+        (0..n)
+            .map(|i| {
+                let lamp = id(&format!("{prefix}{i:02}"));
+                let place = LampPlace {
+                    commune: CommuneId::parse(commune).unwrap(),
+                    lat: 43.6,
+                    lon: 3.87 + i as f64 * spacing_m * deg_per_m,
+                    street: String::new(),
+                };
+                rules.add_lamp(lamp.clone(), place);
+                lamp
+            })
+            .collect()
+    }
+
+    use proto::lighting::PowerState;
+
+    fn night_report(status: LampStatus) -> StatusReport {
+        StatusReport {
+            status: status as i32,
+            power_state: PowerState::On as i32,
+            illuminance_level: 1.0,
+            ..Default::default()
+        }
+    }
+
+    fn midnight() -> SystemTime {
+        chrono::DateTime::parse_from_rfc3339("2026-12-21T23:00:00Z").unwrap().with_timezone(&chrono::Utc).into()
+    }
+
+    fn noon() -> SystemTime {
+        chrono::DateTime::parse_from_rfc3339("2026-12-21T12:00:00Z").unwrap().with_timezone(&chrono::Utc).into()
+    }
+
+    fn active(rules: &Rules, alarm_type: &str) -> Vec<ActiveAlarm> {
+        rules.active_alarms().filter(|a| a.raised.alarm_type == alarm_type).cloned().collect()
+    }
+
+    #[test]
+    fn clustering_table() {
+        let p = |name: &str, east_m: f64, north_m: f64| {
+            let lat = 43.6 + north_m / 111_132.0;
+            (id(name), lat, 3.87 + east_m / (111_320.0 * 43.6f64.to_radians().cos()))
+        };
+        type Case<'a> = (&'a str, Vec<(AssetId, f64, f64)>, f64, usize, Vec<Vec<&'a str>>);
+        let cases: Vec<Case> = vec![
+            ("nothing", vec![], 50.0, 2, vec![]),
+            (
+                "a chain 40 m apart links",
+                vec![p("a", 0.0, 0.0), p("b", 40.0, 0.0), p("c", 80.0, 0.0)],
+                50.0,
+                3,
+                vec![vec!["a", "b", "c"]],
+            ),
+            ("60 m apart does not", vec![p("a", 0.0, 0.0), p("b", 60.0, 0.0), p("c", 120.0, 0.0)], 50.0, 2, vec![]),
+            ("below the minimum size", vec![p("a", 0.0, 0.0), p("b", 10.0, 0.0)], 50.0, 3, vec![]),
+            (
+                "two groups",
+                vec![p("a", 0.0, 0.0), p("b", 0.0, 30.0), p("c", 500.0, 0.0), p("d", 520.0, 0.0)],
+                50.0,
+                2,
+                vec![vec!["a", "b"], vec!["c", "d"]],
+            ),
+            ("across a grid cell border", vec![p("a", 49.0, 0.0), p("b", 51.0, 0.0)], 50.0, 2, vec![vec!["a", "b"]]),
+            ("diagonal neighbours", vec![p("a", 0.0, 0.0), p("b", 30.0, 30.0)], 50.0, 2, vec![vec!["a", "b"]]),
+        ];
+        for (why, points, radius, min, expected) in cases {
+            let got: Vec<Vec<String>> = clusters(&points, radius, min)
+                .into_iter()
+                .map(|g| g.into_iter().map(|i| i.to_string()).collect())
+                .collect();
+            let expected: Vec<Vec<String>> =
+                expected.into_iter().map(|g| g.into_iter().map(String::from).collect()).collect();
+            assert_eq!(got, expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_dark_street_is_one_cluster_alarm_that_clears_when_repaired() {
+        let mut rules = Rules::new(RulesConfig::default());
+        let lamps = street(&mut rules, "EP", 8, 30.0, "34172");
+        // One dark lamp: a lamp alarm.
+        let changes = rules.observe_status(&lamps[0], &night_report(LampStatus::DefectiveLamp), midnight());
+        assert!(
+            matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.key == "lighting/lamp_failure/EP00"),
+            "{changes:?}"
+        );
+        // Four more within 30 m of each other: one cluster, the lamp alarms folded into it.
+        for lamp in &lamps[1..5] {
+            rules.observe_status(lamp, &night_report(LampStatus::DefectiveLamp), midnight());
+        }
+        let clusters = active(&rules, OUTAGE_CLUSTER);
+        assert_eq!(clusters.len(), 1, "{clusters:?}");
+        assert_eq!(clusters[0].raised.key, "lighting/outage_cluster/EP00");
+        assert_eq!(clusters[0].raised.asset_ids.len(), 5);
+        assert_eq!(clusters[0].raised.severity, Severity::Major as i32);
+        assert!(active(&rules, LAMP_FAILURE).is_empty(), "lamp alarms are folded into the cluster");
+        // It grows: same key, one more member.
+        let changes = rules.observe_status(&lamps[5], &night_report(LampStatus::DefectiveLamp), midnight());
+        assert!(
+            matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.key == "lighting/outage_cluster/EP00" && a.raised.asset_ids.len() == 6),
+            "{changes:?}"
+        );
+        // Repeated report of the same state: no change at all.
+        assert!(rules.observe_status(&lamps[5], &night_report(LampStatus::DefectiveLamp), midnight()).is_empty());
+        // Repairs: the cluster shrinks, then clears; the last dark lamp gets its own alarm back.
+        for lamp in &lamps[0..5] {
+            rules.observe_status(lamp, &night_report(LampStatus::Ok), midnight());
+        }
+        assert!(active(&rules, OUTAGE_CLUSTER).is_empty());
+        let lamp_alarms = active(&rules, LAMP_FAILURE);
+        assert_eq!(lamp_alarms.len(), 1);
+        assert_eq!(lamp_alarms[0].raised.key, "lighting/lamp_failure/EP05");
+    }
+
+    #[test]
+    fn clusters_do_not_cross_communes() {
+        let mut rules = Rules::new(RulesConfig::default());
+        let west = street(&mut rules, "A", 3, 20.0, "34172");
+        let east = street(&mut rules, "B", 3, 20.0, "34129");
+        for lamp in west.iter().chain(&east) {
+            rules.observe_status(lamp, &night_report(LampStatus::DefectiveLamp), midnight());
+        }
+        assert!(active(&rules, OUTAGE_CLUSTER).is_empty(), "3 + 3 in two communes is not a cluster of 5");
+        assert_eq!(active(&rules, LAMP_FAILURE).len(), 6);
+    }
+
+    #[test]
+    fn supply_loss_darkens_and_other_faults_warn() {
+        let mut rules = Rules::new(RulesConfig::default());
+        let lamps = street(&mut rules, "EP", 1, 30.0, "34172");
+        let changes = rules.observe_fault(&lamps[0], TalqFault::SupplyLoss, true);
+        assert!(
+            matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.details.get("cause").map(String::as_str) == Some("supply_loss")),
+            "{changes:?}"
+        );
+        let changes = rules.observe_fault(&lamps[0], TalqFault::DimmingFailure, true);
+        assert!(
+            matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.alarm_type == DIMMING_FAILURE && a.raised.severity == Severity::Warning as i32)
+        );
+        let changes = rules.observe_fault(&lamps[0], TalqFault::SupplyLoss, false);
+        assert!(
+            matches!(&changes[..], [AlarmChange::Cleared { cleared, .. }] if cleared.key == "lighting/lamp_failure/EP00")
+        );
+        assert_eq!(active(&rules, DIMMING_FAILURE).len(), 1);
+    }
+
+    #[test]
+    fn lamp_on_in_daytime_follows_the_sun() {
+        let mut rules = Rules::new(RulesConfig::default());
+        let lamps = street(&mut rules, "EP", 1, 30.0, "34172");
+        let on = night_report(LampStatus::Ok);
+        assert!(rules.observe_status(&lamps[0], &on, midnight()).is_empty(), "lit at night is normal");
+        let changes = rules.observe_status(&lamps[0], &on, noon());
+        assert!(
+            matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.alarm_type == LAMP_ON_IN_DAYTIME),
+            "{changes:?}"
+        );
+        // Still on at dusk: the condition is over.
+        let changes = rules.tick(midnight());
+        assert!(matches!(&changes[..], [AlarmChange::Cleared { .. }]), "{changes:?}");
+        // Reported off by day: no alarm.
+        let off =
+            StatusReport { status: LampStatus::Ok as i32, power_state: PowerState::Off as i32, ..Default::default() };
+        assert!(rules.observe_status(&lamps[0], &off, noon()).is_empty());
+        // A defective lamp is dark, not "on in daytime".
+        let changes = rules.observe_status(&lamps[0], &night_report(LampStatus::DefectiveLamp), noon());
+        assert!(
+            changes.iter().all(|c| !matches!(c, AlarmChange::Raised(a) if a.raised.alarm_type == LAMP_ON_IN_DAYTIME))
+        );
+    }
+
+    #[test]
+    fn restored_state_continues() {
+        let mut rules = Rules::new(RulesConfig::default());
+        let lamps = street(&mut rules, "EP", 6, 30.0, "34172");
+        for lamp in &lamps[0..5] {
+            rules.observe_status(lamp, &night_report(LampStatus::DefectiveLamp), midnight());
+        }
+        let conditions: Vec<_> = lamps.iter().map(|l| (l.clone(), rules.condition(l))).collect();
+        let alarms: Vec<_> = rules.active_alarms().cloned().collect();
+        let mut again = Rules::new(RulesConfig::default());
+        street(&mut again, "EP", 6, 30.0, "34172");
+        again.restore(conditions, alarms);
+        // The sixth lamp joins the existing cluster: same key.
+        let changes = again.observe_status(&lamps[5], &night_report(LampStatus::DefectiveLamp), midnight());
+        assert!(
+            matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.key == "lighting/outage_cluster/EP00" && a.raised.asset_ids.len() == 6),
+            "{changes:?}"
+        );
+    }
+}
