@@ -53,6 +53,7 @@ impl LightingService for LightingApi {
         request: Request<ReportStatusRequest>,
     ) -> Result<Response<ReportStatusResponse>, Status> {
         let event_id = self.core.record_status(request.into_inner().report.as_ref())?;
+        self.core.settle()?;
         self.core.commit().await?;
         Ok(Response::new(ReportStatusResponse { event_id }))
     }
@@ -110,11 +111,13 @@ impl LightingService for LightingApi {
             }
             index += 1;
             if uncommitted >= TELEMETRY_GROUP_COMMIT {
+                self.core.settle()?;
                 self.core.commit().await?;
                 uncommitted = 0;
             }
         }
         // Everything counted as accepted is durable before the summary is sent.
+        self.core.settle()?;
         self.core.commit().await?;
         if summary.refused > 0 {
             tracing::info!(accepted = summary.accepted, refused = summary.refused, "telemetry stream with refusals");

@@ -53,12 +53,12 @@ fn now_ts() -> prost_types::Timestamp {
 
 impl Lighting {
     /// Opens the core on a store, restoring the rules' state and the pending commands.
-    pub fn open(
+    pub async fn open(
         store: Store,
         territory: Arc<Territory>,
         config: RulesConfig,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Lighting>, StoreError> {
+    ) -> Result<Arc<Lighting>, Status> {
         let mut rules = Rules::new(config);
         for light in store.all_streetlights()? {
             if let Some((id, place)) = place_of(&light) {
@@ -71,6 +71,16 @@ impl Lighting {
             .filter_map(|(id, state)| AssetId::parse(&id).ok().map(|id| (id, state.condition())))
             .collect();
         rules.restore(conditions, store.all_alarms()?);
+        // A crash between a lamp's state and the alarms it settles into leaves the alarms behind:
+        // bring them in line before serving.
+        let repairs = rules.recheck_all();
+        if !repairs.is_empty() {
+            tracing::warn!(changes = repairs.len(), "alarms brought in line with the lamps' state after a restart");
+            let mut batch = WriteBatch::default();
+            add_alarm_changes(&mut batch, repairs, now_ts())?;
+            store.write(batch)?;
+            store.commit().await?;
+        }
         let desk = CommandDesk::default();
         let pending = store.pending_commands()?;
         tracing::info!(
@@ -161,7 +171,6 @@ impl Lighting {
         let mut rules = self.rules();
         let (place, mut state) = self.known_locked(&rules, &id)?;
         let report = valid.report;
-        let mut changes = Vec::new();
         if domain::is_newer(&report, state.last_report.as_ref()) {
             let was_lit = state.last_report.as_ref().is_some_and(domain::is_lit);
             let lit = domain::is_lit(&report);
@@ -171,7 +180,7 @@ impl Lighting {
                 state.date_last_switching_off = report.observed_at;
             }
             state.last_report = Some(report.clone());
-            changes = rules.observe_status(&id, &report, valid.observed_at);
+            rules.observe_status(&id, &report, valid.observed_at);
             state.on_in_daytime = rules.condition(&id).on_in_daytime;
         }
         let status_event = checked(event::new_event(
@@ -186,9 +195,8 @@ impl Lighting {
             }),
         ))?;
         let event_id = status_event.event.id.clone();
-        let mut batch =
+        let batch =
             WriteBatch { lamp_states: vec![(id.to_string(), state)], events: vec![status_event], ..Default::default() };
-        add_alarm_changes(&mut batch, changes, event::timestamp(valid.observed_at))?;
         self.store.write(batch)?;
         Ok(event_id)
     }
@@ -199,7 +207,7 @@ impl Lighting {
         let Some(fault) = fault else { return Err(Status::invalid_argument("fault is missing")) };
         let mut rules = self.rules();
         let (place, mut state) = self.known_locked(&rules, &id)?;
-        let changes = rules.observe_fault(&id, kind, fault.active);
+        rules.observe_fault(&id, kind, fault.active);
         let condition = rules.condition(&id);
         state.faults = condition.faults.iter().copied().collect();
         state.on_in_daytime = condition.on_in_daytime;
@@ -211,11 +219,24 @@ impl Lighting {
             Payload::StreetlightFault(StreetlightFaultReported { fault: Some(fault.clone()) }),
         ))?;
         let event_id = fault_event.event.id.clone();
-        let mut batch =
+        let batch =
             WriteBatch { lamp_states: vec![(id.to_string(), state)], events: vec![fault_event], ..Default::default() };
-        add_alarm_changes(&mut batch, changes, event::timestamp(observed_at))?;
         self.store.write(batch)?;
         Ok(event_id)
+    }
+
+    /// Evaluates the rules on everything recorded since the last settle, and writes the alarm
+    /// changes with their events (not yet committed).
+    pub fn settle(&self) -> Result<(), Status> {
+        let mut rules = self.rules();
+        let changes = rules.settle();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        add_alarm_changes(&mut batch, changes, now_ts())?;
+        self.store.write(batch)?;
+        Ok(())
     }
 
     fn known_locked(&self, rules: &Rules, id: &AssetId) -> Result<(LampPlace, LampState), Status> {

@@ -95,7 +95,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     }
     let territory = Arc::new(territory);
     let core = core::Lighting::open(store.clone(), territory, rules, background.clone())
-        .context("restoring the lighting state")?;
+        .await
+        .map_err(|status| anyhow::anyhow!("restoring the lighting state: {}", status.message()))?;
     tracing::info!(streetlights = store.streetlight_count(), outbox = store.outbox().depth(), "store opened");
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-lighting").await?;

@@ -114,6 +114,9 @@ pub struct Rules {
     conditions: HashMap<AssetId, LampCondition>,
     dark_by_commune: HashMap<CommuneId, BTreeSet<AssetId>>,
     alarms: BTreeMap<String, ActiveAlarm>,
+    /// Observed but not yet evaluated (see [`Rules::settle`]).
+    unsettled_communes: BTreeSet<CommuneId>,
+    unsettled_lamps: BTreeSet<AssetId>,
 }
 
 impl Rules {
@@ -170,21 +173,21 @@ impl Rules {
         self.alarms.values()
     }
 
-    /// A status report of a known lamp; returns the alarm changes it causes.
-    pub fn observe_status(&mut self, id: &AssetId, report: &StatusReport, observed_at: SystemTime) -> Vec<AlarmChange> {
-        let Some(place) = self.places.get(id).cloned() else { return Vec::new() };
+    /// A status report of a known lamp. Its alarms follow at the next [`Rules::settle`].
+    pub fn observe_status(&mut self, id: &AssetId, report: &StatusReport, observed_at: SystemTime) {
+        let Some(place) = self.places.get(id).cloned() else { return };
         let lit = crate::domain::is_lit(report);
         let mut condition = self.condition(id);
         condition.status = report.status;
         let working = !condition.is_dark();
         condition.on_in_daytime =
             working && lit && sun::is_clearly_day(place.lat, place.lon, observed_at, self.config.daytime_margin);
-        self.update(id, &place, condition)
+        self.update(id, &place, condition);
     }
 
-    /// A TALQ fault started or ended on a known lamp.
-    pub fn observe_fault(&mut self, id: &AssetId, fault: TalqFault, active: bool) -> Vec<AlarmChange> {
-        let Some(place) = self.places.get(id).cloned() else { return Vec::new() };
+    /// A TALQ fault started or ended on a known lamp. Its alarms follow at the next settle.
+    pub fn observe_fault(&mut self, id: &AssetId, fault: TalqFault, active: bool) {
+        let Some(place) = self.places.get(id).cloned() else { return };
         let mut condition = self.condition(id);
         if fault == TalqFault::LampOnInDaytime {
             condition.on_in_daytime = active;
@@ -193,7 +196,7 @@ impl Rules {
         } else {
             condition.faults.remove(&(fault as i32));
         }
-        self.update(id, &place, condition)
+        self.update(id, &place, condition);
     }
 
     /// Time passes: lamps "on in daytime" are no longer a fault once the sun is down.
@@ -205,21 +208,19 @@ impl Rules {
             .filter_map(|(id, _)| self.places.get(id).map(|p| (id.clone(), p.clone())))
             .filter(|(_, p)| !sun::is_clearly_day(p.lat, p.lon, now, self.config.daytime_margin))
             .collect();
-        let mut changes = Vec::new();
         for (id, place) in due {
             let mut condition = self.condition(&id);
             condition.on_in_daytime = false;
-            changes.extend(self.update(&id, &place, condition));
+            self.update(&id, &place, condition);
         }
-        changes
+        self.settle()
     }
 
-    fn update(&mut self, id: &AssetId, place: &LampPlace, condition: LampCondition) -> Vec<AlarmChange> {
+    fn update(&mut self, id: &AssetId, place: &LampPlace, condition: LampCondition) {
         let was_dark = self.condition(id).is_dark();
         let is_dark = condition.is_dark();
         self.conditions.insert(id.clone(), condition);
-        let mut changes = Vec::new();
-        let mut touched: BTreeSet<AssetId> = BTreeSet::from([id.clone()]);
+        self.unsettled_lamps.insert(id.clone());
         if was_dark != is_dark {
             let set = self.dark_by_commune.entry(place.commune.clone()).or_default();
             if is_dark {
@@ -227,12 +228,35 @@ impl Rules {
             } else {
                 set.remove(id);
             }
-            changes.extend(self.evaluate_clusters(&place.commune, &mut touched));
+            self.unsettled_communes.insert(place.commune.clone());
+        }
+    }
+
+    /// Evaluates what was observed since the last settle: the clusters of the communes whose dark
+    /// lamps changed, then the alarms of every lamp concerned. Observing a whole batch (a feeder
+    /// failure reported lamp by lamp) before settling gives one cluster alarm, without a flash of
+    /// lamp alarms raised and cleared on the way.
+    pub fn settle(&mut self) -> Vec<AlarmChange> {
+        let mut touched = std::mem::take(&mut self.unsettled_lamps);
+        let mut changes = Vec::new();
+        for commune in std::mem::take(&mut self.unsettled_communes) {
+            changes.extend(self.evaluate_clusters(&commune, &mut touched));
         }
         for lamp in touched {
             changes.extend(self.evaluate_lamp(&lamp));
         }
         changes
+    }
+
+    /// Re-evaluates everything (at start: the state written last may be ahead of the alarms
+    /// written with it, after a crash between the two).
+    pub fn recheck_all(&mut self) -> Vec<AlarmChange> {
+        self.unsettled_communes.extend(self.places.values().map(|p| p.commune.clone()));
+        self.unsettled_lamps.extend(self.conditions.keys().cloned());
+        self.unsettled_lamps.extend(
+            self.alarms.values().filter_map(|a| (a.raised.alarm_type != OUTAGE_CLUSTER).then(|| a.asset.clone())),
+        );
+        self.settle()
     }
 
     fn in_cluster(&self, id: &AssetId) -> bool {
@@ -480,6 +504,16 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339("2026-12-21T12:00:00Z").unwrap().with_timezone(&chrono::Utc).into()
     }
 
+    fn status(rules: &mut Rules, lamp: &AssetId, report: &StatusReport, at: SystemTime) -> Vec<AlarmChange> {
+        rules.observe_status(lamp, report, at);
+        rules.settle()
+    }
+
+    fn fault(rules: &mut Rules, lamp: &AssetId, fault: TalqFault, active: bool) -> Vec<AlarmChange> {
+        rules.observe_fault(lamp, fault, active);
+        rules.settle()
+    }
+
     fn active(rules: &Rules, alarm_type: &str) -> Vec<ActiveAlarm> {
         rules.active_alarms().filter(|a| a.raised.alarm_type == alarm_type).cloned().collect()
     }
@@ -528,14 +562,14 @@ mod tests {
         let mut rules = Rules::new(RulesConfig::default());
         let lamps = street(&mut rules, "EP", 8, 30.0, "34172");
         // One dark lamp: a lamp alarm.
-        let changes = rules.observe_status(&lamps[0], &night_report(LampStatus::DefectiveLamp), midnight());
+        let changes = status(&mut rules, &lamps[0], &night_report(LampStatus::DefectiveLamp), midnight());
         assert!(
             matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.key == "lighting/lamp_failure/EP00"),
             "{changes:?}"
         );
         // Four more within 30 m of each other: one cluster, the lamp alarms folded into it.
         for lamp in &lamps[1..5] {
-            rules.observe_status(lamp, &night_report(LampStatus::DefectiveLamp), midnight());
+            status(&mut rules, lamp, &night_report(LampStatus::DefectiveLamp), midnight());
         }
         let clusters = active(&rules, OUTAGE_CLUSTER);
         assert_eq!(clusters.len(), 1, "{clusters:?}");
@@ -544,16 +578,16 @@ mod tests {
         assert_eq!(clusters[0].raised.severity, Severity::Major as i32);
         assert!(active(&rules, LAMP_FAILURE).is_empty(), "lamp alarms are folded into the cluster");
         // It grows: same key, one more member.
-        let changes = rules.observe_status(&lamps[5], &night_report(LampStatus::DefectiveLamp), midnight());
+        let changes = status(&mut rules, &lamps[5], &night_report(LampStatus::DefectiveLamp), midnight());
         assert!(
             matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.key == "lighting/outage_cluster/EP00" && a.raised.asset_ids.len() == 6),
             "{changes:?}"
         );
         // Repeated report of the same state: no change at all.
-        assert!(rules.observe_status(&lamps[5], &night_report(LampStatus::DefectiveLamp), midnight()).is_empty());
+        assert!(status(&mut rules, &lamps[5], &night_report(LampStatus::DefectiveLamp), midnight()).is_empty());
         // Repairs: the cluster shrinks, then clears; the last dark lamp gets its own alarm back.
         for lamp in &lamps[0..5] {
-            rules.observe_status(lamp, &night_report(LampStatus::Ok), midnight());
+            status(&mut rules, lamp, &night_report(LampStatus::Ok), midnight());
         }
         assert!(active(&rules, OUTAGE_CLUSTER).is_empty());
         let lamp_alarms = active(&rules, LAMP_FAILURE);
@@ -562,12 +596,28 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_settled_once_raises_no_transient_lamp_alarms() {
+        let mut rules = Rules::new(RulesConfig::default());
+        let lamps = street(&mut rules, "EP", 6, 20.0, "34172");
+        for lamp in &lamps {
+            rules.observe_fault(lamp, TalqFault::SupplyLoss, true);
+        }
+        let changes = rules.settle();
+        assert_eq!(changes.len(), 1, "one cluster alarm and nothing else: {changes:?}");
+        assert!(
+            matches!(&changes[0], AlarmChange::Raised(a) if a.raised.alarm_type == OUTAGE_CLUSTER && a.raised.asset_ids.len() == 6)
+        );
+        assert!(rules.settle().is_empty());
+        assert!(rules.recheck_all().is_empty(), "a consistent state needs no change");
+    }
+
+    #[test]
     fn clusters_do_not_cross_communes() {
         let mut rules = Rules::new(RulesConfig::default());
         let west = street(&mut rules, "A", 3, 20.0, "34172");
         let east = street(&mut rules, "B", 3, 20.0, "34129");
         for lamp in west.iter().chain(&east) {
-            rules.observe_status(lamp, &night_report(LampStatus::DefectiveLamp), midnight());
+            status(&mut rules, lamp, &night_report(LampStatus::DefectiveLamp), midnight());
         }
         assert!(active(&rules, OUTAGE_CLUSTER).is_empty(), "3 + 3 in two communes is not a cluster of 5");
         assert_eq!(active(&rules, LAMP_FAILURE).len(), 6);
@@ -577,16 +627,16 @@ mod tests {
     fn supply_loss_darkens_and_other_faults_warn() {
         let mut rules = Rules::new(RulesConfig::default());
         let lamps = street(&mut rules, "EP", 1, 30.0, "34172");
-        let changes = rules.observe_fault(&lamps[0], TalqFault::SupplyLoss, true);
+        let changes = fault(&mut rules, &lamps[0], TalqFault::SupplyLoss, true);
         assert!(
             matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.details.get("cause").map(String::as_str) == Some("supply_loss")),
             "{changes:?}"
         );
-        let changes = rules.observe_fault(&lamps[0], TalqFault::DimmingFailure, true);
+        let changes = fault(&mut rules, &lamps[0], TalqFault::DimmingFailure, true);
         assert!(
             matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.alarm_type == DIMMING_FAILURE && a.raised.severity == Severity::Warning as i32)
         );
-        let changes = rules.observe_fault(&lamps[0], TalqFault::SupplyLoss, false);
+        let changes = fault(&mut rules, &lamps[0], TalqFault::SupplyLoss, false);
         assert!(
             matches!(&changes[..], [AlarmChange::Cleared { cleared, .. }] if cleared.key == "lighting/lamp_failure/EP00")
         );
@@ -598,8 +648,8 @@ mod tests {
         let mut rules = Rules::new(RulesConfig::default());
         let lamps = street(&mut rules, "EP", 1, 30.0, "34172");
         let on = night_report(LampStatus::Ok);
-        assert!(rules.observe_status(&lamps[0], &on, midnight()).is_empty(), "lit at night is normal");
-        let changes = rules.observe_status(&lamps[0], &on, noon());
+        assert!(status(&mut rules, &lamps[0], &on, midnight()).is_empty(), "lit at night is normal");
+        let changes = status(&mut rules, &lamps[0], &on, noon());
         assert!(
             matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.alarm_type == LAMP_ON_IN_DAYTIME),
             "{changes:?}"
@@ -610,9 +660,9 @@ mod tests {
         // Reported off by day: no alarm.
         let off =
             StatusReport { status: LampStatus::Ok as i32, power_state: PowerState::Off as i32, ..Default::default() };
-        assert!(rules.observe_status(&lamps[0], &off, noon()).is_empty());
+        assert!(status(&mut rules, &lamps[0], &off, noon()).is_empty());
         // A defective lamp is dark, not "on in daytime".
-        let changes = rules.observe_status(&lamps[0], &night_report(LampStatus::DefectiveLamp), noon());
+        let changes = status(&mut rules, &lamps[0], &night_report(LampStatus::DefectiveLamp), noon());
         assert!(
             changes.iter().all(|c| !matches!(c, AlarmChange::Raised(a) if a.raised.alarm_type == LAMP_ON_IN_DAYTIME))
         );
@@ -623,7 +673,7 @@ mod tests {
         let mut rules = Rules::new(RulesConfig::default());
         let lamps = street(&mut rules, "EP", 6, 30.0, "34172");
         for lamp in &lamps[0..5] {
-            rules.observe_status(lamp, &night_report(LampStatus::DefectiveLamp), midnight());
+            status(&mut rules, lamp, &night_report(LampStatus::DefectiveLamp), midnight());
         }
         let conditions: Vec<_> = lamps.iter().map(|l| (l.clone(), rules.condition(l))).collect();
         let alarms: Vec<_> = rules.active_alarms().cloned().collect();
@@ -631,7 +681,7 @@ mod tests {
         street(&mut again, "EP", 6, 30.0, "34172");
         again.restore(conditions, alarms);
         // The sixth lamp joins the existing cluster: same key.
-        let changes = again.observe_status(&lamps[5], &night_report(LampStatus::DefectiveLamp), midnight());
+        let changes = status(&mut again, &lamps[5], &night_report(LampStatus::DefectiveLamp), midnight());
         assert!(
             matches!(&changes[..], [AlarmChange::Raised(a)] if a.raised.key == "lighting/outage_cluster/EP00" && a.raised.asset_ids.len() == 6),
             "{changes:?}"

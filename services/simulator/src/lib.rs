@@ -6,13 +6,24 @@
 pub mod lighting;
 
 use anyhow::Context;
+use proto::lighting::command_action::Action;
+use proto::lighting::controller_message::Message as ToService;
 use proto::lighting::lighting_service_client::LightingServiceClient;
-use proto::lighting::{RegisterStreetlightsRequest, ReportStatusRequest};
+use proto::lighting::telemetry_message::Message as Telemetry;
+use proto::lighting::{
+    CommandResult, ControllerHello, ControllerInstruction, ControllerMessage, FaultReport, LampFailure,
+    RegisterStreetlightsRequest, Streetlight, TalqFault, TelemetryMessage,
+};
 use rand::{Rng, SeedableRng};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
+
+use lighting::LampCondition;
+
+type Client = LightingServiceClient<tonic::transport::Channel>;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "vigie-simulator", version, about = "Plays a territory's field activity into Vigie's services")]
@@ -25,7 +36,7 @@ pub struct Config {
     #[arg(long, env = "VIGIE_TERRITORY")]
     pub territory: PathBuf,
 
-    /// Streetlight status reports per second.
+    /// Streetlight status reports per second (besides those that commands and failures cause).
     #[arg(long, env = "VIGIE_SIM_LIGHTING_RATE", default_value_t = 20.0)]
     pub lighting_rate: f64,
 
@@ -33,7 +44,19 @@ pub struct Config {
     #[arg(long, env = "VIGIE_SIM_LAMP_FAILURE", default_value_t = 0.002)]
     pub lamp_failure: f64,
 
-    /// Seed of the random generator: the same seed plays the same sequence.
+    /// Feeder failures (a whole group of lamps loses power) per hour, on average.
+    #[arg(long, env = "VIGIE_SIM_FEEDER_FAILURES_PER_HOUR", default_value_t = 2.0)]
+    pub feeder_failures_per_hour: f64,
+
+    /// Radius of the lamps one feeder supplies, metres.
+    #[arg(long, env = "VIGIE_SIM_FEEDER_RADIUS_M", default_value_t = 80.0)]
+    pub feeder_radius_m: f64,
+
+    /// Probability that a lamp does not apply a command.
+    #[arg(long, env = "VIGIE_SIM_COMMAND_FAILURE", default_value_t = 0.02)]
+    pub command_failure: f64,
+
+    /// Seed of the random generators: the same seed plays the same sequence.
     #[arg(long, env = "VIGIE_SIM_SEED", default_value_t = 1)]
     pub seed: u64,
 
@@ -48,14 +71,44 @@ pub struct Config {
 
 /// Registration batches (the service takes at most 10,000 per call).
 const REGISTRATION_BATCH: usize = 5_000;
+/// Telemetry is sent in windows of this length, one client stream each.
+const WINDOW: Duration = Duration::from_millis(200);
+
+/// The simulated field: the lamps and how each is doing, plus what must be reported soon.
+struct Field {
+    lights: Vec<Streetlight>,
+    index: HashMap<String, usize>,
+    conditions: Mutex<Vec<LampCondition>>,
+    /// Lamps whose state changed (a command, a failure): reported in the next window.
+    urgent: Mutex<Vec<usize>>,
+    faults: Mutex<Vec<FaultReport>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if !(config.lighting_rate.is_finite() && config.lighting_rate > 0.0) {
-        anyhow::bail!("--lighting-rate must be a positive number");
+    for (name, p) in [("--lamp-failure", config.lamp_failure), ("--command-failure", config.command_failure)] {
+        if !(0.0..=1.0).contains(&p) {
+            anyhow::bail!("{name} must be between 0 and 1");
+        }
     }
-    if !(0.0..=1.0).contains(&config.lamp_failure) {
-        anyhow::bail!("--lamp-failure must be between 0 and 1");
+    if !(config.lighting_rate.is_finite() && config.lighting_rate >= 0.0) || !(config.feeder_failures_per_hour >= 0.0) {
+        anyhow::bail!("--lighting-rate and --feeder-failures-per-hour must be numbers >= 0");
     }
+    let shutdown = match config.duration {
+        Some(d) => {
+            let stop = shutdown.child_token();
+            let timer = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                timer.cancel();
+            });
+            stop
+        }
+        None => shutdown,
+    };
     let inventory_path = config.territory.join("lighting/streetlights.geojson");
     if !inventory_path.is_file() {
         tracing::warn!(path = %inventory_path.display(), "no streetlight inventory in this territory: nothing to simulate for lighting");
@@ -64,7 +117,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let lights = lighting::read_inventory(&inventory_path)?;
     tracing::info!(streetlights = lights.len(), "inventory read");
-
     let mut client = connect(&config.lighting_url, &shutdown).await?;
     let mut registered = 0;
     for batch in lights.chunks(REGISTRATION_BATCH) {
@@ -77,50 +129,198 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!(registered, "inventory registered");
 
+    let normal = LampCondition { faulty: false, unpowered: false, commanded_level: None };
+    let field = Arc::new(Field {
+        index: lights.iter().enumerate().map(|(i, l)| (l.id.clone(), i)).collect(),
+        conditions: Mutex::new(vec![normal; lights.len()]),
+        lights,
+        urgent: Mutex::new(Vec::new()),
+        faults: Mutex::new(Vec::new()),
+    });
+    let controller = tokio::spawn(controller(client.clone(), field.clone(), config.clone(), shutdown.clone()));
+    let result = telemetry(&mut client, &field, &config, &shutdown).await;
+    shutdown.cancel();
+    let _ = controller.await;
+    result
+}
+
+/// Plays the field's reports, lamp failures and feeder failures.
+async fn telemetry(
+    client: &mut Client,
+    field: &Field,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-    let mut faulty: HashSet<usize> = HashSet::new();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / config.lighting_rate));
+    let mut ticker = tokio::time::interval(WINDOW);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
-    let (mut sent, mut refused) = (0u64, 0u64);
+    let per_window = config.lighting_rate * WINDOW.as_secs_f64();
+    let feeder_per_window = config.feeder_failures_per_hour / 3600.0 * WINDOW.as_secs_f64();
+    let mut owed = 0.0;
+    let mut repairs: Vec<(tokio::time::Instant, Vec<usize>)> = Vec::new();
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    let mut last_log = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            break;
-        }
-        let index = rng.random_range(0..lights.len());
-        // A working lamp fails now and then; a failed one is repaired after a while.
-        if faulty.contains(&index) {
-            if rng.random_bool(0.05) {
-                faulty.remove(&index);
+        let now = SystemTime::now();
+        let mut lamps: Vec<usize> = std::mem::take(&mut *lock(&field.urgent));
+        let mut faults: Vec<FaultReport> = std::mem::take(&mut *lock(&field.faults));
+        {
+            let mut conditions = lock(&field.conditions);
+            // A feeder fails: every lamp it supplies goes dark at once; it is repaired later.
+            if rng.random_bool(feeder_per_window.min(1.0)) {
+                let center = rng.random_range(0..field.lights.len());
+                let group = lighting::feeder(&field.lights, center, config.feeder_radius_m);
+                tracing::info!(lamps = group.len(), around = %field.lights[center].id, "feeder failure");
+                for &i in &group {
+                    conditions[i].unpowered = true;
+                    faults.push(fault(&field.lights[i], TalqFault::SupplyLoss, true, now));
+                }
+                lamps.extend(&group);
+                repairs.push((tokio::time::Instant::now() + Duration::from_secs(rng.random_range(120..600)), group));
             }
-        } else if rng.random_bool(config.lamp_failure) {
-            faulty.insert(index);
-        }
-        let report = lighting::report(&mut rng, &lights[index], SystemTime::now(), faulty.contains(&index));
-        match client.report_status(ReportStatusRequest { report: Some(report) }).await {
-            Ok(_) => sent += 1,
-            Err(status) => {
-                refused += 1;
-                tracing::warn!(code = ?status.code(), message = status.message(), "report refused");
+            let due = tokio::time::Instant::now();
+            repairs.retain(|(at, group)| {
+                if *at > due {
+                    return true;
+                }
+                tracing::info!(lamps = group.len(), "feeder repaired");
+                for &i in group {
+                    conditions[i].unpowered = false;
+                    faults.push(fault(&field.lights[i], TalqFault::SupplyLoss, false, now));
+                }
+                lamps.extend(group);
+                false
+            });
+            // The steady trickle of reports, with lamps failing and being repaired now and then.
+            owed += per_window;
+            while owed >= 1.0 {
+                owed -= 1.0;
+                let i = rng.random_range(0..field.lights.len());
+                if conditions[i].faulty {
+                    conditions[i].faulty = !rng.random_bool(0.05);
+                } else if rng.random_bool(config.lamp_failure) {
+                    conditions[i].faulty = true;
+                }
+                lamps.push(i);
             }
         }
-        if (sent + refused) % 1000 == 0 {
-            tracing::info!(sent, refused, faulty = faulty.len(), "lighting reports");
+        if lamps.is_empty() && faults.is_empty() {
+            continue;
+        }
+        let conditions = lock(&field.conditions).clone();
+        let mut messages: Vec<TelemetryMessage> =
+            faults.into_iter().map(|f| TelemetryMessage { message: Some(Telemetry::Fault(f)) }).collect();
+        messages.extend(lamps.into_iter().map(|i| TelemetryMessage {
+            message: Some(Telemetry::Status(lighting::report(&mut rng, &field.lights[i], now, conditions[i]))),
+        }));
+        match client.stream_telemetry(futures::stream::iter(messages)).await {
+            Ok(summary) => {
+                let summary = summary.into_inner();
+                accepted += summary.accepted;
+                refused += summary.refused;
+                for error in summary.errors.iter().take(3) {
+                    tracing::warn!(index = error.index, message = %error.message, "telemetry refused");
+                }
+            }
+            Err(status) => tracing::warn!(code = ?status.code(), message = status.message(), "telemetry stream failed"),
+        }
+        if last_log.elapsed() > Duration::from_secs(30) {
+            last_log = tokio::time::Instant::now();
+            tracing::info!(accepted, refused, "lighting telemetry");
         }
     }
-    tracing::info!(sent, refused, "simulation stopped");
+    tracing::info!(accepted, refused, "simulation stopped");
     Ok(())
 }
 
+fn fault(light: &Streetlight, fault: TalqFault, active: bool, at: SystemTime) -> FaultReport {
+    FaultReport { streetlight_id: light.id.clone(), observed_at: Some(at.into()), fault: fault as i32, active }
+}
+
+/// The lighting controller: receives the service's instructions, applies them to the simulated
+/// lamps after a realistic delay (some lamps do not answer), and reports the results.
+async fn controller(mut client: Client, field: Arc<Field>, config: Config, shutdown: CancellationToken) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(1));
+    loop {
+        let (to_service, outbound) = tokio::sync::mpsc::channel::<ControllerMessage>(64);
+        let hello = ControllerMessage {
+            message: Some(ToService::Hello(ControllerHello { controller_id: "vigie-simulator".into() })),
+        };
+        if to_service.send(hello).await.is_err() {
+            return;
+        }
+        let session = client.controller_session(tokio_stream::wrappers::ReceiverStream::new(outbound));
+        let mut instructions = tokio::select! {
+            r = session => match r {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    tracing::warn!(message = status.message(), "controller session refused; retrying");
+                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = shutdown.cancelled() => return }
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        tracing::info!("controller session open");
+        loop {
+            let instruction = tokio::select! {
+                m = instructions.message() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            match instruction {
+                Ok(Some(instruction)) => {
+                    let delay = Duration::from_millis(rng.random_range(100..800));
+                    let result = apply(&field, &instruction, &mut rng, config.command_failure);
+                    tokio::time::sleep(delay).await;
+                    let message = ControllerMessage { message: Some(ToService::Result(result)) };
+                    if to_service.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::warn!(message = status.message(), "controller session ended");
+                    break;
+                }
+            }
+        }
+        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => return }
+    }
+}
+
+fn apply(field: &Field, instruction: &ControllerInstruction, rng: &mut impl Rng, failure: f64) -> CommandResult {
+    let level = match instruction.action.and_then(|a| a.action) {
+        Some(Action::SwitchOn(true)) => Some(1.0),
+        Some(Action::SwitchOn(false)) => Some(0.0),
+        Some(Action::DimLevel(level)) => Some(level),
+        None => None,
+    };
+    let mut result = CommandResult { command_id: instruction.command_id.clone(), ..Default::default() };
+    let mut conditions = lock(&field.conditions);
+    let mut urgent = lock(&field.urgent);
+    for id in &instruction.streetlight_ids {
+        let Some(&i) = field.index.get(id) else {
+            result.failed.push(LampFailure { streetlight_id: id.clone(), reason: "unknown to this controller".into() });
+            continue;
+        };
+        if level.is_none() || conditions[i].unpowered || rng.random_bool(failure) {
+            let reason =
+                if conditions[i].unpowered { "no power on the feeder" } else { "no answer from the lamp node" };
+            result.failed.push(LampFailure { streetlight_id: id.clone(), reason: reason.into() });
+        } else {
+            conditions[i].commanded_level = level;
+            urgent.push(i);
+            result.applied.push(id.clone());
+        }
+    }
+    result
+}
+
 /// Connects, retrying while the service starts.
-async fn connect(
-    url: &str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<LightingServiceClient<tonic::transport::Channel>> {
+async fn connect(url: &str, shutdown: &CancellationToken) -> anyhow::Result<Client> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).context("--lighting-url")?;
     loop {
         match endpoint.connect().await {
