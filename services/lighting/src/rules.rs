@@ -253,9 +253,8 @@ impl Rules {
     pub fn recheck_all(&mut self) -> Vec<AlarmChange> {
         self.unsettled_communes.extend(self.places.values().map(|p| p.commune.clone()));
         self.unsettled_lamps.extend(self.conditions.keys().cloned());
-        self.unsettled_lamps.extend(
-            self.alarms.values().filter_map(|a| (a.raised.alarm_type != OUTAGE_CLUSTER).then(|| a.asset.clone())),
-        );
+        self.unsettled_lamps
+            .extend(self.alarms.values().filter(|a| a.raised.alarm_type != OUTAGE_CLUSTER).map(|a| a.asset.clone()));
         self.settle()
     }
 

@@ -94,7 +94,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             anyhow::bail!("{name} must be between 0 and 1");
         }
     }
-    if !(config.lighting_rate.is_finite() && config.lighting_rate >= 0.0) || !(config.feeder_failures_per_hour >= 0.0) {
+    let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+    if !non_negative(config.lighting_rate) || !non_negative(config.feeder_failures_per_hour) {
         anyhow::bail!("--lighting-rate and --feeder-failures-per-hour must be numbers >= 0");
     }
     let shutdown = match config.duration {
