@@ -293,6 +293,30 @@ pub fn test_territory() -> Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// Lamps along an east-west street: `n` lamps `spacing_m` apart from (lat, lon), named
+/// `<prefix>00`, `<prefix>01`, ...
+pub fn street_of_lamps(prefix: &str, n: usize, lat: f64, lon: f64, spacing_m: f64) -> Vec<(String, f64, f64)> {
+    let deg_per_m = 1.0 / (111_320.0 * lat.to_radians().cos());
+    (0..n).map(|i| (format!("{prefix}{i:02}"), lat, lon + i as f64 * spacing_m * deg_per_m)).collect()
+}
+
+/// The test territory plus a streetlight inventory (`lighting/streetlights.geojson`), in the
+/// format of the real data: Point features with `id`, `lamp_type` and `street`.
+pub fn territory_with_streetlights(lamps: &[(String, f64, f64)], street: &str) -> Result<tempfile::TempDir> {
+    let dir = test_territory()?;
+    let features: Vec<serde_json::Value> = lamps
+        .iter()
+        .map(|(id, lat, lon)| {
+            serde_json::json!({"type": "Feature", "properties": {"id": id, "lamp_type": "LANTERNE", "street": street},
+              "geometry": {"type": "Point", "coordinates": [lon, lat]}})
+        })
+        .collect();
+    std::fs::create_dir_all(dir.path().join("lighting"))?;
+    let inventory = serde_json::json!({"type": "FeatureCollection", "features": features});
+    std::fs::write(dir.path().join("lighting/streetlights.geojson"), inventory.to_string())?;
+    Ok(dir)
+}
+
 /// The lighting service and the gateway around one NATS server, each with its own store.
 pub struct Slice {
     pub nats: NatsServer,
@@ -306,8 +330,12 @@ pub struct Slice {
 
 impl Slice {
     pub async fn start() -> Result<Slice> {
+        Slice::start_in(test_territory()?).await
+    }
+
+    /// Starts the slice on a territory of the test's own.
+    pub async fn start_in(territory: tempfile::TempDir) -> Result<Slice> {
         let nats = NatsServer::start()?;
-        let territory = test_territory()?;
         let stores = tempfile::tempdir()?;
         let common = |store: &str| {
             vec![
@@ -365,6 +393,18 @@ impl Slice {
     pub fn wait_gateway_consuming(&self) -> Result<()> {
         self.gateway.wait_for_log("consuming events", 0)?;
         Ok(())
+    }
+
+    /// Starts the simulator against this slice's lighting service and territory.
+    pub fn start_simulator(&self, extra: &[&str]) -> Result<Process> {
+        let mut args = vec![
+            "--lighting-url".to_owned(),
+            format!("http://{}", self.lighting_addr),
+            "--territory".to_owned(),
+            self.territory.path().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Process::start("vigie-simulator", &args)
     }
 
     pub async fn lighting_client(&self) -> Result<LightingClient> {

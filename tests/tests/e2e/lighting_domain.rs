@@ -1,0 +1,271 @@
+//! The lighting domain end to end: commands through the service to the (simulated) controller and
+//! back, outage clusters from a feeder failure, restarts, and bad input.
+
+use anyhow::Result;
+use proto::lighting::command_action::Action;
+use proto::lighting::command_target::Target;
+use proto::lighting::telemetry_message::Message as Telemetry;
+use proto::lighting::{
+    CommandAction, CommandStatus, CommandTarget, FaultReport, GetCommandRequest, Polygon, RegisterStreetlightsRequest,
+    ReportStatusRequest, SendCommandRequest, StatusReport, Streetlight, TalqFault, TelemetryMessage,
+};
+use proto::v1::Position;
+use std::collections::HashSet;
+use std::time::SystemTime;
+use tests::{LiveClient, Slice, street_of_lamps, territory_with_streetlights};
+use tonic::Code;
+
+/// A rectangle around the lamps, as a closed ring.
+fn around(lamps: &[(String, f64, f64)]) -> Polygon {
+    let (mut s, mut w, mut n, mut e) = (90.0f64, 180.0f64, -90.0f64, -180.0f64);
+    for (_, lat, lon) in lamps {
+        (s, w, n, e) = (s.min(*lat), w.min(*lon), n.max(*lat), e.max(*lon));
+    }
+    let (s, w, n, e) = (s - 0.0005, w - 0.0005, n + 0.0005, e + 0.0005);
+    let ring = [(s, w), (s, e), (n, e), (n, w), (s, w)];
+    Polygon { ring: ring.iter().map(|&(lat, lon)| Position { lat, lon }).collect() }
+}
+
+fn dim(target: Target, level: f64, timeout_s: u32) -> SendCommandRequest {
+    SendCommandRequest {
+        target: Some(CommandTarget { target: Some(target) }),
+        action: Some(CommandAction { action: Some(Action::DimLevel(level)) }),
+        requested_by: "operateur.test".into(),
+        reason: "essai de gradation".into(),
+        timeout_s,
+    }
+}
+
+fn supply_loss(id: &str, active: bool) -> TelemetryMessage {
+    TelemetryMessage {
+        message: Some(Telemetry::Fault(FaultReport {
+            streetlight_id: id.into(),
+            observed_at: Some(SystemTime::now().into()),
+            fault: TalqFault::SupplyLoss as i32,
+            active,
+        })),
+    }
+}
+
+/// Reads frames until `done` is true for one; returns every frame read.
+async fn read_until(
+    live: &mut LiveClient,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> Result<Vec<serde_json::Value>> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = live.next().await?;
+        let stop = done(&frame);
+        frames.push(frame);
+        if stop {
+            return Ok(frames);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dim_command_goes_to_the_controller_and_comes_back_applied() -> Result<()> {
+    let lamps = street_of_lamps("RUE", 10, 43.6, 3.85, 25.0);
+    let slice = Slice::start_in(territory_with_streetlights(&lamps, "Rue de l'Aiguillerie")?).await?;
+    let simulator = slice.start_simulator(&[
+        "--lighting-rate",
+        "0",
+        "--feeder-failures-per-hour",
+        "0",
+        "--command-failure",
+        "0",
+        "--lamp-failure",
+        "0",
+    ])?;
+    simulator.wait_for_log("inventory registered", 0)?;
+    simulator.wait_for_log("controller session open", 0)?;
+    let mut live = slice.live_client().await?;
+    assert_eq!(live.next().await?["type"], "snapshot");
+
+    let mut client = slice.lighting_client().await?;
+    let reply = client.send_command(dim(Target::Polygon(around(&lamps)), 0.5, 30)).await?.into_inner();
+    assert_eq!(reply.commands.len(), 1, "one commune, one command");
+    let command = &reply.commands[0];
+    assert_eq!((command.lamps_total, command.status), (10, CommandStatus::Pending as i32));
+    assert_eq!(command.commune, "34172");
+
+    // Live: the command pending, then applied; the lamps report their new level.
+    let mut statuses = Vec::new();
+    let mut dimmed = HashSet::new();
+    read_until(&mut live, |frame| {
+        if frame["command"]["id"] == command.id.as_str() {
+            statuses.push(frame["command"]["status"].as_str().unwrap_or_default().to_owned());
+            assert_eq!(frame["command"]["requested_by"], "operateur.test");
+            assert_eq!(frame["command"]["action"]["type"], "dim");
+        }
+        if frame["asset"]["details"]["illuminance_level"] == 0.5 {
+            dimmed.insert(frame["asset"]["id"].as_str().unwrap_or_default().to_owned());
+        }
+        statuses.last().map(String::as_str) == Some("applied") && dimmed.len() == 10
+    })
+    .await?;
+    assert_eq!(statuses.first().map(String::as_str), Some("pending"));
+    let stored = client.get_command(GetCommandRequest { id: command.id.clone() }).await?.into_inner();
+    assert_eq!((stored.status, stored.lamps_applied, stored.lamps_failed), (CommandStatus::Applied as i32, 10, 0));
+
+    // By street name, case and accents aside: the same ten lamps.
+    let reply = client.send_command(dim(Target::Street("RUE DE L AIGUILLERIE".into()), 0.8, 30)).await?.into_inner();
+    assert_eq!(reply.commands[0].lamps_total, 10);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_command_without_a_controller_fails_at_its_deadline() -> Result<()> {
+    let slice = Slice::start().await?;
+    let mut client = slice.lighting_client().await?;
+    let light = Streetlight { id: "EP1".into(), lat: 43.6, lon: 3.85, ..Default::default() };
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![light] }).await?;
+    let mut live = slice.live_client().await?;
+    let reply = client.send_command(dim(Target::StreetlightId("EP1".into()), 0.3, 1)).await?.into_inner();
+    let id = reply.commands[0].id.clone();
+    let frames =
+        read_until(&mut live, |f| f["command"]["id"] == id.as_str() && f["command"]["status"] != "pending").await?;
+    let last = &frames[frames.len() - 1]["command"];
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["lamps_failed"], 1);
+    assert!(last["failures"][0].as_str().unwrap_or_default().contains("no lighting controller connected"), "{last}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_feeder_failure_raises_exactly_one_cluster_alarm_which_survives_a_restart_and_clears() -> Result<()> {
+    let mut slice = Slice::start().await?;
+    let mut client = slice.lighting_client().await?;
+    let lamps = street_of_lamps("EP", 8, 43.6, 3.85, 20.0);
+    let lights: Vec<Streetlight> = lamps
+        .iter()
+        .map(|(id, lat, lon)| Streetlight { id: id.clone(), lat: *lat, lon: *lon, ..Default::default() })
+        .collect();
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
+    let mut live = slice.live_client().await?;
+    assert_eq!(live.next().await?["type"], "snapshot");
+
+    // The lighting management system reports the feeder failure lamp by lamp, in one stream, with
+    // some garbage in it.
+    let mut messages: Vec<TelemetryMessage> = lamps[..6].iter().map(|(id, ..)| supply_loss(id, true)).collect();
+    messages.push(supply_loss("EP99", true));
+    messages.push(TelemetryMessage {
+        message: Some(Telemetry::Fault(FaultReport {
+            streetlight_id: "EP00".into(),
+            observed_at: Some(SystemTime::now().into()),
+            fault: 0,
+            active: true,
+        })),
+    });
+    messages.push(TelemetryMessage {
+        message: Some(Telemetry::Status(StatusReport {
+            streetlight_id: "EP07".into(),
+            observed_at: Some(SystemTime::now().into()),
+            status: 1,
+            power_state: 1,
+            illuminance_level: 2.0,
+            ..Default::default()
+        })),
+    });
+    let summary = client.stream_telemetry(futures::stream::iter(messages)).await?.into_inner();
+    assert_eq!((summary.accepted, summary.refused), (6, 3), "{summary:?}");
+    let errors: Vec<&str> = summary.errors.iter().map(|e| e.message.as_str()).collect();
+    assert!(errors[0].contains("EP99 is not registered"), "{errors:?}");
+    assert!(errors[1].contains("fault is missing"), "{errors:?}");
+    assert!(errors[2].contains("illuminance_level"), "{errors:?}");
+    assert_eq!(summary.errors.iter().map(|e| e.index).collect::<Vec<_>>(), [6, 7, 8]);
+
+    // A sentinel report: when its delta arrives, every alarm event of the stream came before it.
+    let sentinel = client.report_status(night_report("EP07")).await?.into_inner().event_id;
+    let frames = read_until(&mut live, |f| f["event"]["id"] == sentinel.as_str()).await?;
+    let raised: Vec<&serde_json::Value> =
+        frames.iter().filter(|f| f["event"]["kind"] == "alarm_raised").map(|f| &f["alarm"]).collect();
+    assert_eq!(raised.len(), 1, "exactly one alarm, the cluster: {raised:?}");
+    assert_eq!(raised[0]["alarm_type"], "outage_cluster");
+    assert_eq!(raised[0]["severity"], "major");
+    assert_eq!(raised[0]["asset_ids"].as_array().map(Vec::len), Some(6));
+    assert_eq!(raised[0]["details"]["lamps"], "6");
+    let key = raised[0]["key"].as_str().unwrap_or_default().to_owned();
+    // The streetlights show the fault.
+    let faulted = frames
+        .iter()
+        .filter(|f| f["event"]["kind"] == "streetlight_fault" && f["asset"]["details"]["faults"][0] == "supply_loss")
+        .count();
+    assert_eq!(faulted, 6);
+
+    // The service dies and comes back: the cluster and the lamps' state are restored, so the
+    // seventh dark lamp grows the same alarm.
+    slice.lighting.kill()?;
+    let from = slice.lighting.restart()?;
+    slice.lighting_addr = slice.lighting.wait_for_addr("gRPC listening", from)?;
+    slice.wait_lighting_serving().await?;
+    let mut client = slice.lighting_client().await?;
+    client.stream_telemetry(futures::stream::iter(vec![supply_loss("EP06", true)])).await?;
+    let frames = read_until(&mut live, |f| f["event"]["kind"] == "alarm_raised").await?;
+    let alarm = &frames[frames.len() - 1]["alarm"];
+    assert_eq!(alarm["key"], key.as_str());
+    assert_eq!(alarm["asset_ids"].as_array().map(Vec::len), Some(7));
+    assert_eq!(alarm["raise_count"], 2);
+
+    // Repaired: the cluster clears, and no lamp alarm is left behind.
+    let repairs: Vec<TelemetryMessage> = lamps[..7].iter().map(|(id, ..)| supply_loss(id, false)).collect();
+    client.stream_telemetry(futures::stream::iter(repairs)).await?;
+    let sentinel = client.report_status(night_report("EP07")).await?.into_inner().event_id;
+    let frames = read_until(&mut live, |f| f["event"]["id"] == sentinel.as_str()).await?;
+    let alarms: Vec<&serde_json::Value> =
+        frames.iter().filter(|f| f["alarm"].is_object()).map(|f| &f["alarm"]).collect();
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!((&alarms[0]["key"], &alarms[0]["active"]), (&serde_json::json!(key), &serde_json::json!(false)));
+    let mut late = slice.live_client().await?;
+    assert_eq!(late.next().await?["alarms"], serde_json::json!([]));
+    Ok(())
+}
+
+fn night_report(id: &str) -> ReportStatusRequest {
+    ReportStatusRequest {
+        report: Some(StatusReport {
+            streetlight_id: id.into(),
+            observed_at: Some(SystemTime::now().into()),
+            status: 1,
+            power_state: 2,
+            illuminance_level: 0.0,
+            power_consumption_w: 0.0,
+            voltage_v: None,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn bad_commands_get_clear_errors() -> Result<()> {
+    let slice = Slice::start().await?;
+    let mut client = slice.lighting_client().await?;
+    let light = Streetlight { id: "EP1".into(), lat: 43.6, lon: 3.85, ..Default::default() };
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![light] }).await?;
+    let open = Polygon {
+        ring: [(43.5, 3.8), (43.5, 3.9), (43.7, 3.9)].iter().map(|&(lat, lon)| Position { lat, lon }).collect(),
+    };
+    let mut anonymous = dim(Target::StreetlightId("EP1".into()), 0.5, 10);
+    anonymous.requested_by = String::new();
+    let cases = [
+        (dim(Target::StreetlightId("EP1".into()), 1.5, 10), Code::InvalidArgument, "outside 0..1"),
+        (dim(Target::Polygon(open), 0.5, 10), Code::InvalidArgument, "at least 4"),
+        (dim(Target::Commune("99999".into()), 0.5, 10), Code::InvalidArgument, "not in this territory"),
+        (dim(Target::StreetlightId("EP404".into()), 0.5, 10), Code::NotFound, "no registered streetlight"),
+        (dim(Target::StreetlightId("EP>".into()), 0.5, 10), Code::InvalidArgument, "'>'"),
+        (anonymous, Code::InvalidArgument, "requested_by"),
+    ];
+    for (request, code, expected) in cases {
+        let status = client.send_command(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "{request:?}: {status:?}");
+        assert!(status.message().contains(expected), "{:?} should mention {expected:?}", status.message());
+    }
+    let status = client.get_command(GetCommandRequest { id: "0000".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    // A controller must say who it is first.
+    let status = client.controller_session(futures::stream::iter(Vec::new())).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("hello"), "{}", status.message());
+    // Still serving.
+    client.report_status(night_report("EP1")).await?;
+    Ok(())
+}
