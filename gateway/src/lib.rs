@@ -54,7 +54,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         applied_seq = loaded.applied_seq,
         "view restored from the store"
     );
-    let view = view::OperationsView::restore(loaded.assets, loaded.alarms, loaded.commands, loaded.applied_seq);
+    let view =
+        view::OperationsView::restore(loaded.assets, loaded.alarms, loaded.commands, loaded.kpis, loaded.applied_seq);
     let live = Arc::new(live::Live::new(view));
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-gateway").await?;

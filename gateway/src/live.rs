@@ -4,7 +4,7 @@
 //! snapshot's `seq` and none before.
 
 use proto::event::CheckedEvent;
-use proto::live::{AlarmState, AssetState, CommandState, ServerFrame, ServerMessage};
+use proto::live::{AlarmState, AssetState, CommandState, KpiState, ServerFrame, ServerMessage};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
@@ -29,6 +29,7 @@ pub struct Persist {
     pub assets: HashMap<String, AssetState>,
     pub alarms: HashMap<String, Option<AlarmState>>,
     pub commands: HashMap<String, Option<CommandState>>,
+    pub kpis: HashMap<String, KpiState>,
     pub applied_seq: u64,
 }
 
@@ -74,7 +75,7 @@ impl Live {
                 Received::Refused => inner.view.skip(seq),
                 Received::Event(event) => {
                     if let Some(applied) = inner.view.apply(&event, seq) {
-                        let (mut asset, mut alarm, mut command) = (None, None, None);
+                        let (mut asset, mut alarm, mut command, mut kpi) = (None, None, None, None);
                         match applied.change {
                             Change::Asset(key, state) => {
                                 asset = Some(Box::new(state.clone()));
@@ -89,9 +90,19 @@ impl Live {
                                 persist.commands.insert(key, Some(state));
                                 persist.commands.extend(evicted.into_iter().map(|k| (k, None)));
                             }
+                            Change::Kpi(key, state) => {
+                                kpi = Some(Box::new(state.clone()));
+                                persist.kpis.insert(key, state);
+                            }
                         }
-                        let frame =
-                            ServerFrame::new(ServerMessage::Delta { seq, event: applied.event, asset, alarm, command });
+                        let frame = ServerFrame::new(ServerMessage::Delta {
+                            seq,
+                            event: applied.event,
+                            asset,
+                            alarm,
+                            command,
+                            kpi,
+                        });
                         match serde_json::to_string(&frame) {
                             // No receiver is not an error: nobody is connected.
                             Ok(json) => drop(inner.deltas.send(Arc::from(json))),
@@ -107,14 +118,15 @@ impl Live {
 
     /// A snapshot frame (JSON) and a receiver of every delta after it.
     pub fn subscribe(&self) -> (String, broadcast::Receiver<Arc<str>>) {
-        let (seq, assets, alarms, commands, receiver) = {
+        let (seq, assets, alarms, commands, kpis, receiver) = {
             let inner = self.lock();
             let assets: Vec<AssetState> = inner.view.assets().cloned().collect();
             let alarms: Vec<AlarmState> = inner.view.alarms().cloned().collect();
             let commands: Vec<CommandState> = inner.view.commands().cloned().collect();
-            (inner.view.applied_seq(), assets, alarms, commands, inner.deltas.subscribe())
+            let kpis: Vec<KpiState> = inner.view.kpis().cloned().collect();
+            (inner.view.applied_seq(), assets, alarms, commands, kpis, inner.deltas.subscribe())
         };
-        let frame = ServerFrame::new(ServerMessage::Snapshot { seq, assets, alarms, commands });
+        let frame = ServerFrame::new(ServerMessage::Snapshot { seq, assets, alarms, commands, kpis });
         let json = serde_json::to_string(&frame).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot serialise a snapshot");
             String::new()

@@ -1,7 +1,7 @@
 //! The gateway's sled database: the view's assets and the stream sequence they are current at,
 //! written together in one atomic batch. The only module that sees sled.
 
-use proto::live::{AlarmState, AssetState, CommandState};
+use proto::live::{AlarmState, AssetState, CommandState, KpiState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +24,7 @@ pub struct Store {
     assets: sled::Tree,
     alarms: sled::Tree,
     commands: sled::Tree,
+    kpis: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -32,6 +33,7 @@ pub struct Loaded {
     pub assets: HashMap<String, AssetState>,
     pub alarms: HashMap<String, AlarmState>,
     pub commands: BTreeMap<String, CommandState>,
+    pub kpis: HashMap<String, KpiState>,
     pub applied_seq: u64,
 }
 
@@ -42,6 +44,7 @@ impl Store {
             assets: db.open_tree("assets")?,
             alarms: db.open_tree("alarms")?,
             commands: db.open_tree("commands")?,
+            kpis: db.open_tree("kpis")?,
             meta: db.open_tree("meta")?,
             db,
         })
@@ -59,6 +62,7 @@ impl Store {
             assets: read_all(&self.assets)?,
             alarms: read_all(&self.alarms)?,
             commands: read_all(&self.commands)?,
+            kpis: read_all(&self.kpis)?,
             applied_seq: seq,
         })
     }
@@ -70,9 +74,12 @@ impl Store {
         let assets = encode_all(persist.assets.iter().map(|(k, v)| (k, Some(v))))?;
         let alarms = encode_all(persist.alarms.iter().map(|(k, v)| (k, v.as_ref())))?;
         let commands = encode_all(persist.commands.iter().map(|(k, v)| (k, v.as_ref())))?;
-        (&self.assets, &self.alarms, &self.commands, &self.meta)
-            .transaction(|(t_assets, t_alarms, t_commands, meta)| {
-                for (tree, entries) in [(t_assets, &assets), (t_alarms, &alarms), (t_commands, &commands)] {
+        let kpis = encode_all(persist.kpis.iter().map(|(k, v)| (k, Some(v))))?;
+        (&self.assets, &self.alarms, &self.commands, &self.kpis, &self.meta)
+            .transaction(|(t_assets, t_alarms, t_commands, t_kpis, meta)| {
+                for (tree, entries) in
+                    [(t_assets, &assets), (t_alarms, &alarms), (t_commands, &commands), (t_kpis, &kpis)]
+                {
                     for (key, value) in entries {
                         match value {
                             Some(v) => tree.insert(key.as_bytes(), v.as_slice())?,
@@ -97,6 +104,7 @@ impl Store {
         self.assets.clear()?;
         self.alarms.clear()?;
         self.commands.clear()?;
+        self.kpis.clear()?;
         self.meta.clear()?;
         self.db.flush()?;
         Ok(())

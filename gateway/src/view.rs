@@ -4,7 +4,7 @@
 use proto::event::CheckedEvent;
 use proto::lighting::{CommandStatus, LampStatus, LightingCommand, PowerState, TalqFault};
 use proto::live::{
-    AlarmState, AssetDetails, AssetState, CommandAction, CommandState, CommandTarget, EventSummary, LatLon,
+    AlarmState, AssetDetails, AssetState, CommandAction, CommandState, CommandTarget, EventSummary, KpiState, LatLon,
     StreetlightDetails,
 };
 use proto::v1::event::Payload;
@@ -26,6 +26,8 @@ pub struct OperationsView {
     alarms: HashMap<String, AlarmState>,
     /// Commands by id (UUIDv7: in time order).
     commands: BTreeMap<String, CommandState>,
+    /// Latest KPIs by `domain/commune`.
+    kpis: HashMap<String, KpiState>,
     /// Stream sequence of the last event applied (or refused): every event up to it is in the view.
     applied_seq: u64,
 }
@@ -38,6 +40,7 @@ pub enum Change {
     Alarm(String, AlarmState),
     /// A command created or updated; `evicted` finished commands left the view to make room.
     Command(String, CommandState, Vec<String>),
+    Kpi(String, KpiState),
 }
 
 pub struct Applied {
@@ -50,9 +53,14 @@ impl OperationsView {
         assets: HashMap<String, AssetState>,
         alarms: HashMap<String, AlarmState>,
         commands: BTreeMap<String, CommandState>,
+        kpis: HashMap<String, KpiState>,
         applied_seq: u64,
     ) -> Self {
-        OperationsView { assets, alarms, commands, applied_seq }
+        OperationsView { assets, alarms, commands, kpis, applied_seq }
+    }
+
+    pub fn kpis(&self) -> impl Iterator<Item = &KpiState> {
+        self.kpis.values()
     }
 
     pub fn applied_seq(&self) -> u64 {
@@ -92,6 +100,25 @@ impl OperationsView {
             Payload::LightingAlarmRaised(raised) => self.raise(&summary, event, raised),
             Payload::LightingAlarmCleared(cleared) => self.clear(&summary, cleared)?,
             Payload::LightingCommand(command) => self.command(&summary, command),
+            Payload::LightingKpi(kpi) => {
+                let values = [
+                    ("lamps_total", f64::from(kpi.lamps_total)),
+                    ("lamps_dark", f64::from(kpi.lamps_dark)),
+                    ("availability", kpi.availability),
+                    ("power_w", kpi.power_w),
+                    ("energy_wh_current_hour", kpi.energy_wh_current_hour),
+                    ("energy_wh_previous_hour", kpi.energy_wh_previous_hour),
+                ];
+                let state = KpiState {
+                    domain: summary.domain.clone(),
+                    commune: summary.commune.clone(),
+                    at: summary.observed_at.clone(),
+                    values: values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                };
+                let key = format!("{}/{}", summary.domain, summary.commune);
+                self.kpis.insert(key.clone(), state.clone());
+                Change::Kpi(key, state)
+            }
             _ => self.asset(&summary, event),
         };
         Some(Applied { event: summary, change })

@@ -13,6 +13,7 @@ pub enum EventKind {
     StreetlightStatus,
     StreetlightFault,
     LightingCommand,
+    LightingKpi,
     LightingAlarmRaised,
     LightingAlarmCleared,
 }
@@ -24,6 +25,7 @@ impl EventKind {
             EventKind::StreetlightStatus => "streetlight_status",
             EventKind::StreetlightFault => "streetlight_fault",
             EventKind::LightingCommand => "command_updated",
+            EventKind::LightingKpi => "kpi",
             EventKind::LightingAlarmRaised => "alarm_raised",
             EventKind::LightingAlarmCleared => "alarm_cleared",
         }
@@ -35,6 +37,7 @@ impl EventKind {
             | EventKind::StreetlightStatus
             | EventKind::StreetlightFault
             | EventKind::LightingCommand
+            | EventKind::LightingKpi
             | EventKind::LightingAlarmRaised
             | EventKind::LightingAlarmCleared => Domain::Lighting,
         }
@@ -48,6 +51,7 @@ impl Payload {
             Payload::StreetlightStatus(_) => EventKind::StreetlightStatus,
             Payload::StreetlightFault(_) => EventKind::StreetlightFault,
             Payload::LightingCommand(_) => EventKind::LightingCommand,
+            Payload::LightingKpi(_) => EventKind::LightingKpi,
             Payload::LightingAlarmRaised(_) => EventKind::LightingAlarmRaised,
             Payload::LightingAlarmCleared(_) => EventKind::LightingAlarmCleared,
         }

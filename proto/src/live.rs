@@ -29,8 +29,16 @@ impl ServerFrame {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// The whole view, current as of `seq`: every asset, the active alarms, the recent commands.
-    Snapshot { seq: u64, assets: Vec<AssetState>, alarms: Vec<AlarmState>, commands: Vec<CommandState> },
+    /// The whole view, current as of `seq`: every asset, the active alarms, the recent commands,
+    /// the latest KPIs of each domain and commune.
+    Snapshot {
+        seq: u64,
+        assets: Vec<AssetState>,
+        alarms: Vec<AlarmState>,
+        commands: Vec<CommandState>,
+        #[serde(default)]
+        kpis: Vec<KpiState>,
+    },
     /// One event, and what it changed: an asset, an alarm or a command (exactly one of them).
     Delta {
         seq: u64,
@@ -41,6 +49,8 @@ pub enum ServerMessage {
         alarm: Option<Box<AlarmState>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         command: Option<Box<CommandState>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kpi: Option<Box<KpiState>>,
     },
     /// The answer to a client `ping`.
     Pong,
@@ -155,6 +165,16 @@ pub struct AlarmState {
     pub raise_count: u32,
     pub cleared_at: Option<String>,
     pub clear_reason: Option<String>,
+}
+
+/// The latest KPIs of one domain in one commune. Lighting: `lamps_total`, `lamps_dark`,
+/// `availability` (0..1), `power_w`, `energy_wh_current_hour`, `energy_wh_previous_hour`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KpiState {
+    pub domain: String,
+    pub commune: String,
+    pub at: String,
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// An operator command to a domain service, from pending to its outcome.

@@ -335,6 +335,11 @@ impl Slice {
 
     /// Starts the slice on a territory of the test's own.
     pub async fn start_in(territory: tempfile::TempDir) -> Result<Slice> {
+        Slice::start_with(territory, &[]).await
+    }
+
+    /// Starts the slice with extra flags for the lighting service.
+    pub async fn start_with(territory: tempfile::TempDir, lighting_flags: &[&str]) -> Result<Slice> {
         let nats = NatsServer::start()?;
         let stores = tempfile::tempdir()?;
         let common = |store: &str| {
@@ -354,6 +359,7 @@ impl Slice {
             "--territory".into(),
             territory.path().display().to_string(),
         ]);
+        args.extend(lighting_flags.iter().map(|s| s.to_string()));
         let lighting = Process::start("vigie-lighting", &args)?;
         let lighting_addr = lighting.wait_for_addr("gRPC listening", 0)?;
         let mut args = common("gateway");
@@ -453,12 +459,17 @@ impl LiveClient {
         Ok(())
     }
 
-    /// Reads frames until `done` says so; returns every delta's event id seen meanwhile (in order).
-    pub async fn collect_event_ids(&mut self, mut done: impl FnMut(&[String]) -> bool) -> Result<Vec<String>> {
+    /// Reads frames until `done` says so; returns the event id of every delta of this kind of
+    /// event seen meanwhile (in order).
+    pub async fn collect_event_ids(
+        &mut self,
+        kind: &str,
+        mut done: impl FnMut(&[String]) -> bool,
+    ) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         while !done(&ids) {
             let frame = self.next().await?;
-            if frame["type"] == "delta" {
+            if frame["type"] == "delta" && frame["event"]["kind"] == kind {
                 let id = frame["event"]["id"].as_str().ok_or_else(|| anyhow!("delta without event id: {frame}"))?;
                 ids.push(id.to_owned());
             }

@@ -1,14 +1,15 @@
 //! The gRPC face of the lighting service (`vigie.lighting.v1.LightingService`).
 
 use futures::StreamExt;
-use proto::ids::AssetId;
+use proto::ids::{AssetId, CommuneId};
 use proto::lighting::controller_message::Message as FromController;
 use proto::lighting::lighting_service_server::LightingService;
 use proto::lighting::telemetry_message::Message as Telemetry;
 use proto::lighting::{
-    ControllerInstruction, ControllerMessage, GetCommandRequest, GetStreetlightRequest, GetStreetlightResponse,
-    LightingCommand, RegisterStreetlightsRequest, RegisterStreetlightsResponse, ReportStatusRequest,
-    ReportStatusResponse, SendCommandRequest, SendCommandResponse, TelemetryError, TelemetryMessage, TelemetrySummary,
+    ControllerInstruction, ControllerMessage, GetCommandRequest, GetKpisRequest, GetKpisResponse,
+    GetStreetlightRequest, GetStreetlightResponse, LightingCommand, RegisterStreetlightsRequest,
+    RegisterStreetlightsResponse, ReportStatusRequest, ReportStatusResponse, SendCommandRequest, SendCommandResponse,
+    TelemetryError, TelemetryMessage, TelemetrySummary,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -142,6 +143,16 @@ impl LightingService for LightingApi {
             .command(id.as_str())?
             .ok_or_else(|| Status::not_found(format!("command {id} does not exist")))?;
         Ok(Response::new(record.command.unwrap_or_default()))
+    }
+
+    async fn get_kpis(&self, request: Request<GetKpisRequest>) -> Result<Response<GetKpisResponse>, Status> {
+        let commune = request.into_inner().commune;
+        let commune = if commune.is_empty() {
+            None
+        } else {
+            Some(CommuneId::parse(&commune).map_err(|e| Status::invalid_argument(e.to_string()))?)
+        };
+        Ok(Response::new(GetKpisResponse { kpis: self.core.kpis(commune.as_ref(), std::time::SystemTime::now()) }))
     }
 
     type ControllerSessionStream = InstructionStream;

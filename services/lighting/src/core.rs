@@ -4,8 +4,8 @@
 use proto::event::{self, CheckedEvent};
 use proto::ids::{AssetId, CommuneId};
 use proto::lighting::{
-    CommandResult, CommandStatus, FaultReport, LightingCommand, SendCommandRequest, StatusReport, Streetlight,
-    StreetlightFaultReported, StreetlightRegistered, StreetlightStatusReported,
+    CommandResult, CommandStatus, FaultReport, LightingCommand, LightingKpi, SendCommandRequest, StatusReport,
+    Streetlight, StreetlightFaultReported, StreetlightRegistered, StreetlightStatusReported,
 };
 use proto::v1::Position;
 use proto::v1::event::Payload;
@@ -18,6 +18,7 @@ use tonic::Status;
 
 use crate::commands::{CommandDesk, command_of};
 use crate::domain::{self, Invalid, MAX_STREETLIGHTS_PER_CALL};
+use crate::kpi::{self, EnergyMeter};
 use crate::rules::{AlarmChange, LampPlace, Rules, RulesConfig};
 use crate::store::{AlarmOp, CommandRecord, LampState, Store, StoreError, WriteBatch};
 
@@ -25,6 +26,7 @@ pub struct Lighting {
     store: Store,
     territory: Arc<Territory>,
     rules: Mutex<Rules>,
+    energy: Mutex<EnergyMeter>,
     pub desk: CommandDesk,
     shutdown: CancellationToken,
 }
@@ -65,8 +67,23 @@ impl Lighting {
                 rules.add_lamp(id, place);
             }
         }
-        let conditions = store
-            .all_lamp_states()?
+        let states = store.all_lamp_states()?;
+        let mut energy = EnergyMeter::default();
+        for (id, state) in &states {
+            let (Ok(id), Some(report)) = (AssetId::parse(id), state.last_report.as_ref()) else { continue };
+            let (Some(place), Some(at)) =
+                (rules.place(&id), report.observed_at.and_then(|t| SystemTime::try_from(t).ok()))
+            else {
+                continue;
+            };
+            energy.restore_lamp(id.clone(), place.commune.clone(), report.power_consumption_w, at);
+        }
+        for (commune, hour, wh) in store.all_energy_hours()? {
+            if let Ok(commune) = CommuneId::parse(&commune) {
+                energy.restore_hour(commune, hour, wh);
+            }
+        }
+        let conditions = states
             .into_iter()
             .filter_map(|(id, state)| AssetId::parse(&id).ok().map(|id| (id, state.condition())))
             .collect();
@@ -90,7 +107,14 @@ impl Lighting {
             "lighting state restored"
         );
         desk.restore(pending.clone());
-        let core = Arc::new(Lighting { store, territory, rules: Mutex::new(rules), desk, shutdown });
+        let core = Arc::new(Lighting {
+            store,
+            territory,
+            rules: Mutex::new(rules),
+            energy: Mutex::new(energy),
+            desk,
+            shutdown,
+        });
         for record in pending {
             core.clone().expire_at_deadline(&command_of(&record));
         }
@@ -103,6 +127,58 @@ impl Lighting {
 
     fn rules(&self) -> MutexGuard<'_, Rules> {
         self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn energy(&self) -> MutexGuard<'_, EnergyMeter> {
+        self.energy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// KPIs of one commune, or of every commune with streetlights, as of `now`.
+    pub fn kpis(&self, commune: Option<&CommuneId>, now: SystemTime) -> Vec<LightingKpi> {
+        let counts = self.rules().commune_counts();
+        let energy = self.energy();
+        let hour = kpi::hour_start(now);
+        counts
+            .into_iter()
+            .filter(|(c, _)| commune.is_none_or(|wanted| wanted == c))
+            .map(|(c, (total, dark))| LightingKpi {
+                commune: c.to_string(),
+                at: Some(event::timestamp(now)),
+                lamps_total: total as u32,
+                lamps_dark: dark as u32,
+                availability: kpi::availability(total, dark),
+                power_w: energy.power_w(&c),
+                hour_start: Some(prost_types::Timestamp { seconds: hour as i64, nanos: 0 }),
+                energy_wh_current_hour: energy.energy_wh(&c, hour, now),
+                energy_wh_previous_hour: energy.energy_wh(&c, hour.saturating_sub(3600), now),
+            })
+            .collect()
+    }
+
+    /// Publishes the KPIs of every commune and saves the energy counted so far.
+    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Status> {
+        let kpis = self.kpis(None, now);
+        let mut batch = WriteBatch::default();
+        for kpi in kpis {
+            let commune = CommuneId::parse(&kpi.commune).map_err(|e| Status::internal(e.to_string()))?;
+            let asset = AssetId::parse(&kpi.commune).map_err(|e| Status::internal(e.to_string()))?;
+            batch.events.push(checked(event::new_event(
+                &commune,
+                &asset,
+                event::timestamp(now),
+                None,
+                Payload::LightingKpi(kpi),
+            ))?);
+        }
+        // Two days of hours are kept.
+        let keep_from = kpi::hour_start(now).saturating_sub(48 * 3600);
+        batch.energy_hours =
+            self.energy().hours(keep_from).iter().map(|((c, h), wh)| (c.to_string(), *h, *wh)).collect();
+        if batch.events.is_empty() {
+            return Ok(());
+        }
+        self.store.write(batch)?;
+        self.commit().await
     }
 
     pub async fn commit(&self) -> Result<(), Status> {
@@ -181,6 +257,7 @@ impl Lighting {
             }
             state.last_report = Some(report.clone());
             rules.observe_status(&id, &report, valid.observed_at);
+            self.energy().observe(&id, &place.commune, report.power_consumption_w, valid.observed_at);
             state.on_in_daytime = rules.condition(&id).on_in_daytime;
         }
         let status_event = checked(event::new_event(

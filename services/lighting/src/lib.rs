@@ -13,6 +13,7 @@ pub mod api;
 pub mod commands;
 pub mod core;
 pub mod domain;
+pub mod kpi;
 pub mod rules;
 pub mod store;
 pub mod sun;
@@ -55,20 +56,29 @@ pub struct Config {
     #[arg(long, env = "VIGIE_LIGHTING_DAYTIME_MARGIN", default_value = "30m", value_parser = runtime::config::parse_duration)]
     pub daytime_margin: std::time::Duration,
 
+    /// How often the KPIs (energy, availability per commune) are published and time-dependent
+    /// rules re-evaluated.
+    #[arg(long, env = "VIGIE_LIGHTING_KPI_INTERVAL", default_value = "60s", value_parser = runtime::config::parse_duration)]
+    pub kpi_interval: std::time::Duration,
+
     #[command(flatten)]
     pub common: CommonConfig,
 }
 
-/// Re-evaluates time-dependent rules every minute.
-async fn tick(core: Arc<core::Lighting>, stop: CancellationToken) {
-    let mut interval = tokio::time::interval(std::time::Duration::from_secs(60));
+/// Re-evaluates time-dependent rules and publishes the KPIs, every `interval`.
+async fn tick(core: Arc<core::Lighting>, interval: std::time::Duration, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(e) = core.tick(std::time::SystemTime::now()).await {
+        let now = std::time::SystemTime::now();
+        if let Err(e) = core.tick(now).await {
             tracing::warn!(error = %e, "periodic rule evaluation failed");
+        }
+        if let Err(e) = core.publish_kpis(now).await {
+            tracing::warn!(error = %e, "publishing KPIs failed");
         }
     }
 }
@@ -90,6 +100,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         cluster_radius_m: config.cluster_radius_m,
         daytime_margin: config.daytime_margin,
     };
+    if config.kpi_interval.is_zero() {
+        anyhow::bail!("--kpi-interval must be more than 0");
+    }
     if rules.cluster_min_lamps < 2 || !(rules.cluster_radius_m.is_finite() && rules.cluster_radius_m > 0.0) {
         anyhow::bail!("--cluster-min-lamps must be at least 2 and --cluster-radius-m a positive number");
     }
@@ -112,7 +125,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         config.common.shutdown_timeout,
     ));
 
-    let ticking = tokio::spawn(tick(core.clone(), background.clone()));
+    let ticking = tokio::spawn(tick(core.clone(), config.kpi_interval, background.clone()));
     let api = api::LightingApi::new(core);
     let server = LightingServiceServer::new(api).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let routes = tonic::service::Routes::new(server);

@@ -169,6 +169,20 @@ impl Rules {
         }
     }
 
+    /// Lamps and dark lamps per commune.
+    pub fn commune_counts(&self) -> BTreeMap<CommuneId, (usize, usize)> {
+        let mut counts: BTreeMap<CommuneId, (usize, usize)> = BTreeMap::new();
+        for place in self.places.values() {
+            counts.entry(place.commune.clone()).or_default().0 += 1;
+        }
+        for (commune, dark) in &self.dark_by_commune {
+            if let Some(c) = counts.get_mut(commune) {
+                c.1 = dark.len();
+            }
+        }
+        counts
+    }
+
     pub fn active_alarms(&self) -> impl Iterator<Item = &ActiveAlarm> {
         self.alarms.values()
     }

@@ -96,6 +96,8 @@ pub struct WriteBatch {
     /// Applied in order.
     pub alarms: Vec<AlarmOp>,
     pub commands: Vec<CommandRecord>,
+    /// Energy per (commune, hour start in Unix seconds), watt-hours.
+    pub energy_hours: Vec<(String, u64, f64)>,
     pub events: Vec<CheckedEvent>,
 }
 
@@ -105,6 +107,7 @@ pub struct Store {
     lamp_states: sled::Tree,
     alarms: sled::Tree,
     commands: sled::Tree,
+    energy_hours: sled::Tree,
     outbox: Outbox,
 }
 
@@ -115,6 +118,7 @@ impl Store {
             lamp_states: db.open_tree("lamp_states")?,
             alarms: db.open_tree("alarms")?,
             commands: db.open_tree("commands")?,
+            energy_hours: db.open_tree("energy_hours")?,
             outbox: Outbox::open(db)?,
         })
     }
@@ -174,6 +178,22 @@ impl Store {
             .collect()
     }
 
+    /// Energy per (commune, hour), watt-hours.
+    pub fn all_energy_hours(&self) -> Result<Vec<(String, u64, f64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.energy_hours.iter() {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let parsed = key.split_once('/').and_then(|(c, h)| Some((c.to_owned(), h.parse().ok()?)));
+            let wh = <[u8; 8]>::try_from(value.as_ref()).map(f64::from_be_bytes);
+            match (parsed, wh) {
+                (Some((commune, hour)), Ok(wh)) => out.push((commune, hour, wh)),
+                _ => return Err(StoreError::Corrupt { what: "energy hour", key, message: "bad key or value".into() }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Commands still pending (restored into the command desk at start).
     pub fn pending_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
         let all: Vec<CommandRecord> = all(&self.commands, "command")?;
@@ -210,29 +230,36 @@ impl Store {
             .iter()
             .map(|c| (c.command.as_ref().map(|c| c.id.clone()).unwrap_or_default().into_bytes(), c.encode_to_vec()))
             .collect();
-        (&self.streetlights, &self.lamp_states, &self.alarms, &self.commands, self.outbox.tree()).transaction(
-            |(t_lights, t_states, t_alarms, t_commands, t_outbox)| {
-                for (k, v) in &lights {
-                    t_lights.insert(k.as_slice(), v.as_slice())?;
-                }
-                for (k, v) in &states {
-                    t_states.insert(k.as_slice(), v.as_slice())?;
-                }
-                for (key, record) in &alarms {
-                    match record {
-                        Some(v) => t_alarms.insert(key.as_slice(), v.as_slice())?,
-                        None => t_alarms.remove(key.as_slice())?,
-                    };
-                }
-                for (k, v) in &commands {
-                    t_commands.insert(k.as_slice(), v.as_slice())?;
-                }
-                for entry in &entries {
-                    entry.stage(t_outbox)?;
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
-            },
-        )?;
+        let energy: Vec<(Vec<u8>, [u8; 8])> = batch
+            .energy_hours
+            .iter()
+            .map(|(commune, hour, wh)| (format!("{commune}/{hour}").into_bytes(), wh.to_be_bytes()))
+            .collect();
+        (&self.streetlights, &self.lamp_states, &self.alarms, &self.commands, &self.energy_hours, self.outbox.tree())
+            .transaction(|(t_lights, t_states, t_alarms, t_commands, t_energy, t_outbox)| {
+            for (k, v) in &energy {
+                t_energy.insert(k.as_slice(), &v[..])?;
+            }
+            for (k, v) in &lights {
+                t_lights.insert(k.as_slice(), v.as_slice())?;
+            }
+            for (k, v) in &states {
+                t_states.insert(k.as_slice(), v.as_slice())?;
+            }
+            for (key, record) in &alarms {
+                match record {
+                    Some(v) => t_alarms.insert(key.as_slice(), v.as_slice())?,
+                    None => t_alarms.remove(key.as_slice())?,
+                };
+            }
+            for (k, v) in &commands {
+                t_commands.insert(k.as_slice(), v.as_slice())?;
+            }
+            for entry in &entries {
+                entry.stage(t_outbox)?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
         Ok(())
     }
 

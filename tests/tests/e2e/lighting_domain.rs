@@ -269,3 +269,41 @@ async fn bad_commands_get_clear_errors() -> Result<()> {
     client.report_status(night_report("EP1")).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn kpis_count_dark_lamps_and_energy_per_commune() -> Result<()> {
+    let slice = Slice::start_with(tests::test_territory()?, &["--kpi-interval", "1s"]).await?;
+    let mut client = slice.lighting_client().await?;
+    let lamps = street_of_lamps("KPI", 4, 43.6, 3.85, 100.0);
+    let lights: Vec<Streetlight> = lamps
+        .iter()
+        .map(|(id, lat, lon)| Streetlight { id: id.clone(), lat: *lat, lon: *lon, ..Default::default() })
+        .collect();
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
+    let mut live = slice.live_client().await?;
+    for (i, (id, ..)) in lamps.iter().enumerate() {
+        let mut report = night_report(id);
+        if let Some(r) = report.report.as_mut() {
+            (r.status, r.power_state, r.illuminance_level, r.power_consumption_w) =
+                if i == 0 { (2, 1, 0.0, 0.0) } else { (1, 1, 1.0, 100.0) };
+        }
+        client.report_status(report).await?;
+    }
+    // A KPI of commune 34172 that counts all four lamps, one of them dark, and some energy.
+    let frames = read_until(&mut live, |f| {
+        f["kpi"]["commune"] == "34172"
+            && f["kpi"]["values"]["lamps_dark"] == 1.0
+            && f["kpi"]["values"]["energy_wh_current_hour"].as_f64().is_some_and(|e| e > 0.0)
+    })
+    .await?;
+    let kpi = &frames[frames.len() - 1]["kpi"];
+    assert_eq!(kpi["domain"], "lighting");
+    assert_eq!(kpi["values"]["lamps_total"], 4.0);
+    assert_eq!(kpi["values"]["availability"], 0.75);
+    assert_eq!(kpi["values"]["power_w"], 300.0);
+    let kpis = client.get_kpis(proto::lighting::GetKpisRequest { commune: "34172".into() }).await?.into_inner().kpis;
+    assert_eq!((kpis.len(), kpis[0].lamps_total, kpis[0].lamps_dark), (1, 4, 1));
+    let status = client.get_kpis(proto::lighting::GetKpisRequest { commune: "34.172".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    Ok(())
+}

@@ -172,7 +172,7 @@ async fn nats_outage_and_sigkill_lose_nothing_and_double_nothing() -> Result<()>
     // including any duplicate that would have got through.
     let sentinel = send_reports(&mut client, 1).await?.remove(0);
     accepted.push(sentinel.clone());
-    let delivered = live.collect_event_ids(|ids| ids.last() == Some(&sentinel)).await?;
+    let delivered = live.collect_event_ids("streetlight_status", |ids| ids.last() == Some(&sentinel)).await?;
     assert_exactly_once(&delivered, &accepted);
     // The writer is sequential: at most one write was in flight, unacknowledged, at the kill. It
     // may have been stored (and is then delivered once) or not. Anything else is an invention.
@@ -301,7 +301,7 @@ async fn sigterm_exits_cleanly_with_nothing_lost() -> Result<()> {
     let status = slice.lighting.terminate()?;
     assert_eq!(status.code(), Some(0), "lighting exit status {status:?}");
     let last = accepted.last().cloned();
-    let delivered = live.collect_event_ids(|ids| ids.last() == last.as_ref()).await?;
+    let delivered = live.collect_event_ids("streetlight_status", |ids| ids.last() == last.as_ref()).await?;
     assert_exactly_once(&delivered, &accepted);
     slice.lighting.wait_for_log("stopped", 0)?;
 
