@@ -6,8 +6,9 @@ use proto::lighting::controller_message::Message as FromController;
 use proto::lighting::lighting_service_server::LightingService;
 use proto::lighting::telemetry_message::Message as Telemetry;
 use proto::lighting::{
-    ControllerInstruction, ControllerMessage, GetCommandRequest, GetKpisRequest, GetKpisResponse,
-    GetStreetlightRequest, GetStreetlightResponse, LightingCommand, RegisterStreetlightsRequest,
+    ControllerInstruction, ControllerMessage, DeleteScheduleRequest, DeleteScheduleResponse, DimmingSchedule,
+    GetCommandRequest, GetKpisRequest, GetKpisResponse, GetStreetlightRequest, GetStreetlightResponse, LightingCommand,
+    ListSchedulesRequest, ListSchedulesResponse, PutScheduleRequest, RegisterStreetlightsRequest,
     RegisterStreetlightsResponse, ReportStatusRequest, ReportStatusResponse, SendCommandRequest, SendCommandResponse,
     TelemetryError, TelemetryMessage, TelemetrySummary,
 };
@@ -153,6 +154,29 @@ impl LightingService for LightingApi {
             Some(CommuneId::parse(&commune).map_err(|e| Status::invalid_argument(e.to_string()))?)
         };
         Ok(Response::new(GetKpisResponse { kpis: self.core.kpis(commune.as_ref(), std::time::SystemTime::now()) }))
+    }
+
+    async fn put_schedule(&self, request: Request<PutScheduleRequest>) -> Result<Response<DimmingSchedule>, Status> {
+        let request = request.into_inner();
+        let schedule = request.schedule.ok_or_else(|| Status::invalid_argument("schedule is missing"))?;
+        Ok(Response::new(self.core.put_schedule(schedule, &request.requested_by).await?))
+    }
+
+    async fn list_schedules(
+        &self,
+        _: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        Ok(Response::new(ListSchedulesResponse { schedules: self.core.schedules()? }))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<DeleteScheduleRequest>,
+    ) -> Result<Response<DeleteScheduleResponse>, Status> {
+        let request = request.into_inner();
+        let id = AssetId::parse_as("schedule id", &request.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.core.delete_schedule(id.as_str(), &request.requested_by).await?;
+        Ok(Response::new(DeleteScheduleResponse {}))
     }
 
     type ControllerSessionStream = InstructionStream;

@@ -4,8 +4,8 @@
 use proto::event::{self, CheckedEvent};
 use proto::ids::{AssetId, CommuneId};
 use proto::lighting::{
-    CommandResult, CommandStatus, FaultReport, LightingCommand, LightingKpi, SendCommandRequest, StatusReport,
-    Streetlight, StreetlightFaultReported, StreetlightRegistered, StreetlightStatusReported,
+    CommandResult, CommandStatus, DimmingSchedule, FaultReport, LightingCommand, LightingKpi, SendCommandRequest,
+    StatusReport, Streetlight, StreetlightFaultReported, StreetlightRegistered, StreetlightStatusReported,
 };
 use proto::v1::Position;
 use proto::v1::event::Payload;
@@ -20,6 +20,7 @@ use crate::commands::{CommandDesk, command_of};
 use crate::domain::{self, Invalid, MAX_STREETLIGHTS_PER_CALL};
 use crate::kpi::{self, EnergyMeter};
 use crate::rules::{AlarmChange, LampPlace, Rules, RulesConfig};
+use crate::schedule;
 use crate::store::{AlarmOp, CommandRecord, LampState, Store, StoreError, WriteBatch};
 
 pub struct Lighting {
@@ -343,6 +344,123 @@ impl Lighting {
             self.store.write(batch)?;
         }
         self.commit().await
+    }
+
+    /// Creates or replaces a dimming schedule.
+    pub async fn put_schedule(
+        &self,
+        mut schedule: DimmingSchedule,
+        requested_by: &str,
+    ) -> Result<DimmingSchedule, Status> {
+        let by = requested_by.trim();
+        if by.is_empty() || by.chars().count() > 64 {
+            return Err(Status::invalid_argument("requested_by is required (at most 64 characters)"));
+        }
+        let name = schedule.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("name is required: 1 to 100 characters of text"));
+        }
+        // The target is checked as a command's would be.
+        let probe = SendCommandRequest {
+            target: schedule.target.clone(),
+            action: Some(proto::lighting::CommandAction {
+                action: Some(proto::lighting::command_action::Action::DimLevel(1.0)),
+            }),
+            requested_by: by.to_owned(),
+            ..Default::default()
+        };
+        domain::validate_command(&probe, &self.territory)?;
+        schedule::validate_steps(&schedule.steps, "steps")?;
+        if schedule.overrides.len() > schedule::MAX_OVERRIDES {
+            return Err(Status::invalid_argument(format!("at most {} overrides", schedule::MAX_OVERRIDES)));
+        }
+        for o in &schedule.overrides {
+            schedule::parse_night(&o.night_of)?;
+            schedule::validate_steps(&o.steps, &format!("override of {}", o.night_of))?;
+        }
+        if schedule.id.is_empty() {
+            schedule.id = uuid::Uuid::now_v7().to_string();
+        } else {
+            AssetId::parse_as("schedule id", &schedule.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if !self.store.schedules()?.iter().any(|s| s.id == schedule.id) {
+                return Err(Status::not_found(format!("schedule {} does not exist", schedule.id)));
+            }
+        }
+        schedule.name = name;
+        schedule.updated_by = by.to_owned();
+        schedule.updated_at = Some(now_ts());
+        // A changed schedule commands its level afresh.
+        schedule.last_level = None;
+        self.store.put_schedule(&schedule).await?;
+        tracing::info!(schedule = %schedule.id, name = %schedule.name, by, "dimming schedule saved");
+        Ok(schedule)
+    }
+
+    pub fn schedules(&self) -> Result<Vec<DimmingSchedule>, Status> {
+        Ok(self.store.schedules()?)
+    }
+
+    pub async fn delete_schedule(&self, id: &str, requested_by: &str) -> Result<(), Status> {
+        if requested_by.trim().is_empty() {
+            return Err(Status::invalid_argument("requested_by is required"));
+        }
+        if !self.store.delete_schedule(id).await? {
+            return Err(Status::not_found(format!("schedule {id} does not exist")));
+        }
+        tracing::info!(schedule = %id, by = requested_by.trim(), "dimming schedule deleted");
+        Ok(())
+    }
+
+    /// Sends a command for every enabled schedule whose level changed.
+    pub async fn run_schedules(self: &Arc<Self>, now: SystemTime) -> Result<(), Status> {
+        for mut schedule in self.store.schedules()?.into_iter().filter(|s| s.enabled) {
+            let overrides: Vec<_> = schedule
+                .overrides
+                .iter()
+                .filter_map(|o| schedule::parse_night(&o.night_of).ok().map(|d| (d, o.steps.clone())))
+                .collect();
+            let request = SendCommandRequest { target: schedule.target.clone(), ..Default::default() };
+            let Some((lat, lon)) = self.centroid(&request)? else { continue };
+            let Some(level) = schedule::level_at(&schedule.steps, &overrides, lat, lon, now) else { continue };
+            if schedule.last_level == Some(level) {
+                continue;
+            }
+            let action = if level <= 0.0 {
+                proto::lighting::command_action::Action::SwitchOn(false)
+            } else {
+                proto::lighting::command_action::Action::DimLevel(level)
+            };
+            let command = SendCommandRequest {
+                target: schedule.target.clone(),
+                action: Some(proto::lighting::CommandAction { action: Some(action) }),
+                requested_by: format!("schedule:{}", schedule.id),
+                reason: format!("dimming schedule {}", schedule.name),
+                timeout_s: 120,
+            };
+            self.send_command(&command).await?;
+            schedule.last_level = Some(level);
+            self.store.put_schedule(&schedule).await?;
+        }
+        Ok(())
+    }
+
+    /// Centre of the lamps a target addresses (where its sun rises and sets).
+    fn centroid(&self, request: &SendCommandRequest) -> Result<Option<(f64, f64)>, Status> {
+        let mut probe = request.clone();
+        probe.requested_by = "schedule".into();
+        probe.action = Some(proto::lighting::CommandAction {
+            action: Some(proto::lighting::command_action::Action::DimLevel(1.0)),
+        });
+        let valid = domain::validate_command(&probe, &self.territory)?;
+        let (mut n, mut lat, mut lon) = (0.0, 0.0, 0.0);
+        for (id, place) in self.rules().lamps() {
+            if domain::targets(&valid.target, id, &place.commune, place.lat, place.lon, &place.street) {
+                n += 1.0;
+                lat += place.lat;
+                lon += place.lon;
+            }
+        }
+        Ok((n > 0.0).then(|| (lat / n, lon / n)))
     }
 
     /// Creates the commands (one per commune of the target), stores and dispatches them.

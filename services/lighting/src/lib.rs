@@ -15,6 +15,7 @@ pub mod core;
 pub mod domain;
 pub mod kpi;
 pub mod rules;
+pub mod schedule;
 pub mod store;
 pub mod sun;
 
@@ -79,6 +80,9 @@ async fn tick(core: Arc<core::Lighting>, interval: std::time::Duration, stop: Ca
         }
         if let Err(e) = core.publish_kpis(now).await {
             tracing::warn!(error = %e, "publishing KPIs failed");
+        }
+        if let Err(e) = core.run_schedules(now).await {
+            tracing::warn!(error = %e, "running the dimming schedules failed");
         }
     }
 }

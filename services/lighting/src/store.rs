@@ -6,7 +6,7 @@
 use prost::Message;
 use proto::event::{CheckedEvent, EventError};
 use proto::ids::{AssetId, CommuneId};
-use proto::lighting::{LightingCommand, StatusReport, Streetlight};
+use proto::lighting::{DimmingSchedule, LightingCommand, StatusReport, Streetlight};
 use proto::v1::{AlarmRaised, Position};
 use runtime::outbox::{Outbox, PreparedEntry};
 use sled::Transactional;
@@ -108,6 +108,7 @@ pub struct Store {
     alarms: sled::Tree,
     commands: sled::Tree,
     energy_hours: sled::Tree,
+    schedules: sled::Tree,
     outbox: Outbox,
 }
 
@@ -119,6 +120,7 @@ impl Store {
             alarms: db.open_tree("alarms")?,
             commands: db.open_tree("commands")?,
             energy_hours: db.open_tree("energy_hours")?,
+            schedules: db.open_tree("schedules")?,
             outbox: Outbox::open(db)?,
         })
     }
@@ -192,6 +194,24 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    pub fn schedules(&self) -> Result<Vec<DimmingSchedule>, StoreError> {
+        all(&self.schedules, "schedule")
+    }
+
+    /// Saves a schedule (durably: schedules change rarely).
+    pub async fn put_schedule(&self, schedule: &DimmingSchedule) -> Result<(), StoreError> {
+        self.schedules.insert(schedule.id.as_bytes(), schedule.encode_to_vec())?;
+        self.outbox.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a schedule; false when there was none.
+    pub async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.schedules.remove(id.as_bytes())?.is_some();
+        self.outbox.commit().await?;
+        Ok(existed)
     }
 
     /// Commands still pending (restored into the command desk at start).

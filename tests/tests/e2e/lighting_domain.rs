@@ -307,3 +307,53 @@ async fn kpis_count_dark_lamps_and_energy_per_commune() -> Result<()> {
     assert_eq!(status.code(), Code::InvalidArgument);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dimming_schedule_commands_its_level() -> Result<()> {
+    use proto::lighting::{
+        DimmingSchedule, ListSchedulesRequest, PutScheduleRequest, ScheduleOverride, ScheduleStep, SunAnchor,
+    };
+    let slice = Slice::start_with(tests::test_territory()?, &["--kpi-interval", "1s"]).await?;
+    let mut client = slice.lighting_client().await?;
+    let light = Streetlight { id: "EP1".into(), lat: 43.6, lon: 3.85, ..Default::default() };
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![light] }).await?;
+    let mut live = slice.live_client().await?;
+    // 30 % from sunset and from sunrise: 30 % whatever the hour this test runs at.
+    let step = |anchor: SunAnchor, level: f64| ScheduleStep { anchor: anchor as i32, offset_minutes: 0, level };
+    let schedule = DimmingSchedule {
+        name: "Économie d'énergie".into(),
+        target: Some(CommandTarget { target: Some(Target::Commune("34172".into())) }),
+        steps: vec![step(SunAnchor::Sunset, 0.3), step(SunAnchor::Sunrise, 0.3)],
+        enabled: true,
+        ..Default::default()
+    };
+    let saved = client
+        .put_schedule(PutScheduleRequest { schedule: Some(schedule.clone()), requested_by: "operateur.test".into() })
+        .await?
+        .into_inner();
+    assert!(!saved.id.is_empty());
+    let frames = read_until(&mut live, |f| f["command"]["requested_by"] == format!("schedule:{}", saved.id)).await?;
+    let command = &frames[frames.len() - 1]["command"];
+    assert_eq!(command["action"], serde_json::json!({"type": "dim", "level": 0.3}));
+    assert_eq!(command["target"], serde_json::json!({"type": "commune", "commune": "34172"}));
+    let listed = client.list_schedules(ListSchedulesRequest {}).await?.into_inner().schedules;
+    assert_eq!(listed.len(), 1);
+
+    // Invalid schedules are refused with what is wrong.
+    let mut bad_level = schedule.clone();
+    bad_level.steps[0].level = 1.2;
+    let mut bad_night = schedule.clone();
+    bad_night.overrides =
+        vec![ScheduleOverride { night_of: "14/07/2026".into(), steps: schedule.steps.clone(), reason: "fête".into() }];
+    let mut no_steps = schedule.clone();
+    no_steps.steps.clear();
+    for (bad, expected) in [(bad_level, "outside 0..1"), (bad_night, "YYYY-MM-DD"), (no_steps, "steps")] {
+        let status = client
+            .put_schedule(PutScheduleRequest { schedule: Some(bad), requested_by: "operateur.test".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(expected), "{:?} should mention {expected:?}", status.message());
+    }
+    Ok(())
+}
