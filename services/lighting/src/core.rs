@@ -208,8 +208,15 @@ impl Lighting {
             if !seen.insert(valid.id.clone()) {
                 return Err(Status::invalid_argument(format!("streetlight {} appears twice in the request", valid.id)));
             }
-            let stored = valid.to_proto();
-            if self.store.streetlight(valid.id.as_str())?.as_ref() == Some(&stored) {
+            let mut stored = valid.to_proto();
+            let existing = self.store.streetlight(valid.id.as_str())?;
+            // No street given: keep the one already known (e.g. found by the import).
+            if stored.street.is_empty()
+                && let Some(existing) = &existing
+            {
+                stored.street = existing.street.clone();
+            }
+            if existing.as_ref() == Some(&stored) {
                 unchanged += 1;
                 continue;
             }
@@ -226,7 +233,7 @@ impl Lighting {
                     commune: valid.commune.clone(),
                     lat: valid.lat,
                     lon: valid.lon,
-                    street: valid.street.clone(),
+                    street: stored.street.clone(),
                 },
             ));
             batch.streetlights.push(stored);

@@ -62,8 +62,66 @@ pub struct Config {
     #[arg(long, env = "VIGIE_LIGHTING_KPI_INTERVAL", default_value = "60s", value_parser = runtime::config::parse_duration)]
     pub kpi_interval: std::time::Duration,
 
+    /// Import the territory's streetlight layer at start (lighting/streetlights.geojson).
+    #[arg(long, env = "VIGIE_LIGHTING_IMPORT_INVENTORY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub import_inventory: bool,
+
     #[command(flatten)]
     pub common: CommonConfig,
+}
+
+/// Registers the territory's streetlight layer: each lamp in the commune whose boundary contains
+/// it (the file's own code only where the point falls between the simplified boundaries), and on
+/// the nearest street of the streets layer within 30 m. Lamps that cannot be placed are counted
+/// and left out; the rest is registered (unchanged lamps cost nothing).
+async fn import_inventory(core: &Arc<core::Lighting>, territory: &territory::Territory) -> anyhow::Result<()> {
+    use territory::Layer;
+    let Some(path) = territory.layer_path(Layer::Streetlights) else {
+        tracing::info!("no streetlight layer in the territory: nothing to import");
+        return Ok(());
+    };
+    let mut lights = territory::streetlights::read(path).context("reading the streetlight inventory")?;
+    let streets = match territory.layer_path(Layer::Streets).map(territory::streets::StreetIndex::read) {
+        Some(Ok(index)) => Some(index),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "streets layer unreadable: lamps are imported without street names");
+            None
+        }
+        None => None,
+    };
+    let (mut skipped, mut with_street) = (0usize, 0usize);
+    let mut valid = Vec::with_capacity(lights.len());
+    for mut light in lights.drain(..) {
+        if let Some(commune) = territory.locate(light.lat, light.lon) {
+            light.commune = commune.id.to_string();
+        }
+        if light.street.is_empty()
+            && let Some(name) = streets.as_ref().and_then(|s| s.nearest(light.lat, light.lon, 30.0))
+        {
+            light.street = name.to_owned();
+        }
+        match domain::validate_streetlight(&light, territory) {
+            Ok(_) => {
+                with_street += usize::from(!light.street.is_empty());
+                valid.push(light);
+            }
+            Err(e) => {
+                skipped += 1;
+                if skipped <= 10 {
+                    tracing::warn!(error = %e, "streetlight left out of the import");
+                }
+            }
+        }
+    }
+    let (mut registered, mut unchanged) = (0, 0);
+    for chunk in valid.chunks(domain::MAX_STREETLIGHTS_PER_CALL) {
+        let (r, u) = core.register(chunk).map_err(|s| anyhow::anyhow!("importing streetlights: {}", s.message()))?;
+        core.commit().await.map_err(|s| anyhow::anyhow!("importing streetlights: {}", s.message()))?;
+        registered += r;
+        unchanged += u;
+    }
+    tracing::info!(registered, unchanged, skipped, with_street, path = %path.display(), "streetlight inventory imported");
+    Ok(())
 }
 
 /// Re-evaluates time-dependent rules and publishes the KPIs, every `interval`.
@@ -111,6 +169,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         anyhow::bail!("--cluster-min-lamps must be at least 2 and --cluster-radius-m a positive number");
     }
     let territory = Arc::new(territory);
+    let imported_from = territory.clone();
     let core = core::Lighting::open(store.clone(), territory, rules, background.clone())
         .await
         .map_err(|status| anyhow::anyhow!("restoring the lighting state: {}", status.message()))?;
@@ -129,6 +188,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         config.common.shutdown_timeout,
     ));
 
+    if config.import_inventory {
+        import_inventory(&core, &imported_from).await?;
+    }
     let ticking = tokio::spawn(tick(core.clone(), config.kpi_interval, background.clone()));
     let api = api::LightingApi::new(core);
     let server = LightingServiceServer::new(api).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);

@@ -3,66 +3,9 @@
 
 use proto::lighting::{LampStatus, PowerState, StatusReport, Streetlight};
 use rand::Rng;
-use std::collections::HashSet;
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Largest inventory file read (the real one is 4.9 MB).
-pub const MAX_INVENTORY_BYTES: u64 = 256 * 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{path} is {size} bytes, more than {max}")]
-    TooLarge { path: String, size: u64, max: u64 },
-    #[error("{path} is not a GeoJSON FeatureCollection: {message}")]
-    NotGeoJson { path: String, message: String },
-    #[error("{path}, feature {index}: {message}")]
-    BadFeature { path: String, index: usize, message: String },
-}
-
-pub fn read_inventory(path: &Path) -> Result<Vec<Streetlight>, InventoryError> {
-    let name = path.display().to_string();
-    let io = |source| InventoryError::Io { path: name.clone(), source };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > MAX_INVENTORY_BYTES {
-        return Err(InventoryError::TooLarge { path: name, size, max: MAX_INVENTORY_BYTES });
-    }
-    let text = std::fs::read_to_string(path).map_err(io)?;
-    parse_inventory(&name, &text)
-}
-
-/// Parses streetlights: Point features with properties `id` (string), `lamp_type` (string or
-/// null) and `insee` (string, optional: the service locates the commune when absent).
-pub fn parse_inventory(path: &str, text: &str) -> Result<Vec<Streetlight>, InventoryError> {
-    let not_geojson = |message: String| InventoryError::NotGeoJson { path: path.to_owned(), message };
-    let collection = match text.parse::<geojson::GeoJson>().map_err(|e| not_geojson(e.to_string()))? {
-        geojson::GeoJson::FeatureCollection(fc) => fc,
-        _ => return Err(not_geojson("the top level is not a FeatureCollection".into())),
-    };
-    let mut seen = HashSet::new();
-    let mut lights = Vec::with_capacity(collection.features.len());
-    for (index, feature) in collection.features.iter().enumerate() {
-        let bad = |message: String| InventoryError::BadFeature { path: path.to_owned(), index, message };
-        let id = feature
-            .property("id")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad("property \"id\" is missing or not a string".into()))?;
-        if !seen.insert(id.to_owned()) {
-            return Err(bad(format!("streetlight {id} appears twice")));
-        }
-        let (lon, lat) = match feature.geometry.as_ref().map(|g| &g.value) {
-            Some(geojson::Value::Point(p)) if p.len() >= 2 => (p[0], p[1]),
-            _ => return Err(bad(format!("streetlight {id}: geometry is not a Point"))),
-        };
-        let lamp_type = feature.property("lamp_type").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        let commune = feature.property("insee").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        let street = feature.property("street").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        lights.push(Streetlight { id: id.to_owned(), commune, lat, lon, lamp_type, street });
-    }
-    Ok(lights)
-}
+pub use territory::streetlights::read as read_inventory;
 
 /// Rated power of a lamp by its inventory type, in watts (typical sodium / LED values).
 pub fn rated_power_w(lamp_type: &str) -> f64 {
@@ -138,29 +81,6 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use std::time::Duration;
-
-    #[test]
-    fn parses_and_refuses() {
-        let text = r#"{"type":"FeatureCollection","features":[
-          {"type":"Feature","properties":{"id":"EP1","lamp_type":"LANTERNE","insee":"34172"},"geometry":{"type":"Point","coordinates":[3.87,43.6]}},
-          {"type":"Feature","properties":{"id":"EP2","lamp_type":null},"geometry":{"type":"Point","coordinates":[3.88,43.61]}}]}"#;
-        let lights = parse_inventory("x", text).unwrap();
-        assert_eq!(lights.len(), 2);
-        assert_eq!((lights[0].lat, lights[0].lon, lights[0].commune.as_str()), (43.6, 3.87, "34172"));
-        assert_eq!(lights[1].lamp_type, "");
-        let err = parse_inventory("x", &text.replace("\"EP2\"", "\"EP1\"")).unwrap_err().to_string();
-        assert!(err.contains("feature 1") && err.contains("twice"), "{err}");
-        let err = parse_inventory(
-            "x",
-            &text.replace(
-                "\"Point\",\"coordinates\":[3.88,43.61]",
-                "\"LineString\",\"coordinates\":[[3.88,43.61],[3,4]]",
-            ),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("not a Point"), "{err}");
-    }
 
     #[test]
     fn night_and_day() {

@@ -5,6 +5,9 @@
 //! one city is known to the code: everything comes from the folder. A missing folder or layer is not
 //! an error (the system starts and says which layers are missing); a present but broken file is.
 
+pub mod streetlights;
+pub mod streets;
+
 use geo::{BoundingRect, Contains, MultiPolygon, Point, Rect};
 use proto::ids::CommuneId;
 use std::collections::HashMap;

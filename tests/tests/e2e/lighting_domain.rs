@@ -357,3 +357,31 @@ async fn a_dimming_schedule_commands_its_level() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_territory_inventory_is_imported_at_start_with_communes_and_streets() -> Result<()> {
+    // Lamps on both sides of the commune border (lon 3.90), 10 m north of a named street.
+    let mut lamps = street_of_lamps("IMP", 3, 43.60009, 3.899, 60.0);
+    lamps.push(("FAR".into(), 43.65, 3.85));
+    let territory = territory_with_streetlights(&lamps, "")?;
+    let streets = serde_json::json!({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "Avenue de la Frontière"},
+         "geometry": {"type": "LineString", "coordinates": [[3.89, 43.6], [3.91, 43.6]]}}]});
+    std::fs::write(territory.path().join("streets.geojson"), streets.to_string())?;
+    let slice = Slice::start_in(territory).await?;
+    let mut client = slice.lighting_client().await?;
+    let get = |id: &str| proto::lighting::GetStreetlightRequest { id: id.into() };
+    let west = client.get_streetlight(get("IMP00")).await?.into_inner().streetlight.unwrap_or_default();
+    let east = client.get_streetlight(get("IMP02")).await?.into_inner().streetlight.unwrap_or_default();
+    let far = client.get_streetlight(get("FAR")).await?.into_inner().streetlight.unwrap_or_default();
+    assert_eq!((west.commune.as_str(), west.street.as_str()), ("34172", "Avenue de la Frontière"));
+    assert_eq!((east.commune.as_str(), east.street.as_str()), ("34129", "Avenue de la Frontière"));
+    assert_eq!((far.commune.as_str(), far.street.as_str()), ("34172", ""), "no street within 30 m");
+    // A command by street reaches the lamps of both communes: one command per commune.
+    let reply = client.send_command(dim(Target::Street("avenue de la frontiere".into()), 0.4, 5)).await?.into_inner();
+    let mut per_commune: Vec<(String, u32)> =
+        reply.commands.iter().map(|c| (c.commune.clone(), c.lamps_total)).collect();
+    per_commune.sort();
+    assert_eq!(per_commune, [("34129".to_owned(), 1), ("34172".to_owned(), 2)]);
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The streetlight layer of a territory (`lighting/streetlights.geojson`): Point features with
+//! `id`, `lamp_type` (string or null), optional `insee` and `street`.
+
+use proto::lighting::Streetlight;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// Largest inventory file read (the real one is 4.9 MB).
+pub const MAX_INVENTORY_BYTES: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is {size} bytes, more than {max}")]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("{path} is not a GeoJSON FeatureCollection: {message}")]
+    NotGeoJson { path: String, message: String },
+    #[error("{path}, feature {index}: {message}")]
+    BadFeature { path: String, index: usize, message: String },
+}
+
+pub fn read(path: &Path) -> Result<Vec<Streetlight>, InventoryError> {
+    let name = path.display().to_string();
+    let io = |source| InventoryError::Io { path: name.clone(), source };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_INVENTORY_BYTES {
+        return Err(InventoryError::TooLarge { path: name, size, max: MAX_INVENTORY_BYTES });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    parse(&name, &text)
+}
+
+/// Parses an inventory; `commune` is the file's `insee` when it has one (the services check it).
+pub fn parse(path: &str, text: &str) -> Result<Vec<Streetlight>, InventoryError> {
+    let not_geojson = |message: String| InventoryError::NotGeoJson { path: path.to_owned(), message };
+    let collection = match text.parse::<geojson::GeoJson>().map_err(|e| not_geojson(e.to_string()))? {
+        geojson::GeoJson::FeatureCollection(fc) => fc,
+        _ => return Err(not_geojson("the top level is not a FeatureCollection".into())),
+    };
+    let mut seen = HashSet::new();
+    let mut lights = Vec::with_capacity(collection.features.len());
+    for (index, feature) in collection.features.iter().enumerate() {
+        let bad = |message: String| InventoryError::BadFeature { path: path.to_owned(), index, message };
+        let id = feature
+            .property("id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("property \"id\" is missing or not a string".into()))?;
+        if !seen.insert(id.to_owned()) {
+            return Err(bad(format!("streetlight {id} appears twice")));
+        }
+        let (lon, lat) = match feature.geometry.as_ref().map(|g| &g.value) {
+            Some(geojson::Value::Point(p)) if p.len() >= 2 => (p[0], p[1]),
+            _ => return Err(bad(format!("streetlight {id}: geometry is not a Point"))),
+        };
+        let text = |name: &str| feature.property(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        lights.push(Streetlight {
+            id: id.to_owned(),
+            commune: text("insee"),
+            lat,
+            lon,
+            lamp_type: text("lamp_type"),
+            street: text("street"),
+        });
+    }
+    Ok(lights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        let text = r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"id":"EP1","lamp_type":"LANTERNE","insee":"34172"},"geometry":{"type":"Point","coordinates":[3.87,43.6]}},
+          {"type":"Feature","properties":{"id":"EP2","lamp_type":null,"street":"Rue Foch"},"geometry":{"type":"Point","coordinates":[3.88,43.61]}}]}"#;
+        let lights = parse("x", text).unwrap();
+        assert_eq!(lights.len(), 2);
+        assert_eq!((lights[0].lat, lights[0].lon, lights[0].commune.as_str()), (43.6, 3.87, "34172"));
+        assert_eq!((lights[1].lamp_type.as_str(), lights[1].street.as_str()), ("", "Rue Foch"));
+        let err = parse("x", &text.replace("\"EP2\"", "\"EP1\"")).unwrap_err().to_string();
+        assert!(err.contains("feature 1") && err.contains("twice"), "{err}");
+        let line = "\"LineString\",\"coordinates\":[[3.88,43.61],[3,4]]";
+        let err = parse("x", &text.replace("\"Point\",\"coordinates\":[3.88,43.61]", line)).unwrap_err().to_string();
+        assert!(err.contains("not a Point"), "{err}");
+    }
+
+    #[test]
+    fn the_real_inventory_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/montpellier-mediterranee-metropole/lighting/streetlights.geojson");
+        if !path.is_file() {
+            eprintln!("SKIP the_real_inventory_loads: {} is absent", path.display());
+            return;
+        }
+        let lights = read(&path).unwrap();
+        assert_eq!(lights.len(), 29_969);
+        assert_eq!(lights[0].id, "EP00001");
+    }
+}
