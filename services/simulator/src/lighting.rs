@@ -3,7 +3,7 @@
 
 use proto::lighting::{LampStatus, PowerState, StatusReport, Streetlight};
 use rand::Rng;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 pub use territory::streetlights::read as read_inventory;
 
@@ -18,12 +18,19 @@ pub fn rated_power_w(lamp_type: &str) -> f64 {
     }
 }
 
-/// Whether it is night at this longitude: local solar time outside 07:00-18:00. A rough rule
-/// until the lighting service computes real sunset and sunrise for each commune.
-pub fn is_night(now: SystemTime, lon: f64) -> bool {
-    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let solar_hours = ((secs / 3600.0) + lon / 15.0).rem_euclid(24.0);
-    !(7.0..18.0).contains(&solar_hours)
+/// Whether it is night at this place: the sun is below the horizon (real sunset and sunrise for
+/// the coordinates, as the lighting service computes them).
+pub fn is_night(now: SystemTime, lat: f64, lon: f64) -> bool {
+    let Some(coordinates) = sunrise::Coordinates::new(lat, lon) else { return false };
+    let day = chrono::DateTime::<chrono::Utc>::from(now).date_naive();
+    let solar = sunrise::SolarDay::new(coordinates, day);
+    match (solar.event_time(sunrise::SolarEvent::Sunrise), solar.event_time(sunrise::SolarEvent::Sunset)) {
+        (Some(rise), Some(set)) => {
+            let now = chrono::DateTime::<chrono::Utc>::from(now);
+            now < rise || now > set
+        }
+        _ => false,
+    }
 }
 
 /// How a simulated lamp is doing.
@@ -40,7 +47,7 @@ pub struct LampCondition {
 /// The state a controller reports for one lamp: on at night (at the commanded level, if any), off
 /// by day; a faulty lamp reports `defectiveLamp` and draws nothing; an unpowered one is off.
 pub fn report<R: Rng>(rng: &mut R, light: &Streetlight, now: SystemTime, condition: LampCondition) -> StatusReport {
-    let night = is_night(now, light.lon);
+    let night = is_night(now, light.lat, light.lon);
     let rated = rated_power_w(&light.lamp_type);
     let level = condition.commanded_level.unwrap_or(if night { 1.0 } else { 0.0 });
     let (status, power_state, level, power) = if condition.unpowered {
@@ -80,15 +87,15 @@ pub fn feeder(lights: &[Streetlight], center: usize, radius_m: f64) -> Vec<usize
 mod tests {
     use super::*;
     use rand::SeedableRng;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn night_and_day() {
         let midnight_utc = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400);
-        assert!(is_night(midnight_utc, 3.87));
-        assert!(!is_night(midnight_utc + Duration::from_secs(12 * 3600), 3.87));
-        // Same UTC instant, other side of the world: noon there.
-        assert!(!is_night(midnight_utc, 180.0));
+        assert!(is_night(midnight_utc, 43.6, 3.87));
+        assert!(!is_night(midnight_utc + Duration::from_secs(12 * 3600), 43.6, 3.87));
+        // Same UTC instant, other side of the world (Nouméa): day there.
+        assert!(!is_night(midnight_utc, -22.27, 166.44));
     }
 
     #[test]

@@ -385,3 +385,25 @@ async fn the_territory_inventory_is_imported_at_start_with_communes_and_streets(
     assert_eq!(per_commune, [("34129".to_owned(), 1), ("34172".to_owned(), 2)]);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_simulator_plays_a_feeder_failure_that_becomes_one_cluster_alarm() -> Result<()> {
+    let lamps = street_of_lamps("FDR", 10, 43.6, 3.85, 20.0);
+    let slice = Slice::start_in(territory_with_streetlights(&lamps, "")?).await?;
+    let mut live = slice.live_client().await?;
+    // About one feeder failure a second; a feeder is every lamp within 80 m of one.
+    let simulator = slice.start_simulator(&[
+        "--lighting-rate",
+        "0",
+        "--feeder-failures-per-hour",
+        "3600",
+        "--lamp-failure",
+        "0",
+    ])?;
+    simulator.wait_for_log("feeder failure", 0)?;
+    let frames = read_until(&mut live, |f| f["alarm"]["alarm_type"] == "outage_cluster").await?;
+    let cluster = &frames[frames.len() - 1]["alarm"];
+    assert!(cluster["asset_ids"].as_array().map(Vec::len) >= Some(5), "{cluster}");
+    assert_eq!(cluster["commune"], "34172");
+    Ok(())
+}
