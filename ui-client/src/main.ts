@@ -1,5 +1,6 @@
 // Placeholder console: connects to the gateway's live protocol v1 (see docs/live-protocol.md),
-// keeps the latest state of every asset, and lists the most recently observed ones.
+// keeps the latest state of assets, active alarms and KPIs, and shows them. The full console
+// (map, alarm workflow, log book) replaces it.
 
 type Streetlight = {
   type: "streetlight";
@@ -8,30 +9,42 @@ type Streetlight = {
   power_state: string | null;
   illuminance_level: number | null;
   power_consumption_w: number | null;
+  faults?: string[];
 };
 
-type Asset = {
-  domain: string;
-  id: string;
+type Asset = { domain: string; id: string; commune: string; observed_at: string; details: Streetlight };
+
+type Alarm = {
+  key: string;
+  alarm_type: string;
+  severity: string;
   commune: string;
-  observed_at: string;
-  details: Streetlight;
+  asset_id: string;
+  asset_ids: string[];
+  active: boolean;
+  last_raised_at: string;
+  raise_count: number;
 };
+
+type Kpi = { domain: string; commune: string; at: string; values: Record<string, number> };
 
 type ServerFrame =
-  | { v: 1; type: "snapshot"; seq: number; assets: Asset[] }
-  | { v: 1; type: "delta"; seq: number; asset: Asset }
+  | { v: 1; type: "snapshot"; seq: number; assets: Asset[]; alarms: Alarm[]; kpis?: Kpi[] }
+  | { v: 1; type: "delta"; seq: number; asset?: Asset; alarm?: Alarm; kpi?: Kpi }
   | { v: 1; type: "pong" }
   | { v: 1; type: "error"; code: string; message: string };
 
-const SHOWN = 200;
+const SHOWN = 150;
 const assets = new Map<string, Asset>();
+const alarms = new Map<string, Alarm>();
+const kpis = new Map<string, Kpi>();
 let lastSeq = 0;
 let dirty = false;
 
 const link = document.getElementById("link")!;
 const counts = document.getElementById("counts")!;
 const tbody = document.getElementById("assets")!;
+const alarmBody = document.getElementById("alarms")!;
 
 function setLink(state: "connecting" | "live" | "reconnecting") {
   link.dataset.state = state;
@@ -45,33 +58,79 @@ const STATUS_FR: Record<string, string> = {
   columnIssue: "Support endommagé",
 };
 const POWER_FR: Record<string, string> = { on: "Allumé", off: "Éteint", low: "Abaissé", bootingUp: "Allumage" };
+const ALARM_FR: Record<string, string> = {
+  lamp_failure: "Lampe en panne",
+  outage_cluster: "Secteur éteint",
+  dimming_failure: "Défaut de gradation",
+  low_power_factor: "Facteur de puissance bas",
+  lamp_on_in_daytime: "Allumé en journée",
+};
+const SEVERITY_FR: Record<string, string> = { critical: "Critique", major: "Majeure", minor: "Mineure", warning: "Avertissement" };
+const SEVERITY_RANK: Record<string, number> = { critical: 0, major: 1, minor: 2, warning: 3 };
 
-function cell(text: string): HTMLTableCellElement {
+function cell(text: string, className?: string): HTMLTableCellElement {
   const td = document.createElement("td");
   td.textContent = text;
+  if (className) td.className = className;
   return td;
+}
+
+function time(iso: string): string {
+  return new Date(iso).toLocaleTimeString("fr-FR");
 }
 
 function render() {
   dirty = false;
+  const sortedAlarms = [...alarms.values()].sort(
+    (a, b) => (SEVERITY_RANK[a.severity] ?? 9) - (SEVERITY_RANK[b.severity] ?? 9) || (a.last_raised_at < b.last_raised_at ? 1 : -1),
+  );
+  alarmBody.replaceChildren(
+    ...sortedAlarms.slice(0, SHOWN).map((a) => {
+      const tr = document.createElement("tr");
+      tr.className = `severity-${a.severity}`;
+      const lamps = a.asset_ids.length > 1 ? ` (${a.asset_ids.length} points lumineux)` : "";
+      tr.append(
+        cell(SEVERITY_FR[a.severity] ?? a.severity),
+        cell((ALARM_FR[a.alarm_type] ?? a.alarm_type) + lamps),
+        cell(a.commune),
+        cell(a.asset_id),
+        cell(String(a.raise_count)),
+        cell(time(a.last_raised_at)),
+      );
+      return tr;
+    }),
+  );
   const recent = [...assets.values()].sort((a, b) => (a.observed_at < b.observed_at ? 1 : -1)).slice(0, SHOWN);
-  const rows = recent.map((a) => {
-    const d = a.details;
-    const tr = document.createElement("tr");
-    if (d.status && d.status !== "ok") tr.className = "fault";
-    tr.append(
-      cell(`${a.id} (${d.lamp_type || "?"})`),
-      cell(a.commune),
-      cell(d.status ? (STATUS_FR[d.status] ?? d.status) : "—"),
-      cell(d.power_state ? (POWER_FR[d.power_state] ?? d.power_state) : "—"),
-      cell(d.illuminance_level === null ? "—" : `${Math.round(d.illuminance_level * 100)} %`),
-      cell(d.power_consumption_w === null ? "—" : d.power_consumption_w.toFixed(0)),
-      cell(new Date(a.observed_at).toLocaleTimeString("fr-FR")),
-    );
-    return tr;
-  });
-  tbody.replaceChildren(...rows);
-  counts.textContent = `${assets.size} équipements · séquence ${lastSeq}`;
+  tbody.replaceChildren(
+    ...recent.map((a) => {
+      const d = a.details;
+      const tr = document.createElement("tr");
+      if ((d.status && d.status !== "ok") || (d.faults && d.faults.length > 0)) tr.className = "fault";
+      tr.append(
+        cell(`${a.id} (${d.lamp_type || "?"})`),
+        cell(a.commune),
+        cell(d.status ? (STATUS_FR[d.status] ?? d.status) : "—"),
+        cell(d.power_state ? (POWER_FR[d.power_state] ?? d.power_state) : "—"),
+        cell(d.illuminance_level === null ? "—" : `${Math.round(d.illuminance_level * 100)} %`),
+        cell(d.power_consumption_w === null ? "—" : d.power_consumption_w.toFixed(0)),
+        cell(time(a.observed_at)),
+      );
+      return tr;
+    }),
+  );
+  let total = 0;
+  let dark = 0;
+  let power = 0;
+  for (const k of kpis.values()) {
+    if (k.domain !== "lighting") continue;
+    total += k.values.lamps_total ?? 0;
+    dark += k.values.lamps_dark ?? 0;
+    power += k.values.power_w ?? 0;
+  }
+  const availability = total > 0 ? `${(((total - dark) / total) * 100).toFixed(2)} %` : "—";
+  counts.textContent =
+    `${assets.size} équipements · ${alarms.size} alarmes actives · éclairage disponible ${availability}` +
+    ` · ${(power / 1000).toFixed(0)} kW · séquence ${lastSeq}`;
 }
 
 function connect(delayMs: number) {
@@ -81,11 +140,20 @@ function connect(delayMs: number) {
     const frame = JSON.parse(message.data as string) as ServerFrame;
     if (frame.type === "snapshot") {
       assets.clear();
+      alarms.clear();
+      kpis.clear();
       for (const a of frame.assets) assets.set(`${a.domain}/${a.id}`, a);
+      for (const a of frame.alarms) alarms.set(a.key, a);
+      for (const k of frame.kpis ?? []) kpis.set(`${k.domain}/${k.commune}`, k);
       lastSeq = frame.seq;
       setLink("live");
     } else if (frame.type === "delta") {
-      assets.set(`${frame.asset.domain}/${frame.asset.id}`, frame.asset);
+      if (frame.asset) assets.set(`${frame.asset.domain}/${frame.asset.id}`, frame.asset);
+      if (frame.alarm) {
+        if (frame.alarm.active) alarms.set(frame.alarm.key, frame.alarm);
+        else alarms.delete(frame.alarm.key);
+      }
+      if (frame.kpi) kpis.set(`${frame.kpi.domain}/${frame.kpi.commune}`, frame.kpi);
       lastSeq = frame.seq;
     } else if (frame.type === "error") {
       console.warn("gateway:", frame.code, frame.message);
