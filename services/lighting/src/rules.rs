@@ -114,6 +114,8 @@ pub struct Rules {
     conditions: HashMap<AssetId, LampCondition>,
     dark_by_commune: HashMap<CommuneId, BTreeSet<AssetId>>,
     alarms: BTreeMap<String, ActiveAlarm>,
+    /// Lamp -> key of the outage cluster it belongs to (kept with `alarms`).
+    cluster_of: HashMap<String, String>,
     /// Observed but not yet evaluated (see [`Rules::settle`]).
     unsettled_communes: BTreeSet<CommuneId>,
     unsettled_lamps: BTreeSet<AssetId>,
@@ -165,6 +167,7 @@ impl Rules {
             self.conditions.insert(id, condition);
         }
         for alarm in alarms {
+            self.index_cluster(&alarm, true);
             self.alarms.insert(alarm.raised.key.clone(), alarm);
         }
     }
@@ -273,9 +276,21 @@ impl Rules {
     }
 
     fn in_cluster(&self, id: &AssetId) -> bool {
-        self.alarms
-            .values()
-            .any(|a| a.raised.alarm_type == OUTAGE_CLUSTER && a.raised.asset_ids.iter().any(|m| m == id.as_str()))
+        self.cluster_of.contains_key(id.as_str())
+    }
+
+    /// Adds or removes a cluster alarm's members in the membership index.
+    fn index_cluster(&mut self, alarm: &ActiveAlarm, member: bool) {
+        if alarm.raised.alarm_type != OUTAGE_CLUSTER {
+            return;
+        }
+        for lamp in &alarm.raised.asset_ids {
+            if member {
+                self.cluster_of.insert(lamp.clone(), alarm.raised.key.clone());
+            } else if self.cluster_of.get(lamp) == Some(&alarm.raised.key) {
+                self.cluster_of.remove(lamp);
+            }
+        }
     }
 
     /// Brings the per-lamp alarms of one lamp in line with its condition.
@@ -402,12 +417,16 @@ impl Rules {
         if self.alarms.get(&alarm.raised.key) == Some(&alarm) {
             return None;
         }
-        self.alarms.insert(alarm.raised.key.clone(), alarm.clone());
+        if let Some(previous) = self.alarms.insert(alarm.raised.key.clone(), alarm.clone()) {
+            self.index_cluster(&previous, false);
+        }
+        self.index_cluster(&alarm, true);
         Some(AlarmChange::Raised(alarm))
     }
 
     fn clear(&mut self, key: &str, reason: &str) -> Option<AlarmChange> {
         let alarm = self.alarms.remove(key)?;
+        self.index_cluster(&alarm, false);
         let cleared = AlarmCleared {
             key: key.to_owned(),
             alarm_type: alarm.raised.alarm_type.clone(),
