@@ -115,20 +115,31 @@ async fn a_dim_command_goes_to_the_controller_and_comes_back_applied() -> Result
 }
 
 #[tokio::test]
-async fn a_command_without_a_controller_fails_at_its_deadline() -> Result<()> {
-    let slice = Slice::start().await?;
+async fn a_pending_command_survives_a_restart_and_fails_at_its_deadline_without_a_controller() -> Result<()> {
+    let mut slice = Slice::start().await?;
     let mut client = slice.lighting_client().await?;
     let light = Streetlight { id: "EP1".into(), lat: 43.6, lon: 3.85, ..Default::default() };
     client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![light] }).await?;
     let mut live = slice.live_client().await?;
-    let reply = client.send_command(dim(Target::StreetlightId("EP1".into()), 0.3, 1)).await?.into_inner();
+    let reply = client.send_command(dim(Target::StreetlightId("EP1".into()), 0.3, 3)).await?.into_inner();
     let id = reply.commands[0].id.clone();
+
+    // The service dies while the command is pending; the restarted one still tracks it.
+    slice.lighting.kill()?;
+    let from = slice.lighting.restart()?;
+    slice.lighting_addr = slice.lighting.wait_for_addr("gRPC listening", from)?;
+    slice.wait_lighting_serving().await?;
+    slice.lighting.wait_for_log("pending_commands=1", from)?;
+
     let frames =
         read_until(&mut live, |f| f["command"]["id"] == id.as_str() && f["command"]["status"] != "pending").await?;
     let last = &frames[frames.len() - 1]["command"];
     assert_eq!(last["status"], "failed");
     assert_eq!(last["lamps_failed"], 1);
     assert!(last["failures"][0].as_str().unwrap_or_default().contains("no lighting controller connected"), "{last}");
+    let mut client = slice.lighting_client().await?;
+    let stored = client.get_command(GetCommandRequest { id }).await?.into_inner();
+    assert_eq!(stored.status, CommandStatus::Failed as i32);
     Ok(())
 }
 
