@@ -6,7 +6,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-deploy/install-tools.sh >/dev/null
+# nats-server, and Debian's chromium for the console's browser test.
+deploy/install-tools.sh --browser >/dev/null
 
 echo "== console: type check and build" >&2
 (cd ui-client && npm ci --no-fund --no-audit --loglevel=error && npm run build --silent)

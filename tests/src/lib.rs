@@ -22,7 +22,7 @@ pub use proto;
 /// How long any single wait in the harness may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
@@ -363,7 +363,8 @@ impl Slice {
         let lighting = Process::start("vigie-lighting", &args)?;
         let lighting_addr = lighting.wait_for_addr("gRPC listening", 0)?;
         let mut args = common("gateway");
-        args.extend(["--http-addr".into(), "127.0.0.1:0".into(), "--ui-dir".into(), "/nonexistent".into()]);
+        let ui = repo_root().join("ui-client/dist").display().to_string();
+        args.extend(["--http-addr".into(), "127.0.0.1:0".into(), "--ui-dir".into(), ui]);
         let gateway = Process::start("vigie-gateway", &args)?;
         let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
         let slice = Slice { nats, lighting, lighting_addr, gateway, gateway_addr, territory, stores };

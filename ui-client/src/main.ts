@@ -107,7 +107,7 @@ function render() {
       const tr = document.createElement("tr");
       if ((d.status && d.status !== "ok") || (d.faults && d.faults.length > 0)) tr.className = "fault";
       tr.append(
-        cell(`${a.id} (${d.lamp_type || "?"})`),
+        cell(d.lamp_type ? `${a.id} (${d.lamp_type})` : a.id),
         cell(a.commune),
         cell(d.status ? (STATUS_FR[d.status] ?? d.status) : "—"),
         cell(d.power_state ? (POWER_FR[d.power_state] ?? d.power_state) : "—"),

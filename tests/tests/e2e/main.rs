@@ -1,5 +1,6 @@
 //! End-to-end scenarios against real processes (see the `tests` crate's harness). One test binary;
 //! each test starts its own NATS server, services and gateway, so tests run in parallel.
 
+mod console;
 mod lighting_domain;
 mod lighting_slice;
