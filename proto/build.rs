@@ -3,7 +3,12 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["vigie/v1/common.proto", "vigie/v1/event.proto", "vigie/lighting/v1/lighting.proto"];
+const PROTOS: &[&str] = &[
+    "vigie/v1/common.proto",
+    "vigie/v1/event.proto",
+    "vigie/lighting/v1/lighting.proto",
+    "vigie/transport/v1/transport.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -5,7 +5,7 @@ use proto::event::CheckedEvent;
 use proto::lighting::{CommandStatus, LampStatus, LightingCommand, PowerState, TalqFault};
 use proto::live::{
     AlarmState, AssetDetails, AssetState, CommandAction, CommandState, CommandTarget, EventSummary, KpiState, LatLon,
-    StreetlightDetails,
+    StreetlightDetails, VehicleDetails,
 };
 use proto::v1::event::Payload;
 use proto::v1::{AlarmCleared, AlarmRaised, Severity};
@@ -97,8 +97,12 @@ impl OperationsView {
         self.applied_seq = seq;
         let summary = summary(event);
         let change = match event.payload() {
-            Payload::LightingAlarmRaised(raised) => self.raise(&summary, event, raised),
-            Payload::LightingAlarmCleared(cleared) => self.clear(&summary, cleared)?,
+            Payload::LightingAlarmRaised(raised) | Payload::TransportAlarmRaised(raised) => {
+                self.raise(&summary, event, raised)
+            }
+            Payload::LightingAlarmCleared(cleared) | Payload::TransportAlarmCleared(cleared) => {
+                self.clear(&summary, cleared)?
+            }
             Payload::LightingCommand(command) => self.command(&summary, command),
             Payload::LightingKpi(kpi) => {
                 let values = [
@@ -119,7 +123,10 @@ impl OperationsView {
                 self.kpis.insert(key.clone(), state.clone());
                 Change::Kpi(key, state)
             }
-            _ => self.asset(&summary, event),
+            Payload::VehicleMoved(moved) => self.vehicle(&summary, event, moved),
+            Payload::StreetlightRegistered(_) | Payload::StreetlightStatus(_) | Payload::StreetlightFault(_) => {
+                self.asset(&summary, event)
+            }
         };
         Some(Applied { event: summary, change })
     }
@@ -137,7 +144,6 @@ impl OperationsView {
             last_event_id: summary.id.clone(),
             details: AssetDetails::Streetlight(StreetlightDetails::default()),
         });
-        #[allow(irrefutable_let_patterns)] // more asset types come with the other domains
         let AssetDetails::Streetlight(details) = &mut asset.details else {
             return Change::Asset(key, asset.clone());
         };
@@ -188,6 +194,48 @@ impl OperationsView {
             _ => {}
         }
         Change::Asset(key, asset.clone())
+    }
+
+    fn vehicle(
+        &mut self,
+        summary: &EventSummary,
+        event: &CheckedEvent,
+        moved: &proto::transport::VehicleMoved,
+    ) -> Change {
+        let key = asset_key(&summary.domain, &summary.asset_id);
+        let state = moved.state.clone().unwrap_or_default();
+        let position = state.position.clone().unwrap_or_default();
+        let details = VehicleDetails {
+            label: position.vehicle_label.clone(),
+            trip_id: position.trip_id.clone(),
+            route_id: state.route_id.clone(),
+            direction: state.direction,
+            delay_s: state.delay_s,
+            bearing: position.bearing,
+            speed: position.speed,
+            current_stop_sequence: position.current_stop_sequence,
+            offset_m: state.offset_m,
+            headway_s: state.headway_s,
+            scheduled_headway_s: state.scheduled_headway_s,
+        };
+        let asset = AssetState {
+            domain: summary.domain.clone(),
+            id: summary.asset_id.clone(),
+            commune: summary.commune.clone(),
+            position: event.event.position.map(|p| LatLon { lat: p.lat, lon: p.lon }),
+            observed_at: summary.observed_at.clone(),
+            recorded_at: summary.recorded_at.clone(),
+            last_event_id: summary.id.clone(),
+            details: AssetDetails::Vehicle(details),
+        };
+        // The latest observation wins; a late position is an event, not a new state.
+        match self.assets.get(&key) {
+            Some(current) if current.observed_at > asset.observed_at => Change::Asset(key, current.clone()),
+            _ => {
+                self.assets.insert(key.clone(), asset.clone());
+                Change::Asset(key, asset)
+            }
+        }
     }
 
     fn raise(&mut self, summary: &EventSummary, event: &CheckedEvent, raised: &AlarmRaised) -> Change {

@@ -16,6 +16,9 @@ pub enum EventKind {
     LightingKpi,
     LightingAlarmRaised,
     LightingAlarmCleared,
+    VehicleMoved,
+    TransportAlarmRaised,
+    TransportAlarmCleared,
 }
 
 impl EventKind {
@@ -28,6 +31,9 @@ impl EventKind {
             EventKind::LightingKpi => "kpi",
             EventKind::LightingAlarmRaised => "alarm_raised",
             EventKind::LightingAlarmCleared => "alarm_cleared",
+            EventKind::VehicleMoved => "vehicle_moved",
+            EventKind::TransportAlarmRaised => "alarm_raised",
+            EventKind::TransportAlarmCleared => "alarm_cleared",
         }
     }
 
@@ -40,6 +46,9 @@ impl EventKind {
             | EventKind::LightingKpi
             | EventKind::LightingAlarmRaised
             | EventKind::LightingAlarmCleared => Domain::Lighting,
+            EventKind::VehicleMoved | EventKind::TransportAlarmRaised | EventKind::TransportAlarmCleared => {
+                Domain::Transport
+            }
         }
     }
 }
@@ -54,6 +63,9 @@ impl Payload {
             Payload::LightingKpi(_) => EventKind::LightingKpi,
             Payload::LightingAlarmRaised(_) => EventKind::LightingAlarmRaised,
             Payload::LightingAlarmCleared(_) => EventKind::LightingAlarmCleared,
+            Payload::VehicleMoved(_) => EventKind::VehicleMoved,
+            Payload::TransportAlarmRaised(_) => EventKind::TransportAlarmRaised,
+            Payload::TransportAlarmCleared(_) => EventKind::TransportAlarmCleared,
         }
     }
 }
@@ -167,10 +179,10 @@ pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
         check_position(p.lat, p.lon)?;
     }
     match &event.payload {
-        Some(Payload::LightingAlarmRaised(a)) => {
+        Some(Payload::LightingAlarmRaised(a) | Payload::TransportAlarmRaised(a)) => {
             AlarmKey::parse(&a.key)?;
         }
-        Some(Payload::LightingAlarmCleared(a)) => {
+        Some(Payload::LightingAlarmCleared(a) | Payload::TransportAlarmCleared(a)) => {
             AlarmKey::parse(&a.key)?;
         }
         _ => {}

@@ -24,9 +24,16 @@ pub mod vigie {
             tonic::include_proto!("vigie.lighting.v1");
         }
     }
+    pub mod transport {
+        /// Public transport (`vigie.transport.v1`).
+        pub mod v1 {
+            tonic::include_proto!("vigie.transport.v1");
+        }
+    }
 }
 
 pub use vigie::lighting::v1 as lighting;
+pub use vigie::transport::v1 as transport;
 pub use vigie::v1;
 
 /// Encoded `FileDescriptorSet` of every Vigie proto, for gRPC server reflection.

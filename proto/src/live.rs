@@ -121,6 +121,25 @@ pub struct AssetState {
 #[non_exhaustive]
 pub enum AssetDetails {
     Streetlight(StreetlightDetails),
+    Vehicle(VehicleDetails),
+}
+
+/// A vehicle in service (GTFS-Realtime VehiclePosition, plus what the service derives).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VehicleDetails {
+    pub label: String,
+    pub trip_id: String,
+    pub route_id: String,
+    pub direction: u32,
+    /// Schedule adherence, seconds (positive: late), when known.
+    pub delay_s: Option<f64>,
+    pub bearing: Option<f32>,
+    pub speed: Option<f32>,
+    pub current_stop_sequence: u32,
+    /// Distance from the trip's shape, metres.
+    pub offset_m: f64,
+    pub headway_s: Option<f64>,
+    pub scheduled_headway_s: Option<f64>,
 }
 
 /// NGSI-LD `Streetlight` attributes; values use the NGSI-LD vocabulary

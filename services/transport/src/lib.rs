@@ -9,3 +9,4 @@
 pub mod geometry;
 pub mod network;
 pub mod rules;
+pub mod tracking;

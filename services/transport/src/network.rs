@@ -65,6 +65,8 @@ struct ServiceCalendar {
 #[derive(Debug, Default)]
 pub struct Network {
     pub agencies: Vec<String>,
+    /// The feed's time zone (first agency's `agency_timezone`), e.g. "Europe/Paris".
+    pub timezone: String,
     pub routes: HashMap<String, Route>,
     pub stops: HashMap<String, Stop>,
     pub trips: HashMap<String, Trip>,
@@ -84,8 +86,11 @@ impl Network {
     pub fn load(path: &Path) -> Result<Network, FeedError> {
         let name = path.display().to_string();
         let gtfs = gtfs_structures::GtfsReader::default().read_from_path(path).map_err(|e| feed_error(&name, e))?;
-        let mut network =
-            Network { agencies: gtfs.agencies.iter().map(|a| a.name.clone()).collect(), ..Default::default() };
+        let mut network = Network {
+            agencies: gtfs.agencies.iter().map(|a| a.name.clone()).collect(),
+            timezone: gtfs.agencies.first().map(|a| a.timezone.clone()).unwrap_or_default(),
+            ..Default::default()
+        };
         for (id, r) in &gtfs.routes {
             let route_type = route_type_number(&r.route_type);
             network.routes.insert(
@@ -184,6 +189,31 @@ impl Network {
         })
     }
 
+    /// The feed day whose timetable runs on `today`: `today` itself when the feed covers it,
+    /// else the day of the same weekday in the feed's period with the most trips (a feed from
+    /// last season still gives a realistic day).
+    pub fn service_day_for(&self, today: NaiveDate) -> Option<NaiveDate> {
+        let trips_on = |day: NaiveDate| self.trips.values().filter(|t| self.runs_on(&t.service_id, day)).count();
+        if trips_on(today) > 0 {
+            return Some(today);
+        }
+        let (first, last) = self.service_period()?;
+        first
+            .iter_days()
+            .take_while(|d| *d <= last)
+            .filter(|d| d.weekday() == today.weekday())
+            .map(|d| (trips_on(d), d))
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, d)| (*n, std::cmp::Reverse(*d)))
+            .map(|(_, d)| d)
+    }
+
+    /// Adds a service running every day of a period (tests build small networks by hand).
+    #[cfg(test)]
+    pub(crate) fn add_daily_service(&mut self, service_id: &str, start: NaiveDate, end: NaiveDate) {
+        self.calendars.insert(service_id.to_owned(), ServiceCalendar { weekdays: [true; 7], start, end });
+    }
+
     /// The first and last days any service runs (from calendar.txt and calendar_dates.txt).
     pub fn service_period(&self) -> Option<(NaiveDate, NaiveDate)> {
         let days = self
@@ -265,6 +295,12 @@ mod tests {
         assert_eq!(network.trips.values().map(|t| t.stop_times.len()).sum::<usize>(), 355_995);
         let (first, last) = network.service_period().unwrap();
         assert_eq!((first.to_string(), last.to_string()), ("2026-01-05".into(), "2026-03-08".into()));
+        assert_eq!(network.timezone, "Europe/Paris");
+        // Today (outside the feed's period) runs the busiest day of the same weekday in it.
+        let sunday_after = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let day = network.service_day_for(sunday_after).unwrap();
+        assert_eq!(day.weekday(), Weekday::Sun);
+        assert!(day >= first && day <= last);
         // Some service runs on a weekday of the period, matched trips carry distances along shapes.
         let monday = NaiveDate::from_ymd_opt(2026, 2, 2).unwrap();
         assert!(network.trips.values().any(|t| network.runs_on(&t.service_id, monday)));
