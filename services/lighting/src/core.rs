@@ -21,7 +21,8 @@ use crate::domain::{self, Invalid, MAX_STREETLIGHTS_PER_CALL};
 use crate::kpi::{self, EnergyMeter};
 use crate::rules::{AlarmChange, LampPlace, Rules, RulesConfig};
 use crate::schedule;
-use crate::store::{AlarmOp, CommandRecord, LampState, Store, StoreError, WriteBatch};
+use crate::store::{CommandRecord, LampState, Store, StoreError, WriteBatch};
+use runtime::alarms::AlarmPayloads;
 
 pub struct Lighting {
     store: Store,
@@ -576,33 +577,21 @@ fn command_event(command: &LightingCommand) -> Result<CheckedEvent, Status> {
 }
 
 /// Adds the alarm changes, and their events, to a batch.
+/// The lighting domain's alarm events.
+const ALARM_PAYLOADS: AlarmPayloads =
+    AlarmPayloads { raised: Payload::LightingAlarmRaised, cleared: Payload::LightingAlarmCleared };
+
+/// Adds the alarm changes, and their events, to a batch.
 fn add_alarm_changes(
     batch: &mut WriteBatch,
     changes: Vec<AlarmChange>,
     at: prost_types::Timestamp,
 ) -> Result<(), Status> {
     for change in changes {
-        let event = match &change {
-            AlarmChange::Raised(alarm) => event::new_event(
-                &alarm.commune,
-                &alarm.asset,
-                at,
-                alarm.position,
-                Payload::LightingAlarmRaised(alarm.raised.clone()),
-            ),
-            AlarmChange::Cleared { alarm, cleared } => event::new_event(
-                &alarm.commune,
-                &alarm.asset,
-                at,
-                alarm.position,
-                Payload::LightingAlarmCleared(cleared.clone()),
-            ),
-        };
-        batch.events.push(checked(event)?);
-        batch.alarms.push(match change {
-            AlarmChange::Raised(alarm) => AlarmOp::Raise(alarm),
-            AlarmChange::Cleared { cleared, .. } => AlarmOp::Clear(cleared.key),
-        });
+        batch.events.push(
+            change.event(&ALARM_PAYLOADS, at).map_err(|e| Status::internal(format!("built an invalid event: {e}")))?,
+        );
+        batch.alarms.push(change.into_op());
     }
     Ok(())
 }

@@ -20,10 +20,9 @@ pub mod store;
 pub mod sun;
 
 use anyhow::Context;
-use async_nats::jetstream;
 use proto::lighting::lighting_service_server::LightingServiceServer;
 use runtime::config::CommonConfig;
-use runtime::outbox::{self, RelaySettings};
+use runtime::outbox;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -176,17 +175,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     tracing::info!(streetlights = store.streetlight_count(), outbox = store.outbox().depth(), "store opened");
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-lighting").await?;
-    let mut js = jetstream::new(nats.clone());
-    js.set_timeout(std::time::Duration::from_secs(5));
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(outbox::relay(
-        store.outbox().clone(),
-        js,
-        config.common.stream.clone(),
-        RelaySettings::default(),
-        relay_stop.clone(),
-        config.common.shutdown_timeout,
-    ));
+    let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
 
     if config.import_inventory {
         import_inventory(&core, &imported_from).await?;
@@ -197,28 +186,14 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<LightingServiceServer<api::LightingApi> as NamedService>::NAME];
-    let serving = runtime::grpc::serve(listener, routes, &names, shutdown.clone());
     let timeout = config.common.shutdown_timeout;
-    let served = tokio::select! {
-        result = serving => result,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(timeout).await } => {
-            tracing::warn!("calls still in flight after the shutdown timeout; stopping anyway");
-            Ok(())
-        }
-    };
+    let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
 
     // No call is in flight any more: what the outbox holds is all there is to publish.
     background.cancel();
     let _ = ticking.await;
-    relay_stop.cancel();
-    if let Err(e) = relay.await {
-        tracing::error!(error = %e, "outbox relay task failed");
-    }
-    match tokio::time::timeout(timeout, nats.drain()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "NATS drain failed"),
-        Err(_) => tracing::warn!("NATS drain timed out"),
-    }
+    relay.finish().await;
+    runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;
     tracing::info!(outbox = store.outbox().depth(), "stopped");
     served

@@ -91,21 +91,8 @@ impl LampCondition {
     }
 }
 
-/// An active alarm as the rules keep it (persisted by the store).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveAlarm {
-    pub commune: CommuneId,
-    /// The asset the alarm's events are about (the lamp, or a cluster's first lamp).
-    pub asset: AssetId,
-    pub position: Option<Position>,
-    pub raised: AlarmRaised,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum AlarmChange {
-    Raised(ActiveAlarm),
-    Cleared { alarm: ActiveAlarm, cleared: AlarmCleared },
-}
+/// Alarms as every service keeps them; a cluster's events are about its first lamp.
+pub use runtime::alarms::{ActiveAlarm, AlarmChange};
 
 #[derive(Debug, Default)]
 pub struct Rules {

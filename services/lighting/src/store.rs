@@ -5,14 +5,13 @@
 
 use prost::Message;
 use proto::event::{CheckedEvent, EventError};
-use proto::ids::{AssetId, CommuneId};
 use proto::lighting::{DimmingSchedule, LightingCommand, StatusReport, Streetlight};
-use proto::v1::{AlarmRaised, Position};
 use runtime::outbox::{Outbox, PreparedEntry};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::rules::{ActiveAlarm, LampCondition};
+use crate::rules::LampCondition;
+use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,18 +59,6 @@ impl LampState {
     }
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct AlarmRecord {
-    #[prost(string, tag = "1")]
-    commune: String,
-    #[prost(string, tag = "2")]
-    asset: String,
-    #[prost(message, optional, tag = "3")]
-    position: Option<Position>,
-    #[prost(message, optional, tag = "4")]
-    raised: Option<AlarmRaised>,
-}
-
 /// A command and the lamps it still waits for.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CommandRecord {
@@ -81,11 +68,6 @@ pub struct CommandRecord {
     pub lamps: Vec<String>,
     #[prost(string, repeated, tag = "3")]
     pub remaining: Vec<String>,
-}
-
-pub enum AlarmOp {
-    Raise(ActiveAlarm),
-    Clear(String),
 }
 
 /// Everything one operation changes; written atomically by [`Store::write`].
@@ -165,19 +147,10 @@ impl Store {
     }
 
     pub fn all_alarms(&self) -> Result<Vec<ActiveAlarm>, StoreError> {
-        let records: Vec<AlarmRecord> = all(&self.alarms, "alarm")?;
-        records
-            .into_iter()
-            .map(|r| {
-                let corrupt = |message: String| StoreError::Corrupt { what: "alarm", key: r.asset.clone(), message };
-                Ok(ActiveAlarm {
-                    commune: CommuneId::parse(&r.commune).map_err(|e| corrupt(e.to_string()))?,
-                    asset: AssetId::parse(&r.asset).map_err(|e| corrupt(e.to_string()))?,
-                    position: r.position,
-                    raised: r.raised.clone().ok_or_else(|| corrupt("no alarm".into()))?,
-                })
-            })
-            .collect()
+        runtime::alarms::read_all(&self.alarms).map_err(|e| match e {
+            runtime::alarms::ReadError::Sled(e) => StoreError::Sled(e),
+            runtime::alarms::ReadError::Corrupt { key, message } => StoreError::Corrupt { what: "alarm", key, message },
+        })
     }
 
     /// Energy per (commune, hour), watt-hours.
@@ -228,23 +201,8 @@ impl Store {
             batch.streetlights.iter().map(|l| (l.id.as_bytes().to_vec(), l.encode_to_vec())).collect();
         let states: Vec<(Vec<u8>, Vec<u8>)> =
             batch.lamp_states.iter().map(|(id, s)| (id.as_bytes().to_vec(), s.encode_to_vec())).collect();
-        // (key, Some(record)) raises, (key, None) clears; in order.
-        let alarms: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
-            .alarms
-            .iter()
-            .map(|op| match op {
-                AlarmOp::Raise(a) => {
-                    let record = AlarmRecord {
-                        commune: a.commune.to_string(),
-                        asset: a.asset.to_string(),
-                        position: a.position,
-                        raised: Some(a.raised.clone()),
-                    };
-                    (a.raised.key.as_bytes().to_vec(), Some(record.encode_to_vec()))
-                }
-                AlarmOp::Clear(key) => (key.as_bytes().to_vec(), None),
-            })
-            .collect();
+        // Raises and clears, in order.
+        let alarms: Vec<EncodedOp> = batch.alarms.iter().map(AlarmOp::encode).collect();
         let commands: Vec<(Vec<u8>, Vec<u8>)> = batch
             .commands
             .iter()
@@ -266,11 +224,8 @@ impl Store {
             for (k, v) in &states {
                 t_states.insert(k.as_slice(), v.as_slice())?;
             }
-            for (key, record) in &alarms {
-                match record {
-                    Some(v) => t_alarms.insert(key.as_slice(), v.as_slice())?,
-                    None => t_alarms.remove(key.as_slice())?,
-                };
+            for op in &alarms {
+                op.stage(t_alarms)?;
             }
             for (k, v) in &commands {
                 t_commands.insert(k.as_slice(), v.as_slice())?;

@@ -56,3 +56,12 @@ pub async fn ensure_events_stream(js: &jetstream::Context, settings: &StreamSett
     }
     Ok(())
 }
+
+/// Drains the connection (flushes what is buffered, then closes) within `timeout`.
+pub async fn drain(nats: &async_nats::Client, timeout: std::time::Duration) {
+    match tokio::time::timeout(timeout, nats.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "NATS drain failed"),
+        Err(_) => tracing::warn!("NATS drain timed out"),
+    }
+}

@@ -31,6 +31,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// [`serve`], but gives up on calls still in flight `timeout` after `shutdown` is cancelled.
+pub async fn serve_until_shutdown(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    service_names: &[&str],
+    shutdown: CancellationToken,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        result = serve(listener, routes, service_names, shutdown.clone()) => result,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(timeout).await } => {
+            tracing::warn!("calls still in flight after the shutdown timeout; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
 /// Two of tonic's answers to a bad request blame the server; this layer makes them blame the
 /// client, as integrators expect (and as other gRPC servers do):
 /// - a request larger than the decoding limit: tonic says OUT_OF_RANGE; gRPC's convention is

@@ -8,7 +8,9 @@
 //!   of the JetStream events stream.
 //! - [`outbox`]: the sled-backed transactional outbox and the relay that publishes it to JetStream.
 //! - [`grpc`]: serving gRPC on a bound listener with health, reflection and Vigie's limits.
+//! - [`alarms`]: active alarms, their changes, how they are stored and announced.
 
+pub mod alarms;
 pub mod bus;
 pub mod config;
 pub mod grpc;

@@ -106,6 +106,37 @@ impl Default for RelaySettings {
     }
 }
 
+/// A running relay (see [`spawn_relay`]).
+pub struct RelayHandle {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the relay of `outbox` on this NATS connection (publish acks wait at most 5 s).
+pub fn spawn_relay(
+    outbox: &Outbox,
+    nats: &async_nats::Client,
+    stream: &StreamSettings,
+    drain_timeout: Duration,
+) -> RelayHandle {
+    let mut js = jetstream::new(nats.clone());
+    js.set_timeout(Duration::from_secs(5));
+    let stop = CancellationToken::new();
+    let task =
+        tokio::spawn(relay(outbox.clone(), js, stream.clone(), RelaySettings::default(), stop.clone(), drain_timeout));
+    RelayHandle { stop, task }
+}
+
+impl RelayHandle {
+    /// Publishes what is left (within the drain timeout) and stops. Call once no write can come.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "outbox relay task failed");
+        }
+    }
+}
+
 /// Publishes the outbox until `stop` is cancelled, then keeps publishing until the outbox is
 /// empty or `drain_timeout` has passed (what is left goes out at the next start).
 pub async fn relay(

@@ -12,8 +12,9 @@ use territory::Territory;
 use tonic::Status;
 
 use crate::network::Network;
-use crate::store::{AlarmOp, Store, StoreError, WriteBatch};
+use crate::store::{Store, StoreError, WriteBatch};
 use crate::tracking::{AlarmChange, Tracker};
+use runtime::alarms::AlarmPayloads;
 
 /// How far in the future a position's time may be (clock skew of on-board units).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
@@ -144,29 +145,20 @@ impl Transport {
     }
 }
 
+/// The transport domain's alarm events.
+const ALARM_PAYLOADS: AlarmPayloads =
+    AlarmPayloads { raised: Payload::TransportAlarmRaised, cleared: Payload::TransportAlarmCleared };
+
 fn add_alarm_changes(
     batch: &mut WriteBatch,
     changes: Vec<AlarmChange>,
     at: prost_types::Timestamp,
 ) -> Result<(), Status> {
     for change in changes {
-        let event = match &change {
-            AlarmChange::Raised(a) => {
-                event::new_event(&a.commune, &a.asset, at, a.position, Payload::TransportAlarmRaised(a.raised.clone()))
-            }
-            AlarmChange::Cleared { alarm, cleared } => event::new_event(
-                &alarm.commune,
-                &alarm.asset,
-                at,
-                alarm.position,
-                Payload::TransportAlarmCleared(cleared.clone()),
-            ),
-        };
-        batch.events.push(checked(event)?);
-        batch.alarms.push(match change {
-            AlarmChange::Raised(a) => AlarmOp::Raise(a),
-            AlarmChange::Cleared { cleared, .. } => AlarmOp::Clear(cleared.key),
-        });
+        batch.events.push(
+            change.event(&ALARM_PAYLOADS, at).map_err(|e| Status::internal(format!("built an invalid event: {e}")))?,
+        );
+        batch.alarms.push(change.into_op());
     }
     Ok(())
 }

@@ -21,10 +21,9 @@ pub mod store;
 pub mod tracking;
 
 use anyhow::Context;
-use async_nats::jetstream;
 use proto::transport::transport_service_server::TransportServiceServer;
 use runtime::config::CommonConfig;
-use runtime::outbox::{self, RelaySettings};
+use runtime::outbox;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,17 +115,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         Arc::new(core::Transport::open(store.clone(), Arc::new(territory), Arc::new(network), time_zone, tracker)?);
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-transport").await?;
-    let mut js = jetstream::new(nats.clone());
-    js.set_timeout(std::time::Duration::from_secs(5));
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(outbox::relay(
-        store.outbox().clone(),
-        js,
-        config.common.stream.clone(),
-        RelaySettings::default(),
-        relay_stop.clone(),
-        config.common.shutdown_timeout,
-    ));
+    let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
     let background = CancellationToken::new();
     let silence = tokio::spawn(watch_silence(core.clone(), background.clone()));
 
@@ -136,24 +125,11 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<TransportServiceServer<api::TransportApi> as NamedService>::NAME];
     let timeout = config.common.shutdown_timeout;
-    let served = tokio::select! {
-        result = runtime::grpc::serve(listener, routes, &names, shutdown.clone()) => result,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(timeout).await } => {
-            tracing::warn!("calls still in flight after the shutdown timeout; stopping anyway");
-            Ok(())
-        }
-    };
+    let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
     background.cancel();
     let _ = silence.await;
-    relay_stop.cancel();
-    if let Err(e) = relay.await {
-        tracing::error!(error = %e, "outbox relay task failed");
-    }
-    match tokio::time::timeout(timeout, nats.drain()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "NATS drain failed"),
-        Err(_) => tracing::warn!("NATS drain timed out"),
-    }
+    relay.finish().await;
+    runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;
     tracing::info!(outbox = store.outbox().depth(), "stopped");
     served

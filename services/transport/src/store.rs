@@ -3,14 +3,13 @@
 
 use prost::Message;
 use proto::event::CheckedEvent;
-use proto::ids::{AssetId, CommuneId};
 use proto::transport::VehicleState;
-use proto::v1::{AlarmRaised, Position};
 use runtime::outbox::{Outbox, PreparedEntry};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::tracking::{ActiveAlarm, Tracked};
+use crate::tracking::Tracked;
+use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,23 +36,6 @@ struct VehicleRecord {
     service_s: f64,
     #[prost(uint64, tag = "3")]
     seen_unix_s: u64,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct AlarmRecord {
-    #[prost(string, tag = "1")]
-    commune: String,
-    #[prost(string, tag = "2")]
-    asset: String,
-    #[prost(message, optional, tag = "3")]
-    position: Option<Position>,
-    #[prost(message, optional, tag = "4")]
-    raised: Option<AlarmRaised>,
-}
-
-pub enum AlarmOp {
-    Raise(ActiveAlarm),
-    Clear(String),
 }
 
 #[derive(Default)]
@@ -102,20 +84,10 @@ impl Store {
     }
 
     pub fn alarms(&self) -> Result<Vec<ActiveAlarm>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.alarms.iter() {
-            let (key, value) = item?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let corrupt = |message: String| StoreError::Corrupt { what: "alarm", key: key.clone(), message };
-            let r = AlarmRecord::decode(value.as_ref()).map_err(|e| corrupt(e.to_string()))?;
-            out.push(ActiveAlarm {
-                commune: CommuneId::parse(&r.commune).map_err(|e| corrupt(e.to_string()))?,
-                asset: AssetId::parse(&r.asset).map_err(|e| corrupt(e.to_string()))?,
-                position: r.position,
-                raised: r.raised.ok_or_else(|| corrupt("no alarm".into()))?,
-            });
-        }
-        Ok(out)
+        runtime::alarms::read_all(&self.alarms).map_err(|e| match e {
+            runtime::alarms::ReadError::Sled(e) => StoreError::Sled(e),
+            runtime::alarms::ReadError::Corrupt { key, message } => StoreError::Corrupt { what: "alarm", key, message },
+        })
     }
 
     /// Writes a batch and its events in one transaction (durable at the next [`Store::commit`]).
@@ -131,31 +103,13 @@ impl Store {
                 (vehicle_key(t), record.encode_to_vec())
             })
             .collect();
-        let alarms: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
-            .alarms
-            .iter()
-            .map(|op| match op {
-                AlarmOp::Raise(a) => {
-                    let record = AlarmRecord {
-                        commune: a.commune.to_string(),
-                        asset: a.asset.to_string(),
-                        position: a.position,
-                        raised: Some(a.raised.clone()),
-                    };
-                    (a.raised.key.clone().into_bytes(), Some(record.encode_to_vec()))
-                }
-                AlarmOp::Clear(key) => (key.clone().into_bytes(), None),
-            })
-            .collect();
+        let alarms: Vec<EncodedOp> = batch.alarms.iter().map(AlarmOp::encode).collect();
         (&self.vehicles, &self.alarms, self.outbox.tree()).transaction(|(t_vehicles, t_alarms, t_outbox)| {
             for (k, v) in &vehicles {
                 t_vehicles.insert(k.as_slice(), v.as_slice())?;
             }
-            for (k, v) in &alarms {
-                match v {
-                    Some(v) => t_alarms.insert(k.as_slice(), v.as_slice())?,
-                    None => t_alarms.remove(k.as_slice())?,
-                };
+            for op in &alarms {
+                op.stage(t_alarms)?;
             }
             for entry in &entries {
                 entry.stage(t_outbox)?;

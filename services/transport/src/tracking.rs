@@ -30,19 +30,7 @@ impl Default for TrackerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveAlarm {
-    pub commune: CommuneId,
-    pub asset: AssetId,
-    pub position: Option<Position>,
-    pub raised: AlarmRaised,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum AlarmChange {
-    Raised(ActiveAlarm),
-    Cleared { alarm: ActiveAlarm, cleared: AlarmCleared },
-}
+pub use runtime::alarms::{ActiveAlarm, AlarmChange};
 
 /// One vehicle as the tracker keeps it.
 #[derive(Debug, Clone, PartialEq)]

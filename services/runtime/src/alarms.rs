@@ -1,0 +1,162 @@
+//! Alarm bookkeeping that every domain service does the same way: the active alarms a service
+//! keeps, the changes its rules produce, how they are stored, and the events that announce them.
+
+use prost::Message;
+use proto::event::{self, CheckedEvent, EventError};
+use proto::ids::{AssetId, CommuneId};
+use proto::v1::event::Payload;
+use proto::v1::{AlarmCleared, AlarmRaised, Position};
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+
+/// An active alarm as a service keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlarm {
+    pub commune: CommuneId,
+    /// The asset the alarm's events are about.
+    pub asset: AssetId,
+    pub position: Option<Position>,
+    pub raised: AlarmRaised,
+}
+
+/// What a rule decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlarmChange {
+    Raised(ActiveAlarm),
+    Cleared { alarm: ActiveAlarm, cleared: AlarmCleared },
+}
+
+/// The payload constructors of one domain's alarm events.
+pub struct AlarmPayloads {
+    pub raised: fn(AlarmRaised) -> Payload,
+    pub cleared: fn(AlarmCleared) -> Payload,
+}
+
+impl AlarmChange {
+    /// The event that announces the change, observed at `at`.
+    pub fn event(&self, payloads: &AlarmPayloads, at: prost_types::Timestamp) -> Result<CheckedEvent, EventError> {
+        let (alarm, payload) = match self {
+            AlarmChange::Raised(a) => (a, (payloads.raised)(a.raised.clone())),
+            AlarmChange::Cleared { alarm, cleared } => (alarm, (payloads.cleared)(cleared.clone())),
+        };
+        event::check(event::new_event(&alarm.commune, &alarm.asset, at, alarm.position, payload))
+    }
+
+    /// What to write in the store's alarm tree.
+    pub fn into_op(self) -> AlarmOp {
+        match self {
+            AlarmChange::Raised(a) => AlarmOp::Raise(a),
+            AlarmChange::Cleared { cleared, .. } => AlarmOp::Clear(cleared.key),
+        }
+    }
+}
+
+pub enum AlarmOp {
+    Raise(ActiveAlarm),
+    Clear(String),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlarmRecord {
+    #[prost(string, tag = "1")]
+    commune: String,
+    #[prost(string, tag = "2")]
+    asset: String,
+    #[prost(message, optional, tag = "3")]
+    position: Option<Position>,
+    #[prost(message, optional, tag = "4")]
+    raised: Option<AlarmRaised>,
+}
+
+/// An [`AlarmOp`] encoded for a sled transaction (encode outside, stage inside).
+pub struct EncodedOp {
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+impl AlarmOp {
+    pub fn encode(&self) -> EncodedOp {
+        match self {
+            AlarmOp::Raise(a) => {
+                let record = AlarmRecord {
+                    commune: a.commune.to_string(),
+                    asset: a.asset.to_string(),
+                    position: a.position,
+                    raised: Some(a.raised.clone()),
+                };
+                EncodedOp { key: a.raised.key.clone().into_bytes(), value: Some(record.encode_to_vec()) }
+            }
+            AlarmOp::Clear(key) => EncodedOp { key: key.clone().into_bytes(), value: None },
+        }
+    }
+}
+
+impl EncodedOp {
+    pub fn stage(&self, alarms: &TransactionalTree) -> Result<(), UnabortableTransactionError> {
+        match &self.value {
+            Some(v) => alarms.insert(self.key.as_slice(), v.as_slice())?,
+            None => alarms.remove(self.key.as_slice())?,
+        };
+        Ok(())
+    }
+}
+
+/// Reads every alarm of an alarm tree.
+pub fn read_all(tree: &sled::Tree) -> Result<Vec<ActiveAlarm>, ReadError> {
+    let mut out = Vec::with_capacity(tree.len());
+    for item in tree.iter() {
+        let (key, value) = item?;
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let corrupt = |message: String| ReadError::Corrupt { key: key.clone(), message };
+        let r = AlarmRecord::decode(value.as_ref()).map_err(|e| corrupt(e.to_string()))?;
+        out.push(ActiveAlarm {
+            commune: CommuneId::parse(&r.commune).map_err(|e| corrupt(e.to_string()))?,
+            asset: AssetId::parse(&r.asset).map_err(|e| corrupt(e.to_string()))?,
+            position: r.position,
+            raised: r.raised.ok_or_else(|| corrupt("no alarm".into()))?,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store holds an undecodable alarm {key:?}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alarms_round_trip_through_a_tree() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("alarms").unwrap();
+        let alarm = ActiveAlarm {
+            commune: CommuneId::parse("34172").unwrap(),
+            asset: AssetId::parse("EP1").unwrap(),
+            position: Some(Position { lat: 43.6, lon: 3.87 }),
+            raised: AlarmRaised {
+                key: "lighting/lamp_failure/EP1".into(),
+                alarm_type: "lamp_failure".into(),
+                ..Default::default()
+            },
+        };
+        let raise = AlarmOp::Raise(alarm.clone()).encode();
+        tree.transaction(|t| {
+            raise.stage(t)?;
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        })
+        .unwrap();
+        assert_eq!(read_all(&tree).unwrap(), [alarm]);
+        let clear = AlarmOp::Clear("lighting/lamp_failure/EP1".into()).encode();
+        tree.transaction(|t| {
+            clear.stage(t)?;
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        })
+        .unwrap();
+        assert!(read_all(&tree).unwrap().is_empty());
+    }
+}
