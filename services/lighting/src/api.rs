@@ -10,8 +10,9 @@ use proto::lighting::{
     GetCommandRequest, GetKpisRequest, GetKpisResponse, GetStreetlightRequest, GetStreetlightResponse, LightingCommand,
     ListSchedulesRequest, ListSchedulesResponse, PutScheduleRequest, RegisterStreetlightsRequest,
     RegisterStreetlightsResponse, ReportStatusRequest, ReportStatusResponse, SendCommandRequest, SendCommandResponse,
-    TelemetryError, TelemetryMessage, TelemetrySummary,
+    TelemetryMessage,
 };
+use proto::v1::StreamSummary;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -22,8 +23,6 @@ use crate::core::Lighting;
 
 /// Telemetry messages written between two flushes of the store.
 const TELEMETRY_GROUP_COMMIT: u64 = 256;
-/// Refusals listed in a telemetry summary (all are counted).
-const MAX_LISTED_ERRORS: usize = 100;
 
 pub struct LightingApi {
     core: Arc<Lighting>,
@@ -77,54 +76,19 @@ impl LightingService for LightingApi {
     async fn stream_telemetry(
         &self,
         request: Request<Streaming<TelemetryMessage>>,
-    ) -> Result<Response<TelemetrySummary>, Status> {
-        let mut stream = request.into_inner();
-        let mut summary = TelemetrySummary::default();
-        let mut index = 0u64;
-        let mut uncommitted = 0u64;
-        let refuse = |summary: &mut TelemetrySummary, index: u64, message: String| {
-            summary.refused += 1;
-            if summary.errors.len() < MAX_LISTED_ERRORS {
-                summary.errors.push(TelemetryError { index, message });
-            }
+    ) -> Result<Response<StreamSummary>, Status> {
+        let core = &self.core;
+        let record = |message: TelemetryMessage| match message.message {
+            Some(Telemetry::Status(report)) => core.record_status(Some(&report)).map(drop),
+            Some(Telemetry::Fault(fault)) => core.record_fault(Some(&fault)).map(drop),
+            None => Err(Status::invalid_argument("empty telemetry message: status or fault expected")),
         };
-        loop {
-            let message = match stream.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(status) => {
-                    // The stream itself is broken (undecodable, oversized, cut): keep what was
-                    // accepted, say why it ended.
-                    refuse(&mut summary, index, format!("stream ended: {}", status.message()));
-                    break;
-                }
-            };
-            let outcome = match message.message {
-                Some(Telemetry::Status(report)) => self.core.record_status(Some(&report)),
-                Some(Telemetry::Fault(fault)) => self.core.record_fault(Some(&fault)),
-                None => Err(Status::invalid_argument("empty telemetry message: status or fault expected")),
-            };
-            match outcome {
-                Ok(_) => {
-                    summary.accepted += 1;
-                    uncommitted += 1;
-                }
-                Err(status) => refuse(&mut summary, index, status.message().to_owned()),
-            }
-            index += 1;
-            if uncommitted >= TELEMETRY_GROUP_COMMIT {
-                self.core.settle()?;
-                self.core.commit().await?;
-                uncommitted = 0;
-            }
-        }
-        // Everything counted as accepted is durable before the summary is sent.
-        self.core.settle()?;
-        self.core.commit().await?;
-        if summary.refused > 0 {
-            tracing::info!(accepted = summary.accepted, refused = summary.refused, "telemetry stream with refusals");
-        }
-        Ok(Response::new(summary))
+        // Alarms are settled once per group: a feeder failure reported lamp by lamp is one alarm.
+        let commit = || async {
+            core.settle()?;
+            core.commit().await
+        };
+        Ok(Response::new(runtime::grpc::ingest(request.into_inner(), record, TELEMETRY_GROUP_COMMIT, commit).await?))
     }
 
     async fn send_command(

@@ -31,6 +31,61 @@ pub async fn serve(
     Ok(())
 }
 
+/// Refusals listed in a stream summary (all are counted).
+pub const MAX_LISTED_REFUSALS: usize = 100;
+
+/// Consumes a client stream of field data: `record` stores each message (or refuses it, and the
+/// stream goes on), `commit` makes what was recorded durable, every `group` accepted messages and
+/// at the end. The summary is returned only after the last commit, so `accepted` counts only
+/// what is durable. A broken stream (undecodable, cut) ends the loop; what was accepted stays.
+pub async fn ingest<M, R, C, F>(
+    mut stream: tonic::Streaming<M>,
+    mut record: R,
+    group: u64,
+    commit: C,
+) -> Result<proto::v1::StreamSummary, tonic::Status>
+where
+    R: FnMut(M) -> Result<(), tonic::Status>,
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut summary = proto::v1::StreamSummary::default();
+    let refuse = |summary: &mut proto::v1::StreamSummary, index: u64, message: String| {
+        summary.refused += 1;
+        if summary.errors.len() < MAX_LISTED_REFUSALS {
+            summary.errors.push(proto::v1::StreamRefusal { index, message });
+        }
+    };
+    let (mut index, mut uncommitted) = (0u64, 0u64);
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(status) => {
+                refuse(&mut summary, index, format!("stream ended: {}", status.message()));
+                break;
+            }
+        };
+        match record(message) {
+            Ok(()) => {
+                summary.accepted += 1;
+                uncommitted += 1;
+            }
+            Err(status) => refuse(&mut summary, index, status.message().to_owned()),
+        }
+        index += 1;
+        if uncommitted >= group {
+            commit().await?;
+            uncommitted = 0;
+        }
+    }
+    commit().await?;
+    if summary.refused > 0 {
+        tracing::info!(accepted = summary.accepted, refused = summary.refused, "stream with refusals");
+    }
+    Ok(summary)
+}
+
 /// [`serve`], but gives up on calls still in flight `timeout` after `shutdown` is cancelled.
 pub async fn serve_until_shutdown(
     listener: tokio::net::TcpListener,

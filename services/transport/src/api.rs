@@ -1,7 +1,8 @@
 //! The gRPC face of the transport service (`vigie.transport.v1.TransportService`).
 
 use proto::transport::transport_service_server::TransportService;
-use proto::transport::{ListVehiclesRequest, ListVehiclesResponse, PositionError, PositionSummary, VehiclePosition};
+use proto::transport::{ListVehiclesRequest, ListVehiclesResponse, VehiclePosition};
+use proto::v1::StreamSummary;
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -9,7 +10,6 @@ use crate::core::Transport;
 
 /// Positions written between two flushes of the store.
 const GROUP_COMMIT: u64 = 256;
-const MAX_LISTED_ERRORS: usize = 100;
 
 pub struct TransportApi {
     core: Arc<Transport>,
@@ -26,44 +26,11 @@ impl TransportService for TransportApi {
     async fn report_positions(
         &self,
         request: Request<Streaming<VehiclePosition>>,
-    ) -> Result<Response<PositionSummary>, Status> {
-        let mut stream = request.into_inner();
-        let mut summary = PositionSummary::default();
-        let (mut index, mut uncommitted) = (0u64, 0u64);
-        let refuse = |summary: &mut PositionSummary, index: u64, message: String| {
-            summary.refused += 1;
-            if summary.errors.len() < MAX_LISTED_ERRORS {
-                summary.errors.push(PositionError { index, message });
-            }
-        };
-        loop {
-            let position = match stream.message().await {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(status) => {
-                    refuse(&mut summary, index, format!("stream ended: {}", status.message()));
-                    break;
-                }
-            };
-            match self.core.record(&position) {
-                Ok(()) => {
-                    summary.accepted += 1;
-                    uncommitted += 1;
-                }
-                Err(status) => refuse(&mut summary, index, status.message().to_owned()),
-            }
-            index += 1;
-            if uncommitted >= GROUP_COMMIT {
-                self.core.commit().await?;
-                uncommitted = 0;
-            }
-        }
-        // Everything counted as accepted is durable before the summary is sent.
-        self.core.commit().await?;
-        if summary.refused > 0 {
-            tracing::info!(accepted = summary.accepted, refused = summary.refused, "position stream with refusals");
-        }
-        Ok(Response::new(summary))
+    ) -> Result<Response<StreamSummary>, Status> {
+        let core = &self.core;
+        let record = |position: VehiclePosition| core.record(&position);
+        let commit = || core.commit();
+        Ok(Response::new(runtime::grpc::ingest(request.into_inner(), record, GROUP_COMMIT, commit).await?))
     }
 
     async fn list_vehicles(
