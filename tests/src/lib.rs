@@ -22,6 +22,10 @@ pub use proto;
 /// How long any single wait in the harness may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// How long a test may read frames waiting for a condition, even while frames keep coming
+/// (periodic KPIs would otherwise keep a failing wait alive for ever).
+pub const UNTIL: Duration = Duration::from_secs(90);
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -477,20 +481,43 @@ impl LiveClient {
         }
     }
 
+    /// Reads frames until `done` is true for one; returns every frame read. Fails after
+    /// [`UNTIL`], even while frames keep coming.
+    pub async fn until(&mut self, mut done: impl FnMut(&serde_json::Value) -> bool) -> Result<Vec<serde_json::Value>> {
+        let deadline = Instant::now() + UNTIL;
+        let mut frames = Vec::new();
+        loop {
+            if Instant::now() > deadline {
+                let last: Vec<_> = frames.iter().rev().take(3).collect();
+                bail!("condition not met within {UNTIL:?}; last frames: {last:?}");
+            }
+            let frame = self.next().await?;
+            let stop = done(&frame);
+            frames.push(frame);
+            if stop {
+                return Ok(frames);
+            }
+        }
+    }
+
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.socket.send(tokio_tungstenite::tungstenite::Message::Text(text.into())).await?;
         Ok(())
     }
 
     /// Reads frames until `done` says so; returns the event id of every delta of this kind of
-    /// event seen meanwhile (in order).
+    /// event seen meanwhile (in order). Fails after [`UNTIL`], even while frames keep coming.
     pub async fn collect_event_ids(
         &mut self,
         kind: &str,
         mut done: impl FnMut(&[String]) -> bool,
     ) -> Result<Vec<String>> {
+        let deadline = Instant::now() + UNTIL;
         let mut ids = Vec::new();
         while !done(&ids) {
+            if Instant::now() > deadline {
+                bail!("condition not met within {UNTIL:?}; {} {kind} events seen", ids.len());
+            }
             let frame = self.next().await?;
             if frame["type"] == "delta" && frame["event"]["kind"] == kind {
                 let id = frame["event"]["id"].as_str().ok_or_else(|| anyhow!("delta without event id: {frame}"))?;

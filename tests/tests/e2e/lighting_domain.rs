@@ -47,20 +47,12 @@ fn supply_loss(id: &str, active: bool) -> TelemetryMessage {
     }
 }
 
-/// Reads frames until `done` is true for one; returns every frame read.
+/// Reads frames until `done` is true for one; returns every frame read (bounded in time).
 async fn read_until(
     live: &mut LiveClient,
-    mut done: impl FnMut(&serde_json::Value) -> bool,
+    done: impl FnMut(&serde_json::Value) -> bool,
 ) -> Result<Vec<serde_json::Value>> {
-    let mut frames = Vec::new();
-    loop {
-        let frame = live.next().await?;
-        let stop = done(&frame);
-        frames.push(frame);
-        if stop {
-            return Ok(frames);
-        }
-    }
+    live.until(done).await
 }
 
 #[tokio::test]

@@ -77,18 +77,16 @@ async fn a_report_reaches_connected_clients_and_later_snapshots() -> Result<()> 
     let event_id = client.report_status(report("EP00001", 0.4)).await?.into_inner().event_id;
 
     // The connected client sees the registrations, then the report, in increasing sequence.
+    let frames = early.until(|f| f["event"]["id"] == event_id.as_str()).await?;
     let mut last_seq = snapshot_seq;
-    let delta = loop {
-        let frame = early.next().await?;
+    for frame in &frames {
         assert_eq!(frame["v"], 1, "{frame}");
         assert_eq!(frame["type"], "delta", "{frame}");
         let seq = frame["seq"].as_u64().expect("delta seq");
         assert!(seq > last_seq, "sequence went from {last_seq} to {seq}");
         last_seq = seq;
-        if frame["event"]["id"] == event_id.as_str() {
-            break frame;
-        }
-    };
+    }
+    let delta = &frames[frames.len() - 1];
     assert_eq!(delta["event"]["kind"], "streetlight_status");
     assert_eq!(delta["event"]["domain"], "lighting");
     assert_eq!(delta["event"]["commune"], "34172");

@@ -72,13 +72,8 @@ async fn vehicles_move_live_off_route_alarms_raise_and_clear_bad_positions_are_c
     let summary =
         client.report_positions(futures::stream::iter(vec![position("V1", "T1", 400.0, 0.0)])).await?.into_inner();
     assert_eq!((summary.accepted, summary.refused), (1, 0), "{summary:?}");
-    let frame = loop {
-        let frame = live.next().await?;
-        if frame["asset"]["details"]["type"] == "vehicle" {
-            break frame;
-        }
-    };
-    let vehicle = &frame["asset"];
+    let frames = live.until(|f| f["asset"]["details"]["type"] == "vehicle").await?;
+    let vehicle = &frames[frames.len() - 1]["asset"];
     assert_eq!(vehicle["id"], "V1");
     assert_eq!(vehicle["commune"], "34172");
     assert_eq!(vehicle["details"]["trip_id"], "T1");
@@ -88,23 +83,15 @@ async fn vehicles_move_live_off_route_alarms_raise_and_clear_bad_positions_are_c
 
     // 200 m off its route: an alarm; back on it: cleared.
     client.report_positions(futures::stream::iter(vec![position("V1", "T1", 450.0, 200.0)])).await?;
-    let alarm = loop {
-        let frame = live.next().await?;
-        if frame["alarm"].is_object() {
-            break frame["alarm"].clone();
-        }
-    };
+    let frames = live.until(|f| f["alarm"].is_object()).await?;
+    let alarm = &frames[frames.len() - 1]["alarm"];
     assert_eq!(
         (alarm["key"].as_str(), alarm["severity"].as_str(), alarm["active"].as_bool()),
         (Some("transport/off_route/V1"), Some("major"), Some(true))
     );
     client.report_positions(futures::stream::iter(vec![position("V1", "T1", 500.0, 0.0)])).await?;
-    let cleared = loop {
-        let frame = live.next().await?;
-        if frame["alarm"].is_object() {
-            break frame["alarm"].clone();
-        }
-    };
+    let frames = live.until(|f| f["alarm"].is_object()).await?;
+    let cleared = &frames[frames.len() - 1]["alarm"];
     assert_eq!((cleared["key"].as_str(), cleared["active"].as_bool()), (Some("transport/off_route/V1"), Some(false)));
 
     // Bad positions are refused, counted, and do not end the stream.
