@@ -12,7 +12,16 @@ type Streetlight = {
   faults?: string[];
 };
 
-type Asset = { domain: string; id: string; commune: string; observed_at: string; details: Streetlight };
+type Vehicle = {
+  type: "vehicle";
+  label: string;
+  trip_id: string;
+  route_id: string;
+  delay_s: number | null;
+  offset_m: number;
+};
+
+type Asset = { domain: string; id: string; commune: string; observed_at: string; details: Streetlight | Vehicle };
 
 type Alarm = {
   key: string;
@@ -64,6 +73,11 @@ const ALARM_FR: Record<string, string> = {
   dimming_failure: "Défaut de gradation",
   low_power_factor: "Facteur de puissance bas",
   lamp_on_in_daytime: "Allumé en journée",
+  late: "Véhicule en retard",
+  off_route: "Hors itinéraire",
+  bunching: "Véhicules groupés",
+  gap: "Intervalle trop long",
+  not_reporting: "Véhicule muet",
 };
 const SEVERITY_FR: Record<string, string> = { critical: "Critique", major: "Majeure", minor: "Mineure", warning: "Avertissement" };
 const SEVERITY_RANK: Record<string, number> = { critical: 0, major: 1, minor: 2, warning: 3 };
@@ -103,8 +117,23 @@ function render() {
   const recent = [...assets.values()].sort((a, b) => (a.observed_at < b.observed_at ? 1 : -1)).slice(0, SHOWN);
   tbody.replaceChildren(
     ...recent.map((a) => {
-      const d = a.details;
       const tr = document.createElement("tr");
+      if (a.details.type === "vehicle") {
+        const v = a.details;
+        const delay = v.delay_s === null ? "—" : `${v.delay_s >= 0 ? "+" : "−"}${Math.round(Math.abs(v.delay_s) / 60)} min`;
+        if (v.delay_s !== null && v.delay_s > 300) tr.className = "fault";
+        tr.append(
+          cell(`${a.id} (ligne ${v.route_id}, course ${v.trip_id})`),
+          cell(a.commune),
+          cell(`Retard ${delay}`),
+          cell("—"),
+          cell("—"),
+          cell("—"),
+          cell(time(a.observed_at)),
+        );
+        return tr;
+      }
+      const d = a.details;
       if ((d.status && d.status !== "ok") || (d.faults && d.faults.length > 0)) tr.className = "fault";
       tr.append(
         cell(d.lamp_type ? `${a.id} (${d.lamp_type})` : a.id),
