@@ -65,8 +65,6 @@ pub enum ErrorCode {
     BadMessage,
     /// A protocol version the server does not speak.
     UnsupportedVersion,
-    /// A frame larger than [`MAX_CLIENT_FRAME_BYTES`].
-    TooLarge,
 }
 
 /// Every client frame: `{"v": 1, "type": ...}`.

@@ -576,7 +576,6 @@ fn command_event(command: &LightingCommand) -> Result<CheckedEvent, Status> {
     ))
 }
 
-/// Adds the alarm changes, and their events, to a batch.
 /// The lighting domain's alarm events.
 const ALARM_PAYLOADS: AlarmPayloads =
     AlarmPayloads { raised: Payload::LightingAlarmRaised, cleared: Payload::LightingAlarmCleared };
@@ -587,11 +586,6 @@ fn add_alarm_changes(
     changes: Vec<AlarmChange>,
     at: prost_types::Timestamp,
 ) -> Result<(), Status> {
-    for change in changes {
-        batch.events.push(
-            change.event(&ALARM_PAYLOADS, at).map_err(|e| Status::internal(format!("built an invalid event: {e}")))?,
-        );
-        batch.alarms.push(change.into_op());
-    }
-    Ok(())
+    runtime::alarms::announce(changes, &ALARM_PAYLOADS, at, &mut batch.events, &mut batch.alarms)
+        .map_err(|e| Status::internal(format!("built an invalid event: {e}")))
 }

@@ -50,6 +50,22 @@ impl AlarmChange {
     }
 }
 
+/// Turns rule decisions into the events that announce them and the store operations that keep
+/// them, in order.
+pub fn announce(
+    changes: Vec<AlarmChange>,
+    payloads: &AlarmPayloads,
+    at: prost_types::Timestamp,
+    events: &mut Vec<CheckedEvent>,
+    ops: &mut Vec<AlarmOp>,
+) -> Result<(), EventError> {
+    for change in changes {
+        events.push(change.event(payloads, at)?);
+        ops.push(change.into_op());
+    }
+    Ok(())
+}
+
 pub enum AlarmOp {
     Raise(ActiveAlarm),
     Clear(String),

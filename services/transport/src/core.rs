@@ -149,18 +149,14 @@ impl Transport {
 const ALARM_PAYLOADS: AlarmPayloads =
     AlarmPayloads { raised: Payload::TransportAlarmRaised, cleared: Payload::TransportAlarmCleared };
 
+/// Adds the alarm changes, and their events, to a batch.
 fn add_alarm_changes(
     batch: &mut WriteBatch,
     changes: Vec<AlarmChange>,
     at: prost_types::Timestamp,
 ) -> Result<(), Status> {
-    for change in changes {
-        batch.events.push(
-            change.event(&ALARM_PAYLOADS, at).map_err(|e| Status::internal(format!("built an invalid event: {e}")))?,
-        );
-        batch.alarms.push(change.into_op());
-    }
-    Ok(())
+    runtime::alarms::announce(changes, &ALARM_PAYLOADS, at, &mut batch.events, &mut batch.alarms)
+        .map_err(|e| Status::internal(format!("built an invalid event: {e}")))
 }
 
 /// Checks a position's fields; returns when it was measured.

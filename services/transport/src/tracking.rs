@@ -12,7 +12,7 @@ use proto::transport::{VehiclePosition, VehicleState};
 use proto::v1::{AlarmCleared, AlarmRaised, Position, Severity};
 use std::collections::{BTreeMap, HashMap};
 
-use crate::network::{Network, Trip};
+use crate::network::Network;
 use crate::rules::{self, Headway, RulesConfig};
 
 pub const DOMAIN: &str = "transport";
@@ -115,9 +115,9 @@ impl Tracker {
         }
         let vehicle = AssetId::parse_as("vehicle id", &position.vehicle_id).map_err(|e| Refused(e.to_string()))?;
         let previous = self.vehicles.get(vehicle.as_str()).cloned();
-        if previous.as_ref().is_some_and(|p| p.seen_unix_s > unix_s) {
+        if let Some(previous) = previous.as_ref().filter(|p| p.seen_unix_s > unix_s) {
             // A late position: an event, but not the vehicle's state.
-            return Ok((previous.unwrap_or_else(|| unreachable!()), Vec::new()));
+            return Ok((previous.clone(), Vec::new()));
         }
         let projection = trip
             .shape_id
@@ -304,16 +304,11 @@ impl Tracker {
     }
 }
 
-/// The trip a position names, for callers that need it before observing.
-pub fn trip_of<'a>(network: &'a Network, position: &VehiclePosition) -> Option<&'a Trip> {
-    network.trips.get(&position.trip_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::geometry::Polyline;
-    use crate::network::StopTime;
+    use crate::network::{StopTime, Trip};
     use chrono::NaiveDate;
 
     const DEG_PER_M_LON: f64 = 1.0 / (111_320.0 * 0.724_172_6); // cos(43.6°)
