@@ -152,13 +152,15 @@ impl LightingService for LightingApi {
         let mut inbound = request.into_inner();
         let controller_id = match inbound.message().await? {
             Some(ControllerMessage { message: Some(FromController::Hello(hello)) })
-                if !hello.controller_id.trim().is_empty() =>
+                if !hello.controller_id.trim().is_empty()
+                    && hello.controller_id.chars().count() <= 64
+                    && !hello.controller_id.chars().any(char::is_control) =>
             {
                 hello.controller_id
             }
             _ => {
                 return Err(Status::invalid_argument(
-                    "a controller session starts with a hello carrying the controller id",
+                    "a controller session starts with a hello carrying the controller id (1 to 64 characters of text)",
                 ));
             }
         };

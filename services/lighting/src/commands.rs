@@ -13,6 +13,12 @@ use crate::store::CommandRecord;
 
 /// Reasons kept per command (the counts are exact; the list is a sample for the operator).
 const MAX_FAILURE_REASONS: usize = 20;
+/// A controller's reason is text from outside: kept to this many characters, without controls.
+const MAX_REASON_CHARS: usize = 200;
+
+fn sanitized(reason: &str) -> String {
+    reason.chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect()
+}
 
 pub type InstructionSender = mpsc::Sender<Result<ControllerInstruction, Status>>;
 
@@ -120,7 +126,7 @@ impl CommandDesk {
             if remaining.remove(&failure.streetlight_id) {
                 command.lamps_failed += 1;
                 if command.failures.len() < MAX_FAILURE_REASONS {
-                    command.failures.push(format!("{}: {}", failure.streetlight_id, failure.reason));
+                    command.failures.push(format!("{}: {}", failure.streetlight_id, sanitized(&failure.reason)));
                 }
                 changed = true;
             }
@@ -231,6 +237,13 @@ mod tests {
         assert_eq!((c.lamps_applied, c.lamps_failed, c.status), (2, 1, CommandStatus::PartiallyApplied as i32));
         assert_eq!(c.failures, ["C: relay stuck"]);
         assert!(desk.expire("c1", now).is_none(), "finished commands do not expire");
+
+        // A controller's reason is bounded and stripped of control characters.
+        desk.track(record("c3", &["A"]));
+        let mut noisy = result("c3", &[], &["A"]);
+        noisy.failed[0].reason = format!("bad\n{}", "x".repeat(1000));
+        let c = desk.apply_result(&noisy, now).unwrap().command.unwrap();
+        assert_eq!(c.failures[0], format!("A: bad{}", "x".repeat(MAX_REASON_CHARS - 3)));
 
         desk.track(record("c2", &["A", "B"]));
         desk.apply_result(&result("c2", &["A"], &[]), now);

@@ -384,6 +384,13 @@ impl Lighting {
         }
         for o in &schedule.overrides {
             schedule::parse_night(&o.night_of)?;
+            if o.reason.chars().count() > domain::MAX_REASON_CHARS || o.reason.chars().any(char::is_control) {
+                return Err(Status::invalid_argument(format!(
+                    "override of {}: reason must be at most {} characters of text",
+                    o.night_of,
+                    domain::MAX_REASON_CHARS
+                )));
+            }
             schedule::validate_steps(&o.steps, &format!("override of {}", o.night_of))?;
         }
         if schedule.id.is_empty() {
