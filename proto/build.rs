@@ -1,4 +1,4 @@
-//! Compiles `vigie/**/*.proto` with protox (pure Rust, no `protoc`) and generates prost messages and
+//! Compiles `vigie/**/*.proto` (and the GTFS-Realtime messages of `transit_realtime/`) with protox (pure Rust, no `protoc`) and generates prost messages and
 //! tonic services. The encoded descriptor set is kept for gRPC server reflection.
 use prost::Message;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "vigie/v1/event.proto",
     "vigie/lighting/v1/lighting.proto",
     "vigie/transport/v1/transport.proto",
+    "transit_realtime/gtfs-realtime.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -127,6 +127,9 @@ impl OperationsView {
             Payload::StreetlightRegistered(_) | Payload::StreetlightStatus(_) | Payload::StreetlightFault(_) => {
                 self.asset(&summary, event)
             }
+            // Passenger information: published in the transport service's GTFS-Realtime feed, not
+            // (yet) part of the operations view.
+            Payload::ServiceAlertPublished(_) | Payload::ServiceAlertWithdrawn(_) => return None,
         };
         Some(Applied { event: summary, change })
     }

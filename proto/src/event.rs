@@ -19,6 +19,8 @@ pub enum EventKind {
     VehicleMoved,
     TransportAlarmRaised,
     TransportAlarmCleared,
+    ServiceAlertPublished,
+    ServiceAlertWithdrawn,
 }
 
 impl EventKind {
@@ -34,6 +36,8 @@ impl EventKind {
             EventKind::VehicleMoved => "vehicle_moved",
             EventKind::TransportAlarmRaised => "alarm_raised",
             EventKind::TransportAlarmCleared => "alarm_cleared",
+            EventKind::ServiceAlertPublished => "service_alert_published",
+            EventKind::ServiceAlertWithdrawn => "service_alert_withdrawn",
         }
     }
 
@@ -46,9 +50,11 @@ impl EventKind {
             | EventKind::LightingKpi
             | EventKind::LightingAlarmRaised
             | EventKind::LightingAlarmCleared => Domain::Lighting,
-            EventKind::VehicleMoved | EventKind::TransportAlarmRaised | EventKind::TransportAlarmCleared => {
-                Domain::Transport
-            }
+            EventKind::VehicleMoved
+            | EventKind::TransportAlarmRaised
+            | EventKind::TransportAlarmCleared
+            | EventKind::ServiceAlertPublished
+            | EventKind::ServiceAlertWithdrawn => Domain::Transport,
         }
     }
 }
@@ -66,6 +72,8 @@ impl Payload {
             Payload::VehicleMoved(_) => EventKind::VehicleMoved,
             Payload::TransportAlarmRaised(_) => EventKind::TransportAlarmRaised,
             Payload::TransportAlarmCleared(_) => EventKind::TransportAlarmCleared,
+            Payload::ServiceAlertPublished(_) => EventKind::ServiceAlertPublished,
+            Payload::ServiceAlertWithdrawn(_) => EventKind::ServiceAlertWithdrawn,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Vigie's contract, in one place.
 //!
-//! - [`v1`], [`lighting`]: the protobuf messages and gRPC services, generated from `proto/vigie/**`.
+//! - [`v1`], [`lighting`], [`transport`]: the protobuf messages and gRPC services, generated from
+//!   `proto/vigie/**`; [`transit_realtime`]: the GTFS-Realtime messages.
 //! - [`ids`]: commune (INSEE) and asset identifiers, validated before they touch a subject or a key.
 //! - [`subject`]: the NATS subject scheme and the JetStream stream; no other crate builds a subject.
 //! - [`event`]: building an [`v1::Event`] (id, times, domain and kind derived from the payload) and
@@ -32,11 +33,17 @@ pub mod vigie {
     }
 }
 
+/// GTFS-Realtime (`transit_realtime`), the standard feed the transport service publishes.
+pub mod transit_realtime {
+    tonic::include_proto!("transit_realtime");
+}
+
 pub use vigie::lighting::v1 as lighting;
 pub use vigie::transport::v1 as transport;
 pub use vigie::v1;
 
-/// Encoded `FileDescriptorSet` of every Vigie proto, for gRPC server reflection.
+/// Encoded `FileDescriptorSet` of every Vigie proto (and GTFS-Realtime's), for gRPC server reflection
+/// and the JSON views of protobuf data.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vigie_descriptor.bin"));
 
 /// Largest gRPC message a Vigie server accepts (4 MiB); larger ones get `RESOURCE_EXHAUSTED`.

@@ -1,17 +1,29 @@
 //! The service's core: validates positions, runs the tracker, and writes the vehicle state, the
 //! alarm changes and their events with the store, in the tracker's order (one lock around both).
+//! Also the service alerts, the predicted arrivals, the GTFS-Realtime feeds, the timetable day and
+//! the service's clock.
+//!
+//! The clock is the AVL's: the newest position time received, advanced by the wall time elapsed
+//! since. Live, it is the wall clock; when a simulator replays a past period faster than real
+//! time, silence and staleness are judged in the replayed time, as they were then.
 
 use proto::event::{self, CheckedEvent};
 use proto::ids::{AssetId, CommuneId};
+use proto::transit_realtime::FeedMessage;
+use proto::transport::{ServiceAlert, ServiceAlertPublished, ServiceAlertWithdrawn, StopArrival, TripArrivals};
 use proto::transport::{VehicleMoved, VehiclePosition, VehicleState};
 use proto::v1::Position;
 use proto::v1::event::Payload;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use territory::Territory;
 use tonic::Status;
 
+use crate::alerts::{self, Coverage};
+use crate::gtfs_rt::{self, Feed};
 use crate::network::Network;
+use crate::predict;
 use crate::store::{Store, StoreError, WriteBatch};
 use crate::tracking::{AlarmChange, Tracker};
 use runtime::alarms::AlarmPayloads;
@@ -19,12 +31,42 @@ use runtime::alarms::AlarmPayloads;
 /// How far in the future a position's time may be (clock skew of on-board units).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
+/// At most this many service alerts at once.
+pub const MAX_SERVICE_ALERTS: usize = 1_000;
+
+/// The timetable day turns at 03:00 local time: night trips past midnight (GTFS times beyond
+/// 24:00) still belong to the evening's service.
+const DAY_TURNS_AT_S: i64 = 3 * 3600;
+
 pub struct Transport {
     store: Store,
     territory: Arc<Territory>,
     network: Arc<Network>,
+    coverage: Coverage,
     time_zone: jiff::tz::TimeZone,
     tracker: Mutex<Tracker>,
+    service_alerts: Mutex<BTreeMap<String, ServiceAlert>>,
+    /// `None` until a position is heard (then the wall clock stands in).
+    clock: Mutex<Option<AvlClock>>,
+    day: Mutex<TimetableDay>,
+}
+
+/// The newest position time received, and when (monotonic).
+#[derive(Debug, Clone, Copy)]
+struct AvlClock {
+    latest_unix_s: f64,
+    received: Instant,
+}
+
+/// Which feed day's timetable runs on which calendar day.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimetableDay {
+    /// The calendar day (local) whose service runs now.
+    pub calendar: chrono::NaiveDate,
+    /// The feed day whose timetable it runs (the same day when the feed covers it).
+    pub timetable: chrono::NaiveDate,
+    /// Given by configuration: it never turns.
+    pub fixed: bool,
 }
 
 impl From<StoreError> for Status {
@@ -39,15 +81,59 @@ fn checked(event: proto::v1::Event) -> Result<CheckedEvent, Status> {
 }
 
 impl Transport {
+    /// Opens the core on a store, restoring its vehicles, alarms and service alerts. `day` is the
+    /// timetable day the tracker was built for.
     pub fn open(
         store: Store,
         territory: Arc<Territory>,
         network: Arc<Network>,
         time_zone: jiff::tz::TimeZone,
         mut tracker: Tracker,
+        day: TimetableDay,
     ) -> Result<Transport, StoreError> {
-        tracker.restore(store.vehicles()?, store.alarms()?);
-        Ok(Transport { store, territory, network, time_zone, tracker: Mutex::new(tracker) })
+        let vehicles = store.vehicles()?;
+        // The clock resumes from the newest position stored, not from the wall clock: a replay
+        // interrupted by a restart must not find every vehicle silent.
+        let clock = vehicles
+            .iter()
+            .map(|v| v.seen_unix_s)
+            .max()
+            .map(|latest| AvlClock { latest_unix_s: latest as f64, received: Instant::now() });
+        tracker.restore(vehicles, store.alarms()?);
+        let service_alerts = store.service_alerts()?.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let coverage = Coverage::new(&network, |lat, lon| territory.locate(lat, lon).map(|c| c.id.clone()));
+        Ok(Transport {
+            store,
+            territory,
+            network,
+            coverage,
+            time_zone,
+            tracker: Mutex::new(tracker),
+            service_alerts: Mutex::new(service_alerts),
+            clock: Mutex::new(clock),
+            day: Mutex::new(day),
+        })
+    }
+
+    /// The service's clock (see the module's documentation), POSIX seconds.
+    pub fn now_unix(&self) -> f64 {
+        match *lock(&self.clock) {
+            Some(clock) => clock.latest_unix_s + clock.received.elapsed().as_secs_f64(),
+            None => unix_f64(SystemTime::now()),
+        }
+    }
+
+    fn heard(&self, at: SystemTime) {
+        let at = unix_f64(at);
+        let mut clock = lock(&self.clock);
+        let ahead = clock.is_none_or(|c| at > c.latest_unix_s + c.received.elapsed().as_secs_f64());
+        if ahead {
+            *clock = Some(AvlClock { latest_unix_s: at, received: Instant::now() });
+        }
+    }
+
+    pub fn timetable_day(&self) -> TimetableDay {
+        *lock(&self.day)
     }
 
     pub fn store(&self) -> &Store {
@@ -55,7 +141,7 @@ impl Transport {
     }
 
     fn tracker(&self) -> MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.tracker)
     }
 
     pub async fn commit(&self) -> Result<(), Status> {
@@ -118,14 +204,16 @@ impl Transport {
         let mut batch = WriteBatch { vehicles: vec![tracked], events: vec![moved], ..Default::default() };
         add_alarm_changes(&mut batch, changes, event::timestamp(at))?;
         self.store.write(batch)?;
+        self.heard(at);
         Ok(())
     }
 
-    /// Raises `not_reporting` for vehicles gone silent, and commits.
-    pub async fn check_silence(&self, now: SystemTime) -> Result<(), Status> {
+    /// Raises `not_reporting` for vehicles gone silent (in the service's clock), and commits.
+    pub async fn check_silence(&self) -> Result<(), Status> {
+        let now_unix = self.now_unix();
+        let now = UNIX_EPOCH + Duration::from_secs_f64(now_unix.max(0.0));
         {
-            let unix = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let changes = self.tracker().silent(unix);
+            let changes = self.tracker().silent(now_unix as u64);
             if changes.is_empty() {
                 return Ok(());
             }
@@ -136,6 +224,186 @@ impl Transport {
         self.commit().await
     }
 
+    /// Turns the timetable day when the calendar day (in the feed's time zone, at 03:00) changed.
+    pub fn turn_day(&self) {
+        let now = UNIX_EPOCH + Duration::from_secs_f64(self.now_unix().max(0.0));
+        let mut day = lock(&self.day);
+        if day.fixed {
+            return;
+        }
+        let calendar = calendar_day(&self.time_zone, now);
+        if calendar == day.calendar {
+            return;
+        }
+        let timetable = self.network.service_day_for(calendar).unwrap_or(calendar);
+        self.tracker().set_service_day(&self.network, timetable);
+        tracing::info!(%calendar, %timetable, "timetable day turned");
+        *day = TimetableDay { calendar, timetable, fixed: false };
+    }
+
+    /// POSIX time of GTFS time 0 (noon minus 12 h) of a calendar day, in the feed's time zone.
+    fn day_origin(&self, day: chrono::NaiveDate) -> i64 {
+        use chrono::Datelike;
+        let noon = jiff::civil::date(day.year() as i16, day.month() as i8, day.day() as i8).at(12, 0, 0, 0);
+        noon.to_zoned(self.time_zone.clone()).map(|z| z.timestamp().as_second()).unwrap_or(0) - 12 * 3600
+    }
+
+    /// The arrivals of a trip at its stops still ahead (see [`predict::arrivals`]).
+    pub fn trip_arrivals(&self, trip_id: &str) -> Result<TripArrivals, Status> {
+        let trip = self
+            .network
+            .trips
+            .get(trip_id)
+            .ok_or_else(|| Status::not_found(format!("trip {trip_id:?} is not in the timetable")))?;
+        let vehicle = self
+            .tracker()
+            .vehicles()
+            .filter(|v| v.state.position.as_ref().is_some_and(|p| p.trip_id == trip_id))
+            .max_by_key(|v| v.seen_unix_s)
+            .cloned();
+        let calendar = self.timetable_day().calendar;
+        let origin =
+            vehicle.as_ref().map_or_else(|| self.day_origin(calendar), |v| (v.seen_unix_s as f64 - v.service_s) as i64);
+        let service_day = jiff::Timestamp::from_second(origin + 12 * 3600)
+            .map(|t| t.to_zoned(self.time_zone.clone()).date().to_string())
+            .unwrap_or_default();
+        let timestamp = |s: i64| prost_types::Timestamp { seconds: s, nanos: 0 };
+        let arrivals = predict::arrivals(trip, vehicle.as_ref(), origin)
+            .into_iter()
+            .map(|a| StopArrival {
+                stop_name: self.network.stops.get(&a.stop_id).map(|s| s.name.clone()).unwrap_or_default(),
+                stop_id: a.stop_id,
+                stop_sequence: a.stop_sequence,
+                scheduled_arrival: Some(timestamp(a.scheduled_unix)),
+                predicted_arrival: a.predicted_unix.map(timestamp),
+                delay_s: a.delay_s,
+            })
+            .collect();
+        Ok(TripArrivals {
+            trip_id: trip.id.clone(),
+            route_id: trip.route_id.clone(),
+            vehicle_id: vehicle.and_then(|v| v.state.position.map(|p| p.vehicle_id)).unwrap_or_default(),
+            service_day,
+            arrivals,
+        })
+    }
+
+    /// One of the GTFS-Realtime feeds, now (in the service's clock).
+    pub fn feed(&self, feed: Feed) -> FeedMessage {
+        let now_unix = self.now_unix();
+        match feed {
+            Feed::VehiclePositions => {
+                gtfs_rt::vehicle_positions(self.tracker().vehicles(), &self.network, &self.time_zone, now_unix as u64)
+            }
+            Feed::TripUpdates => {
+                gtfs_rt::trip_updates(self.tracker().vehicles(), &self.network, &self.time_zone, now_unix as u64)
+            }
+            Feed::Alerts => gtfs_rt::alerts(
+                lock(&self.service_alerts).values(),
+                UNIX_EPOCH + Duration::from_secs_f64(now_unix.max(0.0)),
+            ),
+        }
+    }
+
+    /// Publishes (or replaces) a service alert: stored with one event per commune it concerns
+    /// (and a withdrawal for the communes a replaced version concerned and this one does not).
+    pub async fn publish_alert(&self, alert: ServiceAlert) -> Result<ServiceAlert, Status> {
+        let now = SystemTime::now();
+        let alert = alerts::validate(alert, &self.network, &self.coverage, now).map_err(Status::invalid_argument)?;
+        if alerts::has_ended(&alert, now) {
+            return Err(Status::invalid_argument(format!("alert {}: every active period has ended", alert.id)));
+        }
+        {
+            let mut all = lock(&self.service_alerts);
+            let previous = all.get(&alert.id);
+            if previous.is_none() && all.len() >= MAX_SERVICE_ALERTS {
+                return Err(Status::resource_exhausted(format!(
+                    "{MAX_SERVICE_ALERTS} service alerts are published already; withdraw some first"
+                )));
+            }
+            let mut events = Vec::new();
+            for commune in &alert.communes {
+                let payload = Payload::ServiceAlertPublished(ServiceAlertPublished { alert: Some(alert.clone()) });
+                events.push(self.alert_event(commune, &alert.id, now, payload)?);
+            }
+            for commune in previous.iter().flat_map(|p| &p.communes).filter(|c| !alert.communes.contains(c)) {
+                let reason = "the new version of the alert no longer concerns this commune";
+                let payload = Payload::ServiceAlertWithdrawn(ServiceAlertWithdrawn {
+                    id: alert.id.clone(),
+                    reason: reason.into(),
+                });
+                events.push(self.alert_event(commune, &alert.id, now, payload)?);
+            }
+            let batch = WriteBatch {
+                service_alerts: vec![(alert.id.clone(), Some(alert.clone()))],
+                events,
+                ..Default::default()
+            };
+            self.store.write(batch)?;
+            all.insert(alert.id.clone(), alert.clone());
+        }
+        self.commit().await?;
+        tracing::info!(id = %alert.id, communes = ?alert.communes, "service alert published");
+        Ok(alert)
+    }
+
+    /// Withdraws a service alert (not committed: the caller commits).
+    fn withdraw(&self, id: &str, reason: &str, now: SystemTime) -> Result<bool, Status> {
+        let mut all = lock(&self.service_alerts);
+        let Some(alert) = all.get(id) else { return Ok(false) };
+        let events = alert
+            .communes
+            .iter()
+            .map(|commune| {
+                let payload = Payload::ServiceAlertWithdrawn(ServiceAlertWithdrawn {
+                    id: id.to_owned(),
+                    reason: reason.to_owned(),
+                });
+                self.alert_event(commune, id, now, payload)
+            })
+            .collect::<Result<_, _>>()?;
+        self.store.write(WriteBatch { service_alerts: vec![(id.to_owned(), None)], events, ..Default::default() })?;
+        all.remove(id);
+        Ok(true)
+    }
+
+    pub async fn withdraw_alert(&self, id: &str, reason: &str) -> Result<(), Status> {
+        alerts::check_reason(reason).map_err(Status::invalid_argument)?;
+        let reason = if reason.trim().is_empty() { "withdrawn" } else { reason.trim() };
+        if !self.withdraw(id, reason, SystemTime::now())? {
+            return Err(Status::not_found(format!("no service alert {id:?}")));
+        }
+        self.commit().await?;
+        tracing::info!(%id, %reason, "service alert withdrawn");
+        Ok(())
+    }
+
+    /// Withdraws the alerts whose every period has ended.
+    pub async fn expire_alerts(&self) -> Result<(), Status> {
+        let now = UNIX_EPOCH + Duration::from_secs_f64(self.now_unix().max(0.0));
+        let ended: Vec<String> =
+            lock(&self.service_alerts).values().filter(|a| alerts::has_ended(a, now)).map(|a| a.id.clone()).collect();
+        if ended.is_empty() {
+            return Ok(());
+        }
+        for id in &ended {
+            self.withdraw(id, "its active periods have ended", now)?;
+        }
+        self.commit().await?;
+        tracing::info!(alerts = ?ended, "service alerts ended");
+        Ok(())
+    }
+
+    pub fn service_alerts(&self) -> Vec<ServiceAlert> {
+        lock(&self.service_alerts).values().cloned().collect()
+    }
+
+    fn alert_event(&self, commune: &str, id: &str, at: SystemTime, payload: Payload) -> Result<CheckedEvent, Status> {
+        let commune = CommuneId::parse(commune).map_err(|e| Status::internal(e.to_string()))?;
+        let asset = AssetId::parse(id).map_err(|e| Status::internal(e.to_string()))?;
+        checked(event::new_event(&commune, &asset, event::timestamp(at), None, payload))
+    }
+
     pub fn vehicles(&self, route_id: &str) -> Vec<VehicleState> {
         self.tracker()
             .vehicles()
@@ -143,6 +411,21 @@ impl Transport {
             .map(|v| v.state.clone())
             .collect()
     }
+}
+
+/// The calendar day whose service runs at `at` in a time zone (the day turns at 03:00 local time).
+pub fn calendar_day(time_zone: &jiff::tz::TimeZone, at: SystemTime) -> chrono::NaiveDate {
+    let unix = unix_f64(at) as i64 - DAY_TURNS_AT_S;
+    let date = jiff::Timestamp::from_second(unix).map(|t| t.to_zoned(time_zone.clone()).date()).unwrap_or_default();
+    chrono::NaiveDate::from_ymd_opt(i32::from(date.year()), date.month() as u32, date.day() as u32).unwrap_or_default()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_f64(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The transport domain's alarm events.

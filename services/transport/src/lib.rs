@@ -6,16 +6,21 @@
 //! - [`rules`]: schedule adherence, headway classification (bunching, gaps), off route, silent
 //!   vehicles. Pure, table-tested.
 //! - [`tracking`]: each position becomes a vehicle state and alarm changes. Pure.
+//! - [`predict`]: predicted arrivals at the stops ahead. Pure.
+//! - [`alerts`]: service alerts checked against the timetable, and the communes they concern. Pure.
+//! - [`gtfs_rt`]: the GTFS-Realtime feeds built from the vehicles and alerts. Pure.
 //! - [`store`]: the sled database (the only module that sees sled).
-//! - [`core`]: validation → tracker → store, in one order; [`api`]: the gRPC service.
-//!
-//! Still to come (issue 4): the GTFS-Realtime feed over HTTP, service alerts, predicted arrivals,
-//! and the simulator's vehicles.
+//! - [`core`]: validation → tracker → store, in one order; the service's clock and timetable day.
+//! - [`api`]: the gRPC service; [`http`]: the GTFS-Realtime feeds over HTTP.
 
+pub mod alerts;
 pub mod api;
 pub mod core;
 pub mod geometry;
+pub mod gtfs_rt;
+pub mod http;
 pub mod network;
+pub mod predict;
 pub mod rules;
 pub mod store;
 pub mod tracking;
@@ -36,6 +41,10 @@ pub struct Config {
     /// Address of the gRPC server. Port 0 picks a free port (logged at start).
     #[arg(long, env = "VIGIE_TRANSPORT_GRPC_ADDR", default_value = "127.0.0.1:50062")]
     pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP server (GTFS-Realtime feeds). Port 0 picks a free port (logged).
+    #[arg(long, env = "VIGIE_TRANSPORT_HTTP_ADDR", default_value = "127.0.0.1:8062")]
+    pub http_addr: SocketAddr,
 
     /// Folder of the service's sled database (created if missing).
     #[arg(long, env = "VIGIE_TRANSPORT_STORE", default_value = "var/transport")]
@@ -58,7 +67,13 @@ pub struct Config {
     pub common: CommonConfig,
 }
 
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the service on its two listeners (gRPC, HTTP) until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    http_listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if !(config.late_s.is_finite() && config.late_s > 60.0) {
         anyhow::bail!("--late-s must be more than 60");
     }
@@ -89,35 +104,42 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             jiff::tz::TimeZone::UTC
         }
     };
-    let today = {
-        let now = jiff::Timestamp::now().to_zoned(time_zone.clone()).date();
-        chrono::NaiveDate::from_ymd_opt(
-            i32::from(now.year()),
-            u32::try_from(now.month()).unwrap_or(1),
-            u32::try_from(now.day()).unwrap_or(1),
-        )
-        .unwrap_or_default()
-    };
-    let service_day = config.service_day.or_else(|| network.service_day_for(today)).unwrap_or(today);
-    tracing::info!(%today, %service_day, "timetable day");
-    let tracker = tracking::Tracker::new(
-        tracking::TrackerConfig { late_s: config.late_s, ..Default::default() },
-        &network,
-        service_day,
-    );
+    let tracker_config = tracking::TrackerConfig { late_s: config.late_s, ..Default::default() };
 
     let db = sled::Config::new()
         .path(&config.store)
         .open()
         .with_context(|| format!("opening the store {}", config.store.display()))?;
     let store = store::Store::open(&db).context("opening the store's trees")?;
-    let core =
-        Arc::new(core::Transport::open(store.clone(), Arc::new(territory), Arc::new(network), time_zone, tracker)?);
+    // The tracker starts on today's timetable; the core turns the day at 03:00 (see core).
+    let today = core::calendar_day(&time_zone, std::time::SystemTime::now());
+    let timetable = config.service_day.or_else(|| network.service_day_for(today)).unwrap_or(today);
+    let day = core::TimetableDay { calendar: today, timetable, fixed: config.service_day.is_some() };
+    tracing::info!(calendar = %today, %timetable, fixed = day.fixed, "timetable day");
+    let tracker = tracking::Tracker::new(tracker_config, &network, timetable);
+    let core = Arc::new(core::Transport::open(
+        store.clone(),
+        Arc::new(territory),
+        Arc::new(network),
+        time_zone,
+        tracker,
+        day,
+    )?);
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-transport").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
     let background = CancellationToken::new();
-    let silence = tokio::spawn(watch_silence(core.clone(), background.clone()));
+    let housekeeping = tokio::spawn(housekeeping(core.clone(), background.clone()));
+    tracing::info!(addr = %http_listener.local_addr()?, "HTTP listening (GTFS-Realtime)");
+    let http = {
+        let stop = background.clone();
+        let app = http::router(core.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
 
     let server = TransportServiceServer::new(api::TransportApi::new(core))
         .max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
@@ -127,7 +149,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let timeout = config.common.shutdown_timeout;
     let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
     background.cancel();
-    let _ = silence.await;
+    let _ = housekeeping.await;
+    let _ = http.await;
     relay.finish().await;
     runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;
@@ -135,16 +158,21 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     served
 }
 
-/// Looks for silent vehicles every 15 s.
-async fn watch_silence(core: Arc<core::Transport>, stop: CancellationToken) {
+/// Every 15 s: turns the timetable day when it changed, looks for silent vehicles, and withdraws
+/// the service alerts that have ended.
+async fn housekeeping(core: Arc<core::Transport>, stop: CancellationToken) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(15));
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(e) = core.check_silence(std::time::SystemTime::now()).await {
+        core.turn_day();
+        if let Err(e) = core.check_silence().await {
             tracing::warn!(error = %e, "checking for silent vehicles failed");
+        }
+        if let Err(e) = core.expire_alerts().await {
+            tracing::warn!(error = %e, "withdrawing ended service alerts failed");
         }
     }
 }

@@ -8,7 +8,8 @@ async fn main() -> ExitCode {
     let result = async {
         let shutdown = runtime::shutdown::on_signal()?;
         let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-        transport::run(config, listener, shutdown).await
+        let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+        transport::run(config, listener, http_listener, shutdown).await
     };
     match result.await {
         Ok(()) => ExitCode::SUCCESS,

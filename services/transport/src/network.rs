@@ -17,6 +17,8 @@ pub enum FeedError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub id: String,
+    /// The agency running it (the feed's only agency when routes.txt leaves it out).
+    pub agency_id: String,
     pub short_name: String,
     pub long_name: String,
     /// GTFS `route_type` (0 tram, 3 bus, ...).
@@ -65,6 +67,7 @@ struct ServiceCalendar {
 #[derive(Debug, Default)]
 pub struct Network {
     pub agencies: Vec<String>,
+    pub agency_ids: std::collections::BTreeSet<String>,
     /// The feed's time zone (first agency's `agency_timezone`), e.g. "Europe/Paris".
     pub timezone: String,
     pub routes: HashMap<String, Route>,
@@ -88,8 +91,13 @@ impl Network {
         let gtfs = gtfs_structures::GtfsReader::default().read_from_path(path).map_err(|e| feed_error(&name, e))?;
         let mut network = Network {
             agencies: gtfs.agencies.iter().map(|a| a.name.clone()).collect(),
+            agency_ids: gtfs.agencies.iter().filter_map(|a| a.id.clone()).collect(),
             timezone: gtfs.agencies.first().map(|a| a.timezone.clone()).unwrap_or_default(),
             ..Default::default()
+        };
+        let only_agency = match &gtfs.agencies[..] {
+            [only] => only.id.clone(),
+            _ => None,
         };
         for (id, r) in &gtfs.routes {
             let route_type = route_type_number(&r.route_type);
@@ -97,6 +105,7 @@ impl Network {
                 id.clone(),
                 Route {
                     id: id.clone(),
+                    agency_id: r.agency_id.clone().or_else(|| only_agency.clone()).unwrap_or_default(),
                     short_name: r.short_name.clone().unwrap_or_default(),
                     long_name: r.long_name.clone().unwrap_or_default(),
                     route_type,

@@ -1,9 +1,9 @@
-//! The transport service's sled database: vehicles, active alarms and the outbox. The only module
+//! The transport service's sled database: vehicles, active alarms, service alerts and the outbox. The only module
 //! that sees sled; every change is written with its events in one transaction.
 
 use prost::Message;
 use proto::event::CheckedEvent;
-use proto::transport::VehicleState;
+use proto::transport::{ServiceAlert, VehicleState};
 use runtime::outbox::{Outbox, PreparedEntry};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -42,6 +42,8 @@ struct VehicleRecord {
 pub struct WriteBatch {
     pub vehicles: Vec<Tracked>,
     pub alarms: Vec<AlarmOp>,
+    /// Service alerts to store (`Some`) or remove (`None`), by id.
+    pub service_alerts: Vec<(String, Option<ServiceAlert>)>,
     pub events: Vec<CheckedEvent>,
 }
 
@@ -49,6 +51,7 @@ pub struct WriteBatch {
 pub struct Store {
     vehicles: sled::Tree,
     alarms: sled::Tree,
+    service_alerts: sled::Tree,
     outbox: Outbox,
 }
 
@@ -58,7 +61,12 @@ fn vehicle_key(t: &Tracked) -> Vec<u8> {
 
 impl Store {
     pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
-        Ok(Store { vehicles: db.open_tree("vehicles")?, alarms: db.open_tree("alarms")?, outbox: Outbox::open(db)? })
+        Ok(Store {
+            vehicles: db.open_tree("vehicles")?,
+            alarms: db.open_tree("alarms")?,
+            service_alerts: db.open_tree("service_alerts")?,
+            outbox: Outbox::open(db)?,
+        })
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -90,6 +98,19 @@ impl Store {
         })
     }
 
+    pub fn service_alerts(&self) -> Result<Vec<ServiceAlert>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.service_alerts.iter() {
+            let (key, value) = item?;
+            out.push(ServiceAlert::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
+                what: "service alert",
+                key: String::from_utf8_lossy(&key).into_owned(),
+                message: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
     /// Writes a batch and its events in one transaction (durable at the next [`Store::commit`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let entries: Vec<PreparedEntry> =
@@ -104,12 +125,21 @@ impl Store {
             })
             .collect();
         let alarms: Vec<EncodedOp> = batch.alarms.iter().map(AlarmOp::encode).collect();
-        (&self.vehicles, &self.alarms, self.outbox.tree()).transaction(|(t_vehicles, t_alarms, t_outbox)| {
+        let service_alerts: Vec<(&str, Option<Vec<u8>>)> =
+            batch.service_alerts.iter().map(|(id, a)| (id.as_str(), a.as_ref().map(Message::encode_to_vec))).collect();
+        let trees = (&self.vehicles, &self.alarms, &self.service_alerts, self.outbox.tree());
+        trees.transaction(|(t_vehicles, t_alarms, t_service_alerts, t_outbox)| {
             for (k, v) in &vehicles {
                 t_vehicles.insert(k.as_slice(), v.as_slice())?;
             }
             for op in &alarms {
                 op.stage(t_alarms)?;
+            }
+            for (id, alert) in &service_alerts {
+                match alert {
+                    Some(bytes) => t_service_alerts.insert(id.as_bytes(), bytes.as_slice())?,
+                    None => t_service_alerts.remove(id.as_bytes())?,
+                };
             }
             for entry in &entries {
                 entry.stage(t_outbox)?;

@@ -8,7 +8,7 @@
 //! the stops it passes), `not_reporting` (see [`Tracker::silent`]).
 
 use proto::ids::{AlarmKey, AssetId, CommuneId};
-use proto::transport::{VehiclePosition, VehicleState};
+use proto::transport::{VehiclePosition, VehicleState, VehicleStopStatus};
 use proto::v1::{AlarmCleared, AlarmRaised, Position, Severity};
 use std::collections::{BTreeMap, HashMap};
 
@@ -60,19 +60,13 @@ pub struct Refused(pub String);
 impl Tracker {
     /// A tracker for the trips of one service day.
     pub fn new(config: TrackerConfig, network: &Network, service_day: chrono::NaiveDate) -> Tracker {
-        let mut scheduled: HashMap<(String, u32, String), Vec<u32>> = HashMap::new();
-        for trip in network.trips.values().filter(|t| network.runs_on(&t.service_id, service_day)) {
-            for st in &trip.stop_times {
-                scheduled
-                    .entry((trip.route_id.clone(), u32::from(trip.direction), st.stop_id.clone()))
-                    .or_default()
-                    .push(st.departure_s);
-            }
-        }
-        for times in scheduled.values_mut() {
-            times.sort_unstable();
-        }
-        Tracker { config, scheduled, ..Default::default() }
+        Tracker { config, scheduled: scheduled_passages(network, service_day), ..Default::default() }
+    }
+
+    /// Moves to another service day's timetable (the scheduled headways change; vehicles, their
+    /// alarms and the latest passages stay).
+    pub fn set_service_day(&mut self, network: &Network, service_day: chrono::NaiveDate) {
+        self.scheduled = scheduled_passages(network, service_day);
     }
 
     pub fn restore(&mut self, vehicles: Vec<Tracked>, alarms: Vec<ActiveAlarm>) {
@@ -136,6 +130,11 @@ impl Tracker {
             offset_m,
             headway_s: None,
             scheduled_headway_s: None,
+            trip_finished: trip.stop_times.last().is_some_and(|last| {
+                position.current_stop_sequence >= last.sequence
+                    && (position.current_status == VehicleStopStatus::StoppedAt as i32
+                        || last.dist_m.is_some_and(|d| projection.is_some_and(|p| p.along_m >= d - 30.0)))
+            }),
         };
         let mut changes = Vec::new();
         let here = Some(Position { lat: position.lat, lon: position.lon });
@@ -226,12 +225,13 @@ impl Tracker {
         Ok((tracked, changes))
     }
 
-    /// Vehicles silent for longer than the configured time raise `not_reporting` (once).
+    /// Vehicles silent for longer than the configured time raise `not_reporting` (once); one that
+    /// finished its trip is not expected to report until its next.
     pub fn silent(&mut self, now_unix_s: u64) -> Vec<AlarmChange> {
         let silent: Vec<(AssetId, CommuneId, Option<Position>)> = self
             .vehicles
             .iter()
-            .filter(|(_, v)| rules::is_silent(v.seen_unix_s, now_unix_s, &self.config.rules))
+            .filter(|(_, v)| !v.state.trip_finished && rules::is_silent(v.seen_unix_s, now_unix_s, &self.config.rules))
             .filter_map(|(id, v)| {
                 let p = v.state.position.as_ref()?;
                 Some((
@@ -302,6 +302,23 @@ impl Tracker {
         };
         Some(AlarmChange::Cleared { alarm, cleared })
     }
+}
+
+/// (route, direction, stop) -> the scheduled departures of one service day, sorted.
+fn scheduled_passages(network: &Network, service_day: chrono::NaiveDate) -> HashMap<(String, u32, String), Vec<u32>> {
+    let mut scheduled: HashMap<(String, u32, String), Vec<u32>> = HashMap::new();
+    for trip in network.trips.values().filter(|t| network.runs_on(&t.service_id, service_day)) {
+        for st in &trip.stop_times {
+            scheduled
+                .entry((trip.route_id.clone(), u32::from(trip.direction), st.stop_id.clone()))
+                .or_default()
+                .push(st.departure_s);
+        }
+    }
+    for times in scheduled.values_mut() {
+        times.sort_unstable();
+    }
+    scheduled
 }
 
 #[cfg(test)]
@@ -445,6 +462,20 @@ mod tests {
         t.observe(&n, &at("V2", "T2", 1_990.0, 0.0, 3), &c, 29_990.0, 6).unwrap();
         let (_, changes) = t.observe(&n, &at("V2", "T2", 2_000.0, 0.0, 4), &c, 30_000.0, 7).unwrap();
         assert!(kinds(&changes).contains(&"-transport/bunching/V2".to_owned()), "{changes:?}");
+    }
+
+    #[test]
+    fn a_vehicle_at_its_terminus_is_not_expected_to_report() {
+        let n = network();
+        let mut t = tracker(&n);
+        let c = commune();
+        let mut end = at("V1", "T1", 2_000.0, 0.0, 3);
+        end.current_status = VehicleStopStatus::StoppedAt as i32;
+        let (tracked, _) = t.observe(&n, &end, &c, 29_400.0, 1_000).unwrap();
+        assert!(tracked.state.trip_finished);
+        let (tracked, _) = t.observe(&n, &at("V2", "T2", 1_000.0, 0.0, 2), &c, 29_700.0, 1_000).unwrap();
+        assert!(!tracked.state.trip_finished, "mid-trip");
+        assert_eq!(kinds(&t.silent(5_000)), ["+transport/not_reporting/V2"], "only the vehicle still on its trip");
     }
 
     #[test]

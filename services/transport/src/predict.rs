@@ -1,0 +1,151 @@
+//! Predicted arrivals, pure: the stops of a trip still ahead of its vehicle, with the vehicle's
+//! current delay carried forward (the method most AVL systems publish; it neither catches up
+//! recovery time nor adds dwell, and says so by being simple).
+
+use proto::transport::VehicleStopStatus;
+
+use crate::network::Trip;
+use crate::tracking::Tracked;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predicted {
+    pub stop_id: String,
+    pub stop_sequence: u32,
+    /// POSIX seconds.
+    pub scheduled_unix: i64,
+    /// POSIX seconds; `None` without a vehicle delay.
+    pub predicted_unix: Option<i64>,
+    pub delay_s: Option<f64>,
+}
+
+/// The arrivals of `trip` still to come. `vehicle` is the one running it, if any; without it every
+/// stop is listed with its scheduled time only. `origin_unix` is the POSIX time of the service
+/// day's GTFS time 0, used when no vehicle gives it (a vehicle's own origin is its observation
+/// time minus its service time, which keeps its day right after midnight).
+pub fn arrivals(trip: &Trip, vehicle: Option<&Tracked>, origin_unix: i64) -> Vec<Predicted> {
+    let Some(vehicle) = vehicle else {
+        return trip
+            .stop_times
+            .iter()
+            .map(|st| Predicted {
+                stop_id: st.stop_id.clone(),
+                stop_sequence: st.sequence,
+                scheduled_unix: origin_unix + i64::from(st.arrival_s),
+                predicted_unix: None,
+                delay_s: None,
+            })
+            .collect();
+    };
+    if vehicle.state.trip_finished {
+        return Vec::new();
+    }
+    let origin = (vehicle.seen_unix_s as f64 - vehicle.service_s).round() as i64;
+    let position = vehicle.state.position.as_ref();
+    let sequence = position.map(|p| p.current_stop_sequence).unwrap_or(0);
+    let stopped = position.is_some_and(|p| p.current_status == VehicleStopStatus::StoppedAt as i32);
+    let along = vehicle.state.along_m;
+    let ahead = |st: &&crate::network::StopTime| {
+        if sequence > 0 {
+            st.sequence > sequence || (st.sequence == sequence && !stopped)
+        } else {
+            st.dist_m.is_none_or(|d| d > along)
+        }
+    };
+    let delay = vehicle.state.delay_s;
+    trip.stop_times
+        .iter()
+        .filter(ahead)
+        .map(|st| {
+            let scheduled = origin + i64::from(st.arrival_s);
+            Predicted {
+                stop_id: st.stop_id.clone(),
+                stop_sequence: st.sequence,
+                scheduled_unix: scheduled,
+                // Never in the past of the observation: a vehicle cannot have arrived already.
+                predicted_unix: delay.map(|d| (scheduled + d.round() as i64).max(vehicle.seen_unix_s as i64)),
+                delay_s: delay,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::StopTime;
+    use proto::transport::{VehiclePosition, VehicleState};
+
+    /// Stops at 0, 1,000 and 2,000 m, due 08:00, 08:05 and 08:10.
+    fn trip() -> Trip {
+        Trip {
+            id: "T1".into(),
+            route_id: "R".into(),
+            service_id: "S".into(),
+            direction: 0,
+            shape_id: None,
+            headsign: String::new(),
+            stop_times: (0..3)
+                .map(|i| StopTime {
+                    stop_id: format!("S{i}"),
+                    sequence: i + 1,
+                    arrival_s: 28_800 + i * 300,
+                    departure_s: 28_800 + i * 300,
+                    dist_m: Some(f64::from(i) * 1_000.0),
+                })
+                .collect(),
+        }
+    }
+
+    /// Day origin: 1,000,000; observed at 08:06 (service time 29,160).
+    fn vehicle(sequence: u32, status: VehicleStopStatus, along_m: f64, delay_s: Option<f64>) -> Tracked {
+        Tracked {
+            state: VehicleState {
+                position: Some(VehiclePosition {
+                    current_stop_sequence: sequence,
+                    current_status: status as i32,
+                    ..Default::default()
+                }),
+                along_m,
+                delay_s,
+                ..Default::default()
+            },
+            service_s: 29_160.0,
+            seen_unix_s: 1_029_160,
+        }
+    }
+
+    fn summary(p: &[Predicted]) -> Vec<(u32, i64, Option<i64>)> {
+        p.iter()
+            .map(|p| (p.stop_sequence, p.scheduled_unix - 1_000_000, p.predicted_unix.map(|t| t - 1_000_000)))
+            .collect()
+    }
+
+    #[test]
+    fn arrivals_table() {
+        use VehicleStopStatus::*;
+        let t = trip();
+        let cases = [
+            (vehicle(3, InTransitTo, 1_300.0, Some(120.0)), vec![(3, 29_400, Some(29_520))], "2 min late, going to S2"),
+            (vehicle(2, StoppedAt, 1_000.0, Some(60.0)), vec![(3, 29_400, Some(29_460))], "at S1: S2 is next"),
+            (
+                vehicle(2, InTransitTo, 900.0, Some(-30.0)),
+                vec![(2, 29_100, Some(29_160)), (3, 29_400, Some(29_370))],
+                "early: never before the observation",
+            ),
+            (
+                vehicle(0, Unspecified, 1_500.0, Some(0.0)),
+                vec![(3, 29_400, Some(29_400))],
+                "no stop sequence: by distance",
+            ),
+            (vehicle(3, InTransitTo, 1_300.0, None), vec![(3, 29_400, None)], "no adherence: scheduled only"),
+        ];
+        for (v, expected, why) in cases {
+            assert_eq!(summary(&arrivals(&t, Some(&v), 0)), expected, "{why}");
+        }
+        let mut finished = vehicle(3, StoppedAt, 2_000.0, Some(0.0));
+        finished.state.trip_finished = true;
+        assert!(arrivals(&t, Some(&finished), 0).is_empty());
+        let none = arrivals(&t, None, 1_000_000);
+        assert_eq!(summary(&none), [(1, 28_800, None), (2, 29_100, None), (3, 29_400, None)]);
+    }
+}
