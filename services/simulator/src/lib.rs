@@ -2,8 +2,13 @@
 //! gRPC APIs, at a configurable rate, reproducibly (seeded).
 //!
 //! - [`lighting`]: the real streetlight inventory and the reports of a lighting controller.
+//! - [`transport`]: vehicles running the real timetable, with delays, breakdowns and bunching.
+//!
+//! Each part runs when the territory has its layer. Lighting follows the wall clock (the real sun);
+//! transport follows a [`transport::SimClock`] that may replay the recent past faster.
 
 pub mod lighting;
+pub mod transport;
 
 use anyhow::Context;
 use proto::lighting::command_action::Action;
@@ -58,6 +63,35 @@ pub struct Config {
     #[arg(long, env = "VIGIE_SIM_COMMAND_FAILURE", default_value_t = 0.02)]
     pub command_failure: f64,
 
+    /// gRPC endpoint of the transport service.
+    #[arg(long, env = "VIGIE_SIM_TRANSPORT_URL", default_value = "http://127.0.0.1:50062")]
+    pub transport_url: String,
+
+    /// Transport: start this long ago (e.g. 2h), to replay the recent past; see --speed.
+    #[arg(long, env = "VIGIE_SIM_REPLAY_FROM", value_parser = runtime::config::parse_duration, default_value = "0s")]
+    pub replay_from: Duration,
+
+    /// Transport: simulated time runs this many times faster than real time until it catches up
+    /// with the present (positions are never in the future), then in real time.
+    #[arg(long, env = "VIGIE_SIM_SPEED", default_value_t = 1.0)]
+    pub speed: f64,
+
+    /// Transport: simulated seconds between two position reports of a vehicle.
+    #[arg(long, env = "VIGIE_SIM_REPORT_S", default_value_t = 15.0)]
+    pub report_s: f64,
+
+    /// Transport: vehicle breakdowns per simulated hour, over the whole fleet.
+    #[arg(long, env = "VIGIE_SIM_BREAKDOWNS_PER_HOUR", default_value_t = 2.0)]
+    pub breakdowns_per_hour: f64,
+
+    /// Transport: simulated time between the starts of two bunching episodes (0s: none).
+    #[arg(long, env = "VIGIE_SIM_BUNCHING_EVERY", value_parser = runtime::config::parse_duration, default_value = "20m")]
+    pub bunching_every: Duration,
+
+    /// Transport: share of trips that drift far late.
+    #[arg(long, env = "VIGIE_SIM_LATE_TRIPS", default_value_t = 0.03)]
+    pub late_trips: f64,
+
     /// Seed of the random generators: the same seed plays the same sequence.
     #[arg(long, env = "VIGIE_SIM_SEED", default_value_t = 1)]
     pub seed: u64,
@@ -91,14 +125,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    for (name, p) in [("--lamp-failure", config.lamp_failure), ("--command-failure", config.command_failure)] {
+    for (name, p) in [
+        ("--lamp-failure", config.lamp_failure),
+        ("--command-failure", config.command_failure),
+        ("--late-trips", config.late_trips),
+    ] {
         if !(0.0..=1.0).contains(&p) {
             anyhow::bail!("{name} must be between 0 and 1");
         }
     }
     let non_negative = |x: f64| x.is_finite() && x >= 0.0;
-    if !non_negative(config.lighting_rate) || !non_negative(config.feeder_failures_per_hour) {
-        anyhow::bail!("--lighting-rate and --feeder-failures-per-hour must be numbers >= 0");
+    if !non_negative(config.lighting_rate)
+        || !non_negative(config.feeder_failures_per_hour)
+        || !non_negative(config.breakdowns_per_hour)
+    {
+        anyhow::bail!("--lighting-rate, --feeder-failures-per-hour and --breakdowns-per-hour must be numbers >= 0");
+    }
+    if !(config.speed.is_finite() && (1.0..=1000.0).contains(&config.speed)) {
+        anyhow::bail!("--speed must be between 1 and 1000");
+    }
+    if !(config.report_s.is_finite() && (1.0..=300.0).contains(&config.report_s)) {
+        anyhow::bail!("--report-s must be between 1 and 300 seconds");
     }
     let shutdown = match config.duration {
         Some(d) => {
@@ -112,6 +159,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => shutdown,
     };
+    let transport = if config.territory.join("transit/gtfs.zip").is_file() {
+        let settings = transport::TransportSettings {
+            url: config.transport_url.clone(),
+            report_s: config.report_s,
+            breakdowns_per_hour: config.breakdowns_per_hour,
+            bunching_every: config.bunching_every,
+            late_trips: config.late_trips,
+            seed: config.seed,
+        };
+        let clock = transport::SimClock::new(config.replay_from, config.speed);
+        let (territory, stop) = (config.territory.clone(), shutdown.clone());
+        Some(tokio::spawn(async move { transport::run(settings, &territory, clock, stop).await }))
+    } else {
+        tracing::warn!("no transit layer in this territory: nothing to simulate for transport");
+        None
+    };
+    let lighting = run_lighting(&config, &shutdown).await;
+    if lighting.is_err() {
+        shutdown.cancel();
+    }
+    if let Some(transport) = transport {
+        let transport = transport.await.context("the transport simulation panicked")?;
+        lighting?;
+        return transport;
+    }
+    lighting
+}
+
+async fn run_lighting(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let shutdown = shutdown.clone();
+    let config = config.clone();
     let inventory_path = config.territory.join("lighting/streetlights.geojson");
     if !inventory_path.is_file() {
         tracing::warn!(path = %inventory_path.display(), "no streetlight inventory in this territory: nothing to simulate for lighting");
@@ -120,7 +198,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let lights = lighting::read_inventory(&inventory_path)?;
     tracing::info!(streetlights = lights.len(), "inventory read");
-    let mut client = connect(&config.lighting_url, &shutdown).await?;
+    let channel = connect(&config.lighting_url, "lighting", &shutdown).await?;
+    let mut client = LightingServiceClient::new(channel).max_encoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let mut registered = 0;
     for batch in lights.chunks(REGISTRATION_BATCH) {
         let reply = client
@@ -322,19 +401,18 @@ fn apply(field: &Field, instruction: &ControllerInstruction, rng: &mut impl Rng,
     result
 }
 
-/// Connects, retrying while the service starts.
-async fn connect(url: &str, shutdown: &CancellationToken) -> anyhow::Result<Client> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).context("--lighting-url")?;
+/// Connects to a service (`what`: its domain), retrying while it starts.
+async fn connect(url: &str, what: &str, shutdown: &CancellationToken) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(url.to_owned()).with_context(|| format!("--{what}-url {url:?}"))?;
     loop {
         match endpoint.connect().await {
-            Ok(channel) => {
-                return Ok(LightingServiceClient::new(channel).max_encoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES));
-            }
-            Err(e) => tracing::info!(error = %e, url, "lighting service not reachable yet"),
+            Ok(channel) => return Ok(channel),
+            Err(e) => tracing::info!(error = %e, url, "{what} service not reachable yet"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.cancelled() => anyhow::bail!("interrupted before the lighting service was reachable"),
+            _ = shutdown.cancelled() => anyhow::bail!("interrupted before the {what} service was reachable"),
         }
     }
 }

@@ -47,6 +47,21 @@ impl Polyline {
         self.points.is_empty()
     }
 
+    /// The point `along_m` metres along the polyline (clamped to its ends), and the bearing there
+    /// (degrees clockwise from north). `None` for an empty polyline.
+    pub fn point_at(&self, along_m: f64) -> Option<(f64, f64, f64)> {
+        let first = *self.points.first()?;
+        let i = self.cumulative_m.partition_point(|&c| c < along_m).clamp(1, self.points.len().max(2) - 1);
+        let (Some(&a), Some(&b)) = (self.points.get(i - 1), self.points.get(i)) else {
+            return Some((first.0, first.1, 0.0));
+        };
+        let length = self.cumulative_m[i] - self.cumulative_m[i - 1];
+        let t = if length > 0.0 { ((along_m - self.cumulative_m[i - 1]) / length).clamp(0.0, 1.0) } else { 0.0 };
+        let (dx, dy) = local_m(a.0, a, b);
+        let bearing = dx.atan2(dy).to_degrees().rem_euclid(360.0);
+        Some((a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1), bearing))
+    }
+
     /// The nearest point of the polyline to (lat, lon). `None` for an empty polyline.
     pub fn project(&self, lat: f64, lon: f64) -> Option<Projection> {
         let p = (lat, lon);
@@ -98,5 +113,11 @@ mod tests {
             assert!((p.along_m - along).abs() < 1.0 && (p.offset_m - offset).abs() < 1.0, "{why}: {p:?}");
         }
         assert!(Polyline::new(vec![]).project(43.6, 3.87).is_none());
+        // And back: the point 250 m along lies on the line, heading east.
+        let (lat, lon, bearing) = l.point_at(250.0).unwrap();
+        let p = l.project(lat, lon).unwrap();
+        assert!((p.along_m - 250.0).abs() < 0.5 && p.offset_m < 0.5 && (bearing - 90.0).abs() < 0.1, "{p:?} {bearing}");
+        let (_, lon_end, _) = l.point_at(5_000.0).unwrap();
+        assert!((lon_end - (3.87 + 1000.0 * m_lon)).abs() < 1e-9, "clamped to the end");
     }
 }

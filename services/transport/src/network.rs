@@ -218,8 +218,7 @@ impl Network {
     }
 
     /// Adds a service running every day of a period (tests build small networks by hand).
-    #[cfg(test)]
-    pub(crate) fn add_daily_service(&mut self, service_id: &str, start: NaiveDate, end: NaiveDate) {
+    pub fn add_daily_service(&mut self, service_id: &str, start: NaiveDate, end: NaiveDate) {
         self.calendars.insert(service_id.to_owned(), ServiceCalendar { weekdays: [true; 7], start, end });
     }
 

@@ -5,3 +5,4 @@ mod console;
 mod lighting_domain;
 mod lighting_slice;
 mod transport;
+mod transport_simulated;

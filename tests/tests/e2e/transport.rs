@@ -6,7 +6,7 @@ use anyhow::Result;
 use proto::transport::{ListVehiclesRequest, VehiclePosition};
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tests::{Slice, TransportClient, test_territory};
+use tests::{Slice, test_territory};
 
 const DEG_PER_M_LON: f64 = 1.0 / (111_320.0 * 0.724_172_6); // cos(43.6°)
 
@@ -63,8 +63,8 @@ async fn vehicles_move_live_off_route_alarms_raise_and_clear_bad_positions_are_c
     let territory = test_territory()?;
     write_feed(territory.path())?;
     let slice = Slice::start_in(territory).await?;
-    let (_transport, addr) = slice.start_transport().await?;
-    let mut client = TransportClient::connect(format!("http://{addr}")).await?;
+    let transport = slice.start_transport().await?;
+    let mut client = transport.client().await?;
     let mut live = slice.live_client().await?;
     assert_eq!(live.next().await?["type"], "snapshot");
 
