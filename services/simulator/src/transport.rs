@@ -625,7 +625,7 @@ mod tests {
             route: "R".into(),
             direction: 0,
             start_s,
-            end_s: start_s + 1_080.0,
+            end_s: start_s + 1_320.0,
             target_delay_s: 0.0,
             active: false,
             done: false,

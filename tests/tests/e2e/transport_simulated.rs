@@ -224,6 +224,8 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     transport.http_addr = transport.process.wait_for_addr("HTTP listening", from)?;
     transport.grpc_addr = transport.process.wait_for_addr("gRPC listening", from)?;
     let mut client = transport.client().await?;
+    let restored = client.list_vehicles(ListVehiclesRequest::default()).await?.into_inner().vehicles;
+    assert_eq!(restored, vehicles, "the vehicles are restored as they were");
     let alerts = feed(&transport.http_addr, "alerts")?;
     let alert = &entities(&alerts)[0]["alert"];
     assert_eq!(alert["cause"], "CONSTRUCTION");
