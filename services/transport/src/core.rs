@@ -404,12 +404,19 @@ impl Transport {
         checked(event::new_event(&commune, &asset, event::timestamp(at), None, payload))
     }
 
+    /// The vehicles (of a route, or all), sorted by id.
     pub fn vehicles(&self, route_id: &str) -> Vec<VehicleState> {
-        self.tracker()
+        let mut vehicles: Vec<VehicleState> = self
+            .tracker()
             .vehicles()
             .filter(|v| route_id.is_empty() || v.state.route_id == route_id)
             .map(|v| v.state.clone())
-            .collect()
+            .collect();
+        vehicles.sort_by(|a, b| {
+            let id = |v: &VehicleState| v.position.as_ref().map(|p| p.vehicle_id.clone()).unwrap_or_default();
+            id(a).cmp(&id(b))
+        });
+        vehicles
     }
 }
 
