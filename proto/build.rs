@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "vigie/v1/event.proto",
     "vigie/lighting/v1/lighting.proto",
     "vigie/transport/v1/transport.proto",
+    "vigie/reports/v1/reports.proto",
     "transit_realtime/gtfs-realtime.proto",
 ];
 

@@ -5,7 +5,7 @@ use proto::event::CheckedEvent;
 use proto::lighting::{CommandStatus, LampStatus, LightingCommand, PowerState, TalqFault};
 use proto::live::{
     AlarmState, AssetDetails, AssetState, CommandAction, CommandState, CommandTarget, EventSummary, KpiState, LatLon,
-    StreetlightDetails, VehicleDetails,
+    ReportDetails, StreetlightDetails, VehicleDetails,
 };
 use proto::v1::event::Payload;
 use proto::v1::{AlarmCleared, AlarmRaised, Severity};
@@ -130,6 +130,11 @@ impl OperationsView {
             // Passenger information: published in the transport service's GTFS-Realtime feed, not
             // (yet) part of the operations view.
             Payload::ServiceAlertPublished(_) | Payload::ServiceAlertWithdrawn(_) => return None,
+            Payload::ReportCreated(proto::reports::ReportCreated { request: Some(request) })
+            | Payload::ReportUpdated(proto::reports::ReportUpdated { request: Some(request), .. }) => {
+                self.report(&summary, event, request)
+            }
+            Payload::ReportCreated(_) | Payload::ReportUpdated(_) => return None,
         };
         Some(Applied { event: summary, change })
     }
@@ -239,6 +244,38 @@ impl OperationsView {
                 Change::Asset(key, asset)
             }
         }
+    }
+
+    fn report(&mut self, summary: &EventSummary, event: &CheckedEvent, r: &proto::reports::ServiceRequest) -> Change {
+        let key = asset_key(&summary.domain, &summary.asset_id);
+        let status = proto::reports::ReportStatus::try_from(r.status).unwrap_or_default();
+        let details = ReportDetails {
+            service_request_id: r.service_request_id.clone(),
+            service_code: r.service_code.clone(),
+            service_name: r.service_name.clone(),
+            status: status.open311().to_owned(),
+            detailed_status: status.token().to_owned(),
+            status_notes: r.status_notes.clone(),
+            description: r.description.clone(),
+            address: r.address.clone(),
+            media_url: r.media_url.clone(),
+            requested_at: rfc3339(r.requested_datetime.as_ref()),
+            duplicate_of: r.duplicate_of.clone(),
+            duplicate_count: r.duplicate_count,
+            linked_alarm_key: r.linked_alarm_key.clone(),
+        };
+        let asset = AssetState {
+            domain: summary.domain.clone(),
+            id: summary.asset_id.clone(),
+            commune: summary.commune.clone(),
+            position: event.event.position.map(|p| LatLon { lat: p.lat, lon: p.lon }),
+            observed_at: summary.observed_at.clone(),
+            recorded_at: summary.recorded_at.clone(),
+            last_event_id: summary.id.clone(),
+            details: AssetDetails::Report(details),
+        };
+        self.assets.insert(key.clone(), asset.clone());
+        Change::Asset(key, asset)
     }
 
     fn raise(&mut self, summary: &EventSummary, event: &CheckedEvent, raised: &AlarmRaised) -> Change {

@@ -21,6 +21,8 @@ pub enum EventKind {
     TransportAlarmCleared,
     ServiceAlertPublished,
     ServiceAlertWithdrawn,
+    ReportCreated,
+    ReportUpdated,
 }
 
 impl EventKind {
@@ -38,6 +40,8 @@ impl EventKind {
             EventKind::TransportAlarmCleared => "alarm_cleared",
             EventKind::ServiceAlertPublished => "service_alert_published",
             EventKind::ServiceAlertWithdrawn => "service_alert_withdrawn",
+            EventKind::ReportCreated => "report_created",
+            EventKind::ReportUpdated => "report_updated",
         }
     }
 
@@ -55,6 +59,7 @@ impl EventKind {
             | EventKind::TransportAlarmCleared
             | EventKind::ServiceAlertPublished
             | EventKind::ServiceAlertWithdrawn => Domain::Transport,
+            EventKind::ReportCreated | EventKind::ReportUpdated => Domain::Reports,
         }
     }
 }
@@ -74,6 +79,8 @@ impl Payload {
             Payload::TransportAlarmCleared(_) => EventKind::TransportAlarmCleared,
             Payload::ServiceAlertPublished(_) => EventKind::ServiceAlertPublished,
             Payload::ServiceAlertWithdrawn(_) => EventKind::ServiceAlertWithdrawn,
+            Payload::ReportCreated(_) => EventKind::ReportCreated,
+            Payload::ReportUpdated(_) => EventKind::ReportUpdated,
         }
     }
 }

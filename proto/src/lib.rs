@@ -1,6 +1,6 @@
 //! Vigie's contract, in one place.
 //!
-//! - [`v1`], [`lighting`], [`transport`]: the protobuf messages and gRPC services, generated from
+//! - [`v1`], [`lighting`], [`transport`], [`reports`]: the protobuf messages and gRPC services, generated from
 //!   `proto/vigie/**`; [`transit_realtime`]: the GTFS-Realtime messages.
 //! - [`ids`]: commune (INSEE) and asset identifiers, validated before they touch a subject or a key.
 //! - [`subject`]: the NATS subject scheme and the JetStream stream; no other crate builds a subject.
@@ -11,6 +11,7 @@
 pub mod event;
 pub mod ids;
 pub mod live;
+mod report_status;
 pub mod subject;
 
 /// Generated code; modules mirror the proto packages (generated paths rely on it).
@@ -31,6 +32,12 @@ pub mod vigie {
             tonic::include_proto!("vigie.transport.v1");
         }
     }
+    pub mod reports {
+        /// Citizen reports (`vigie.reports.v1`).
+        pub mod v1 {
+            tonic::include_proto!("vigie.reports.v1");
+        }
+    }
 }
 
 /// GTFS-Realtime (`transit_realtime`), the standard feed the transport service publishes.
@@ -39,6 +46,7 @@ pub mod transit_realtime {
 }
 
 pub use vigie::lighting::v1 as lighting;
+pub use vigie::reports::v1 as reports;
 pub use vigie::transport::v1 as transport;
 pub use vigie::v1;
 

@@ -120,6 +120,31 @@ pub struct AssetState {
 pub enum AssetDetails {
     Streetlight(StreetlightDetails),
     Vehicle(VehicleDetails),
+    Report(ReportDetails),
+}
+
+/// A citizen report (Open311 service request), without its reporter's contact.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReportDetails {
+    pub service_request_id: String,
+    pub service_code: String,
+    pub service_name: String,
+    /// Open311 status: `open` or `closed`.
+    pub status: String,
+    /// The lifecycle state: `open`, `confirmed`, `investigating`, `action_scheduled`,
+    /// `in_progress`, `fixed`, `closed`, `duplicate`, `not_responsible`.
+    pub detailed_status: String,
+    pub status_notes: String,
+    pub description: String,
+    pub address: String,
+    pub media_url: String,
+    /// RFC 3339.
+    pub requested_at: String,
+    /// The original report, when this one is its duplicate.
+    pub duplicate_of: String,
+    pub duplicate_count: u32,
+    /// The alarm of another domain this report is about.
+    pub linked_alarm_key: String,
 }
 
 /// A vehicle in service (GTFS-Realtime VehiclePosition, plus what the service derives).

@@ -51,6 +51,11 @@ pub fn domain_events(domain: Domain) -> String {
     format!("{}.>", domain.token())
 }
 
+/// One kind of event of one domain, all communes (e.g. every lighting `alarm_raised`).
+pub fn kind_events(domain: Domain, kind: &str) -> String {
+    format!("{}.*.{kind}", domain.token())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,27 @@ impl StreetIndex {
         self.names.is_empty()
     }
 
+    /// The street named in an address (the longest street name the address contains, case and
+    /// accents ignored), with the middle of each of its segments (lat, lon).
+    pub fn find_in_address(&self, address: &str) -> Option<(&str, Vec<(f64, f64)>)> {
+        let padded = format!(" {} ", normalize(address));
+        let (id, _) = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i, normalize(n)))
+            .filter(|(_, n)| n.len() >= 4 && padded.contains(&format!(" {n} ")))
+            .max_by_key(|(_, n)| n.len())?;
+        let m_per_deg_lon = 111_320.0 * self.lat0.to_radians().cos();
+        let points = self
+            .segments
+            .iter()
+            .filter(|s| s.4 == id)
+            .map(|&(x1, y1, x2, y2, _)| ((y1 + y2) / 2.0 / 111_132.0, (x1 + x2) / 2.0 / m_per_deg_lon))
+            .collect();
+        Some((self.names[id].as_str(), points))
+    }
+
     /// The name of the street nearest to the point, if one is within `max_m` metres.
     pub fn nearest(&self, lat: f64, lon: f64, max_m: f64) -> Option<&str> {
         let (x, y) = self.project(lat, lon);
@@ -106,6 +127,32 @@ impl StreetIndex {
         }
         best.map(|(_, name)| self.names[name].as_str())
     }
+}
+
+/// A name as compared for search: lower case, without accents, words separated by one space.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars().flat_map(char::to_lowercase) {
+        let c = match c {
+            'à' | 'â' | 'ä' | 'á' | 'ã' => 'a',
+            'ç' => 'c',
+            'é' | 'è' | 'ê' | 'ë' => 'e',
+            'î' | 'ï' | 'í' => 'i',
+            'ô' | 'ö' | 'ó' => 'o',
+            'ù' | 'û' | 'ü' | 'ú' => 'u',
+            'ÿ' => 'y',
+            'œ' => {
+                out.push('o');
+                'e'
+            }
+            c if c.is_alphanumeric() => c,
+            _ => ' ',
+        };
+        if c != ' ' || !out.ends_with(' ') {
+            out.push(c);
+        }
+    }
+    out.trim().to_owned()
 }
 
 fn cell(x: f64, y: f64) -> (i64, i64) {
@@ -143,5 +190,20 @@ mod tests {
         for ((lat, lon), expected) in cases {
             assert_eq!(index.nearest(lat, lon, 30.0), expected, "({lat}, {lon})");
         }
+    }
+
+    #[test]
+    fn a_street_is_found_in_an_address() {
+        let text = r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"name":"Rue de la Loge"},"geometry":{"type":"LineString","coordinates":[[3.870,43.601],[3.880,43.601]]}},
+          {"type":"Feature","properties":{"name":"Rue de l'Église"},"geometry":{"type":"LineString","coordinates":[[3.870,43.600],[3.872,43.600]]}},
+          {"type":"Feature","properties":{"name":"Rue"},"geometry":{"type":"LineString","coordinates":[[3.870,43.600],[3.872,43.600]]}}]}"#;
+        let index = StreetIndex::parse(text).unwrap();
+        let (name, points) = index.find_in_address("12, RUE DE LA LOGE 34000 Montpellier").unwrap();
+        assert_eq!(name, "Rue de la Loge");
+        assert!((points[0].0 - 43.601).abs() < 1e-9 && (points[0].1 - 3.875).abs() < 1e-9, "{points:?}");
+        assert_eq!(index.find_in_address("3 rue de l eglise").unwrap().0, "Rue de l'Église", "accents and apostrophes");
+        assert!(index.find_in_address("Rue de la Logette").is_none(), "whole words only");
+        assert_eq!(normalize("  Œuvre  d'Art—Saint-Éloi "), "oeuvre d art saint eloi");
     }
 }

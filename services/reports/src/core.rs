@@ -1,0 +1,470 @@
+//! The service's core: routes a report to its commune, checks it, links duplicates and known lamp
+//! faults, and writes it with its events (flushed before the answer). Both faces (Open311 HTTP and
+//! gRPC) call it.
+
+use proto::event::{self, CheckedEvent};
+use proto::ids::{AssetId, CommuneId};
+use proto::reports::{
+    CreateRequestRequest, CreateRequestResponse, ListRequestsRequest, ReportCreated, ReportStatus, ReportUpdated,
+    ServiceDefinition, ServiceRequest, StatusChange,
+};
+use proto::v1::Position;
+use proto::v1::event::Payload;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use territory::Territory;
+use territory::streets::{StreetIndex, normalize};
+
+use crate::catalogue::Catalogue;
+use crate::domain::{self, DUPLICATE_RADIUS_M};
+use crate::store::{Store, StoreError};
+
+/// Requests listed without ids or dates cover this much (GeoReport v2 suggests 90 days).
+pub const DEFAULT_LIST_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The client's fault: 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the reports store could not complete the write: {0}")]
+    Store(#[from] StoreError),
+    #[error("built an invalid event: {0}")]
+    Event(String),
+}
+
+impl From<ReportError> for tonic::Status {
+    fn from(e: ReportError) -> tonic::Status {
+        match e {
+            ReportError::Invalid(m) => tonic::Status::invalid_argument(m),
+            ReportError::NotFound(m) => tonic::Status::not_found(m),
+            ReportError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                tonic::Status::unavailable(e.to_string())
+            }
+            ReportError::Event(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+/// A lighting alarm the service heard of: where, and in which commune.
+#[derive(Debug, Clone)]
+struct LampAlarm {
+    commune: String,
+    lat: f64,
+    lon: f64,
+}
+
+struct State {
+    requests: BTreeMap<u64, ServiceRequest>,
+    tokens: HashMap<String, u64>,
+    next_id: u64,
+}
+
+pub struct Reports {
+    store: Store,
+    territory: Arc<Territory>,
+    streets: Option<StreetIndex>,
+    catalogue: Catalogue,
+    /// Services whose reports are about a lamp (linked to lighting alarms nearby).
+    lighting_services: Vec<String>,
+    state: tokio::sync::Mutex<State>,
+    lamp_alarms: Mutex<HashMap<String, LampAlarm>>,
+}
+
+fn invalid(m: impl Into<String>) -> ReportError {
+    ReportError::Invalid(m.into())
+}
+
+/// A request as anyone may see it: without its reporter's contact.
+pub fn public(r: &ServiceRequest) -> ServiceRequest {
+    ServiceRequest { contact: None, ..r.clone() }
+}
+
+impl Reports {
+    pub fn open(
+        store: Store,
+        territory: Arc<Territory>,
+        streets: Option<StreetIndex>,
+        catalogue: Catalogue,
+        lighting_services: Vec<String>,
+    ) -> Result<Reports, StoreError> {
+        let mut requests = BTreeMap::new();
+        let mut tokens = HashMap::new();
+        for r in store.requests()? {
+            let Ok(id) = r.service_request_id.parse::<u64>() else { continue };
+            tokens.insert(r.token.clone(), id);
+            requests.insert(id, r);
+        }
+        let next_id = requests.keys().next_back().map_or(1, |last| last + 1);
+        Ok(Reports {
+            store,
+            territory,
+            streets,
+            catalogue,
+            lighting_services,
+            state: tokio::sync::Mutex::new(State { requests, tokens, next_id }),
+            lamp_alarms: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn territory(&self) -> &Territory {
+        &self.territory
+    }
+
+    /// The services of a commune (all communes share them unless configured otherwise).
+    pub fn services(&self, commune: &str) -> Result<&[ServiceDefinition], ReportError> {
+        if !commune.is_empty() {
+            self.commune(commune)?;
+        }
+        Ok(self.catalogue.services(commune))
+    }
+
+    fn commune(&self, id: &str) -> Result<&territory::Commune, ReportError> {
+        CommuneId::parse(id)
+            .ok()
+            .and_then(|c| self.territory.commune(&c))
+            .ok_or_else(|| ReportError::NotFound(format!("jurisdiction_id {id:?} is not a commune of this territory")))
+    }
+
+    /// Places an address on the territory's streets: the street it names, in the commune it names
+    /// (or `commune`, or the only one the street runs through).
+    fn geocode(&self, address: &str, commune: &str) -> Result<(f64, f64), ReportError> {
+        let streets = self.streets.as_ref().ok_or_else(|| {
+            invalid("this territory has no street layer to place an address_string: give lat and long")
+        })?;
+        let (street, points) = streets
+            .find_in_address(address)
+            .ok_or_else(|| invalid(format!("no street of the territory found in {address:?}: give lat and long")))?;
+        let mut by_commune: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for p in points {
+            if let Some(c) = self.territory.locate(p.0, p.1) {
+                by_commune.entry(c.id.to_string()).or_default().push(p);
+            }
+        }
+        let padded = format!(" {} ", normalize(address));
+        let named = || {
+            by_commune
+                .keys()
+                .filter(|id| {
+                    CommuneId::parse(id)
+                        .ok()
+                        .and_then(|c| self.territory.commune(&c))
+                        .is_some_and(|c| padded.contains(&format!(" {} ", normalize(&c.name))))
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let chosen = if !commune.is_empty() {
+            commune.to_owned()
+        } else if by_commune.len() == 1 {
+            by_commune.keys().next().cloned().unwrap_or_default()
+        } else {
+            match &named()[..] {
+                [one] => one.clone(),
+                _ => {
+                    let names: Vec<&str> = by_commune.keys().map(String::as_str).collect();
+                    return Err(invalid(format!(
+                        "{street} runs through several communes ({}): name the commune, or give lat and long",
+                        names.join(", ")
+                    )));
+                }
+            }
+        };
+        let points = by_commune
+            .get(&chosen)
+            .ok_or_else(|| invalid(format!("{street} does not run through commune {chosen}")))?;
+        Ok(points[points.len() / 2])
+    }
+
+    /// Accepts a citizen's report: durable (flushed) when this returns.
+    pub async fn create(
+        &self,
+        input: CreateRequestRequest,
+        now: SystemTime,
+    ) -> Result<CreateRequestResponse, ReportError> {
+        if input.service_code.is_empty() {
+            return Err(invalid("service_code is required"));
+        }
+        if !self.catalogue.knows(&input.service_code) {
+            return Err(ReportError::NotFound(format!(
+                "service_code {:?} is not a service of this territory",
+                input.service_code
+            )));
+        }
+        if !input.commune.is_empty() {
+            self.commune(&input.commune)?;
+        }
+        let address =
+            domain::clean_text("address_string", &input.address_string, domain::MAX_ADDRESS_CHARS).map_err(invalid)?;
+        let (lat, lon) = match (input.lat, input.lon) {
+            (Some(lat), Some(lon)) => {
+                event::check_position(lat, lon).map_err(|e| invalid(format!("lat/long: {e}")))?;
+                (lat, lon)
+            }
+            (None, None) if !address.is_empty() => self.geocode(&address, &input.commune)?,
+            (None, None) => return Err(invalid("a location is required: lat and long, or address_string")),
+            _ => return Err(invalid("lat and long go together")),
+        };
+        let commune = self.territory.locate(lat, lon).ok_or_else(|| {
+            invalid(format!("the location ({lat}, {lon}) is outside every commune of this territory"))
+        })?;
+        if !input.commune.is_empty() && input.commune != commune.id.as_str() {
+            return Err(invalid(format!(
+                "the location lies in commune {} ({}), not in jurisdiction_id {}",
+                commune.id, commune.name, input.commune
+            )));
+        }
+        let service = self.catalogue.service(commune.id.as_str(), &input.service_code).ok_or_else(|| {
+            ReportError::NotFound(format!(
+                "service_code {:?} is not offered in commune {}",
+                input.service_code, commune.id
+            ))
+        })?;
+        let description =
+            domain::clean_text("description", &input.description, domain::MAX_DESCRIPTION_CHARS).map_err(invalid)?;
+        let media_url = domain::check_url(&input.media_url).map_err(invalid)?;
+        let attributes = domain::check_attributes(service, &input.attributes).map_err(invalid)?;
+        let contact = domain::check_contact(&input.contact.unwrap_or_default()).map_err(invalid)?;
+
+        let at = event::timestamp(now);
+        let mut notices = Vec::new();
+        let linked_alarm_key = if self.lighting_services.contains(&service.service_code) {
+            self.lamp_alarm_near(commune.id.as_str(), (lat, lon))
+        } else {
+            None
+        };
+        if linked_alarm_key.is_some() {
+            notices.push("La panne de ce lampadaire est déjà connue de nos équipes.".to_owned());
+        }
+        let mut state = self.state.lock().await;
+        let id = state.next_id;
+        let original =
+            domain::find_duplicate(state.requests.values(), commune.id.as_str(), &service.service_code, (lat, lon))
+                .cloned();
+        let status = if original.is_some() { ReportStatus::Duplicate } else { ReportStatus::Open };
+        let mut request = ServiceRequest {
+            service_request_id: id.to_string(),
+            token: uuid::Uuid::now_v7().to_string(),
+            service_code: service.service_code.clone(),
+            service_name: service.service_name.clone(),
+            commune: commune.id.to_string(),
+            agency_responsible: commune.name.clone(),
+            status: status as i32,
+            status_notes: String::new(),
+            description,
+            lat,
+            lon,
+            address,
+            media_url,
+            attributes,
+            requested_datetime: Some(at),
+            updated_datetime: Some(at),
+            duplicate_of: String::new(),
+            duplicate_count: 0,
+            linked_alarm_key: linked_alarm_key.unwrap_or_default(),
+            history: vec![StatusChange {
+                at: Some(at),
+                actor: "citizen".into(),
+                from: ReportStatus::Unspecified as i32,
+                to: status as i32,
+                note: String::new(),
+            }],
+            contact: Some(contact),
+        };
+        let mut changed = Vec::new();
+        let mut events = Vec::new();
+        if let Some(mut original) = original {
+            request.duplicate_of = original.service_request_id.clone();
+            request.status_notes = format!("Doublon de la demande {}.", original.service_request_id);
+            notices.insert(
+                0,
+                format!(
+                    "Ce problème a déjà été signalé (demande {}, à moins de {DUPLICATE_RADIUS_M:.0} m) : votre signalement y est rattaché.",
+                    original.service_request_id
+                ),
+            );
+            original.duplicate_count += 1;
+            original.updated_datetime = Some(at);
+            let change = StatusChange {
+                at: Some(at),
+                actor: "system".into(),
+                from: original.status,
+                to: original.status,
+                note: format!("doublon {id} rattaché"),
+            };
+            original.history.push(change.clone());
+            events.push(self.event(
+                &original,
+                Payload::ReportUpdated(ReportUpdated { request: Some(public(&original)), change: Some(change) }),
+                now,
+            )?);
+            changed.push(original);
+        }
+        events.insert(
+            0,
+            self.event(&request, Payload::ReportCreated(ReportCreated { request: Some(public(&request)) }), now)?,
+        );
+        changed.insert(0, request.clone());
+        self.store.write(&changed, &events).await?;
+        for r in changed {
+            if let Ok(n) = r.service_request_id.parse::<u64>() {
+                state.tokens.insert(r.token.clone(), n);
+                state.requests.insert(n, r);
+            }
+        }
+        state.next_id = id + 1;
+        tracing::info!(id, commune = %request.commune, service = %request.service_code, duplicate_of = %request.duplicate_of, "report accepted");
+        Ok(CreateRequestResponse { request: Some(public(&request)), service_notice: notices.join(" ") })
+    }
+
+    fn event(&self, r: &ServiceRequest, payload: Payload, now: SystemTime) -> Result<CheckedEvent, ReportError> {
+        let commune = CommuneId::parse(&r.commune).map_err(|e| ReportError::Event(e.to_string()))?;
+        let asset = AssetId::parse(&format!("report-{}", r.service_request_id))
+            .map_err(|e| ReportError::Event(e.to_string()))?;
+        let e = event::new_event(
+            &commune,
+            &asset,
+            event::timestamp(now),
+            Some(Position { lat: r.lat, lon: r.lon }),
+            payload,
+        );
+        event::check(e).map_err(|e| ReportError::Event(e.to_string()))
+    }
+
+    pub async fn get(&self, id: &str) -> Result<ServiceRequest, ReportError> {
+        let n = id.parse::<u64>().map_err(|_| ReportError::NotFound(format!("no service request {id:?}")))?;
+        let state = self.state.lock().await;
+        state.requests.get(&n).map(public).ok_or_else(|| ReportError::NotFound(format!("no service request {id:?}")))
+    }
+
+    /// The request id a creation token stands for.
+    pub async fn token(&self, token: &str) -> Result<String, ReportError> {
+        let state = self.state.lock().await;
+        state
+            .tokens
+            .get(token)
+            .map(ToString::to_string)
+            .ok_or_else(|| ReportError::NotFound(format!("no token {token:?}")))
+    }
+
+    /// Requests matching a query, newest first, one page.
+    pub async fn list(&self, q: &ListRequestsRequest, now: SystemTime) -> Result<Vec<ServiceRequest>, ReportError> {
+        if !q.commune.is_empty() {
+            self.commune(&q.commune)?;
+        }
+        let page_size = match q.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => return Err(invalid(format!("page_size is at most {MAX_PAGE_SIZE}"))),
+            n => n,
+        } as usize;
+        let page = q.page.max(1) as usize;
+        let secs = |t: Option<prost_types::Timestamp>| t.map(|t| t.seconds);
+        let (mut start, end) = (secs(q.start_date), secs(q.end_date));
+        if start.is_none() && end.is_none() && q.service_request_ids.is_empty() {
+            start = Some(event::timestamp(now - DEFAULT_LIST_WINDOW).seconds);
+        }
+        let statuses: Vec<&str> = q.status.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        if let Some(bad) = statuses.iter().find(|s| **s != "open" && **s != "closed") {
+            return Err(invalid(format!("status {bad:?} is neither open nor closed")));
+        }
+        let state = self.state.lock().await;
+        let matching = state.requests.values().rev().filter(|r| {
+            let requested = r.requested_datetime.map(|t| t.seconds).unwrap_or(0);
+            let status = ReportStatus::try_from(r.status).unwrap_or(ReportStatus::Unspecified);
+            (q.commune.is_empty() || r.commune == q.commune)
+                && (q.service_request_ids.is_empty() || q.service_request_ids.contains(&r.service_request_id))
+                && (q.service_code.is_empty() || q.service_code.split(',').any(|c| c.trim() == r.service_code))
+                && start.is_none_or(|s| requested >= s)
+                && end.is_none_or(|e| requested <= e)
+                && (statuses.is_empty() || statuses.contains(&domain::open311_status(status)))
+        });
+        Ok(matching.skip((page - 1) * page_size).take(page_size).map(public).collect())
+    }
+
+    /// An operator moves a report on; recorded in its history and published.
+    pub async fn change_status(
+        &self,
+        id: &str,
+        status: ReportStatus,
+        note: &str,
+        actor: &str,
+        now: SystemTime,
+    ) -> Result<ServiceRequest, ReportError> {
+        if status == ReportStatus::Unspecified {
+            return Err(invalid("status is required"));
+        }
+        let actor = domain::clean_text("actor", actor, 64).map_err(invalid)?;
+        if actor.is_empty() {
+            return Err(invalid("actor (who changes the status) is required"));
+        }
+        let note = domain::clean_text("note", note, domain::MAX_NOTE_CHARS).map_err(invalid)?;
+        let n = id.parse::<u64>().map_err(|_| ReportError::NotFound(format!("no service request {id:?}")))?;
+        let mut state = self.state.lock().await;
+        let mut request = state
+            .requests
+            .get(&n)
+            .cloned()
+            .ok_or_else(|| ReportError::NotFound(format!("no service request {id:?}")))?;
+        if request.status == status as i32 && note.is_empty() {
+            return Err(invalid(format!("request {id} is {} already", domain::status_token(status))));
+        }
+        let at = event::timestamp(now);
+        let change = StatusChange { at: Some(at), actor, from: request.status, to: status as i32, note: note.clone() };
+        request.status = status as i32;
+        if !note.is_empty() {
+            request.status_notes = note;
+        }
+        request.updated_datetime = Some(at);
+        request.history.push(change.clone());
+        let e = self.event(
+            &request,
+            Payload::ReportUpdated(ReportUpdated { request: Some(public(&request)), change: Some(change) }),
+            now,
+        )?;
+        self.store.write(std::slice::from_ref(&request), &[e]).await?;
+        state.requests.insert(n, request.clone());
+        Ok(public(&request))
+    }
+
+    /// Notes a lighting alarm raised or cleared (from the bus), for linking lamp reports.
+    pub fn lighting_event(&self, event: &CheckedEvent) {
+        let mut alarms = self.lamp_alarms.lock().unwrap_or_else(|p| p.into_inner());
+        match event.payload() {
+            Payload::LightingAlarmRaised(raised) => {
+                if let Some(p) = event.event.position {
+                    alarms.insert(
+                        raised.key.clone(),
+                        LampAlarm { commune: event.commune.to_string(), lat: p.lat, lon: p.lon },
+                    );
+                }
+            }
+            Payload::LightingAlarmCleared(cleared) => {
+                alarms.remove(&cleared.key);
+            }
+            _ => {}
+        }
+    }
+
+    /// The nearest lighting alarm of the commune within the duplicate radius.
+    fn lamp_alarm_near(&self, commune: &str, at: (f64, f64)) -> Option<String> {
+        let alarms = self.lamp_alarms.lock().unwrap_or_else(|p| p.into_inner());
+        alarms
+            .iter()
+            .filter(|(_, a)| a.commune == commune)
+            .map(|(k, a)| (domain::distance_m((a.lat, a.lon), at), k))
+            .filter(|(d, _)| *d <= DUPLICATE_RADIUS_M)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, k)| k.clone())
+    }
+}

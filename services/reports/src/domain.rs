@@ -1,0 +1,232 @@
+//! Citizen-report rules, pure: input checks and clean-up, the lifecycle and its Open311 mapping,
+//! and duplicate detection.
+
+use proto::reports::{Contact, ReportStatus, ServiceDefinition, ServiceRequest};
+use std::collections::HashMap;
+
+pub const MAX_DESCRIPTION_CHARS: usize = 4_000;
+pub const MAX_ADDRESS_CHARS: usize = 300;
+pub const MAX_URL_CHARS: usize = 500;
+pub const MAX_NOTE_CHARS: usize = 1_000;
+pub const MAX_ATTRIBUTE_CHARS: usize = 200;
+/// Two open reports of the same service this close are one problem.
+pub const DUPLICATE_RADIUS_M: f64 = 50.0;
+
+/// The Open311 status of a report: `open` or `closed`.
+pub fn open311_status(status: ReportStatus) -> &'static str {
+    status.open311()
+}
+
+pub fn is_open(status: ReportStatus) -> bool {
+    status.is_open()
+}
+
+/// The lifecycle state's token (FixMyStreet's names), as published.
+pub fn status_token(status: ReportStatus) -> &'static str {
+    status.token()
+}
+
+/// Free text as stored: control characters (but line breaks) removed, trimmed, bounded.
+pub fn clean_text(what: &str, text: &str, max_chars: usize) -> Result<String, String> {
+    let cleaned: String = text.chars().filter(|c| !c.is_control() || *c == '\n').collect();
+    let cleaned = cleaned.trim().to_owned();
+    if cleaned.chars().count() > max_chars {
+        return Err(format!("{what} is longer than {max_chars} characters"));
+    }
+    Ok(cleaned)
+}
+
+pub fn check_url(url: &str) -> Result<String, String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = url.chars().count() <= MAX_URL_CHARS
+        && (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !ok {
+        return Err(format!("media_url must be an http(s) address of at most {MAX_URL_CHARS} characters"));
+    }
+    Ok(url.to_owned())
+}
+
+/// Checks the citizen's answers against the service's attributes; returns them cleaned.
+pub fn check_attributes(
+    service: &ServiceDefinition,
+    given: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, String> {
+    for code in given.keys() {
+        if !service.attributes.iter().any(|a| a.variable && &a.code == code) {
+            return Err(format!("service {} has no attribute {code:?}", service.service_code));
+        }
+    }
+    let mut out = HashMap::new();
+    for a in service.attributes.iter().filter(|a| a.variable) {
+        let value = given.get(&a.code).map(|v| v.trim()).unwrap_or_default();
+        if value.is_empty() {
+            if a.required {
+                return Err(format!("attribute {} ({}) is required", a.code, a.description));
+            }
+            continue;
+        }
+        let value = clean_text(&format!("attribute {}", a.code), value, MAX_ATTRIBUTE_CHARS)?;
+        let known = |v: &str| a.values.iter().any(|k| k.key == v);
+        let valid = match a.datatype.as_str() {
+            "number" => value.parse::<f64>().is_ok_and(f64::is_finite),
+            "datetime" => chrono::DateTime::parse_from_rfc3339(&value).is_ok(),
+            "singlevaluelist" => known(&value),
+            "multivaluelist" => value.split(',').all(|v| known(v.trim())),
+            _ => true,
+        };
+        if !valid {
+            let keys: Vec<&str> = a.values.iter().map(|v| v.key.as_str()).collect();
+            let expected = match a.datatype.as_str() {
+                "number" => "a number".to_owned(),
+                "datetime" => "an ISO 8601 date and time".to_owned(),
+                _ => format!("one of {}", keys.join(", ")),
+            };
+            return Err(format!("attribute {}: {value:?} is not {expected}", a.code));
+        }
+        out.insert(a.code.clone(), value);
+    }
+    Ok(out)
+}
+
+pub fn check_contact(c: &Contact) -> Result<Contact, String> {
+    let field = |what: &str, v: &str, max: usize| clean_text(what, v, max).map(|s| s.replace('\n', " "));
+    let contact = Contact {
+        email: field("email", &c.email, 254)?,
+        device_id: field("device_id", &c.device_id, 100)?,
+        account_id: field("account_id", &c.account_id, 100)?,
+        first_name: field("first_name", &c.first_name, 100)?,
+        last_name: field("last_name", &c.last_name, 100)?,
+        phone: field("phone", &c.phone, 32)?,
+    };
+    if !contact.email.is_empty() && !contact.email.contains('@') {
+        return Err("email is not an e-mail address".into());
+    }
+    Ok(contact)
+}
+
+/// Metres between two points (equirectangular; exact enough at 50 m).
+pub fn distance_m(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let lat = ((a.0 + b.0) / 2.0).to_radians();
+    let dx = (b.1 - a.1) * 111_320.0 * lat.cos();
+    let dy = (b.0 - a.0) * 111_132.0;
+    dx.hypot(dy)
+}
+
+/// The report a new one duplicates: the earliest open, original report of the same service in the
+/// same commune within [`DUPLICATE_RADIUS_M`].
+pub fn find_duplicate<'a>(
+    existing: impl Iterator<Item = &'a ServiceRequest>,
+    commune: &str,
+    service_code: &str,
+    at: (f64, f64),
+) -> Option<&'a ServiceRequest> {
+    existing
+        .filter(|r| {
+            r.commune == commune
+                && r.service_code == service_code
+                && r.duplicate_of.is_empty()
+                && ReportStatus::try_from(r.status).is_ok_and(is_open)
+                && distance_m((r.lat, r.lon), at) <= DUPLICATE_RADIUS_M
+        })
+        .min_by(|a, b| {
+            let key =
+                |r: &ServiceRequest| (r.requested_datetime.map(|t| (t.seconds, t.nanos)), r.service_request_id.clone());
+            key(a).cmp(&key(b))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue;
+
+    fn report(id: &str, service: &str, lat: f64, lon: f64, status: ReportStatus, seconds: i64) -> ServiceRequest {
+        ServiceRequest {
+            service_request_id: id.into(),
+            service_code: service.into(),
+            commune: "34172".into(),
+            lat,
+            lon,
+            status: status as i32,
+            requested_datetime: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    /// Metres north of (43.6, 3.87), in degrees of latitude.
+    fn north(m: f64) -> f64 {
+        43.6 + m / 111_132.0
+    }
+
+    #[test]
+    fn duplicates_within_50_m_of_an_open_report_of_the_same_service() {
+        use ReportStatus::*;
+        let existing = [
+            report("1", "voirie", north(0.0), 3.87, Open, 100),
+            report("2", "voirie", north(10.0), 3.87, Open, 200),
+            report("3", "eau", north(0.0), 3.87, Open, 50),
+            report("4", "voirie", north(0.0), 3.87, Fixed, 10),
+        ];
+        let cases = [
+            ("voirie", north(49.0), Some("1"), "49 m away: the earliest open one"),
+            ("voirie", north(59.5), Some("2"), "59.5 m from the first, 49.5 m from the second"),
+            ("voirie", north(61.0), None, "just beyond 50 m of both"),
+            ("eau", north(20.0), Some("3"), "its own service"),
+            ("proprete", north(0.0), None, "another service"),
+        ];
+        for (service, lat, expected, why) in cases {
+            let found =
+                find_duplicate(existing.iter(), "34172", service, (lat, 3.87)).map(|r| r.service_request_id.as_str());
+            assert_eq!(found, expected, "{why}");
+        }
+        assert!(find_duplicate(existing.iter(), "34129", "voirie", (north(0.0), 3.87)).is_none(), "another commune");
+    }
+
+    #[test]
+    fn the_lifecycle_maps_to_open311() {
+        use ReportStatus::*;
+        for (status, open311, token) in [
+            (Open, "open", "open"),
+            (Confirmed, "open", "confirmed"),
+            (Investigating, "open", "investigating"),
+            (ActionScheduled, "open", "action_scheduled"),
+            (InProgress, "open", "in_progress"),
+            (Fixed, "closed", "fixed"),
+            (Closed, "closed", "closed"),
+            (Duplicate, "closed", "duplicate"),
+            (NotResponsible, "closed", "not_responsible"),
+        ] {
+            assert_eq!((open311_status(status), status_token(status)), (open311, token));
+        }
+    }
+
+    #[test]
+    fn attributes_are_checked_against_the_service() {
+        let services = catalogue::defaults();
+        let depot = services.iter().find(|s| s.service_code == "proprete-depot-sauvage").unwrap();
+        let given = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        assert_eq!(check_attributes(depot, &given(&[("volume", "sac")])).unwrap()["volume"], "sac");
+        let cases = [
+            (given(&[]), "required"),
+            (given(&[("volume", "piscine")]), "one of sac, coffre, camion"),
+            (given(&[("volume", "sac"), ("couleur", "bleu")]), "no attribute \"couleur\""),
+        ];
+        for (answers, expected) in cases {
+            let err = check_attributes(depot, &answers).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn text_is_cleaned_and_bounded() {
+        assert_eq!(clean_text("d", "  Trou\u{7} profond\n ici ", 100).unwrap(), "Trou profond\n ici");
+        assert!(clean_text("description", &"x".repeat(4_001), MAX_DESCRIPTION_CHARS).is_err());
+        assert!(check_url("javascript:alert(1)").is_err());
+        assert_eq!(check_url(" https://x.org/a.jpg ").unwrap(), "https://x.org/a.jpg");
+        assert!(check_contact(&Contact { email: "pas-une-adresse".into(), ..Default::default() }).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Vigie's citizen-reports service.
+//!
+//! - [`catalogue`]: the services (kinds of report) each commune accepts; French defaults.
+//! - [`domain`]: pure rules: input checks, the lifecycle and its Open311 mapping, duplicates.
+//! - [`store`]: the sled database (the only module that sees sled).
+//! - [`core`]: routing to the commune, geocoding an address on the streets, duplicates and lamp
+//!   links, writes with their events; [`open311`]: the GeoReport v2 HTTP API; [`api`]: gRPC.
+
+pub mod api;
+pub mod catalogue;
+pub mod core;
+pub mod domain;
+pub mod open311;
+pub mod store;
+
+use anyhow::Context;
+use futures::StreamExt;
+use proto::reports::reports_service_server::ReportsServiceServer;
+use proto::v1::Domain;
+use runtime::config::CommonConfig;
+use runtime::outbox;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "vigie-reports", version, about = "Vigie citizen-reports service (Open311 GeoReport v2, gRPC)")]
+pub struct Config {
+    /// Address of the gRPC server. Port 0 picks a free port (logged at start).
+    #[arg(long, env = "VIGIE_REPORTS_GRPC_ADDR", default_value = "127.0.0.1:50064")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP server (Open311 under /open311/v2/). Port 0 picks a free port (logged).
+    #[arg(long, env = "VIGIE_REPORTS_HTTP_ADDR", default_value = "127.0.0.1:8064")]
+    pub http_addr: SocketAddr,
+
+    /// Folder of the service's sled database (created if missing).
+    #[arg(long, env = "VIGIE_REPORTS_STORE", default_value = "var/reports")]
+    pub store: PathBuf,
+
+    /// Territory folder: its communes route the reports, its streets place addresses.
+    #[arg(long, env = "VIGIE_TERRITORY")]
+    pub territory: PathBuf,
+
+    /// A JSON file of services (see `catalogue`); the French defaults when absent.
+    #[arg(long, env = "VIGIE_REPORTS_SERVICES")]
+    pub services: Option<PathBuf>,
+
+    /// API keys allowed to POST requests, comma-separated; anyone may when empty.
+    #[arg(long, env = "VIGIE_REPORTS_API_KEYS", default_value = "", hide_env_values = true)]
+    pub api_keys: String,
+
+    /// Reports a client (IP address) may POST per minute.
+    #[arg(long, env = "VIGIE_REPORTS_RATE_PER_MINUTE", default_value_t = 30)]
+    pub rate_per_minute: u32,
+
+    /// Services whose reports are about a lamp: linked to a lighting alarm within 50 m.
+    #[arg(long, env = "VIGIE_REPORTS_LIGHTING_SERVICES", default_value = "eclairage-panne", value_delimiter = ',')]
+    pub lighting_services: Vec<String>,
+
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    http_listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if config.rate_per_minute == 0 {
+        anyhow::bail!("--rate-per-minute must be at least 1");
+    }
+    let territory = territory::Territory::load(&config.territory).context("loading the territory")?;
+    territory.log_summary();
+    let streets = match territory.layer_path(territory::Layer::Streets) {
+        Some(path) => Some(territory::streets::StreetIndex::read(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let catalogue = match &config.services {
+        Some(path) => catalogue::Catalogue::read(path).map_err(anyhow::Error::msg)?,
+        None => catalogue::Catalogue::with_defaults(),
+    };
+    let db = sled::Config::new()
+        .path(&config.store)
+        .open()
+        .with_context(|| format!("opening the store {}", config.store.display()))?;
+    let store = store::Store::open(&db).context("opening the store's trees")?;
+    let core = Arc::new(core::Reports::open(
+        store.clone(),
+        Arc::new(territory),
+        streets,
+        catalogue,
+        config.lighting_services.clone(),
+    )?);
+
+    let nats = runtime::bus::connect(&config.common.nats_url, "vigie-reports").await?;
+    let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
+    let background = CancellationToken::new();
+    let lamps =
+        tokio::spawn(follow_lighting_alarms(nats.clone(), core.clone(), config.common.clone(), background.clone()));
+
+    let open311 = Arc::new(open311::Open311 {
+        reports: core.clone(),
+        api_keys: config.api_keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect(),
+        limiter: open311::RateLimiter::new(config.rate_per_minute),
+    });
+    tracing::info!(addr = %http_listener.local_addr()?, "HTTP listening (Open311 GeoReport v2 under /open311/v2/)");
+    let http = {
+        let stop = background.clone();
+        let app = open311::router(open311).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+
+    let server =
+        ReportsServiceServer::new(api::ReportsApi::new(core)).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
+    let routes = tonic::service::Routes::new(server);
+    tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
+    let names = [<ReportsServiceServer<api::ReportsApi> as NamedService>::NAME];
+    let timeout = config.common.shutdown_timeout;
+    let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
+    background.cancel();
+    let _ = http.await;
+    let _ = lamps.await;
+    relay.finish().await;
+    runtime::bus::drain(&nats, timeout).await;
+    db.flush_async().await.context("flushing the store")?;
+    tracing::info!(outbox = store.outbox().depth(), "stopped");
+    served
+}
+
+/// Follows the lighting alarms on the bus (from the stream's start: the active ones are rebuilt at
+/// each start), so that a "lamp out" report near a lamp known faulty is linked to its alarm.
+async fn follow_lighting_alarms(
+    nats: async_nats::Client,
+    core: Arc<core::Reports>,
+    common: CommonConfig,
+    stop: CancellationToken,
+) {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let js = async_nats::jetstream::new(nats);
+    let follow = async {
+        runtime::bus::ensure_events_stream(&js, &common.stream).await?;
+        let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
+        let filter_subjects = ["alarm_raised", "alarm_cleared"]
+            .iter()
+            .map(|kind| proto::subject::kind_events(Domain::Lighting, kind))
+            .collect();
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subjects,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        tracing::info!("following lighting alarms");
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            match proto::event::decode(&message.payload) {
+                Ok(event) => core.lighting_event(&event),
+                Err(e) => tracing::warn!(subject = %message.subject, error = %e, "undecodable lighting event skipped"),
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        result = follow => if let Err(e) = result {
+            tracing::warn!(error = format!("{e:#}"), "following lighting alarms stopped: lamp reports are no longer linked");
+        },
+        _ = stop.cancelled() => {}
+    }
+}

@@ -1,0 +1,21 @@
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = reports::Config::parse();
+    runtime::telemetry::init(&config.common.log_format);
+    let result = async {
+        let shutdown = runtime::shutdown::on_signal()?;
+        let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+        let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+        reports::run(config, listener, http_listener, shutdown).await
+    };
+    match result.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "vigie-reports failed");
+            ExitCode::FAILURE
+        }
+    }
+}
