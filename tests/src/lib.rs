@@ -462,6 +462,69 @@ impl Slice {
     }
 }
 
+/// A running reports service: the process, its gRPC and its HTTP (Open311) addresses.
+pub struct ReportsService {
+    pub process: Process,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+pub type ReportsClient = proto::reports::reports_service_client::ReportsServiceClient<tonic::transport::Channel>;
+
+impl ReportsService {
+    pub async fn client(&self) -> Result<ReportsClient> {
+        Ok(ReportsClient::connect(format!("http://{}", self.grpc_addr)).await?)
+    }
+
+    /// Waits for the addresses logged after line `from` (after a restart).
+    pub fn read_addresses(&mut self, from: usize) -> Result<()> {
+        self.grpc_addr = self.process.wait_for_addr("gRPC listening", from)?;
+        self.http_addr = self.process.wait_for_addr("HTTP listening", from)?;
+        Ok(())
+    }
+}
+
+impl Slice {
+    /// Starts the reports service on this slice's NATS and territory, with extra flags.
+    pub async fn start_reports(&self, extra: &[&str]) -> Result<ReportsService> {
+        let mut args = vec![
+            "--nats-url".to_owned(),
+            self.nats.url(),
+            "--store".to_owned(),
+            self.stores.path().join("reports").display().to_string(),
+            "--grpc-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--http-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--territory".to_owned(),
+            self.territory.path().display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process = Process::start("vigie-reports", &args)?;
+        let mut service = ReportsService { process, grpc_addr: String::new(), http_addr: String::new() };
+        service.read_addresses(0)?;
+        Ok(service)
+    }
+}
+
+/// A minimal HTTP/1.1 POST of a form on loopback: (status, body).
+pub fn http_post_form(host_port: &str, path: &str, form: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host_port)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status =
+        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
 /// A GTFS-Realtime feed message decoded by Google's published bindings (`gtfs-realtime-bindings`
 /// on PyPI, built from the official gtfs-realtime.proto; installed by deploy/install-tools.sh), as
 /// JSON with the specification's field names. Independent of Vigie's own transcription.

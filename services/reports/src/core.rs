@@ -468,3 +468,80 @@ impl Reports {
             .map(|(_, k)| k.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::reports::Contact;
+    use proto::v1::{AlarmCleared, AlarmRaised};
+
+    fn territory() -> Territory {
+        let text = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"insee":"34172","name":"Ouest"},
+          "geometry":{"type":"Polygon","coordinates":[[[3.8,43.5],[3.9,43.5],[3.9,43.7],[3.8,43.7],[3.8,43.5]]]}}]}"#;
+        Territory::from_communes(territory::parse_communes(std::path::Path::new("test"), text).unwrap())
+    }
+
+    fn lamp_event(payload: Payload) -> CheckedEvent {
+        let e = event::new_event(
+            &CommuneId::parse("34172").unwrap(),
+            &AssetId::parse("EP1").unwrap(),
+            event::timestamp(SystemTime::now()),
+            Some(Position { lat: 43.6, lon: 3.85 }),
+            payload,
+        );
+        event::check(e).unwrap()
+    }
+
+    fn lamp_out(lat: f64) -> CreateRequestRequest {
+        CreateRequestRequest {
+            service_code: "eclairage-panne".into(),
+            lat: Some(lat),
+            lon: Some(3.85),
+            contact: Some(Contact { email: "a@b.fr".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lamp_out_report_near_a_known_fault_is_linked_to_its_alarm() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let core = Reports::open(
+            Store::open(&db).unwrap(),
+            Arc::new(territory()),
+            None,
+            Catalogue::with_defaults(),
+            vec!["eclairage-panne".into()],
+        )
+        .unwrap();
+        let key = "lighting/lamp_failure/EP1";
+        core.lighting_event(&lamp_event(Payload::LightingAlarmRaised(AlarmRaised {
+            key: key.into(),
+            alarm_type: "lamp_failure".into(),
+            ..Default::default()
+        })));
+        // 30 m from the faulty lamp: linked, and the reporter is told.
+        let created = core.create(lamp_out(43.6 + 30.0 / 111_132.0), SystemTime::now()).await.unwrap();
+        let request = created.request.unwrap();
+        assert_eq!(request.linked_alarm_key, key);
+        assert!(created.service_notice.contains("déjà connue"), "{}", created.service_notice);
+        assert!(request.contact.is_none(), "answers never carry the contact");
+        // 200 m away: not that lamp.
+        let far = core.create(lamp_out(43.6 + 200.0 / 111_132.0), SystemTime::now()).await.unwrap();
+        assert_eq!(far.request.unwrap().linked_alarm_key, "");
+        // Once the alarm clears, a new report (a duplicate of the first) is not linked.
+        core.lighting_event(&lamp_event(Payload::LightingAlarmCleared(AlarmCleared {
+            key: key.into(),
+            alarm_type: "lamp_failure".into(),
+            reason: "repaired".into(),
+        })));
+        let after = core.create(lamp_out(43.6), SystemTime::now()).await.unwrap().request.unwrap();
+        assert_eq!(
+            (after.linked_alarm_key.as_str(), after.duplicate_of.as_str()),
+            ("", request.service_request_id.as_str())
+        );
+        // The contact is kept in the store for the commune's team.
+        let stored = core.store().requests().unwrap();
+        assert_eq!(stored[0].contact.as_ref().map(|c| c.email.as_str()), Some("a@b.fr"));
+    }
+}

@@ -4,5 +4,6 @@
 mod console;
 mod lighting_domain;
 mod lighting_slice;
+mod reports;
 mod transport;
 mod transport_simulated;
