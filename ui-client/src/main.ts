@@ -21,7 +21,7 @@ type Vehicle = {
   offset_m: number;
 };
 
-type Report = {
+type CitizenReport = {
   type: "report";
   service_request_id: string;
   service_name: string;
@@ -37,7 +37,7 @@ type Asset = {
   id: string;
   commune: string;
   observed_at: string;
-  details: Streetlight | Vehicle | Report;
+  details: Streetlight | Vehicle | CitizenReport;
 };
 
 type Alarm = {
