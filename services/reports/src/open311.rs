@@ -490,6 +490,56 @@ mod tests {
         );
     }
 
+    /// The router against a real (temporary) store and a one-commune territory.
+    fn app(api_keys: &[&str]) -> (axum::Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let text = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"insee":"34172","name":"Ouest"},
+          "geometry":{"type":"Polygon","coordinates":[[[3.8,43.5],[3.9,43.5],[3.9,43.7],[3.8,43.7],[3.8,43.5]]]}}]}"#;
+        let territory =
+            territory::Territory::from_communes(territory::parse_communes(std::path::Path::new("test"), text).unwrap());
+        let reports = Reports::open(
+            crate::store::Store::open(&db).unwrap(),
+            Arc::new(territory),
+            None,
+            crate::catalogue::Catalogue::with_defaults(),
+            Vec::new(),
+        )
+        .unwrap();
+        let state = Arc::new(Open311 {
+            reports: Arc::new(reports),
+            api_keys: api_keys.iter().map(|k| (*k).to_owned()).collect(),
+            limiter: RateLimiter::new(100),
+        });
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        (router(state).layer(axum::extract::connect_info::MockConnectInfo(peer)), dir)
+    }
+
+    async fn post(app: &axum::Router, form: &str) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::post("/open311/v2/requests.json")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_owned()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn api_keys_guard_posting_when_configured() {
+        let form = "service_code=eau-fuite&lat=43.6&long=3.85";
+        let (open, _dir) = app(&[]);
+        assert_eq!(post(&open, form).await.0, StatusCode::CREATED, "no keys configured: anyone may post");
+        let (guarded, _dir2) = app(&["cle-1", "cle-2"]);
+        let (status, body) = post(&guarded, form).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("\"code\":403") && body.contains("api_key"), "{body}");
+        assert_eq!(post(&guarded, &format!("{form}&api_key=faux")).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(post(&guarded, &format!("{form}&api_key=cle-2")).await.0, StatusCode::CREATED);
+    }
+
     #[test]
     fn the_rate_limit_refills() {
         let limiter = RateLimiter::new(2);

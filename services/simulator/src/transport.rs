@@ -29,7 +29,7 @@ const STEP: Duration = Duration::from_millis(500);
 /// A vehicle shows up at its first stop this long before departure (timetable seconds).
 const LEAD_S: f64 = 120.0;
 /// Minimum turnaround of a vehicle between two trips, seconds.
-const LAYOVER_S: u32 = 180;
+const LAYOVER_S: f64 = 180.0;
 /// A broken-down vehicle keeps reporting this long before it falls silent (simulated seconds).
 const BREAKDOWN_REPORTS_S: f64 = 60.0;
 /// The timetable day turns at 03:00 local time (as in the transport service).
@@ -79,6 +79,8 @@ struct Run {
     vehicle: usize,
     route: String,
     direction: u8,
+    /// POSIX time of its service day's GTFS time 0. Times below are POSIX seconds.
+    origin_unix: f64,
     start_s: f64,
     end_s: f64,
     /// The delay this trip drifts towards, seconds.
@@ -93,12 +95,15 @@ struct Run {
     broken_at_s: Option<f64>,
     last_report_s: f64,
     last_along_m: Option<f64>,
+    /// Its arrival at the terminus was reported (the trip is over for the service too).
+    arrival_reported: bool,
 }
 
 impl Run {
-    /// Where the vehicle is in its timetable (seconds of the service day).
-    fn timetable_s(&self, service_s: f64) -> f64 {
-        service_s - self.delay_s - self.extra_s
+    /// Where the vehicle is in its timetable at `now` (POSIX seconds): the time it would be there
+    /// on schedule.
+    fn timetable_s(&self, now: f64) -> f64 {
+        now - self.delay_s - self.extra_s
     }
 }
 
@@ -119,9 +124,10 @@ struct Episode {
 
 /// The vehicles of one service day.
 struct Day {
-    calendar: chrono::NaiveDate,
-    /// POSIX time of the day's GTFS time 0.
-    origin_unix: f64,
+    /// The latest calendar day whose trips are planned.
+    calendar: jiff::civil::Date,
+    /// Per route: (vehicle, free from), to chain the next day's trips.
+    fleets: HashMap<String, Vec<(usize, f64)>>,
     runs: Vec<Run>,
     /// Per vehicle: (id, label), and the run it is on.
     vehicles: Vec<(String, String)>,
@@ -137,6 +143,16 @@ fn id_part(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(24).collect()
 }
 
+/// POSIX time of GTFS time 0 (noon minus 12 h) of a day in a time zone.
+fn origin_of(time_zone: &jiff::tz::TimeZone, day: jiff::civil::Date) -> f64 {
+    day.at(12, 0, 0, 0)
+        .to_zoned(time_zone.clone())
+        .map(|z| z.timestamp().as_second() as f64 - 12.0 * 3600.0)
+        .unwrap_or(0.0)
+}
+
+/// The trips running around `day`: the previous day's (those past midnight still run after the day
+/// turns) and its own, with vehicles chained over both.
 fn plan_day(
     network: &Network,
     time_zone: &jiff::tz::TimeZone,
@@ -144,29 +160,40 @@ fn plan_day(
     rng: &mut impl Rng,
     late_trips: f64,
 ) -> Day {
+    let yesterday = day.yesterday().unwrap_or(day);
+    let mut planned =
+        Day { calendar: yesterday, fleets: HashMap::new(), runs: Vec::new(), vehicles: Vec::new(), busy: Vec::new() };
+    add_day(&mut planned, network, time_zone, yesterday, rng, late_trips);
+    add_day(&mut planned, network, time_zone, day, rng, late_trips);
+    planned
+}
+
+/// Adds a calendar day's trips, each given to a vehicle of its route that is free by then (a new
+/// one when none is); returns how many.
+fn add_day(
+    planned: &mut Day,
+    network: &Network,
+    time_zone: &jiff::tz::TimeZone,
+    day: jiff::civil::Date,
+    rng: &mut impl Rng,
+    late_trips: f64,
+) -> usize {
     let calendar = chrono::NaiveDate::from_ymd_opt(i32::from(day.year()), day.month() as u32, day.day() as u32)
         .unwrap_or_default();
     let timetable = network.service_day_for(calendar).unwrap_or(calendar);
-    let origin_unix = day
-        .at(12, 0, 0, 0)
-        .to_zoned(time_zone.clone())
-        .map(|z| z.timestamp().as_second() as f64 - 12.0 * 3600.0)
-        .unwrap_or(0.0);
-    let mut trips: Vec<&Trip> = network
+    let origin = origin_of(time_zone, day);
+    let mut trips: Vec<(f64, &Trip)> = network
         .trips
         .values()
         .filter(|t| network.runs_on(&t.service_id, timetable) && t.stop_times.len() >= 2)
+        .map(|t| (origin + f64::from(t.stop_times[0].departure_s), t))
         .collect();
-    trips.sort_by(|a, b| (a.stop_times[0].departure_s, &a.id).cmp(&(b.stop_times[0].departure_s, &b.id)));
-    let mut vehicles = Vec::new();
-    // Per route: (vehicle, free from).
-    let mut fleets: HashMap<&str, Vec<(usize, u32)>> = HashMap::new();
-    let mut runs = Vec::with_capacity(trips.len());
-    for trip in trips {
-        let start = trip.stop_times[0].departure_s;
-        let end = trip.stop_times[trip.stop_times.len() - 1].arrival_s;
-        let fleet = fleets.entry(trip.route_id.as_str()).or_default();
-        let vehicle = match fleet.iter_mut().filter(|(_, free)| *free <= start).min_by_key(|(_, free)| *free) {
+    trips.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    let count = trips.len();
+    for (start, trip) in trips {
+        let end = origin + f64::from(trip.stop_times[trip.stop_times.len() - 1].arrival_s);
+        let fleet = planned.fleets.entry(trip.route_id.clone()).or_default();
+        let vehicle = match fleet.iter_mut().filter(|(_, free)| *free <= start).min_by(|a, b| a.1.total_cmp(&b.1)) {
             Some(slot) => {
                 slot.1 = end + LAYOVER_S;
                 slot.0
@@ -175,23 +202,25 @@ fn plan_day(
                 let route = network.routes.get(&trip.route_id);
                 let name = route.map(|r| r.short_name.as_str()).filter(|n| !n.is_empty()).unwrap_or(&trip.route_id);
                 let n = fleet.len() + 1;
-                vehicles.push((
+                planned.vehicles.push((
                     format!("L{}-{n:02}", id_part(name)),
                     format!("{} n°{n}", name.chars().take(40).collect::<String>()),
                 ));
-                fleet.push((vehicles.len() - 1, end + LAYOVER_S));
-                vehicles.len() - 1
+                planned.busy.push(None);
+                fleet.push((planned.vehicles.len() - 1, end + LAYOVER_S));
+                planned.vehicles.len() - 1
             }
         };
         let late = rng.random_bool(late_trips.clamp(0.0, 1.0));
         let target = if late { rng.random_range(420.0..900.0) } else { rng.random_range(0.0..120.0) };
-        runs.push(Run {
+        planned.runs.push(Run {
             trip: trip.id.clone(),
             vehicle,
             route: trip.route_id.clone(),
             direction: trip.direction,
-            start_s: f64::from(start),
-            end_s: f64::from(end),
+            origin_unix: origin,
+            start_s: start,
+            end_s: end,
             target_delay_s: target,
             active: false,
             done: false,
@@ -201,10 +230,11 @@ fn plan_day(
             broken_at_s: None,
             last_report_s: f64::NEG_INFINITY,
             last_along_m: None,
+            arrival_reported: false,
         });
     }
-    let busy = vec![None; vehicles.len()];
-    Day { calendar, origin_unix, runs, vehicles, busy }
+    planned.calendar = day;
+    count
 }
 
 /// Where a vehicle is at timetable time `t` on its trip: (lat, lon, bearing, along m, stop
@@ -283,37 +313,34 @@ pub async fn run(
         last_unix = now_unix;
         let Some(calendar) = calendar_day(&time_zone, now_unix) else { continue };
         let day = match &mut day {
-            Some(d)
-                if d.calendar
-                    == chrono::NaiveDate::from_ymd_opt(
-                        i32::from(calendar.year()),
-                        calendar.month() as u32,
-                        calendar.day() as u32,
-                    )
-                    .unwrap_or_default() =>
-            {
+            Some(d) => {
+                // The day turned: the new day's trips join, run by the same fleet.
+                while d.calendar < calendar {
+                    let next = d.calendar.tomorrow().unwrap_or(calendar);
+                    let added = add_day(d, &network, &time_zone, next, &mut rng, settings.late_trips);
+                    tracing::info!(day = %next, trips = added, vehicles = d.vehicles.len(), "day planned");
+                }
                 d
             }
-            _ => {
+            None => {
                 let planned = plan_day(&network, &time_zone, calendar, &mut rng, settings.late_trips);
-                tracing::info!(day = %planned.calendar, trips = planned.runs.len(), vehicles = planned.vehicles.len(), "day planned");
-                episode = None;
+                tracing::info!(day = %planned.calendar, trips = planned.runs.len(), vehicles = planned.vehicles.len(), "days planned");
                 day.insert(planned)
             }
         };
-        let service_s = now_unix - day.origin_unix;
-        step(day, service_s, dt, &settings, &mut rng);
+        let now_s = now_unix;
+        step(day, now_s, dt, &settings, &mut rng);
         if settings.breakdowns_per_hour > 0.0 && rng.random_bool((settings.breakdowns_per_hour * dt / 3600.0).min(1.0))
         {
-            break_down(day, service_s, &mut rng, episode.as_ref());
+            break_down(day, now_s, &mut rng, episode.as_ref());
         }
         if let Some(e) = &mut episode {
-            if !advance_episode(day, e, service_s, dt) {
+            if !advance_episode(day, e, now_s, dt) {
                 tracing::info!(leader = %day.vehicles[day.runs[e.leader].vehicle].0, "bunching episode over");
                 episode = None;
             }
         } else if !settings.bunching_every.is_zero() && now_unix >= next_episode_unix {
-            episode = start_episode(day, service_s, &mut rng);
+            episode = start_episode(day, now_s, &mut rng);
             if let Some(e) = &episode {
                 next_episode_unix = now_unix + settings.bunching_every.as_secs_f64();
                 let (leader, follower) = (&day.runs[e.leader], &day.runs[e.follower]);
@@ -327,7 +354,7 @@ pub async fn run(
             }
         }
         let at = UNIX_EPOCH + Duration::from_secs_f64(now_unix.max(0.0));
-        let positions = reports(day, &network, service_s, at, &settings);
+        let positions = reports(day, &network, now_s, at, &settings);
         if positions.is_empty() {
             continue;
         }
@@ -353,14 +380,14 @@ pub async fn run(
 }
 
 /// Moves every trip `dt` simulated seconds on: activation, delays, the end of trips.
-fn step(day: &mut Day, service_s: f64, dt: f64, settings: &TransportSettings, rng: &mut impl Rng) {
+fn step(day: &mut Day, now_s: f64, dt: f64, settings: &TransportSettings, rng: &mut impl Rng) {
     for i in 0..day.runs.len() {
         let run = &day.runs[i];
         if run.done {
             continue;
         }
         if !run.active {
-            if run.timetable_s(service_s) < run.start_s - LEAD_S {
+            if run.timetable_s(now_s) < run.start_s - LEAD_S {
                 continue;
             }
             if day.busy[run.vehicle].is_some() {
@@ -370,8 +397,8 @@ fn step(day: &mut Day, service_s: f64, dt: f64, settings: &TransportSettings, rn
             let run = &mut day.runs[i];
             if run.waited {
                 // It shows up at its first stop now.
-                run.delay_s = run.delay_s.max(service_s - (run.start_s - LEAD_S));
-            } else if run.timetable_s(service_s) > run.end_s {
+                run.delay_s = run.delay_s.max(now_s - (run.start_s - LEAD_S));
+            } else if run.timetable_s(now_s) > run.end_s {
                 // Over before the simulation reached it (the simulation started later).
                 run.done = true;
                 continue;
@@ -391,9 +418,9 @@ fn step(day: &mut Day, service_s: f64, dt: f64, settings: &TransportSettings, rn
             // Never backwards in the timetable, never more than 25 % faster than it.
             run.delay_s = (run.delay_s + pull + wander).clamp(before - 0.25 * dt, before + dt).max(-90.0);
         }
-        let silent_for_good = run.broken_at_s.is_some_and(|b| service_s - b > BREAKDOWN_REPORTS_S);
-        let arrived = run.timetable_s(service_s) > run.end_s;
-        if silent_for_good || (arrived && run.last_report_s >= run.end_s) {
+        let silent_for_good = run.broken_at_s.is_some_and(|b| now_s - b > BREAKDOWN_REPORTS_S);
+        let arrived = run.timetable_s(now_s) > run.end_s;
+        if silent_for_good || (arrived && run.arrival_reported) {
             run.done = true;
             day.busy[run.vehicle] = None;
         }
@@ -404,31 +431,33 @@ fn step(day: &mut Day, service_s: f64, dt: f64, settings: &TransportSettings, rn
 fn reports(
     day: &mut Day,
     network: &Network,
-    service_s: f64,
+    now_s: f64,
     at: SystemTime,
     settings: &TransportSettings,
 ) -> Vec<VehiclePosition> {
     let mut out = Vec::new();
     for run in day.runs.iter_mut().filter(|r| r.active && !r.done) {
-        if run.broken_at_s.is_some_and(|b| service_s - b > BREAKDOWN_REPORTS_S) {
+        if run.broken_at_s.is_some_and(|b| now_s - b > BREAKDOWN_REPORTS_S) {
             continue;
         }
-        let t = run.timetable_s(service_s);
+        let t = run.timetable_s(now_s);
         let arrived = t > run.end_s;
-        if !arrived && service_s - run.last_report_s < settings.report_s {
+        if !arrived && now_s - run.last_report_s < settings.report_s {
             continue;
         }
         let Some(trip) = network.trips.get(&run.trip) else { continue };
-        let Some((lat, lon, bearing, along, sequence, status)) = locate(network, trip, t.min(run.end_s)) else {
+        let gtfs_t = t.min(run.end_s) - run.origin_unix;
+        let Some((lat, lon, bearing, along, sequence, status)) = locate(network, trip, gtfs_t) else {
             continue;
         };
         let speed = match run.last_along_m {
-            Some(previous) if service_s > run.last_report_s => {
-                ((along - previous) / (service_s - run.last_report_s)).clamp(0.0, 40.0) as f32
+            Some(previous) if now_s > run.last_report_s => {
+                ((along - previous) / (now_s - run.last_report_s)).clamp(0.0, 40.0) as f32
             }
             _ => 0.0,
         };
-        run.last_report_s = if arrived { run.end_s.max(service_s) } else { service_s };
+        run.last_report_s = now_s;
+        run.arrival_reported = arrived;
         run.last_along_m = Some(along);
         let (id, label) = &day.vehicles[run.vehicle];
         out.push(VehiclePosition {
@@ -448,7 +477,7 @@ fn reports(
     out
 }
 
-fn break_down(day: &mut Day, service_s: f64, rng: &mut impl Rng, episode: Option<&Episode>) {
+fn break_down(day: &mut Day, now_s: f64, rng: &mut impl Rng, episode: Option<&Episode>) {
     let candidates: Vec<usize> = (0..day.runs.len())
         .filter(|&i| {
             let r = &day.runs[i];
@@ -459,19 +488,19 @@ fn break_down(day: &mut Day, service_s: f64, rng: &mut impl Rng, episode: Option
         return;
     }
     let i = candidates[rng.random_range(0..candidates.len())];
-    day.runs[i].broken_at_s = Some(service_s);
+    day.runs[i].broken_at_s = Some(now_s);
     tracing::info!(vehicle = %day.vehicles[day.runs[i].vehicle].0, trip = %day.runs[i].trip, "breakdown");
 }
 
 /// Picks a running vehicle early in its trip, with the next trip of its line and direction
 /// behind it, and starts holding it.
-fn start_episode(day: &Day, service_s: f64, rng: &mut impl Rng) -> Option<Episode> {
+fn start_episode(day: &Day, now_s: f64, rng: &mut impl Rng) -> Option<Episode> {
     let mut candidates = Vec::new();
     for (i, leader) in day.runs.iter().enumerate() {
         if !leader.active || leader.done || leader.broken_at_s.is_some() {
             continue;
         }
-        let t = leader.timetable_s(service_s);
+        let t = leader.timetable_s(now_s);
         let follower = day
             .runs
             .iter()
@@ -496,7 +525,7 @@ fn start_episode(day: &Day, service_s: f64, rng: &mut impl Rng) -> Option<Episod
 }
 
 /// Moves an episode on; false when it is over.
-fn advance_episode(day: &mut Day, e: &mut Episode, service_s: f64, dt: f64) -> bool {
+fn advance_episode(day: &mut Day, e: &mut Episode, now_s: f64, dt: f64) -> bool {
     let follower_delay = {
         let f = &day.runs[e.follower];
         if f.done || f.broken_at_s.is_some() { None } else { Some(f.delay_s + f.extra_s) }
@@ -512,12 +541,12 @@ fn advance_episode(day: &mut Day, e: &mut Episode, service_s: f64, dt: f64) -> b
         Phase::Hold => {
             leader.extra_s = (leader.extra_s + 0.5 * dt).min(wanted);
             if leader.extra_s >= wanted {
-                e.phase = Phase::Keep { until_s: service_s + 180.0 };
+                e.phase = Phase::Keep { until_s: now_s + 180.0 };
             }
         }
         Phase::Keep { until_s } => {
             leader.extra_s = wanted.min(leader.extra_s + dt);
-            if service_s >= until_s {
+            if now_s >= until_s {
                 e.phase = Phase::Recover;
             }
         }
@@ -594,6 +623,7 @@ mod tests {
         let mut n = network(12);
         let day = chrono::NaiveDate::from_ymd_opt(2026, 2, 2).unwrap();
         n.add_daily_service("S", day, day);
+        // (The feed runs on 2026-02-02 only: the previous day adds no trip.)
         let date = jiff::civil::date(2026, 2, 2);
         let utc = jiff::tz::TimeZone::UTC;
         let plan = |seed| plan_day(&n, &utc, date, &mut rand::rngs::StdRng::seed_from_u64(seed), 0.1);
@@ -605,7 +635,7 @@ mod tests {
         let delays = |d: &Day| d.runs.iter().map(|r| (r.delay_s, r.target_delay_s)).collect::<Vec<_>>();
         assert_eq!(delays(&a), delays(&b), "the same seed, the same day");
         assert_ne!(delays(&a), delays(&plan(2)));
-        assert_eq!(a.origin_unix, 1_769_990_400.0, "2026-02-02 00:00 UTC");
+        assert_eq!(a.runs[0].origin_unix, 1_769_990_400.0, "2026-02-02 00:00 UTC");
     }
 
     #[test]
@@ -624,6 +654,7 @@ mod tests {
             vehicle: 0,
             route: "R".into(),
             direction: 0,
+            origin_unix: 0.0,
             start_s,
             end_s: start_s + 1_320.0,
             target_delay_s: 0.0,
@@ -635,12 +666,13 @@ mod tests {
             broken_at_s: None,
             last_report_s: f64::NEG_INFINITY,
             last_along_m: None,
+            arrival_reported: false,
         };
         let mut runs = vec![run("T0", 28_800.0), run("T1", 29_160.0)];
         runs[1].vehicle = 1;
         let mut day = Day {
-            calendar: chrono::NaiveDate::default(),
-            origin_unix: 0.0,
+            calendar: jiff::civil::date(2026, 2, 2),
+            fleets: HashMap::new(),
             runs,
             vehicles: vec![("A".into(), String::new()), ("B".into(), String::new())],
             busy: vec![None, None],

@@ -10,7 +10,6 @@ use proto::transport::{
 };
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tests::{Slice, decode_gtfs_rt_officially, http_get_bytes, test_territory};
 
 const DEG_PER_M_LON: f64 = 1.0 / (111_320.0 * 0.724_172_6); // cos(43.6°)
@@ -22,18 +21,16 @@ fn hms(s: u64) -> String {
 }
 
 /// Line R1, in UTC: 12 stops 500 m apart eastwards from lon 3.85 (it crosses from commune 34172
-/// into 34129), 2 minutes apart; a trip every 6 minutes from an hour ago to an hour ahead. Times
-/// count from the service day the simulator and the service agree on (it turns at 03:00).
+/// into 34129), 2 minutes apart; a trip every 6 minutes of every day, from 00:00 to 28:00 (the
+/// small hours run the previous day's trips and the day's own), so that any time of a test run,
+/// the day's turn included, has trips on the road.
 fn write_feed(territory: &std::path::Path) -> Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let service_now = (now - 3 * 3600) % 86_400 + 3 * 3600;
     let lon = |m: f64| 3.85 + m * DEG_PER_M_LON;
     let stops: String = (0..STOPS).map(|i| format!("S{i},Arrêt {i},43.6,{}\n", lon(i as f64 * 500.0))).collect();
     let mut trips = String::new();
     let mut stop_times = String::new();
-    let first = service_now - 3600;
-    for k in 0..(7200 / HEADWAY_S) {
-        let start = first + k * HEADWAY_S;
+    for k in 0..(28 * 3600 / HEADWAY_S) {
+        let start = k * HEADWAY_S;
         trips.push_str(&format!("R1,DAILY,T{k},0,SH\n"));
         for i in 0..STOPS {
             let t = hms(start + i * 120);
@@ -160,7 +157,7 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     let running: Vec<_> = vehicles.iter().filter(|v| !v.trip_finished).collect();
     assert!(
         !in_feed.is_empty() && in_feed.len() == running.len(),
-        "{} in the feed, {} running",
+        "{} in the feed, {} running: {running:?}",
         in_feed.len(),
         running.len()
     );
