@@ -32,6 +32,8 @@ const LEAD_S: f64 = 120.0;
 const LAYOVER_S: f64 = 180.0;
 /// A broken-down vehicle keeps reporting this long before it falls silent (simulated seconds).
 const BREAKDOWN_REPORTS_S: f64 = 60.0;
+/// A trip whose vehicle is this late for it is cancelled (seconds).
+const MAX_WAIT_S: f64 = 20.0 * 60.0;
 /// The timetable day turns at 03:00 local time (as in the transport service).
 const DAY_TURNS_AT_S: i64 = 3 * 3600;
 
@@ -391,7 +393,14 @@ fn step(day: &mut Day, now_s: f64, dt: f64, settings: &TransportSettings, rng: &
                 continue;
             }
             if day.busy[run.vehicle].is_some() {
-                day.runs[i].waited = true; // its vehicle is still on its previous trip: this one starts late
+                // Its vehicle is still on its previous trip: this one starts late, or, when its
+                // vehicle is too late for it, is cancelled (it never runs).
+                let run = &mut day.runs[i];
+                if now_s - (run.start_s - LEAD_S) > MAX_WAIT_S {
+                    run.done = true;
+                } else {
+                    run.waited = true;
+                }
                 continue;
             }
             let run = &mut day.runs[i];

@@ -20,7 +20,19 @@ fn hms(s: u64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
 }
 
-/// Line R1, in UTC: 12 stops 500 m apart eastwards from lon 3.85 (it crosses from commune 34172
+/// A fixed-offset time zone where it is about 13:00 now: the replayed half hour stays far from
+/// midnight and from the timetable day's turn at 03:00 (which the unit tests cover).
+fn midday_zone() -> Result<String> {
+    let utc_hour = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() / 3600 % 24) as i64;
+    let offset = (13 - utc_hour + 12).rem_euclid(24) - 12;
+    Ok(match offset {
+        0 => "Etc/GMT".to_owned(),
+        k if k > 0 => format!("Etc/GMT-{k}"),
+        k => format!("Etc/GMT+{}", -k),
+    })
+}
+
+/// Line R1, in a zone where it is midday: 12 stops 500 m apart eastwards from lon 3.85 (it crosses from commune 34172
 /// into 34129), 2 minutes apart; a trip every 6 minutes of every day, from 00:00 to 28:00 (the
 /// small hours run the previous day's trips and the day's own), so that any time of a test run,
 /// the day's turn included, has trips on the road.
@@ -38,7 +50,7 @@ fn write_feed(territory: &std::path::Path) -> Result<()> {
         }
     }
     let files = [
-        ("agency.txt", "agency_id,agency_name,agency_url,agency_timezone\nA,Test,http://example.org,UTC\n".to_owned()),
+        ("agency.txt", format!("agency_id,agency_name,agency_url,agency_timezone\nA,Test,http://example.org,{}\n", midday_zone()?)),
         ("routes.txt", "route_id,agency_id,route_short_name,route_long_name,route_type\nR1,A,1,Ligne 1,0\n".to_owned()),
         ("stops.txt", format!("stop_id,stop_name,stop_lat,stop_lon\n{stops}")),
         ("trips.txt", format!("route_id,service_id,trip_id,direction_id,shape_id\n{trips}")),
