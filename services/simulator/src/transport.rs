@@ -648,6 +648,26 @@ mod tests {
     }
 
     #[test]
+    fn the_next_day_joins_with_the_same_fleet() {
+        let mut n = network(12);
+        let (first, last) = (
+            chrono::NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
+            chrono::NaiveDate::from_ymd_opt(2026, 2, 3).unwrap(),
+        );
+        n.add_daily_service("S", first, last);
+        let utc = jiff::tz::TimeZone::UTC;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut day = plan_day(&n, &utc, jiff::civil::date(2026, 2, 2), &mut rng, 0.0);
+        assert_eq!((day.runs.len(), day.vehicles.len()), (24, 4), "the day before and the day");
+        assert_eq!(add_day(&mut day, &n, &utc, jiff::civil::date(2026, 2, 3), &mut rng, 0.0), 12);
+        assert_eq!(day.vehicles.len(), 4, "the same vehicles run the next day");
+        assert_eq!(day.calendar, jiff::civil::date(2026, 2, 3));
+        let origins: Vec<f64> = day.runs.iter().map(|r| r.origin_unix).collect();
+        assert!(origins.windows(2).all(|w| w[0] <= w[1]), "days in order");
+        assert_eq!(day.runs[23].origin_unix + 86_400.0, day.runs[24].origin_unix);
+    }
+
+    #[test]
     fn a_bunching_episode_brings_the_next_vehicle_close_then_recovers() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let settings = TransportSettings {
