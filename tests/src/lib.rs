@@ -266,8 +266,12 @@ impl Process {
         wait_exit(&mut child, &format!("{} to exit", self.name))
     }
 
-    /// Starts the same binary with the same arguments again.
+    /// Starts the process again; it must have stopped (killed or terminated) first, so that a
+    /// test never leaves a second copy running.
     pub fn restart(&mut self) -> Result<usize> {
+        if self.is_running() {
+            bail!("{} is still running: kill or terminate it before restarting it", self.name);
+        }
         let from = self.log_len();
         self.spawn()?;
         Ok(from)

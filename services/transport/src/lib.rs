@@ -63,6 +63,22 @@ pub struct Config {
     #[arg(long, env = "VIGIE_TRANSPORT_LATE_S", default_value_t = 300.0)]
     pub late_s: f64,
 
+    /// Observed headway below this share of the scheduled one: a `bunching` alarm.
+    #[arg(long, env = "VIGIE_TRANSPORT_BUNCHING_RATIO", default_value_t = 0.25)]
+    pub bunching_ratio: f64,
+
+    /// Observed headway above this multiple of the scheduled one: a `gap` alarm.
+    #[arg(long, env = "VIGIE_TRANSPORT_GAP_RATIO", default_value_t = 2.0)]
+    pub gap_ratio: f64,
+
+    /// Farther than this from its shape, metres: an `off_route` alarm.
+    #[arg(long, env = "VIGIE_TRANSPORT_OFF_ROUTE_M", default_value_t = 100.0)]
+    pub off_route_m: f64,
+
+    /// Silent for longer than this (e.g. 2m) while on its trip: a `not_reporting` alarm.
+    #[arg(long, env = "VIGIE_TRANSPORT_SILENCE", value_parser = runtime::config::parse_duration, default_value = "2m")]
+    pub silence: std::time::Duration,
+
     #[command(flatten)]
     pub common: CommonConfig,
 }
@@ -104,7 +120,20 @@ pub async fn run(
             jiff::tz::TimeZone::UTC
         }
     };
-    let tracker_config = tracking::TrackerConfig { late_s: config.late_s, ..Default::default() };
+    let ratios_ok = config.bunching_ratio > 0.0 && config.bunching_ratio < 1.0 && config.gap_ratio > 1.0;
+    if !(ratios_ok && config.gap_ratio.is_finite()) {
+        anyhow::bail!("--bunching-ratio must be between 0 and 1, and --gap-ratio more than 1");
+    }
+    if !(config.off_route_m.is_finite() && config.off_route_m >= 10.0) || config.silence.as_secs() < 10 {
+        anyhow::bail!("--off-route-m must be at least 10, and --silence at least 10s");
+    }
+    let rules = rules::RulesConfig {
+        bunching_ratio: config.bunching_ratio,
+        gap_ratio: config.gap_ratio,
+        off_route_m: config.off_route_m,
+        silence_s: config.silence.as_secs(),
+    };
+    let tracker_config = tracking::TrackerConfig { rules, late_s: config.late_s };
 
     let db = sled::Config::new()
         .path(&config.store)
