@@ -226,16 +226,7 @@ impl OperationsView {
             headway_s: state.headway_s,
             scheduled_headway_s: state.scheduled_headway_s,
         };
-        let asset = AssetState {
-            domain: summary.domain.clone(),
-            id: summary.asset_id.clone(),
-            commune: summary.commune.clone(),
-            position: event.event.position.map(|p| LatLon { lat: p.lat, lon: p.lon }),
-            observed_at: summary.observed_at.clone(),
-            recorded_at: summary.recorded_at.clone(),
-            last_event_id: summary.id.clone(),
-            details: AssetDetails::Vehicle(details),
-        };
+        let asset = asset_state(summary, event, AssetDetails::Vehicle(details));
         // The latest observation wins; a late position is an event, not a new state.
         match self.assets.get(&key) {
             Some(current) if current.observed_at > asset.observed_at => Change::Asset(key, current.clone()),
@@ -264,16 +255,7 @@ impl OperationsView {
             duplicate_count: r.duplicate_count,
             linked_alarm_key: r.linked_alarm_key.clone(),
         };
-        let asset = AssetState {
-            domain: summary.domain.clone(),
-            id: summary.asset_id.clone(),
-            commune: summary.commune.clone(),
-            position: event.event.position.map(|p| LatLon { lat: p.lat, lon: p.lon }),
-            observed_at: summary.observed_at.clone(),
-            recorded_at: summary.recorded_at.clone(),
-            last_event_id: summary.id.clone(),
-            details: AssetDetails::Report(details),
-        };
+        let asset = asset_state(summary, event, AssetDetails::Report(details));
         self.assets.insert(key.clone(), asset.clone());
         Change::Asset(key, asset)
     }
@@ -387,6 +369,20 @@ pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
     ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// An asset's state as the event tells it.
+fn asset_state(summary: &EventSummary, event: &CheckedEvent, details: AssetDetails) -> AssetState {
+    AssetState {
+        domain: summary.domain.clone(),
+        id: summary.asset_id.clone(),
+        commune: summary.commune.clone(),
+        position: event.event.position.map(|p| LatLon { lat: p.lat, lon: p.lon }),
+        observed_at: summary.observed_at.clone(),
+        recorded_at: summary.recorded_at.clone(),
+        last_event_id: summary.id.clone(),
+        details,
+    }
 }
 
 fn summary(event: &CheckedEvent) -> EventSummary {

@@ -435,43 +435,9 @@ impl Slice {
     }
 }
 
-/// A running transport service: the process, its gRPC and its HTTP (GTFS-Realtime) addresses.
-pub struct TransportService {
-    pub process: Process,
-    pub grpc_addr: String,
-    pub http_addr: String,
-}
-
-impl TransportService {
-    pub async fn client(&self) -> Result<TransportClient> {
-        Ok(TransportClient::connect(format!("http://{}", self.grpc_addr)).await?)
-    }
-}
-
-impl Slice {
-    /// Starts the transport service on this slice's NATS and territory.
-    pub async fn start_transport(&self) -> Result<TransportService> {
-        let args = vec![
-            "--nats-url".to_owned(),
-            self.nats.url(),
-            "--store".to_owned(),
-            self.stores.path().join("transport").display().to_string(),
-            "--grpc-addr".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--http-addr".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--territory".to_owned(),
-            self.territory.path().display().to_string(),
-        ];
-        let process = Process::start("vigie-transport", &args)?;
-        let grpc_addr = process.wait_for_addr("gRPC listening", 0)?;
-        let http_addr = process.wait_for_addr("HTTP listening", 0)?;
-        Ok(TransportService { process, grpc_addr, http_addr })
-    }
-}
-
-/// A running reports service: the process, its gRPC and its HTTP (Open311) addresses.
-pub struct ReportsService {
+/// A running domain service with a gRPC and an HTTP face (transport: GTFS-Realtime; reports:
+/// Open311): the process and its addresses.
+pub struct ServiceProcess {
     pub process: Process,
     pub grpc_addr: String,
     pub http_addr: String,
@@ -479,27 +445,33 @@ pub struct ReportsService {
 
 pub type ReportsClient = proto::reports::reports_service_client::ReportsServiceClient<tonic::transport::Channel>;
 
-impl ReportsService {
-    pub async fn client(&self) -> Result<ReportsClient> {
-        Ok(ReportsClient::connect(format!("http://{}", self.grpc_addr)).await?)
-    }
-
-    /// Waits for the addresses logged after line `from` (after a restart).
+impl ServiceProcess {
+    /// Waits for the addresses logged after line `from` (0 at start; after a restart, what
+    /// `restart` returned).
     pub fn read_addresses(&mut self, from: usize) -> Result<()> {
         self.grpc_addr = self.process.wait_for_addr("gRPC listening", from)?;
         self.http_addr = self.process.wait_for_addr("HTTP listening", from)?;
         Ok(())
     }
+
+    pub async fn transport_client(&self) -> Result<TransportClient> {
+        Ok(TransportClient::connect(format!("http://{}", self.grpc_addr)).await?)
+    }
+
+    pub async fn reports_client(&self) -> Result<ReportsClient> {
+        Ok(ReportsClient::connect(format!("http://{}", self.grpc_addr)).await?)
+    }
 }
 
 impl Slice {
-    /// Starts the reports service on this slice's NATS and territory, with extra flags.
-    pub async fn start_reports(&self, extra: &[&str]) -> Result<ReportsService> {
+    /// Starts a domain service binary on this slice's NATS and territory, with its own store,
+    /// free ports, and extra flags.
+    fn start_service(&self, binary: &str, store: &str, extra: &[&str]) -> Result<ServiceProcess> {
         let mut args = vec![
             "--nats-url".to_owned(),
             self.nats.url(),
             "--store".to_owned(),
-            self.stores.path().join("reports").display().to_string(),
+            self.stores.path().join(store).display().to_string(),
             "--grpc-addr".to_owned(),
             "127.0.0.1:0".to_owned(),
             "--http-addr".to_owned(),
@@ -508,11 +480,33 @@ impl Slice {
             self.territory.path().display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let process = Process::start("vigie-reports", &args)?;
-        let mut service = ReportsService { process, grpc_addr: String::new(), http_addr: String::new() };
+        let process = Process::start(binary, &args)?;
+        let mut service = ServiceProcess { process, grpc_addr: String::new(), http_addr: String::new() };
         service.read_addresses(0)?;
         Ok(service)
     }
+
+    pub async fn start_transport(&self) -> Result<ServiceProcess> {
+        self.start_service("vigie-transport", "transport", &[])
+    }
+
+    pub async fn start_reports(&self, extra: &[&str]) -> Result<ServiceProcess> {
+        self.start_service("vigie-reports", "reports", extra)
+    }
+}
+
+/// Writes a GTFS feed (file name, text) as the territory's `transit/gtfs.zip`.
+pub fn write_gtfs_zip(territory: &Path, files: &[(&str, String)]) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(territory.join("transit"))?;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(territory.join("transit/gtfs.zip"))?);
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, text) in files {
+        zip.start_file(*name, options)?;
+        zip.write_all(text.as_bytes())?;
+    }
+    zip.finish()?;
+    Ok(())
 }
 
 /// A minimal HTTP/1.1 POST of a form on loopback: (status, body).

@@ -56,7 +56,7 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
     assert_eq!((communes[&first_asset].as_str(), communes[&other_asset].as_str()), (Some("34172"), Some("34129")));
 
     // An operator moves the first report on; the history records who and when.
-    let mut client = reports.client().await?;
+    let mut client = reports.reports_client().await?;
     for (status, note) in [(ReportStatus::InProgress, ""), (ReportStatus::Fixed, "Dépôt enlevé par la propreté")] {
         client
             .change_status(ChangeStatusRequest {
@@ -96,7 +96,7 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
     reports.process.kill()?;
     let from = reports.process.restart()?;
     reports.read_addresses(from)?;
-    let mut client = reports.client().await?;
+    let mut client = reports.reports_client().await?;
     let request = client.get_request(GetRequestRequest { service_request_id: first.clone() }).await?.into_inner();
     let history: Vec<(String, i32)> = request.history.iter().map(|h| (h.actor.clone(), h.to)).collect();
     assert_eq!(

@@ -4,7 +4,6 @@
 
 use anyhow::Result;
 use proto::transport::{ListVehiclesRequest, VehiclePosition};
-use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tests::{Slice, test_territory};
 
@@ -33,15 +32,7 @@ fn write_feed(territory: &std::path::Path) -> Result<()> {
         ("calendar.txt", "service_id,monday,tuesday,wednesday,thursday,friday,saturday,sunday,start_date,end_date\nDAILY,1,1,1,1,1,1,1,20200101,20991231\n".to_owned()),
         ("shapes.txt", format!("shape_id,shape_pt_lat,shape_pt_lon,shape_pt_sequence\nSH,43.6,{},1\nSH,43.6,{},2\n", lon(0.0), lon(2000.0))),
     ];
-    std::fs::create_dir_all(territory.join("transit"))?;
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(territory.join("transit/gtfs.zip"))?);
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, text) in files {
-        zip.start_file(name, options)?;
-        zip.write_all(text.as_bytes())?;
-    }
-    zip.finish()?;
-    Ok(())
+    tests::write_gtfs_zip(territory, &files)
 }
 
 /// A position `east_m` along the line and `north_m` off it, now. T1 is due at 400 m now.
@@ -64,7 +55,7 @@ async fn vehicles_move_live_off_route_alarms_raise_and_clear_bad_positions_are_c
     write_feed(territory.path())?;
     let slice = Slice::start_in(territory).await?;
     let transport = slice.start_transport().await?;
-    let mut client = transport.client().await?;
+    let mut client = transport.transport_client().await?;
     let mut live = slice.live_client().await?;
     assert_eq!(live.next().await?["type"], "snapshot");
 

@@ -9,7 +9,6 @@ use proto::transport::{
     LocalizedText, ServiceAlert, WithdrawServiceAlertRequest,
 };
 use std::collections::HashMap;
-use std::io::Write;
 use tests::{Slice, decode_gtfs_rt_officially, http_get_bytes, test_territory};
 
 const DEG_PER_M_LON: f64 = 1.0 / (111_320.0 * 0.724_172_6); // cos(43.6°)
@@ -72,15 +71,7 @@ fn write_feed(territory: &std::path::Path) -> Result<()> {
             ),
         ),
     ];
-    std::fs::create_dir_all(territory.join("transit"))?;
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(territory.join("transit/gtfs.zip"))?);
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, text) in files {
-        zip.start_file(name, options)?;
-        zip.write_all(text.as_bytes())?;
-    }
-    zip.finish()?;
-    Ok(())
+    tests::write_gtfs_zip(territory, &files)
 }
 
 fn feed(http_addr: &str, name: &str) -> Result<serde_json::Value> {
@@ -161,7 +152,7 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     // The feeds, read with the official bindings, agree with what the service holds (the
     // simulator is stopped first so that nothing moves in between).
     simulator.kill()?;
-    let mut client = transport.client().await?;
+    let mut client = transport.transport_client().await?;
     let vehicles = client.list_vehicles(ListVehiclesRequest::default()).await?.into_inner().vehicles;
     let positions = feed(&transport.http_addr, "vehicle-positions")?;
     assert_eq!(positions["header"]["gtfs_realtime_version"], "2.0");
@@ -232,9 +223,8 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     assert_eq!(published.communes, ["34129", "34172"], "the line crosses both communes");
     transport.process.kill()?; // SIGKILL: the acknowledged alert was flushed before the reply
     let from = transport.process.restart()?;
-    transport.http_addr = transport.process.wait_for_addr("HTTP listening", from)?;
-    transport.grpc_addr = transport.process.wait_for_addr("gRPC listening", from)?;
-    let mut client = transport.client().await?;
+    transport.read_addresses(from)?;
+    let mut client = transport.transport_client().await?;
     let restored = client.list_vehicles(ListVehiclesRequest::default()).await?.into_inner().vehicles;
     assert_eq!(restored, vehicles, "the vehicles are restored as they were");
     let alerts = feed(&transport.http_addr, "alerts")?;
