@@ -1,0 +1,15 @@
+//! Vigie's water service (issue 6, in progress): the network and its district metered areas.
+//!
+//! - [`network`]: an EPANET `.inp` network (junctions, reservoirs, tanks, pipes, pumps, valves,
+//!   coordinates), with errors that name the section and the line.
+//! - [`placement`]: the network's local coordinates placed over the territory (WGS84), and each
+//!   node's commune.
+//! - [`dma`]: district metered areas derived from the network: the parts left connected once the
+//!   metered inflow links and the boundary valves are cut, each with its inflows.
+//!
+//! Still to come: readings and their data quality, the leak, burst, tank and quality rules, valve
+//! commands, the service binary, and the simulator's part.
+
+pub mod dma;
+pub mod network;
+pub mod placement;
