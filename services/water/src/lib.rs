@@ -7,9 +7,13 @@
 //! - [`dma`]: district metered areas derived from the network: the parts left connected once the
 //!   metered inflow links and the boundary valves are cut, each with its inflows.
 //!
-//! Still to come: readings and their data quality, the leak, burst, tank and quality rules, valve
+//! - [`quality`]: readings' measures, units and ranges, and sensor flags (out of range, frozen,
+//!   silent).
+//!
+//! Still to come: the readings stream, the leak, burst, tank and water-quality rules, valve
 //! commands, the service binary, and the simulator's part.
 
 pub mod dma;
 pub mod network;
 pub mod placement;
+pub mod quality;
