@@ -10,10 +10,14 @@
 //! - [`quality`]: readings' measures, units and ranges, and sensor flags (out of range, frozen,
 //!   silent).
 //!
-//! Still to come: the readings stream, the leak, burst, tank and water-quality rules, valve
+//! - [`leaks`]: leak detection by minimum night flow against a per-weekday baseline, scored on the
+//!   BattLeDIM leak schedule.
+//!
+//! Still to come: the readings stream, the burst, tank and water-quality rules, valve
 //! commands, the service binary, and the simulator's part.
 
 pub mod dma;
+pub mod leaks;
 pub mod network;
 pub mod placement;
 pub mod quality;
