@@ -13,7 +13,10 @@
 //! - [`leaks`]: leak detection by minimum night flow against a per-weekday baseline, scored on the
 //!   BattLeDIM leak schedule.
 //!
-//! Still to come: the readings stream, the burst, tank and water-quality rules, valve
+//! - [`rules`]: tank levels, French drinking-water references, bursts (pressure drop with inflow
+//!   rise), with hysteresis.
+//!
+//! Still to come: the readings stream, valve
 //! commands, the service binary, and the simulator's part.
 
 pub mod dma;
@@ -21,3 +24,4 @@ pub mod leaks;
 pub mod network;
 pub mod placement;
 pub mod quality;
+pub mod rules;
