@@ -104,25 +104,27 @@ impl OperationsView {
                 self.clear(&summary, cleared)?
             }
             Payload::LightingCommand(command) => self.command(&summary, command),
-            Payload::LightingKpi(kpi) => {
-                let values = [
+            Payload::LightingKpi(kpi) => self.kpi(
+                &summary,
+                &[
                     ("lamps_total", f64::from(kpi.lamps_total)),
                     ("lamps_dark", f64::from(kpi.lamps_dark)),
                     ("availability", kpi.availability),
                     ("power_w", kpi.power_w),
                     ("energy_wh_current_hour", kpi.energy_wh_current_hour),
                     ("energy_wh_previous_hour", kpi.energy_wh_previous_hour),
-                ];
-                let state = KpiState {
-                    domain: summary.domain.clone(),
-                    commune: summary.commune.clone(),
-                    at: summary.observed_at.clone(),
-                    values: values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                };
-                let key = format!("{}/{}", summary.domain, summary.commune);
-                self.kpis.insert(key.clone(), state.clone());
-                Change::Kpi(key, state)
-            }
+                ],
+            ),
+            Payload::TransportKpi(kpi) => self.kpi(
+                &summary,
+                &[
+                    ("vehicles", f64::from(kpi.vehicles)),
+                    ("with_adherence", f64::from(kpi.with_adherence)),
+                    ("on_time", f64::from(kpi.on_time)),
+                    ("punctuality", kpi.punctuality),
+                    ("mean_delay_s", kpi.mean_delay_s),
+                ],
+            ),
             Payload::VehicleMoved(moved) => self.vehicle(&summary, event, moved),
             Payload::StreetlightRegistered(_) | Payload::StreetlightStatus(_) | Payload::StreetlightFault(_) => {
                 self.asset(&summary, event)
@@ -235,6 +237,19 @@ impl OperationsView {
                 Change::Asset(key, asset)
             }
         }
+    }
+
+    /// The latest KPIs of one domain in one commune.
+    fn kpi(&mut self, summary: &EventSummary, values: &[(&str, f64)]) -> Change {
+        let state = KpiState {
+            domain: summary.domain.clone(),
+            commune: summary.commune.clone(),
+            at: summary.observed_at.clone(),
+            values: values.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        };
+        let key = format!("{}/{}", summary.domain, summary.commune);
+        self.kpis.insert(key.clone(), state.clone());
+        Change::Kpi(key, state)
     }
 
     fn report(&mut self, summary: &EventSummary, event: &CheckedEvent, r: &proto::reports::ServiceRequest) -> Change {

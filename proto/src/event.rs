@@ -21,6 +21,7 @@ pub enum EventKind {
     TransportAlarmCleared,
     ServiceAlertPublished,
     ServiceAlertWithdrawn,
+    TransportKpi,
     ReportCreated,
     ReportUpdated,
 }
@@ -40,6 +41,7 @@ impl EventKind {
             EventKind::TransportAlarmCleared => "alarm_cleared",
             EventKind::ServiceAlertPublished => "service_alert_published",
             EventKind::ServiceAlertWithdrawn => "service_alert_withdrawn",
+            EventKind::TransportKpi => "kpi",
             EventKind::ReportCreated => "report_created",
             EventKind::ReportUpdated => "report_updated",
         }
@@ -58,7 +60,8 @@ impl EventKind {
             | EventKind::TransportAlarmRaised
             | EventKind::TransportAlarmCleared
             | EventKind::ServiceAlertPublished
-            | EventKind::ServiceAlertWithdrawn => Domain::Transport,
+            | EventKind::ServiceAlertWithdrawn
+            | EventKind::TransportKpi => Domain::Transport,
             EventKind::ReportCreated | EventKind::ReportUpdated => Domain::Reports,
         }
     }
@@ -79,6 +82,7 @@ impl Payload {
             Payload::TransportAlarmCleared(_) => EventKind::TransportAlarmCleared,
             Payload::ServiceAlertPublished(_) => EventKind::ServiceAlertPublished,
             Payload::ServiceAlertWithdrawn(_) => EventKind::ServiceAlertWithdrawn,
+            Payload::TransportKpi(_) => EventKind::TransportKpi,
             Payload::ReportCreated(_) => EventKind::ReportCreated,
             Payload::ReportUpdated(_) => EventKind::ReportUpdated,
         }

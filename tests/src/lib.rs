@@ -486,8 +486,8 @@ impl Slice {
         Ok(service)
     }
 
-    pub async fn start_transport(&self) -> Result<ServiceProcess> {
-        self.start_service("vigie-transport", "transport", &[])
+    pub async fn start_transport(&self, extra: &[&str]) -> Result<ServiceProcess> {
+        self.start_service("vigie-transport", "transport", extra)
     }
 
     pub async fn start_reports(&self, extra: &[&str]) -> Result<ServiceProcess> {

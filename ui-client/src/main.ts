@@ -201,9 +201,20 @@ function render() {
     power += k.values.power_w ?? 0;
   }
   const availability = total > 0 ? `${(((total - dark) / total) * 100).toFixed(2)} %` : "—";
+  let vehicles = 0;
+  let withAdherence = 0;
+  let onTime = 0;
+  for (const k of kpis.values()) {
+    if (k.domain !== "transport") continue;
+    vehicles += k.values.vehicles ?? 0;
+    withAdherence += k.values.with_adherence ?? 0;
+    onTime += k.values.on_time ?? 0;
+  }
+  const punctuality = withAdherence > 0 ? `${Math.round((onTime / withAdherence) * 100)} %` : "—";
   counts.textContent =
     `${assets.size} équipements · ${alarms.size} alarmes actives · éclairage disponible ${availability}` +
-    ` · ${(power / 1000).toFixed(0)} kW · séquence ${lastSeq}`;
+    ` · ${(power / 1000).toFixed(0)} kW · ${vehicles} véhicules en ligne, ponctualité ${punctuality}` +
+    ` · séquence ${lastSeq}`;
 }
 
 function connect(delayMs: number) {

@@ -48,6 +48,8 @@ pub struct Transport {
     service_alerts: Mutex<BTreeMap<String, ServiceAlert>>,
     /// `None` until a position is heard (then the wall clock stands in).
     clock: Mutex<Option<AvlClock>>,
+    /// The communes of the last KPI publication (a commune whose vehicles are gone gets zeros).
+    kpi_communes: Mutex<std::collections::BTreeSet<String>>,
     day: Mutex<TimetableDay>,
 }
 
@@ -111,6 +113,7 @@ impl Transport {
             tracker: Mutex::new(tracker),
             service_alerts: Mutex::new(service_alerts),
             clock: Mutex::new(clock),
+            kpi_communes: Mutex::new(std::collections::BTreeSet::new()),
             day: Mutex::new(day),
         })
     }
@@ -286,6 +289,39 @@ impl Transport {
             service_day,
             arrivals,
         })
+    }
+
+    /// Publishes the KPIs of every commune with vehicles in service (and zeros for a commune that
+    /// had some at the last publication), as events.
+    pub async fn publish_kpis(&self) -> Result<(), Status> {
+        let now_unix = self.now_unix();
+        let at = UNIX_EPOCH + Duration::from_secs_f64(now_unix.max(0.0));
+        let mut kpis = crate::kpi::per_commune(self.tracker().vehicles(), now_unix as u64);
+        {
+            let mut previous = lock(&self.kpi_communes);
+            for commune in previous.iter() {
+                kpis.entry(commune.clone())
+                    .or_insert(proto::transport::TransportKpi { punctuality: 1.0, ..Default::default() });
+            }
+            *previous = kpis.iter().filter(|(_, k)| k.vehicles > 0).map(|(c, _)| c.clone()).collect();
+        }
+        if kpis.is_empty() {
+            return Ok(());
+        }
+        let mut events = Vec::new();
+        for (commune, kpi) in kpis {
+            let commune = CommuneId::parse(&commune).map_err(|e| Status::internal(e.to_string()))?;
+            let asset = AssetId::parse(&format!("kpi-{commune}")).map_err(|e| Status::internal(e.to_string()))?;
+            events.push(checked(event::new_event(
+                &commune,
+                &asset,
+                event::timestamp(at),
+                None,
+                Payload::TransportKpi(kpi),
+            ))?);
+        }
+        self.store.write(WriteBatch { events, ..Default::default() })?;
+        self.commit().await
     }
 
     /// One of the GTFS-Realtime feeds, now (in the service's clock).

@@ -9,6 +9,7 @@
 //! - [`predict`]: predicted arrivals at the stops ahead. Pure.
 //! - [`alerts`]: service alerts checked against the timetable, and the communes they concern. Pure.
 //! - [`gtfs_rt`]: the GTFS-Realtime feeds built from the vehicles and alerts. Pure.
+//! - [`kpi`]: vehicles in service and punctuality per commune. Pure.
 //! - [`store`]: the sled database (the only module that sees sled).
 //! - [`core`]: validation → tracker → store, in one order; the service's clock and timetable day.
 //! - [`api`]: the gRPC service; [`http`]: the GTFS-Realtime feeds over HTTP.
@@ -19,6 +20,7 @@ pub mod core;
 pub mod geometry;
 pub mod gtfs_rt;
 pub mod http;
+pub mod kpi;
 pub mod network;
 pub mod predict;
 pub mod rules;
@@ -76,6 +78,10 @@ pub struct Config {
     pub off_route_m: f64,
 
     /// Silent for longer than this (e.g. 2m) while on its trip: a `not_reporting` alarm.
+    /// How often the KPIs of each commune (vehicles, punctuality) are published.
+    #[arg(long, env = "VIGIE_TRANSPORT_KPI_INTERVAL", value_parser = runtime::config::parse_duration, default_value = "60s")]
+    pub kpi_interval: std::time::Duration,
+
     #[arg(long, env = "VIGIE_TRANSPORT_SILENCE", value_parser = runtime::config::parse_duration, default_value = "2m")]
     pub silence: std::time::Duration,
 
@@ -127,6 +133,9 @@ pub async fn run(
     if !(config.off_route_m.is_finite() && config.off_route_m >= 10.0) || config.silence.as_secs() < 10 {
         anyhow::bail!("--off-route-m must be at least 10, and --silence at least 10s");
     }
+    if config.kpi_interval.as_secs() < 1 {
+        anyhow::bail!("--kpi-interval must be at least 1s");
+    }
     let rules = rules::RulesConfig {
         bunching_ratio: config.bunching_ratio,
         gap_ratio: config.gap_ratio,
@@ -159,6 +168,7 @@ pub async fn run(
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
     let background = CancellationToken::new();
     let housekeeping = tokio::spawn(housekeeping(core.clone(), background.clone()));
+    let kpis = tokio::spawn(publish_kpis(core.clone(), config.kpi_interval, background.clone()));
     tracing::info!(addr = %http_listener.local_addr()?, "HTTP listening (GTFS-Realtime)");
     let http = {
         let stop = background.clone();
@@ -179,12 +189,28 @@ pub async fn run(
     let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
     background.cancel();
     let _ = housekeeping.await;
+    let _ = kpis.await;
     let _ = http.await;
     relay.finish().await;
     runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;
     tracing::info!(outbox = store.outbox().depth(), "stopped");
     served
+}
+
+/// Publishes the KPIs of each commune at every interval.
+async fn publish_kpis(core: Arc<core::Transport>, every: std::time::Duration, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = core.publish_kpis().await {
+            tracing::warn!(error = %e, "publishing the transport KPIs failed");
+        }
+    }
 }
 
 /// Every 15 s: turns the timetable day when it changed, looks for silent vehicles, and withdraws

@@ -54,7 +54,7 @@ async fn vehicles_move_live_off_route_alarms_raise_and_clear_bad_positions_are_c
     let territory = test_territory()?;
     write_feed(territory.path())?;
     let slice = Slice::start_in(territory).await?;
-    let transport = slice.start_transport().await?;
+    let transport = slice.start_transport(&[]).await?;
     let mut client = transport.transport_client().await?;
     let mut live = slice.live_client().await?;
     assert_eq!(live.next().await?["type"], "snapshot");

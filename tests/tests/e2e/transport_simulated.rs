@@ -1,5 +1,6 @@
 //! Public transport from the simulator: vehicles run a timetable along its shape, replayed ×20,
-//! reach the gateway as moving vehicles, and a bunching episode raises an alarm that clears. The
+//! reach the gateway as moving vehicles, and a bunching episode raises an alarm that clears; the
+//! communes' KPIs (vehicles, punctuality) follow. The
 //! GTFS-Realtime feeds decode with Google's official bindings and agree with the service; service
 //! alerts go through the feed and survive a restart.
 
@@ -91,7 +92,7 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     let territory = test_territory()?;
     write_feed(territory.path())?;
     let slice = Slice::start_in(territory).await?;
-    let mut transport = slice.start_transport().await?;
+    let mut transport = slice.start_transport(&["--kpi-interval", "2s"]).await?;
     let mut live = slice.live_client().await?;
     assert_eq!(live.next().await?["type"], "snapshot");
     let transport_url = format!("http://{}", transport.grpc_addr);
@@ -148,6 +149,18 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
         .await
         .context("the bunching alarm clearing")?;
     assert_eq!(frames[frames.len() - 1]["alarm"]["key"], key.as_str());
+
+    // The KPIs of a commune: vehicles in service and punctuality.
+    let frames = live
+        .until(|f| {
+            f["kpi"]["domain"] == "transport" && f["kpi"]["values"]["vehicles"].as_f64().is_some_and(|v| v > 0.0)
+        })
+        .await
+        .context("transport KPIs")?;
+    let kpi = &frames[frames.len() - 1]["kpi"];
+    let punctuality = kpi["values"]["punctuality"].as_f64().context("punctuality")?;
+    assert!((0.0..=1.0).contains(&punctuality), "{kpi}");
+    assert!(["34172", "34129"].contains(&kpi["commune"].as_str().unwrap_or_default()), "{kpi}");
 
     // The feeds, read with the official bindings, agree with what the service holds (the
     // simulator is stopped first so that nothing moves in between).
