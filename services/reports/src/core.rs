@@ -118,10 +118,6 @@ impl Reports {
         &self.store
     }
 
-    pub fn territory(&self) -> &Territory {
-        &self.territory
-    }
-
     /// The services of a commune (all communes share them unless configured otherwise).
     pub fn services(&self, commune: &str) -> Result<&[ServiceDefinition], ReportError> {
         if !commune.is_empty() {
@@ -387,7 +383,7 @@ impl Reports {
                 && (q.service_code.is_empty() || q.service_code.split(',').any(|c| c.trim() == r.service_code))
                 && start.is_none_or(|s| requested >= s)
                 && end.is_none_or(|e| requested <= e)
-                && (statuses.is_empty() || statuses.contains(&domain::open311_status(status)))
+                && (statuses.is_empty() || statuses.contains(&status.open311()))
         });
         Ok(matching.skip((page - 1) * page_size).take(page_size).map(public).collect())
     }
@@ -417,7 +413,7 @@ impl Reports {
             .cloned()
             .ok_or_else(|| ReportError::NotFound(format!("no service request {id:?}")))?;
         if request.status == status as i32 && note.is_empty() {
-            return Err(invalid(format!("request {id} is {} already", domain::status_token(status))));
+            return Err(invalid(format!("request {id} is {} already", status.token())));
         }
         let at = event::timestamp(now);
         let change = StatusChange { at: Some(at), actor, from: request.status, to: status as i32, note: note.clone() };

@@ -1,5 +1,5 @@
-//! Citizen-report rules, pure: input checks and clean-up, the lifecycle and its Open311 mapping,
-//! and duplicate detection.
+//! Citizen-report rules, pure: input checks and clean-up, and duplicate detection. The lifecycle's
+//! names and Open311 mapping are the contract's (`ReportStatus::token`, `open311`).
 
 use proto::reports::{Contact, ReportStatus, ServiceDefinition, ServiceRequest};
 use std::collections::HashMap;
@@ -11,20 +11,6 @@ pub const MAX_NOTE_CHARS: usize = 1_000;
 pub const MAX_ATTRIBUTE_CHARS: usize = 200;
 /// Two open reports of the same service this close are one problem.
 pub const DUPLICATE_RADIUS_M: f64 = 50.0;
-
-/// The Open311 status of a report: `open` or `closed`.
-pub fn open311_status(status: ReportStatus) -> &'static str {
-    status.open311()
-}
-
-pub fn is_open(status: ReportStatus) -> bool {
-    status.is_open()
-}
-
-/// The lifecycle state's token (FixMyStreet's names), as published.
-pub fn status_token(status: ReportStatus) -> &'static str {
-    status.token()
-}
 
 /// Free text as stored: control characters (but line breaks) removed, trimmed, bounded.
 pub fn clean_text(what: &str, text: &str, max_chars: usize) -> Result<String, String> {
@@ -129,7 +115,7 @@ pub fn find_duplicate<'a>(
             r.commune == commune
                 && r.service_code == service_code
                 && r.duplicate_of.is_empty()
-                && ReportStatus::try_from(r.status).is_ok_and(is_open)
+                && ReportStatus::try_from(r.status).is_ok_and(ReportStatus::is_open)
                 && distance_m((r.lat, r.lon), at) <= DUPLICATE_RADIUS_M
         })
         .min_by(|a, b| {
@@ -200,7 +186,7 @@ mod tests {
             (Duplicate, "closed", "duplicate"),
             (NotResponsible, "closed", "not_responsible"),
         ] {
-            assert_eq!((open311_status(status), status_token(status)), (open311, token));
+            assert_eq!((status.open311(), status.token()), (open311, token));
         }
     }
 

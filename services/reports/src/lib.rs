@@ -163,8 +163,12 @@ async fn follow_lighting_alarms(
         tracing::info!("following lighting alarms");
         while let Some(message) = messages.next().await {
             let message = message?;
+            // Checked like any bus input: decodable, consistent, and on its own subject.
             match proto::event::decode(&message.payload) {
-                Ok(event) => core.lighting_event(&event),
+                Ok(event) if event.subject() == message.subject.as_str() => core.lighting_event(&event),
+                Ok(event) => {
+                    tracing::warn!(subject = %message.subject, expected = %event.subject(), "lighting event on another subject skipped")
+                }
                 Err(e) => tracing::warn!(subject = %message.subject, error = %e, "undecodable lighting event skipped"),
             }
         }

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::core::{ReportError, Reports};
-use crate::domain;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -173,7 +172,7 @@ pub fn request_json(r: &ServiceRequest) -> Value {
     let status = ReportStatus::try_from(r.status).unwrap_or(ReportStatus::Unspecified);
     json!({
         "service_request_id": r.service_request_id,
-        "status": domain::open311_status(status),
+        "status": status.open311(),
         "status_notes": r.status_notes,
         "service_name": r.service_name,
         "service_code": r.service_code,
@@ -190,7 +189,7 @@ pub fn request_json(r: &ServiceRequest) -> Value {
         "long": r.lon,
         "media_url": r.media_url,
         "jurisdiction_id": r.commune,
-        "detailed_status": domain::status_token(status),
+        "detailed_status": status.token(),
         "duplicate_of": r.duplicate_of,
         "duplicate_count": r.duplicate_count,
         "linked_alarm_key": r.linked_alarm_key,

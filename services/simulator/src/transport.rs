@@ -23,6 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use transport::network::{Network, Trip};
+use transport::service_day;
 
 /// Real time between two simulation steps.
 const STEP: Duration = Duration::from_millis(500);
@@ -34,8 +35,6 @@ const LAYOVER_S: f64 = 180.0;
 const BREAKDOWN_REPORTS_S: f64 = 60.0;
 /// A trip whose vehicle is this late for it is cancelled (seconds).
 const MAX_WAIT_S: f64 = 20.0 * 60.0;
-/// The timetable day turns at 03:00 local time (as in the transport service).
-const DAY_TURNS_AT_S: i64 = 3 * 3600;
 
 /// Simulated time: starts at `start_unix` and runs `speed` times faster than the wall clock until
 /// it reaches the present, then with it.
@@ -127,7 +126,7 @@ struct Episode {
 /// The vehicles of one service day.
 struct Day {
     /// The latest calendar day whose trips are planned.
-    calendar: jiff::civil::Date,
+    calendar: chrono::NaiveDate,
     /// Per route: (vehicle, free from), to chain the next day's trips.
     fleets: HashMap<String, Vec<(usize, f64)>>,
     runs: Vec<Run>,
@@ -136,21 +135,9 @@ struct Day {
     busy: Vec<Option<usize>>,
 }
 
-fn calendar_day(time_zone: &jiff::tz::TimeZone, unix: f64) -> Option<jiff::civil::Date> {
-    jiff::Timestamp::from_second(unix as i64 - DAY_TURNS_AT_S).ok().map(|t| t.to_zoned(time_zone.clone()).date())
-}
-
 /// An AVL-style id from a route name: the characters vehicle ids allow.
 fn id_part(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(24).collect()
-}
-
-/// POSIX time of GTFS time 0 (noon minus 12 h) of a day in a time zone.
-fn origin_of(time_zone: &jiff::tz::TimeZone, day: jiff::civil::Date) -> f64 {
-    day.at(12, 0, 0, 0)
-        .to_zoned(time_zone.clone())
-        .map(|z| z.timestamp().as_second() as f64 - 12.0 * 3600.0)
-        .unwrap_or(0.0)
 }
 
 /// The trips running around `day`: the previous day's (those past midnight still run after the day
@@ -158,11 +145,11 @@ fn origin_of(time_zone: &jiff::tz::TimeZone, day: jiff::civil::Date) -> f64 {
 fn plan_day(
     network: &Network,
     time_zone: &jiff::tz::TimeZone,
-    day: jiff::civil::Date,
+    day: chrono::NaiveDate,
     rng: &mut impl Rng,
     late_trips: f64,
 ) -> Day {
-    let yesterday = day.yesterday().unwrap_or(day);
+    let yesterday = day.pred_opt().unwrap_or(day);
     let mut planned =
         Day { calendar: yesterday, fleets: HashMap::new(), runs: Vec::new(), vehicles: Vec::new(), busy: Vec::new() };
     add_day(&mut planned, network, time_zone, yesterday, rng, late_trips);
@@ -176,14 +163,12 @@ fn add_day(
     planned: &mut Day,
     network: &Network,
     time_zone: &jiff::tz::TimeZone,
-    day: jiff::civil::Date,
+    day: chrono::NaiveDate,
     rng: &mut impl Rng,
     late_trips: f64,
 ) -> usize {
-    let calendar = chrono::NaiveDate::from_ymd_opt(i32::from(day.year()), day.month() as u32, day.day() as u32)
-        .unwrap_or_default();
-    let timetable = network.service_day_for(calendar).unwrap_or(calendar);
-    let origin = origin_of(time_zone, day);
+    let timetable = network.service_day_for(day).unwrap_or(day);
+    let origin = service_day::origin_unix(time_zone, day) as f64;
     let mut trips: Vec<(f64, &Trip)> = network
         .trips
         .values()
@@ -313,12 +298,12 @@ pub async fn run(
         let now_unix = clock.now_unix();
         let dt = (now_unix - last_unix).max(0.0);
         last_unix = now_unix;
-        let Some(calendar) = calendar_day(&time_zone, now_unix) else { continue };
+        let calendar = service_day::calendar_day(&time_zone, now_unix);
         let day = match &mut day {
             Some(d) => {
                 // The day turned: the new day's trips join, run by the same fleet.
                 while d.calendar < calendar {
-                    let next = d.calendar.tomorrow().unwrap_or(calendar);
+                    let next = d.calendar.succ_opt().unwrap_or(calendar);
                     let added = add_day(d, &network, &time_zone, next, &mut rng, settings.late_trips);
                     tracing::info!(day = %next, trips = added, vehicles = d.vehicles.len(), "day planned");
                 }
@@ -330,19 +315,18 @@ pub async fn run(
                 day.insert(planned)
             }
         };
-        let now_s = now_unix;
-        step(day, now_s, dt, &settings, &mut rng);
+        step(day, now_unix, dt, &settings, &mut rng);
         if settings.breakdowns_per_hour > 0.0 && rng.random_bool((settings.breakdowns_per_hour * dt / 3600.0).min(1.0))
         {
-            break_down(day, now_s, &mut rng, episode.as_ref());
+            break_down(day, now_unix, &mut rng, episode.as_ref());
         }
         if let Some(e) = &mut episode {
-            if !advance_episode(day, e, now_s, dt) {
+            if !advance_episode(day, e, now_unix, dt) {
                 tracing::info!(leader = %day.vehicles[day.runs[e.leader].vehicle].0, "bunching episode over");
                 episode = None;
             }
         } else if !settings.bunching_every.is_zero() && now_unix >= next_episode_unix {
-            episode = start_episode(day, now_s, &mut rng);
+            episode = start_episode(day, now_unix, &mut rng);
             if let Some(e) = &episode {
                 next_episode_unix = now_unix + settings.bunching_every.as_secs_f64();
                 let (leader, follower) = (&day.runs[e.leader], &day.runs[e.follower]);
@@ -356,7 +340,7 @@ pub async fn run(
             }
         }
         let at = UNIX_EPOCH + Duration::from_secs_f64(now_unix.max(0.0));
-        let positions = reports(day, &network, now_s, at, &settings);
+        let positions = reports(day, &network, now_unix, at, &settings);
         if positions.is_empty() {
             continue;
         }
@@ -633,7 +617,7 @@ mod tests {
         let day = chrono::NaiveDate::from_ymd_opt(2026, 2, 2).unwrap();
         n.add_daily_service("S", day, day);
         // (The feed runs on 2026-02-02 only: the previous day adds no trip.)
-        let date = jiff::civil::date(2026, 2, 2);
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 2, 2).unwrap();
         let utc = jiff::tz::TimeZone::UTC;
         let plan = |seed| plan_day(&n, &utc, date, &mut rand::rngs::StdRng::seed_from_u64(seed), 0.1);
         let a = plan(1);
@@ -657,11 +641,14 @@ mod tests {
         n.add_daily_service("S", first, last);
         let utc = jiff::tz::TimeZone::UTC;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mut day = plan_day(&n, &utc, jiff::civil::date(2026, 2, 2), &mut rng, 0.0);
+        let mut day = plan_day(&n, &utc, chrono::NaiveDate::from_ymd_opt(2026, 2, 2).unwrap(), &mut rng, 0.0);
         assert_eq!((day.runs.len(), day.vehicles.len()), (24, 4), "the day before and the day");
-        assert_eq!(add_day(&mut day, &n, &utc, jiff::civil::date(2026, 2, 3), &mut rng, 0.0), 12);
+        assert_eq!(
+            add_day(&mut day, &n, &utc, chrono::NaiveDate::from_ymd_opt(2026, 2, 3).unwrap(), &mut rng, 0.0),
+            12
+        );
         assert_eq!(day.vehicles.len(), 4, "the same vehicles run the next day");
-        assert_eq!(day.calendar, jiff::civil::date(2026, 2, 3));
+        assert_eq!(day.calendar, chrono::NaiveDate::from_ymd_opt(2026, 2, 3).unwrap());
         let origins: Vec<f64> = day.runs.iter().map(|r| r.origin_unix).collect();
         assert!(origins.windows(2).all(|w| w[0] <= w[1]), "days in order");
         assert_eq!(day.runs[23].origin_unix + 86_400.0, day.runs[24].origin_unix);
@@ -700,7 +687,7 @@ mod tests {
         let mut runs = vec![run("T0", 28_800.0), run("T1", 29_160.0)];
         runs[1].vehicle = 1;
         let mut day = Day {
-            calendar: jiff::civil::date(2026, 2, 2),
+            calendar: chrono::NaiveDate::from_ymd_opt(2026, 2, 2).unwrap(),
             fleets: HashMap::new(),
             runs,
             vehicles: vec![("A".into(), String::new()), ("B".into(), String::new())],

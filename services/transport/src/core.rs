@@ -24,8 +24,9 @@ use crate::alerts::{self, Coverage};
 use crate::gtfs_rt::{self, Feed};
 use crate::network::Network;
 use crate::predict;
+use crate::service_day;
 use crate::store::{Store, StoreError, WriteBatch};
-use crate::tracking::{AlarmChange, Tracker};
+use crate::tracking::{AlarmChange, Tracked, Tracker};
 use runtime::alarms::AlarmPayloads;
 
 /// How far in the future a position's time may be (clock skew of on-board units).
@@ -33,10 +34,6 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// At most this many service alerts at once.
 pub const MAX_SERVICE_ALERTS: usize = 1_000;
-
-/// The timetable day turns at 03:00 local time: night trips past midnight (GTFS times beyond
-/// 24:00) still belong to the evening's service.
-const DAY_TURNS_AT_S: i64 = 3 * 3600;
 
 pub struct Transport {
     store: Store,
@@ -181,8 +178,7 @@ impl Transport {
         let commune = match self.territory.locate(position.lat, position.lon) {
             Some(c) => c.id.clone(),
             None => tracker
-                .vehicles()
-                .find(|v| v.state.position.as_ref().is_some_and(|p| p.vehicle_id == vehicle.as_str()))
+                .vehicle(vehicle.as_str())
                 .and_then(|v| CommuneId::parse(&v.state.commune).ok())
                 .ok_or_else(|| {
                     Status::invalid_argument(format!(
@@ -234,7 +230,7 @@ impl Transport {
         if day.fixed {
             return;
         }
-        let calendar = calendar_day(&self.time_zone, now);
+        let calendar = service_day::calendar_day(&self.time_zone, unix_f64(now));
         if calendar == day.calendar {
             return;
         }
@@ -242,13 +238,6 @@ impl Transport {
         self.tracker().set_service_day(&self.network, timetable);
         tracing::info!(%calendar, %timetable, "timetable day turned");
         *day = TimetableDay { calendar, timetable, fixed: false };
-    }
-
-    /// POSIX time of GTFS time 0 (noon minus 12 h) of a calendar day, in the feed's time zone.
-    fn day_origin(&self, day: chrono::NaiveDate) -> i64 {
-        use chrono::Datelike;
-        let noon = jiff::civil::date(day.year() as i16, day.month() as i8, day.day() as i8).at(12, 0, 0, 0);
-        noon.to_zoned(self.time_zone.clone()).map(|z| z.timestamp().as_second()).unwrap_or(0) - 12 * 3600
     }
 
     /// The arrivals of a trip at its stops still ahead (see [`predict::arrivals`]).
@@ -266,7 +255,7 @@ impl Transport {
             .cloned();
         let calendar = self.timetable_day().calendar;
         let origin =
-            vehicle.as_ref().map_or_else(|| self.day_origin(calendar), |v| (v.seen_unix_s as f64 - v.service_s) as i64);
+            vehicle.as_ref().map_or_else(|| service_day::origin_unix(&self.time_zone, calendar), Tracked::origin_unix);
         let service_day = jiff::Timestamp::from_second(origin + 12 * 3600)
             .map(|t| t.to_zoned(self.time_zone.clone()).date().to_string())
             .unwrap_or_default();
@@ -454,13 +443,6 @@ impl Transport {
         });
         vehicles
     }
-}
-
-/// The calendar day whose service runs at `at` in a time zone (the day turns at 03:00 local time).
-pub fn calendar_day(time_zone: &jiff::tz::TimeZone, at: SystemTime) -> chrono::NaiveDate {
-    let unix = unix_f64(at) as i64 - DAY_TURNS_AT_S;
-    let date = jiff::Timestamp::from_second(unix).map(|t| t.to_zoned(time_zone.clone()).date()).unwrap_or_default();
-    chrono::NaiveDate::from_ymd_opt(i32::from(date.year()), date.month() as u32, date.day() as u32).unwrap_or_default()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -55,8 +55,7 @@ fn in_feed(v: &Tracked, now_unix: u64) -> bool {
 fn trip_descriptor(v: &Tracked, time_zone: &jiff::tz::TimeZone) -> rt::TripDescriptor {
     let position = v.state.position.as_ref();
     // The service day's date: the day whose GTFS time 0 is the observation minus its service time.
-    let origin = v.seen_unix_s as f64 - v.service_s;
-    let start_date = jiff::Timestamp::from_second(origin as i64 + 12 * 3600)
+    let start_date = jiff::Timestamp::from_second(v.origin_unix() + 12 * 3600)
         .ok()
         .map(|t| t.to_zoned(time_zone.clone()).date().strftime("%Y%m%d").to_string());
     rt::TripDescriptor {

@@ -10,6 +10,8 @@
 //! - [`alerts`]: service alerts checked against the timetable, and the communes they concern. Pure.
 //! - [`gtfs_rt`]: the GTFS-Realtime feeds built from the vehicles and alerts. Pure.
 //! - [`kpi`]: vehicles in service and punctuality per commune. Pure.
+//! - [`service_day`]: which day's service runs at an instant (it turns at 03:00), and its GTFS
+//!   time 0. Pure; shared with the simulator.
 //! - [`store`]: the sled database (the only module that sees sled).
 //! - [`core`]: validation → tracker → store, in one order; the service's clock and timetable day.
 //! - [`api`]: the gRPC service; [`http`]: the GTFS-Realtime feeds over HTTP.
@@ -24,6 +26,7 @@ pub mod kpi;
 pub mod network;
 pub mod predict;
 pub mod rules;
+pub mod service_day;
 pub mod store;
 pub mod tracking;
 
@@ -150,7 +153,9 @@ pub async fn run(
         .with_context(|| format!("opening the store {}", config.store.display()))?;
     let store = store::Store::open(&db).context("opening the store's trees")?;
     // The tracker starts on today's timetable; the core turns the day at 03:00 (see core).
-    let today = core::calendar_day(&time_zone, std::time::SystemTime::now());
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let today = service_day::calendar_day(&time_zone, now);
     let timetable = config.service_day.or_else(|| network.service_day_for(today)).unwrap_or(today);
     let day = core::TimetableDay { calendar: today, timetable, fixed: config.service_day.is_some() };
     tracing::info!(calendar = %today, %timetable, fixed = day.fixed, "timetable day");

@@ -39,7 +39,7 @@ pub fn arrivals(trip: &Trip, vehicle: Option<&Tracked>, origin_unix: i64) -> Vec
     if vehicle.state.trip_finished {
         return Vec::new();
     }
-    let origin = (vehicle.seen_unix_s as f64 - vehicle.service_s).round() as i64;
+    let origin = vehicle.origin_unix();
     let position = vehicle.state.position.as_ref();
     let sequence = position.map(|p| p.current_stop_sequence).unwrap_or(0);
     let stopped = position.is_some_and(|p| p.current_status == VehicleStopStatus::StoppedAt as i32);

@@ -41,6 +41,14 @@ pub struct Tracked {
     pub seen_unix_s: u64,
 }
 
+impl Tracked {
+    /// POSIX seconds of its service day's GTFS time 0: the observation time minus its service
+    /// time (right after midnight too, when the trip belongs to the evening before).
+    pub fn origin_unix(&self) -> i64 {
+        (self.seen_unix_s as f64 - self.service_s).round() as i64
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Tracker {
     config: TrackerConfig,
@@ -77,6 +85,10 @@ impl Tracker {
         for a in alarms {
             self.alarms.insert(a.raised.key.clone(), a);
         }
+    }
+
+    pub fn vehicle(&self, id: &str) -> Option<&Tracked> {
+        self.vehicles.get(id)
     }
 
     pub fn vehicles(&self) -> impl Iterator<Item = &Tracked> {

@@ -132,10 +132,6 @@ mod tests {
         let n = Network::read(&path).unwrap();
         let dmas = derive(&n, &["PUMP_1", "p227", "p235"]).unwrap();
         let sizes: Vec<usize> = dmas.iter().map(|d| d.junctions).collect();
-        eprintln!(
-            "L-Town areas: {:?}",
-            dmas.iter().map(|d| (&d.id, d.junctions, &d.boundary_links)).collect::<Vec<_>>()
-        );
         assert_eq!(sizes.iter().sum::<usize>(), 782, "every junction in one area");
         // The main area fed by both reservoirs' meters (through PRV-1 and PRV-2, whose chambers
         // join it), the area the tank feeds (beyond the pump), and the area beyond PRV-3.
