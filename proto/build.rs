@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "vigie/lighting/v1/lighting.proto",
     "vigie/transport/v1/transport.proto",
     "vigie/reports/v1/reports.proto",
+    "vigie/water/v1/water.proto",
     "transit_realtime/gtfs-realtime.proto",
 ];
 

@@ -5,7 +5,7 @@ use proto::event::CheckedEvent;
 use proto::lighting::{CommandStatus, LampStatus, LightingCommand, PowerState, TalqFault};
 use proto::live::{
     AlarmState, AssetDetails, AssetState, CommandAction, CommandState, CommandTarget, EventSummary, KpiState, LatLon,
-    ReportDetails, StreetlightDetails, VehicleDetails,
+    MeasureReading, ReportDetails, StreetlightDetails, VehicleDetails, WaterSensorDetails,
 };
 use proto::v1::event::Payload;
 use proto::v1::{AlarmCleared, AlarmRaised, Severity};
@@ -97,13 +97,43 @@ impl OperationsView {
         self.applied_seq = seq;
         let summary = summary(event);
         let change = match event.payload() {
-            Payload::LightingAlarmRaised(raised) | Payload::TransportAlarmRaised(raised) => {
-                self.raise(&summary, event, raised)
+            Payload::LightingAlarmRaised(raised)
+            | Payload::TransportAlarmRaised(raised)
+            | Payload::WaterAlarmRaised(raised) => self.raise(&summary, event, raised),
+            Payload::LightingAlarmCleared(cleared)
+            | Payload::TransportAlarmCleared(cleared)
+            | Payload::WaterAlarmCleared(cleared) => self.clear(&summary, cleared)?,
+            Payload::LightingCommand(command) => {
+                let state = command_state(&summary.domain, command);
+                self.command(state)
             }
-            Payload::LightingAlarmCleared(cleared) | Payload::TransportAlarmCleared(cleared) => {
-                self.clear(&summary, cleared)?
+            Payload::ValveCommand(command) => {
+                let state = valve_command_state(&summary.domain, command);
+                self.command(state)
             }
-            Payload::LightingCommand(command) => self.command(&summary, command),
+            Payload::WaterKpi(kpi) => {
+                let mut values = vec![
+                    ("sensors_total", f64::from(kpi.sensors_total)),
+                    ("sensors_flagged", f64::from(kpi.sensors_flagged)),
+                    ("active_leaks", f64::from(kpi.active_leaks)),
+                    ("active_bursts", f64::from(kpi.active_bursts)),
+                    ("quality_breaches", f64::from(kpi.quality_breaches)),
+                ];
+                // Night flow per metering zone, as `night_flow:<zone>` and `night_baseline:<zone>`.
+                let zone_values: Vec<(String, f64)> = kpi
+                    .zones
+                    .iter()
+                    .flat_map(|z| {
+                        [
+                            (format!("night_flow:{}", z.zone), z.night_flow),
+                            (format!("night_baseline:{}", z.zone), z.baseline),
+                        ]
+                    })
+                    .collect();
+                values.extend(zone_values.iter().map(|(k, v)| (k.as_str(), *v)));
+                self.kpi(&summary, &values)
+            }
+            Payload::WaterReading(reading) => self.water_reading(&summary, event, reading)?,
             Payload::LightingKpi(kpi) => self.kpi(
                 &summary,
                 &[
@@ -318,9 +348,46 @@ impl OperationsView {
         Some(Change::Alarm(cleared.key.clone(), alarm))
     }
 
-    fn command(&mut self, summary: &EventSummary, command: &LightingCommand) -> Change {
-        let state = command_state(&summary.domain, command);
-        self.commands.insert(command.id.clone(), state.clone());
+    /// A water sensor's reading: its measure's latest value (a late reading changes nothing).
+    fn water_reading(
+        &mut self,
+        summary: &EventSummary,
+        event: &CheckedEvent,
+        observed: &proto::water::WaterReadingObserved,
+    ) -> Option<Change> {
+        let reading = observed.reading.as_ref()?;
+        let key = asset_key(&summary.domain, &summary.asset_id);
+        let asset = self
+            .assets
+            .entry(key.clone())
+            .or_insert_with(|| asset_state(summary, event, AssetDetails::WaterSensor(WaterSensorDetails::default())));
+        let AssetDetails::WaterSensor(details) = &mut asset.details else { return None };
+        let observed_at = rfc3339(reading.observed_at.as_ref());
+        if details.measures.get(&reading.measure).is_some_and(|m| m.observed_at > observed_at) {
+            return Some(Change::Asset(key, asset.clone()));
+        }
+        details.measures.insert(
+            reading.measure.clone(),
+            MeasureReading { value: reading.value, unit: reading.unit.clone(), observed_at: observed_at.clone() },
+        );
+        details.element_id = observed.element_id.clone();
+        details.dma = observed.dma.clone();
+        details.flags = observed.flags.clone();
+        if observed_at >= asset.observed_at {
+            asset.observed_at = observed_at;
+        }
+        asset.recorded_at = summary.recorded_at.clone();
+        asset.last_event_id = summary.id.clone();
+        asset.commune = summary.commune.clone();
+        if let Some(p) = event.event.position {
+            asset.position = Some(LatLon { lat: p.lat, lon: p.lon });
+        }
+        Some(Change::Asset(key, asset.clone()))
+    }
+
+    fn command(&mut self, state: CommandState) -> Change {
+        let id = state.id.clone();
+        self.commands.insert(id.clone(), state.clone());
         let mut evicted = Vec::new();
         while self.commands.len() > MAX_COMMANDS {
             let oldest_finished = self.commands.iter().find(|(_, c)| c.status != "pending").map(|(k, _)| k.clone());
@@ -332,7 +399,39 @@ impl OperationsView {
                 None => break,
             }
         }
-        Change::Command(command.id.clone(), state, evicted)
+        Change::Command(id, state, evicted)
+    }
+}
+
+fn valve_command_state(domain: &str, c: &proto::water::ValveCommand) -> CommandState {
+    use proto::water::{ValveAction, ValveCommandStatus};
+    let operation = match ValveAction::try_from(c.action) {
+        Ok(ValveAction::Close) => "close",
+        Ok(ValveAction::Open) => "open",
+        Ok(ValveAction::Unspecified) | Err(_) => "unknown",
+    };
+    let status = match ValveCommandStatus::try_from(c.status) {
+        Ok(ValveCommandStatus::Pending) => "pending",
+        Ok(ValveCommandStatus::Applied) => "applied",
+        Ok(ValveCommandStatus::Failed) => "failed",
+        Ok(ValveCommandStatus::Unspecified) | Err(_) => "unknown",
+    };
+    CommandState {
+        id: c.id.clone(),
+        domain: domain.to_owned(),
+        commune: c.commune.clone(),
+        target: CommandTarget::Valve { link_id: c.link_id.clone() },
+        action: CommandAction::OperateValve { operation: operation.to_owned() },
+        requested_by: c.requested_by.clone(),
+        reason: c.reason.clone(),
+        requested_at: rfc3339(c.requested_at.as_ref()),
+        updated_at: rfc3339(c.updated_at.as_ref()),
+        deadline: rfc3339(c.deadline.as_ref()),
+        status: status.to_owned(),
+        lamps_total: 0,
+        lamps_applied: 0,
+        lamps_failed: 0,
+        failures: if c.failure.is_empty() { Vec::new() } else { vec![c.failure.clone()] },
     }
 }
 

@@ -24,6 +24,11 @@ pub enum EventKind {
     TransportKpi,
     ReportCreated,
     ReportUpdated,
+    WaterReading,
+    WaterAlarmRaised,
+    WaterAlarmCleared,
+    ValveCommand,
+    WaterKpi,
 }
 
 impl EventKind {
@@ -44,6 +49,11 @@ impl EventKind {
             EventKind::TransportKpi => "kpi",
             EventKind::ReportCreated => "report_created",
             EventKind::ReportUpdated => "report_updated",
+            EventKind::WaterReading => "reading",
+            EventKind::WaterAlarmRaised => "alarm_raised",
+            EventKind::WaterAlarmCleared => "alarm_cleared",
+            EventKind::ValveCommand => "command_updated",
+            EventKind::WaterKpi => "kpi",
         }
     }
 
@@ -63,6 +73,11 @@ impl EventKind {
             | EventKind::ServiceAlertWithdrawn
             | EventKind::TransportKpi => Domain::Transport,
             EventKind::ReportCreated | EventKind::ReportUpdated => Domain::Reports,
+            EventKind::WaterReading
+            | EventKind::WaterAlarmRaised
+            | EventKind::WaterAlarmCleared
+            | EventKind::ValveCommand
+            | EventKind::WaterKpi => Domain::Water,
         }
     }
 }
@@ -85,6 +100,11 @@ impl Payload {
             Payload::TransportKpi(_) => EventKind::TransportKpi,
             Payload::ReportCreated(_) => EventKind::ReportCreated,
             Payload::ReportUpdated(_) => EventKind::ReportUpdated,
+            Payload::WaterReading(_) => EventKind::WaterReading,
+            Payload::WaterAlarmRaised(_) => EventKind::WaterAlarmRaised,
+            Payload::WaterAlarmCleared(_) => EventKind::WaterAlarmCleared,
+            Payload::ValveCommand(_) => EventKind::ValveCommand,
+            Payload::WaterKpi(_) => EventKind::WaterKpi,
         }
     }
 }
@@ -198,10 +218,10 @@ pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
         check_position(p.lat, p.lon)?;
     }
     match &event.payload {
-        Some(Payload::LightingAlarmRaised(a) | Payload::TransportAlarmRaised(a)) => {
+        Some(Payload::LightingAlarmRaised(a) | Payload::TransportAlarmRaised(a) | Payload::WaterAlarmRaised(a)) => {
             AlarmKey::parse(&a.key)?;
         }
-        Some(Payload::LightingAlarmCleared(a) | Payload::TransportAlarmCleared(a)) => {
+        Some(Payload::LightingAlarmCleared(a) | Payload::TransportAlarmCleared(a) | Payload::WaterAlarmCleared(a)) => {
             AlarmKey::parse(&a.key)?;
         }
         _ => {}

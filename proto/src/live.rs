@@ -121,6 +121,30 @@ pub enum AssetDetails {
     Streetlight(StreetlightDetails),
     Vehicle(VehicleDetails),
     Report(ReportDetails),
+    WaterSensor(WaterSensorDetails),
+}
+
+/// A water network sensor: its latest value of each measure, and its data-quality flags.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WaterSensorDetails {
+    /// The network node or link it sits on.
+    pub element_id: String,
+    /// Its district metered area.
+    pub dma: String,
+    /// Measure name (`pressure`, `flow`, `level`, `freeChlorine`, `turbidity`, `pH`,
+    /// `conductivity`, `temperature`) -> latest value.
+    pub measures: std::collections::BTreeMap<String, MeasureReading>,
+    /// `out_of_range`, `frozen`, `silent`: the latest values are shown but not used by the rules.
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MeasureReading {
+    pub value: f64,
+    pub unit: String,
+    /// RFC 3339.
+    pub observed_at: String,
 }
 
 /// A citizen report (Open311 service request), without its reporter's contact.
@@ -243,18 +267,38 @@ pub struct CommandState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CommandTarget {
-    Streetlight { id: String },
-    Commune { commune: String },
-    Street { name: String },
-    Polygon { ring: Vec<LatLon> },
+    Streetlight {
+        id: String,
+    },
+    Commune {
+        commune: String,
+    },
+    Street {
+        name: String,
+    },
+    Polygon {
+        ring: Vec<LatLon>,
+    },
+    /// The valve on a water network link (a valve, or a pipe's isolation valve).
+    Valve {
+        link_id: String,
+    },
     Unknown,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CommandAction {
-    Switch { on: bool },
-    Dim { level: f64 },
+    Switch {
+        on: bool,
+    },
+    Dim {
+        level: f64,
+    },
+    /// `close` or `open`.
+    OperateValve {
+        operation: String,
+    },
     Unknown,
 }
 

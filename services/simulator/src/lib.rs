@@ -4,6 +4,8 @@
 //! - [`lighting`]: the real streetlight inventory and the reports of a lighting controller.
 //! - [`transport`]: vehicles running the real timetable, with delays, breakdowns and bunching.
 //! - [`reports`]: citizens reporting problems on the real streets, some of them twice.
+//! - [`water`]: the water network's sensors replaying the hydraulic series (with the real leak
+//!   schedule), quality probes, a chlorine incident, a burst, and the valve controller.
 //!
 //! Each part runs when the territory has its layer. Lighting follows the wall clock (the real sun);
 //! transport follows a [`transport::SimClock`] that may replay the recent past faster.
@@ -11,6 +13,7 @@
 pub mod lighting;
 pub mod reports;
 pub mod transport;
+pub mod water;
 
 use anyhow::Context;
 use proto::lighting::command_action::Action;
@@ -65,9 +68,47 @@ pub struct Config {
     #[arg(long, env = "VIGIE_SIM_COMMAND_FAILURE", default_value_t = 0.02)]
     pub command_failure: f64,
 
-    /// What to simulate: lighting, transport and/or reports (each needs its layers).
-    #[arg(long, env = "VIGIE_SIM_PARTS", default_value = "lighting,transport,reports", value_delimiter = ',')]
+    /// What to simulate: lighting, transport, reports and/or water (each needs its layers).
+    #[arg(long, env = "VIGIE_SIM_PARTS", default_value = "lighting,transport,reports,water", value_delimiter = ',')]
     pub parts: Vec<String>,
+
+    /// gRPC endpoint of the water service.
+    #[arg(long, env = "VIGIE_SIM_WATER_URL", default_value = "http://127.0.0.1:50063")]
+    pub water_url: String,
+
+    /// Water: start this long ago, to replay the recent past (the learning of night flows needs a
+    /// week); see --water-speed.
+    #[arg(long, env = "VIGIE_SIM_WATER_REPLAY_FROM", value_parser = runtime::config::parse_duration, default_value = "9d")]
+    pub water_replay_from: Duration,
+
+    /// Water: simulated time runs this many times faster until it catches up with the present.
+    #[arg(long, env = "VIGIE_SIM_WATER_SPEED", default_value_t = 1000.0)]
+    pub water_speed: f64,
+
+    /// Water: the series' day (YYYY-MM-DD) the replay starts on; their first day when absent.
+    /// BattLeDIM's 2019-06-04 puts the p142 leak (06-12) in a 9-day replay.
+    #[arg(long, env = "VIGIE_SIM_WATER_DATA_START")]
+    pub water_data_start: Option<String>,
+
+    /// Water: measurement noise, as a multiple of the default (0: the series as they are).
+    #[arg(long, env = "VIGIE_SIM_WATER_NOISE", default_value_t = 1.0)]
+    pub water_noise: f64,
+
+    /// Water: simulated time after the start when the chlorine-drop incident begins (none when absent).
+    #[arg(long, env = "VIGIE_SIM_WATER_CHLORINE_DROP_AFTER", value_parser = runtime::config::parse_duration)]
+    pub water_chlorine_drop_after: Option<Duration>,
+
+    /// Water: simulated time after the start when a burst begins (none when absent).
+    #[arg(long, env = "VIGIE_SIM_WATER_BURST_AFTER", value_parser = runtime::config::parse_duration)]
+    pub water_burst_after: Option<Duration>,
+
+    /// Water: the pipe that bursts; the widest pipe at a pressure sensor of the largest area when absent.
+    #[arg(long, env = "VIGIE_SIM_WATER_BURST_PIPE")]
+    pub water_burst_pipe: Option<String>,
+
+    /// Time zone of the territory (water series are placed on its local days).
+    #[arg(long, env = "VIGIE_TIMEZONE", default_value = "Europe/Paris")]
+    pub timezone: String,
 
     /// gRPC endpoint of the reports service.
     #[arg(long, env = "VIGIE_SIM_REPORTS_URL", default_value = "http://127.0.0.1:50064")]
@@ -160,8 +201,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     {
         anyhow::bail!("--lighting-rate, --feeder-failures-per-hour and --breakdowns-per-hour must be numbers >= 0");
     }
-    if let Some(unknown) = config.parts.iter().find(|p| !["lighting", "transport", "reports"].contains(&p.as_str())) {
-        anyhow::bail!("--parts: unknown part {unknown:?} (lighting, transport, reports)");
+    if let Some(unknown) =
+        config.parts.iter().find(|p| !["lighting", "transport", "reports", "water"].contains(&p.as_str()))
+    {
+        anyhow::bail!("--parts: unknown part {unknown:?} (lighting, transport, reports, water)");
+    }
+    if !(config.water_speed.is_finite() && (1.0..=100_000.0).contains(&config.water_speed)) {
+        anyhow::bail!("--water-speed must be between 1 and 100,000");
+    }
+    if !(config.water_noise.is_finite() && (0.0..=100.0).contains(&config.water_noise)) {
+        anyhow::bail!("--water-noise must be between 0 and 100");
     }
     if !(config.reports_per_day.is_finite() && config.reports_per_day > 0.0) {
         anyhow::bail!("--reports-per-day must be more than 0");
@@ -227,6 +276,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!("no transit layer in this territory: nothing to simulate for transport");
         None
     };
+    let water_dir = config.territory.join("water");
+    let water = if !part("water") {
+        None
+    } else if water_dir.join("L-TOWN.inp").is_file() && water_dir.join("scada").is_dir() {
+        let time_zone = jiff::tz::TimeZone::get(&config.timezone)
+            .with_context(|| format!("--timezone {:?} is not a known time zone", config.timezone))?;
+        let data_start = match &config.water_data_start {
+            Some(day) => {
+                Some(day.parse().with_context(|| format!("--water-data-start {day:?} is not a YYYY-MM-DD date"))?)
+            }
+            None => None,
+        };
+        let settings = water::WaterSettings {
+            url: config.water_url.clone(),
+            time_zone,
+            data_start,
+            noise: config.water_noise,
+            chlorine_drop_after: config.water_chlorine_drop_after,
+            burst_after: config.water_burst_after,
+            burst_pipe: config.water_burst_pipe.clone(),
+            seed: config.seed,
+        };
+        let clock = transport::SimClock::new(config.water_replay_from, config.water_speed);
+        let stop = shutdown.clone();
+        Some(tokio::spawn(async move { water::run(settings, &water_dir, clock, stop).await }))
+    } else {
+        tracing::warn!(
+            "no water network with its series (water/L-TOWN.inp, water/scada/) in this territory: nothing to simulate for water"
+        );
+        None
+    };
     let lighting = if part("lighting") {
         run_lighting(&config, &shutdown).await
     } else {
@@ -244,7 +324,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Some(r) => r.await.context("the reports simulation panicked")?,
         None => Ok(()),
     };
-    lighting.and(transport).and(reports)
+    let water = match water {
+        Some(w) => w.await.context("the water simulation panicked")?,
+        None => Ok(()),
+    };
+    lighting.and(transport).and(reports).and(water)
 }
 
 async fn run_lighting(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<()> {

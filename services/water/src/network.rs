@@ -30,6 +30,8 @@ pub struct Node {
     pub xy: Option<(f64, f64)>,
     /// Tanks: (min, max) level, metres.
     pub tank_levels_m: Option<(f64, f64)>,
+    /// Tanks: diameter, metres (a cylinder: its area turns a level change into a volume).
+    pub tank_diameter_m: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +124,7 @@ impl Network {
                             base_demand: demand,
                             xy: None,
                             tank_levels_m: None,
+                            tank_diameter_m: None,
                         })
                         .map_err(error)?;
                 }
@@ -133,6 +136,7 @@ impl Network {
                         base_demand: 0.0,
                         xy: None,
                         tank_levels_m: None,
+                        tank_diameter_m: None,
                     })
                     .map_err(error)?,
                 "TANKS" => network
@@ -143,6 +147,7 @@ impl Network {
                         base_demand: 0.0,
                         xy: None,
                         tank_levels_m: Some((number(3, "minimum level")?, number(4, "maximum level")?)),
+                        tank_diameter_m: Some(number(5, "diameter")?),
                     })
                     .map_err(error)?,
                 "PIPES" => network
@@ -258,6 +263,38 @@ impl Network {
         self.link_index.get(id).map(|&i| &self.links[i])
     }
 
+    /// Whether water can still reach `link`: false when it is closed itself, or when closing the
+    /// `closed` links cut both its ends from every source (reservoir or tank). This is what an
+    /// isolation by valves achieves: the segment no longer loses water.
+    pub fn is_supplied(&self, link: &str, closed: &std::collections::HashSet<String>) -> bool {
+        if closed.contains(link) {
+            return false;
+        }
+        let Some(target) = self.link(link) else { return false };
+        let mut adjacent: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
+        for l in self.links.iter().filter(|l| !closed.contains(&l.id)) {
+            if let (Some(a), Some(b)) = (self.node_position(&l.from), self.node_position(&l.to)) {
+                adjacent[a].push(b);
+                adjacent[b].push(a);
+            }
+        }
+        let mut seen = vec![false; self.nodes.len()];
+        let mut queue: std::collections::VecDeque<usize> =
+            self.nodes.iter().enumerate().filter(|(_, n)| n.kind != NodeKind::Junction).map(|(i, _)| i).collect();
+        for &i in &queue {
+            seen[i] = true;
+        }
+        while let Some(i) = queue.pop_front() {
+            for &j in &adjacent[i] {
+                if !seen[j] {
+                    seen[j] = true;
+                    queue.push_back(j);
+                }
+            }
+        }
+        [&target.from, &target.to].iter().any(|id| self.node_position(id).is_some_and(|i| seen[i]))
+    }
+
     pub fn node_position(&self, id: &str) -> Option<usize> {
         self.node_index.get(id).copied()
     }
@@ -274,6 +311,26 @@ impl Network {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn closing_valves_isolates_a_segment() {
+        // R - P1 - J1 - P2 - J2 - P3 - J3, and a loop J1 - P4 - J3.
+        let text = "[RESERVOIRS]\n R 100\n[JUNCTIONS]\n J1 10\n J2 10\n J3 10\n\
+            [PIPES]\n P1 R J1 10 200 120 0 Open\n P2 J1 J2 10 200 120 0 Open\n P3 J2 J3 10 200 120 0 Open\n P4 J1 J3 10 200 120 0 Open\n";
+        let n = Network::parse("t.inp", text).unwrap();
+        let closed = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<std::collections::HashSet<_>>();
+        let cases: [(&str, &[&str], bool, &str); 5] = [
+            ("P3", &[], true, "nothing closed"),
+            ("P3", &["P3"], false, "the pipe itself closed"),
+            ("P3", &["P2"], true, "still fed around the loop"),
+            ("P3", &["P2", "P4"], false, "both ways in closed"),
+            ("P2", &["P1"], false, "the source cut off"),
+        ];
+        for (pipe, shut, supplied, why) in cases {
+            assert_eq!(n.is_supplied(pipe, &closed(shut)), supplied, "{why}");
+        }
+        assert!(!n.is_supplied("nope", &closed(&[])));
+    }
 
     pub fn data(relative: &str) -> Option<std::path::PathBuf> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(relative);
@@ -298,6 +355,7 @@ pub(crate) mod tests {
         assert!(n.nodes.iter().all(|node| node.xy.is_some()), "every node has coordinates");
         assert_eq!(n.link("PRV-1").unwrap().detail, "PRV");
         assert_eq!(n.node("T1").unwrap().tank_levels_m, Some((0.0, 4.0)));
+        assert_eq!(n.node("T1").unwrap().tank_diameter_m, Some(16.0));
         // n1's demand comes from [DEMANDS] (three categories), not from [JUNCTIONS].
         assert!((n.node("n1").unwrap().base_demand - 0.66024).abs() < 1e-9);
     }

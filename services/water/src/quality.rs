@@ -99,6 +99,12 @@ pub enum Flag {
 }
 
 impl Flag {
+    pub const ALL: [Flag; 3] = [Flag::OutOfRange, Flag::Frozen, Flag::Silent];
+
+    pub fn from_name(name: &str) -> Option<Flag> {
+        Flag::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Flag::OutOfRange => "out_of_range",
@@ -200,6 +206,23 @@ impl QualityTracker {
         }
         changes.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         changes
+    }
+
+    /// A sensor's flags as a restart found them (its alarms): kept until its readings clear them.
+    pub fn restore(&mut self, sensor: &str, flags: Vec<Flag>, last_seen_s: u64) {
+        let state = self.sensors.entry(sensor.to_owned()).or_insert(SensorState {
+            // Not a value: the next reading starts a new run.
+            value: f64::NAN,
+            same_since_s: last_seen_s,
+            last_seen_s,
+            flags: Vec::new(),
+        });
+        for flag in flags {
+            if !state.flags.contains(&flag) {
+                state.flags.push(flag);
+            }
+        }
+        state.flags.sort();
     }
 
     pub fn flags(&self, sensor: &str) -> &[Flag] {

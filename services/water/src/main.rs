@@ -1,0 +1,20 @@
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = water::Config::parse();
+    runtime::telemetry::init(&config.common.log_format);
+    let result = async {
+        let shutdown = runtime::shutdown::on_signal()?;
+        let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+        water::run(config, listener, shutdown).await
+    };
+    match result.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "vigie-water failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The network as the service sees it: the EPANET model placed over the territory, its district
+//! metered areas (cut at the flow sensors' links) with their communes, and the metering zones.
+//! Rebuilt when the set of flow sensors changes.
+
+use proto::ids::CommuneId;
+use proto::v1::Position;
+use proto::water::Sensor;
+use std::collections::HashMap;
+
+use crate::dma::{self, Dma};
+use crate::network::{LinkKind, Network};
+use crate::placement::PlacedNode;
+use crate::quality::Measure;
+use crate::zones::{self, ZoneDef};
+
+pub struct NetworkModel {
+    pub network: Network,
+    pub placed: Vec<PlacedNode>,
+    pub dmas: Vec<Dma>,
+    /// The commune most of each area's nodes lie in (same order as `dmas`).
+    pub dma_communes: Vec<Option<CommuneId>>,
+    pub zones: Vec<ZoneDef>,
+    /// Node index -> area index.
+    node_dma: HashMap<usize, usize>,
+    pub metered: Vec<String>,
+}
+
+impl NetworkModel {
+    pub fn build(network: Network, placed: Vec<PlacedNode>, metered: Vec<String>) -> Result<NetworkModel, String> {
+        let refs: Vec<&str> = metered.iter().map(String::as_str).collect();
+        let dmas = dma::derive(&network, &refs)?;
+        let mut node_dma = HashMap::new();
+        let dma_communes = dmas
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let mut counts: HashMap<&CommuneId, usize> = HashMap::new();
+                for &i in &d.nodes {
+                    node_dma.insert(i, k);
+                    if let Some(c) = placed.get(i).and_then(|p| p.commune.as_ref()) {
+                        *counts.entry(c).or_default() += 1;
+                    }
+                }
+                counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))).map(|(c, _)| c.clone())
+            })
+            .collect();
+        let zones = zones::metering_zones(&network, &dmas, &metered);
+        Ok(NetworkModel { network, placed, dmas, dma_communes, zones, node_dma, metered })
+    }
+
+    pub fn dma_index(&self, id: &str) -> Option<usize> {
+        self.dmas.iter().position(|d| d.id == id)
+    }
+
+    pub fn zone_of_dma(&self, dma: &str) -> Option<&ZoneDef> {
+        self.zones.iter().find(|z| z.dmas.iter().any(|d| d == dma))
+    }
+
+    /// A zone's commune: its largest area's.
+    pub fn zone_commune(&self, zone: &ZoneDef) -> Option<CommuneId> {
+        self.dma_index(&zone.id).and_then(|k| self.dma_communes[k].clone())
+    }
+
+    /// Where a network element is: (commune, position, area). Links are placed at their middle
+    /// and belong to the area they feed (their `to` end), else the one they leave.
+    pub fn place_element(&self, id: &str) -> Result<(CommuneId, Position, String), String> {
+        let node = |i: usize| -> Option<(Option<CommuneId>, Position, Option<usize>)> {
+            let p = self.placed.get(i)?;
+            Some((p.commune.clone(), Position { lat: p.lat, lon: p.lon }, self.node_dma.get(&i).copied()))
+        };
+        let (commune, position, dma) = if let Some(i) = self.network.node_position(id) {
+            node(i).ok_or_else(|| format!("node {id} is not placed"))?
+        } else if let Some(link) = self.network.link(id) {
+            let ends = [&link.to, &link.from].map(|n| self.network.node_position(n).and_then(node));
+            let [Some(to), Some(from)] = ends else { return Err(format!("link {id} has an end that is not placed")) };
+            let middle = Position { lat: (to.1.lat + from.1.lat) / 2.0, lon: (to.1.lon + from.1.lon) / 2.0 };
+            (to.0.or(from.0), middle, to.2.or(from.2))
+        } else {
+            return Err(format!("{id:?} is neither a node nor a link of the network"));
+        };
+        let commune = commune.ok_or_else(|| format!("{id} lies outside every commune of the territory"))?;
+        Ok((commune, position, dma.map(|k| self.dmas[k].id.clone()).unwrap_or_default()))
+    }
+
+    /// Checks where a sensor sits and what it reads; fills in its commune, position and area.
+    pub fn place_sensor(&self, sensor: &Sensor) -> Result<Sensor, String> {
+        proto::ids::AssetId::parse_as("sensor id", &sensor.id).map_err(|e| e.to_string())?;
+        if sensor.measures.is_empty() {
+            return Err(format!("sensor {}: no measures", sensor.id));
+        }
+        let on_node = self.network.node(&sensor.element_id);
+        let on_link = self.network.link(&sensor.element_id);
+        let mut measures = Vec::new();
+        for name in &sensor.measures {
+            let measure = Measure::from_name(name).ok_or_else(|| {
+                let known: Vec<&str> = Measure::ALL.iter().map(|m| m.name()).collect();
+                format!("sensor {}: unknown measure {name:?} (one of {})", sensor.id, known.join(", "))
+            })?;
+            let fits = match measure {
+                Measure::Flow => on_link.is_some(),
+                Measure::Level => on_node.is_some_and(|n| n.tank_levels_m.is_some()),
+                _ => on_node.is_some(),
+            };
+            if !fits {
+                let wants = match measure {
+                    Measure::Flow => "a link",
+                    Measure::Level => "a tank",
+                    _ => "a node",
+                };
+                return Err(format!(
+                    "sensor {}: {name} is read on {wants}, and {:?} is not one",
+                    sensor.id, sensor.element_id
+                ));
+            }
+            if measures.contains(name) {
+                return Err(format!("sensor {}: {name} is listed twice", sensor.id));
+            }
+            measures.push(name.clone());
+        }
+        let (commune, position, dma) =
+            self.place_element(&sensor.element_id).map_err(|e| format!("sensor {}: {e}", sensor.id))?;
+        Ok(Sensor {
+            id: sensor.id.clone(),
+            element_id: sensor.element_id.clone(),
+            measures,
+            commune: commune.to_string(),
+            position: Some(position),
+            dma,
+        })
+    }
+
+    /// An area as the API gives it, with the convex hull of its nodes.
+    pub fn dma_proto(&self, k: usize) -> proto::water::Dma {
+        let d = &self.dmas[k];
+        let points: Vec<(f64, f64)> =
+            d.nodes.iter().filter_map(|&i| self.placed.get(i)).map(|p| (p.lon, p.lat)).collect();
+        proto::water::Dma {
+            id: d.id.clone(),
+            commune: self.dma_communes[k].as_ref().map(|c| c.to_string()).unwrap_or_default(),
+            junctions: d.junctions as u32,
+            boundary_links: d.boundary_links.clone(),
+            metered_links: d.boundary_links.iter().filter(|l| self.metered.contains(l)).cloned().collect(),
+            zone: self.zone_of_dma(&d.id).map(|z| z.id.clone()).unwrap_or_default(),
+            hull: convex_hull(points).into_iter().map(|(lon, lat)| Position { lat, lon }).collect(),
+        }
+    }
+
+    /// Whether a link can be operated as a valve: a valve, or a pipe (its isolation valves).
+    pub fn operable(&self, link: &str) -> Result<(), String> {
+        match self.network.link(link) {
+            Some(l) if l.kind == LinkKind::Pump => Err(format!("{link} is a pump, not a valve")),
+            Some(_) => Ok(()),
+            None => Err(format!("link {link:?} is not in the network")),
+        }
+    }
+}
+
+/// Convex hull (Andrew's monotone chain), counter-clockwise, not closed.
+pub fn convex_hull(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    points.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    points.dedup();
+    if points.len() < 3 {
+        return points;
+    }
+    let cross = |o: (f64, f64), a: (f64, f64), b: (f64, f64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
+    let mut hull: Vec<(f64, f64)> = Vec::with_capacity(points.len() * 2);
+    for pass in [points.clone(), points.into_iter().rev().collect()] {
+        let start = hull.len();
+        for p in pass {
+            while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0.0 {
+                hull.pop();
+            }
+            hull.push(p);
+        }
+        hull.pop();
+    }
+    hull
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hull_of_a_square_and_its_centre() {
+        let hull = convex_hull(vec![(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]);
+        assert_eq!(hull, [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]);
+        assert_eq!(convex_hull(vec![(0.0, 0.0)]), [(0.0, 0.0)]);
+    }
+}
