@@ -487,10 +487,10 @@ mod tests {
                 zone.level("T1", at, levels[row][1].parse().unwrap(), &night);
             }
             for (column, link) in flows[0].iter().enumerate().skip(1) {
-                for z in 0..zones.len() {
-                    let closed = zones[z].flow(link, at, flows[row][column].parse().unwrap(), &night);
+                for zone in &mut zones {
+                    let closed = zone.flow(link, at, flows[row][column].parse().unwrap(), &night);
                     if let Some((n, Some(LeakSignal::Suspected { .. }))) = closed {
-                        leaks.push((zones[z].def.id.clone(), n.date));
+                        leaks.push((zone.def.id.clone(), n.date));
                     }
                 }
             }
