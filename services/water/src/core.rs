@@ -14,7 +14,7 @@ use proto::water::{
 use runtime::alarms::{ActiveAlarm, AlarmChange, AlarmOp, AlarmPayloads};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -64,23 +64,8 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-/// The readings' clock: the newest observation plus the wall time since it came (a replay at
-/// ×N runs ahead of the wall clock; silence is judged on the readings' own time).
-#[derive(Debug, Default, Clone, Copy)]
-struct ReadingsClock {
-    newest: Option<(i64, Instant)>,
-}
-
-impl ReadingsClock {
-    fn observe(&mut self, at: i64) {
-        if self.newest.is_none_or(|(t, _)| at > t) {
-            self.newest = Some((at, Instant::now()));
-        }
-    }
-
-    fn now(&self) -> Option<i64> {
-        self.newest.map(|(t, seen)| t + seen.elapsed().as_secs() as i64)
-    }
+fn wall_seconds() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 struct State {
@@ -94,7 +79,6 @@ struct State {
     closed_links: BTreeSet<String>,
     /// Zones with new inflow samples since the burst rule last looked.
     dirty_zones: BTreeSet<String>,
-    clock: ReadingsClock,
 }
 
 pub type InstructionSender = mpsc::Sender<Result<ValveInstruction, Status>>;
@@ -158,17 +142,9 @@ impl Water {
             ) else {
                 continue;
             };
-            quality.restore(subject, vec![flag], 0);
+            quality.restore(subject, vec![flag], wall_seconds());
         }
         let closed_links = store.closed_links()?.into_iter().collect();
-        let mut clock = ReadingsClock::default();
-        for state in sensors.values() {
-            for value in &state.latest {
-                if let Some(t) = value.observed_at {
-                    clock.observe(t.seconds);
-                }
-            }
-        }
         let pending: Vec<ValveCommand> =
             store.commands()?.into_iter().filter(|c| c.status == ValveCommandStatus::Pending as i32).collect();
         tracing::info!(
@@ -191,7 +167,6 @@ impl Water {
                 alarms,
                 closed_links,
                 dirty_zones: BTreeSet::new(),
-                clock,
             }),
             controllers: Mutex::new(HashMap::new()),
             next_controller: std::sync::atomic::AtomicU64::new(0),
@@ -353,9 +328,9 @@ impl Water {
                 sensor.measures.join(", ")
             )));
         }
-        state.clock.observe(at);
         let key = series_key(&sensor.id, measure);
-        let (usable, flag_changes) = state.quality.observe(&key, measure, reading.value, at.max(0) as u64);
+        let (usable, flag_changes) =
+            state.quality.observe(&key, measure, reading.value, at.max(0) as u64, wall_seconds());
         let mut batch = WriteBatch::default();
         let mut changes = flag_alarms(state, &sensor, measure, flag_changes)?;
         let mut entry = entry;
@@ -601,13 +576,13 @@ impl Water {
         Ok(Some((found.at, vec![alarm])))
     }
 
-    /// Periodic work on the readings' clock: sensors gone silent.
+    /// Periodic work: sensors gone silent (nothing received for too long).
     pub async fn tick(&self) -> Result<(), Status> {
         {
             let mut state = self.state();
             let state = &mut *state;
-            let Some(now) = state.clock.now() else { return Ok(()) };
-            let flag_changes = state.quality.silent(now.max(0) as u64);
+            let now = wall_seconds();
+            let flag_changes = state.quality.silent(now);
             if flag_changes.is_empty() {
                 return Ok(());
             }
@@ -625,7 +600,7 @@ impl Water {
                 changes.extend(flag_alarms(state, &sensor, measure, vec![change])?);
             }
             let mut batch = WriteBatch::default();
-            self.announce(state, changes, prost_types::Timestamp { seconds: now, nanos: 0 }, &mut batch)?;
+            self.announce(state, changes, event::timestamp(SystemTime::now()), &mut batch)?;
             self.store.write(batch)?;
         }
         self.commit().await

@@ -72,43 +72,43 @@ pub struct Config {
     pub timezone: String,
 
     /// The minimum-night-flow window starts at this local hour...
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i8).range(0..=23))]
+    #[arg(long, env = "VIGIE_WATER_NIGHT_START_HOUR", default_value_t = 2, value_parser = clap::value_parser!(i8).range(0..=23))]
     pub night_start_hour: i8,
 
     /// ...and lasts this many hours.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i8).range(1..=6))]
+    #[arg(long, env = "VIGIE_WATER_NIGHT_HOURS", default_value_t = 2, value_parser = clap::value_parser!(i8).range(1..=6))]
     pub night_hours: i8,
 
     /// A night flow over the weekday's baseline by more than this (m³/h)...
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, env = "VIGIE_WATER_LEAK_MIN_EXCESS", default_value_t = 1.5)]
     pub leak_min_excess: f64,
 
     /// ...or by more than this share of the baseline, when larger, suggests a leak.
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, env = "VIGIE_WATER_LEAK_SHARE", default_value_t = 0.03)]
     pub leak_share: f64,
 
     /// A burst: a pressure drop of more than this (m)...
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, env = "VIGIE_WATER_BURST_PRESSURE_DROP", default_value_t = 5.0)]
     pub burst_pressure_drop: f64,
 
     /// ...with a zone inflow rise of more than this (m³/h)...
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, env = "VIGIE_WATER_BURST_INFLOW_RISE", default_value_t = 20.0)]
     pub burst_inflow_rise: f64,
 
     /// ...within this window.
-    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, env = "VIGIE_WATER_BURST_WINDOW", default_value = "15m", value_parser = parse_duration)]
     pub burst_window: Duration,
 
     /// A sensor whose value has not changed for this long is frozen.
-    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    #[arg(long, env = "VIGIE_WATER_FROZEN_AFTER", default_value = "6h", value_parser = parse_duration)]
     pub frozen_after: Duration,
 
-    /// A sensor that has not reported for this long (readings' time) is silent.
-    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    /// A sensor from which nothing was received for this long is silent (communication lost).
+    #[arg(long, env = "VIGIE_WATER_SILENT_AFTER", default_value = "30m", value_parser = parse_duration)]
     pub silent_after: Duration,
 
     /// How often KPIs are published.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "VIGIE_WATER_KPI_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub kpi_interval: Duration,
 
     #[command(flatten)]

@@ -90,6 +90,12 @@ impl NetworkModel {
         }
         let on_node = self.network.node(&sensor.element_id);
         let on_link = self.network.link(&sensor.element_id);
+        if on_node.is_none() && on_link.is_none() {
+            return Err(format!(
+                "sensor {}: {:?} is neither a node nor a link of the network",
+                sensor.id, sensor.element_id
+            ));
+        }
         let mut measures = Vec::new();
         for name in &sensor.measures {
             let measure = Measure::from_name(name).ok_or_else(|| {

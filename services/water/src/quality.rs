@@ -124,7 +124,7 @@ pub enum FlagChange {
 pub struct QualityConfig {
     /// The same value for longer than this, seconds: frozen (a live sensor always wavers).
     pub frozen_after_s: u64,
-    /// No reading for longer than this, seconds: silent.
+    /// No reading received for longer than this, seconds: silent.
     pub silent_after_s: u64,
 }
 
@@ -139,6 +139,9 @@ struct SensorState {
     value: f64,
     same_since_s: u64,
     last_seen_s: u64,
+    /// When the latest reading was received (wall clock): silence is a matter of communication,
+    /// judged on reception, so that a replay of the past is not silent.
+    last_received_s: u64,
     flags: Vec<Flag>,
 }
 
@@ -154,16 +157,25 @@ impl QualityTracker {
         QualityTracker { config, sensors: HashMap::new() }
     }
 
-    /// A checked reading of `measure` at `at_s` (POSIX seconds); returns whether the rules may use
-    /// it, and the flags raised or cleared.
-    pub fn observe(&mut self, sensor: &str, measure: Measure, value: f64, at_s: u64) -> (bool, Vec<FlagChange>) {
+    /// A checked reading of `measure` observed at `at_s` and received at `received_s` (POSIX
+    /// seconds); returns whether the rules may use it, and the flags raised or cleared.
+    pub fn observe(
+        &mut self,
+        sensor: &str,
+        measure: Measure,
+        value: f64,
+        at_s: u64,
+        received_s: u64,
+    ) -> (bool, Vec<FlagChange>) {
         let (low, high) = measure.range();
         let state = self.sensors.entry(sensor.to_owned()).or_insert(SensorState {
             value,
             same_since_s: at_s,
             last_seen_s: at_s,
+            last_received_s: received_s,
             flags: Vec::new(),
         });
+        state.last_received_s = state.last_received_s.max(received_s);
         if at_s < state.last_seen_s {
             // Late: it tells nothing about the sensor now.
             return (false, Vec::new());
@@ -175,7 +187,12 @@ impl QualityTracker {
         state.last_seen_s = at_s;
         let wanted = [
             (Flag::OutOfRange, !(low..=high).contains(&value)),
-            (Flag::Frozen, at_s.saturating_sub(state.same_since_s) > self.config.frozen_after_s),
+            // A stopped pump or a closed valve reads exactly zero for hours: that is not a fault.
+            (
+                Flag::Frozen,
+                !(measure == Measure::Flow && value == 0.0)
+                    && at_s.saturating_sub(state.same_since_s) > self.config.frozen_after_s,
+            ),
             (Flag::Silent, false),
         ];
         let mut changes = Vec::new();
@@ -193,11 +210,11 @@ impl QualityTracker {
         (state.flags.is_empty(), changes)
     }
 
-    /// Sensors silent for too long at `now_s` (raised once).
+    /// Sensors from which nothing was received for too long at `now_s` (raised once).
     pub fn silent(&mut self, now_s: u64) -> Vec<FlagChange> {
         let mut changes = Vec::new();
         for (sensor, state) in &mut self.sensors {
-            if now_s.saturating_sub(state.last_seen_s) > self.config.silent_after_s
+            if now_s.saturating_sub(state.last_received_s) > self.config.silent_after_s
                 && !state.flags.contains(&Flag::Silent)
             {
                 state.flags.push(Flag::Silent);
@@ -209,12 +226,13 @@ impl QualityTracker {
     }
 
     /// A sensor's flags as a restart found them (its alarms): kept until its readings clear them.
-    pub fn restore(&mut self, sensor: &str, flags: Vec<Flag>, last_seen_s: u64) {
+    pub fn restore(&mut self, sensor: &str, flags: Vec<Flag>, now_s: u64) {
         let state = self.sensors.entry(sensor.to_owned()).or_insert(SensorState {
             // Not a value: the next reading starts a new run.
             value: f64::NAN,
-            same_since_s: last_seen_s,
-            last_seen_s,
+            same_since_s: 0,
+            last_seen_s: 0,
+            last_received_s: now_s,
             flags: Vec::new(),
         });
         for flag in flags {
@@ -274,7 +292,7 @@ mod tests {
             (41.0, 4_000, false, &[]), // late: ignored
         ];
         for (i, (value, at, usable, expected)) in cases.into_iter().enumerate() {
-            let (ok, changes) = t.observe("n1", Measure::Pressure, value, at);
+            let (ok, changes) = t.observe("n1", Measure::Pressure, value, at, at);
             assert_eq!(
                 (ok, kinds(&changes)),
                 (usable, expected.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
@@ -284,8 +302,18 @@ mod tests {
         assert!(t.silent(5_100).is_empty());
         assert_eq!(kinds(&t.silent(5_101)), ["+silent"]);
         assert!(t.silent(6_000).is_empty(), "raised once");
-        let (ok, changes) = t.observe("n1", Measure::Pressure, 41.5, 6_100);
+        let (ok, changes) = t.observe("n1", Measure::Pressure, 41.5, 6_100, 6_100);
         assert_eq!((ok, kinds(&changes)), (true, vec!["-silent".to_owned()]));
         assert!(t.flags("n1").is_empty());
+        // A stopped pump's meter reads zero all night: not frozen.
+        for at in [0, 20_000] {
+            assert_eq!(t.observe("pump", Measure::Flow, 0.0, at, at), (true, vec![]));
+        }
+        // A replay: observed long ago, received now; silence is judged on reception.
+        let (ok, _) = t.observe("replayed", Measure::Pressure, 40.0, 100, 10_000);
+        assert!(ok);
+        assert!(
+            !t.silent(10_500).iter().any(|c| matches!(c, FlagChange::Raised { sensor, .. } if sensor == "replayed"))
+        );
     }
 }

@@ -7,3 +7,4 @@ mod lighting_slice;
 mod reports;
 mod transport;
 mod transport_simulated;
+mod water;
