@@ -32,12 +32,20 @@ type CitizenReport = {
   duplicate_count: number;
 };
 
+type WaterSensor = {
+  type: "water_sensor";
+  element_id: string;
+  dma: string;
+  measures: Record<string, { value: number; unit: string; observed_at: string }>;
+  flags: string[];
+};
+
 type Asset = {
   domain: string;
   id: string;
   commune: string;
   observed_at: string;
-  details: Streetlight | Vehicle | CitizenReport;
+  details: Streetlight | Vehicle | CitizenReport | WaterSensor;
 };
 
 type Alarm = {
@@ -107,6 +115,24 @@ const ALARM_FR: Record<string, string> = {
   bunching: "Véhicules groupés",
   gap: "Intervalle trop long",
   not_reporting: "Véhicule muet",
+  burst: "Casse de canalisation",
+  leak_suspected: "Fuite suspectée",
+  tank_low: "Réservoir bas",
+  tank_high: "Réservoir haut",
+  quality_breach: "Qualité de l'eau hors limites",
+  sensor_out_of_range: "Capteur hors plage",
+  sensor_frozen: "Capteur figé",
+  sensor_silent: "Capteur muet",
+};
+const MEASURE_FR: Record<string, string> = {
+  pressure: "Pression",
+  flow: "Débit",
+  level: "Niveau",
+  freeChlorine: "Chlore libre",
+  turbidity: "Turbidité",
+  pH: "pH",
+  conductivity: "Conductivité",
+  temperature: "Température",
 };
 const SEVERITY_FR: Record<string, string> = { critical: "Critique", major: "Majeure", minor: "Mineure", warning: "Avertissement" };
 const SEVERITY_RANK: Record<string, number> = { critical: 0, major: 1, minor: 2, warning: 3 };
@@ -162,6 +188,23 @@ function render() {
         );
         return tr;
       }
+      if (a.details.type === "water_sensor") {
+        const w = a.details;
+        if (w.flags.length > 0) tr.className = "fault";
+        const values = Object.entries(w.measures)
+          .map(([m, v]) => `${MEASURE_FR[m] ?? m} ${v.value} ${v.unit}`)
+          .join(" · ");
+        tr.append(
+          cell(`Capteur ${a.id} (${w.element_id}, ${w.dma || "hors secteur"})`),
+          cell(a.commune),
+          cell(values || "—"),
+          cell(w.flags.join(", ") || "—"),
+          cell("—"),
+          cell("—"),
+          cell(time(a.observed_at)),
+        );
+        return tr;
+      }
       if (a.details.type === "report") {
         const r = a.details;
         if (r.status === "open" && !r.duplicate_of) tr.className = "fault";
@@ -211,9 +254,17 @@ function render() {
     onTime += k.values.on_time ?? 0;
   }
   const punctuality = withAdherence > 0 ? `${Math.round((onTime / withAdherence) * 100)} %` : "—";
+  let leaks = 0;
+  let bursts = 0;
+  for (const k of kpis.values()) {
+    if (k.domain !== "water") continue;
+    leaks += k.values.active_leaks ?? 0;
+    bursts += k.values.active_bursts ?? 0;
+  }
   counts.textContent =
     `${assets.size} équipements · ${alarms.size} alarmes actives · éclairage disponible ${availability}` +
     ` · ${(power / 1000).toFixed(0)} kW · ${vehicles} véhicules en ligne, ponctualité ${punctuality}` +
+    ` · eau : ${leaks} fuite(s) suspectée(s), ${bursts} casse(s)` +
     ` · séquence ${lastSeq}`;
 }
 

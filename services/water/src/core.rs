@@ -253,12 +253,8 @@ impl Water {
 
     /// Cuts the areas again for a new set of meters; zones keep their memory by id.
     fn recut(&self, state: &mut State, metered: Vec<String>) -> Result<(), Status> {
-        let old = std::mem::replace(
-            &mut state.model,
-            NetworkModel::build(Network::default(), Vec::new(), Vec::new()).map_err(internal)?,
-        );
-        let NetworkModel { network, placed, .. } = old;
-        state.model = NetworkModel::build(network, placed, metered).map_err(Status::invalid_argument)?;
+        state.model = NetworkModel::build(state.model.network.clone(), state.model.placed.clone(), metered)
+            .map_err(Status::invalid_argument)?;
         let mut memories: HashMap<String, ZoneMemory> =
             std::mem::take(&mut state.zones).into_iter().map(|z| (z.def.id.clone(), z.memory)).collect();
         state.zones = state
@@ -297,19 +293,14 @@ impl Water {
 
     /// Records one reading (not yet committed).
     pub fn record_reading(&self, reading: Reading) -> Result<(), Status> {
-        let measure = quality::check(&reading.measure, &reading.unit, reading.value)
-            .map_err(|e| Status::invalid_argument(format!("sensor {:?}: {e}", reading.sensor_id)))?;
-        let observed = reading.observed_at.ok_or_else(|| {
-            Status::invalid_argument(format!("sensor {:?}: observed_at is missing", reading.sensor_id))
-        })?;
-        let at_time = SystemTime::try_from(observed).map_err(|_| {
-            Status::invalid_argument(format!("sensor {:?}: observed_at is not a valid time", reading.sensor_id))
-        })?;
+        // Echoed in refusals: never more than an id's length.
+        let shown: String = reading.sensor_id.chars().take(proto::ids::AssetId::MAX_LEN).collect();
+        let refuse = |message: String| Status::invalid_argument(format!("sensor {shown:?}: {message}"));
+        let measure = quality::check(&reading.measure, &reading.unit, reading.value).map_err(refuse)?;
+        let observed = reading.observed_at.ok_or_else(|| refuse("observed_at is missing".into()))?;
+        let at_time = SystemTime::try_from(observed).map_err(|_| refuse("observed_at is not a valid time".into()))?;
         if at_time > SystemTime::now() + MAX_FUTURE {
-            return Err(Status::invalid_argument(format!(
-                "sensor {:?}: observed_at is in the future",
-                reading.sensor_id
-            )));
+            return Err(refuse("observed_at is in the future".into()));
         }
         let at = observed.seconds;
         let mut state = self.state();
@@ -318,7 +309,7 @@ impl Water {
             .sensors
             .get(&reading.sensor_id)
             .cloned()
-            .ok_or_else(|| Status::invalid_argument(format!("unknown sensor {:?}", reading.sensor_id)))?;
+            .ok_or_else(|| Status::invalid_argument(format!("unknown sensor {shown:?}")))?;
         let sensor = entry.sensor.clone().unwrap_or_default();
         if !sensor.measures.contains(&reading.measure) {
             return Err(Status::invalid_argument(format!(

@@ -56,7 +56,7 @@ pub struct Link {
     pub detail: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Network {
     pub title: String,
     /// The flow unit of [OPTIONS] `Units` (e.g. CMH, LPS, GPM).

@@ -78,12 +78,15 @@ impl Measure {
 
 /// Checks a reading's measure, unit and value; returns the measure.
 pub fn check(measure: &str, unit: &str, value: f64) -> Result<Measure, String> {
+    // Echoed in errors: never more than a name's length.
+    let unit_shown: String = unit.chars().take(16).collect();
     let m = Measure::from_name(measure).ok_or_else(|| {
+        let measure: String = measure.chars().take(32).collect();
         let known: Vec<&str> = Measure::ALL.iter().map(|m| m.name()).collect();
         format!("unknown measure {measure:?} (one of {})", known.join(", "))
     })?;
     if unit != m.unit() {
-        return Err(format!("{measure} is read in {:?}, not {unit:?}", m.unit()));
+        return Err(format!("{measure} is read in {:?}, not {unit_shown:?}", m.unit()));
     }
     if !value.is_finite() {
         return Err(format!("{measure}: {value} is not a number"));

@@ -12,15 +12,16 @@ pub enum TankState {
 }
 
 /// A tank's state from its level, with hysteresis: low below 10 % of its range (back to normal
-/// above 15 %), high above 95 % (back below 90 %).
+/// above 15 %), high above 98 % (back below 95 %): an overflow is near. Pump controls keep a tank
+/// inside its band (L-Town's T1 cycles between 2.4 and 3.9 m of 4), so normal filling is not high.
 pub fn tank_state(level_m: f64, (min_m, max_m): (f64, f64), previous: TankState) -> TankState {
     let range = (max_m - min_m).max(f64::EPSILON);
     let share = (level_m - min_m) / range;
     match previous {
         TankState::Low if share < 0.15 => TankState::Low,
-        TankState::High if share > 0.90 => TankState::High,
+        TankState::High if share > 0.95 => TankState::High,
         _ if share < 0.10 => TankState::Low,
-        _ if share > 0.95 => TankState::High,
+        _ if share > 0.98 => TankState::High,
         _ => TankState::Normal,
     }
 }
@@ -107,9 +108,10 @@ mod tests {
             (0.39, Normal, Low),
             (0.5, Low, Low), // 12.5 %: still low (hysteresis)
             (0.61, Low, Normal),
-            (3.81, Normal, High),
-            (3.7, High, High), // 92.5 %
-            (3.59, High, Normal),
+            (3.9, Normal, Normal), // 97.5 %: the top of the pump's band
+            (3.93, Normal, High),
+            (3.85, High, High), // 96.25 %
+            (3.79, High, Normal),
         ];
         for (level, before, after) in cases {
             assert_eq!(tank_state(level, range, before), after, "{level} m after {before:?}");

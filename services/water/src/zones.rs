@@ -340,6 +340,10 @@ impl ZoneBalance {
             closed = self.close(acc, night);
         }
         if let Some((date, weekday)) = key {
+            // A late sample of another night than the one in progress tells nothing now.
+            if self.memory.night.as_ref().is_some_and(|acc| acc.date != date) {
+                return closed;
+            }
             let acc = self.memory.night.get_or_insert_with(|| NightAccumulator {
                 date,
                 weekday,
