@@ -204,13 +204,15 @@ impl Water {
         let mut response = RegisterSensorsResponse::default();
         {
             let mut state = self.state();
+            let mut batch = WriteBatch::default();
             let mut seen = BTreeSet::new();
             let mut changed = Vec::new();
             for sensor in sensors {
+                // Placing checks the id first (its length among the rest).
+                let placed = state.model.place_sensor(sensor).map_err(Status::invalid_argument)?;
                 if !seen.insert(sensor.id.clone()) {
                     return Err(Status::invalid_argument(format!("sensor {} appears twice in the request", sensor.id)));
                 }
-                let placed = state.model.place_sensor(sensor).map_err(Status::invalid_argument)?;
                 if state.sensors.get(&placed.id).and_then(|s| s.sensor.as_ref()) == Some(&placed) {
                     response.unchanged += 1;
                     continue;
@@ -227,15 +229,32 @@ impl Water {
             if metered != state.model.metered {
                 self.recut(&mut state, metered)?;
                 response.areas_changed = true;
-                // Sensors' areas follow the new cut.
+                // Every sensor's area follows the new cut: the new ones, and those already known
+                // whose area changed (stored again, not counted as registered).
                 let replaced: Vec<Sensor> = changed
                     .iter()
                     .map(|s| state.model.place_sensor(s))
                     .collect::<Result<_, _>>()
                     .map_err(Status::invalid_argument)?;
                 changed = replaced;
+                let mut moved = Vec::new();
+                for entry in state.sensors.values() {
+                    let Some(known) = &entry.sensor else { continue };
+                    if changed.iter().any(|c| c.id == known.id) {
+                        continue;
+                    }
+                    let placed = state.model.place_sensor(known).map_err(Status::invalid_argument)?;
+                    if &placed != known {
+                        moved.push(placed);
+                    }
+                }
+                for sensor in moved {
+                    if let Some(entry) = state.sensors.get_mut(&sensor.id) {
+                        entry.sensor = Some(sensor);
+                        batch.sensors.push(entry.clone());
+                    }
+                }
             }
-            let mut batch = WriteBatch::default();
             for sensor in changed {
                 let mut entry = state.sensors.remove(&sensor.id).unwrap_or_default();
                 // Values of measures the sensor no longer reads go.

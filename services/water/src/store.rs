@@ -203,3 +203,25 @@ fn all<M: Message + Default>(tree: &sled::Tree, what: &'static str) -> Result<Ve
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leaks::LeakThreshold;
+    use crate::zones::NightFlow;
+
+    #[test]
+    fn zone_memories_read_back_bit_for_bit() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = Store::open(&db).unwrap();
+        let mut memory = ZoneMemory::new(LeakThreshold::default());
+        memory.detector.night(0, 139.71708333333333);
+        memory.last_night =
+            Some(NightFlow { date: "2026-11-23".into(), weekday: 0, night_flow: 139.71708333333333, baseline: None });
+        store.write(WriteBatch { zones: vec![("DMA-1".into(), memory.clone())], ..Default::default() }).unwrap();
+        let (id, read) = store.zones().unwrap().remove(0);
+        assert_eq!(id, "DMA-1");
+        assert_eq!(read.last_night, memory.last_night);
+        assert_eq!(read.detector.baseline(0), Some(139.71708333333333));
+    }
+}

@@ -253,6 +253,15 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
     let zones: Vec<(&str, &str)> = dmas.dmas.iter().map(|d| (d.id.as_str(), d.zone.as_str())).collect();
     assert_eq!(zones, [("DMA-1", "DMA-1"), ("DMA-2", "DMA-2"), ("DMA-3", "DMA-1")]);
     assert!(dmas.dmas.iter().all(|d| d.hull.len() >= 3 && !d.commune.is_empty()));
+    // Sensors registered before the flow meters were known follow the new cut.
+    let sensors = client.list_sensors(ListSensorsRequest::default()).await?.into_inner().sensors;
+    for s in sensors.iter().filter_map(|s| s.sensor.as_ref()) {
+        assert!(dmas.dmas.iter().any(|d| d.id == s.dma), "{s:?}: no such area");
+        assert!(!s.commune.is_empty() && s.position.is_some(), "{s:?}");
+    }
+    let area_of =
+        |id: &str| sensors.iter().filter_map(|s| s.sensor.as_ref()).find(|s| s.id == id).map(|s| s.dma.clone());
+    assert_eq!(area_of("Q-test"), area_of("Q-n1"), "two probes on n1, registered before and after the meters");
 
     // SIGKILL: everything acknowledged is still there, and the open alarm clears normally.
     simulator.kill()?;
