@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "vigie/transport/v1/transport.proto",
     "vigie/reports/v1/reports.proto",
     "vigie/water/v1/water.proto",
+    "vigie/ops/v1/ops.proto",
     "transit_realtime/gtfs-realtime.proto",
 ];
 

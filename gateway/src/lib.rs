@@ -5,7 +5,10 @@
 //! - [`consumer`]: the durable JetStream consumer that feeds the view, exactly once.
 //! - [`live`]: the view shared with WebSocket sessions, and the broadcast of deltas.
 //! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
+//! - [`api`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
+//!   document.
 
+pub mod api;
 pub mod consumer;
 pub mod http;
 pub mod live;
@@ -68,8 +71,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     };
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
 
+    let api = api::ApiState { live: live.clone(), store: store.clone(), js: jetstream::new(nats.clone()) };
     let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone() };
-    let app = http::router(state, Some(config.ui_dir.clone()));
+    let app = api::router(api).merge(http::router(state, Some(config.ui_dir.clone())));
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
     let timeout = config.common.shutdown_timeout;
     let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -4,10 +4,10 @@
 //! snapshot's `seq` and none before.
 
 use proto::event::CheckedEvent;
-use proto::live::{AlarmState, AssetState, CommandState, KpiState, ServerFrame, ServerMessage};
+use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState, ServerFrame, ServerMessage};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::view::{Change, OperationsView};
 
@@ -16,6 +16,8 @@ pub const DELTA_BUFFER: usize = 8192;
 
 pub struct Live {
     inner: Mutex<Inner>,
+    /// The sequence the view is current at, for callers that wait for their own write.
+    applied: watch::Sender<u64>,
 }
 
 struct Inner {
@@ -23,13 +25,14 @@ struct Inner {
     deltas: broadcast::Sender<Arc<str>>,
 }
 
-/// What a batch changed, for the store. `None` removes (a cleared alarm, an evicted command).
+/// What a batch changed, for the store. `None` removes (a closed alarm, an evicted command).
 #[derive(Default)]
 pub struct Persist {
     pub assets: HashMap<String, AssetState>,
     pub alarms: HashMap<String, Option<AlarmState>>,
     pub commands: HashMap<String, Option<CommandState>>,
     pub kpis: HashMap<String, KpiState>,
+    pub audit: Vec<AuditEntry>,
     pub applied_seq: u64,
 }
 
@@ -43,7 +46,20 @@ pub enum Received {
 impl Live {
     pub fn new(view: OperationsView) -> Live {
         let (deltas, _) = broadcast::channel(DELTA_BUFFER);
-        Live { inner: Mutex::new(Inner { view, deltas }) }
+        let (applied, _) = watch::channel(view.applied_seq());
+        Live { inner: Mutex::new(Inner { view, deltas }), applied }
+    }
+
+    /// Waits until the view has applied the event at `seq` (or `timeout` passes); returns whether
+    /// it has.
+    pub async fn wait_applied(&self, seq: u64, timeout: std::time::Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|s| *s >= seq)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Reads the view under its lock.
+    pub fn read<T>(&self, f: impl FnOnce(&OperationsView) -> T) -> T {
+        f(&self.lock().view)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -83,7 +99,7 @@ impl Live {
                             }
                             Change::Alarm(key, state) => {
                                 alarm = Some(Box::new(state.clone()));
-                                persist.alarms.insert(key, state.active.then_some(state));
+                                persist.alarms.insert(key, (!state.closed).then_some(state));
                             }
                             Change::Command(key, state, evicted) => {
                                 command = Some(Box::new(state.clone()));
@@ -113,6 +129,8 @@ impl Live {
             }
         }
         persist.applied_seq = inner.view.applied_seq();
+        persist.audit = inner.view.take_audit();
+        self.applied.send_replace(persist.applied_seq);
         persist
     }
 

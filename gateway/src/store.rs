@@ -1,7 +1,7 @@
 //! The gateway's sled database: the view's assets and the stream sequence they are current at,
 //! written together in one atomic batch. The only module that sees sled.
 
-use proto::live::{AlarmState, AssetState, CommandState, KpiState};
+use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +25,21 @@ pub struct Store {
     alarms: sled::Tree,
     commands: sled::Tree,
     kpis: sled::Tree,
+    /// Stream sequence (big-endian) -> audit entry: in the order the stream recorded them.
+    audit: sled::Tree,
     meta: sled::Tree,
+}
+
+/// What an audit query selects; every field narrows it.
+#[derive(Debug, Default, Clone)]
+pub struct AuditQuery {
+    pub communes: Option<Vec<String>>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// RFC 3339 bounds, inclusive.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: usize,
 }
 
 /// The persisted view.
@@ -45,6 +59,7 @@ impl Store {
             alarms: db.open_tree("alarms")?,
             commands: db.open_tree("commands")?,
             kpis: db.open_tree("kpis")?,
+            audit: db.open_tree("audit")?,
             meta: db.open_tree("meta")?,
             db,
         })
@@ -75,8 +90,20 @@ impl Store {
         let alarms = encode_all(persist.alarms.iter().map(|(k, v)| (k, v.as_ref())))?;
         let commands = encode_all(persist.commands.iter().map(|(k, v)| (k, v.as_ref())))?;
         let kpis = encode_all(persist.kpis.iter().map(|(k, v)| (k, Some(v))))?;
-        (&self.assets, &self.alarms, &self.commands, &self.kpis, &self.meta)
-            .transaction(|(t_assets, t_alarms, t_commands, t_kpis, meta)| {
+        let audit: Vec<([u8; 8], Vec<u8>)> = persist
+            .audit
+            .iter()
+            .map(|e| {
+                serde_json::to_vec(e)
+                    .map(|v| (e.seq.to_be_bytes(), v))
+                    .map_err(|source| StoreError::Corrupt { key: e.event_id.clone(), source })
+            })
+            .collect::<Result<_, _>>()?;
+        (&self.assets, &self.alarms, &self.commands, &self.kpis, &self.audit, &self.meta)
+            .transaction(|(t_assets, t_alarms, t_commands, t_kpis, t_audit, meta)| {
+                for (key, value) in &audit {
+                    t_audit.insert(&key[..], value.as_slice())?;
+                }
                 for (tree, entries) in
                     [(t_assets, &assets), (t_alarms, &alarms), (t_commands, &commands), (t_kpis, &kpis)]
                 {
@@ -105,9 +132,38 @@ impl Store {
         self.alarms.clear()?;
         self.commands.clear()?;
         self.kpis.clear()?;
+        self.audit.clear()?;
         self.meta.clear()?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Audit entries matching the query, newest first, at most `limit`.
+    pub fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.audit.iter().rev() {
+            let (key, value) = item?;
+            let entry: AuditEntry = serde_json::from_slice(&value)
+                .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })?;
+            if query.to.as_ref().is_some_and(|to| entry.at > *to) {
+                continue;
+            }
+            // Entries are in stream order, which follows their time only roughly (an event's
+            // time is its observation's): the scan goes on past an entry out of range.
+            if query.from.as_ref().is_some_and(|from| entry.at < *from) {
+                continue;
+            }
+            let wanted = query.communes.as_ref().is_none_or(|c| c.contains(&entry.commune))
+                && query.actor.as_ref().is_none_or(|a| *a == entry.actor)
+                && query.action.as_ref().is_none_or(|a| *a == entry.action);
+            if wanted {
+                out.push(entry);
+                if out.len() >= query.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {

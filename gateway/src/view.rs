@@ -4,15 +4,19 @@
 use proto::event::CheckedEvent;
 use proto::lighting::{CommandStatus, LampStatus, LightingCommand, PowerState, TalqFault};
 use proto::live::{
-    AlarmState, AssetDetails, AssetState, CommandAction, CommandState, CommandTarget, EventSummary, KpiState, LatLon,
-    MeasureReading, ReportDetails, StreetlightDetails, VehicleDetails, WaterSensorDetails,
+    AlarmComment, AlarmState, AssetDetails, AssetState, AuditEntry, CommandAction, CommandState, CommandTarget,
+    EventSummary, KpiState, LatLon, MeasureReading, ReportDetails, StreetlightDetails, VehicleDetails,
+    WaterSensorDetails,
 };
+use proto::ops::{AlarmAction, AlarmActionKind};
 use proto::v1::event::Payload;
 use proto::v1::{AlarmCleared, AlarmRaised, Severity};
 use std::collections::{BTreeMap, HashMap};
 
 /// Commands kept in the view (the pending ones always; the oldest finished ones leave first).
 pub const MAX_COMMANDS: usize = 1000;
+/// Comments kept per alarm (the oldest leave first; the audit log keeps them all).
+pub const MAX_COMMENTS: usize = 100;
 
 /// `domain/asset id`: asset ids are unique within a domain.
 pub fn asset_key(domain: &str, id: &str) -> String {
@@ -30,6 +34,8 @@ pub struct OperationsView {
     kpis: HashMap<String, KpiState>,
     /// Stream sequence of the last event applied (or refused): every event up to it is in the view.
     applied_seq: u64,
+    /// Audit entries of the events applied since the last [`OperationsView::take_audit`].
+    audit: Vec<AuditEntry>,
 }
 
 /// What applying one event changed.
@@ -56,7 +62,16 @@ impl OperationsView {
         kpis: HashMap<String, KpiState>,
         applied_seq: u64,
     ) -> Self {
-        OperationsView { assets, alarms, commands, kpis, applied_seq }
+        OperationsView { assets, alarms, commands, kpis, applied_seq, audit: Vec::new() }
+    }
+
+    /// The audit entries of the events applied since the last call.
+    pub fn take_audit(&mut self) -> Vec<AuditEntry> {
+        std::mem::take(&mut self.audit)
+    }
+
+    pub fn alarm(&self, key: &str) -> Option<&AlarmState> {
+        self.alarms.get(key)
     }
 
     pub fn kpis(&self) -> impl Iterator<Item = &KpiState> {
@@ -79,7 +94,7 @@ impl OperationsView {
         self.alarms.values()
     }
 
-    pub fn commands(&self) -> impl Iterator<Item = &CommandState> {
+    pub fn commands(&self) -> impl DoubleEndedIterator<Item = &CommandState> {
         self.commands.values()
     }
 
@@ -96,7 +111,11 @@ impl OperationsView {
         }
         self.applied_seq = seq;
         let summary = summary(event);
+        if let Some(entry) = audit_entry(&summary, event, seq) {
+            self.audit.push(entry);
+        }
         let change = match event.payload() {
+            Payload::AlarmAction(action) => self.alarm_action(&summary, action)?,
             Payload::LightingAlarmRaised(raised)
             | Payload::TransportAlarmRaised(raised)
             | Payload::WaterAlarmRaised(raised) => self.raise(&summary, event, raised),
@@ -313,6 +332,10 @@ impl OperationsView {
             .and_modify(|a| {
                 a.raise_count += 1;
                 a.last_raised_at = summary.observed_at.clone();
+                // The condition is back (or still there): active again.
+                a.active = true;
+                a.cleared_at = None;
+                a.clear_reason = None;
             })
             .or_insert_with(|| AlarmState {
                 key: raised.key.clone(),
@@ -330,6 +353,14 @@ impl OperationsView {
                 raise_count: 1,
                 cleared_at: None,
                 clear_reason: None,
+                acknowledged: false,
+                acknowledged_by: None,
+                acknowledged_at: None,
+                assignee: None,
+                shelved_until: None,
+                comments: Vec::new(),
+                closed: false,
+                resolved_by: None,
             });
         alarm.severity = severity_name(raised.severity).to_owned();
         alarm.asset_ids = raised.asset_ids.clone();
@@ -341,11 +372,56 @@ impl OperationsView {
     /// `None` for an alarm the view does not hold (cleared twice, or raised before the stream's
     /// retention): nothing changes.
     fn clear(&mut self, summary: &EventSummary, cleared: &AlarmCleared) -> Option<Change> {
-        let mut alarm = self.alarms.remove(&cleared.key)?;
+        let alarm = self.alarms.get_mut(&cleared.key)?;
         alarm.active = false;
         alarm.cleared_at = Some(summary.observed_at.clone());
         alarm.clear_reason = Some(cleared.reason.clone());
-        Some(Change::Alarm(cleared.key.clone(), alarm))
+        // Cleared and acknowledged: done.
+        alarm.closed = alarm.acknowledged;
+        let state = alarm.clone();
+        if state.closed {
+            self.alarms.remove(&cleared.key);
+        }
+        Some(Change::Alarm(cleared.key.clone(), state))
+    }
+
+    /// An operator's action on an alarm. `None` for an alarm the view does not hold (closed
+    /// meanwhile, by another operator or replica): the audit log still has it.
+    fn alarm_action(&mut self, summary: &EventSummary, action: &AlarmAction) -> Option<Change> {
+        let alarm = self.alarms.get_mut(&action.alarm_key)?;
+        let at = summary.observed_at.clone();
+        match AlarmActionKind::try_from(action.action).ok()? {
+            AlarmActionKind::Acknowledge => {
+                if !alarm.acknowledged {
+                    alarm.acknowledged = true;
+                    alarm.acknowledged_by = Some(action.actor.clone());
+                    alarm.acknowledged_at = Some(at.clone());
+                }
+                alarm.closed = !alarm.active;
+            }
+            AlarmActionKind::Assign => {
+                alarm.assignee = (!action.assignee.is_empty()).then(|| action.assignee.clone());
+            }
+            AlarmActionKind::Comment => {}
+            AlarmActionKind::Shelve => alarm.shelved_until = action.shelved_until.as_ref().map(|t| rfc3339(Some(t))),
+            AlarmActionKind::Unshelve => alarm.shelved_until = None,
+            AlarmActionKind::Resolve => {
+                alarm.closed = true;
+                alarm.resolved_by = Some(action.actor.clone());
+            }
+            AlarmActionKind::Unspecified => return None,
+        }
+        if !action.comment.is_empty() {
+            if alarm.comments.len() >= MAX_COMMENTS {
+                alarm.comments.remove(0);
+            }
+            alarm.comments.push(AlarmComment { by: action.actor.clone(), at, text: action.comment.clone() });
+        }
+        let state = alarm.clone();
+        if state.closed {
+            self.alarms.remove(&action.alarm_key);
+        }
+        Some(Change::Alarm(action.alarm_key.clone(), state))
     }
 
     /// A water sensor's reading: its measure's latest value (a late reading changes nothing).
@@ -475,6 +551,71 @@ fn command_state(domain: &str, c: &LightingCommand) -> CommandState {
         lamps_applied: c.lamps_applied,
         lamps_failed: c.lamps_failed,
         failures: c.failures.clone(),
+    }
+}
+
+/// The audit entry an event makes, if it records an operator's act: an alarm action, a command
+/// requested, a report's status changed by someone other than the citizen.
+fn audit_entry(summary: &EventSummary, event: &CheckedEvent, seq: u64) -> Option<AuditEntry> {
+    let entry = |actor: &str, action: &str, target: &str, details: Vec<(&str, String)>| AuditEntry {
+        seq,
+        event_id: summary.id.clone(),
+        at: summary.observed_at.clone(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        commune: summary.commune.clone(),
+        domain: summary.domain.clone(),
+        target: target.to_owned(),
+        details: details.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_owned(), v)).collect(),
+    };
+    match event.payload() {
+        Payload::AlarmAction(a) => {
+            let action = match AlarmActionKind::try_from(a.action).ok()? {
+                AlarmActionKind::Acknowledge => "acknowledge",
+                AlarmActionKind::Assign => "assign",
+                AlarmActionKind::Comment => "comment",
+                AlarmActionKind::Shelve => "shelve",
+                AlarmActionKind::Unshelve => "unshelve",
+                AlarmActionKind::Resolve => "resolve",
+                AlarmActionKind::Unspecified => return None,
+            };
+            let until = a.shelved_until.as_ref().map(|t| rfc3339(Some(t))).unwrap_or_default();
+            Some(entry(
+                &a.actor,
+                action,
+                &a.alarm_key,
+                vec![("assignee", a.assignee.clone()), ("comment", a.comment.clone()), ("shelved_until", until)],
+            ))
+        }
+        // A command's first event: requested, nothing confirmed yet.
+        Payload::LightingCommand(c)
+            if c.status == CommandStatus::Pending as i32 && c.lamps_applied + c.lamps_failed == 0 =>
+        {
+            let state = command_state(&summary.domain, c);
+            let details = vec![
+                ("target", serde_json::to_string(&state.target).unwrap_or_default()),
+                ("action", serde_json::to_string(&state.action).unwrap_or_default()),
+                ("reason", c.reason.clone()),
+            ];
+            Some(entry(&c.requested_by, "command", &c.id, details))
+        }
+        Payload::ValveCommand(c) if c.status == proto::water::ValveCommandStatus::Pending as i32 => {
+            let state = valve_command_state(&summary.domain, c);
+            let details = vec![
+                ("target", serde_json::to_string(&state.target).unwrap_or_default()),
+                ("action", serde_json::to_string(&state.action).unwrap_or_default()),
+                ("reason", c.reason.clone()),
+            ];
+            Some(entry(&c.requested_by, "command", &c.id, details))
+        }
+        Payload::ReportUpdated(proto::reports::ReportUpdated { request: Some(r), change: Some(change) })
+            if change.actor != "citizen" =>
+        {
+            let token = |s: i32| proto::reports::ReportStatus::try_from(s).unwrap_or_default().token().to_owned();
+            let details = vec![("from", token(change.from)), ("to", token(change.to)), ("note", change.note.clone())];
+            Some(entry(&change.actor, "report_status", &r.service_request_id, details))
+        }
+        _ => None,
     }
 }
 
@@ -650,8 +791,26 @@ mod tests {
         .unwrap()
     }
 
+    fn action(kind: AlarmActionKind, actor: &str, assignee: &str, comment: &str) -> CheckedEvent {
+        alarm_event(Payload::AlarmAction(AlarmAction {
+            alarm_key: "lighting/outage_cluster/EP1".into(),
+            action: kind as i32,
+            actor: actor.into(),
+            assignee: assignee.into(),
+            comment: comment.into(),
+            shelved_until: None,
+        }))
+    }
+
+    fn alarm_of(applied: Option<Applied>) -> AlarmState {
+        match applied.map(|a| a.change) {
+            Some(Change::Alarm(_, alarm)) => alarm,
+            other => panic!("alarm expected, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn alarms_are_deduplicated_by_key_and_leave_when_cleared() {
+    fn alarms_are_deduplicated_by_key_and_leave_once_cleared_and_acknowledged() {
         let mut view = OperationsView::default();
         let raised = AlarmRaised {
             key: "lighting/outage_cluster/EP1".into(),
@@ -663,10 +822,7 @@ mod tests {
         view.apply(&alarm_event(Payload::LightingAlarmRaised(raised.clone())), 1).unwrap();
         let mut grown = raised.clone();
         grown.asset_ids.push("EP3".into());
-        let Change::Alarm(_, alarm) = view.apply(&alarm_event(Payload::LightingAlarmRaised(grown)), 2).unwrap().change
-        else {
-            panic!("alarm expected")
-        };
+        let alarm = alarm_of(view.apply(&alarm_event(Payload::LightingAlarmRaised(grown)), 2));
         assert_eq!(
             (alarm.raise_count, alarm.asset_ids.len(), alarm.severity.as_str(), alarm.active),
             (2, 3, "major", true)
@@ -674,17 +830,40 @@ mod tests {
         assert_eq!(view.alarms().count(), 1);
         let cleared =
             AlarmCleared { key: raised.key.clone(), alarm_type: raised.alarm_type.clone(), reason: "repaired".into() };
-        let Change::Alarm(_, alarm) =
-            view.apply(&alarm_event(Payload::LightingAlarmCleared(cleared.clone())), 3).unwrap().change
-        else {
-            panic!("alarm expected")
-        };
-        assert!(!alarm.active);
-        assert_eq!(alarm.clear_reason.as_deref(), Some("repaired"));
+        let alarm = alarm_of(view.apply(&alarm_event(Payload::LightingAlarmCleared(cleared.clone())), 3));
+        assert_eq!((alarm.active, alarm.closed, alarm.clear_reason.as_deref()), (false, false, Some("repaired")));
+        assert_eq!(view.alarms().count(), 1, "cleared, not yet acknowledged: still shown");
+        // Raised again: active again, the count goes on.
+        let alarm = alarm_of(view.apply(&alarm_event(Payload::LightingAlarmRaised(raised.clone())), 4));
+        assert_eq!((alarm.active, alarm.raise_count, alarm.cleared_at.as_deref()), (true, 3, None));
+        // The operators' workflow, each step with who and when; the audit log records it.
+        let alarm = alarm_of(view.apply(&action(AlarmActionKind::Assign, "op-a", "op-b", ""), 5));
+        assert_eq!(alarm.assignee.as_deref(), Some("op-b"));
+        let alarm = alarm_of(view.apply(&action(AlarmActionKind::Comment, "op-b", "", "équipe en route"), 6));
+        assert_eq!((alarm.comments[0].by.as_str(), alarm.comments[0].text.as_str()), ("op-b", "équipe en route"));
+        let alarm = alarm_of(view.apply(&action(AlarmActionKind::Acknowledge, "op-b", "", ""), 7));
+        assert_eq!((alarm.acknowledged, alarm.acknowledged_by.as_deref(), alarm.closed), (true, Some("op-b"), false));
+        let audit = view.take_audit();
+        let steps: Vec<(u64, &str, &str)> =
+            audit.iter().map(|e| (e.seq, e.actor.as_str(), e.action.as_str())).collect();
+        assert_eq!(steps, [(5, "op-a", "assign"), (6, "op-b", "comment"), (7, "op-b", "acknowledge")]);
+        assert_eq!(audit[1].details.get("comment").map(String::as_str), Some("équipe en route"));
+        assert!(view.take_audit().is_empty(), "taken once");
+        // Acknowledged, then cleared: closed, it leaves.
+        let alarm = alarm_of(view.apply(&alarm_event(Payload::LightingAlarmCleared(cleared.clone())), 8));
+        assert_eq!((alarm.active, alarm.closed), (false, true));
         assert_eq!(view.alarms().count(), 0);
         assert!(
-            view.apply(&alarm_event(Payload::LightingAlarmCleared(cleared)), 4).is_none(),
+            view.apply(&alarm_event(Payload::LightingAlarmCleared(cleared)), 9).is_none(),
             "cleared twice: nothing"
         );
+        // An action on an alarm no longer in the view changes nothing, but is audited.
+        assert!(view.apply(&action(AlarmActionKind::Acknowledge, "op-c", "", ""), 10).is_none());
+        assert_eq!(view.take_audit().len(), 1);
+        // Resolved by an operator while still active: it leaves.
+        view.apply(&alarm_event(Payload::LightingAlarmRaised(raised)), 11).unwrap();
+        let alarm = alarm_of(view.apply(&action(AlarmActionKind::Resolve, "op-a", "", "faux positif"), 12));
+        assert_eq!((alarm.closed, alarm.resolved_by.as_deref(), alarm.active), (true, Some("op-a"), true));
+        assert_eq!(view.alarms().count(), 0);
     }
 }

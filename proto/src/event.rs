@@ -29,6 +29,7 @@ pub enum EventKind {
     WaterAlarmCleared,
     ValveCommand,
     WaterKpi,
+    AlarmAction,
 }
 
 impl EventKind {
@@ -54,6 +55,7 @@ impl EventKind {
             EventKind::WaterAlarmCleared => "alarm_cleared",
             EventKind::ValveCommand => "command_updated",
             EventKind::WaterKpi => "kpi",
+            EventKind::AlarmAction => "alarm_action",
         }
     }
 
@@ -78,6 +80,7 @@ impl EventKind {
             | EventKind::WaterAlarmCleared
             | EventKind::ValveCommand
             | EventKind::WaterKpi => Domain::Water,
+            EventKind::AlarmAction => Domain::Ops,
         }
     }
 }
@@ -105,6 +108,7 @@ impl Payload {
             Payload::WaterAlarmCleared(_) => EventKind::WaterAlarmCleared,
             Payload::ValveCommand(_) => EventKind::ValveCommand,
             Payload::WaterKpi(_) => EventKind::WaterKpi,
+            Payload::AlarmAction(_) => EventKind::AlarmAction,
         }
     }
 }
@@ -223,6 +227,9 @@ pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
         }
         Some(Payload::LightingAlarmCleared(a) | Payload::TransportAlarmCleared(a) | Payload::WaterAlarmCleared(a)) => {
             AlarmKey::parse(&a.key)?;
+        }
+        Some(Payload::AlarmAction(a)) => {
+            AlarmKey::parse(&a.alarm_key)?;
         }
         _ => {}
     }

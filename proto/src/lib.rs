@@ -1,6 +1,6 @@
 //! Vigie's contract, in one place.
 //!
-//! - [`v1`], [`lighting`], [`transport`], [`reports`], [`water`]: the protobuf messages and gRPC services, generated from
+//! - [`v1`], [`lighting`], [`transport`], [`reports`], [`water`], [`ops`]: the protobuf messages and gRPC services, generated from
 //!   `proto/vigie/**`; [`transit_realtime`]: the GTFS-Realtime messages.
 //! - [`ids`]: commune (INSEE) and asset identifiers, validated before they touch a subject or a key.
 //! - [`subject`]: the NATS subject scheme and the JetStream stream; no other crate builds a subject.
@@ -38,6 +38,12 @@ pub mod vigie {
             tonic::include_proto!("vigie.reports.v1");
         }
     }
+    pub mod ops {
+        /// Operators' actions (`vigie.ops.v1`).
+        pub mod v1 {
+            tonic::include_proto!("vigie.ops.v1");
+        }
+    }
     pub mod water {
         /// Water network (`vigie.water.v1`).
         pub mod v1 {
@@ -52,6 +58,7 @@ pub mod transit_realtime {
 }
 
 pub use vigie::lighting::v1 as lighting;
+pub use vigie::ops::v1 as ops;
 pub use vigie::reports::v1 as reports;
 pub use vigie::transport::v1 as transport;
 pub use vigie::v1;

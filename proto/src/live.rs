@@ -211,8 +211,10 @@ pub struct StreetlightDetails {
     pub date_last_switching_off: Option<String>,
 }
 
-/// An alarm as the operator sees it. Raising the same key again updates it (`raise_count`,
-/// `last_raised_at`); a cleared alarm is sent once with `active: false`, then leaves the view.
+/// An alarm as the operator sees it (ThingsBoard's lifecycle: active or cleared, acknowledged or
+/// not). Raising the same key again updates it (`raise_count`, `last_raised_at`) and makes it
+/// active again. A cleared alarm stays until an operator acknowledges it; it is then sent once
+/// with `closed: true` and leaves the view, as does an alarm an operator resolves.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlarmState {
     pub key: String,
@@ -231,6 +233,55 @@ pub struct AlarmState {
     pub raise_count: u32,
     pub cleared_at: Option<String>,
     pub clear_reason: Option<String>,
+    #[serde(default)]
+    pub acknowledged: bool,
+    #[serde(default)]
+    pub acknowledged_by: Option<String>,
+    #[serde(default)]
+    pub acknowledged_at: Option<String>,
+    /// The operator in charge, when assigned.
+    #[serde(default)]
+    pub assignee: Option<String>,
+    /// Hidden from the active list until then (RFC 3339); shown again once it has passed.
+    #[serde(default)]
+    pub shelved_until: Option<String>,
+    #[serde(default)]
+    pub comments: Vec<AlarmComment>,
+    /// It left the view (cleared and acknowledged, or resolved); sent once.
+    #[serde(default)]
+    pub closed: bool,
+    /// Who resolved it, when an operator did.
+    #[serde(default)]
+    pub resolved_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlarmComment {
+    pub by: String,
+    /// RFC 3339.
+    pub at: String,
+    pub text: String,
+}
+
+/// One entry of the audit log: an operator action (on an alarm, a command, a report), as the
+/// stream recorded it. Queryable over REST (`/api/v1/audit`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    /// The stream sequence of the event that recorded it (entries are in this order).
+    pub seq: u64,
+    /// The event's id.
+    pub event_id: String,
+    /// RFC 3339.
+    pub at: String,
+    pub actor: String,
+    /// `acknowledge`, `assign`, `comment`, `shelve`, `unshelve`, `resolve` (alarms),
+    /// `command` (a command requested), `report_status` (a report moved on).
+    pub action: String,
+    pub commune: String,
+    pub domain: String,
+    /// What it was done to: an alarm key, a command id, a report id.
+    pub target: String,
+    pub details: std::collections::BTreeMap<String, String>,
 }
 
 /// The latest KPIs of one domain in one commune. Lighting: `lamps_total`, `lamps_dark`,

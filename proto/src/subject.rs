@@ -11,8 +11,9 @@ use crate::v1::Domain;
 /// The JetStream stream that holds every domain event.
 pub const EVENTS_STREAM: &str = "VIGIE_EVENTS";
 
-/// Every domain that publishes events, in subject order.
-pub const DOMAINS: [Domain; 4] = [Domain::Transport, Domain::Lighting, Domain::Water, Domain::Reports];
+/// Every domain that publishes events, in subject order (`ops`: operators' actions, published by
+/// the gateway).
+pub const DOMAINS: [Domain; 5] = [Domain::Transport, Domain::Lighting, Domain::Water, Domain::Reports, Domain::Ops];
 
 impl Domain {
     /// The domain's subject token and its name in the live protocol.
@@ -23,6 +24,7 @@ impl Domain {
             Domain::Lighting => "lighting",
             Domain::Water => "water",
             Domain::Reports => "reports",
+            Domain::Ops => "ops",
         }
     }
 
@@ -66,7 +68,7 @@ mod tests {
         assert_eq!(event(Domain::Lighting, &c, "streetlight_status"), "lighting.34172.streetlight_status");
         assert_eq!(commune_events(&c), "*.34172.>");
         assert_eq!(domain_events(Domain::Water), "water.>");
-        assert_eq!(events_stream_subjects(), ["transport.>", "lighting.>", "water.>", "reports.>"]);
+        assert_eq!(events_stream_subjects(), ["transport.>", "lighting.>", "water.>", "reports.>", "ops.>"]);
         for d in DOMAINS {
             assert_eq!(Domain::from_token(d.token()), Some(d));
         }

@@ -543,6 +543,31 @@ pub fn http_post_form(host_port: &str, path: &str, form: &str) -> Result<(u16, S
     Ok((status, body))
 }
 
+/// POSTs a JSON body; returns the status and the body parsed as JSON (`null` when it is not).
+pub fn http_post_json(host_port: &str, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut stream = std::net::TcpStream::connect(host_port)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status =
+        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    let text = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok((status, serde_json::from_str(text).unwrap_or(serde_json::Value::Null)))
+}
+
+/// GETs a JSON document; returns the status and the body parsed as JSON (`null` when it is not).
+pub fn http_get_json(host_port: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+    let (status, body) = http_get(host_port, path)?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
+}
+
 /// A GTFS-Realtime feed message decoded by Google's published bindings (`gtfs-realtime-bindings`
 /// on PyPI, built from the official gtfs-realtime.proto; installed by deploy/install-tools.sh), as
 /// JSON with the specification's field names. Independent of Vigie's own transcription.

@@ -58,6 +58,8 @@ type Alarm = {
   active: boolean;
   last_raised_at: string;
   raise_count: number;
+  acknowledged?: boolean;
+  closed?: boolean;
 };
 
 type Kpi = { domain: string; commune: string; at: string; values: Record<string, number> };
@@ -160,7 +162,7 @@ function render() {
       const lamps = a.asset_ids.length > 1 ? ` (${a.asset_ids.length} points lumineux)` : "";
       tr.append(
         cell(SEVERITY_FR[a.severity] ?? a.severity),
-        cell((ALARM_FR[a.alarm_type] ?? a.alarm_type) + lamps),
+        cell((ALARM_FR[a.alarm_type] ?? a.alarm_type) + lamps + (a.active ? "" : " (terminée, à acquitter)")),
         cell(a.commune),
         cell(a.asset_id),
         cell(String(a.raise_count)),
@@ -262,7 +264,7 @@ function render() {
     bursts += k.values.active_bursts ?? 0;
   }
   counts.textContent =
-    `${assets.size} équipements · ${alarms.size} alarmes actives · éclairage disponible ${availability}` +
+    `${assets.size} équipements · ${[...alarms.values()].filter((a) => a.active).length} alarmes actives · éclairage disponible ${availability}` +
     ` · ${(power / 1000).toFixed(0)} kW · ${vehicles} véhicules en ligne, ponctualité ${punctuality}` +
     ` · eau : ${leaks} fuite(s) suspectée(s), ${bursts} casse(s)` +
     ` · séquence ${lastSeq}`;
@@ -285,8 +287,9 @@ function connect(delayMs: number) {
     } else if (frame.type === "delta") {
       if (frame.asset) assets.set(`${frame.asset.domain}/${frame.asset.id}`, frame.asset);
       if (frame.alarm) {
-        if (frame.alarm.active) alarms.set(frame.alarm.key, frame.alarm);
-        else alarms.delete(frame.alarm.key);
+        // A cleared alarm stays until acknowledged; a closed one leaves.
+        if (frame.alarm.closed) alarms.delete(frame.alarm.key);
+        else alarms.set(frame.alarm.key, frame.alarm);
       }
       if (frame.kpi) kpis.set(`${frame.kpi.domain}/${frame.kpi.commune}`, frame.kpi);
       lastSeq = frame.seq;

@@ -219,8 +219,26 @@ async fn a_feeder_failure_raises_exactly_one_cluster_alarm_which_survives_a_rest
         frames.iter().filter(|f| f["alarm"].is_object()).map(|f| &f["alarm"]).collect();
     assert_eq!(alarms.len(), 1, "{alarms:?}");
     assert_eq!((&alarms[0]["key"], &alarms[0]["active"]), (&serde_json::json!(key), &serde_json::json!(false)));
+    // Cleared but not yet acknowledged: still shown, until an operator acknowledges it.
     let mut late = slice.live_client().await?;
-    assert_eq!(late.next().await?["alarms"], serde_json::json!([]));
+    let snapshot = late.next().await?;
+    assert_eq!(snapshot["alarms"].as_array().map(Vec::len), Some(1), "{snapshot}");
+    assert_eq!(snapshot["alarms"][0]["active"], false);
+    let (status, answer) = tests::http_post_json(
+        &slice.gateway_addr,
+        "/api/v1/alarms/actions",
+        &serde_json::json!({"alarm_key": key, "action": "acknowledge", "actor": "opérateur-1"}),
+    )?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["alarm"], serde_json::Value::Null, "acknowledged once cleared: closed");
+    let frames = read_until(&mut late, |f| f["alarm"]["key"] == key.as_str()).await?;
+    let closed = &frames[frames.len() - 1]["alarm"];
+    assert_eq!(
+        (&closed["closed"], &closed["acknowledged_by"]),
+        (&serde_json::json!(true), &serde_json::json!("opérateur-1"))
+    );
+    let mut later = slice.live_client().await?;
+    assert_eq!(later.next().await?["alarms"], serde_json::json!([]));
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! each test starts its own NATS server, services and gateway, so tests run in parallel.
 
 mod console;
+mod gateway_ops;
 mod lighting_domain;
 mod lighting_slice;
 mod reports;

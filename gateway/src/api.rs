@@ -1,0 +1,401 @@
+//! The REST API under `/api/v1` (described by `/api/v1/openapi.json`): the operations view's
+//! queries (assets, alarms, KPIs, commands), the audit log, and operators' alarm actions.
+//!
+//! An alarm action is published as an `ops` event (JetStream acknowledges it: durable), then the
+//! answer waits until this gateway's view has applied it, so the caller reads its own write. Every
+//! replica applies the same event, in stream order: replicas converge.
+//!
+//! Until operators authenticate (issue 10), the actor is given in the request.
+
+use async_nats::jetstream;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use proto::event;
+use proto::ids::{AlarmKey, AssetId, CommuneId};
+use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState};
+use proto::ops::{AlarmAction, AlarmActionKind};
+use proto::v1::event::Payload;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::live::Live;
+use crate::store::{AuditQuery, Store};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Items a list answers at most (and by default).
+const MAX_LIMIT: usize = 10_000;
+const DEFAULT_LIMIT: usize = 1_000;
+const MAX_COMMENT_CHARS: usize = 1_000;
+/// How far ahead an alarm may be shelved.
+const MAX_SHELVE: Duration = Duration::from_secs(30 * 86_400);
+/// How long an action's answer waits for the view to apply it.
+const READ_YOUR_WRITE: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub live: Arc<Live>,
+    pub store: Store,
+    pub js: jetstream::Context,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/assets", get(assets))
+        .route("/api/v1/alarms", get(alarms))
+        .route("/api/v1/alarms/actions", post(alarm_action))
+        .route("/api/v1/kpis", get(kpis))
+        .route("/api/v1/commands", get(commands))
+        .route("/api/v1/audit", get(audit))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An error as the API answers it: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Filters shared by the list queries. `commune` is a comma-separated list of INSEE codes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    commune: Option<String>,
+    domain: Option<String>,
+    severity: Option<String>,
+    /// Alarms: `active`, `cleared`, `unacknowledged`, `acknowledged`, `shelved`.
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+fn communes(list: &Option<String>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(list) = list else { return Ok(None) };
+    list.split(',')
+        .map(|c| CommuneId::parse(c.trim()).map(|c| c.to_string()).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
+        Some(n) if n > MAX_LIMIT => Err(ApiError::bad_request(format!("limit is at most {MAX_LIMIT}"))),
+        Some(n) => Ok(n),
+    }
+}
+
+fn domain(domain: &Option<String>) -> Result<Option<String>, ApiError> {
+    match domain {
+        None => Ok(None),
+        Some(d) if proto::v1::Domain::from_token(d).is_some() => Ok(Some(d.clone())),
+        Some(d) => Err(ApiError::bad_request(format!(
+            "unknown domain {:?} (transport, lighting, water, reports)",
+            d.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
+#[derive(Serialize)]
+struct Listed<T> {
+    items: Vec<T>,
+    /// The stream sequence the view was current at.
+    seq: u64,
+}
+
+type QueryOf<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// Unknown or malformed parameters: a 400 in the API's error format.
+fn params<T>(query: QueryOf<T>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+async fn assets(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<AssetState>>, ApiError> {
+    let q = params(q)?;
+    let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
+    let (items, seq) = state.live.read(|view| {
+        let mut items: Vec<AssetState> = view
+            .assets()
+            .filter(|a| communes.as_ref().is_none_or(|c| c.contains(&a.commune)))
+            .filter(|a| domain.as_ref().is_none_or(|d| *d == a.domain))
+            .cloned()
+            .collect();
+        items.sort_by(|a, b| (&a.domain, &a.id).cmp(&(&b.domain, &b.id)));
+        items.truncate(limit);
+        (items, view.applied_seq())
+    });
+    Ok(Json(Listed { items, seq }))
+}
+
+/// Whether an alarm is in a state the query names.
+fn in_state(alarm: &AlarmState, state: &str, now: &str) -> bool {
+    match state {
+        "active" => alarm.active,
+        "cleared" => !alarm.active,
+        "acknowledged" => alarm.acknowledged,
+        "unacknowledged" => !alarm.acknowledged,
+        "shelved" => alarm.shelved_until.as_deref().is_some_and(|until| until > now),
+        _ => false,
+    }
+}
+
+async fn alarms(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<AlarmState>>, ApiError> {
+    let q = params(q)?;
+    let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
+    if let Some(s) = &q.severity
+        && !["warning", "minor", "major", "critical"].contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request("severity is one of warning, minor, major, critical"));
+    }
+    if let Some(s) = &q.state
+        && !["active", "cleared", "acknowledged", "unacknowledged", "shelved"].contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request("state is one of active, cleared, acknowledged, unacknowledged, shelved"));
+    }
+    let now = crate::view::rfc3339(Some(&event::timestamp(SystemTime::now())));
+    let (items, seq) = state.live.read(|view| {
+        let mut items: Vec<AlarmState> = view
+            .alarms()
+            .filter(|a| communes.as_ref().is_none_or(|c| c.contains(&a.commune)))
+            .filter(|a| domain.as_ref().is_none_or(|d| *d == a.domain))
+            .filter(|a| q.severity.as_ref().is_none_or(|s| *s == a.severity))
+            .filter(|a| q.state.as_ref().is_none_or(|s| in_state(a, s, &now)))
+            .cloned()
+            .collect();
+        // The most recent first.
+        items.sort_by(|a, b| b.last_raised_at.cmp(&a.last_raised_at).then(a.key.cmp(&b.key)));
+        items.truncate(limit);
+        (items, view.applied_seq())
+    });
+    Ok(Json(Listed { items, seq }))
+}
+
+async fn kpis(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<KpiState>>, ApiError> {
+    let q = params(q)?;
+    let (communes, domain) = (communes(&q.commune)?, domain(&q.domain)?);
+    let (items, seq) = state.live.read(|view| {
+        let mut items: Vec<KpiState> = view
+            .kpis()
+            .filter(|k| communes.as_ref().is_none_or(|c| c.contains(&k.commune)))
+            .filter(|k| domain.as_ref().is_none_or(|d| *d == k.domain))
+            .cloned()
+            .collect();
+        items.sort_by(|a, b| (&a.domain, &a.commune).cmp(&(&b.domain, &b.commune)));
+        (items, view.applied_seq())
+    });
+    Ok(Json(Listed { items, seq }))
+}
+
+async fn commands(
+    State(state): State<ApiState>,
+    q: QueryOf<ListQuery>,
+) -> Result<Json<Listed<CommandState>>, ApiError> {
+    let q = params(q)?;
+    let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
+    let (items, seq) = state.live.read(|view| {
+        // Newest first (ids are UUIDv7).
+        let items: Vec<CommandState> = view
+            .commands()
+            .rev()
+            .filter(|c| communes.as_ref().is_none_or(|l| l.contains(&c.commune)))
+            .filter(|c| domain.as_ref().is_none_or(|d| *d == c.domain))
+            .take(limit)
+            .cloned()
+            .collect();
+        (items, view.applied_seq())
+    });
+    Ok(Json(Listed { items, seq }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    commune: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+fn rfc3339_param(name: &str, value: &Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    let t = chrono::DateTime::parse_from_rfc3339(value)
+        .map_err(|_| ApiError::bad_request(format!("{name} is not an RFC 3339 time")))?;
+    Ok(Some(t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)))
+}
+
+async fn audit(State(state): State<ApiState>, p: QueryOf<AuditParams>) -> Result<Json<Listed<AuditEntry>>, ApiError> {
+    let p = params(p)?;
+    let query = AuditQuery {
+        communes: communes(&p.commune)?,
+        actor: p.actor.clone(),
+        action: p.action.clone(),
+        from: rfc3339_param("from", &p.from)?,
+        to: rfc3339_param("to", &p.to)?,
+        limit: limit(p.limit)?,
+    };
+    let items = state.store.audit(&query).map_err(|e| {
+        tracing::error!(error = %e, "audit query failed");
+        ApiError::unavailable("the audit log cannot be read")
+    })?;
+    Ok(Json(Listed { items, seq: state.live.applied_seq() }))
+}
+
+/// An operator's action on an alarm.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmActionRequest {
+    alarm_key: String,
+    /// `acknowledge`, `assign`, `comment`, `shelve`, `unshelve`, `resolve`.
+    action: String,
+    actor: String,
+    #[serde(default)]
+    assignee: String,
+    #[serde(default)]
+    comment: String,
+    /// `shelve`: until when (RFC 3339, within 30 days).
+    shelved_until: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ActionAnswer {
+    event_id: String,
+    /// The alarm after the action (absent when it left the view: closed).
+    alarm: Option<AlarmState>,
+}
+
+fn text(name: &str, value: &str, max: usize, required: bool) -> Result<(), ApiError> {
+    if required && value.trim().is_empty() {
+        return Err(ApiError::bad_request(format!("{name} is required")));
+    }
+    if value.chars().count() > max || value.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::bad_request(format!("{name}: at most {max} characters of text")));
+    }
+    Ok(())
+}
+
+async fn alarm_action(
+    State(state): State<ApiState>,
+    body: Result<Json<AlarmActionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(|e| {
+        // Too large stays 413; every other body problem (not JSON, a missing or unknown field) is
+        // the request's fault: 400, as for parameters.
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "too_large", message: e.body_text() }
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    let kind = match request.action.as_str() {
+        "acknowledge" => AlarmActionKind::Acknowledge,
+        "assign" => AlarmActionKind::Assign,
+        "comment" => AlarmActionKind::Comment,
+        "shelve" => AlarmActionKind::Shelve,
+        "unshelve" => AlarmActionKind::Unshelve,
+        "resolve" => AlarmActionKind::Resolve,
+        _ => {
+            return Err(ApiError::bad_request(
+                "action is one of acknowledge, assign, comment, shelve, unshelve, resolve",
+            ));
+        }
+    };
+    let key = AlarmKey::parse(&request.alarm_key).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    text("actor", &request.actor, 64, true)?;
+    text("assignee", &request.assignee, 64, false)?;
+    text("comment", &request.comment, MAX_COMMENT_CHARS, kind == AlarmActionKind::Comment)?;
+    let now = SystemTime::now();
+    let shelved_until = match (kind, &request.shelved_until) {
+        (AlarmActionKind::Shelve, Some(until)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(until)
+                .map_err(|_| ApiError::bad_request("shelved_until is not an RFC 3339 time"))?;
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
+            if t <= now || t > now + MAX_SHELVE {
+                return Err(ApiError::bad_request("shelved_until must be in the next 30 days"));
+            }
+            Some(event::timestamp(t))
+        }
+        (AlarmActionKind::Shelve, None) => return Err(ApiError::bad_request("shelve needs shelved_until")),
+        (_, Some(_)) => return Err(ApiError::bad_request("shelved_until goes with shelve only")),
+        (_, None) => None,
+    };
+    // The alarm must be in the view; the action belongs to its commune and asset.
+    let alarm = state
+        .live
+        .read(|view| view.alarm(key.as_str()).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("no alarm {key} in the view (closed, or never raised)")))?;
+    let commune = CommuneId::parse(&alarm.commune).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let asset = AssetId::parse(&alarm.asset_id).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let action = AlarmAction {
+        alarm_key: key.to_string(),
+        action: kind as i32,
+        actor: request.actor.trim().to_owned(),
+        assignee: request.assignee.trim().to_owned(),
+        comment: request.comment.clone(),
+        shelved_until,
+    };
+    let checked =
+        event::check(event::new_event(&commune, &asset, event::timestamp(now), None, Payload::AlarmAction(action)))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let event_id = checked.event.id.clone();
+    let seq = publish(&state.js, &checked).await?;
+    let applied = state.live.wait_applied(seq, READ_YOUR_WRITE).await;
+    let alarm = state.live.read(|view| view.alarm(key.as_str()).cloned());
+    let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(ActionAnswer { event_id, alarm })).into_response())
+}
+
+/// Publishes an operator's event and waits for JetStream's acknowledgement (then it is durable);
+/// returns its stream sequence.
+async fn publish(js: &jetstream::Context, event: &proto::event::CheckedEvent) -> Result<u64, ApiError> {
+    use prost::Message;
+    let message = jetstream::message::PublishMessage::build()
+        .message_id(&event.event.id)
+        .payload(event.event.encode_to_vec().into());
+    let ack = async {
+        let ack = js.send_publish(event.subject(), message).await?;
+        anyhow::Ok(ack.await?)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ack).await {
+        Ok(Ok(ack)) => Ok(ack.sequence),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!("the event bus did not take the action: {e}; retry"))),
+        Err(_) => Err(ApiError::unavailable("the event bus did not answer in time; retry")),
+    }
+}

@@ -1,0 +1,201 @@
+//! The alarm workflow through the gateway's REST API, with two gateway replicas on one stream:
+//! an operator's actions on one replica (assign, comment, shelve, acknowledge, resolve) reach the
+//! other's view and WebSocket clients; the audit log answers by actor, action, commune and time
+//! on both; bad requests get clear errors; a restarted replica has the same view and audit.
+
+use anyhow::{Context, Result};
+use proto::lighting::telemetry_message::Message as Telemetry;
+use proto::lighting::{FaultReport, RegisterStreetlightsRequest, Streetlight, TalqFault, TelemetryMessage};
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+use tests::{Process, Slice, http_get_json, http_post_json, repo_root};
+
+fn lamp_failure(id: &str) -> TelemetryMessage {
+    TelemetryMessage {
+        message: Some(Telemetry::Fault(FaultReport {
+            streetlight_id: id.into(),
+            observed_at: Some(SystemTime::now().into()),
+            fault: TalqFault::LampFailure as i32,
+            active: true,
+        })),
+    }
+}
+
+fn act(gateway: &str, body: Value) -> Result<(u16, Value)> {
+    http_post_json(gateway, "/api/v1/alarms/actions", &body)
+}
+
+fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
+    let (status, body) = http_get_json(gateway, path)?;
+    anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
+    Ok(body["items"].as_array().context("items")?.clone())
+}
+
+#[tokio::test]
+async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Result<()> {
+    let mut slice = Slice::start().await?;
+    let mut client = slice.lighting_client().await?;
+    // One lamp in each commune of the test territory.
+    let lights = vec![
+        Streetlight { id: "EP-W".into(), lat: 43.6, lon: 3.85, ..Default::default() },
+        Streetlight { id: "EP-E".into(), lat: 43.6, lon: 3.95, ..Default::default() },
+    ];
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
+    // A second replica of the gateway: its own store and consumer, the same stream.
+    let replica_store = tempfile::tempdir()?;
+    let replica = Process::start(
+        "vigie-gateway",
+        &[
+            "--nats-url".into(),
+            slice.nats.url(),
+            "--store".into(),
+            replica_store.path().display().to_string(),
+            "--consumer".into(),
+            "gateway-b".into(),
+            "--http-addr".into(),
+            "127.0.0.1:0".into(),
+            "--ui-dir".into(),
+            repo_root().join("ui-client/dist").display().to_string(),
+        ],
+    )?;
+    let b = replica.wait_for_addr("HTTP listening", 0)?;
+    replica.wait_for_log("consuming events", 0)?;
+    let a = slice.gateway_addr.clone();
+    let mut live_b = tests::LiveClient::connect(&format!("ws://{b}/ws")).await?;
+    assert_eq!(live_b.next().await?["type"], "snapshot");
+
+    client.stream_telemetry(futures::stream::iter(vec![lamp_failure("EP-W"), lamp_failure("EP-E")])).await?;
+    let (west, east) = ("lighting/lamp_failure/EP-W", "lighting/lamp_failure/EP-E");
+    let mut seen = 0;
+    live_b
+        .until(|f| {
+            if f["alarm"]["key"] == west || f["alarm"]["key"] == east {
+                seen += 1;
+            }
+            seen == 2
+        })
+        .await?;
+    // Both replicas' views, filtered by commune.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while items(&a, "/api/v1/alarms")?.len() < 2 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "gateway A never showed both alarms");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let in_west = items(&a, "/api/v1/alarms?commune=34172")?;
+    assert_eq!(in_west.len(), 1);
+    assert_eq!(in_west[0]["key"], west);
+    assert_eq!(items(&b, "/api/v1/alarms?commune=34172,34129&domain=lighting&state=unacknowledged")?.len(), 2);
+    assert_eq!(items(&a, "/api/v1/assets?domain=lighting&commune=34129")?.len(), 1);
+
+    // The workflow on replica A.
+    let (status, answer) =
+        act(&a, json!({"alarm_key": west, "action": "assign", "actor": "op-a", "assignee": "op-b"}))?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["alarm"]["assignee"], "op-b");
+    let (status, answer) =
+        act(&a, json!({"alarm_key": west, "action": "comment", "actor": "op-b", "comment": "équipe en route"}))?;
+    assert_eq!((status, &answer["alarm"]["comments"][0]["text"]), (200, &json!("équipe en route")));
+    let until = chrono::Utc::now() + chrono::Duration::hours(1);
+    let (status, answer) =
+        act(&a, json!({"alarm_key": west, "action": "shelve", "actor": "op-b", "shelved_until": until.to_rfc3339()}))?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(items(&a, "/api/v1/alarms?state=shelved")?.len(), 1);
+    let (status, answer) = act(&a, json!({"alarm_key": west, "action": "acknowledge", "actor": "op-b"}))?;
+    assert_eq!((status, &answer["alarm"]["acknowledged_by"]), (200, &json!("op-b")));
+
+    // Replica B follows: its WebSocket clients see the steps, its REST answers the same state.
+    let frames = live_b.until(|f| f["alarm"]["key"] == west && f["alarm"]["acknowledged"] == true).await?;
+    assert!(frames.iter().any(|f| f["alarm"]["assignee"] == "op-b" && f["event"]["domain"] == "ops"));
+    let on_b = items(&b, "/api/v1/alarms?commune=34172")?;
+    let on_a = items(&a, "/api/v1/alarms?commune=34172")?;
+    assert_eq!(on_b, on_a, "replicas converge");
+
+    // Resolved on B: it leaves A's view too.
+    let (status, answer) =
+        act(&b, json!({"alarm_key": east, "action": "resolve", "actor": "op-c", "comment": "lampe remplacée"}))?;
+    assert_eq!((status, &answer["alarm"]), (200, &Value::Null), "{answer}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while items(&a, "/api/v1/alarms?commune=34129")?.len() == 1 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "gateway A still shows the resolved alarm");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The audit log, on both replicas.
+    let by_op_b = items(&a, "/api/v1/audit?actor=op-b")?;
+    let actions: Vec<&str> = by_op_b.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["acknowledge", "shelve", "comment"], "newest first");
+    assert_eq!(items(&b, "/api/v1/audit?actor=op-b")?, by_op_b);
+    let assigns = items(&b, "/api/v1/audit?action=assign")?;
+    assert_eq!(
+        (assigns.len(), &assigns[0]["actor"], &assigns[0]["details"]["assignee"]),
+        (1, &json!("op-a"), &json!("op-b"))
+    );
+    let east_log = items(&a, "/api/v1/audit?commune=34129")?;
+    assert_eq!(east_log.len(), 1);
+    assert_eq!((&east_log[0]["action"], &east_log[0]["target"]), (&json!("resolve"), &json!(east)));
+    let future = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    assert!(items(&a, &format!("/api/v1/audit?from={}", future.replace('+', "%2B")))?.is_empty());
+    assert_eq!(items(&a, "/api/v1/audit?limit=2")?.len(), 2);
+
+    // Bad requests: clear errors, and the gateway carries on.
+    let bad_actions = [
+        (json!({"alarm_key": west, "action": "dance", "actor": "op"}), 400, "action is one of"),
+        (json!({"alarm_key": west, "action": "acknowledge"}), 400, "actor"),
+        (json!({"alarm_key": west, "action": "acknowledge", "actor": ""}), 400, "actor is required"),
+        (json!({"alarm_key": west, "action": "comment", "actor": "op"}), 400, "comment is required"),
+        (json!({"alarm_key": west, "action": "shelve", "actor": "op"}), 400, "shelved_until"),
+        (
+            json!({"alarm_key": west, "action": "shelve", "actor": "op", "shelved_until": "2020-01-01T00:00:00Z"}),
+            400,
+            "next 30 days",
+        ),
+        (json!({"alarm_key": "lighting/lamp_failure/EP-X", "action": "acknowledge", "actor": "op"}), 404, "no alarm"),
+        (json!({"alarm_key": "bad key!", "action": "acknowledge", "actor": "op"}), 400, "alarm key"),
+        (
+            json!({"alarm_key": west, "action": "comment", "actor": "op", "comment": "x".repeat(1001)}),
+            400,
+            "at most 1000",
+        ),
+    ];
+    for (body, status, message) in bad_actions {
+        let (got, answer) = act(&a, body.clone())?;
+        assert_eq!(got, status, "{body}: {answer}");
+        let text = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{body}: {text:?} should mention {message:?}");
+    }
+    let (status, _) =
+        act(&a, json!({"alarm_key": west, "action": "comment", "actor": "op", "comment": "x".repeat(70_000)}))?;
+    assert_eq!(status, 413);
+    for path in [
+        "/api/v1/alarms?commune=34.172",
+        "/api/v1/alarms?domain=x",
+        "/api/v1/assets?limit=0",
+        "/api/v1/audit?from=yesterday",
+        "/api/v1/alarms?colour=red",
+    ] {
+        let (status, body) = http_get_json(&a, path)?;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
+    let (status, doc) = http_get_json(&a, "/api/v1/openapi.json")?;
+    assert_eq!((status, &doc["openapi"]), (200, &json!("3.1.0")));
+    for path in [
+        "/api/v1/assets",
+        "/api/v1/alarms",
+        "/api/v1/alarms/actions",
+        "/api/v1/kpis",
+        "/api/v1/commands",
+        "/api/v1/audit",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+
+    // A restarted replica has the same view and audit log.
+    let audit_before = items(&a, "/api/v1/audit")?;
+    slice.gateway.kill()?;
+    let from = slice.gateway.restart()?;
+    let a = slice.gateway.wait_for_addr("HTTP listening", from)?;
+    assert_eq!(items(&a, "/api/v1/audit")?, audit_before);
+    assert_eq!(items(&a, "/api/v1/alarms")?, items(&b, "/api/v1/alarms")?);
+    Ok(())
+}
