@@ -68,15 +68,25 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    /// A body that is too large stays 413; every other body problem (not JSON, a missing or
+    /// unknown field) is the request's fault: 400, as for parameters.
+    pub fn from_json(e: axum::extract::rejection::JsonRejection) -> ApiError {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "too_large", message: e.body_text() }
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
     }
 
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
     }
 
-    fn unavailable(message: impl Into<String>) -> ApiError {
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
     }
 }
@@ -315,15 +325,7 @@ async fn alarm_action(
     State(state): State<ApiState>,
     body: Result<Json<AlarmActionRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|e| {
-        // Too large stays 413; every other body problem (not JSON, a missing or unknown field) is
-        // the request's fault: 400, as for parameters.
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, code: "too_large", message: e.body_text() }
-        } else {
-            ApiError::bad_request(e.body_text())
-        }
-    })?;
+    let Json(request) = body.map_err(ApiError::from_json)?;
     let kind = match request.action.as_str() {
         "acknowledge" => AlarmActionKind::Acknowledge,
         "assign" => AlarmActionKind::Assign,

@@ -6,9 +6,10 @@
 //! - [`live`]: the view shared with WebSocket sessions, and the broadcast of deltas.
 //! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
 //! - [`api`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
-//!   document.
+//!   document; [`commands`]: operators' commands over REST, routed to the services over gRPC.
 
 pub mod api;
+pub mod commands;
 pub mod consumer;
 pub mod http;
 pub mod live;
@@ -37,6 +38,18 @@ pub struct Config {
     /// Name of the durable JetStream consumer; each gateway replica has its own.
     #[arg(long, env = "VIGIE_GATEWAY_CONSUMER", default_value = "gateway")]
     pub consumer: String,
+
+    /// gRPC endpoint of the lighting service, for operators' commands (none: refused with 503).
+    #[arg(long, env = "VIGIE_GATEWAY_LIGHTING_URL")]
+    pub lighting_url: Option<String>,
+
+    /// gRPC endpoint of the water service, for valve commands.
+    #[arg(long, env = "VIGIE_GATEWAY_WATER_URL")]
+    pub water_url: Option<String>,
+
+    /// gRPC endpoint of the reports service, for report status changes.
+    #[arg(long, env = "VIGIE_GATEWAY_REPORTS_URL")]
+    pub reports_url: Option<String>,
 
     /// Folder of the built console (served at `/` when present).
     #[arg(long, env = "VIGIE_UI_DIR", default_value = "ui-client/dist")]
@@ -73,7 +86,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
 
     let api = api::ApiState { live: live.clone(), store: store.clone(), js: jetstream::new(nats.clone()) };
     let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone() };
-    let app = api::router(api).merge(http::router(state, Some(config.ui_dir.clone())));
+    let services = commands::Services::connect(
+        config.lighting_url.as_deref(),
+        config.water_url.as_deref(),
+        config.reports_url.as_deref(),
+    )?;
+    let app =
+        api::router(api).merge(commands::router(services)).merge(http::router(state, Some(config.ui_dir.clone())));
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
     let timeout = config.common.shutdown_timeout;
     let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

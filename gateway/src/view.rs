@@ -479,7 +479,7 @@ impl OperationsView {
     }
 }
 
-fn valve_command_state(domain: &str, c: &proto::water::ValveCommand) -> CommandState {
+pub fn valve_command_state(domain: &str, c: &proto::water::ValveCommand) -> CommandState {
     use proto::water::{ValveAction, ValveCommandStatus};
     let operation = match ValveAction::try_from(c.action) {
         Ok(ValveAction::Close) => "close",
@@ -511,7 +511,7 @@ fn valve_command_state(domain: &str, c: &proto::water::ValveCommand) -> CommandS
     }
 }
 
-fn command_state(domain: &str, c: &LightingCommand) -> CommandState {
+pub fn command_state(domain: &str, c: &LightingCommand) -> CommandState {
     use proto::lighting::command_action::Action;
     use proto::lighting::command_target::Target;
     let target = match c.target.as_ref().and_then(|t| t.target.as_ref()) {

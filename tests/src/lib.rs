@@ -373,6 +373,8 @@ impl Slice {
         let mut args = common("gateway");
         let ui = repo_root().join("ui-client/dist").display().to_string();
         args.extend(["--http-addr".into(), "127.0.0.1:0".into(), "--ui-dir".into(), ui]);
+        // Operators' lighting commands go through the gateway to this slice's lighting service.
+        args.extend(["--lighting-url".into(), format!("http://{lighting_addr}")]);
         let gateway = Process::start("vigie-gateway", &args)?;
         let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
         let slice = Slice { nats, lighting, lighting_addr, gateway, gateway_addr, territory, stores };

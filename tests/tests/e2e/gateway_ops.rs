@@ -190,12 +190,73 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
 
+    // Commands over REST, routed to the services: the lighting service takes it (pending, its
+    // controller absent), refuses a bad one with its reason; services not configured answer 503.
+    let (status, answer) = http_post_json(
+        &a,
+        "/api/v1/commands/lighting",
+        &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 0.5}, "requested_by": "op-a", "reason": "essai"}),
+    )?;
+    assert_eq!(status, 201, "{answer}");
+    let command = &answer["commands"][0];
+    assert_eq!(
+        (&command["status"], &command["requested_by"], &command["commune"]),
+        (&json!("pending"), &json!("op-a"), &json!("34172"))
+    );
+    let (status, answer) = http_post_json(
+        &a,
+        "/api/v1/commands/lighting",
+        &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 2.0}, "requested_by": "op-a"}),
+    )?;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.starts_with("lighting:")), "{answer}");
+    let (status, answer) = http_post_json(
+        &a,
+        "/api/v1/commands/lighting",
+        &json!({"target": {"streetlight_id": "EP-NOPE"}, "action": {"switch_on": true}, "requested_by": "op-a"}),
+    )?;
+    assert_eq!(status, 404, "{answer}");
+    let (status, _) = http_post_json(
+        &a,
+        "/api/v1/commands/valve",
+        &json!({"link_id": "p1", "action": "close", "requested_by": "op"}),
+    )?;
+    assert_eq!(status, 503, "no water service configured");
+    let (status, _) = http_post_json(
+        &a,
+        "/api/v1/commands/valve",
+        &json!({"link_id": "p1", "action": "shut", "requested_by": "op"}),
+    )?;
+    assert_eq!(status, 400);
+    let (status, _) = http_post_json(
+        &a,
+        "/api/v1/reports/status",
+        &json!({"service_request_id": "1", "status": "fixed", "actor": "op"}),
+    )?;
+    assert_eq!(status, 503, "no reports service configured");
+    let command_id = command["id"].as_str().context("command id")?.to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = items(&a, "/api/v1/audit?action=command")?;
+        if logged.iter().any(|e| e["target"] == command_id.as_str() && e["actor"] == "op-a") {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the command never reached the audit log: {logged:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(items(&b, "/api/v1/commands?domain=lighting")?.iter().any(|c| c["id"] == command_id.as_str()));
+
     // A restarted replica has the same view and audit log.
     let audit_before = items(&a, "/api/v1/audit")?;
     slice.gateway.kill()?;
     let from = slice.gateway.restart()?;
     let a = slice.gateway.wait_for_addr("HTTP listening", from)?;
-    assert_eq!(items(&a, "/api/v1/audit")?, audit_before);
+    // What the SIGKILL cut from its store comes back from the stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while items(&a, "/api/v1/audit")? != audit_before {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the restarted replica's audit log differs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(items(&a, "/api/v1/alarms")?, items(&b, "/api/v1/alarms")?);
     Ok(())
 }

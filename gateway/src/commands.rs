@@ -1,0 +1,251 @@
+//! Operators' commands over REST, routed to the domain services over gRPC: dim or switch lights,
+//! operate a valve, move a citizen report on. The service validates and records the command (who,
+//! why, when); its events then reach the view and the audit log like any other. The answer is the
+//! command as the service accepted it (pending), or the service's refusal with its reason.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use proto::lighting::lighting_service_client::LightingServiceClient;
+use proto::live::{CommandState, LatLon};
+use proto::reports::reports_service_client::ReportsServiceClient;
+use proto::water::water_service_client::WaterServiceClient;
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+
+use crate::api::{ApiError, MAX_BODY_BYTES};
+
+/// The domain services' gRPC endpoints (connected lazily: a service down gives a 503, not a
+/// gateway that cannot start).
+#[derive(Clone, Default)]
+pub struct Services {
+    pub lighting: Option<Channel>,
+    pub water: Option<Channel>,
+    pub reports: Option<Channel>,
+}
+
+impl Services {
+    pub fn connect(lighting: Option<&str>, water: Option<&str>, reports: Option<&str>) -> anyhow::Result<Services> {
+        let lazy = |url: Option<&str>, flag: &str| -> anyhow::Result<Option<Channel>> {
+            url.map(|u| {
+                tonic::transport::Endpoint::from_shared(u.to_owned())
+                    .map(|e| e.connect_timeout(std::time::Duration::from_secs(2)).connect_lazy())
+                    .map_err(|e| anyhow::anyhow!("{flag} {u:?}: {e}"))
+            })
+            .transpose()
+        };
+        Ok(Services {
+            lighting: lazy(lighting, "--lighting-url")?,
+            water: lazy(water, "--water-url")?,
+            reports: lazy(reports, "--reports-url")?,
+        })
+    }
+}
+
+pub fn router(services: Services) -> Router {
+    Router::new()
+        .route("/api/v1/commands/lighting", post(lighting))
+        .route("/api/v1/commands/valve", post(valve))
+        .route("/api/v1/reports/status", post(report_status))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(services)
+}
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(body: Body<T>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(ApiError::from_json)
+}
+
+/// A service's refusal, in the API's terms.
+fn refused(service: &str, status: tonic::Status) -> ApiError {
+    use tonic::Code;
+    let message = format!("{service}: {}", status.message());
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => ApiError::bad_request(message),
+        Code::NotFound => ApiError::not_found(message),
+        Code::ResourceExhausted => ApiError::bad_request(message),
+        _ => ApiError::unavailable(format!(
+            "{service} did not take the command ({:?}: {}); retry",
+            status.code(),
+            status.message()
+        )),
+    }
+}
+
+fn channel(channel: &Option<Channel>, service: &str) -> Result<Channel, ApiError> {
+    channel.clone().ok_or_else(|| ApiError::unavailable(format!("this gateway has no {service} service configured")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum LightingTarget {
+    StreetlightId(String),
+    Commune(String),
+    Street(String),
+    Polygon(Vec<LatLon>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum LightingAction {
+    SwitchOn(bool),
+    DimLevel(f64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LightingCommandRequest {
+    target: LightingTarget,
+    action: LightingAction,
+    requested_by: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    timeout_s: u32,
+}
+
+#[derive(Serialize)]
+struct Commands {
+    /// One command per commune the target spans.
+    commands: Vec<CommandState>,
+}
+
+async fn lighting(
+    State(services): State<Services>,
+    request: Body<LightingCommandRequest>,
+) -> Result<Response, ApiError> {
+    use proto::lighting::{CommandAction, CommandTarget, Polygon, SendCommandRequest, command_action, command_target};
+    let request = body(request)?;
+    let target = match request.target {
+        LightingTarget::StreetlightId(id) => command_target::Target::StreetlightId(id),
+        LightingTarget::Commune(c) => command_target::Target::Commune(c),
+        LightingTarget::Street(s) => command_target::Target::Street(s),
+        LightingTarget::Polygon(ring) => command_target::Target::Polygon(Polygon {
+            ring: ring.into_iter().map(|p| proto::v1::Position { lat: p.lat, lon: p.lon }).collect(),
+        }),
+    };
+    let action = match request.action {
+        LightingAction::SwitchOn(on) => command_action::Action::SwitchOn(on),
+        LightingAction::DimLevel(level) => command_action::Action::DimLevel(level),
+    };
+    let mut client = LightingServiceClient::new(channel(&services.lighting, "lighting")?);
+    let answer = client
+        .send_command(SendCommandRequest {
+            target: Some(CommandTarget { target: Some(target) }),
+            action: Some(CommandAction { action: Some(action) }),
+            requested_by: request.requested_by,
+            reason: request.reason,
+            timeout_s: request.timeout_s,
+        })
+        .await
+        .map_err(|s| refused("lighting", s))?
+        .into_inner();
+    let commands = answer.commands.iter().map(|c| crate::view::command_state("lighting", c)).collect();
+    Ok((StatusCode::CREATED, Json(Commands { commands })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValveCommandRequest {
+    link_id: String,
+    /// `close` or `open`.
+    action: String,
+    requested_by: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    timeout_s: u32,
+}
+
+async fn valve(State(services): State<Services>, request: Body<ValveCommandRequest>) -> Result<Response, ApiError> {
+    use proto::water::{SendValveCommandRequest, ValveAction};
+    let request = body(request)?;
+    let action = match request.action.as_str() {
+        "close" => ValveAction::Close,
+        "open" => ValveAction::Open,
+        _ => return Err(ApiError::bad_request("action is close or open")),
+    };
+    let mut client = WaterServiceClient::new(channel(&services.water, "water")?);
+    let command = client
+        .send_valve_command(SendValveCommandRequest {
+            link_id: request.link_id,
+            action: action as i32,
+            requested_by: request.requested_by,
+            reason: request.reason,
+            timeout_s: request.timeout_s,
+        })
+        .await
+        .map_err(|s| refused("water", s))?
+        .into_inner();
+    let commands = vec![crate::view::valve_command_state("water", &command)];
+    Ok((StatusCode::CREATED, Json(Commands { commands })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportStatusRequest {
+    service_request_id: String,
+    /// `open`, `confirmed`, `investigating`, `action_scheduled`, `in_progress`, `fixed`,
+    /// `closed`, `duplicate`, `not_responsible`.
+    status: String,
+    actor: String,
+    #[serde(default)]
+    note: String,
+}
+
+#[derive(Serialize)]
+struct ReportAnswer {
+    service_request_id: String,
+    /// Open311: `open` or `closed`.
+    status: String,
+    detailed_status: String,
+    status_notes: String,
+}
+
+async fn report_status(
+    State(services): State<Services>,
+    request: Body<ReportStatusRequest>,
+) -> Result<Response, ApiError> {
+    use proto::reports::{ChangeStatusRequest, ReportStatus};
+    let request = body(request)?;
+    let status = [
+        ReportStatus::Open,
+        ReportStatus::Confirmed,
+        ReportStatus::Investigating,
+        ReportStatus::ActionScheduled,
+        ReportStatus::InProgress,
+        ReportStatus::Fixed,
+        ReportStatus::Closed,
+        ReportStatus::Duplicate,
+        ReportStatus::NotResponsible,
+    ]
+    .into_iter()
+    .find(|s| s.token() == request.status)
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "status is one of open, confirmed, investigating, action_scheduled, in_progress, fixed, closed, duplicate, not_responsible",
+        )
+    })?;
+    let mut client = ReportsServiceClient::new(channel(&services.reports, "reports")?);
+    let changed = client
+        .change_status(ChangeStatusRequest {
+            service_request_id: request.service_request_id,
+            status: status as i32,
+            note: request.note,
+            actor: request.actor,
+        })
+        .await
+        .map_err(|s| refused("reports", s))?
+        .into_inner();
+    let now = ReportStatus::try_from(changed.status).unwrap_or_default();
+    Ok(Json(ReportAnswer {
+        service_request_id: changed.service_request_id,
+        status: now.open311().to_owned(),
+        detailed_status: now.token().to_owned(),
+        status_notes: changed.status_notes,
+    })
+    .into_response())
+}
