@@ -95,6 +95,7 @@ pids+=($!)
 target/release/vigie-water --grpc-addr "$water_addr" --store var/water >var/logs/water.log 2>&1 &
 pids+=($!)
 target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
+  --lighting-url "http://${lighting_addr}" --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" \
   >var/logs/gateway.log 2>&1 &
 pids+=($!)
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
@@ -109,6 +110,7 @@ cat <<MSG
   Vigie is running. Open the console:  http://127.0.0.1:${http_port}/
   GTFS-Realtime: http://${transport_http_addr}/gtfs-rt/vehicle-positions (also trip-updates, alerts; .json)
   Open311:       http://${reports_http_addr}/open311/v2/services.json
+  REST API:      http://127.0.0.1:${http_port}/api/v1/alarms (see /api/v1/openapi.json)
   Territory: ${territory}
   Logs: var/logs/   State: var/   Ctrl-C stops everything.
 

@@ -186,6 +186,9 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/kpis",
         "/api/v1/commands",
         "/api/v1/audit",
+        "/api/v1/commands/lighting",
+        "/api/v1/commands/valve",
+        "/api/v1/reports/status",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
