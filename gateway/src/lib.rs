@@ -51,6 +51,10 @@ pub struct Config {
     #[arg(long, env = "VIGIE_GATEWAY_REPORTS_URL")]
     pub reports_url: Option<String>,
 
+    /// How often each live session gets a heartbeat; a client silent for six of them is closed.
+    #[arg(long, env = "VIGIE_GATEWAY_HEARTBEAT", default_value = "5s", value_parser = runtime::config::parse_duration)]
+    pub heartbeat: std::time::Duration,
+
     /// Folder of the built console (served at `/` when present).
     #[arg(long, env = "VIGIE_UI_DIR", default_value = "ui-client/dist")]
     pub ui_dir: PathBuf,
@@ -85,7 +89,10 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
 
     let api = api::ApiState { live: live.clone(), store: store.clone(), js: jetstream::new(nats.clone()) };
-    let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone() };
+    if config.heartbeat < std::time::Duration::from_millis(100) {
+        anyhow::bail!("--heartbeat must be at least 100ms");
+    }
+    let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone(), heartbeat: config.heartbeat };
     let services = commands::Services::connect(
         config.lighting_url.as_deref(),
         config.water_url.as_deref(),

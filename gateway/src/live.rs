@@ -4,15 +4,61 @@
 //! snapshot's `seq` and none before.
 
 use proto::event::CheckedEvent;
-use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState, ServerFrame, ServerMessage};
-use std::collections::HashMap;
+use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, Filter, KpiState, ServerFrame, ServerMessage};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
 
 use crate::view::{Change, OperationsView};
 
-/// Deltas a session may fall behind before it gets a fresh snapshot instead.
+/// Deltas a session may fall behind before it gets a fresh snapshot instead, and deltas kept for
+/// sessions that resume after a disconnection.
 pub const DELTA_BUFFER: usize = 8192;
+
+/// One delta as sessions receive it: its JSON frame, and what it changed (to filter it, and to
+/// coalesce an asset's successive updates).
+#[derive(Debug)]
+pub struct Delta {
+    pub seq: u64,
+    pub json: Arc<str>,
+    pub object: Object,
+}
+
+#[derive(Debug)]
+pub enum Object {
+    Asset(String, AssetState),
+    Alarm(AlarmState),
+    Command(CommandState),
+    Kpi(KpiState),
+}
+
+impl Delta {
+    pub fn allowed_by(&self, filter: &Filter) -> bool {
+        match &self.object {
+            Object::Asset(_, a) => filter.allows_asset(a),
+            Object::Alarm(a) => filter.allows_alarm(a),
+            Object::Command(c) => filter.allows_command(c),
+            Object::Kpi(k) => filter.allows_kpi(k),
+        }
+    }
+
+    /// The asset key when the delta only updates an asset (later updates supersede it).
+    pub fn asset_key(&self) -> Option<&str> {
+        match &self.object {
+            Object::Asset(key, _) => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// How a session starts or restarts.
+pub enum Start {
+    /// The whole (filtered) view, then the deltas after it.
+    Snapshot(String),
+    /// The deltas the client missed since the sequence it gave (already filtered), then the
+    /// live ones.
+    Resumed { from: u64, missed: Vec<Arc<Delta>> },
+}
 
 pub struct Live {
     inner: Mutex<Inner>,
@@ -22,7 +68,11 @@ pub struct Live {
 
 struct Inner {
     view: OperationsView,
-    deltas: broadcast::Sender<Arc<str>>,
+    deltas: broadcast::Sender<Arc<Delta>>,
+    /// The latest deltas, for sessions that resume.
+    recent: VecDeque<Arc<Delta>>,
+    /// Every delta up to this sequence has left `recent`: a resume from before it cannot be served.
+    evicted_upto: u64,
 }
 
 /// What a batch changed, for the store. `None` removes (a closed alarm, an evicted command).
@@ -47,7 +97,9 @@ impl Live {
     pub fn new(view: OperationsView) -> Live {
         let (deltas, _) = broadcast::channel(DELTA_BUFFER);
         let (applied, _) = watch::channel(view.applied_seq());
-        Live { inner: Mutex::new(Inner { view, deltas }), applied }
+        // Deltas before the restored view are not kept: a resume from before it gets a snapshot.
+        let evicted_upto = view.applied_seq();
+        Live { inner: Mutex::new(Inner { view, deltas, recent: VecDeque::new(), evicted_upto }), applied }
     }
 
     /// Waits until the view has applied the event at `seq` (or `timeout` passes); returns whether
@@ -78,7 +130,10 @@ impl Live {
 
     /// Replaces the view (after the stream it was built from disappeared).
     pub fn reset(&self) {
-        self.lock().view = OperationsView::default();
+        let mut inner = self.lock();
+        inner.view = OperationsView::default();
+        inner.recent.clear();
+        inner.evicted_upto = 0;
     }
 
     /// Applies a batch in stream order and broadcasts one delta per applied event. Returns what
@@ -92,25 +147,29 @@ impl Live {
                 Received::Event(event) => {
                     if let Some(applied) = inner.view.apply(&event, seq) {
                         let (mut asset, mut alarm, mut command, mut kpi) = (None, None, None, None);
-                        match applied.change {
+                        let object = match applied.change {
                             Change::Asset(key, state) => {
                                 asset = Some(Box::new(state.clone()));
-                                persist.assets.insert(key, state);
+                                persist.assets.insert(key.clone(), state.clone());
+                                Object::Asset(key, state)
                             }
                             Change::Alarm(key, state) => {
                                 alarm = Some(Box::new(state.clone()));
-                                persist.alarms.insert(key, (!state.closed).then_some(state));
+                                persist.alarms.insert(key, (!state.closed).then_some(state.clone()));
+                                Object::Alarm(state)
                             }
                             Change::Command(key, state, evicted) => {
                                 command = Some(Box::new(state.clone()));
-                                persist.commands.insert(key, Some(state));
+                                persist.commands.insert(key, Some(state.clone()));
                                 persist.commands.extend(evicted.into_iter().map(|k| (k, None)));
+                                Object::Command(state)
                             }
                             Change::Kpi(key, state) => {
                                 kpi = Some(Box::new(state.clone()));
-                                persist.kpis.insert(key, state);
+                                persist.kpis.insert(key, state.clone());
+                                Object::Kpi(state)
                             }
-                        }
+                        };
                         let frame = ServerFrame::new(ServerMessage::Delta {
                             seq,
                             event: applied.event,
@@ -120,8 +179,17 @@ impl Live {
                             kpi,
                         });
                         match serde_json::to_string(&frame) {
-                            // No receiver is not an error: nobody is connected.
-                            Ok(json) => drop(inner.deltas.send(Arc::from(json))),
+                            Ok(json) => {
+                                let delta = Arc::new(Delta { seq, json: Arc::from(json), object });
+                                if inner.recent.len() >= DELTA_BUFFER
+                                    && let Some(old) = inner.recent.pop_front()
+                                {
+                                    inner.evicted_upto = old.seq;
+                                }
+                                inner.recent.push_back(delta.clone());
+                                // No receiver is not an error: nobody is connected.
+                                drop(inner.deltas.send(delta));
+                            }
                             Err(e) => tracing::error!(error = %e, seq, "cannot serialise a delta"),
                         }
                     }
@@ -134,21 +202,29 @@ impl Live {
         persist
     }
 
-    /// A snapshot frame (JSON) and a receiver of every delta after it.
-    pub fn subscribe(&self) -> (String, broadcast::Receiver<Arc<str>>) {
-        let (seq, assets, alarms, commands, kpis, receiver) = {
-            let inner = self.lock();
-            let assets: Vec<AssetState> = inner.view.assets().cloned().collect();
-            let alarms: Vec<AlarmState> = inner.view.alarms().cloned().collect();
-            let commands: Vec<CommandState> = inner.view.commands().cloned().collect();
-            let kpis: Vec<KpiState> = inner.view.kpis().cloned().collect();
-            (inner.view.applied_seq(), assets, alarms, commands, kpis, inner.deltas.subscribe())
-        };
-        let frame = ServerFrame::new(ServerMessage::Snapshot { seq, assets, alarms, commands, kpis });
+    /// A session's start under `filter`: a snapshot, or the missed deltas when `resume_from` can
+    /// be served; and a receiver of every delta after it (unfiltered).
+    pub fn subscribe(&self, filter: &Filter, resume_from: Option<u64>) -> (Start, broadcast::Receiver<Arc<Delta>>) {
+        let inner = self.lock();
+        let receiver = inner.deltas.subscribe();
+        let applied = inner.view.applied_seq();
+        if let Some(from) = resume_from
+            && from >= inner.evicted_upto
+            && from <= applied
+        {
+            let missed = inner.recent.iter().filter(|d| d.seq > from && d.allowed_by(filter)).cloned().collect();
+            return (Start::Resumed { from, missed }, receiver);
+        }
+        let assets: Vec<AssetState> = inner.view.assets().filter(|a| filter.allows_asset(a)).cloned().collect();
+        let alarms: Vec<AlarmState> = inner.view.alarms().filter(|a| filter.allows_alarm(a)).cloned().collect();
+        let commands: Vec<CommandState> = inner.view.commands().filter(|c| filter.allows_command(c)).cloned().collect();
+        let kpis: Vec<KpiState> = inner.view.kpis().filter(|k| filter.allows_kpi(k)).cloned().collect();
+        drop(inner);
+        let frame = ServerFrame::new(ServerMessage::Snapshot { seq: applied, assets, alarms, commands, kpis });
         let json = serde_json::to_string(&frame).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot serialise a snapshot");
             String::new()
         });
-        (json, receiver)
+        (Start::Snapshot(json), receiver)
     }
 }

@@ -52,6 +52,12 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kpi: Option<Box<KpiState>>,
     },
+    /// The answer to a `subscribe` with `resume_from`: the deltas after `from` follow, then the
+    /// live ones (no snapshot). When the gateway cannot resume it sends a snapshot instead.
+    Resumed { from: u64 },
+    /// Every few seconds: the sequence the view is current at, and whether the gateway is itself
+    /// live (`live`) or cut from the event stream (`stale`: what it shows may be out of date).
+    Heartbeat { seq: u64, upstream: Upstream },
     /// The answer to a client `ping`.
     Pong,
     /// The client sent something the server does not accept; the connection stays open.
@@ -65,6 +71,113 @@ pub enum ErrorCode {
     BadMessage,
     /// A protocol version the server does not speak.
     UnsupportedVersion,
+    /// A `subscribe` whose filter is not acceptable (the message says why); the previous
+    /// subscription stays.
+    BadFilter,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Upstream {
+    Live,
+    Stale,
+}
+
+/// Close codes the gateway uses (besides 1001 going away and 1009 message too big).
+pub mod close_code {
+    /// Nothing heard from the client (not even a WebSocket pong) for too long.
+    pub const NO_HEARTBEAT: u16 = 4002;
+}
+
+/// What a session receives: everything when empty. Each non-empty list narrows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// INSEE codes.
+    #[serde(default)]
+    pub communes: Vec<String>,
+    /// `transport`, `lighting`, `water`, `reports`.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// `[west, south, east, north]`, degrees: assets and alarms with a position inside.
+    #[serde(default)]
+    pub bbox: Option<[f64; 4]>,
+    /// Alarms at least this severe: `warning`, `minor`, `major`, `critical`.
+    #[serde(default)]
+    pub min_severity: Option<String>,
+}
+
+/// Severities from the least to the most urgent.
+pub const SEVERITIES: [&str; 4] = ["warning", "minor", "major", "critical"];
+
+impl Filter {
+    /// Checks the filter's values; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.communes.len() > 1000 || self.domains.len() > 10 {
+            return Err("at most 1000 communes and 10 domains".into());
+        }
+        for c in &self.communes {
+            crate::ids::CommuneId::parse(c).map_err(|e| e.to_string())?;
+        }
+        for d in &self.domains {
+            if crate::v1::Domain::from_token(d).is_none_or(|d| d == crate::v1::Domain::Ops) {
+                return Err(format!(
+                    "unknown domain {:?} (transport, lighting, water, reports)",
+                    d.chars().take(32).collect::<String>()
+                ));
+            }
+        }
+        if let Some([w, s, e, n]) = self.bbox {
+            let ok = [w, s, e, n].iter().all(|v| v.is_finite())
+                && (-180.0..=180.0).contains(&w)
+                && (-180.0..=180.0).contains(&e)
+                && (-90.0..=90.0).contains(&s)
+                && (-90.0..=90.0).contains(&n)
+                && w < e
+                && s < n;
+            if !ok {
+                return Err("bbox is [west, south, east, north] in degrees, west < east and south < north".into());
+            }
+        }
+        if let Some(m) = &self.min_severity
+            && !SEVERITIES.contains(&m.as_str())
+        {
+            return Err("min_severity is one of warning, minor, major, critical".into());
+        }
+        Ok(())
+    }
+
+    fn place(&self, commune: &str, domain: &str) -> bool {
+        (self.communes.is_empty() || self.communes.iter().any(|c| c == commune))
+            && (self.domains.is_empty() || self.domains.iter().any(|d| d == domain))
+    }
+
+    fn inside(&self, position: Option<&LatLon>) -> bool {
+        match (self.bbox, position) {
+            (None, _) => true,
+            (Some([w, s, e, n]), Some(p)) => p.lon >= w && p.lon <= e && p.lat >= s && p.lat <= n,
+            (Some(_), None) => false,
+        }
+    }
+
+    pub fn allows_asset(&self, a: &AssetState) -> bool {
+        self.place(&a.commune, &a.domain) && self.inside(a.position.as_ref())
+    }
+
+    pub fn allows_alarm(&self, a: &AlarmState) -> bool {
+        let rank = |s: &str| SEVERITIES.iter().position(|x| *x == s);
+        self.place(&a.commune, &a.domain)
+            && self.inside(a.position.as_ref())
+            && self.min_severity.as_deref().is_none_or(|min| rank(&a.severity) >= rank(min))
+    }
+
+    pub fn allows_command(&self, c: &CommandState) -> bool {
+        self.place(&c.commune, &c.domain)
+    }
+
+    pub fn allows_kpi(&self, k: &KpiState) -> bool {
+        self.place(&k.commune, &k.domain)
+    }
 }
 
 /// Every client frame: `{"v": 1, "type": ...}`.
@@ -79,6 +192,19 @@ pub struct ClientFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     Ping,
+    /// Replaces the session's subscription. Without `resume_from`: a snapshot under the filter,
+    /// then its deltas. With it (the last `seq` the client received): the deltas it missed
+    /// (`resumed`), or a snapshot when the gateway no longer has them all.
+    Subscribe {
+        #[serde(default)]
+        filter: Filter,
+        #[serde(default)]
+        resume_from: Option<u64>,
+        /// `false`: every asset update, none coalesced (integrators that need each event; the
+        /// default, `true`, sends an asset at most about 10 times a second).
+        #[serde(default)]
+        coalesce: Option<bool>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

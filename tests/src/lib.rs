@@ -348,6 +348,15 @@ impl Slice {
 
     /// Starts the slice with extra flags for the lighting service.
     pub async fn start_with(territory: tempfile::TempDir, lighting_flags: &[&str]) -> Result<Slice> {
+        Slice::start_full(territory, lighting_flags, &[]).await
+    }
+
+    /// Starts the slice with extra flags for the lighting service and for the gateway.
+    pub async fn start_full(
+        territory: tempfile::TempDir,
+        lighting_flags: &[&str],
+        gateway_flags: &[&str],
+    ) -> Result<Slice> {
         let nats = NatsServer::start()?;
         let stores = tempfile::tempdir()?;
         let common = |store: &str| {
@@ -375,6 +384,7 @@ impl Slice {
         args.extend(["--http-addr".into(), "127.0.0.1:0".into(), "--ui-dir".into(), ui]);
         // Operators' lighting commands go through the gateway to this slice's lighting service.
         args.extend(["--lighting-url".into(), format!("http://{lighting_addr}")]);
+        args.extend(gateway_flags.iter().map(|s| s.to_string()));
         let gateway = Process::start("vigie-gateway", &args)?;
         let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
         let slice = Slice { nats, lighting, lighting_addr, gateway, gateway_addr, territory, stores };
@@ -432,8 +442,9 @@ impl Slice {
         Ok(LightingClient::connect(format!("http://{}", self.lighting_addr)).await?)
     }
 
+    /// A live client that receives every update (not coalesced): tests count events.
     pub async fn live_client(&self) -> Result<LiveClient> {
-        LiveClient::connect(&format!("ws://{}/ws", self.gateway_addr)).await
+        LiveClient::connect(&format!("ws://{}/ws?coalesce=false", self.gateway_addr)).await
     }
 }
 

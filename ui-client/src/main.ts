@@ -67,6 +67,8 @@ type Kpi = { domain: string; commune: string; at: string; values: Record<string,
 type ServerFrame =
   | { v: 1; type: "snapshot"; seq: number; assets: Asset[]; alarms: Alarm[]; kpis?: Kpi[] }
   | { v: 1; type: "delta"; seq: number; asset?: Asset; alarm?: Alarm; kpi?: Kpi }
+  | { v: 1; type: "resumed"; from: number }
+  | { v: 1; type: "heartbeat"; seq: number; upstream: "live" | "stale" }
   | { v: 1; type: "pong" }
   | { v: 1; type: "error"; code: string; message: string };
 
@@ -94,10 +96,19 @@ const counts = document.getElementById("counts")!;
 const tbody = document.getElementById("assets")!;
 const alarmBody = document.getElementById("alarms")!;
 
-function setLink(state: "connecting" | "live" | "reconnecting") {
+function setLink(state: "connecting" | "live" | "stale" | "reconnecting") {
   link.dataset.state = state;
-  link.textContent = { connecting: "Connexion…", live: "En direct", reconnecting: "Reconnexion…" }[state];
+  link.textContent = {
+    connecting: "Connexion…",
+    live: "En direct",
+    stale: "Données possiblement figées",
+    reconnecting: "Reconnexion…",
+  }[state];
 }
+
+// The gateway sends a heartbeat every few seconds; without one for this long the data is stale.
+const STALE_AFTER_MS = 15_000;
+let lastHeard = Date.now();
 
 const STATUS_FR: Record<string, string> = {
   ok: "En service",
@@ -272,8 +283,11 @@ function render() {
 
 function connect(delayMs: number) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+  // After a network loss, ask for what was missed since the last sequence seen.
+  const resume = lastSeq > 0 ? `?resume_from=${lastSeq}` : "";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws${resume}`);
   socket.onmessage = (message) => {
+    lastHeard = Date.now();
     const frame = JSON.parse(message.data as string) as ServerFrame;
     if (frame.type === "snapshot") {
       assets.clear();
@@ -293,6 +307,10 @@ function connect(delayMs: number) {
       }
       if (frame.kpi) kpis.set(`${frame.kpi.domain}/${frame.kpi.commune}`, frame.kpi);
       lastSeq = frame.seq;
+    } else if (frame.type === "resumed") {
+      setLink("live");
+    } else if (frame.type === "heartbeat") {
+      setLink(frame.upstream === "live" ? "live" : "stale");
     } else if (frame.type === "error") {
       console.warn("gateway:", frame.code, frame.message);
     }
@@ -307,3 +325,6 @@ function connect(delayMs: number) {
 setLink("connecting");
 connect(250);
 setInterval(() => dirty && render(), 250);
+setInterval(() => {
+  if (link.dataset.state === "live" && Date.now() - lastHeard > STALE_AFTER_MS) setLink("stale");
+}, 1000);

@@ -5,6 +5,7 @@ mod console;
 mod gateway_ops;
 mod lighting_domain;
 mod lighting_slice;
+mod live_protocol;
 mod reports;
 mod transport;
 mod transport_simulated;

@@ -277,6 +277,10 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
     assert_eq!(night_flow(&kpis), Some(learned), "the zone's night is restored");
     let again = client.get_valve_command(GetValveCommandRequest { id: command.id.clone() }).await?.into_inner();
     assert_eq!(again, applied);
+    // A client connected now (the first one was left unread while the night was awaited: the
+    // gateway closes clients that stay silent).
+    let mut live = slice.live_client().await?;
+    assert_eq!(live.next().await?["type"], "snapshot");
     let summary = client
         .stream_readings(futures::stream::iter([reading("Q-test", "freeChlorine", 0.4, "mg/L", SystemTime::now())]))
         .await?
