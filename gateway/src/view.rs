@@ -5,7 +5,7 @@ use proto::event::CheckedEvent;
 use proto::lighting::{CommandStatus, LampStatus, LightingCommand, PowerState, TalqFault};
 use proto::live::{
     AlarmComment, AlarmState, AssetDetails, AssetState, AuditEntry, CommandAction, CommandState, CommandTarget,
-    EventSummary, KpiState, LatLon, MeasureReading, ReportDetails, StreetlightDetails, VehicleDetails,
+    EventSummary, KpiSample, KpiState, LatLon, MeasureReading, ReportDetails, StreetlightDetails, VehicleDetails,
     WaterSensorDetails,
 };
 use proto::ops::{AlarmAction, AlarmActionKind};
@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Commands kept in the view (the pending ones always; the oldest finished ones leave first).
 pub const MAX_COMMANDS: usize = 1000;
+/// Previous KPI values kept per domain and commune, for sparklines.
+pub const MAX_KPI_HISTORY: usize = 60;
 /// Comments kept per alarm (the oldest leave first; the audit log keeps them all).
 pub const MAX_COMMENTS: usize = 100;
 
@@ -186,6 +188,15 @@ impl OperationsView {
                 self.report(&summary, event, request)
             }
             Payload::ReportCreated(_) | Payload::ReportUpdated(_) => return None,
+            Payload::ReportsKpi(kpi) => self.kpi(
+                &summary,
+                &[
+                    ("open", f64::from(kpi.open)),
+                    ("received_last_24h", f64::from(kpi.received_last_24h)),
+                    ("closed_last_7d", f64::from(kpi.closed_last_7d)),
+                    ("median_time_to_close_s", kpi.median_time_to_close_s),
+                ],
+            ),
         };
         Some(Applied { event: summary, change })
     }
@@ -290,13 +301,27 @@ impl OperationsView {
 
     /// The latest KPIs of one domain in one commune.
     fn kpi(&mut self, summary: &EventSummary, values: &[(&str, f64)]) -> Change {
+        let key = format!("{}/{}", summary.domain, summary.commune);
+        // The previous values move to the history (a late KPI is not history: it is dropped).
+        let mut history = Vec::new();
+        if let Some(previous) = self.kpis.remove(&key) {
+            if previous.at > summary.observed_at {
+                self.kpis.insert(key.clone(), previous.clone());
+                return Change::Kpi(key, previous);
+            }
+            history = previous.history;
+            history.push(KpiSample { at: previous.at, values: previous.values });
+            if history.len() > MAX_KPI_HISTORY {
+                history.drain(..history.len() - MAX_KPI_HISTORY);
+            }
+        }
         let state = KpiState {
             domain: summary.domain.clone(),
             commune: summary.commune.clone(),
             at: summary.observed_at.clone(),
             values: values.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            history,
         };
-        let key = format!("{}/{}", summary.domain, summary.commune);
         self.kpis.insert(key.clone(), state.clone());
         Change::Kpi(key, state)
     }
@@ -865,5 +890,36 @@ mod tests {
         let alarm = alarm_of(view.apply(&action(AlarmActionKind::Resolve, "op-a", "", "faux positif"), 12));
         assert_eq!((alarm.closed, alarm.resolved_by.as_deref(), alarm.active), (true, Some("op-a"), true));
         assert_eq!(view.alarms().count(), 0);
+    }
+
+    #[test]
+    fn kpis_keep_a_short_history() {
+        let mut view = OperationsView::default();
+        let kpi = |at_s: u64, dark: u32| {
+            check(new_event(
+                &CommuneId::parse("34172").unwrap(),
+                &AssetId::parse("34172").unwrap(),
+                (SystemTime::UNIX_EPOCH + Duration::from_secs(at_s)).into(),
+                None,
+                Payload::LightingKpi(proto::lighting::LightingKpi {
+                    commune: "34172".into(),
+                    lamps_total: 10,
+                    lamps_dark: dark,
+                    ..Default::default()
+                }),
+            ))
+            .unwrap()
+        };
+        for (seq, at) in (1..=70u64).map(|i| (i, 1_000 + i * 60)) {
+            view.apply(&kpi(at, seq as u32), seq).unwrap();
+        }
+        let state = view.kpis().next().unwrap().clone();
+        assert_eq!(state.values["lamps_dark"], 70.0);
+        assert_eq!(state.history.len(), MAX_KPI_HISTORY);
+        assert_eq!(state.history.first().unwrap().values["lamps_dark"], 10.0, "the oldest left first");
+        assert_eq!(state.history.last().unwrap().values["lamps_dark"], 69.0);
+        // A late KPI changes nothing.
+        view.apply(&kpi(500, 1), 71).unwrap();
+        assert_eq!(view.kpis().next().unwrap(), &state);
     }
 }

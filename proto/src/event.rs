@@ -24,6 +24,7 @@ pub enum EventKind {
     TransportKpi,
     ReportCreated,
     ReportUpdated,
+    ReportsKpi,
     WaterReading,
     WaterAlarmRaised,
     WaterAlarmCleared,
@@ -50,6 +51,7 @@ impl EventKind {
             EventKind::TransportKpi => "kpi",
             EventKind::ReportCreated => "report_created",
             EventKind::ReportUpdated => "report_updated",
+            EventKind::ReportsKpi => "kpi",
             EventKind::WaterReading => "reading",
             EventKind::WaterAlarmRaised => "alarm_raised",
             EventKind::WaterAlarmCleared => "alarm_cleared",
@@ -74,7 +76,7 @@ impl EventKind {
             | EventKind::ServiceAlertPublished
             | EventKind::ServiceAlertWithdrawn
             | EventKind::TransportKpi => Domain::Transport,
-            EventKind::ReportCreated | EventKind::ReportUpdated => Domain::Reports,
+            EventKind::ReportCreated | EventKind::ReportUpdated | EventKind::ReportsKpi => Domain::Reports,
             EventKind::WaterReading
             | EventKind::WaterAlarmRaised
             | EventKind::WaterAlarmCleared
@@ -103,6 +105,7 @@ impl Payload {
             Payload::TransportKpi(_) => EventKind::TransportKpi,
             Payload::ReportCreated(_) => EventKind::ReportCreated,
             Payload::ReportUpdated(_) => EventKind::ReportUpdated,
+            Payload::ReportsKpi(_) => EventKind::ReportsKpi,
             Payload::WaterReading(_) => EventKind::WaterReading,
             Payload::WaterAlarmRaised(_) => EventKind::WaterAlarmRaised,
             Payload::WaterAlarmCleared(_) => EventKind::WaterAlarmCleared,

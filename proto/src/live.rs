@@ -418,6 +418,15 @@ pub struct KpiState {
     pub commune: String,
     pub at: String,
     pub values: std::collections::BTreeMap<String, f64>,
+    /// The previous values, oldest first (at most 60: an hour at one a minute), for sparklines.
+    #[serde(default)]
+    pub history: Vec<KpiSample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KpiSample {
+    pub at: String,
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// An operator command to a domain service, from pending to its outcome.

@@ -324,6 +324,26 @@ impl Reports {
         Ok(CreateRequestResponse { request: Some(public(&request)), service_notice: notices.join(" ") })
     }
 
+    /// Publishes every commune's KPIs (see [`crate::kpi`]).
+    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), ReportError> {
+        let kpis = {
+            let state = self.state.lock().await;
+            let requests: Vec<ServiceRequest> = state.requests.values().cloned().collect();
+            crate::kpi::per_commune(&requests, now)
+        };
+        let mut events = Vec::with_capacity(kpis.len());
+        for kpi in kpis {
+            let commune = CommuneId::parse(&kpi.commune).map_err(|e| ReportError::Event(e.to_string()))?;
+            let asset = AssetId::parse(&kpi.commune).map_err(|e| ReportError::Event(e.to_string()))?;
+            let e = event::new_event(&commune, &asset, event::timestamp(now), None, Payload::ReportsKpi(kpi));
+            events.push(event::check(e).map_err(|e| ReportError::Event(e.to_string()))?);
+        }
+        if !events.is_empty() {
+            self.store.write(&[], &events).await?;
+        }
+        Ok(())
+    }
+
     fn event(&self, r: &ServiceRequest, payload: Payload, now: SystemTime) -> Result<CheckedEvent, ReportError> {
         let commune = CommuneId::parse(&r.commune).map_err(|e| ReportError::Event(e.to_string()))?;
         let asset = AssetId::parse(&format!("report-{}", r.service_request_id))

@@ -3,6 +3,7 @@
 //! - [`catalogue`]: the services (kinds of report) each commune accepts; French defaults.
 //! - [`domain`]: pure rules: input checks, the lifecycle and its Open311 mapping, duplicates.
 //! - [`store`]: the sled database (the only module that sees sled).
+//! - [`kpi`]: pure; open reports, received and closed, median time to close, per commune.
 //! - [`core`]: routing to the commune, geocoding an address on the streets, duplicates and lamp
 //!   links, writes with their events; [`open311`]: the GeoReport v2 HTTP API; [`api`]: gRPC.
 
@@ -10,6 +11,7 @@ pub mod api;
 pub mod catalogue;
 pub mod core;
 pub mod domain;
+pub mod kpi;
 pub mod open311;
 pub mod store;
 
@@ -56,6 +58,10 @@ pub struct Config {
     #[arg(long, env = "VIGIE_REPORTS_RATE_PER_MINUTE", default_value_t = 30)]
     pub rate_per_minute: u32,
 
+    /// How often the reports' KPIs of each commune are published.
+    #[arg(long, env = "VIGIE_REPORTS_KPI_INTERVAL", default_value = "60s", value_parser = runtime::config::parse_duration)]
+    pub kpi_interval: std::time::Duration,
+
     /// Services whose reports are about a lamp: linked to a lighting alarm within 50 m.
     #[arg(long, env = "VIGIE_REPORTS_LIGHTING_SERVICES", default_value = "eclairage-panne", value_delimiter = ',')]
     pub lighting_services: Vec<String>,
@@ -101,6 +107,24 @@ pub async fn run(
     let background = CancellationToken::new();
     let lamps =
         tokio::spawn(follow_lighting_alarms(nats.clone(), core.clone(), config.common.clone(), background.clone()));
+    if config.kpi_interval.is_zero() {
+        anyhow::bail!("--kpi-interval must be more than 0");
+    }
+    let kpis = {
+        let (core, stop, every) = (core.clone(), background.clone(), config.kpi_interval);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                if let Err(e) = core.publish_kpis(std::time::SystemTime::now()).await {
+                    tracing::warn!(error = %e, "reports KPIs not published; retried at the next tick");
+                }
+            }
+        })
+    };
 
     let open311 = Arc::new(open311::Open311 {
         reports: core.clone(),
@@ -128,6 +152,7 @@ pub async fn run(
     background.cancel();
     let _ = http.await;
     let _ = lamps.await;
+    let _ = kpis.await;
     relay.finish().await;
     runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;

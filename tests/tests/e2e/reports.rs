@@ -21,7 +21,7 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
     let territory = test_territory()?;
     write_streets(territory.path())?;
     let slice = Slice::start_in(territory).await?;
-    let mut reports = slice.start_reports(&["--rate-per-minute", "40"]).await?;
+    let mut reports = slice.start_reports(&["--rate-per-minute", "40", "--kpi-interval", "1s"]).await?;
     let mut live = slice.live_client().await?;
     assert_eq!(live.next().await?["type"], "snapshot");
 
@@ -91,6 +91,17 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
         .until(|f| f["asset"]["id"] == first_asset.as_str() && f["asset"]["details"]["detailed_status"] == "fixed")
         .await?;
     assert_eq!(frames[frames.len() - 1]["asset"]["details"]["status"], "closed");
+    // The commune's KPIs count it closed, with the time it took.
+    let frames = live
+        .until(|f| {
+            f["kpi"]["domain"] == "reports"
+                && f["kpi"]["commune"] == "34172"
+                && f["kpi"]["values"]["closed_last_7d"].as_f64().is_some_and(|v| v >= 1.0)
+        })
+        .await?;
+    let kpi = &frames[frames.len() - 1]["kpi"]["values"];
+    assert!(kpi["median_time_to_close_s"].as_f64().is_some_and(|s| (0.0..600.0).contains(&s)), "{kpi}");
+    assert!(kpi["open"].as_f64().is_some_and(|n| n >= 1.0), "{kpi}");
 
     // SIGKILL: what was acknowledged is there after a restart.
     reports.process.kill()?;
