@@ -84,15 +84,19 @@ wait_for "nats-server" "http://127.0.0.1:${nats_monitor_port}/healthz?js-enabled
 export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
 export VIGIE_TERRITORY="$territory"
 
-target/release/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting >var/logs/lighting.log 2>&1 &
+target/release/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting --metrics-addr 127.0.0.1:9161 \
+  >var/logs/lighting.log 2>&1 &
 pids+=($!)
 target/release/vigie-transport --grpc-addr "$transport_addr" --http-addr "$transport_http_addr" --store var/transport \
+  --metrics-addr 127.0.0.1:9162 \
   >var/logs/transport.log 2>&1 &
 pids+=($!)
 target/release/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
+  --metrics-addr 127.0.0.1:9164 \
   >var/logs/reports.log 2>&1 &
 pids+=($!)
-target/release/vigie-water --grpc-addr "$water_addr" --store var/water >var/logs/water.log 2>&1 &
+target/release/vigie-water --grpc-addr "$water_addr" --store var/water --metrics-addr 127.0.0.1:9163 \
+  >var/logs/water.log 2>&1 &
 pids+=($!)
 target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
   --lighting-url "http://${lighting_addr}" --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" \
@@ -111,6 +115,7 @@ cat <<MSG
   GTFS-Realtime: http://${transport_http_addr}/gtfs-rt/vehicle-positions (also trip-updates, alerts; .json)
   Open311:       http://${reports_http_addr}/open311/v2/services.json
   REST API:      http://127.0.0.1:${http_port}/api/v1/alarms (see /api/v1/openapi.json)
+  Metrics:       http://127.0.0.1:${http_port}/metrics (gateway), 127.0.0.1:9161-9164/metrics (services)
   Territory: ${territory}
   Logs: var/logs/   State: var/   Ctrl-C stops everything.
 

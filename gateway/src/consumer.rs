@@ -71,7 +71,9 @@ impl Consumer {
             let mut last = None;
             for message in chunk {
                 let message = message.map_err(|e| anyhow::anyhow!("receiving events: {e}"))?;
-                let seq = message.info().map_err(|e| anyhow::anyhow!("not a JetStream message: {e}"))?.stream_sequence;
+                let info = message.info().map_err(|e| anyhow::anyhow!("not a JetStream message: {e}"))?;
+                let seq = info.stream_sequence;
+                crate::metrics::get().consumer_pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
                 batch.push((seq, decode(&message)));
                 last = Some(message);
             }

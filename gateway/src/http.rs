@@ -157,6 +157,9 @@ fn coalesce(batch: Vec<Arc<Delta>>, filter: &Filter, coalescing: bool) -> Vec<Ar
         .map(|d| d.allowed_by(filter) && d.asset_key().is_none_or(|k| last_of_asset.get(k) == Some(&d.seq)))
         .collect();
     drop(last_of_asset);
+    let superseded =
+        batch.iter().zip(&keep).filter(|(d, k)| !**k && d.asset_key().is_some() && d.allowed_by(filter)).count();
+    crate::metrics::get().deltas_coalesced.inc_by(superseded as u64);
     batch.into_iter().zip(keep).filter_map(|(d, k)| k.then_some(d)).collect()
 }
 
@@ -164,6 +167,7 @@ fn coalesce(batch: Vec<Arc<Delta>>, filter: &Filter, coalescing: bool) -> Vec<Ar
 /// ways. A client that falls more than the broadcast buffer behind gets a fresh snapshot rather
 /// than a gap; one that stays silent is closed.
 async fn session(socket: WebSocket, state: AppState, resume_from: Option<u64>, mut coalescing: bool) {
+    let _counted = crate::metrics::SessionGuard::start();
     let (sink, mut incoming) = socket.split();
     let mut out = Out { sink, limit: state.heartbeat * HEARTBEATS_BEFORE_DEAD };
     let mut filter = Filter::default();
@@ -257,6 +261,7 @@ async fn session(socket: WebSocket, state: AppState, resume_from: Option<u64>, m
             _ = heartbeat.tick() => {
                 if heard.elapsed() > state.heartbeat * HEARTBEATS_BEFORE_DEAD {
                     tracing::info!("closing a silent client");
+                    crate::metrics::get().clients_closed_silent.inc();
                     out.close(close_code::NO_HEARTBEAT, "nothing heard from the client; reconnect and resume").await;
                     return;
                 }
@@ -288,6 +293,7 @@ async fn resync(
     missed: u64,
 ) -> bool {
     tracing::info!(missed, "client fell behind; sending a fresh snapshot");
+    crate::metrics::get().resyncs.inc();
     let (start, receiver) = state.live.subscribe(filter, None);
     *deltas = receiver;
     send_start(out, start).await

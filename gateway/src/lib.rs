@@ -4,6 +4,7 @@
 //! - [`store`]: the view persisted in sled with the stream sequence it is current at.
 //! - [`consumer`]: the durable JetStream consumer that feeds the view, exactly once.
 //! - [`live`]: the view shared with WebSocket sessions, and the broadcast of deltas.
+//! - [`metrics`]: the gateway's Prometheus metrics (served at `/metrics` with the common ones).
 //! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
 //! - [`api`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
 //!   document; [`commands`]: operators' commands over REST, routed to the services over gRPC.
@@ -13,6 +14,7 @@ pub mod commands;
 pub mod consumer;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod store;
 pub mod view;
 
@@ -92,14 +94,19 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     if config.heartbeat < std::time::Duration::from_millis(100) {
         anyhow::bail!("--heartbeat must be at least 100ms");
     }
+    let scraped = live.clone();
     let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone(), heartbeat: config.heartbeat };
     let services = commands::Services::connect(
         config.lighting_url.as_deref(),
         config.water_url.as_deref(),
         config.reports_url.as_deref(),
     )?;
-    let app =
-        api::router(api).merge(commands::router(services)).merge(http::router(state, Some(config.ui_dir.clone())));
+    let app = api::router(api)
+        .merge(commands::router(services))
+        .merge(runtime::metrics::router(move || {
+            metrics::get().applied_seq.set(scraped.applied_seq() as i64);
+        }))
+        .merge(http::router(state, Some(config.ui_dir.clone())));
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
     let timeout = config.common.shutdown_timeout;
     let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

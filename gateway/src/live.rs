@@ -145,6 +145,7 @@ impl Live {
             match received {
                 Received::Refused => inner.view.skip(seq),
                 Received::Event(event) => {
+                    crate::metrics::get().events_applied.inc();
                     if let Some(applied) = inner.view.apply(&event, seq) {
                         let (mut asset, mut alarm, mut command, mut kpi) = (None, None, None, None);
                         let object = match applied.change {

@@ -104,6 +104,7 @@ pub async fn run(
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-reports").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
+    let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
     let background = CancellationToken::new();
     let lamps =
         tokio::spawn(follow_lighting_alarms(nats.clone(), core.clone(), config.common.clone(), background.clone()));
@@ -154,6 +155,9 @@ pub async fn run(
     let _ = lamps.await;
     let _ = kpis.await;
     relay.finish().await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;
     tracing::info!(outbox = store.outbox().depth(), "stopped");

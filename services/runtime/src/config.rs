@@ -17,6 +17,11 @@ pub struct CommonConfig {
     #[arg(long, env = "VIGIE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Address of the Prometheus `/metrics` endpoint (none: not served; the gateway also serves it
+    /// on its HTTP address). Port 0 picks a free port (logged).
+    #[arg(long, env = "VIGIE_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub stream: StreamSettings,
 }

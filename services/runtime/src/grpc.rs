@@ -70,8 +70,12 @@ where
             Ok(()) => {
                 summary.accepted += 1;
                 uncommitted += 1;
+                crate::metrics::global().ingest_accepted.inc();
             }
-            Err(status) => refuse(&mut summary, index, status.message().to_owned()),
+            Err(status) => {
+                crate::metrics::global().ingest_refused.inc();
+                refuse(&mut summary, index, status.message().to_owned());
+            }
         }
         index += 1;
         if uncommitted >= group {

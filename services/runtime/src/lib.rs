@@ -9,11 +9,13 @@
 //! - [`outbox`]: the sled-backed transactional outbox and the relay that publishes it to JetStream.
 //! - [`grpc`]: serving gRPC on a bound listener with health, reflection and Vigie's limits.
 //! - [`alarms`]: active alarms, their changes, how they are stored and announced.
+//! - [`metrics`]: the process's Prometheus metrics and their `/metrics` route.
 
 pub mod alarms;
 pub mod bus;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;

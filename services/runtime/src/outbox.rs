@@ -197,6 +197,7 @@ async fn run(
             }
             Ok(_) => backoff = Duration::from_millis(50),
             Err(e) => {
+                crate::metrics::global().publish_failures.inc();
                 tracing::warn!(error = %e, pending = outbox.depth(), "outbox publish failed; retrying");
                 // The stream may have been deleted meanwhile: check it again before the next try.
                 stream_ready = false;
@@ -249,6 +250,7 @@ async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -
         }
         outbox.tree.remove(&key)?;
         acknowledged += 1;
+        crate::metrics::global().events_published.inc();
     }
     Ok(acknowledged)
 }

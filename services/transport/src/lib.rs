@@ -171,6 +171,7 @@ pub async fn run(
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-transport").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
+    let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
     let background = CancellationToken::new();
     let housekeeping = tokio::spawn(housekeeping(core.clone(), background.clone()));
     let kpis = tokio::spawn(publish_kpis(core.clone(), config.kpi_interval, background.clone()));
@@ -197,6 +198,9 @@ pub async fn run(
     let _ = kpis.await;
     let _ = http.await;
     relay.finish().await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;
     tracing::info!(outbox = store.outbox().depth(), "stopped");

@@ -182,6 +182,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
 
     let nats = runtime::bus::connect(&config.common.nats_url, "vigie-water").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
+    let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
     let ticking = tokio::spawn(tick(core.clone(), config.kpi_interval, background.clone()));
 
     let server =
@@ -194,6 +195,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     background.cancel();
     let _ = ticking.await;
     relay.finish().await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     runtime::bus::drain(&nats, timeout).await;
     db.flush_async().await.context("flushing the store")?;
     tracing::info!(outbox = store.outbox().depth(), "stopped");

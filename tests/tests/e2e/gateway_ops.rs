@@ -33,7 +33,7 @@ fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
 
 #[tokio::test]
 async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Result<()> {
-    let mut slice = Slice::start().await?;
+    let mut slice = Slice::start_full(tests::test_territory()?, &["--metrics-addr", "127.0.0.1:0"], &[]).await?;
     let mut client = slice.lighting_client().await?;
     // One lamp in each commune of the test territory.
     let lights = vec![
@@ -248,6 +248,23 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(items(&b, "/api/v1/commands?domain=lighting")?.iter().any(|c| c["id"] == command_id.as_str()));
+
+    // Prometheus metrics: the gateway's on its HTTP address, the lighting service's on its own.
+    let (status, text) = tests::http_get(&a, "/metrics")?;
+    assert_eq!(status, 200);
+    let value = |text: &str, name: &str| -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    assert!(value(&text, "vigie_gateway_events_applied_total").is_some_and(|n| n >= 10.0), "{text}");
+    assert!(value(&text, "vigie_gateway_ws_clients").is_some_and(|n| n >= 0.0), "{text}");
+    assert!(value(&text, "vigie_gateway_consumer_pending").is_some(), "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text");
+    let lighting_metrics = slice.lighting.wait_for_addr("metrics listening", 0)?;
+    let (status, text) = tests::http_get(&lighting_metrics, "/metrics")?;
+    assert_eq!(status, 200);
+    assert!(value(&text, "vigie_outbox_published_total").is_some_and(|n| n >= 2.0), "{text}");
+    assert_eq!(value(&text, "vigie_ingest_accepted_total"), Some(2.0), "the two lamp faults: {text}");
+    assert!(value(&text, "vigie_outbox_depth").is_some(), "{text}");
 
     // A restarted replica has the same view and audit log.
     let audit_before = items(&a, "/api/v1/audit")?;

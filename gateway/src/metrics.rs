@@ -1,0 +1,69 @@
+//! The gateway's own metrics, registered with the process's (see `runtime::metrics`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::OnceLock;
+
+pub struct GatewayMetrics {
+    pub events_applied: Counter,
+    /// Events the consumer still has to fetch (JetStream's count at the last message).
+    pub consumer_pending: Gauge,
+    pub applied_seq: Gauge,
+    pub clients: Gauge,
+    pub resyncs: Counter,
+    /// Asset updates a session skipped because a later one of the same asset superseded them.
+    pub deltas_coalesced: Counter,
+    pub clients_closed_silent: Counter,
+}
+
+pub fn get() -> &'static GatewayMetrics {
+    static METRICS: OnceLock<GatewayMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let m = GatewayMetrics {
+            events_applied: Counter::default(),
+            consumer_pending: Gauge::default(),
+            applied_seq: Gauge::default(),
+            clients: Gauge::default(),
+            resyncs: Counter::default(),
+            deltas_coalesced: Counter::default(),
+            clients_closed_silent: Counter::default(),
+        };
+        let r = runtime::metrics::global();
+        r.register("gateway_events_applied", "Events applied to the operations view", m.events_applied.clone());
+        r.register(
+            "gateway_consumer_pending",
+            "Events in the stream not yet fetched by the gateway (consumer lag)",
+            m.consumer_pending.clone(),
+        );
+        r.register("gateway_applied_seq", "Stream sequence the view is current at", m.applied_seq.clone());
+        r.register("gateway_ws_clients", "Live WebSocket sessions", m.clients.clone());
+        r.register("gateway_resyncs", "Fresh snapshots sent to sessions that fell too far behind", m.resyncs.clone());
+        r.register(
+            "gateway_deltas_coalesced",
+            "Asset updates superseded within a session's batch",
+            m.deltas_coalesced.clone(),
+        );
+        r.register(
+            "gateway_clients_closed_silent",
+            "Sessions closed after no sign of life",
+            m.clients_closed_silent.clone(),
+        );
+        m
+    })
+}
+
+/// Counts a live session while it exists.
+pub struct SessionGuard;
+
+impl SessionGuard {
+    pub fn start() -> SessionGuard {
+        get().clients.inc();
+        SessionGuard
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        get().clients.dec();
+    }
+}
