@@ -100,6 +100,7 @@ target/release/vigie-water --grpc-addr "$water_addr" --store var/water --metrics
 pids+=($!)
 target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
   --lighting-url "http://${lighting_addr}" --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" \
+  --grpc-addr 127.0.0.1:50060 \
   >var/logs/gateway.log 2>&1 &
 pids+=($!)
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"

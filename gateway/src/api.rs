@@ -91,6 +91,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
@@ -106,12 +116,12 @@ async fn openapi() -> Response {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    commune: Option<String>,
-    domain: Option<String>,
-    severity: Option<String>,
+    pub commune: Option<String>,
+    pub domain: Option<String>,
+    pub severity: Option<String>,
     /// Alarms: `active`, `cleared`, `unacknowledged`, `acknowledged`, `shelved`.
-    state: Option<String>,
-    limit: Option<usize>,
+    pub state: Option<String>,
+    pub limit: Option<usize>,
 }
 
 fn communes(list: &Option<String>) -> Result<Option<Vec<String>>, ApiError> {
@@ -143,7 +153,7 @@ fn domain(domain: &Option<String>) -> Result<Option<String>, ApiError> {
 }
 
 #[derive(Serialize)]
-struct Listed<T> {
+pub struct Listed<T> {
     items: Vec<T>,
     /// The stream sequence the view was current at.
     seq: u64,
@@ -157,7 +167,10 @@ fn params<T>(query: QueryOf<T>) -> Result<T, ApiError> {
 }
 
 async fn assets(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<AssetState>>, ApiError> {
-    let q = params(q)?;
+    list_assets(&state, params(q)?).map(Json)
+}
+
+pub fn list_assets(state: &ApiState, q: ListQuery) -> Result<Listed<AssetState>, ApiError> {
     let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
     let (items, seq) = state.live.read(|view| {
         let mut items: Vec<AssetState> = view
@@ -170,7 +183,7 @@ async fn assets(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<
         items.truncate(limit);
         (items, view.applied_seq())
     });
-    Ok(Json(Listed { items, seq }))
+    Ok(Listed { items, seq })
 }
 
 /// Whether an alarm is in a state the query names.
@@ -186,7 +199,10 @@ fn in_state(alarm: &AlarmState, state: &str, now: &str) -> bool {
 }
 
 async fn alarms(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<AlarmState>>, ApiError> {
-    let q = params(q)?;
+    list_alarms(&state, params(q)?).map(Json)
+}
+
+pub fn list_alarms(state: &ApiState, q: ListQuery) -> Result<Listed<AlarmState>, ApiError> {
     let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
     if let Some(s) = &q.severity
         && !["warning", "minor", "major", "critical"].contains(&s.as_str())
@@ -213,11 +229,14 @@ async fn alarms(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<
         items.truncate(limit);
         (items, view.applied_seq())
     });
-    Ok(Json(Listed { items, seq }))
+    Ok(Listed { items, seq })
 }
 
 async fn kpis(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<KpiState>>, ApiError> {
-    let q = params(q)?;
+    list_kpis(&state, params(q)?).map(Json)
+}
+
+pub fn list_kpis(state: &ApiState, q: ListQuery) -> Result<Listed<KpiState>, ApiError> {
     let (communes, domain) = (communes(&q.commune)?, domain(&q.domain)?);
     let (items, seq) = state.live.read(|view| {
         let mut items: Vec<KpiState> = view
@@ -229,14 +248,17 @@ async fn kpis(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Js
         items.sort_by(|a, b| (&a.domain, &a.commune).cmp(&(&b.domain, &b.commune)));
         (items, view.applied_seq())
     });
-    Ok(Json(Listed { items, seq }))
+    Ok(Listed { items, seq })
 }
 
 async fn commands(
     State(state): State<ApiState>,
     q: QueryOf<ListQuery>,
 ) -> Result<Json<Listed<CommandState>>, ApiError> {
-    let q = params(q)?;
+    list_commands(&state, params(q)?).map(Json)
+}
+
+pub fn list_commands(state: &ApiState, q: ListQuery) -> Result<Listed<CommandState>, ApiError> {
     let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
     let (items, seq) = state.live.read(|view| {
         // Newest first (ids are UUIDv7).
@@ -250,18 +272,18 @@ async fn commands(
             .collect();
         (items, view.applied_seq())
     });
-    Ok(Json(Listed { items, seq }))
+    Ok(Listed { items, seq })
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
-    commune: Option<String>,
-    actor: Option<String>,
-    action: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<usize>,
+    pub commune: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<usize>,
 }
 
 fn rfc3339_param(name: &str, value: &Option<String>) -> Result<Option<String>, ApiError> {
@@ -272,7 +294,10 @@ fn rfc3339_param(name: &str, value: &Option<String>) -> Result<Option<String>, A
 }
 
 async fn audit(State(state): State<ApiState>, p: QueryOf<AuditParams>) -> Result<Json<Listed<AuditEntry>>, ApiError> {
-    let p = params(p)?;
+    query_audit(&state, params(p)?).map(Json)
+}
+
+pub fn query_audit(state: &ApiState, p: AuditParams) -> Result<Listed<AuditEntry>, ApiError> {
     let query = AuditQuery {
         communes: communes(&p.commune)?,
         actor: p.actor.clone(),
@@ -285,7 +310,7 @@ async fn audit(State(state): State<ApiState>, p: QueryOf<AuditParams>) -> Result
         tracing::error!(error = %e, "audit query failed");
         ApiError::unavailable("the audit log cannot be read")
     })?;
-    Ok(Json(Listed { items, seq: state.live.applied_seq() }))
+    Ok(Listed { items, seq: state.live.applied_seq() })
 }
 
 /// An operator's action on an alarm.

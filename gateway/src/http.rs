@@ -11,7 +11,6 @@ use proto::live::{
     ClientFrame, ClientMessage, ErrorCode, Filter, MAX_CLIENT_FRAME_BYTES, PROTOCOL_VERSION, ServerFrame,
     ServerMessage, Upstream, close_code,
 };
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,29 +139,6 @@ async fn send_start(out: &mut Out, start: Start) -> bool {
     }
 }
 
-/// The deltas of a batch this session sends, in order: filtered, and (when `coalescing`) each
-/// asset only at its latest update in the batch.
-fn coalesce(batch: Vec<Arc<Delta>>, filter: &Filter, coalescing: bool) -> Vec<Arc<Delta>> {
-    if !coalescing {
-        return batch.into_iter().filter(|d| d.allowed_by(filter)).collect();
-    }
-    let mut last_of_asset: HashMap<&str, u64> = HashMap::new();
-    for d in &batch {
-        if let Some(key) = d.asset_key() {
-            last_of_asset.insert(key, d.seq);
-        }
-    }
-    let keep: Vec<bool> = batch
-        .iter()
-        .map(|d| d.allowed_by(filter) && d.asset_key().is_none_or(|k| last_of_asset.get(k) == Some(&d.seq)))
-        .collect();
-    drop(last_of_asset);
-    let superseded =
-        batch.iter().zip(&keep).filter(|(d, k)| !**k && d.asset_key().is_some() && d.allowed_by(filter)).count();
-    crate::metrics::get().deltas_coalesced.inc_by(superseded as u64);
-    batch.into_iter().zip(keep).filter_map(|(d, k)| k.then_some(d)).collect()
-}
-
 /// One client: a snapshot (or a resume), then deltas, under the session's filter; heartbeats both
 /// ways. A client that falls more than the broadcast buffer behind gets a fresh snapshot rather
 /// than a gap; one that stays silent is closed.
@@ -217,7 +193,7 @@ async fn session(socket: WebSocket, state: AppState, resume_from: Option<u64>, m
                 Err(RecvError::Closed) => return,
             },
             _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()).await }, if flush_at.is_some() => {
-                for delta in coalesce(std::mem::take(&mut batch), &filter, coalescing) {
+                for delta in crate::live::coalesce(std::mem::take(&mut batch), &filter, coalescing) {
                     if !out.text(&delta.json).await {
                         return;
                     }

@@ -4,6 +4,7 @@
 //! - [`store`]: the view persisted in sled with the stream sequence it is current at.
 //! - [`consumer`]: the durable JetStream consumer that feeds the view, exactly once.
 //! - [`live`]: the view shared with WebSocket sessions, and the broadcast of deltas.
+//! - [`opsview`]: the gRPC face (`vigie.ops.v1.OpsView`): the live stream and the queries.
 //! - [`metrics`]: the gateway's Prometheus metrics (served at `/metrics` with the common ones).
 //! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
 //! - [`api`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
@@ -15,6 +16,7 @@ pub mod consumer;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod opsview;
 pub mod store;
 pub mod view;
 
@@ -52,6 +54,11 @@ pub struct Config {
     /// gRPC endpoint of the reports service, for report status changes.
     #[arg(long, env = "VIGIE_GATEWAY_REPORTS_URL")]
     pub reports_url: Option<String>,
+
+    /// Address of the gRPC face for integrators (`vigie.ops.v1.OpsView`); not served when absent.
+    /// Port 0 picks a free port (logged).
+    #[arg(long, env = "VIGIE_GATEWAY_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
 
     /// How often each live session gets a heartbeat; a client silent for six of them is closed.
     #[arg(long, env = "VIGIE_GATEWAY_HEARTBEAT", default_value = "5s", value_parser = runtime::config::parse_duration)]
@@ -94,6 +101,24 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     if config.heartbeat < std::time::Duration::from_millis(100) {
         anyhow::bail!("--heartbeat must be at least 100ms");
     }
+    let grpc = match config.grpc_addr {
+        Some(addr) => {
+            use proto::ops::ops_view_server::OpsViewServer;
+            use tonic::server::NamedService;
+            let listener = tokio::net::TcpListener::bind(addr).await.context("binding --grpc-addr")?;
+            tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
+            let ops = opsview::OpsViewApi { api: api.clone(), nats: nats.clone(), heartbeat: config.heartbeat };
+            let routes = tonic::service::Routes::new(OpsViewServer::new(ops));
+            let (stop, timeout) = (shutdown.clone(), config.common.shutdown_timeout);
+            Some(tokio::spawn(async move {
+                let names = [<OpsViewServer<opsview::OpsViewApi> as NamedService>::NAME];
+                if let Err(e) = runtime::grpc::serve_until_shutdown(listener, routes, &names, stop, timeout).await {
+                    tracing::error!(error = format!("{e:#}"), "gRPC server failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let scraped = live.clone();
     let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone(), heartbeat: config.heartbeat };
     let services = commands::Services::connect(
@@ -114,6 +139,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         result = serving => result.context("HTTP server"),
         _ = async { shutdown.cancelled().await; tokio::time::sleep(timeout).await } => Ok(()),
     };
+    if let Some(grpc) = grpc {
+        let _ = grpc.await;
+    }
     if let Err(e) = consuming.await {
         tracing::error!(error = %e, "consumer task failed");
     }

@@ -229,3 +229,26 @@ impl Live {
         (Start::Snapshot(json), receiver)
     }
 }
+
+/// The deltas of a batch this session sends, in order: filtered, and (when `coalescing`) each
+/// asset only at its latest update in the batch.
+pub fn coalesce(batch: Vec<Arc<Delta>>, filter: &Filter, coalescing: bool) -> Vec<Arc<Delta>> {
+    if !coalescing {
+        return batch.into_iter().filter(|d| d.allowed_by(filter)).collect();
+    }
+    let mut last_of_asset: HashMap<&str, u64> = HashMap::new();
+    for d in &batch {
+        if let Some(key) = d.asset_key() {
+            last_of_asset.insert(key, d.seq);
+        }
+    }
+    let keep: Vec<bool> = batch
+        .iter()
+        .map(|d| d.allowed_by(filter) && d.asset_key().is_none_or(|k| last_of_asset.get(k) == Some(&d.seq)))
+        .collect();
+    drop(last_of_asset);
+    let superseded =
+        batch.iter().zip(&keep).filter(|(d, k)| !**k && d.asset_key().is_some() && d.allowed_by(filter)).count();
+    crate::metrics::get().deltas_coalesced.inc_by(superseded as u64);
+    batch.into_iter().zip(keep).filter_map(|(d, k)| k.then_some(d)).collect()
+}

@@ -52,6 +52,8 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
             replica_store.path().display().to_string(),
             "--consumer".into(),
             "gateway-b".into(),
+            "--grpc-addr".into(),
+            "127.0.0.1:0".into(),
             "--http-addr".into(),
             "127.0.0.1:0".into(),
             "--ui-dir".into(),
@@ -248,6 +250,73 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(items(&b, "/api/v1/commands?domain=lighting")?.iter().any(|c| c["id"] == command_id.as_str()));
+
+    // The gRPC face of replica B: the same queries and the same live stream.
+    let b_grpc = replica.wait_for_addr("gRPC listening", 0)?;
+    let mut ops = proto::ops::ops_view_client::OpsViewClient::connect(format!("http://{b_grpc}")).await?;
+    let answer =
+        ops.list_alarms(proto::ops::ListRequest { commune: "34172".into(), ..Default::default() }).await?.into_inner();
+    let over_grpc: Value = serde_json::from_str(&answer.json)?;
+    assert_eq!(over_grpc["items"], json!(items(&b, "/api/v1/alarms?commune=34172")?));
+    let answer =
+        ops.query_audit(proto::ops::AuditRequest { actor: "op-b".into(), ..Default::default() }).await?.into_inner();
+    let over_grpc: Value = serde_json::from_str(&answer.json)?;
+    assert_eq!(over_grpc["items"], json!(by_op_b));
+    let status =
+        ops.list_alarms(proto::ops::ListRequest { commune: "34.172".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let mut stream = ops
+        .subscribe(proto::ops::SubscribeRequest { communes: vec!["34172".into()], ..Default::default() })
+        .await?
+        .into_inner();
+    let first: Value = serde_json::from_str(&stream.message().await?.context("a first frame")?.json)?;
+    assert_eq!(first["type"], "snapshot");
+    assert!(first["assets"].as_array().is_some_and(|a| a.iter().all(|x| x["commune"] == "34172")), "{first}");
+    let sentinel = client.report_status(proto::lighting::ReportStatusRequest {
+        report: Some(proto::lighting::StatusReport {
+            streetlight_id: "EP-W".into(),
+            observed_at: Some(SystemTime::now().into()),
+            status: proto::lighting::LampStatus::Ok as i32,
+            power_state: proto::lighting::PowerState::On as i32,
+            illuminance_level: 1.0,
+            power_consumption_w: 70.0,
+            voltage_v: None,
+        }),
+    });
+    let sentinel = sentinel.await?.into_inner().event_id;
+    loop {
+        let frame: Value = serde_json::from_str(&stream.message().await?.context("the stream ended")?.json)?;
+        if frame["event"]["id"] == sentinel.as_str() {
+            break;
+        }
+    }
+    let status =
+        ops.subscribe(proto::ops::SubscribeRequest { bbox: vec![1.0, 2.0], ..Default::default() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A replica started now, with an empty store, rebuilds the same view from the stream.
+    let fresh_store = tempfile::tempdir()?;
+    let fresh = Process::start(
+        "vigie-gateway",
+        &[
+            "--nats-url".into(),
+            slice.nats.url(),
+            "--store".into(),
+            fresh_store.path().display().to_string(),
+            "--consumer".into(),
+            "gateway-c".into(),
+            "--http-addr".into(),
+            "127.0.0.1:0".into(),
+        ],
+    )?;
+    let c = fresh.wait_for_addr("HTTP listening", 0)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while items(&c, "/api/v1/audit")? != items(&b, "/api/v1/audit")? {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the fresh replica never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(items(&c, "/api/v1/alarms")?, items(&b, "/api/v1/alarms")?);
+    assert_eq!(items(&c, "/api/v1/assets")?, items(&b, "/api/v1/assets")?);
 
     // Prometheus metrics: the gateway's on its HTTP address, the lighting service's on its own.
     let (status, text) = tests::http_get(&a, "/metrics")?;

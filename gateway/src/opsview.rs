@@ -1,0 +1,177 @@
+//! The gRPC face of the operations view (`vigie.ops.v1.OpsView`), for integrating systems: the
+//! same live stream as the WebSocket (frames as JSON text) and the same queries as the REST API.
+
+use proto::live::{Filter, ServerFrame, ServerMessage, Upstream};
+use proto::ops::ops_view_server::OpsView;
+use proto::ops::{AuditRequest, JsonAnswer, ListRequest, LiveFrame, SubscribeRequest};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::api::{self, ApiError, ApiState, AuditParams, ListQuery};
+use crate::live::{Delta, Start};
+
+/// Frames buffered per stream; a stream that does not keep up falls behind the broadcast and
+/// gets a fresh snapshot.
+const STREAM_BUFFER: usize = 1024;
+
+pub struct OpsViewApi {
+    pub api: ApiState,
+    pub nats: async_nats::Client,
+    pub heartbeat: Duration,
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        match e.status().as_u16() {
+            400 | 413 => Status::invalid_argument(e.message().to_owned()),
+            404 => Status::not_found(e.message().to_owned()),
+            _ => Status::unavailable(e.message().to_owned()),
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Response<JsonAnswer>, Status> {
+    let json = serde_json::to_string(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(JsonAnswer { json }))
+}
+
+fn some(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn list_query(r: ListRequest) -> ListQuery {
+    ListQuery {
+        commune: some(r.commune),
+        domain: some(r.domain),
+        severity: some(r.severity),
+        state: some(r.state),
+        limit: (r.limit > 0).then_some(r.limit as usize),
+    }
+}
+
+fn frame(message: ServerMessage) -> LiveFrame {
+    LiveFrame { json: serde_json::to_string(&ServerFrame::new(message)).unwrap_or_default() }
+}
+
+type FrameStream = Pin<Box<dyn futures::Stream<Item = Result<LiveFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OpsView for OpsViewApi {
+    type SubscribeStream = FrameStream;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let bbox = match r.bbox.as_slice() {
+            [] => None,
+            [w, s, e, n] => Some([*w, *s, *e, *n]),
+            _ => return Err(Status::invalid_argument("bbox is [west, south, east, north], or empty")),
+        };
+        let filter = Filter { communes: r.communes, domains: r.domains, bbox, min_severity: some(r.min_severity) };
+        filter.validate().map_err(Status::invalid_argument)?;
+        let coalescing = !r.every_update;
+        let live = self.api.live.clone();
+        let (start, mut deltas) = live.subscribe(&filter, r.resume_from);
+        let (sender, receiver) = mpsc::channel::<Result<LiveFrame, Status>>(STREAM_BUFFER);
+        let (nats, every) = (self.nats.clone(), self.heartbeat);
+        tokio::spawn(async move {
+            let send_start = |start: Start| -> Vec<LiveFrame> {
+                match start {
+                    Start::Snapshot(json) => vec![LiveFrame { json }],
+                    Start::Resumed { from, missed } => std::iter::once(frame(ServerMessage::Resumed { from }))
+                        .chain(missed.iter().map(|d| LiveFrame { json: d.json.to_string() }))
+                        .collect(),
+                }
+            };
+            for f in send_start(start) {
+                if sender.send(Ok(f)).await.is_err() {
+                    return;
+                }
+            }
+            let mut heartbeat = tokio::time::interval(every);
+            heartbeat.tick().await;
+            loop {
+                let mut batch: Vec<Arc<Delta>> = Vec::new();
+                let mut lagged = false;
+                tokio::select! {
+                    delta = deltas.recv() => match delta {
+                        Ok(d) => {
+                            batch.push(d);
+                            loop {
+                                match deltas.try_recv() {
+                                    Ok(d) => batch.push(d),
+                                    Err(TryRecvError::Lagged(_)) => { lagged = true; break; }
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => lagged = true,
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = heartbeat.tick() => {
+                        let upstream = if matches!(nats.connection_state(), async_nats::connection::State::Connected) {
+                            Upstream::Live
+                        } else {
+                            Upstream::Stale
+                        };
+                        let beat = frame(ServerMessage::Heartbeat { seq: live.applied_seq(), upstream });
+                        if sender.send(Ok(beat)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = sender.closed() => return,
+                }
+                if lagged {
+                    crate::metrics::get().resyncs.inc();
+                    let (start, receiver) = live.subscribe(&filter, None);
+                    deltas = receiver;
+                    for f in send_start(start) {
+                        if sender.send(Ok(f)).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                for d in crate::live::coalesce(batch, &filter, coalescing) {
+                    if sender.send(Ok(LiveFrame { json: d.json.to_string() })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn list_assets(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
+        json(&api::list_assets(&self.api, list_query(request.into_inner()))?)
+    }
+
+    async fn list_alarms(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
+        json(&api::list_alarms(&self.api, list_query(request.into_inner()))?)
+    }
+
+    async fn list_kpis(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
+        json(&api::list_kpis(&self.api, list_query(request.into_inner()))?)
+    }
+
+    async fn list_commands(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
+        json(&api::list_commands(&self.api, list_query(request.into_inner()))?)
+    }
+
+    async fn query_audit(&self, request: Request<AuditRequest>) -> Result<Response<JsonAnswer>, Status> {
+        let r = request.into_inner();
+        let params = AuditParams {
+            commune: some(r.commune),
+            actor: some(r.actor),
+            action: some(r.action),
+            from: some(r.from),
+            to: some(r.to),
+            limit: (r.limit > 0).then_some(r.limit as usize),
+        };
+        json(&api::query_audit(&self.api, params)?)
+    }
+}
