@@ -158,7 +158,7 @@ async fn session(socket: WebSocket, state: AppState, resume_from: Option<u64>, m
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
     loop {
-        let urgent = !coalescing || batch.iter().any(|d| d.asset_key().is_none());
+        let urgent = !coalescing || batch.len() >= MAX_BATCH || batch.iter().any(|d| d.asset_key().is_none());
         let flush_at = if batch.is_empty() {
             None
         } else if urgent {

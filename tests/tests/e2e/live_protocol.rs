@@ -175,16 +175,24 @@ async fn subscriptions_resume_heartbeats_and_slow_clients() -> Result<()> {
     assert!(updates_of_west < 3000, "asset updates are coalesced for a default client ({updates_of_west})");
     // The stalled client: its buffered frames, then the close.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut stalled_frames = 0;
+    let mut stalled_sentinel = false;
     let ended = async {
         loop {
             match stalled.next().await {
-                Ok(_) => continue,
+                Ok(f) => {
+                    stalled_frames += 1;
+                    stalled_sentinel |= f["event"]["id"] == sentinel.as_str();
+                }
                 Err(e) => return e.to_string(),
             }
         }
     };
     let reason =
         tokio::time::timeout(Duration::from_secs(20), ended).await.context("the stalled client was never closed")?;
+    eprintln!(
+        "the stalled client had {stalled_frames} frames waiting when it was closed (sentinel among them: {stalled_sentinel})"
+    );
     // The gateway sent the close frame (code 4002, NO_HEARTBEAT); this client library answers
     // the pings it finds first and then sees the closed socket (broken pipe) or the close frame.
     if !(reason.contains("4002") || reason.contains("Broken pipe") || reason.contains("reset")) {

@@ -15,7 +15,7 @@ fn hms(s: u64) -> String {
 
 /// A one-line network in commune 34172, in UTC: trip T1 left S0 two minutes ago and serves S1 and
 /// S2 every 5 minutes, 1 km apart.
-fn write_feed(territory: &std::path::Path) -> Result<()> {
+pub(crate) fn write_feed(territory: &std::path::Path) -> Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() % 86_400;
     // Just after midnight, the trip belongs to yesterday's service (GTFS times past 24:00).
     let start = if now < 300 { now + 86_400 - 120 } else { now - 120 };
@@ -36,7 +36,7 @@ fn write_feed(territory: &std::path::Path) -> Result<()> {
 }
 
 /// A position `east_m` along the line and `north_m` off it, now. T1 is due at 400 m now.
-fn position(vehicle: &str, trip: &str, east_m: f64, north_m: f64) -> VehiclePosition {
+pub(crate) fn position(vehicle: &str, trip: &str, east_m: f64, north_m: f64) -> VehiclePosition {
     VehiclePosition {
         vehicle_id: vehicle.into(),
         vehicle_label: "Bus 1".into(),
