@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use proto::event;
 use proto::ids::{AlarmKey, AssetId, CommuneId};
-use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState};
+use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, Filter, KpiState};
 use proto::ops::{AlarmAction, AlarmActionKind};
 use proto::v1::event::Payload;
 use serde::{Deserialize, Serialize};
@@ -141,15 +141,16 @@ fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn domain(domain: &Option<String>) -> Result<Option<String>, ApiError> {
-    match domain {
-        None => Ok(None),
-        Some(d) if proto::v1::Domain::from_token(d).is_some() => Ok(Some(d.clone())),
-        Some(d) => Err(ApiError::bad_request(format!(
-            "unknown domain {:?} (transport, lighting, water, reports)",
-            d.chars().take(32).collect::<String>()
-        ))),
-    }
+/// The commune and domain parameters as the live protocol's filter (one place decides what a
+/// list may show).
+fn place_filter(q: &ListQuery) -> Result<Filter, ApiError> {
+    let filter = Filter {
+        communes: communes(&q.commune)?.unwrap_or_default(),
+        domains: q.domain.iter().cloned().collect(),
+        ..Default::default()
+    };
+    filter.validate().map_err(ApiError::bad_request)?;
+    Ok(filter)
 }
 
 #[derive(Serialize)]
@@ -171,14 +172,9 @@ async fn assets(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<
 }
 
 pub fn list_assets(state: &ApiState, q: ListQuery) -> Result<Listed<AssetState>, ApiError> {
-    let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
+    let (filter, limit) = (place_filter(&q)?, limit(q.limit)?);
     let (items, seq) = state.live.read(|view| {
-        let mut items: Vec<AssetState> = view
-            .assets()
-            .filter(|a| communes.as_ref().is_none_or(|c| c.contains(&a.commune)))
-            .filter(|a| domain.as_ref().is_none_or(|d| *d == a.domain))
-            .cloned()
-            .collect();
+        let mut items: Vec<AssetState> = view.assets().filter(|a| filter.allows_asset(a)).cloned().collect();
         items.sort_by(|a, b| (&a.domain, &a.id).cmp(&(&b.domain, &b.id)));
         items.truncate(limit);
         (items, view.applied_seq())
@@ -203,7 +199,7 @@ async fn alarms(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<
 }
 
 pub fn list_alarms(state: &ApiState, q: ListQuery) -> Result<Listed<AlarmState>, ApiError> {
-    let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
+    let (filter, limit) = (place_filter(&q)?, limit(q.limit)?);
     if let Some(s) = &q.severity
         && !["warning", "minor", "major", "critical"].contains(&s.as_str())
     {
@@ -218,8 +214,7 @@ pub fn list_alarms(state: &ApiState, q: ListQuery) -> Result<Listed<AlarmState>,
     let (items, seq) = state.live.read(|view| {
         let mut items: Vec<AlarmState> = view
             .alarms()
-            .filter(|a| communes.as_ref().is_none_or(|c| c.contains(&a.commune)))
-            .filter(|a| domain.as_ref().is_none_or(|d| *d == a.domain))
+            .filter(|a| filter.allows_alarm(a))
             .filter(|a| q.severity.as_ref().is_none_or(|s| *s == a.severity))
             .filter(|a| q.state.as_ref().is_none_or(|s| in_state(a, s, &now)))
             .cloned()
@@ -237,14 +232,9 @@ async fn kpis(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Js
 }
 
 pub fn list_kpis(state: &ApiState, q: ListQuery) -> Result<Listed<KpiState>, ApiError> {
-    let (communes, domain) = (communes(&q.commune)?, domain(&q.domain)?);
+    let filter = place_filter(&q)?;
     let (items, seq) = state.live.read(|view| {
-        let mut items: Vec<KpiState> = view
-            .kpis()
-            .filter(|k| communes.as_ref().is_none_or(|c| c.contains(&k.commune)))
-            .filter(|k| domain.as_ref().is_none_or(|d| *d == k.domain))
-            .cloned()
-            .collect();
+        let mut items: Vec<KpiState> = view.kpis().filter(|k| filter.allows_kpi(k)).cloned().collect();
         items.sort_by(|a, b| (&a.domain, &a.commune).cmp(&(&b.domain, &b.commune)));
         (items, view.applied_seq())
     });
@@ -259,17 +249,11 @@ async fn commands(
 }
 
 pub fn list_commands(state: &ApiState, q: ListQuery) -> Result<Listed<CommandState>, ApiError> {
-    let (communes, domain, limit) = (communes(&q.commune)?, domain(&q.domain)?, limit(q.limit)?);
+    let (filter, limit) = (place_filter(&q)?, limit(q.limit)?);
     let (items, seq) = state.live.read(|view| {
         // Newest first (ids are UUIDv7).
-        let items: Vec<CommandState> = view
-            .commands()
-            .rev()
-            .filter(|c| communes.as_ref().is_none_or(|l| l.contains(&c.commune)))
-            .filter(|c| domain.as_ref().is_none_or(|d| *d == c.domain))
-            .take(limit)
-            .cloned()
-            .collect();
+        let items: Vec<CommandState> =
+            view.commands().rev().filter(|c| filter.allows_command(c)).take(limit).cloned().collect();
         (items, view.applied_seq())
     });
     Ok(Listed { items, seq })

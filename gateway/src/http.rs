@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{Delta, Live, Start};
+use crate::live::{Delta, Live, Start, upstream};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -50,7 +50,7 @@ async fn console_missing() -> impl IntoResponse {
 }
 
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let nats = matches!(state.nats.connection_state(), async_nats::connection::State::Connected);
+    let nats = upstream(&state.nats) == Upstream::Live;
     Json(serde_json::json!({
         "status": "ok",
         "nats": if nats { "connected" } else { "disconnected" },
@@ -123,20 +123,12 @@ impl Out {
 
 /// Sends how a session starts; false when the client is gone.
 async fn send_start(out: &mut Out, start: Start) -> bool {
-    match start {
-        Start::Snapshot(json) => out.text(&json).await,
-        Start::Resumed { from, missed } => {
-            if !out.send(frame(ServerMessage::Resumed { from })).await {
-                return false;
-            }
-            for delta in missed {
-                if !out.text(&delta.json).await {
-                    return false;
-                }
-            }
-            true
+    for frame in start.frames() {
+        if !out.text(&frame).await {
+            return false;
         }
     }
+    true
 }
 
 /// One client: a snapshot (or a resume), then deltas, under the session's filter; heartbeats both
@@ -241,12 +233,7 @@ async fn session(socket: WebSocket, state: AppState, resume_from: Option<u64>, m
                     out.close(close_code::NO_HEARTBEAT, "nothing heard from the client; reconnect and resume").await;
                     return;
                 }
-                let upstream = if matches!(state.nats.connection_state(), async_nats::connection::State::Connected) {
-                    Upstream::Live
-                } else {
-                    Upstream::Stale
-                };
-                let beat = frame(ServerMessage::Heartbeat { seq: state.live.applied_seq(), upstream });
+                let beat = frame(ServerMessage::Heartbeat { seq: state.live.applied_seq(), upstream: upstream(&state.nats) });
                 if !out.send(beat).await || !out.send(Message::Ping(Default::default())).await {
                     return;
                 }
@@ -280,39 +267,30 @@ enum Request {
     Subscribe { filter: Filter, resume_from: Option<u64>, coalesce: Option<bool> },
 }
 
+/// What one client text frame asks: a subscription, or an answer (a pong, or an error).
 fn request(text: &str) -> Request {
+    let error = |code, message| Request::Answer(frame(ServerMessage::Error { code, message }));
     match serde_json::from_str::<ClientFrame>(text) {
-        Ok(ClientFrame { v, message: ClientMessage::Subscribe { filter, resume_from, coalesce } })
-            if v == PROTOCOL_VERSION =>
-        {
+        Ok(ClientFrame { v, .. }) if v != PROTOCOL_VERSION => error(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {v} is not supported; this gateway speaks {PROTOCOL_VERSION}"),
+        ),
+        Ok(ClientFrame { message: ClientMessage::Ping, .. }) => Request::Answer(frame(ServerMessage::Pong)),
+        Ok(ClientFrame { message: ClientMessage::Subscribe { filter, resume_from, coalesce }, .. }) => {
             match filter.validate() {
                 Ok(()) => Request::Subscribe { filter, resume_from, coalesce },
-                Err(message) => Request::Answer(frame(ServerMessage::Error { code: ErrorCode::BadFilter, message })),
+                Err(message) => error(ErrorCode::BadFilter, message),
             }
         }
-        _ => Request::Answer(answer(text)),
-    }
-}
-
-/// The answer to one client text frame.
-fn answer(text: &str) -> Message {
-    let version =
-        serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("v").and_then(|v| v.as_u64()));
-    match serde_json::from_str::<ClientFrame>(text) {
-        Ok(ClientFrame { v, .. }) if v != PROTOCOL_VERSION => frame(ServerMessage::Error {
-            code: ErrorCode::UnsupportedVersion,
-            message: format!("protocol version {v} is not supported; this gateway speaks {PROTOCOL_VERSION}"),
-        }),
-        Ok(ClientFrame { message: ClientMessage::Ping, .. }) => frame(ServerMessage::Pong),
-        // Handled by `request`; never reached with a valid version.
-        Ok(ClientFrame { message: ClientMessage::Subscribe { .. }, .. }) => frame(ServerMessage::Pong),
-        Err(e) => frame(ServerMessage::Error {
-            code: if version.is_some_and(|v| v != u64::from(PROTOCOL_VERSION)) {
+        Err(e) => {
+            let version =
+                serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("v").and_then(|v| v.as_u64()));
+            let code = if version.is_some_and(|v| v != u64::from(PROTOCOL_VERSION)) {
                 ErrorCode::UnsupportedVersion
             } else {
                 ErrorCode::BadMessage
-            },
-            message: format!("not a message of protocol {PROTOCOL_VERSION}: {e}"),
-        }),
+            };
+            error(code, format!("not a message of protocol {PROTOCOL_VERSION}: {e}"))
+        }
     }
 }

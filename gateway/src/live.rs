@@ -51,6 +51,15 @@ impl Delta {
     }
 }
 
+/// Whether the gateway is live on the event stream (heartbeats say so to every client).
+pub fn upstream(nats: &async_nats::Client) -> proto::live::Upstream {
+    if matches!(nats.connection_state(), async_nats::connection::State::Connected) {
+        proto::live::Upstream::Live
+    } else {
+        proto::live::Upstream::Stale
+    }
+}
+
 /// How a session starts or restarts.
 pub enum Start {
     /// The whole (filtered) view, then the deltas after it.
@@ -58,6 +67,20 @@ pub enum Start {
     /// The deltas the client missed since the sequence it gave (already filtered), then the
     /// live ones.
     Resumed { from: u64, missed: Vec<Arc<Delta>> },
+}
+
+impl Start {
+    /// The frames (JSON text) that start the session, in order, whatever carries them.
+    pub fn frames(self) -> Vec<Arc<str>> {
+        match self {
+            Start::Snapshot(json) => vec![Arc::from(json)],
+            Start::Resumed { from, missed } => {
+                let resumed =
+                    serde_json::to_string(&ServerFrame::new(ServerMessage::Resumed { from })).unwrap_or_default();
+                std::iter::once(Arc::from(resumed)).chain(missed.into_iter().map(|d| d.json.clone())).collect()
+            }
+        }
+    }
 }
 
 pub struct Live {

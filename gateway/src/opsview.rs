@@ -1,7 +1,7 @@
 //! The gRPC face of the operations view (`vigie.ops.v1.OpsView`), for integrating systems: the
 //! same live stream as the WebSocket (frames as JSON text) and the same queries as the REST API.
 
-use proto::live::{Filter, ServerFrame, ServerMessage, Upstream};
+use proto::live::{Filter, ServerFrame, ServerMessage};
 use proto::ops::ops_view_server::OpsView;
 use proto::ops::{AuditRequest, JsonAnswer, ListRequest, LiveFrame, SubscribeRequest};
 use std::pin::Pin;
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::api::{self, ApiError, ApiState, AuditParams, ListQuery};
-use crate::live::{Delta, Start};
+use crate::live::{Delta, Start, upstream};
 
 /// Frames buffered per stream; a stream that does not keep up falls behind the broadcast and
 /// gets a fresh snapshot.
@@ -79,12 +79,7 @@ impl OpsView for OpsViewApi {
         let (nats, every) = (self.nats.clone(), self.heartbeat);
         tokio::spawn(async move {
             let send_start = |start: Start| -> Vec<LiveFrame> {
-                match start {
-                    Start::Snapshot(json) => vec![LiveFrame { json }],
-                    Start::Resumed { from, missed } => std::iter::once(frame(ServerMessage::Resumed { from }))
-                        .chain(missed.iter().map(|d| LiveFrame { json: d.json.to_string() }))
-                        .collect(),
-                }
+                start.frames().iter().map(|json| LiveFrame { json: json.to_string() }).collect()
             };
             for f in send_start(start) {
                 if sender.send(Ok(f)).await.is_err() {
@@ -112,12 +107,7 @@ impl OpsView for OpsViewApi {
                         Err(RecvError::Closed) => return,
                     },
                     _ = heartbeat.tick() => {
-                        let upstream = if matches!(nats.connection_state(), async_nats::connection::State::Connected) {
-                            Upstream::Live
-                        } else {
-                            Upstream::Stale
-                        };
-                        let beat = frame(ServerMessage::Heartbeat { seq: live.applied_seq(), upstream });
+                        let beat = frame(ServerMessage::Heartbeat { seq: live.applied_seq(), upstream: upstream(&nats) });
                         if sender.send(Ok(beat)).await.is_err() {
                             return;
                         }

@@ -326,11 +326,7 @@ impl Reports {
 
     /// Publishes every commune's KPIs (see [`crate::kpi`]).
     pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), ReportError> {
-        let kpis = {
-            let state = self.state.lock().await;
-            let requests: Vec<ServiceRequest> = state.requests.values().cloned().collect();
-            crate::kpi::per_commune(&requests, now)
-        };
+        let kpis = crate::kpi::per_commune(self.state.lock().await.requests.values(), now);
         let mut events = Vec::with_capacity(kpis.len());
         for kpi in kpis {
             let commune = CommuneId::parse(&kpi.commune).map_err(|e| ReportError::Event(e.to_string()))?;

@@ -13,7 +13,7 @@ fn closes(status: ReportStatus) -> bool {
 }
 
 /// The KPIs of every commune with reports, as of `now`.
-pub fn per_commune(requests: &[ServiceRequest], now: SystemTime) -> Vec<ReportsKpi> {
+pub fn per_commune<'a>(requests: impl IntoIterator<Item = &'a ServiceRequest>, now: SystemTime) -> Vec<ReportsKpi> {
     let now_s = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let mut kpis: BTreeMap<&str, (ReportsKpi, Vec<i64>)> = BTreeMap::new();
     for r in requests {

@@ -1,5 +1,5 @@
-//! Prometheus metrics (OpenMetrics text at `/metrics`), the same for every process: each has one
-//! registry, holding what every process measures (events published by the outbox, its depth,
+//! Prometheus metrics (OpenMetrics text at `/metrics`), the same for the gateway and every domain
+//! service: each process has one registry, holding what they all measure (events published by the outbox, its depth,
 //! field messages accepted and refused) and what its own crate registers.
 
 use prometheus_client::encoding::text::encode;
@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use tokio_util::sync::CancellationToken;
 
-/// What every process measures.
+/// What the gateway and every domain service measure.
 pub struct Metrics {
     registry: Mutex<Registry>,
     /// Events the outbox relay published and JetStream acknowledged.

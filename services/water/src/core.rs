@@ -76,7 +76,6 @@ struct State {
     /// Usable pressure readings per sensor, for the burst rule.
     pressures: HashMap<String, Series>,
     alarms: BTreeMap<String, ActiveAlarm>,
-    closed_links: BTreeSet<String>,
     /// Zones with new inflow samples since the burst rule last looked.
     dirty_zones: BTreeSet<String>,
 }
@@ -144,7 +143,6 @@ impl Water {
             };
             quality.restore(subject, vec![flag], wall_seconds());
         }
-        let closed_links = store.closed_links()?.into_iter().collect();
         let pending: Vec<ValveCommand> =
             store.commands()?.into_iter().filter(|c| c.status == ValveCommandStatus::Pending as i32).collect();
         tracing::info!(
@@ -165,7 +163,6 @@ impl Water {
                 zones,
                 pressures: HashMap::new(),
                 alarms,
-                closed_links,
                 dirty_zones: BTreeSet::new(),
             }),
             controllers: Mutex::new(HashMap::new()),
@@ -766,18 +763,8 @@ impl Water {
             Payload::ValveCommand(command.clone()),
         ))?);
         batch.commands.push(command.clone());
-        {
-            let mut state = self.state();
-            if let Some((link, closed)) = &link {
-                if *closed {
-                    state.closed_links.insert(link.clone());
-                } else {
-                    state.closed_links.remove(link);
-                }
-            }
-            batch.links.extend(link);
-            self.store.write(batch)?;
-        }
+        batch.links.extend(link);
+        self.store.write(batch)?;
         self.commit().await
     }
 
@@ -839,10 +826,6 @@ impl Water {
         };
         tracing::info!(command = %command.id, status = command.status, "valve command result");
         self.save_command(&command, link).await
-    }
-
-    pub fn closed_links(&self) -> Vec<String> {
-        self.state().closed_links.iter().cloned().collect()
     }
 
     fn expire_at_deadline(self: Arc<Self>, command: &ValveCommand) {

@@ -76,7 +76,7 @@ impl NetworkModel {
             let middle = Position { lat: (to.1.lat + from.1.lat) / 2.0, lon: (to.1.lon + from.1.lon) / 2.0 };
             (to.0.or(from.0), middle, to.2.or(from.2))
         } else {
-            return Err(format!("{id:?} is neither a node nor a link of the network"));
+            return Err(format!("{:?} is neither a node nor a link of the network", shown(id)));
         };
         let commune = commune.ok_or_else(|| format!("{id} lies outside every commune of the territory"))?;
         Ok((commune, position, dma.map(|k| self.dmas[k].id.clone()).unwrap_or_default()))
@@ -93,14 +93,15 @@ impl NetworkModel {
         if on_node.is_none() && on_link.is_none() {
             return Err(format!(
                 "sensor {}: {:?} is neither a node nor a link of the network",
-                sensor.id, sensor.element_id
+                sensor.id,
+                shown(&sensor.element_id)
             ));
         }
         let mut measures = Vec::new();
         for name in &sensor.measures {
             let measure = Measure::from_name(name).ok_or_else(|| {
                 let known: Vec<&str> = Measure::ALL.iter().map(|m| m.name()).collect();
-                format!("sensor {}: unknown measure {name:?} (one of {})", sensor.id, known.join(", "))
+                format!("sensor {}: unknown measure {:?} (one of {})", sensor.id, shown(name), known.join(", "))
             })?;
             let fits = match measure {
                 Measure::Flow => on_link.is_some(),
@@ -156,9 +157,14 @@ impl NetworkModel {
         match self.network.link(link) {
             Some(l) if l.kind == LinkKind::Pump => Err(format!("{link} is a pump, not a valve")),
             Some(_) => Ok(()),
-            None => Err(format!("link {link:?} is not in the network")),
+            None => Err(format!("link {:?} is not in the network", shown(link))),
         }
     }
+}
+
+/// An identifier from a request as an error message echoes it: at most an asset id's length.
+fn shown(text: &str) -> String {
+    text.chars().take(proto::ids::AssetId::MAX_LEN).collect()
 }
 
 /// Convex hull (Andrew's monotone chain), counter-clockwise, not closed.

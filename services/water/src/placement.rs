@@ -26,6 +26,12 @@ pub struct Placement {
 
 impl Placement {
     pub fn read(path: &std::path::Path) -> Result<Placement, String> {
+        // A placement is a few numbers; anything larger is not one.
+        const MAX_BYTES: u64 = 1024 * 1024;
+        let size = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+        if size > MAX_BYTES {
+            return Err(format!("{}: {size} bytes, more than {MAX_BYTES}", path.display()));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let p: Placement = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let finite =

@@ -67,6 +67,8 @@ pub struct Store {
     sensors: sled::Tree,
     alarms: sled::Tree,
     commands: sled::Tree,
+    /// Links whose valve a command closed (the network's state as operated). Written with the
+    /// commands; nothing reads it yet (a network-state query comes with the console's water layer).
     closed_links: sled::Tree,
     zones: sled::Tree,
     outbox: Outbox,
@@ -109,15 +111,6 @@ impl Store {
                 message: e.to_string(),
             }),
         }
-    }
-
-    pub fn closed_links(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.closed_links.iter() {
-            let (key, _) = item?;
-            out.push(String::from_utf8_lossy(&key).into_owned());
-        }
-        Ok(out)
     }
 
     pub fn zones(&self) -> Result<Vec<(String, ZoneMemory)>, StoreError> {
