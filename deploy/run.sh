@@ -11,6 +11,7 @@
 #
 # Environment (all optional):
 #   VIGIE_TERRITORY          territory folder (default ../shared/data/montpellier-mediterranee-metropole)
+#   VIGIE_PROFILE            cargo profile: release (default) or dev (quicker to build, slower)
 #   VIGIE_HTTP_PORT          console and WebSocket port (default 8080)
 #   VIGIE_NATS_PORT          NATS client port (default 4222); monitoring on VIGIE_NATS_MONITOR_PORT (8222)
 #   VIGIE_TRANSPORT_HTTP_PORT  GTFS-Realtime feeds' port (default 8062)
@@ -52,8 +53,14 @@ nats_server="$(deploy/install-tools.sh | tail -n 1)"
 echo "building the console" >&2
 (cd ui-client && npm ci --no-fund --no-audit --loglevel=error && npm run build --silent) >&2
 
-echo "building the services (release)" >&2
-cargo build --release --bins --quiet
+profile="${VIGIE_PROFILE:-release}"
+case "$profile" in
+  release) bin=target/release ;;
+  dev) bin=target/debug ;;
+  *) echo "VIGIE_PROFILE is release or dev, not $profile" >&2; exit 2 ;;
+esac
+echo "building the services ($profile)" >&2
+cargo build --profile "$profile" --bins --quiet
 
 mkdir -p var/logs
 pids=()
@@ -84,28 +91,28 @@ wait_for "nats-server" "http://127.0.0.1:${nats_monitor_port}/healthz?js-enabled
 export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
 export VIGIE_TERRITORY="$territory"
 
-target/release/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting --metrics-addr 127.0.0.1:9161 \
+"$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting --metrics-addr 127.0.0.1:9161 \
   >var/logs/lighting.log 2>&1 &
 pids+=($!)
-target/release/vigie-transport --grpc-addr "$transport_addr" --http-addr "$transport_http_addr" --store var/transport \
+"$bin"/vigie-transport --grpc-addr "$transport_addr" --http-addr "$transport_http_addr" --store var/transport \
   --metrics-addr 127.0.0.1:9162 \
   >var/logs/transport.log 2>&1 &
 pids+=($!)
-target/release/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
+"$bin"/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
   --metrics-addr 127.0.0.1:9164 \
   >var/logs/reports.log 2>&1 &
 pids+=($!)
-target/release/vigie-water --grpc-addr "$water_addr" --store var/water --metrics-addr 127.0.0.1:9163 \
+"$bin"/vigie-water --grpc-addr "$water_addr" --store var/water --metrics-addr 127.0.0.1:9163 \
   >var/logs/water.log 2>&1 &
 pids+=($!)
-target/release/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
+"$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
   --lighting-url "http://${lighting_addr}" --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" \
   --grpc-addr 127.0.0.1:50060 \
   >var/logs/gateway.log 2>&1 &
 pids+=($!)
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
 
-target/release/vigie-simulator --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
+"$bin"/vigie-simulator --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
   --reports-url "http://${reports_addr}" --water-url "http://${water_addr}" \
   >var/logs/simulator.log 2>&1 &
 pids+=($!)

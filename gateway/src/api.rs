@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use proto::event;
 use proto::ids::{AlarmKey, AssetId, CommuneId};
 use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, Filter, KpiState};
-use proto::ops::{AlarmAction, AlarmActionKind};
+use proto::ops::{AlarmAction, AlarmActionKind, LogbookEntry};
 use proto::v1::event::Payload;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -52,6 +52,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/assets", get(assets))
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/alarms/actions", post(alarm_action))
+        .route("/api/v1/logbook", post(logbook_entry))
         .route("/api/v1/kpis", get(kpis))
         .route("/api/v1/commands", get(commands))
         .route("/api/v1/audit", get(audit))
@@ -391,6 +392,51 @@ async fn alarm_action(
     let alarm = state.live.read(|view| view.alarm(key.as_str()).cloned());
     let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(ActionAnswer { event_id, alarm })).into_response())
+}
+
+/// A free-text entry of the log book.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogbookRequest {
+    actor: String,
+    /// The commune it concerns (INSEE code).
+    commune: String,
+    text: String,
+}
+
+#[derive(Serialize)]
+struct LogbookAnswer {
+    event_id: String,
+    /// The entry as the audit log has it (absent when this gateway has not applied it yet).
+    entry: Option<AuditEntry>,
+}
+
+async fn logbook_entry(
+    State(state): State<ApiState>,
+    body: Result<Json<LogbookRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(ApiError::from_json)?;
+    text("actor", &request.actor, 64, true)?;
+    text("text", &request.text, MAX_COMMENT_CHARS, true)?;
+    let commune = CommuneId::parse(&request.commune).map_err(|e| ApiError::bad_request(format!("commune: {e}")))?;
+    let actor = request.actor.trim().to_owned();
+    let entry = LogbookEntry { actor: actor.clone(), text: request.text.trim().to_owned() };
+    let asset = AssetId::parse("logbook").map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let now = event::timestamp(SystemTime::now());
+    let checked = event::check(event::new_event(&commune, &asset, now, None, Payload::LogbookEntry(entry)))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let event_id = checked.event.id.clone();
+    let seq = publish(&state.js, &checked).await?;
+    let applied = state.live.wait_applied(seq, READ_YOUR_WRITE).await;
+    let query =
+        AuditQuery { communes: None, actor: Some(actor), action: Some("note".into()), from: None, to: None, limit: 20 };
+    let entry = if applied {
+        state.store.audit(&query).ok().and_then(|list| list.into_iter().find(|e| e.event_id == event_id))
+    } else {
+        None
+    };
+    let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(LogbookAnswer { event_id, entry })).into_response())
 }
 
 /// Publishes an operator's event and waits for JetStream's acknowledgement (then it is durable);

@@ -2,6 +2,9 @@
 //! operate a valve, move a citizen report on. The service validates and records the command (who,
 //! why, when); its events then reach the view and the audit log like any other. The answer is the
 //! command as the service accepted it (pending), or the service's refusal with its reason.
+//!
+//! Also the one query the view does not hold: the water network's district metered areas (their
+//! outline on the console's map), asked of the water service.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -49,6 +52,7 @@ pub fn router(services: Services) -> Router {
         .route("/api/v1/commands/lighting", post(lighting))
         .route("/api/v1/commands/valve", post(valve))
         .route("/api/v1/reports/status", post(report_status))
+        .route("/api/v1/water/dmas", axum::routing::get(water_dmas))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(services)
 }
@@ -248,4 +252,23 @@ async fn report_status(
         status_notes: changed.status_notes,
     })
     .into_response())
+}
+
+/// `GET /api/v1/water/dmas`: the water service's district metered areas, with their outline.
+async fn water_dmas(State(services): State<Services>) -> Result<Response, ApiError> {
+    let mut client = WaterServiceClient::new(channel(&services.water, "water")?);
+    let answer = client
+        .list_dmas(proto::water::ListDmasRequest {})
+        .await
+        .map_err(|status| refused("water", status))?
+        .into_inner();
+    let dmas: Vec<serde_json::Value> = answer
+        .dmas
+        .iter()
+        .map(|d| {
+            let hull: Vec<[f64; 2]> = d.hull.iter().map(|p| [p.lon, p.lat]).collect();
+            serde_json::json!({"id": d.id, "commune": d.commune, "zone": d.zone, "junctions": d.junctions, "hull": hull})
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"dmas": dmas, "flow_unit": answer.flow_unit})).into_response())
 }

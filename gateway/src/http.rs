@@ -62,11 +62,14 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 /// `/ws?resume_from=<seq>`: start with the deltas missed since `seq` (a client reconnecting after
 /// a network loss) rather than a snapshot, when the gateway still has them.
 /// `coalesce=false`: every asset update (see `ClientMessage::Subscribe`).
+/// `communes=34172,34129`: the session starts under that filter (a console showing one commune
+/// does not first receive the whole territory's snapshot); `subscribe` may change it later.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WsParams {
     resume_from: Option<u64>,
     coalesce: Option<bool>,
+    communes: Option<String>,
 }
 
 async fn websocket(
@@ -74,13 +77,20 @@ async fn websocket(
     State(state): State<AppState>,
     params: Result<axum::extract::Query<WsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (resume_from, coalesce) = match params {
-        Ok(axum::extract::Query(p)) => (p.resume_from, p.coalesce.unwrap_or(true)),
+    let (resume_from, coalesce, communes) = match params {
+        Ok(axum::extract::Query(p)) => (p.resume_from, p.coalesce.unwrap_or(true), p.communes),
         Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
+    let filter = Filter {
+        communes: communes.iter().flat_map(|list| list.split(',')).map(|c| c.trim().to_owned()).collect(),
+        ..Default::default()
+    };
+    if let Err(message) = filter.validate() {
+        return (axum::http::StatusCode::BAD_REQUEST, format!("communes: {message}")).into_response();
+    }
     ws.max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
-        .on_upgrade(move |socket| session(socket, state, resume_from, coalesce))
+        .on_upgrade(move |socket| session(socket, state, filter, resume_from, coalesce))
 }
 
 fn frame(message: ServerMessage) -> Message {
@@ -134,11 +144,16 @@ async fn send_start(out: &mut Out, start: Start) -> bool {
 /// One client: a snapshot (or a resume), then deltas, under the session's filter; heartbeats both
 /// ways. A client that falls more than the broadcast buffer behind gets a fresh snapshot rather
 /// than a gap; one that stays silent is closed.
-async fn session(socket: WebSocket, state: AppState, resume_from: Option<u64>, mut coalescing: bool) {
+async fn session(
+    socket: WebSocket,
+    state: AppState,
+    mut filter: Filter,
+    resume_from: Option<u64>,
+    mut coalescing: bool,
+) {
     let _counted = crate::metrics::SessionGuard::start();
     let (sink, mut incoming) = socket.split();
     let mut out = Out { sink, limit: state.heartbeat * HEARTBEATS_BEFORE_DEAD };
-    let mut filter = Filter::default();
     let (start, mut deltas) = state.live.subscribe(&filter, resume_from);
     if !send_start(&mut out, start).await {
         return;

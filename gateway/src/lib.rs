@@ -7,10 +7,12 @@
 //! - [`opsview`]: the gRPC face (`vigie.ops.v1.OpsView`): the live stream and the queries.
 //! - [`metrics`]: the gateway's Prometheus metrics (served at `/metrics` with the common ones).
 //! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
+//! - [`basemap`]: the territory for the console (communes, offline basemap as GeoJSON).
 //! - [`api`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
 //!   document; [`commands`]: operators' commands over REST, routed to the services over gRPC.
 
 pub mod api;
+pub mod basemap;
 pub mod commands;
 pub mod consumer;
 pub mod http;
@@ -64,6 +66,11 @@ pub struct Config {
     #[arg(long, env = "VIGIE_GATEWAY_HEARTBEAT", default_value = "5s", value_parser = runtime::config::parse_duration)]
     pub heartbeat: std::time::Duration,
 
+    /// Territory folder (communes.geojson, streets.geojson): the console's commune selector and
+    /// offline basemap. Without it the console shows the live assets on a blank background.
+    #[arg(long, env = "VIGIE_TERRITORY")]
+    pub territory: Option<PathBuf>,
+
     /// Folder of the built console (served at `/` when present).
     #[arg(long, env = "VIGIE_UI_DIR", default_value = "ui-client/dist")]
     pub ui_dir: PathBuf,
@@ -74,6 +81,7 @@ pub struct Config {
 
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     proto::ids::AssetId::parse_as("consumer name", &config.consumer).context("--consumer")?;
+    let basemap = basemap::Basemap::load(config.territory.as_deref()).context("reading --territory")?;
     let store =
         store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
     let loaded = store.load().context("loading the view")?;
@@ -128,6 +136,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     )?;
     let app = api::router(api)
         .merge(commands::router(services))
+        .merge(basemap::router(basemap))
         .merge(runtime::metrics::router(move || {
             metrics::get().applied_seq.set(scraped.applied_seq() as i64);
         }))

@@ -188,6 +188,8 @@ impl OperationsView {
                 self.report(&summary, event, request)
             }
             Payload::ReportCreated(_) | Payload::ReportUpdated(_) => return None,
+            // Only in the audit log.
+            Payload::LogbookEntry(_) => return None,
             Payload::ReportsKpi(kpi) => self.kpi(
                 &summary,
                 &[
@@ -579,8 +581,9 @@ pub fn command_state(domain: &str, c: &LightingCommand) -> CommandState {
     }
 }
 
-/// The audit entry an event makes, if it records an operator's act: an alarm action, a command
-/// requested, a report's status changed by someone other than the citizen.
+/// The audit entry an event makes, if it records an operator's act: an alarm action, a log book
+/// entry (`note`), a command requested, a report's status changed by someone other than the
+/// citizen.
 fn audit_entry(summary: &EventSummary, event: &CheckedEvent, seq: u64) -> Option<AuditEntry> {
     let entry = |actor: &str, action: &str, target: &str, details: Vec<(&str, String)>| AuditEntry {
         seq,
@@ -612,6 +615,7 @@ fn audit_entry(summary: &EventSummary, event: &CheckedEvent, seq: u64) -> Option
                 vec![("assignee", a.assignee.clone()), ("comment", a.comment.clone()), ("shelved_until", until)],
             ))
         }
+        Payload::LogbookEntry(e) => Some(entry(&e.actor, "note", "logbook", vec![("text", e.text.clone())])),
         // A command's first event: requested, nothing confirmed yet.
         Payload::LightingCommand(c)
             if c.status == CommandStatus::Pending as i32 && c.lamps_applied + c.lamps_failed == 0 =>

@@ -31,6 +31,7 @@ pub enum EventKind {
     ValveCommand,
     WaterKpi,
     AlarmAction,
+    LogbookEntry,
 }
 
 impl EventKind {
@@ -58,6 +59,7 @@ impl EventKind {
             EventKind::ValveCommand => "command_updated",
             EventKind::WaterKpi => "kpi",
             EventKind::AlarmAction => "alarm_action",
+            EventKind::LogbookEntry => "logbook_entry",
         }
     }
 
@@ -82,7 +84,7 @@ impl EventKind {
             | EventKind::WaterAlarmCleared
             | EventKind::ValveCommand
             | EventKind::WaterKpi => Domain::Water,
-            EventKind::AlarmAction => Domain::Ops,
+            EventKind::AlarmAction | EventKind::LogbookEntry => Domain::Ops,
         }
     }
 }
@@ -112,6 +114,7 @@ impl Payload {
             Payload::ValveCommand(_) => EventKind::ValveCommand,
             Payload::WaterKpi(_) => EventKind::WaterKpi,
             Payload::AlarmAction(_) => EventKind::AlarmAction,
+            Payload::LogbookEntry(_) => EventKind::LogbookEntry,
         }
     }
 }

@@ -250,6 +250,21 @@ impl Process {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Freezes the process (SIGSTOP): alive, connections open, silent. `resume` undoes it.
+    pub fn pause(&self) -> Result<()> {
+        signal(
+            self.child.as_ref().ok_or_else(|| anyhow!("{} is not running", self.name))?,
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        signal(
+            self.child.as_ref().ok_or_else(|| anyhow!("{} is not running", self.name))?,
+            nix::sys::signal::Signal::SIGCONT,
+        )
+    }
+
     /// SIGKILL: no cleanup at all.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -299,6 +314,27 @@ pub fn test_territory() -> Result<tempfile::TempDir> {
         "features": [square("34172", "Ouest", 3.8, 3.9), square("34129", "Est", 3.9, 4.0)]});
     std::fs::write(dir.path().join("communes.geojson"), communes.to_string())?;
     Ok(dir)
+}
+
+/// The real territory of `../shared/data` (communes, streets, streetlights, transit feed, water
+/// network), as a folder of links the test owns; `None` when the data is absent.
+pub fn real_territory() -> Result<Option<tempfile::TempDir>> {
+    let data = repo_root().join("../shared/data/montpellier-mediterranee-metropole");
+    if !data.join("communes.geojson").is_file() {
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir()?;
+    for name in ["communes.geojson", "streets.geojson", "lighting", "transit", "water"] {
+        if data.join(name).exists() {
+            std::os::unix::fs::symlink(data.join(name), dir.path().join(name))?;
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// A free TCP port on 127.0.0.1 (for a process that must come back on the same address).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Lamps along an east-west street: `n` lamps `spacing_m` apart from (lat, lon), named
@@ -381,7 +417,11 @@ impl Slice {
         let lighting_addr = lighting.wait_for_addr("gRPC listening", 0)?;
         let mut args = common("gateway");
         let ui = repo_root().join("ui-client/dist").display().to_string();
-        args.extend(["--http-addr".into(), "127.0.0.1:0".into(), "--ui-dir".into(), ui]);
+        // A test that restarts the gateway under a browser gives it a fixed port.
+        if !gateway_flags.contains(&"--http-addr") {
+            args.extend(["--http-addr".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend(["--ui-dir".into(), ui]);
         // Operators' lighting commands go through the gateway to this slice's lighting service.
         args.extend(["--lighting-url".into(), format!("http://{lighting_addr}")]);
         args.extend(gateway_flags.iter().map(|s| s.to_string()));
@@ -494,11 +534,13 @@ impl Slice {
             self.nats.url(),
             "--store".to_owned(),
             self.stores.path().join(store).display().to_string(),
-            "--grpc-addr".to_owned(),
-            "127.0.0.1:0".to_owned(),
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
         ];
+        // A free port unless the test gives one (the gateway's URL for it is set beforehand).
+        if !extra.contains(&"--grpc-addr") {
+            args.extend(["--grpc-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         // The water service has no HTTP face (its field data come over gRPC).
         if binary != "vigie-water" {
             args.extend(["--http-addr".to_owned(), "127.0.0.1:0".to_owned()]);

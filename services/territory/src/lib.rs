@@ -5,6 +5,7 @@
 //! one city is known to the code: everything comes from the folder. A missing folder or layer is not
 //! an error (the system starts and says which layers are missing); a present but broken file is.
 
+pub mod basemap;
 pub mod streetlights;
 pub mod streets;
 

@@ -1,14 +1,148 @@
-//! The console in a real browser: this test starts the system, puts known data in it, then runs
+//! The console in a real browser, against the real system: NATS, the lighting, transport,
+//! reports and water services, the gateway serving the built console, and the simulator, on the
+//! real territory of `../shared/data` when it is there (30,000 streetlights, the TaM feed, the
+//! water network), else on the two-commune test territory.
+//!
 //! `ui-client/tests/console.test.mjs` (node's test runner, playwright-core driving Debian's
-//! Chromium) against the gateway. Screenshots go to target/test-artifacts/console/.
+//! Chromium) plays the scenarios. When a scenario needs something done to the system (a lamp
+//! failing, the gateway frozen, killed or started again, a burst on the water network), it asks
+//! this test over a small HTTP control endpoint (`GET /step/<name>`), which does it and answers
+//! with JSON. Screenshots of each scenario go to target/test-artifacts/console/.
 
 use anyhow::{Context, Result, bail};
 use proto::lighting::{
     LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
 };
-use std::process::Command;
-use std::time::SystemTime;
-use tests::{Slice, repo_root};
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+use tests::{Process, ServiceProcess, Slice, free_port, http_get_json, real_territory, repo_root, test_territory};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The pipe the simulator bursts in the water scenario (a pipe of L-Town's main area).
+const BURST_PIPE: &str = "p346";
+
+struct System {
+    slice: Slice,
+    real_data: bool,
+    water: Option<ServiceProcess>,
+    water_simulator: Option<Process>,
+    /// Lamps this test made fail, so that each step fails a new one.
+    failed: Vec<String>,
+    lamps: Vec<String>,
+}
+
+impl System {
+    /// A lamp of the inventory that has not failed yet, reported defective.
+    async fn fail_a_lamp(&mut self) -> Result<Value> {
+        let id = self.lamps.iter().find(|l| !self.failed.contains(l)).context("no lamp left to fail")?.clone();
+        let mut client = self.slice.lighting_client().await?;
+        let report = StatusReport {
+            streetlight_id: id.clone(),
+            observed_at: Some(SystemTime::now().into()),
+            status: LampStatus::DefectiveLamp as i32,
+            power_state: PowerState::On as i32,
+            ..Default::default()
+        };
+        client.report_status(ReportStatusRequest { report: Some(report) }).await?;
+        self.failed.push(id.clone());
+        Ok(json!({ "asset": id }))
+    }
+
+    async fn step(&mut self, name: &str) -> Result<Value> {
+        match name {
+            "raise-alarm" => self.fail_a_lamp().await,
+            "pause-gateway" => {
+                self.slice.gateway.pause()?;
+                Ok(json!({}))
+            }
+            "resume-gateway" => {
+                self.slice.gateway.resume()?;
+                Ok(json!({}))
+            }
+            "stop-gateway" => {
+                self.slice.gateway.kill()?;
+                Ok(json!({}))
+            }
+            // A lamp fails while the gateway is down; it comes back on the same address.
+            "start-gateway" => {
+                let failed = self.fail_a_lamp().await?;
+                let from = self.slice.gateway.restart()?;
+                self.slice.gateway.wait_for_log("HTTP listening", from)?;
+                self.slice.gateway.wait_for_log("consuming events", from)?;
+                Ok(failed)
+            }
+            "water-burst" => {
+                let Some(water) = &self.water else { bail!("no water service (real data absent)") };
+                // Three hours of the series ×1500 (about 7 s), the burst two hours in.
+                let simulator = self.slice.start_simulator(&[
+                    "--parts",
+                    "water",
+                    "--water-url",
+                    &format!("http://{}", water.grpc_addr),
+                    "--water-replay-from",
+                    "3h",
+                    "--water-speed",
+                    "1500",
+                    "--water-data-start",
+                    "2019-06-20",
+                    "--water-burst-after",
+                    "2h",
+                    "--water-burst-pipe",
+                    BURST_PIPE,
+                    "--seed",
+                    "5",
+                ])?;
+                self.water_simulator = Some(simulator);
+                Ok(json!({}))
+            }
+            "real-data" => Ok(json!({ "real_data": self.real_data })),
+            other => bail!("unknown step {other:?}"),
+        }
+    }
+}
+
+/// Serves one control request: `GET /step/<name>`.
+async fn control(system: &mut System, mut stream: tokio::net::TcpStream) -> Result<()> {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = stream.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..n]);
+    }
+    let text = String::from_utf8_lossy(&request);
+    let path = text.split_whitespace().nth(1).unwrap_or("");
+    let name = path.strip_prefix("/step/").unwrap_or("");
+    eprintln!("[console test] step {name}");
+    let (status, body) = match system.step(name).await {
+        Ok(answer) => ("200 OK", answer),
+        Err(e) => ("500 Internal Server Error", json!({ "error": format!("{e:#}") })),
+    };
+    let body = body.to_string();
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    Ok(())
+}
+
+/// Waits until the gateway's view holds at least `n` assets.
+async fn wait_assets(gateway: &str, n: u64) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (_, health) = http_get_json(gateway, "/health")?;
+        let assets = health["assets"].as_u64().unwrap_or(0);
+        if assets >= n {
+            return Ok(assets);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the view has {assets} assets, fewer than {n}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
 
 #[tokio::test]
 async fn console_in_a_browser() -> Result<()> {
@@ -28,40 +162,128 @@ async fn console_in_a_browser() -> Result<()> {
         }
     }
 
-    let slice = Slice::start().await?;
-    let mut client = slice.lighting_client().await?;
-    let lights: Vec<Streetlight> = ["EPA1", "EPA2", "EPB1"]
-        .iter()
-        .enumerate()
-        .map(|(i, id)| Streetlight { id: (*id).into(), lat: 43.6, lon: 3.85 + i as f64 * 0.01, ..Default::default() })
-        .collect();
-    client.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
-    // One lamp out: a lamp_failure alarm, "Lampe en panne" in the console.
-    let report = StatusReport {
-        streetlight_id: "EPB1".into(),
-        observed_at: Some(SystemTime::now().into()),
-        status: LampStatus::DefectiveLamp as i32,
-        power_state: PowerState::On as i32,
-        ..Default::default()
+    let (territory, real_data) = match real_territory()? {
+        Some(dir) => (dir, true),
+        None => {
+            eprintln!(
+                "NOTE console_in_a_browser: ../shared/data is absent: the test territory, no transport nor water"
+            );
+            (test_territory()?, false)
+        }
     };
-    client.report_status(ReportStatusRequest { report: Some(report) }).await?;
+    let territory_path = territory.path().display().to_string();
+    let gateway_addr = format!("127.0.0.1:{}", free_port()?);
+    let (water_addr, reports_addr) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+    let (water_url, reports_url) = (format!("http://{water_addr}"), format!("http://{reports_addr}"));
+    let mut gateway_flags = vec![
+        "--http-addr",
+        &gateway_addr,
+        "--heartbeat",
+        "1s",
+        "--territory",
+        &territory_path,
+        "--reports-url",
+        &reports_url,
+    ];
+    if real_data {
+        gateway_flags.extend(["--water-url", water_url.as_str()]);
+    }
+    let slice = Slice::start_full(territory, &["--kpi-interval", "2s"], &gateway_flags).await?;
+    let reports = slice.start_reports(&["--grpc-addr", &reports_addr, "--kpi-interval", "2s"]).await?;
+    let mut services = vec![reports];
+    let mut water = None;
+    let mut simulator_args = vec!["--seed".to_owned(), "3".to_owned(), "--reports-url".to_owned(), reports_url.clone()];
+    let lamps: Vec<String>;
+    if real_data {
+        let transport = slice.start_transport(&["--kpi-interval", "2s"]).await?;
+        simulator_args.extend([
+            "--parts".into(),
+            "lighting,transport,reports".into(),
+            "--transport-url".into(),
+            format!("http://{}", transport.grpc_addr),
+        ]);
+        services.push(transport);
+        water = Some(slice.start_water(&["--grpc-addr", &water_addr, "--kpi-interval", "2s"]).await?);
+        // The lighting service imports the real inventory at start.
+        let assets = wait_assets(&gateway_addr, 29_000).await?;
+        eprintln!("[console test] the view holds {assets} assets");
+        let (_, listed) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&limit=50")?;
+        lamps = listed["items"]
+            .as_array()
+            .context("assets")?
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_owned))
+            .collect();
+    } else {
+        let mut client = slice.lighting_client().await?;
+        lamps = (0..20).map(|i| format!("EP{i:02}")).collect();
+        let lights = lamps
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Streetlight {
+                id: id.clone(),
+                lat: 43.6,
+                lon: 3.82 + i as f64 * 0.005,
+                ..Default::default()
+            })
+            .collect();
+        client.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
+        simulator_args.extend(["--parts".into(), "lighting,reports".into()]);
+        wait_assets(&gateway_addr, 20).await?;
+    }
+    let simulator_args: Vec<&str> = simulator_args.iter().map(String::as_str).collect();
+    let simulator = slice.start_simulator(&simulator_args)?;
+    let communes = if real_data { 31 } else { 2 };
 
+    let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control_addr = control_listener.local_addr()?;
     let artifacts = root.join("target/test-artifacts/console");
-    let expect = serde_json::json!({"assets": 3, "asset": "EPB1", "alarm_label": "Lampe en panne"});
-    let output = Command::new("node")
+    let expect = json!({ "real_data": real_data, "communes": communes });
+    let mut node = tokio::process::Command::new("node")
         .arg("--test")
+        .arg("--test-concurrency=1")
         .arg(root.join("ui-client/tests/console.test.mjs"))
         .current_dir(root.join("ui-client"))
-        .env("VIGIE_URL", format!("http://{}/", slice.gateway_addr))
+        .env("VIGIE_URL", format!("http://{gateway_addr}/"))
+        .env("VIGIE_CONTROL", format!("http://{control_addr}"))
         .env("VIGIE_ARTIFACTS", &artifacts)
         .env("VIGIE_EXPECT", expect.to_string())
         .env("CHROMIUM_PATH", &chromium)
-        .output()
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .context("running node --test (is Node.js installed?)")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "the browser test failed (see its output above)");
-    assert!(stdout.contains("# pass 1"), "the browser test did not run: {stdout}");
-    assert!(artifacts.join("console-live.png").is_file(), "no screenshot in {}", artifacts.display());
+    let mut stdout = node.stdout.take().context("node's stdout")?;
+    let output = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text).await;
+        text
+    });
+
+    let mut system = System { slice, real_data, water, water_simulator: None, failed: Vec::new(), lamps };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        tokio::select! {
+            accepted = control_listener.accept() => {
+                let (stream, _) = accepted?;
+                if let Err(e) = control(&mut system, stream).await {
+                    eprintln!("[console test] control request failed: {e:#}");
+                }
+            }
+            status = node.wait() => break status?,
+            _ = tokio::time::sleep_until(deadline) => bail!("the browser test did not finish in 10 minutes"),
+        }
+    };
+    let stdout = output.await?;
+    eprintln!("{stdout}");
+    assert!(status.success(), "the browser test failed (see its output above)");
+    let scenarios = if real_data { 6 } else { 5 };
+    assert!(stdout.contains(&format!("# pass {scenarios}")), "not every scenario passed: {stdout}");
+    for shot in ["01-map-live.png", "02-alarm.png", "03-ack-second-browser.png", "04-stale.png", "05-reconnected.png"] {
+        assert!(artifacts.join(shot).is_file(), "no screenshot {shot} in {}", artifacts.display());
+    }
+    drop(simulator);
+    drop(services);
+    drop(system);
     Ok(())
 }

@@ -1,0 +1,145 @@
+// The KPI tiles: what each shows, and how the communes' values add up to the territory's (sums
+// of counts, ratios of sums; a median does not add up, so it is shown for one commune only).
+// Pure, tested in tests/unit.
+
+import type { Kpi } from "./protocol";
+import type { Key } from "./i18n.svelte";
+
+export type Tile = {
+  id: string;
+  label: Key;
+  domain: string;
+  /// The value for a set of communes' KPI values (one object per commune), or null.
+  value: (communes: Record<string, number>[]) => number | null;
+  format: (v: number) => string;
+  /// Higher is worse: the tile turns to alarm colours above zero.
+  alarming?: boolean;
+};
+
+const sum = (list: Record<string, number>[], key: string) => list.reduce((s, v) => s + (v[key] ?? 0), 0);
+const has = (list: Record<string, number>[], key: string) => list.some((v) => v[key] !== undefined);
+const ratio = (num: number, den: number) => (den > 0 ? num / den : null);
+const percent = (v: number) => `${(v * 100).toFixed(1)} %`;
+const count = (v: number) => String(Math.round(v));
+
+export const TILES: Tile[] = [
+  {
+    id: "lighting_availability",
+    label: "kpi_lighting_availability",
+    domain: "lighting",
+    value: (l) => (has(l, "lamps_total") ? ratio(sum(l, "lamps_total") - sum(l, "lamps_dark"), sum(l, "lamps_total")) : null),
+    // Lamps out are a few in thousands: two decimals show them.
+    format: (v) => `${(v * 100).toFixed(2)} %`,
+  },
+  {
+    id: "lighting_power",
+    label: "kpi_lighting_power",
+    domain: "lighting",
+    value: (l) => (has(l, "power_w") ? sum(l, "power_w") / 1000 : null),
+    format: (v) => `${v.toFixed(0)} kW`,
+  },
+  {
+    id: "transport_vehicles",
+    label: "kpi_transport_vehicles",
+    domain: "transport",
+    value: (l) => (has(l, "vehicles") ? sum(l, "vehicles") : null),
+    format: count,
+  },
+  {
+    id: "transport_on_time",
+    label: "kpi_transport_on_time",
+    domain: "transport",
+    value: (l) => (has(l, "with_adherence") ? ratio(sum(l, "on_time"), sum(l, "with_adherence")) : null),
+    format: percent,
+  },
+  {
+    id: "transport_delay",
+    label: "kpi_transport_delay",
+    domain: "transport",
+    value: (l) =>
+      has(l, "with_adherence")
+        ? ratio(
+            l.reduce((s, v) => s + (v.mean_delay_s ?? 0) * (v.with_adherence ?? 0), 0),
+            sum(l, "with_adherence"),
+          )
+        : null,
+    format: (v) => `${v >= 0 ? "+" : "−"}${Math.abs(v / 60).toFixed(1)} min`,
+  },
+  {
+    id: "water_leaks",
+    label: "kpi_water_leaks",
+    domain: "water",
+    value: (l) => (has(l, "active_leaks") ? sum(l, "active_leaks") : null),
+    format: count,
+    alarming: true,
+  },
+  {
+    id: "water_bursts",
+    label: "kpi_water_bursts",
+    domain: "water",
+    value: (l) => (has(l, "active_bursts") ? sum(l, "active_bursts") : null),
+    format: count,
+    alarming: true,
+  },
+  {
+    id: "water_night_flow",
+    label: "kpi_water_night_flow",
+    domain: "water",
+    value: (l) => {
+      const flows = l.flatMap((v) => Object.entries(v).filter(([k]) => k.startsWith("night_flow:")));
+      return flows.length > 0 ? flows.reduce((s, [, f]) => s + f, 0) : null;
+    },
+    format: (v) => `${v.toFixed(1)} m³/h`,
+  },
+  {
+    id: "reports_open",
+    label: "kpi_reports_open",
+    domain: "reports",
+    value: (l) => (has(l, "open") ? sum(l, "open") : null),
+    format: count,
+  },
+  {
+    id: "reports_received",
+    label: "kpi_reports_received",
+    domain: "reports",
+    value: (l) => (has(l, "received_last_24h") ? sum(l, "received_last_24h") : null),
+    format: count,
+  },
+  {
+    id: "reports_median",
+    label: "kpi_reports_median",
+    domain: "reports",
+    value: (l) => (l.length === 1 && (l[0]?.median_time_to_close_s ?? 0) > 0 ? (l[0]?.median_time_to_close_s ?? null) : null),
+    format: (v) => (v >= 86_400 ? `${(v / 86_400).toFixed(1)} j` : `${(v / 3600).toFixed(1)} h`),
+  },
+];
+
+/// The latest values of a domain's KPIs, one object per commune.
+export function latest(kpis: Iterable<Kpi>, domain: string): Record<string, number>[] {
+  return [...kpis].filter((k) => k.domain === domain).map((k) => k.values);
+}
+
+/// A tile's series over the KPIs' history: samples grouped by the minute they were taken in
+/// (the services publish every commune's KPIs together), oldest first.
+export function series(kpis: Iterable<Kpi>, tile: Tile): [number[], number[]] {
+  const buckets = new Map<number, Record<string, number>[]>();
+  for (const k of kpis) {
+    if (k.domain !== tile.domain) continue;
+    for (const sample of k.history ?? [{ at: k.at, values: k.values }]) {
+      const t = Math.floor(Date.parse(sample.at) / 60_000) * 60;
+      if (!Number.isFinite(t)) continue;
+      const list = buckets.get(t) ?? [];
+      list.push(sample.values);
+      buckets.set(t, list);
+    }
+  }
+  const xs: number[] = [];
+  const ys: number[] = [];
+  for (const t of [...buckets.keys()].sort((a, b) => a - b)) {
+    const v = tile.value(buckets.get(t) ?? []);
+    if (v === null) continue;
+    xs.push(t);
+    ys.push(v);
+  }
+  return [xs, ys];
+}

@@ -1,0 +1,30 @@
+// What the operator has chosen: the commune in view, the selected asset or alarm, the alarm
+// filters, the visible layers. Shared by the map, the lists and the panels, so that a selection
+// in one shows in the others.
+
+export type AlarmState = "all" | "active" | "unacknowledged" | "cleared" | "shelved";
+export type AlarmSort = "severity" | "recent" | "commune";
+
+export const ui = $state({
+  /// The commune in view ("" = all of the operator's communes).
+  commune: "",
+  operator: localStorage.getItem("vigie.operator") ?? "",
+  /// `domain/id` of the selected asset, or "".
+  selectedAsset: "",
+  /// Key of the selected alarm, or "".
+  selectedAlarm: "",
+  /// Alarm keys ticked for a multiple acknowledgement.
+  ticked: [] as string[],
+  filters: { domain: "", severity: "", state: "active" as AlarmState, commune: "" },
+  sort: "severity" as AlarmSort,
+  layers: { transport: true, lighting: true, water: true, reports: true, streets: true, dmas: true },
+  panel: "alarms" as "alarms" | "logbook",
+  /// Incremented to ask the map to fly to the selection.
+  flyTo: 0,
+  help: false,
+});
+
+export function setOperator(name: string) {
+  ui.operator = name.trim();
+  localStorage.setItem("vigie.operator", ui.operator);
+}
