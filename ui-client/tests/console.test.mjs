@@ -247,14 +247,36 @@ test("5. after the gateway restarts, the console reconnects and shows current da
   assert.deepEqual(pageErrors, [], "no script error on the pages");
 });
 
-test("6. a critical alarm sounds, once sound is enabled, and a mute silences it", { skip: skip || (!expected.real_data && "needs the real water network") }, async () => {
+test("6. a commune's view holds that commune's data only", { skip }, async () => {
+  const all = Number((await a.textContent("#counts")).match(/^(\d+)/)[1]);
+  const lamps = await a.locator(".row", { hasText: "Lampe en panne" }).count();
+  assert.ok(lamps >= 1, "lamp alarms in the territory's view");
+  // 34129 has none of the lamps this test made fail (they are all in 34172).
+  await a.selectOption("#commune", "34129");
+  await a.waitForFunction(
+    (all) => document.querySelector('#link[data-state="live"]') && Number(document.querySelector("#counts").textContent.match(/^(\d+)/)[1]) < all,
+    all,
+    { timeout: 15_000 },
+  );
+  assert.equal(await a.locator(".row", { hasText: "Montpellier" }).count(), 0, "no alarm of another commune");
+  assert.equal(await a.locator(".row", { hasText: "Ouest" }).count(), 0, "no alarm of another commune");
+  const communes = await a.evaluate(() => [...new Set(window.vigieMap.querySourceFeatures("lighting").map((f) => f.properties.k))].length);
+  console.log(`# commune 34129: ${await a.textContent("#counts")}, ${communes} lighting features`);
+  await shot(a, "06-one-commune.png");
+  await a.selectOption("#commune", "");
+  await a.waitForFunction((all) => Number(document.querySelector("#counts").textContent.match(/^(\d+)/)[1]) >= all, all, {
+    timeout: 15_000,
+  });
+});
+
+test("7. a critical alarm sounds, once sound is enabled, and a mute silences it", { skip: skip || (!expected.real_data && "needs the real water network") }, async () => {
   await a.click("#sound-enable");
   await a.waitForSelector("#sound-mute");
   await step("water-burst");
   await a.waitForSelector('.row[data-severity="critical"]', { timeout: 90_000 });
   await a.waitForFunction(() => Number(document.querySelector("#sound-mute")?.dataset.played ?? 0) >= 1, null, { timeout: 5_000 });
   await a.click('.row[data-severity="critical"]');
-  await shot(a, "06-critical.png");
+  await shot(a, "07-critical.png");
   await a.click("#sound-mute");
   assert.match(await a.textContent("#sound-unmute"), /Son coupé \(10 min\)/);
 });

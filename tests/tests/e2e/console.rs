@@ -277,9 +277,10 @@ async fn console_in_a_browser() -> Result<()> {
     let stdout = output.await?;
     eprintln!("{stdout}");
     assert!(status.success(), "the browser test failed (see its output above)");
-    let scenarios = if real_data { 6 } else { 5 };
+    let scenarios = if real_data { 7 } else { 6 };
     assert!(stdout.contains(&format!("# pass {scenarios}")), "not every scenario passed: {stdout}");
-    for shot in ["01-map-live.png", "02-alarm.png", "03-ack-second-browser.png", "04-stale.png", "05-reconnected.png"] {
+    let shots = ["01-map-live.png", "02-alarm.png", "03-ack-second-browser.png", "04-stale.png", "05-reconnected.png"];
+    for shot in shots.iter().chain(["06-one-commune.png"].iter()) {
         assert!(artifacts.join(shot).is_file(), "no screenshot {shot} in {}", artifacts.display());
     }
     drop(simulator);

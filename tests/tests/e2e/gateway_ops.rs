@@ -191,6 +191,11 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/commands/lighting",
         "/api/v1/commands/valve",
         "/api/v1/reports/status",
+        "/api/v1/logbook",
+        "/api/v1/territory",
+        "/api/v1/basemap/communes.geojson",
+        "/api/v1/basemap/streets.geojson",
+        "/api/v1/water/dmas",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }

@@ -3,6 +3,7 @@
 
 mod all_domains;
 mod console;
+mod console_api;
 mod gateway_ops;
 mod lighting_domain;
 mod lighting_slice;
