@@ -83,6 +83,19 @@ wait_for() { # what url
 
 [ -d "$territory" ] || echo "warning: territory folder $territory is missing: the system starts without data" >&2
 
+# First run: the operators to log in with, with generated passwords (there is no default
+# password, as there is no default signing key: the gateway generates its key at first start).
+credentials=var/credentials.txt
+if [ ! -f "$credentials" ]; then
+  supervisor_password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(15))')"
+  admin_password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(15))')"
+  echo "$supervisor_password" | "$bin"/vigie-gateway --store var/gateway --territory "$territory" \
+    add-operator --login superviseur --role supervisor >&2
+  echo "$admin_password" | "$bin"/vigie-gateway --store var/gateway --territory "$territory" \
+    add-operator --login admin --role admin >&2
+  (umask 077; printf 'superviseur %s\nadmin %s\n' "$supervisor_password" "$admin_password" > "$credentials")
+fi
+
 "$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 -p "$nats_port" -m "$nats_monitor_port" -sd var/nats \
   >var/logs/nats.log 2>&1 &
 pids+=($!)
@@ -120,6 +133,7 @@ pids+=($!)
 cat <<MSG
 
   Vigie is running. Open the console:  http://127.0.0.1:${http_port}/
+  Log in as:     $(head -n 1 "$credentials")   (login and password; all in ${credentials})
   GTFS-Realtime: http://${transport_http_addr}/gtfs-rt/vehicle-positions (also trip-updates, alerts; .json)
   Open311:       http://${reports_http_addr}/open311/v2/services.json
   REST API:      http://127.0.0.1:${http_port}/api/v1/alarms (see /api/v1/openapi.json)

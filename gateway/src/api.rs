@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use proto::event;
 use proto::ids::{AlarmKey, AssetId, CommuneId};
 use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, Filter, KpiState};
@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::access::{Access, actor, forbidden, reader, require_principal};
+use crate::auth::Principal;
 use crate::live::Live;
 use crate::store::{AuditQuery, Store};
 
@@ -46,9 +48,11 @@ pub struct ApiState {
     pub js: jetstream::Context,
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The API's routes; every one but the OpenAPI document needs a token, and every answer is
+/// narrowed to the caller's communes.
+pub fn router(state: ApiState, access: Access) -> Router {
+    let public = Router::new().route("/api/v1/openapi.json", get(openapi));
     Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/assets", get(assets))
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/alarms/actions", post(alarm_action))
@@ -57,6 +61,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/commands", get(commands))
         .route("/api/v1/audit", get(audit))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(access, require_principal))
+        .merge(public)
         .with_state(state)
 }
 
@@ -77,6 +83,10 @@ impl ApiError {
         } else {
             ApiError::bad_request(e.body_text())
         }
+    }
+
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -142,11 +152,13 @@ fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-/// The commune and domain parameters as the live protocol's filter (one place decides what a
-/// list may show).
-fn place_filter(q: &ListQuery) -> Result<Filter, ApiError> {
+/// The commune and domain parameters as the live protocol's filter, narrowed to the caller's
+/// communes (one place decides what a list may show).
+fn place_filter(q: &ListQuery, p: &Principal) -> Result<Filter, ApiError> {
+    reader(p)?;
+    let requested = communes(&q.commune)?.unwrap_or_default();
     let filter = Filter {
-        communes: communes(&q.commune)?.unwrap_or_default(),
+        communes: p.scope.narrow(&requested).map_err(|e| forbidden(e.to_string()))?,
         domains: q.domain.iter().cloned().collect(),
         ..Default::default()
     };
@@ -168,12 +180,16 @@ fn params<T>(query: QueryOf<T>) -> Result<T, ApiError> {
     query.map(|Query(q)| q).map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-async fn assets(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<AssetState>>, ApiError> {
-    list_assets(&state, params(q)?).map(Json)
+async fn assets(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    q: QueryOf<ListQuery>,
+) -> Result<Json<Listed<AssetState>>, ApiError> {
+    list_assets(&state, params(q)?, &p).map(Json)
 }
 
-pub fn list_assets(state: &ApiState, q: ListQuery) -> Result<Listed<AssetState>, ApiError> {
-    let (filter, limit) = (place_filter(&q)?, limit(q.limit)?);
+pub fn list_assets(state: &ApiState, q: ListQuery, p: &Principal) -> Result<Listed<AssetState>, ApiError> {
+    let (filter, limit) = (place_filter(&q, p)?, limit(q.limit)?);
     let (items, seq) = state.live.read(|view| {
         let mut items: Vec<AssetState> = view.assets().filter(|a| filter.allows_asset(a)).cloned().collect();
         items.sort_by(|a, b| (&a.domain, &a.id).cmp(&(&b.domain, &b.id)));
@@ -195,12 +211,16 @@ fn in_state(alarm: &AlarmState, state: &str, now: &str) -> bool {
     }
 }
 
-async fn alarms(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<AlarmState>>, ApiError> {
-    list_alarms(&state, params(q)?).map(Json)
+async fn alarms(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    q: QueryOf<ListQuery>,
+) -> Result<Json<Listed<AlarmState>>, ApiError> {
+    list_alarms(&state, params(q)?, &p).map(Json)
 }
 
-pub fn list_alarms(state: &ApiState, q: ListQuery) -> Result<Listed<AlarmState>, ApiError> {
-    let (filter, limit) = (place_filter(&q)?, limit(q.limit)?);
+pub fn list_alarms(state: &ApiState, q: ListQuery, p: &Principal) -> Result<Listed<AlarmState>, ApiError> {
+    let (filter, limit) = (place_filter(&q, p)?, limit(q.limit)?);
     if let Some(s) = &q.severity
         && !["warning", "minor", "major", "critical"].contains(&s.as_str())
     {
@@ -228,12 +248,16 @@ pub fn list_alarms(state: &ApiState, q: ListQuery) -> Result<Listed<AlarmState>,
     Ok(Listed { items, seq })
 }
 
-async fn kpis(State(state): State<ApiState>, q: QueryOf<ListQuery>) -> Result<Json<Listed<KpiState>>, ApiError> {
-    list_kpis(&state, params(q)?).map(Json)
+async fn kpis(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    q: QueryOf<ListQuery>,
+) -> Result<Json<Listed<KpiState>>, ApiError> {
+    list_kpis(&state, params(q)?, &p).map(Json)
 }
 
-pub fn list_kpis(state: &ApiState, q: ListQuery) -> Result<Listed<KpiState>, ApiError> {
-    let filter = place_filter(&q)?;
+pub fn list_kpis(state: &ApiState, q: ListQuery, p: &Principal) -> Result<Listed<KpiState>, ApiError> {
+    let filter = place_filter(&q, p)?;
     let (items, seq) = state.live.read(|view| {
         let mut items: Vec<KpiState> = view.kpis().filter(|k| filter.allows_kpi(k)).cloned().collect();
         items.sort_by(|a, b| (&a.domain, &a.commune).cmp(&(&b.domain, &b.commune)));
@@ -244,13 +268,14 @@ pub fn list_kpis(state: &ApiState, q: ListQuery) -> Result<Listed<KpiState>, Api
 
 async fn commands(
     State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
     q: QueryOf<ListQuery>,
 ) -> Result<Json<Listed<CommandState>>, ApiError> {
-    list_commands(&state, params(q)?).map(Json)
+    list_commands(&state, params(q)?, &p).map(Json)
 }
 
-pub fn list_commands(state: &ApiState, q: ListQuery) -> Result<Listed<CommandState>, ApiError> {
-    let (filter, limit) = (place_filter(&q)?, limit(q.limit)?);
+pub fn list_commands(state: &ApiState, q: ListQuery, p: &Principal) -> Result<Listed<CommandState>, ApiError> {
+    let (filter, limit) = (place_filter(&q, p)?, limit(q.limit)?);
     let (items, seq) = state.live.read(|view| {
         // Newest first (ids are UUIDv7).
         let items: Vec<CommandState> =
@@ -278,13 +303,20 @@ fn rfc3339_param(name: &str, value: &Option<String>) -> Result<Option<String>, A
     Ok(Some(t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)))
 }
 
-async fn audit(State(state): State<ApiState>, p: QueryOf<AuditParams>) -> Result<Json<Listed<AuditEntry>>, ApiError> {
-    query_audit(&state, params(p)?).map(Json)
+async fn audit(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    p: QueryOf<AuditParams>,
+) -> Result<Json<Listed<AuditEntry>>, ApiError> {
+    query_audit(&state, params(p)?, &principal).map(Json)
 }
 
-pub fn query_audit(state: &ApiState, p: AuditParams) -> Result<Listed<AuditEntry>, ApiError> {
+pub fn query_audit(state: &ApiState, p: AuditParams, principal: &Principal) -> Result<Listed<AuditEntry>, ApiError> {
+    reader(principal)?;
+    let requested = communes(&p.commune)?.unwrap_or_default();
+    let narrowed = principal.scope.narrow(&requested).map_err(|e| forbidden(e.to_string()))?;
     let query = AuditQuery {
-        communes: communes(&p.commune)?,
+        communes: if narrowed.is_empty() { None } else { Some(narrowed) },
         actor: p.actor.clone(),
         action: p.action.clone(),
         from: rfc3339_param("from", &p.from)?,
@@ -305,7 +337,6 @@ pub struct AlarmActionRequest {
     alarm_key: String,
     /// `acknowledge`, `assign`, `comment`, `shelve`, `unshelve`, `resolve`.
     action: String,
-    actor: String,
     #[serde(default)]
     assignee: String,
     #[serde(default)]
@@ -333,8 +364,10 @@ fn text(name: &str, value: &str, max: usize, required: bool) -> Result<(), ApiEr
 
 async fn alarm_action(
     State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
     body: Result<Json<AlarmActionRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    actor(&p)?;
     let Json(request) = body.map_err(ApiError::from_json)?;
     let kind = match request.action.as_str() {
         "acknowledge" => AlarmActionKind::Acknowledge,
@@ -350,7 +383,6 @@ async fn alarm_action(
         }
     };
     let key = AlarmKey::parse(&request.alarm_key).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    text("actor", &request.actor, 64, true)?;
     text("assignee", &request.assignee, 64, false)?;
     text("comment", &request.comment, MAX_COMMENT_CHARS, kind == AlarmActionKind::Comment)?;
     let now = SystemTime::now();
@@ -369,16 +401,18 @@ async fn alarm_action(
         (_, None) => None,
     };
     // The alarm must be in the view; the action belongs to its commune and asset.
+    // Another commune's alarm is, to this operator, not there.
     let alarm = state
         .live
         .read(|view| view.alarm(key.as_str()).cloned())
+        .filter(|a| p.scope.allows(&a.commune))
         .ok_or_else(|| ApiError::not_found(format!("no alarm {key} in the view (closed, or never raised)")))?;
     let commune = CommuneId::parse(&alarm.commune).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let asset = AssetId::parse(&alarm.asset_id).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let action = AlarmAction {
         alarm_key: key.to_string(),
         action: kind as i32,
-        actor: request.actor.trim().to_owned(),
+        actor: p.login.clone(),
         assignee: request.assignee.trim().to_owned(),
         comment: request.comment.clone(),
         shelved_until,
@@ -398,7 +432,6 @@ async fn alarm_action(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogbookRequest {
-    actor: String,
     /// The commune it concerns (INSEE code).
     commune: String,
     text: String,
@@ -413,13 +446,17 @@ struct LogbookAnswer {
 
 async fn logbook_entry(
     State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
     body: Result<Json<LogbookRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    actor(&p)?;
     let Json(request) = body.map_err(ApiError::from_json)?;
-    text("actor", &request.actor, 64, true)?;
     text("text", &request.text, MAX_COMMENT_CHARS, true)?;
     let commune = CommuneId::parse(&request.commune).map_err(|e| ApiError::bad_request(format!("commune: {e}")))?;
-    let actor = request.actor.trim().to_owned();
+    if !p.scope.allows(commune.as_str()) {
+        return Err(forbidden(format!("commune {commune} is outside your communes")));
+    }
+    let actor = p.login.clone();
     let entry = LogbookEntry { actor: actor.clone(), text: request.text.trim().to_owned() };
     let asset = AssetId::parse("logbook").map_err(|e| ApiError::unavailable(e.to_string()))?;
     let now = event::timestamp(SystemTime::now());

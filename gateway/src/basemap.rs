@@ -6,14 +6,18 @@
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Router, extract::State};
+use axum::{Extension, Router, extract::State};
+
+use crate::access::{Access, Communes, require_principal};
+use crate::auth::Principal;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Basemap {
-    communes: Bytes,
+    /// The territory's communes (id, name, population, bbox), in its order.
+    communes: Vec<serde_json::Value>,
     boundaries: Bytes,
     streets: Bytes,
 }
@@ -41,28 +45,65 @@ impl Basemap {
 
     fn from_values(communes: &serde_json::Value, boundaries: &serde_json::Value, streets: &serde_json::Value) -> Self {
         let bytes = |v: &serde_json::Value| Bytes::from(v.to_string());
-        Basemap { communes: bytes(communes), boundaries: bytes(boundaries), streets: bytes(streets) }
+        let communes = communes["communes"].as_array().cloned().unwrap_or_default();
+        Basemap { communes, boundaries: bytes(boundaries), streets: bytes(streets) }
+    }
+
+    /// The territory's communes: id -> name.
+    pub fn commune_names(&self) -> std::collections::BTreeMap<String, String> {
+        self.communes
+            .iter()
+            .filter_map(|c| Some((c["id"].as_str()?.to_owned(), c["name"].as_str()?.to_owned())))
+            .collect()
     }
 }
 
-pub fn router(basemap: Basemap) -> Router {
+#[derive(Clone)]
+struct MapState {
+    basemap: Arc<Basemap>,
+    communes: Communes,
+}
+
+/// `/api/v1/territory`: the communes the caller may see (the territory's, then those an
+/// administrator added), for the console's commune selector.
+async fn territory(State(state): State<MapState>, Extension(p): Extension<Principal>) -> Response {
+    let known = state.communes.read().map(|c| c.clone()).unwrap_or_default();
+    let mut listed: Vec<serde_json::Value> = state
+        .basemap
+        .communes
+        .iter()
+        .filter(|c| c["id"].as_str().is_some_and(|id| p.scope.allows(id)))
+        .cloned()
+        .collect();
+    for (id, name) in &known {
+        if p.scope.allows(id) && !state.basemap.communes.iter().any(|c| c["id"] == id.as_str()) {
+            listed.push(serde_json::json!({"id": id, "name": name, "population": null, "bbox": null}));
+        }
+    }
+    axum::Json(serde_json::json!({ "communes": listed })).into_response()
+}
+
+/// The territory's routes, behind a token like the rest of the API. The basemap is public
+/// geography (every boundary, every street), the same for every caller.
+pub fn router(basemap: Basemap, access: Access) -> Router {
+    let state = MapState { basemap: Arc::new(basemap), communes: access.communes.clone() };
     Router::new()
-        .route("/api/v1/territory", get(|State(b): State<Arc<Basemap>>| async move { json(b.communes.clone(), false) }))
+        .route("/api/v1/territory", get(territory))
         .route(
             "/api/v1/basemap/communes.geojson",
-            get(|State(b): State<Arc<Basemap>>| async move { json(b.boundaries.clone(), true) }),
+            get(|State(s): State<MapState>| async move { geojson(s.basemap.boundaries.clone()) }),
         )
         .route(
             "/api/v1/basemap/streets.geojson",
-            get(|State(b): State<Arc<Basemap>>| async move { json(b.streets.clone(), true) }),
+            get(|State(s): State<MapState>| async move { geojson(s.basemap.streets.clone()) }),
         )
-        .with_state(Arc::new(basemap))
+        .layer(axum::middleware::from_fn_with_state(access, require_principal))
+        .with_state(state)
 }
 
-fn json(body: Bytes, geo: bool) -> Response {
-    let kind = if geo { "application/geo+json" } else { "application/json" };
+fn geojson(body: Bytes) -> Response {
     let mut response = body.into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/geo+json"));
     // Fixed for the gateway's life: the browser may keep it for an hour.
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
     response

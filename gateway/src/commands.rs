@@ -18,7 +18,10 @@ use proto::water::water_service_client::WaterServiceClient;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
+use crate::access::{Access, actor, reader, require_principal};
 use crate::api::{ApiError, MAX_BODY_BYTES};
+use crate::auth::Principal;
+use axum::Extension;
 
 /// The domain services' gRPC endpoints (connected lazily: a service down gives a 503, not a
 /// gateway that cannot start).
@@ -47,13 +50,14 @@ impl Services {
     }
 }
 
-pub fn router(services: Services) -> Router {
+pub fn router(services: Services, access: Access) -> Router {
     Router::new()
         .route("/api/v1/commands/lighting", post(lighting))
         .route("/api/v1/commands/valve", post(valve))
         .route("/api/v1/reports/status", post(report_status))
         .route("/api/v1/water/dmas", axum::routing::get(water_dmas))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(access, require_principal))
         .with_state(services)
 }
 
@@ -70,6 +74,7 @@ fn refused(service: &str, status: tonic::Status) -> ApiError {
     match status.code() {
         Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => ApiError::bad_request(message),
         Code::NotFound => ApiError::not_found(message),
+        Code::PermissionDenied => crate::access::forbidden(message),
         Code::ResourceExhausted => ApiError::bad_request(message),
         _ => ApiError::unavailable(format!(
             "{service} did not take the command ({:?}: {}); retry",
@@ -104,7 +109,6 @@ pub enum LightingAction {
 pub struct LightingCommandRequest {
     target: LightingTarget,
     action: LightingAction,
-    requested_by: String,
     #[serde(default)]
     reason: String,
     #[serde(default)]
@@ -119,9 +123,11 @@ struct Commands {
 
 async fn lighting(
     State(services): State<Services>,
+    Extension(p): Extension<Principal>,
     request: Body<LightingCommandRequest>,
 ) -> Result<Response, ApiError> {
     use proto::lighting::{CommandAction, CommandTarget, Polygon, SendCommandRequest, command_action, command_target};
+    actor(&p)?;
     let request = body(request)?;
     let target = match request.target {
         LightingTarget::StreetlightId(id) => command_target::Target::StreetlightId(id),
@@ -140,9 +146,10 @@ async fn lighting(
         .send_command(SendCommandRequest {
             target: Some(CommandTarget { target: Some(target) }),
             action: Some(CommandAction { action: Some(action) }),
-            requested_by: request.requested_by,
+            requested_by: p.login.clone(),
             reason: request.reason,
             timeout_s: request.timeout_s,
+            allowed_communes: p.scope.allowed_communes(),
         })
         .await
         .map_err(|s| refused("lighting", s))?
@@ -157,15 +164,19 @@ pub struct ValveCommandRequest {
     link_id: String,
     /// `close` or `open`.
     action: String,
-    requested_by: String,
     #[serde(default)]
     reason: String,
     #[serde(default)]
     timeout_s: u32,
 }
 
-async fn valve(State(services): State<Services>, request: Body<ValveCommandRequest>) -> Result<Response, ApiError> {
+async fn valve(
+    State(services): State<Services>,
+    Extension(p): Extension<Principal>,
+    request: Body<ValveCommandRequest>,
+) -> Result<Response, ApiError> {
     use proto::water::{SendValveCommandRequest, ValveAction};
+    actor(&p)?;
     let request = body(request)?;
     let action = match request.action.as_str() {
         "close" => ValveAction::Close,
@@ -177,9 +188,10 @@ async fn valve(State(services): State<Services>, request: Body<ValveCommandReque
         .send_valve_command(SendValveCommandRequest {
             link_id: request.link_id,
             action: action as i32,
-            requested_by: request.requested_by,
+            requested_by: p.login.clone(),
             reason: request.reason,
             timeout_s: request.timeout_s,
+            allowed_communes: p.scope.allowed_communes(),
         })
         .await
         .map_err(|s| refused("water", s))?
@@ -195,7 +207,6 @@ pub struct ReportStatusRequest {
     /// `open`, `confirmed`, `investigating`, `action_scheduled`, `in_progress`, `fixed`,
     /// `closed`, `duplicate`, `not_responsible`.
     status: String,
-    actor: String,
     #[serde(default)]
     note: String,
 }
@@ -211,9 +222,11 @@ struct ReportAnswer {
 
 async fn report_status(
     State(services): State<Services>,
+    Extension(p): Extension<Principal>,
     request: Body<ReportStatusRequest>,
 ) -> Result<Response, ApiError> {
     use proto::reports::{ChangeStatusRequest, ReportStatus};
+    actor(&p)?;
     let request = body(request)?;
     let status = [
         ReportStatus::Open,
@@ -239,7 +252,8 @@ async fn report_status(
             service_request_id: request.service_request_id,
             status: status as i32,
             note: request.note,
-            actor: request.actor,
+            actor: p.login.clone(),
+            allowed_communes: p.scope.allowed_communes(),
         })
         .await
         .map_err(|s| refused("reports", s))?
@@ -255,7 +269,11 @@ async fn report_status(
 }
 
 /// `GET /api/v1/water/dmas`: the water service's district metered areas, with their outline.
-async fn water_dmas(State(services): State<Services>) -> Result<Response, ApiError> {
+async fn water_dmas(
+    State(services): State<Services>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    reader(&p)?;
     let mut client = WaterServiceClient::new(channel(&services.water, "water")?);
     let answer = client
         .list_dmas(proto::water::ListDmasRequest {})
@@ -265,6 +283,7 @@ async fn water_dmas(State(services): State<Services>) -> Result<Response, ApiErr
     let dmas: Vec<serde_json::Value> = answer
         .dmas
         .iter()
+        .filter(|d| p.scope.allows(&d.commune))
         .map(|d| {
             let hull: Vec<[f64; 2]> = d.hull.iter().map(|p| [p.lon, p.lat]).collect();
             serde_json::json!({"id": d.id, "commune": d.commune, "zone": d.zone, "junctions": d.junctions, "hull": hull})

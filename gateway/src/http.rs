@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Authority, Principal};
 use crate::live::{Delta, Live, Start, upstream};
 
 #[derive(Clone)]
@@ -26,6 +27,50 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// How often each session gets a heartbeat (and a WebSocket ping).
     pub heartbeat: Duration,
+    pub authority: Arc<Authority>,
+    /// Origins a browser may open `/ws` from (`scheme://host[:port]`); empty: the gateway's own.
+    pub allowed_origins: Arc<Vec<String>>,
+}
+
+/// The WebSocket subprotocol of the live protocol v1; a client offers it with its token as a
+/// second one, `bearer.<token>` (a browser cannot set an Authorization header on a WebSocket, and
+/// a token in the URL would end up in logs).
+pub const SUBPROTOCOL: &str = "vigie.v1";
+const BEARER_PREFIX: &str = "bearer.";
+/// Client frames allowed per second; past it the client is closed (1008).
+const MAX_CLIENT_FRAMES_PER_S: u32 = 20;
+
+/// Close codes for access (besides `close_code::NO_HEARTBEAT`).
+pub mod access_close {
+    /// The token expired: refresh it and reconnect (with `resume_from`).
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The session was closed (logout, or the operator removed): log in again.
+    pub const REVOKED: u16 = 4003;
+}
+
+/// The token a WebSocket client offered as a subprotocol.
+fn subprotocol_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(BEARER_PREFIX))
+        .map(str::to_owned)
+}
+
+/// Whether a browser's `Origin` may open the WebSocket: one of the allowed origins, or (none
+/// configured) the gateway's own host. A client that sends no Origin is not a browser page, and
+/// a cross-site page cannot forge one.
+fn origin_allowed(headers: &axum::http::HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    if !allowed.is_empty() {
+        return allowed.iter().any(|a| a == origin);
+    }
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
 }
 
 /// The gateway's HTTP routes. `ui_dir`, when it exists, is served at `/`.
@@ -75,22 +120,44 @@ struct WsParams {
 async fn websocket(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     params: Result<axum::extract::Query<WsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    use axum::http::StatusCode;
+    if !origin_allowed(&headers, &state.allowed_origins) {
+        tracing::warn!(origin = ?headers.get(axum::http::header::ORIGIN), "WebSocket from an origin not allowed");
+        return (StatusCode::FORBIDDEN, "this origin may not open the live stream\n").into_response();
+    }
+    let principal = match subprotocol_token(&headers).map(|t| state.authority.principal(&t)) {
+        None => {
+            let message = "offer the subprotocols vigie.v1 and bearer.<access token> (POST /api/v1/auth/login)\n";
+            return (StatusCode::UNAUTHORIZED, message).into_response();
+        }
+        Some(Err(e)) => return (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response(),
+        Some(Ok(p)) if !p.role.reads() => {
+            return (StatusCode::FORBIDDEN, "administrators see no operational data\n").into_response();
+        }
+        Some(Ok(p)) => p,
+    };
     let (resume_from, coalesce, communes) = match params {
         Ok(axum::extract::Query(p)) => (p.resume_from, p.coalesce.unwrap_or(true), p.communes),
-        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
-    let filter = Filter {
+    let mut filter = Filter {
         communes: communes.iter().flat_map(|list| list.split(',')).map(|c| c.trim().to_owned()).collect(),
         ..Default::default()
     };
     if let Err(message) = filter.validate() {
-        return (axum::http::StatusCode::BAD_REQUEST, format!("communes: {message}")).into_response();
+        return (StatusCode::BAD_REQUEST, format!("communes: {message}")).into_response();
     }
-    ws.max_message_size(MAX_CLIENT_FRAME_BYTES)
+    filter.communes = match principal.scope.narrow(&filter.communes) {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
+    };
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
-        .on_upgrade(move |socket| session(socket, state, filter, resume_from, coalesce))
+        .on_upgrade(move |socket| session(socket, state, principal, filter, resume_from, coalesce))
 }
 
 fn frame(message: ServerMessage) -> Message {
@@ -147,13 +214,21 @@ async fn send_start(out: &mut Out, start: Start) -> bool {
 async fn session(
     socket: WebSocket,
     state: AppState,
+    principal: Principal,
     mut filter: Filter,
     resume_from: Option<u64>,
     mut coalescing: bool,
 ) {
     let _counted = crate::metrics::SessionGuard::start();
+    // Listening for revocations before anything is sent: a logout right after the snapshot
+    // must not slip between the two.
+    let mut revocations = state.authority.revocations.subscribe();
     let (sink, mut incoming) = socket.split();
     let mut out = Out { sink, limit: state.heartbeat * HEARTBEATS_BEFORE_DEAD };
+    if state.authority.is_revoked(&principal.sid) {
+        out.close(access_close::REVOKED, "the session was closed; log in again").await;
+        return;
+    }
     let (start, mut deltas) = state.live.subscribe(&filter, resume_from);
     if !send_start(&mut out, start).await {
         return;
@@ -164,6 +239,9 @@ async fn session(
     let mut heartbeat = tokio::time::interval(state.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
+    let expires_at = crate::auth::deadline(principal.expires_at);
+    // Client frames in the current second, for the rate limit.
+    let (mut window, mut frames_in_window) = (Instant::now(), 0u32);
     loop {
         let urgent = !coalescing || batch.len() >= MAX_BATCH || batch.iter().any(|d| d.asset_key().is_none());
         let flush_at = if batch.is_empty() {
@@ -209,6 +287,15 @@ async fn session(
             }
             message = incoming.next() => {
                 heard = Instant::now();
+                if window.elapsed() >= Duration::from_secs(1) {
+                    (window, frames_in_window) = (Instant::now(), 0);
+                }
+                frames_in_window += 1;
+                if frames_in_window > MAX_CLIENT_FRAMES_PER_S {
+                    tracing::warn!(login = %principal.login, "closing a client that sends too many frames");
+                    out.close(axum::extract::ws::close_code::POLICY, "too many messages: at most 20 a second").await;
+                    return;
+                }
                 match message {
                     Some(Ok(Message::Text(text))) => match request(text.as_str()) {
                         Request::Answer(answer) => {
@@ -216,7 +303,18 @@ async fn session(
                                 return;
                             }
                         }
-                        Request::Subscribe { filter: wanted, resume_from, coalesce } => {
+                        Request::Subscribe { filter: mut wanted, resume_from, coalesce } => {
+                            // The caller's communes, whatever it asks (the one scope filter).
+                            match principal.scope.narrow(&wanted.communes) {
+                                Ok(communes) => wanted.communes = communes,
+                                Err(e) => {
+                                    let error = ServerMessage::Error { code: ErrorCode::BadFilter, message: e.to_string() };
+                                    if !out.send(frame(error)).await {
+                                        return;
+                                    }
+                                    continue;
+                                }
+                            }
                             filter = wanted;
                             coalescing = coalesce.unwrap_or(coalescing);
                             batch.clear();
@@ -250,6 +348,16 @@ async fn session(
                 }
                 let beat = frame(ServerMessage::Heartbeat { seq: state.live.applied_seq(), upstream: upstream(&state.nats) });
                 if !out.send(beat).await || !out.send(Message::Ping(Default::default())).await {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(expires_at) => {
+                out.close(access_close::TOKEN_EXPIRED, "the token has expired; refresh it and reconnect").await;
+                return;
+            }
+            Ok(sid) = revocations.recv() => {
+                if sid == principal.sid {
+                    out.close(access_close::REVOKED, "the session was closed; log in again").await;
                     return;
                 }
             }

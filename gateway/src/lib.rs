@@ -7,11 +7,15 @@
 //! - [`opsview`]: the gRPC face (`vigie.ops.v1.OpsView`): the live stream and the queries.
 //! - [`metrics`]: the gateway's Prometheus metrics (served at `/metrics` with the common ones).
 //! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
+//! - [`auth`]: roles, scopes ([`auth::Scope::narrow`], the one scope filter), passwords and
+//!   signed tokens; [`access`]: login, refresh, logout, the admin API and the middleware.
 //! - [`basemap`]: the territory for the console (communes, offline basemap as GeoJSON).
 //! - [`api`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
 //!   document; [`commands`]: operators' commands over REST, routed to the services over gRPC.
 
+pub mod access;
 pub mod api;
+pub mod auth;
 pub mod basemap;
 pub mod commands;
 pub mod consumer;
@@ -75,13 +79,109 @@ pub struct Config {
     #[arg(long, env = "VIGIE_UI_DIR", default_value = "ui-client/dist")]
     pub ui_dir: PathBuf,
 
+    /// The installation's signing key (Ed25519, PKCS#8 PEM), generated there at first start;
+    /// its public half is written to `<path>.pub` for the services. Default: `<store>/auth-key.pem`.
+    /// Replicas share one key.
+    #[arg(long, env = "VIGIE_GATEWAY_AUTH_KEY")]
+    pub auth_key: Option<PathBuf>,
+
+    /// How long an access token lives (a refresh gives a new one).
+    #[arg(long, env = "VIGIE_GATEWAY_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = runtime::config::parse_duration)]
+    pub access_token_ttl: std::time::Duration,
+
+    /// How long a login session lives (a shift): past it, log in again.
+    #[arg(long, env = "VIGIE_GATEWAY_SESSION_TTL", default_value = "12h", value_parser = runtime::config::parse_duration)]
+    pub session_ttl: std::time::Duration,
+
+    /// Origins a browser may open the live WebSocket from (`https://ops.example.fr`,
+    /// comma-separated); by default only the gateway's own.
+    #[arg(long, env = "VIGIE_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     #[command(flatten)]
     pub common: CommonConfig,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Administration on the gateway's store, while the gateway is stopped (sled allows one process;
+/// while it runs, use the admin API `/api/v1/admin/...`).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Adds a commune to the deployment (one the territory does not have yet).
+    AddCommune {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Adds an operator; the password is read from standard input (one line).
+    AddOperator {
+        #[arg(long)]
+        login: String,
+        /// supervisor, operator, viewer or admin.
+        #[arg(long)]
+        role: String,
+        /// The operator's communes (INSEE codes, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        communes: Vec<String>,
+        /// Every commune (a supervisor always has them).
+        #[arg(long)]
+        all_communes: bool,
+    },
+    /// Lists the operators (without their password hashes).
+    ListOperators,
+}
+
+/// Runs an administration command on the store (see [`Command`]).
+pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
+    let store = store::Store::open(&config.store)
+        .with_context(|| format!("opening the store {} (is the gateway running?)", config.store.display()))?;
+    let mut communes = basemap::Basemap::load(config.territory.as_deref())?.commune_names();
+    communes.extend(store.tenants()?);
+    match command {
+        Command::AddCommune { id, name } => {
+            let id = proto::ids::CommuneId::parse(id)?;
+            if name.trim().is_empty() {
+                anyhow::bail!("--name is required");
+            }
+            store.put_tenant(id.as_str(), name.trim())?;
+            println!("commune {id} added");
+        }
+        Command::AddOperator { login, role, communes: scope, all_communes } => {
+            let role = auth::Role::parse(role)
+                .filter(|r| *r != auth::Role::Integrator)
+                .ok_or_else(|| anyhow::anyhow!("--role is supervisor, operator, viewer or admin"))?;
+            if store.operator(login)?.is_some() {
+                anyhow::bail!("operator {login} exists already");
+            }
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            access::check_password(password).map_err(anyhow::Error::msg)?;
+            let hash = auth::hash_password(password)?;
+            let operator = access::new_operator(&communes, login, hash, role, *all_communes, scope, &[])
+                .map_err(anyhow::Error::msg)?;
+            store.put_operator(&operator)?;
+            println!("operator {login} added ({})", role.as_str());
+        }
+        Command::ListOperators => {
+            for o in store.operators()? {
+                let scope = if o.all_communes { "all communes".to_owned() } else { o.communes.join(",") };
+                println!("{}\t{}\t{scope}", o.login, o.role.as_str());
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     proto::ids::AssetId::parse_as("consumer name", &config.consumer).context("--consumer")?;
     let basemap = basemap::Basemap::load(config.territory.as_deref()).context("reading --territory")?;
+    if config.access_token_ttl < std::time::Duration::from_secs(10) || config.session_ttl < config.access_token_ttl {
+        anyhow::bail!("--access-token-ttl must be at least 10s, and --session-ttl at least as long");
+    }
     let store =
         store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
     let loaded = store.load().context("loading the view")?;
@@ -105,6 +205,21 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     };
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
 
+    let key_path = config.auth_key.clone().unwrap_or_else(|| config.store.join("auth-key.pem"));
+    let keys = auth::Keys::load_or_generate(&key_path).context("the signing key (--auth-key)")?;
+    store.forget_sessions_expired_before(auth::now_s().saturating_sub(86_400))?;
+    let revoked = store.sessions()?.into_iter().filter(|s| s.revoked).map(|s| s.sid).collect();
+    let authority = Arc::new(auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, revoked));
+    let mut communes = basemap.commune_names();
+    communes.extend(store.tenants()?);
+    if store.operators()?.is_empty() {
+        tracing::warn!("no operator yet: add one with `vigie-gateway --store ... add-operator` (see README)");
+    }
+    let access = access::Access {
+        authority: authority.clone(),
+        store: store.clone(),
+        communes: Arc::new(std::sync::RwLock::new(communes)),
+    };
     let api = api::ApiState { live: live.clone(), store: store.clone(), js: jetstream::new(nats.clone()) };
     if config.heartbeat < std::time::Duration::from_millis(100) {
         anyhow::bail!("--heartbeat must be at least 100ms");
@@ -115,7 +230,12 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             use tonic::server::NamedService;
             let listener = tokio::net::TcpListener::bind(addr).await.context("binding --grpc-addr")?;
             tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
-            let ops = opsview::OpsViewApi { api: api.clone(), nats: nats.clone(), heartbeat: config.heartbeat };
+            let ops = opsview::OpsViewApi {
+                api: api.clone(),
+                nats: nats.clone(),
+                heartbeat: config.heartbeat,
+                authority: authority.clone(),
+            };
             let routes = tonic::service::Routes::new(OpsViewServer::new(ops));
             let (stop, timeout) = (shutdown.clone(), config.common.shutdown_timeout);
             Some(tokio::spawn(async move {
@@ -128,15 +248,23 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         None => None,
     };
     let scraped = live.clone();
-    let state = http::AppState { live, nats: nats.clone(), shutdown: shutdown.clone(), heartbeat: config.heartbeat };
+    let state = http::AppState {
+        live,
+        nats: nats.clone(),
+        shutdown: shutdown.clone(),
+        heartbeat: config.heartbeat,
+        authority,
+        allowed_origins: Arc::new(config.allowed_origins.clone()),
+    };
     let services = commands::Services::connect(
         config.lighting_url.as_deref(),
         config.water_url.as_deref(),
         config.reports_url.as_deref(),
     )?;
-    let app = api::router(api)
-        .merge(commands::router(services))
-        .merge(basemap::router(basemap))
+    let app = api::router(api, access.clone())
+        .merge(commands::router(services, access.clone()))
+        .merge(basemap::router(basemap, access.clone()))
+        .merge(access::router(access))
         .merge(runtime::metrics::router(move || {
             metrics::get().applied_seq.set(scraped.applied_seq() as i64);
         }))

@@ -5,6 +5,15 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let config = gateway::Config::parse();
     runtime::telemetry::init(&config.common.log_format);
+    if let Some(command) = &config.command {
+        return match gateway::administer(&config, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vigie-gateway: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = async {
         let shutdown = runtime::shutdown::on_signal()?;
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::api::{self, ApiError, ApiState, AuditParams, ListQuery};
+use crate::auth::{Authority, Principal};
 use crate::live::{Delta, Start, upstream};
 
 /// Frames buffered per stream; a stream that does not keep up falls behind the broadcast and
@@ -22,12 +23,31 @@ pub struct OpsViewApi {
     pub api: ApiState,
     pub nats: async_nats::Client,
     pub heartbeat: Duration,
+    pub authority: Arc<Authority>,
+}
+
+impl OpsViewApi {
+    /// The caller, from its `authorization: Bearer <token>` metadata (an integrator's credential
+    /// or an operator's access token).
+    fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("this needs authorization: Bearer <token> metadata"))?;
+        let principal = self.authority.principal(token.trim()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        crate::access::reader(&principal)?;
+        Ok(principal)
+    }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         match e.status().as_u16() {
             400 | 413 => Status::invalid_argument(e.message().to_owned()),
+            401 => Status::unauthenticated(e.message().to_owned()),
+            403 => Status::permission_denied(e.message().to_owned()),
             404 => Status::not_found(e.message().to_owned()),
             _ => Status::unavailable(e.message().to_owned()),
         }
@@ -64,14 +84,20 @@ impl OpsView for OpsViewApi {
     type SubscribeStream = FrameStream;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let principal = self.principal(&request)?;
         let r = request.into_inner();
         let bbox = match r.bbox.as_slice() {
             [] => None,
             [w, s, e, n] => Some([*w, *s, *e, *n]),
             _ => return Err(Status::invalid_argument("bbox is [west, south, east, north], or empty")),
         };
-        let filter = Filter { communes: r.communes, domains: r.domains, bbox, min_severity: some(r.min_severity) };
+        let mut filter = Filter { communes: r.communes, domains: r.domains, bbox, min_severity: some(r.min_severity) };
         filter.validate().map_err(Status::invalid_argument)?;
+        // The caller's communes: the scope filter every outgoing path goes through.
+        filter.communes =
+            principal.scope.narrow(&filter.communes).map_err(|e| Status::permission_denied(e.to_string()))?;
+        let mut revocations = self.authority.revocations.subscribe();
+        let expires_at = crate::auth::deadline(principal.expires_at);
         let coalescing = !r.every_update;
         let live = self.api.live.clone();
         let (start, mut deltas) = live.subscribe(&filter, r.resume_from);
@@ -114,6 +140,17 @@ impl OpsView for OpsViewApi {
                         continue;
                     }
                     _ = sender.closed() => return,
+                    _ = tokio::time::sleep_until(expires_at) => {
+                        let _ = sender.send(Err(Status::unauthenticated("the token has expired"))).await;
+                        return;
+                    }
+                    Ok(sid) = revocations.recv() => {
+                        if sid == principal.sid {
+                            let _ = sender.send(Err(Status::unauthenticated("the session was closed"))).await;
+                            return;
+                        }
+                        continue;
+                    }
                 }
                 if lagged {
                     crate::metrics::get().resyncs.inc();
@@ -137,22 +174,27 @@ impl OpsView for OpsViewApi {
     }
 
     async fn list_assets(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
-        json(&api::list_assets(&self.api, list_query(request.into_inner()))?)
+        let principal = self.principal(&request)?;
+        json(&api::list_assets(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn list_alarms(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
-        json(&api::list_alarms(&self.api, list_query(request.into_inner()))?)
+        let principal = self.principal(&request)?;
+        json(&api::list_alarms(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn list_kpis(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
-        json(&api::list_kpis(&self.api, list_query(request.into_inner()))?)
+        let principal = self.principal(&request)?;
+        json(&api::list_kpis(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn list_commands(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
-        json(&api::list_commands(&self.api, list_query(request.into_inner()))?)
+        let principal = self.principal(&request)?;
+        json(&api::list_commands(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn query_audit(&self, request: Request<AuditRequest>) -> Result<Response<JsonAnswer>, Status> {
+        let principal = self.principal(&request)?;
         let r = request.into_inner();
         let params = AuditParams {
             commune: some(r.commune),
@@ -162,6 +204,6 @@ impl OpsView for OpsViewApi {
             to: some(r.to),
             limit: (r.limit > 0).then_some(r.limit as usize),
         };
-        json(&api::query_audit(&self.api, params)?)
+        json(&api::query_audit(&self.api, params, &principal)?)
     }
 }

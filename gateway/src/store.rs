@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 
+use crate::auth::{OperatorRecord, SessionRecord};
 use crate::live::Persist;
 
 const APPLIED_SEQ: &[u8] = b"applied_seq";
@@ -28,6 +29,12 @@ pub struct Store {
     /// Stream sequence (big-endian) -> audit entry: in the order the stream recorded them.
     audit: sled::Tree,
     meta: sled::Tree,
+    /// Login -> operator (role, scope, password hash). Not part of the view: `clear` keeps it.
+    operators: sled::Tree,
+    /// Session id -> session (login, refresh generation, expiry, revoked).
+    sessions: sled::Tree,
+    /// Commune id -> name: communes an administrator added beyond the territory's.
+    tenants: sled::Tree,
 }
 
 /// What an audit query selects; every field narrows it.
@@ -61,6 +68,9 @@ impl Store {
             kpis: db.open_tree("kpis")?,
             audit: db.open_tree("audit")?,
             meta: db.open_tree("meta")?,
+            operators: db.open_tree("operators")?,
+            sessions: db.open_tree("sessions")?,
+            tenants: db.open_tree("tenants")?,
             db,
         })
     }
@@ -166,10 +176,88 @@ impl Store {
         Ok(out)
     }
 
+    pub fn operator(&self, login: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        read_one(&self.operators, login)
+    }
+
+    pub fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        Ok(read_all::<OperatorRecord, Vec<(String, OperatorRecord)>>(&self.operators)?
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect())
+    }
+
+    /// Writes an operator, durably (flushed) before it returns.
+    pub fn put_operator(&self, operator: &OperatorRecord) -> Result<(), StoreError> {
+        write_one(&self.operators, &operator.login, operator)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes an operator; their sessions are revoked by the caller.
+    pub fn remove_operator(&self, login: &str) -> Result<bool, StoreError> {
+        let removed = self.operators.remove(login.as_bytes())?.is_some();
+        self.db.flush()?;
+        Ok(removed)
+    }
+
+    pub fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        read_one(&self.sessions, sid)
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(read_all::<SessionRecord, Vec<(String, SessionRecord)>>(&self.sessions)?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect())
+    }
+
+    /// Writes a session, durably: a logout is not undone by a crash.
+    pub fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        write_one(&self.sessions, &session.sid, session)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Sessions long expired are forgotten (a revoked one is kept until its expiry, so that its
+    /// tokens stay refused).
+    pub fn forget_sessions_expired_before(&self, t: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for session in self.sessions()? {
+            if session.expires_at < t {
+                self.sessions.remove(session.sid.as_bytes())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn tenants(&self) -> Result<Vec<(String, String)>, StoreError> {
+        read_all(&self.tenants)
+    }
+
+    pub fn put_tenant(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        write_one(&self.tenants, id, &name.to_owned())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+fn read_one<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+    tree.get(key.as_bytes())?
+        .map(|v| serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source }))
+        .transpose()
+}
+
+fn write_one<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })?;
+    tree.insert(key.as_bytes(), bytes)?;
+    Ok(())
 }
 
 type Encoded<'a> = Vec<(&'a String, Option<Vec<u8>>)>;

@@ -11,6 +11,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::{SinkExt, StreamExt};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -166,12 +167,89 @@ impl Drop for NatsServer {
     }
 }
 
+/// The access token requests to a gateway carry, by the gateway's address: the test's session at
+/// that gateway (see [`login`]). Tests that play several operators pass tokens explicitly.
+static TOKENS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// The password of the operators the harness creates (tests are not about password strength).
+pub const TEST_PASSWORD: &str = "a test password of the harness";
+
+fn token_for(host_port: &str) -> Option<String> {
+    TOKENS.lock().ok()?.get(host_port).cloned()
+}
+
+/// Adds an operator to a gateway's store with the gateway's own CLI (the gateway must be stopped,
+/// or not yet started). `communes` empty with a role that needs some: every commune.
+pub fn add_operator(store: &Path, territory: &Path, login: &str, role: &str, communes: &[&str]) -> Result<()> {
+    use std::io::Write;
+    let mut args = vec![
+        "--store".to_owned(),
+        store.display().to_string(),
+        "--territory".to_owned(),
+        territory.display().to_string(),
+        "add-operator".to_owned(),
+        "--login".to_owned(),
+        login.to_owned(),
+        "--role".to_owned(),
+        role.to_owned(),
+    ];
+    if communes.is_empty() {
+        args.push("--all-communes".to_owned());
+    } else {
+        args.extend(["--communes".to_owned(), communes.join(",")]);
+    }
+    let mut child = Command::new(vigie_binary("vigie-gateway")?)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?.write_all(format!("{TEST_PASSWORD}\n").as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!("add-operator {login}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// Logs in at a gateway; returns the access token (and remembers it for that address, so that
+/// the harness's requests to it carry it).
+pub fn login(host_port: &str, login: &str) -> Result<String> {
+    let token = login_token(host_port, login)?;
+    use_token(host_port, &token);
+    Ok(token)
+}
+
+/// Logs in at a gateway; returns the access token only.
+pub fn login_token(host_port: &str, login: &str) -> Result<String> {
+    let body = serde_json::json!({"login": login, "password": TEST_PASSWORD});
+    let (status, answer) = http_post_json_as(host_port, "/api/v1/auth/login", &body, None)?;
+    if status != 200 {
+        bail!("login {login} at {host_port}: {status} {answer}");
+    }
+    Ok(answer["access_token"].as_str().ok_or_else(|| anyhow!("no access_token in {answer}"))?.to_owned())
+}
+
+/// Requests of this test to `host_port` carry `token` from now on (a replica sharing the key, a
+/// gateway restarted on another port).
+pub fn use_token(host_port: &str, token: &str) {
+    if let Ok(mut tokens) = TOKENS.lock() {
+        tokens.insert(host_port.to_owned(), token.to_owned());
+    }
+}
+
 /// A minimal HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(host_port: &str, path: &str) -> Result<(u16, String)> {
+    http_get_as(host_port, path, token_for(host_port).as_deref())
+}
+
+/// A GET with this token (or none): (status, body).
+pub fn http_get_as(host_port: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(host_port)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\n{auth}Connection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status =
@@ -361,6 +439,11 @@ pub fn territory_with_streetlights(lamps: &[(String, f64, f64)], street: &str) -
     Ok(dir)
 }
 
+/// The login of the supervisor every slice's gateway has (the harness's session), and of its
+/// administrator.
+pub const SUPERVISOR: &str = "supervisor";
+pub const ADMIN: &str = "admin";
+
 /// The lighting service and the gateway around one NATS server, each with its own store.
 pub struct Slice {
     pub nats: NatsServer,
@@ -422,11 +505,19 @@ impl Slice {
             args.extend(["--http-addr".into(), "127.0.0.1:0".into()]);
         }
         args.extend(["--ui-dir".into(), ui]);
+        // The communes its operators may be given, and the console's basemap.
+        if !gateway_flags.contains(&"--territory") {
+            args.extend(["--territory".into(), territory.path().display().to_string()]);
+        }
         // Operators' lighting commands go through the gateway to this slice's lighting service.
         args.extend(["--lighting-url".into(), format!("http://{lighting_addr}")]);
         args.extend(gateway_flags.iter().map(|s| s.to_string()));
+        // The slice's operator: the metropolitan supervisor, logged in once the gateway is up.
+        add_operator(&stores.path().join("gateway"), territory.path(), SUPERVISOR, "supervisor", &[])?;
+        add_operator(&stores.path().join("gateway"), territory.path(), ADMIN, "admin", &[])?;
         let gateway = Process::start("vigie-gateway", &args)?;
         let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
+        login(&gateway_addr, SUPERVISOR)?;
         let slice = Slice { nats, lighting, lighting_addr, gateway, gateway_addr, territory, stores };
         slice.wait_lighting_serving().await?;
         slice.wait_gateway_consuming()?;
@@ -476,6 +567,24 @@ impl Slice {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         Process::start("vigie-simulator", &args)
+    }
+
+    /// The slice gateway's signing key: replicas started with `--auth-key` it accept its tokens.
+    pub fn auth_key(&self) -> PathBuf {
+        self.stores.path().join("gateway").join("auth-key.pem")
+    }
+
+    /// Adds an operator through the admin API (`communes` empty: every commune) and logs them in;
+    /// returns their access token.
+    pub fn add_operator(&self, login: &str, role: &str, communes: &[&str]) -> Result<String> {
+        let admin = login_token(&self.gateway_addr, ADMIN)?;
+        let body = serde_json::json!({"login": login, "password": TEST_PASSWORD, "role": role,
+            "communes": communes, "all_communes": communes.is_empty()});
+        let (status, answer) = http_post_json_as(&self.gateway_addr, "/api/v1/admin/operators", &body, Some(&admin))?;
+        if status != 201 {
+            bail!("adding operator {login}: {status} {answer}");
+        }
+        login_token(&self.gateway_addr, login)
     }
 
     pub async fn lighting_client(&self) -> Result<LightingClient> {
@@ -600,13 +709,24 @@ pub fn http_post_form(host_port: &str, path: &str, form: &str) -> Result<(u16, S
 
 /// POSTs a JSON body; returns the status and the body parsed as JSON (`null` when it is not).
 pub fn http_post_json(host_port: &str, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
+    http_post_json_as(host_port, path, body, token_for(host_port).as_deref())
+}
+
+/// A POST with this token (or none), whatever the test's session at that address.
+pub fn http_post_json_as(
+    host_port: &str,
+    path: &str,
+    body: &serde_json::Value,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value)> {
     use std::io::{Read, Write};
     let body = body.to_string();
     let mut stream = std::net::TcpStream::connect(host_port)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();
@@ -620,6 +740,12 @@ pub fn http_post_json(host_port: &str, path: &str, body: &serde_json::Value) -> 
 /// GETs a JSON document; returns the status and the body parsed as JSON (`null` when it is not).
 pub fn http_get_json(host_port: &str, path: &str) -> Result<(u16, serde_json::Value)> {
     let (status, body) = http_get(host_port, path)?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
+}
+
+/// A GET of JSON with this token (or none).
+pub fn http_get_json_as(host_port: &str, path: &str, token: Option<&str>) -> Result<(u16, serde_json::Value)> {
+    let (status, body) = http_get_as(host_port, path, token)?;
     Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
 }
 
@@ -650,10 +776,16 @@ pub fn decode_gtfs_rt_officially(bytes: &[u8]) -> Result<serde_json::Value> {
 
 /// A minimal HTTP/1.1 GET on loopback returning the raw body bytes: (status, body).
 pub fn http_get_bytes(host_port: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+    http_get_bytes_as(host_port, path, token_for(host_port).as_deref())
+}
+
+/// A GET with this token (or none): (status, body bytes).
+pub fn http_get_bytes_as(host_port: &str, path: &str, token: Option<&str>) -> Result<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(host_port)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\n{auth}Connection: close\r\n\r\n")?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("bad response"))?;
@@ -692,9 +824,26 @@ pub struct LiveClient {
 }
 
 impl LiveClient {
+    /// Connects with the test's token at that gateway (see [`login`]).
     pub async fn connect(url: &str) -> Result<LiveClient> {
+        let host = url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("");
+        LiveClient::connect_as(url, token_for(host).as_deref(), None).await
+    }
+
+    /// Connects offering this token (as the `bearer.<token>` subprotocol) and this Origin.
+    pub async fn connect_as(url: &str, token: Option<&str>, origin: Option<&str>) -> Result<LiveClient> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        let protocols = match token {
+            Some(t) => format!("vigie.v1, bearer.{t}"),
+            None => "vigie.v1".to_owned(),
+        };
+        request.headers_mut().insert("sec-websocket-protocol", protocols.parse()?);
+        if let Some(origin) = origin {
+            request.headers_mut().insert("origin", origin.parse()?);
+        }
         let (socket, _) =
-            tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
+            tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
         Ok(LiveClient { socket })
     }
 
@@ -728,6 +877,23 @@ impl LiveClient {
             frames.push(frame);
             if stop {
                 return Ok(frames);
+            }
+        }
+    }
+
+    /// Reads until the gateway closes the connection; returns its close code (frames meanwhile
+    /// are skipped).
+    pub async fn close_code(&mut self) -> Result<u16> {
+        loop {
+            let message = tokio::time::timeout(UNTIL, self.socket.next())
+                .await
+                .map_err(|_| anyhow!("the gateway did not close the connection within {UNTIL:?}"))?
+                .ok_or_else(|| anyhow!("the connection ended without a close frame"))?;
+            match message {
+                Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => return Ok(frame.code.into()),
+                Ok(tokio_tungstenite::tungstenite::Message::Close(None)) => bail!("closed without a code"),
+                Ok(_) => continue,
+                Err(e) => bail!("the connection failed before a close frame: {e}"),
             }
         }
     }

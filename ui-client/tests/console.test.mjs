@@ -54,12 +54,18 @@ async function shot(page, name) {
   await page.screenshot({ path: join(artifacts, name) });
 }
 
-async function openConsole() {
+/** A browser of its own (no shared storage), logged in as `login`. */
+async function openConsole(login, screenshot) {
   const context = await browser.newContext({ viewport: { width: 1600, height: 900 }, locale: "fr-FR" });
   const page = await context.newPage();
   page.on("pageerror", (e) => pageErrors.push(e.message));
   await page.goto(url);
+  await page.fill("#login-name", login);
+  await page.fill("#login-password", expected.password);
+  if (screenshot) await page.screenshot({ path: join(artifacts, screenshot) });
+  await page.click("#login-submit");
   await page.waitForSelector('#link[data-state="live"]', { timeout: 20_000 });
+  assert.equal(await page.getAttribute("#operator", "data-login"), login);
   return page;
 }
 
@@ -100,8 +106,23 @@ after(async () => {
   await browser?.close();
 });
 
+test("0. an operator logs in; a wrong password gets a clear refusal", { skip }, async () => {
+  const context = await browser.newContext({ viewport: { width: 1600, height: 900 }, locale: "fr-FR" });
+  const page = await context.newPage();
+  await page.goto(url);
+  await page.fill("#login-name", expected.operators.a);
+  await page.fill("#login-password", "not the password");
+  await page.click("#login-submit");
+  await page.waitForSelector("#login-error");
+  assert.match(await page.textContent("#login-error"), /login or password is wrong/);
+  // Without a token the API and the live stream give nothing.
+  const api = await page.evaluate(async () => (await fetch("api/v1/alarms")).status);
+  assert.equal(api, 401);
+  await context.close();
+});
+
 test("1. the map shows the communes and the live assets", { skip }, async () => {
-  a = await openConsole();
+  a = await openConsole(expected.operators.a, "00-login.png");
   assert.equal(await a.textContent("#link"), "En direct", "French by default");
   await a.waitForFunction(
     (n) => {
@@ -170,12 +191,10 @@ test("2. an alarm raised by a service appears within 2 s, in the list and on the
 
 test("3. acknowledging in one browser updates a second browser, and the log book has it", { skip }, async () => {
   const { asset } = await step("raise-alarm");
-  b = await openConsole();
+  b = await openConsole(expected.operators.b);
   await rowOf(a, asset).waitFor({ timeout: 5_000 });
   await rowOf(b, asset).waitFor({ timeout: 5_000 });
-  // Operator A names themself, selects the alarm and acknowledges it with the keyboard.
-  await a.fill("#operator", "op-nord");
-  await a.press("#operator", "Escape");
+  // Operator A selects the alarm and acknowledges it with the keyboard.
   await rowOf(a, asset).click();
   await a.keyboard.press("a");
   await b.waitForSelector(`.row[data-acknowledged="true"]:has-text("${asset}")`, { timeout: 5_000 });
@@ -269,14 +288,48 @@ test("6. a commune's view holds that commune's data only", { skip }, async () =>
   });
 });
 
-test("7. a critical alarm sounds, once sound is enabled, and a mute silences it", { skip: skip || (!expected.real_data && "needs the real water network") }, async () => {
+test("7. an operator of one commune sees that commune only, and logging out ends the session", { skip }, async () => {
+  const c = await openConsole(expected.operators.one_commune);
+  const options = await c.locator("#commune option").allTextContents();
+  assert.equal(options.length, 2, `their communes only: ${options}`);
+  assert.match(options[0], /Toutes mes communes/);
+  assert.match(options[1], /34129/);
+  // The lamps that failed are in 34172: none of their alarms, none of 34172's assets.
+  await c.waitForTimeout(1000);
+  assert.equal(await c.locator(".row", { hasText: "Lampe en panne" }).count(), 0, "no alarm of another commune");
+  const theirs = await c.evaluate(async () => {
+    const token = JSON.parse(sessionStorage.getItem("vigie.session")).access;
+    const get = async (path) => (await fetch(path, { headers: { authorization: `Bearer ${token}` } })).json();
+    const assets = await get("api/v1/assets?limit=10000");
+    const audit = await get("api/v1/audit");
+    const other = await fetch("api/v1/alarms?commune=34172", { headers: { authorization: `Bearer ${token}` } });
+    return {
+      communes: [...new Set(assets.items.map((x) => x.commune))],
+      audit: [...new Set(audit.items.map((x) => x.commune))],
+      other: other.status,
+      token,
+    };
+  });
+  assert.ok(theirs.communes.every((x) => x === "34129"), `assets of ${theirs.communes}`);
+  assert.ok(theirs.audit.every((x) => x === "34129"), `audit of ${theirs.audit}`);
+  assert.equal(theirs.other, 403, "asking for another commune is refused");
+  await shot(c, "07-operator-of-one-commune.png");
+  // Logging out: back to the login screen, and the token no longer opens anything.
+  await c.click("#logout");
+  await c.waitForSelector("#login-name");
+  const after = await c.evaluate(async (token) => (await fetch("api/v1/alarms", { headers: { authorization: `Bearer ${token}` } })).status, theirs.token);
+  assert.equal(after, 401);
+  await c.context().close();
+});
+
+test("8. a critical alarm sounds, once sound is enabled, and a mute silences it", { skip: skip || (!expected.real_data && "needs the real water network") }, async () => {
   await a.click("#sound-enable");
   await a.waitForSelector("#sound-mute");
   await step("water-burst");
   await a.waitForSelector('.row[data-severity="critical"]', { timeout: 90_000 });
   await a.waitForFunction(() => Number(document.querySelector("#sound-mute")?.dataset.played ?? 0) >= 1, null, { timeout: 5_000 });
   await a.click('.row[data-severity="critical"]');
-  await shot(a, "07-critical.png");
+  await shot(a, "08-critical.png");
   await a.click("#sound-mute");
   assert.match(await a.textContent("#sound-unmute"), /Son coupé \(10 min\)/);
 });

@@ -451,6 +451,7 @@ impl Lighting {
                 requested_by: format!("schedule:{}", schedule.id),
                 reason: format!("dimming schedule {}", schedule.name),
                 timeout_s: 120,
+                allowed_communes: Vec::new(),
             };
             self.send_command(&command).await?;
             schedule.last_level = Some(level);
@@ -489,6 +490,14 @@ impl Lighting {
         }
         if by_commune.is_empty() {
             return Err(Status::not_found("no registered streetlight matches the target"));
+        }
+        if let Some(outside) = by_commune
+            .keys()
+            .find(|c| !request.allowed_communes.is_empty() && !request.allowed_communes.iter().any(|a| a == c.as_str()))
+        {
+            return Err(Status::permission_denied(format!(
+                "the target reaches lamps of commune {outside}, outside the requester's communes"
+            )));
         }
         let now = SystemTime::now();
         let deadline = event::timestamp(now + valid.timeout);

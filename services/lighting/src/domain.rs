@@ -346,6 +346,7 @@ mod tests {
             requested_by: "operateur.mtp".into(),
             reason: "fête".into(),
             timeout_s: 0,
+            allowed_communes: Vec::new(),
         }
     }
 

@@ -54,8 +54,10 @@ impl ReportsService for ReportsApi {
         let r = request.into_inner();
         let status = ReportStatus::try_from(r.status)
             .map_err(|_| Status::invalid_argument(format!("unknown status {}", r.status)))?;
-        let changed =
-            self.core.change_status(&r.service_request_id, status, &r.note, &r.actor, SystemTime::now()).await?;
+        let changed = self
+            .core
+            .change_status(&r.service_request_id, status, &r.note, &r.actor, &r.allowed_communes, SystemTime::now())
+            .await?;
         Ok(Response::new(changed))
     }
 }

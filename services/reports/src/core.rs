@@ -411,6 +411,7 @@ impl Reports {
         status: ReportStatus,
         note: &str,
         actor: &str,
+        allowed_communes: &[String],
         now: SystemTime,
     ) -> Result<ServiceRequest, ReportError> {
         if status == ReportStatus::Unspecified {
@@ -428,6 +429,10 @@ impl Reports {
             .get(&n)
             .cloned()
             .ok_or_else(|| ReportError::NotFound(format!("no service request {id:?}")))?;
+        // Another commune's request is, to this operator, not there.
+        if !allowed_communes.is_empty() && !allowed_communes.contains(&request.commune) {
+            return Err(ReportError::NotFound(format!("no service request {id:?}")));
+        }
         if request.status == status as i32 && note.is_empty() {
             return Err(invalid(format!("request {id} is {} already", status.token())));
         }

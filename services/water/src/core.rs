@@ -723,6 +723,12 @@ impl Water {
             let state = self.state();
             state.model.operable(&request.link_id).map_err(Status::invalid_argument)?;
             let (commune, _, dma) = state.model.place_element(&request.link_id).map_err(Status::invalid_argument)?;
+            if !request.allowed_communes.is_empty() && !request.allowed_communes.iter().any(|a| a == commune.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "link {} is in commune {commune}, outside the requester's communes",
+                    request.link_id
+                )));
+            }
             let now = SystemTime::now();
             ValveCommand {
                 id: uuid::Uuid::now_v7().to_string(),

@@ -235,10 +235,20 @@ async fn console_in_a_browser() -> Result<()> {
     let simulator = slice.start_simulator(&simulator_args)?;
     let communes = if real_data { 31 } else { 2 };
 
+    let mut system = System { slice, real_data, water, water_simulator: None, failed: Vec::new(), lamps };
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_addr = control_listener.local_addr()?;
     let artifacts = root.join("target/test-artifacts/console");
-    let expect = json!({ "real_data": real_data, "communes": communes });
+    // Operators: two of every commune (two browsers), and one of commune 34129 only.
+    system.slice.add_operator("op-nord", "operator", &[])?;
+    system.slice.add_operator("op-sud", "operator", &[])?;
+    system.slice.add_operator("op-34129", "operator", &["34129"])?;
+    let expect = json!({
+        "real_data": real_data,
+        "communes": communes,
+        "password": tests::TEST_PASSWORD,
+        "operators": {"a": "op-nord", "b": "op-sud", "one_commune": "op-34129"},
+    });
     let mut node = tokio::process::Command::new("node")
         .arg("--test")
         .arg("--test-concurrency=1")
@@ -260,7 +270,6 @@ async fn console_in_a_browser() -> Result<()> {
         text
     });
 
-    let mut system = System { slice, real_data, water, water_simulator: None, failed: Vec::new(), lamps };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     let status = loop {
         tokio::select! {
@@ -277,10 +286,10 @@ async fn console_in_a_browser() -> Result<()> {
     let stdout = output.await?;
     eprintln!("{stdout}");
     assert!(status.success(), "the browser test failed (see its output above)");
-    let scenarios = if real_data { 7 } else { 6 };
+    let scenarios = if real_data { 9 } else { 8 };
     assert!(stdout.contains(&format!("# pass {scenarios}")), "not every scenario passed: {stdout}");
     let shots = ["01-map-live.png", "02-alarm.png", "03-ack-second-browser.png", "04-stale.png", "05-reconnected.png"];
-    for shot in shots.iter().chain(["06-one-commune.png"].iter()) {
+    for shot in shots.iter().chain(["06-one-commune.png", "07-operator-of-one-commune.png", "00-login.png"].iter()) {
         assert!(artifacts.join(shot).is_file(), "no screenshot {shot} in {}", artifacts.display());
     }
     drop(simulator);

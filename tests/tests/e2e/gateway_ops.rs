@@ -8,7 +8,7 @@ use proto::lighting::telemetry_message::Message as Telemetry;
 use proto::lighting::{FaultReport, RegisterStreetlightsRequest, Streetlight, TalqFault, TelemetryMessage};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
-use tests::{Process, Slice, http_get_json, http_post_json, repo_root};
+use tests::{Process, Slice, http_get_json, http_post_json, http_post_json_as, repo_root};
 
 fn lamp_failure(id: &str) -> TelemetryMessage {
     TelemetryMessage {
@@ -21,8 +21,16 @@ fn lamp_failure(id: &str) -> TelemetryMessage {
     }
 }
 
-fn act(gateway: &str, body: Value) -> Result<(u16, Value)> {
-    http_post_json(gateway, "/api/v1/alarms/actions", &body)
+/// An alarm action by the operator whose token this is.
+fn act(gateway: &str, token: &str, body: Value) -> Result<(u16, Value)> {
+    http_post_json_as(gateway, "/api/v1/alarms/actions", &body, Some(token))
+}
+
+/// A gRPC request carrying a token.
+fn authed<T>(message: T, token: &str) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
 }
 
 fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
@@ -58,11 +66,23 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
             "127.0.0.1:0".into(),
             "--ui-dir".into(),
             repo_root().join("ui-client/dist").display().to_string(),
+            // Replicas share the installation's key: a token of one is good at the other.
+            "--auth-key".into(),
+            slice.auth_key().display().to_string(),
         ],
     )?;
     let b = replica.wait_for_addr("HTTP listening", 0)?;
     replica.wait_for_log("consuming events", 0)?;
     let a = slice.gateway_addr.clone();
+    let supervisor = tests::login(&a, tests::SUPERVISOR)?;
+    tests::use_token(&b, &supervisor);
+    // Three operators of both communes.
+    let communes = ["34172", "34129"];
+    let (op_a, op_b, op_c) = (
+        slice.add_operator("op-a", "operator", &communes)?,
+        slice.add_operator("op-b", "operator", &communes)?,
+        slice.add_operator("op-c", "operator", &communes)?,
+    );
     let mut live_b = tests::LiveClient::connect(&format!("ws://{b}/ws")).await?;
     assert_eq!(live_b.next().await?["type"], "snapshot");
 
@@ -90,19 +110,18 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     assert_eq!(items(&a, "/api/v1/assets?domain=lighting&commune=34129")?.len(), 1);
 
     // The workflow on replica A.
-    let (status, answer) =
-        act(&a, json!({"alarm_key": west, "action": "assign", "actor": "op-a", "assignee": "op-b"}))?;
+    let (status, answer) = act(&a, &op_a, json!({"alarm_key": west, "action": "assign", "assignee": "op-b"}))?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["alarm"]["assignee"], "op-b");
     let (status, answer) =
-        act(&a, json!({"alarm_key": west, "action": "comment", "actor": "op-b", "comment": "équipe en route"}))?;
+        act(&a, &op_b, json!({"alarm_key": west, "action": "comment", "comment": "équipe en route"}))?;
     assert_eq!((status, &answer["alarm"]["comments"][0]["text"]), (200, &json!("équipe en route")));
     let until = chrono::Utc::now() + chrono::Duration::hours(1);
     let (status, answer) =
-        act(&a, json!({"alarm_key": west, "action": "shelve", "actor": "op-b", "shelved_until": until.to_rfc3339()}))?;
+        act(&a, &op_b, json!({"alarm_key": west, "action": "shelve", "shelved_until": until.to_rfc3339()}))?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(items(&a, "/api/v1/alarms?state=shelved")?.len(), 1);
-    let (status, answer) = act(&a, json!({"alarm_key": west, "action": "acknowledge", "actor": "op-b"}))?;
+    let (status, answer) = act(&a, &op_b, json!({"alarm_key": west, "action": "acknowledge"}))?;
     assert_eq!((status, &answer["alarm"]["acknowledged_by"]), (200, &json!("op-b")));
 
     // Replica B follows: its WebSocket clients see the steps, its REST answers the same state.
@@ -114,7 +133,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
 
     // Resolved on B: it leaves A's view too.
     let (status, answer) =
-        act(&b, json!({"alarm_key": east, "action": "resolve", "actor": "op-c", "comment": "lampe remplacée"}))?;
+        act(&b, &op_c, json!({"alarm_key": east, "action": "resolve", "comment": "lampe remplacée"}))?;
     assert_eq!((status, &answer["alarm"]), (200, &Value::Null), "{answer}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while items(&a, "/api/v1/alarms?commune=34129")?.len() == 1 {
@@ -141,32 +160,23 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
 
     // Bad requests: clear errors, and the gateway carries on.
     let bad_actions = [
-        (json!({"alarm_key": west, "action": "dance", "actor": "op"}), 400, "action is one of"),
-        (json!({"alarm_key": west, "action": "acknowledge"}), 400, "actor"),
-        (json!({"alarm_key": west, "action": "acknowledge", "actor": ""}), 400, "actor is required"),
-        (json!({"alarm_key": west, "action": "comment", "actor": "op"}), 400, "comment is required"),
-        (json!({"alarm_key": west, "action": "shelve", "actor": "op"}), 400, "shelved_until"),
-        (
-            json!({"alarm_key": west, "action": "shelve", "actor": "op", "shelved_until": "2020-01-01T00:00:00Z"}),
-            400,
-            "next 30 days",
-        ),
-        (json!({"alarm_key": "lighting/lamp_failure/EP-X", "action": "acknowledge", "actor": "op"}), 404, "no alarm"),
-        (json!({"alarm_key": "bad key!", "action": "acknowledge", "actor": "op"}), 400, "alarm key"),
-        (
-            json!({"alarm_key": west, "action": "comment", "actor": "op", "comment": "x".repeat(1001)}),
-            400,
-            "at most 1000",
-        ),
+        (json!({"alarm_key": west, "action": "dance"}), 400, "action is one of"),
+        // Who acts is the token's operator, not something the request says.
+        (json!({"alarm_key": west, "action": "acknowledge", "actor": "someone-else"}), 400, "unknown field"),
+        (json!({"alarm_key": west, "action": "comment"}), 400, "comment is required"),
+        (json!({"alarm_key": west, "action": "shelve"}), 400, "shelved_until"),
+        (json!({"alarm_key": west, "action": "shelve", "shelved_until": "2020-01-01T00:00:00Z"}), 400, "next 30 days"),
+        (json!({"alarm_key": "lighting/lamp_failure/EP-X", "action": "acknowledge"}), 404, "no alarm"),
+        (json!({"alarm_key": "bad key!", "action": "acknowledge"}), 400, "alarm key"),
+        (json!({"alarm_key": west, "action": "comment", "comment": "x".repeat(1001)}), 400, "at most 1000"),
     ];
     for (body, status, message) in bad_actions {
-        let (got, answer) = act(&a, body.clone())?;
+        let (got, answer) = act(&a, &op_a, body.clone())?;
         assert_eq!(got, status, "{body}: {answer}");
         let text = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(text.contains(message), "{body}: {text:?} should mention {message:?}");
     }
-    let (status, _) =
-        act(&a, json!({"alarm_key": west, "action": "comment", "actor": "op", "comment": "x".repeat(70_000)}))?;
+    let (status, _) = act(&a, &op_a, json!({"alarm_key": west, "action": "comment", "comment": "x".repeat(70_000)}))?;
     assert_eq!(status, 413);
     for path in [
         "/api/v1/alarms?commune=34.172",
@@ -202,10 +212,11 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
 
     // Commands over REST, routed to the services: the lighting service takes it (pending, its
     // controller absent), refuses a bad one with its reason; services not configured answer 503.
-    let (status, answer) = http_post_json(
+    let (status, answer) = http_post_json_as(
         &a,
         "/api/v1/commands/lighting",
-        &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 0.5}, "requested_by": "op-a", "reason": "essai"}),
+        &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 0.5}, "reason": "essai"}),
+        Some(&op_a),
     )?;
     assert_eq!(status, 201, "{answer}");
     let command = &answer["commands"][0];
@@ -216,33 +227,22 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let (status, answer) = http_post_json(
         &a,
         "/api/v1/commands/lighting",
-        &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 2.0}, "requested_by": "op-a"}),
+        &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 2.0}}),
     )?;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"]["message"].as_str().is_some_and(|m| m.starts_with("lighting:")), "{answer}");
     let (status, answer) = http_post_json(
         &a,
         "/api/v1/commands/lighting",
-        &json!({"target": {"streetlight_id": "EP-NOPE"}, "action": {"switch_on": true}, "requested_by": "op-a"}),
+        &json!({"target": {"streetlight_id": "EP-NOPE"}, "action": {"switch_on": true}}),
     )?;
     assert_eq!(status, 404, "{answer}");
-    let (status, _) = http_post_json(
-        &a,
-        "/api/v1/commands/valve",
-        &json!({"link_id": "p1", "action": "close", "requested_by": "op"}),
-    )?;
+    let (status, _) = http_post_json(&a, "/api/v1/commands/valve", &json!({"link_id": "p1", "action": "close"}))?;
     assert_eq!(status, 503, "no water service configured");
-    let (status, _) = http_post_json(
-        &a,
-        "/api/v1/commands/valve",
-        &json!({"link_id": "p1", "action": "shut", "requested_by": "op"}),
-    )?;
+    let (status, _) = http_post_json(&a, "/api/v1/commands/valve", &json!({"link_id": "p1", "action": "shut"}))?;
     assert_eq!(status, 400);
-    let (status, _) = http_post_json(
-        &a,
-        "/api/v1/reports/status",
-        &json!({"service_request_id": "1", "status": "fixed", "actor": "op"}),
-    )?;
+    let (status, _) =
+        http_post_json(&a, "/api/v1/reports/status", &json!({"service_request_id": "1", "status": "fixed"}))?;
     assert_eq!(status, 503, "no reports service configured");
     let command_id = command["id"].as_str().context("command id")?.to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -259,19 +259,30 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     // The gRPC face of replica B: the same queries and the same live stream.
     let b_grpc = replica.wait_for_addr("gRPC listening", 0)?;
     let mut ops = proto::ops::ops_view_client::OpsViewClient::connect(format!("http://{b_grpc}")).await?;
-    let answer =
-        ops.list_alarms(proto::ops::ListRequest { commune: "34172".into(), ..Default::default() }).await?.into_inner();
+    let answer = ops
+        .list_alarms(authed(proto::ops::ListRequest { commune: "34172".into(), ..Default::default() }, &supervisor)?)
+        .await?
+        .into_inner();
     let over_grpc: Value = serde_json::from_str(&answer.json)?;
     assert_eq!(over_grpc["items"], json!(items(&b, "/api/v1/alarms?commune=34172")?));
-    let answer =
-        ops.query_audit(proto::ops::AuditRequest { actor: "op-b".into(), ..Default::default() }).await?.into_inner();
+    let answer = ops
+        .query_audit(authed(proto::ops::AuditRequest { actor: "op-b".into(), ..Default::default() }, &supervisor)?)
+        .await?
+        .into_inner();
     let over_grpc: Value = serde_json::from_str(&answer.json)?;
     assert_eq!(over_grpc["items"], json!(by_op_b));
-    let status =
-        ops.list_alarms(proto::ops::ListRequest { commune: "34.172".into(), ..Default::default() }).await.unwrap_err();
+    let status = ops
+        .list_alarms(authed(proto::ops::ListRequest { commune: "34.172".into(), ..Default::default() }, &supervisor)?)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = ops.list_alarms(proto::ops::ListRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "no credential, no data");
     let mut stream = ops
-        .subscribe(proto::ops::SubscribeRequest { communes: vec!["34172".into()], ..Default::default() })
+        .subscribe(authed(
+            proto::ops::SubscribeRequest { communes: vec!["34172".into()], ..Default::default() },
+            &supervisor,
+        )?)
         .await?
         .into_inner();
     let first: Value = serde_json::from_str(&stream.message().await?.context("a first frame")?.json)?;
@@ -295,8 +306,10 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
             break;
         }
     }
-    let status =
-        ops.subscribe(proto::ops::SubscribeRequest { bbox: vec![1.0, 2.0], ..Default::default() }).await.unwrap_err();
+    let status = ops
+        .subscribe(authed(proto::ops::SubscribeRequest { bbox: vec![1.0, 2.0], ..Default::default() }, &supervisor)?)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
     // A replica started now, with an empty store, rebuilds the same view from the stream.
@@ -312,9 +325,12 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
             "gateway-c".into(),
             "--http-addr".into(),
             "127.0.0.1:0".into(),
+            "--auth-key".into(),
+            slice.auth_key().display().to_string(),
         ],
     )?;
     let c = fresh.wait_for_addr("HTTP listening", 0)?;
+    tests::use_token(&c, &supervisor);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while items(&c, "/api/v1/audit")? != items(&b, "/api/v1/audit")? {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the fresh replica never caught up");
@@ -345,6 +361,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     slice.gateway.kill()?;
     let from = slice.gateway.restart()?;
     let a = slice.gateway.wait_for_addr("HTTP listening", from)?;
+    tests::use_token(&a, &supervisor);
     // What the SIGKILL cut from its store comes back from the stream.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while items(&a, "/api/v1/audit")? != audit_before {

@@ -33,6 +33,7 @@ fn dim(target: Target, level: f64, timeout_s: u32) -> SendCommandRequest {
         requested_by: "operateur.test".into(),
         reason: "essai de gradation".into(),
         timeout_s,
+        allowed_communes: Vec::new(),
     }
 }
 
@@ -103,6 +104,13 @@ async fn a_dim_command_goes_to_the_controller_and_comes_back_applied() -> Result
     // By street name, case and accents aside: the same ten lamps.
     let reply = client.send_command(dim(Target::Street("RUE DE L AIGUILLERIE".into()), 0.8, 30)).await?.into_inner();
     assert_eq!(reply.commands[0].lamps_total, 10);
+    // An operator of another commune: refused whole, nothing sent.
+    let limited = SendCommandRequest {
+        allowed_communes: vec!["34129".into()],
+        ..dim(Target::Street("RUE DE L AIGUILLERIE".into()), 0.2, 30)
+    };
+    let refused = client.send_command(limited).await.expect_err("lamps outside the operator's communes");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
     Ok(())
 }
 
@@ -227,7 +235,7 @@ async fn a_feeder_failure_raises_exactly_one_cluster_alarm_which_survives_a_rest
     let (status, answer) = tests::http_post_json(
         &slice.gateway_addr,
         "/api/v1/alarms/actions",
-        &serde_json::json!({"alarm_key": key, "action": "acknowledge", "actor": "opérateur-1"}),
+        &serde_json::json!({"alarm_key": key, "action": "acknowledge"}),
     )?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["alarm"], serde_json::Value::Null, "acknowledged once cleared: closed");
@@ -235,7 +243,7 @@ async fn a_feeder_failure_raises_exactly_one_cluster_alarm_which_survives_a_rest
     let closed = &frames[frames.len() - 1]["alarm"];
     assert_eq!(
         (&closed["closed"], &closed["acknowledged_by"]),
-        (&serde_json::json!(true), &serde_json::json!("opérateur-1"))
+        (&serde_json::json!(true), &serde_json::json!(tests::SUPERVISOR))
     );
     let mut later = slice.live_client().await?;
     assert_eq!(later.next().await?["alarms"], serde_json::json!([]));

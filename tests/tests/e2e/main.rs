@@ -9,6 +9,7 @@ mod lighting_domain;
 mod lighting_slice;
 mod live_protocol;
 mod reports;
+mod tenancy;
 mod transport;
 mod transport_simulated;
 mod water;

@@ -64,6 +64,7 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
                 status: status as i32,
                 note: note.into(),
                 actor: "agent.proprete".into(),
+                allowed_communes: Vec::new(),
             })
             .await?;
     }
@@ -73,6 +74,7 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
             status: ReportStatus::Fixed as i32,
             note: String::new(),
             actor: "x".into(),
+            allowed_communes: Vec::new(),
         })
         .await
         .expect_err("fixed already");
@@ -83,10 +85,23 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
             status: ReportStatus::Closed as i32,
             note: String::new(),
             actor: String::new(),
+            allowed_communes: Vec::new(),
         })
         .await
         .expect_err("who");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // An operator limited to other communes does not find this request.
+    let hidden = client
+        .change_status(ChangeStatusRequest {
+            service_request_id: first.clone(),
+            status: ReportStatus::Closed as i32,
+            note: String::new(),
+            actor: "op".into(),
+            allowed_communes: vec!["99999".into()],
+        })
+        .await
+        .expect_err("another commune's");
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
     let frames = live
         .until(|f| f["asset"]["id"] == first_asset.as_str() && f["asset"]["details"]["detailed_status"] == "fixed")
         .await?;

@@ -178,6 +178,19 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
     assert!(drop > 5.0 && rise > 20.0, "drop {drop} m, rise {rise} m3/h");
     assert!(sensor_seen, "water sensors appear as assets with their measures");
 
+    // An operator of another commune may not touch this pipe.
+    let refused = client
+        .send_valve_command(SendValveCommandRequest {
+            link_id: BURST_PIPE.into(),
+            action: ValveAction::Close as i32,
+            requested_by: "opérateur voisin".into(),
+            reason: "isoler la casse".into(),
+            timeout_s: 60,
+            allowed_communes: vec!["99999".into()],
+        })
+        .await
+        .expect_err("outside the operator's communes");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
     // The operator isolates the burst pipe.
     let command = client
         .send_valve_command(SendValveCommandRequest {
@@ -186,6 +199,7 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
             requested_by: "opératrice test".into(),
             reason: "isoler la casse".into(),
             timeout_s: 60,
+            allowed_communes: Vec::new(),
         })
         .await?
         .into_inner();

@@ -2,11 +2,12 @@
 // {"error": {code, message}}; they are thrown as ApiError with the gateway's message.
 
 import type { Alarm, AuditEntry } from "./protocol";
+import { authFetch } from "./auth.svelte";
 
 export class ApiError extends Error {}
 
 async function call<T>(path: string, init?: RequestInit): Promise<T> {
-  const response = await fetch(path, init);
+  const response = await authFetch(path, init);
   const text = await response.text();
   let body: unknown = null;
   try {
@@ -44,13 +45,13 @@ export async function waterDmas(): Promise<Dma[]> {
 
 export type AlarmActionKind = "acknowledge" | "assign" | "comment" | "resolve";
 
+/// An action on an alarm; who acts is the logged-in operator.
 export function alarmAction(
   alarmKey: string,
   action: AlarmActionKind,
-  actor: string,
   extra: { assignee?: string; comment?: string } = {},
 ): Promise<{ event_id: string; alarm: Alarm | null }> {
-  return post("api/v1/alarms/actions", { alarm_key: alarmKey, action, actor, ...extra });
+  return post("api/v1/alarms/actions", { alarm_key: alarmKey, action, ...extra });
 }
 
 export function audit(params: { communes: string[]; limit: number }): Promise<{ items: AuditEntry[] }> {
@@ -59,6 +60,6 @@ export function audit(params: { communes: string[]; limit: number }): Promise<{ 
   return call(`api/v1/audit?${query}`);
 }
 
-export function logbookEntry(actor: string, commune: string, text: string): Promise<{ event_id: string; entry: AuditEntry | null }> {
-  return post("api/v1/logbook", { actor, commune, text });
+export function logbookEntry(commune: string, text: string): Promise<{ event_id: string; entry: AuditEntry | null }> {
+  return post("api/v1/logbook", { commune, text });
 }

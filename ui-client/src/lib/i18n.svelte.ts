@@ -129,6 +129,19 @@ const FR = {
   seq: "séquence {seq}",
   assets_count: "{n} équipements",
   min: "min",
+  login_title: "Connexion au centre de supervision",
+  login_name: "Identifiant",
+  login_password: "Mot de passe",
+  login_submit: "Se connecter",
+  login_unreachable: "Le centre ne répond pas ; réessayez.",
+  logout: "Déconnexion",
+  my_communes: "Toutes mes communes",
+  role_supervisor: "superviseur",
+  role_operator: "opérateur",
+  role_viewer: "lecture seule",
+  role_admin: "administrateur",
+  role_integrator: "intégrateur",
+  read_only: "Lecture seule : aucune action possible",
 };
 
 export type Key = keyof typeof FR;
@@ -257,6 +270,19 @@ const EN: Partial<Record<Key, string>> = {
   error: "Error: {message}",
   seq: "sequence {seq}",
   assets_count: "{n} assets",
+  login_title: "Sign in to the operations centre",
+  login_name: "Login",
+  login_password: "Password",
+  login_submit: "Sign in",
+  login_unreachable: "The centre does not answer; retry.",
+  logout: "Sign out",
+  my_communes: "All my communes",
+  role_supervisor: "supervisor",
+  role_operator: "operator",
+  role_viewer: "read only",
+  role_admin: "administrator",
+  role_integrator: "integrator",
+  read_only: "Read only: no action possible",
 };
 
 /// Domain vocabularies: alarm types, lamp and report states, water measures.

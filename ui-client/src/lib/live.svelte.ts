@@ -8,6 +8,7 @@
 // `version`, which changes at most every RENDER_EVERY_MS, rather than every object being reactive.
 
 import type { Alarm, Asset, Command, Kpi, ServerFrame, Upstream } from "./protocol";
+import { end, refresh, token } from "./auth.svelte";
 import { assetKey } from "./protocol";
 
 export type Link = "connecting" | "live" | "stale" | "reconnecting";
@@ -16,6 +17,9 @@ const RENDER_EVERY_MS = 250;
 /// Until two heartbeats are seen, the gateway's default interval is assumed.
 const DEFAULT_HEARTBEAT_MS = 5_000;
 const MISSED_HEARTBEATS_BEFORE_STALE = 3;
+/// The gateway's close codes for access (gateway/src/http.rs).
+const CLOSE_TOKEN_EXPIRED = 4001;
+const CLOSE_REVOKED = 4003;
 
 export class LiveState {
   link = $state<Link>("connecting");
@@ -50,6 +54,7 @@ export class LiveState {
   #pendingRender = false;
   #snapshotSeen = false;
   #timer: ReturnType<typeof setInterval> | null = null;
+  #stopped = false;
 
   constructor(private readonly base: URL) {}
 
@@ -60,6 +65,7 @@ export class LiveState {
   }
 
   stop() {
+    this.#stopped = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#socket?.close();
   }
@@ -82,7 +88,9 @@ export class LiveState {
   }
 
   #connect() {
-    const socket = new WebSocket(this.#url());
+    if (this.#stopped) return;
+    // The token goes as a subprotocol: never in the URL (it would end up in logs).
+    const socket = new WebSocket(this.#url(), ["vigie.v1", `bearer.${token()}`]);
     this.#socket = socket;
     socket.onopen = () => {
       this.#retryMs = 250;
@@ -98,13 +106,21 @@ export class LiveState {
       }
       this.#receive(frame);
     };
-    socket.onclose = () => {
-      if (socket !== this.#socket) return;
+    socket.onclose = (event) => {
+      if (socket !== this.#socket || this.#stopped) return;
+      if (event.code === CLOSE_REVOKED) {
+        end("");
+        return;
+      }
       if (this.link === "live") this.liveUntil = Date.now();
       this.link = "reconnecting";
-      const delay = this.#retryMs;
+      // An expired token (or a refused upgrade, which a browser reports as 1006): a fresh token
+      // first, then at once, resuming from the last sequence.
+      const expired = event.code === CLOSE_TOKEN_EXPIRED || event.code === 1006;
+      const delay = event.code === CLOSE_TOKEN_EXPIRED ? 0 : this.#retryMs;
       this.#retryMs = Math.min(this.#retryMs * 2, 4000);
-      setTimeout(() => {
+      setTimeout(async () => {
+        if (expired) await refresh();
         this.reconnects += 1;
         this.#connect();
       }, delay);

@@ -8,7 +8,6 @@ export type AlarmSort = "severity" | "recent" | "commune";
 export const ui = $state({
   /// The commune in view ("" = all of the operator's communes).
   commune: "",
-  operator: localStorage.getItem("vigie.operator") ?? "",
   /// `domain/id` of the selected asset, or "".
   selectedAsset: "",
   /// Key of the selected alarm, or "".
@@ -23,8 +22,3 @@ export const ui = $state({
   flyTo: 0,
   help: false,
 });
-
-export function setOperator(name: string) {
-  ui.operator = name.trim();
-  localStorage.setItem("vigie.operator", ui.operator);
-}

@@ -1,0 +1,667 @@
+//! Who may see and do what: operators with a role and a scope (the communes they may see), their
+//! passwords (argon2id), and the tokens that carry them (JWS, EdDSA over Ed25519, RFC 8037).
+//!
+//! - The signing key is generated per installation at first start (`--auth-key`, PKCS#8 PEM, mode
+//!   0600); there is no default key. Its public half is written next to it for the services,
+//!   which check integrators' tokens with it.
+//! - An access token lives minutes (`--access-token-ttl`); a refresh token, a shift
+//!   (`--session-ttl`). Each refresh rotates the refresh token; presenting an old one revokes the
+//!   session (it was stolen or replayed). Logout revokes the session: its access tokens stop
+//!   working at once, and its open WebSockets are closed.
+//! - [`Scope::narrow`] is the one place that turns what a request asks for into what the caller
+//!   may see; every outgoing path of the gateway builds its `Filter` with it.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Issuer and audience of every token; a token of another system is refused.
+pub const ISSUER: &str = "vigie";
+pub const AUDIENCE: &str = "vigie";
+/// A password shorter than this is refused when an operator is created.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+/// Failed logins of one login before it is locked for `LOCK_FOR`.
+const MAX_FAILURES: u32 = 5;
+const LOCK_FOR: Duration = Duration::from_secs(300);
+/// Largest token accepted (a JWS of ours is a few hundred bytes).
+const MAX_TOKEN_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The metropolitan supervisor: every commune, reads and acts.
+    Supervisor,
+    /// A commune's operator: their communes, reads and acts.
+    Operator,
+    /// Reads their communes, acts on nothing.
+    Viewer,
+    /// Manages communes and operators; sees no operational data.
+    Admin,
+    /// An integrating system: reads (gRPC stream, queries) and writes field data within its
+    /// communes and domains; no operator's actions.
+    Integrator,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Role> {
+        Some(match text {
+            "supervisor" => Role::Supervisor,
+            "operator" => Role::Operator,
+            "viewer" => Role::Viewer,
+            "admin" => Role::Admin,
+            "integrator" => Role::Integrator,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Supervisor => "supervisor",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+            Role::Integrator => "integrator",
+        }
+    }
+
+    /// Sees operational data (assets, alarms, KPIs, audit).
+    pub fn reads(self) -> bool {
+        !matches!(self, Role::Admin)
+    }
+
+    /// Acts as an operator: alarm actions, commands, log book.
+    pub fn acts(self) -> bool {
+        matches!(self, Role::Supervisor | Role::Operator)
+    }
+}
+
+/// The communes a principal may see and act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Communes(BTreeSet<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutOfScope {
+    #[error("commune {0} is outside your communes")]
+    Commune(String),
+    #[error("you have no commune")]
+    NoCommune,
+}
+
+impl Scope {
+    pub fn allows(&self, commune: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Communes(set) => set.contains(commune),
+        }
+    }
+
+    /// The communes a request may see, as a filter's list (empty = every commune): what it asked
+    /// for when all of it is in scope, else a refusal; everything in scope when it asked for
+    /// nothing. Never an empty list for a limited scope (that would mean "all").
+    pub fn narrow(&self, requested: &[String]) -> Result<Vec<String>, OutOfScope> {
+        match self {
+            Scope::All => Ok(requested.to_vec()),
+            Scope::Communes(set) if set.is_empty() => Err(OutOfScope::NoCommune),
+            Scope::Communes(set) => {
+                if let Some(outside) = requested.iter().find(|c| !set.contains(*c)) {
+                    return Err(OutOfScope::Commune(outside.chars().take(32).collect()));
+                }
+                Ok(if requested.is_empty() { set.iter().cloned().collect() } else { requested.to_vec() })
+            }
+        }
+    }
+
+    /// The list the services' `allowed_communes` take (empty = no limit).
+    pub fn allowed_communes(&self) -> Vec<String> {
+        match self {
+            Scope::All => Vec::new(),
+            Scope::Communes(set) => set.iter().cloned().collect(),
+        }
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub login: String,
+    pub role: Role,
+    pub scope: Scope,
+    /// The session (operators) or the credential (integrators) the token belongs to.
+    pub sid: String,
+    /// When the token expires (seconds since the epoch).
+    pub expires_at: u64,
+    /// Integrators: the domains they may write (empty = none).
+    pub domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenType {
+    Access,
+    Refresh,
+    /// A long-lived integrator credential (revocable by its id).
+    Integrator,
+}
+
+/// A token's claims (JWT registered names where there are some).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub typ: TokenType,
+    pub sid: String,
+    pub role: Role,
+    /// The scope: every commune, or these.
+    pub all_communes: bool,
+    pub communes: Vec<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Refresh tokens: the session's generation they were issued for (rotation).
+    #[serde(default)]
+    pub generation: u32,
+}
+
+impl Claims {
+    pub fn scope(&self) -> Scope {
+        if self.all_communes { Scope::All } else { Scope::Communes(self.communes.iter().cloned().collect()) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not for this system")]
+    WrongAudience,
+    #[error("the token is not of the right type")]
+    WrongType,
+    #[error("the session was closed")]
+    Revoked,
+}
+
+/// The installation's signing key.
+pub struct Keys {
+    signing: SigningKey,
+    verifying: VerifyingKey,
+}
+
+impl Keys {
+    /// Reads the key at `path`, or generates one there (and its public half at `<path>.pub`)
+    /// when the file does not exist.
+    pub fn load_or_generate(path: &Path) -> anyhow::Result<Keys> {
+        use anyhow::Context;
+        let signing = if path.exists() {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 key: {e}", path.display()))?
+        } else {
+            let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let pem = signing.to_pkcs8_pem(Default::default()).map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+            write_private(path, pem.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated this installation's signing key");
+            signing
+        };
+        let verifying = signing.verifying_key();
+        let public = verifying.to_public_key_pem(Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::fs::write(public_key_path(path), public)?;
+        Ok(Keys { signing, verifying })
+    }
+
+    #[cfg(test)]
+    fn from_seed(seed: [u8; 32]) -> Keys {
+        let signing = SigningKey::from_bytes(&seed);
+        Keys { verifying: signing.verifying_key(), signing }
+    }
+
+    /// The compact JWS of `claims` (header `{"alg":"EdDSA","typ":"JWT"}`).
+    pub fn sign(&self, claims: &Claims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let input = format!("{header}.{payload}");
+        let signature = URL_SAFE_NO_PAD.encode(self.signing.sign(input.as_bytes()).to_bytes());
+        format!("{input}.{signature}")
+    }
+
+    /// The claims of a token this installation signed, checked: signature, issuer, audience,
+    /// expiry (`now` in seconds since the epoch).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let payload = verify_jws(&self.verifying, token)?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+        if claims.iss != ISSUER || claims.aud != AUDIENCE {
+            return Err(TokenError::WrongAudience);
+        }
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+/// The file holding the public half of the key at `path`.
+pub fn public_key_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+/// The payload of a compact JWS signed with EdDSA by `key`. Only `alg: EdDSA` is accepted (no
+/// `none`, no algorithm chosen by the token).
+pub fn verify_jws(key: &VerifyingKey, token: &str) -> Result<Vec<u8>, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or(TokenError::Malformed)?;
+    if header.get("alg").and_then(|a| a.as_str()) != Some("EdDSA") {
+        return Err(TokenError::Malformed);
+    }
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+    let signature = Signature::from_slice(&signature).map_err(|_| TokenError::Malformed)?;
+    let signed = &token[..token.len() - token.rsplit('.').next().map_or(0, str::len) - 1];
+    key.verify(signed.as_bytes(), &signature).map_err(|_| TokenError::BadSignature)?;
+    URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)
+}
+
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?
+        .to_string())
+}
+
+pub fn password_matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// A stored operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub login: String,
+    pub role: Role,
+    pub all_communes: bool,
+    pub communes: Vec<String>,
+    /// Integrators: the domains they may write.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub password_hash: String,
+    pub created_at: u64,
+}
+
+/// A login session (operators), or an integrator's credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub sid: String,
+    pub login: String,
+    pub generation: u32,
+    pub expires_at: u64,
+    pub revoked: bool,
+}
+
+/// A login's recent failures, for throttling.
+struct Failures {
+    count: u32,
+    since: SystemTime,
+}
+
+/// The gateway's authority: keys, the sessions revoked, login throttling.
+pub struct Authority {
+    pub keys: Keys,
+    pub access_ttl: Duration,
+    pub session_ttl: Duration,
+    revoked: RwLock<HashSet<String>>,
+    failures: Mutex<HashMap<String, Failures>>,
+    /// Announces each revoked session, so that its open WebSockets are closed.
+    pub revocations: tokio::sync::broadcast::Sender<String>,
+}
+
+/// When a token expiring at `expires_at` (seconds since the epoch) stops being valid, on tokio's
+/// clock.
+pub fn deadline(expires_at: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(now_s()))
+}
+
+pub fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Authority {
+    pub fn new(keys: Keys, access_ttl: Duration, session_ttl: Duration, revoked: HashSet<String>) -> Authority {
+        Authority {
+            keys,
+            access_ttl,
+            session_ttl,
+            revoked: RwLock::new(revoked),
+            failures: Mutex::new(HashMap::new()),
+            revocations: tokio::sync::broadcast::channel(256).0,
+        }
+    }
+
+    /// The principal an access (or integrator) token names.
+    pub fn principal(&self, token: &str) -> Result<Principal, TokenError> {
+        let claims = self.keys.verify(token, now_s())?;
+        if claims.typ == TokenType::Refresh {
+            return Err(TokenError::WrongType);
+        }
+        if self.is_revoked(&claims.sid) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(Principal {
+            login: claims.sub.clone(),
+            role: claims.role,
+            scope: claims.scope(),
+            sid: claims.sid.clone(),
+            expires_at: claims.exp,
+            domains: claims.domains.clone(),
+        })
+    }
+
+    pub fn is_revoked(&self, sid: &str) -> bool {
+        self.revoked.read().map(|r| r.contains(sid)).unwrap_or(true)
+    }
+
+    pub fn revoke(&self, sid: &str) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(sid.to_owned());
+        }
+        let _ = self.revocations.send(sid.to_owned());
+    }
+
+    /// Claims for an operator's session.
+    pub fn claims(&self, operator: &OperatorRecord, session: &SessionRecord, typ: TokenType) -> Claims {
+        let now = now_s();
+        let exp = match typ {
+            TokenType::Access => (now + self.access_ttl.as_secs()).min(session.expires_at),
+            TokenType::Refresh | TokenType::Integrator => session.expires_at,
+        };
+        Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: operator.login.clone(),
+            iat: now,
+            exp,
+            typ,
+            sid: session.sid.clone(),
+            role: operator.role,
+            all_communes: operator.all_communes,
+            communes: operator.communes.clone(),
+            domains: operator.domains.clone(),
+            generation: session.generation,
+        }
+    }
+
+    /// Whether `login` may try a password now.
+    pub fn may_try(&self, login: &str) -> bool {
+        let Ok(failures) = self.failures.lock() else { return false };
+        match failures.get(login) {
+            Some(f) if f.count >= MAX_FAILURES => f.since.elapsed().is_ok_and(|e| e > LOCK_FOR),
+            _ => true,
+        }
+    }
+
+    pub fn failed(&self, login: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            // Bounded: a flood of made-up logins cannot grow it without end.
+            if failures.len() > 10_000 {
+                failures.retain(|_, f| f.since.elapsed().map_or(true, |e| e < LOCK_FOR));
+            }
+            let entry = failures
+                .entry(login.chars().take(64).collect())
+                .or_insert(Failures { count: 0, since: SystemTime::now() });
+            if entry.since.elapsed().is_ok_and(|e| e > LOCK_FOR) {
+                *entry = Failures { count: 0, since: SystemTime::now() };
+            }
+            entry.count += 1;
+        }
+    }
+
+    pub fn succeeded(&self, login: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(login);
+        }
+    }
+}
+
+/// A login: 1 to 64 characters among letters, digits, `.`, `-`, `_`, `@`.
+pub fn check_login(login: &str) -> Result<(), String> {
+    let ok = !login.is_empty()
+        && login.len() <= 64
+        && login.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'));
+    if ok { Ok(()) } else { Err("a login is 1 to 64 letters, digits, '.', '-', '_' or '@'".into()) }
+}
+
+/// A new session id (also the integrator credential's id).
+pub fn new_sid() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(typ: TokenType, exp: u64) -> Claims {
+        Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "op".into(),
+            iat: 1,
+            exp,
+            typ,
+            sid: "s1".into(),
+            role: Role::Operator,
+            all_communes: false,
+            communes: vec!["34172".into()],
+            domains: vec![],
+            generation: 0,
+        }
+    }
+
+    /// RFC 8037, appendix A.4: the Ed25519 signature of the example JWS, so that our tokens are
+    /// standard JWS any library verifies.
+    #[test]
+    fn signs_like_rfc_8037() {
+        let seed: [u8; 32] =
+            URL_SAFE_NO_PAD.decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A").unwrap().try_into().unwrap();
+        let key = SigningKey::from_bytes(&seed);
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        );
+        let input = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
+        let signature = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes());
+        assert_eq!(signature, "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg");
+        let token = format!("{input}.{signature}");
+        assert_eq!(verify_jws(&key.verifying_key(), &token).unwrap(), b"Example of Ed25519 signing");
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        let keys = Keys::from_seed([7; 32]);
+        let token = keys.sign(&claims(TokenType::Access, 1000));
+        assert_eq!(keys.verify(&token, 999).unwrap().sub, "op");
+        assert_eq!(keys.verify(&token, 1000), Err(TokenError::Expired));
+        // Another installation's key.
+        assert_eq!(Keys::from_seed([8; 32]).verify(&token, 1), Err(TokenError::BadSignature));
+        // A payload changed after signing.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&Claims { all_communes: true, ..claims(TokenType::Access, 1000) }).unwrap());
+        parts[1] = &forged;
+        assert_eq!(keys.verify(&parts.join("."), 1), Err(TokenError::BadSignature));
+        // alg none, or anything but EdDSA.
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), token.split('.').nth(1).unwrap());
+        assert_eq!(keys.verify(&none, 1), Err(TokenError::Malformed));
+        for junk in ["", "a.b", "a.b.c.d", "...", &"x".repeat(5000)] {
+            assert_eq!(keys.verify(junk, 1), Err(TokenError::Malformed), "{junk:.20}");
+        }
+        // Another system's token.
+        let other = keys.sign(&Claims { aud: "thingsboard".into(), ..claims(TokenType::Access, 1000) });
+        assert_eq!(keys.verify(&other, 1), Err(TokenError::WrongAudience));
+    }
+
+    #[test]
+    fn refresh_tokens_and_revoked_sessions_give_no_principal() {
+        let authority =
+            Authority::new(Keys::from_seed([7; 32]), Duration::from_secs(60), Duration::from_secs(600), HashSet::new());
+        let far = now_s() + 100;
+        let refresh = authority.keys.sign(&claims(TokenType::Refresh, far));
+        assert_eq!(authority.principal(&refresh).unwrap_err(), TokenError::WrongType);
+        let access = authority.keys.sign(&claims(TokenType::Access, far));
+        let principal = authority.principal(&access).unwrap();
+        assert_eq!(principal.scope, Scope::Communes(["34172".to_string()].into()));
+        let mut closed = authority.revocations.subscribe();
+        authority.revoke("s1");
+        assert_eq!(authority.principal(&access).unwrap_err(), TokenError::Revoked);
+        assert_eq!(closed.try_recv().unwrap(), "s1");
+    }
+
+    #[test]
+    fn passwords_are_hashed_with_a_salt() {
+        let a = hash_password("correct horse battery").unwrap();
+        let b = hash_password("correct horse battery").unwrap();
+        assert_ne!(a, b, "salted");
+        assert!(a.starts_with("$argon2id$"));
+        assert!(password_matches("correct horse battery", &a));
+        assert!(!password_matches("correct horse batterz", &a));
+        assert!(!password_matches("x", "not a hash"));
+    }
+
+    #[test]
+    fn logins_are_throttled() {
+        let authority =
+            Authority::new(Keys::from_seed([7; 32]), Duration::from_secs(60), Duration::from_secs(600), HashSet::new());
+        for _ in 0..MAX_FAILURES {
+            assert!(authority.may_try("op"));
+            authority.failed("op");
+        }
+        assert!(!authority.may_try("op"));
+        assert!(authority.may_try("other"));
+    }
+
+    #[test]
+    fn login_names_are_plain() {
+        assert!(check_login("jean.dupont@montpellier").is_ok());
+        for bad in ["", "a b", "é", "a/b", &"a".repeat(65), "a\n"] {
+            assert!(check_login(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Property tests of the one scope filter: over generated scopes, requests and commune ids
+    /// (real ones, wildcards, subjects' dots, Unicode, empty, case variants), whatever the filter
+    /// built from a scope lets through belongs to the scope.
+    mod scope_properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use proto::live::{Filter, KpiState};
+
+        /// Commune ids as attackers and typos write them.
+        fn commune_id() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::sample::select(vec!["34172", "34129", "2A004", "2B033", "34022", "75056"]).prop_map(str::to_owned),
+                1 => Just("*".to_owned()),
+                1 => Just(">".to_owned()),
+                1 => Just("34.*".to_owned()),
+                1 => Just("34172.>".to_owned()),
+                1 => Just(String::new()),
+                1 => Just("2a004".to_owned()),
+                1 => Just(" 34172".to_owned()),
+                1 => Just("３４１７２".to_owned()),
+                1 => Just("34172\u{0}".to_owned()),
+                1 => "\\PC{0,12}",
+            ]
+        }
+
+        fn scope() -> impl Strategy<Value = Scope> {
+            prop_oneof![
+                1 => Just(Scope::All),
+                4 => prop::collection::btree_set(commune_id(), 0..4).prop_map(Scope::Communes),
+            ]
+        }
+
+        fn kpi(commune: &str) -> KpiState {
+            KpiState {
+                domain: "lighting".into(),
+                commune: commune.into(),
+                at: String::new(),
+                values: Default::default(),
+                history: Vec::new(),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn a_narrowed_filter_lets_through_only_the_scope(
+                scope in scope(),
+                requested in prop::collection::vec(commune_id(), 0..4),
+                item in commune_id(),
+            ) {
+                match scope.narrow(&requested) {
+                    Ok(communes) => {
+                        if let Scope::Communes(set) = &scope {
+                            prop_assert!(!communes.is_empty(), "a limited scope never becomes 'every commune'");
+                            prop_assert!(communes.iter().all(|c| set.contains(c)));
+                        }
+                        let filter = Filter { communes, ..Default::default() };
+                        if filter.allows_kpi(&kpi(&item)) {
+                            prop_assert!(scope.allows(&item), "{item:?} let through for {scope:?}");
+                        }
+                    }
+                    Err(OutOfScope::NoCommune) => prop_assert_eq!(&scope, &Scope::Communes(Default::default())),
+                    Err(OutOfScope::Commune(_)) => {
+                        prop_assert!(requested.iter().any(|c| !scope.allows(c)));
+                    }
+                }
+            }
+
+            #[test]
+            fn matching_is_exact(scope in scope(), item in commune_id()) {
+                // No prefix, pattern, case or Unicode folding: only the very id.
+                if let Scope::Communes(set) = &scope {
+                    prop_assert_eq!(scope.allows(&item), set.contains(&item));
+                }
+            }
+        }
+    }
+}
