@@ -96,29 +96,43 @@ if [ ! -f "$credentials" ]; then
   (umask 077; printf 'superviseur %s\nadmin %s\n' "$supervisor_password" "$admin_password" > "$credentials")
 fi
 
-"$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 -p "$nats_port" -m "$nats_monitor_port" -sd var/nats \
-  >var/logs/nats.log 2>&1 &
+# The bus's users, one per process with its subject permissions (deploy/nats/authorization.conf);
+# passwords generated at first run, a letter then hex digits (nats-server parses them as values).
+nats_credentials=var/nats-credentials.env
+if [ ! -f "$nats_credentials" ]; then
+  (umask 077; for user in LIGHTING TRANSPORT WATER REPORTS GATEWAY; do
+    echo "VIGIE_NATS_${user}_PASSWORD=v$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  done > "$nats_credentials")
+fi
+# Each process gets its own password only; nats-server gets them all.
+as_nats_user() { # user: the environment a process connects to NATS with
+  local var="VIGIE_NATS_$(echo "$1" | tr '[:lower:]' '[:upper:]')_PASSWORD"
+  echo "VIGIE_NATS_USER=$1 VIGIE_NATS_PASSWORD=$(sed -n "s/^${var}=//p" "$nats_credentials")"
+}
+
+(set -a; . "$nats_credentials"; exec "$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 -p "$nats_port" \
+  -m "$nats_monitor_port" -sd var/nats) >var/logs/nats.log 2>&1 &
 pids+=($!)
 wait_for "nats-server" "http://127.0.0.1:${nats_monitor_port}/healthz?js-enabled-only=true"
 
 export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
 export VIGIE_TERRITORY="$territory"
 
-"$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting --metrics-addr 127.0.0.1:9161 \
+env $(as_nats_user lighting) "$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting --metrics-addr 127.0.0.1:9161 \
   >var/logs/lighting.log 2>&1 &
 pids+=($!)
-"$bin"/vigie-transport --grpc-addr "$transport_addr" --http-addr "$transport_http_addr" --store var/transport \
+env $(as_nats_user transport) "$bin"/vigie-transport --grpc-addr "$transport_addr" --http-addr "$transport_http_addr" --store var/transport \
   --metrics-addr 127.0.0.1:9162 \
   >var/logs/transport.log 2>&1 &
 pids+=($!)
-"$bin"/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
+env $(as_nats_user reports) "$bin"/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
   --metrics-addr 127.0.0.1:9164 \
   >var/logs/reports.log 2>&1 &
 pids+=($!)
-"$bin"/vigie-water --grpc-addr "$water_addr" --store var/water --metrics-addr 127.0.0.1:9163 \
+env $(as_nats_user water) "$bin"/vigie-water --grpc-addr "$water_addr" --store var/water --metrics-addr 127.0.0.1:9163 \
   >var/logs/water.log 2>&1 &
 pids+=($!)
-"$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
+env $(as_nats_user gateway) "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
   --lighting-url "http://${lighting_addr}" --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" \
   --grpc-addr 127.0.0.1:50060 \
   >var/logs/gateway.log 2>&1 &

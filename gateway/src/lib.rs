@@ -195,7 +195,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         view::OperationsView::restore(loaded.assets, loaded.alarms, loaded.commands, loaded.kpis, loaded.applied_seq);
     let live = Arc::new(live::Live::new(view));
 
-    let nats = runtime::bus::connect(&config.common.nats_url, "vigie-gateway").await?;
+    let nats = runtime::bus::connect(&config.common, "vigie-gateway").await?;
     let consumer = consumer::Consumer {
         js: jetstream::new(nats.clone()),
         live: live.clone(),

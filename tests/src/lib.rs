@@ -85,46 +85,88 @@ fn wait_exit(child: &mut Child, what: &str) -> Result<ExitStatus> {
     poll(what, WAIT, || child.try_wait().ok().flatten())
 }
 
-/// A real nats-server with JetStream, on loopback.
+/// The NATS users of deploy/nats/authorization.conf: one per process.
+pub const NATS_USERS: [&str; 5] = ["lighting", "transport", "water", "reports", "gateway"];
+
+/// A real nats-server with JetStream, on loopback, with the deployment's users and subject
+/// permissions (deploy/nats/authorization.conf), each with a password of this server's own.
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    passwords: BTreeMap<&'static str, String>,
 }
 
 impl NatsServer {
     pub fn start() -> Result<NatsServer> {
         let dir = tempfile::tempdir()?;
-        let mut server = NatsServer { child: None, port: 0, dir };
+        let passwords = NATS_USERS.iter().map(|u| (*u, format!("v{:032x}", rand::random::<u128>()))).collect();
+        let mut server = NatsServer { child: None, port: 0, dir, passwords };
         server.spawn(None)?;
         Ok(server)
+    }
+
+    /// The flags a process connects as `user` with (`--nats-url`, `--nats-user`, `--nats-password`).
+    pub fn credentials(&self, user: &str) -> Vec<String> {
+        vec![
+            "--nats-url".into(),
+            self.url(),
+            "--nats-user".into(),
+            user.into(),
+            "--nats-password".into(),
+            self.passwords.get(user).cloned().unwrap_or_default(),
+        ]
+    }
+
+    /// A client connected as `user`, as that process would be.
+    pub async fn client_as(&self, user: &str) -> Result<async_nats::Client> {
+        let password = self.passwords.get(user).cloned().ok_or_else(|| anyhow!("no NATS user {user}"))?;
+        Ok(async_nats::ConnectOptions::with_user_and_password(user.into(), password).connect(self.url()).await?)
     }
 
     fn spawn(&mut self, port: Option<u16>) -> Result<()> {
         let ports_dir = self.dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir)?;
-        let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into());
-        let child = Command::new(nats_server_binary()?)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--http_port", "-1"])
-            .arg("-sd")
-            .arg(self.dir.path().join("jetstream"))
-            .arg("--ports_file_dir")
-            .arg(&ports_dir)
+        // The deployment's authorization (copied: nats-server includes files relative to the
+        // config), and this server's ports and store.
+        std::fs::copy(repo_root().join("deploy/nats/authorization.conf"), self.dir.path().join("authorization.conf"))?;
+        let config = format!(
+            "include \"./authorization.conf\"\nhost: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n",
+            port.map(i64::from).unwrap_or(-1),
+            ports_dir.display().to_string(),
+            self.dir.path().join("jetstream").display().to_string(),
+        );
+        let config_path = self.dir.path().join("nats.conf");
+        std::fs::write(&config_path, config)?;
+        let mut command = Command::new(nats_server_binary()?);
+        for (user, password) in &self.passwords {
+            command.env(format!("VIGIE_NATS_{}_PASSWORD", user.to_uppercase()), password);
+        }
+        let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
+        let child = command
+            .arg("-c")
+            .arg(&config_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("starting nats-server")?;
         let pid = child.id();
         self.child = Some(child);
         // Named after the executable and its pid: <name>_<pid>.ports.
         let suffix = format!("_{pid}.ports");
+        let log = self.dir.path().join("nats.log");
         let text = poll("nats-server ports file", WAIT, || {
             let entry = std::fs::read_dir(&ports_dir)
                 .ok()?
                 .flatten()
                 .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
             std::fs::read_to_string(entry.path()).ok().filter(|t| t.contains("\"nats\""))
+        })
+        .map_err(|e| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            anyhow!("{e}; nats-server said: {tail:?}")
         })?;
         let ports: serde_json::Value = serde_json::from_str(&text)?;
         let url = ports["nats"][0].as_str().ok_or_else(|| anyhow!("no client port in {text}"))?;
@@ -479,14 +521,15 @@ impl Slice {
         let nats = NatsServer::start()?;
         let stores = tempfile::tempdir()?;
         let common = |store: &str| {
-            vec![
-                "--nats-url".to_owned(),
-                nats.url(),
+            // The store's name is the process's NATS user (lighting, gateway).
+            let mut args = nats.credentials(store);
+            args.extend([
                 "--store".to_owned(),
                 stores.path().join(store).display().to_string(),
                 "--shutdown-timeout".to_owned(),
                 "10s".to_owned(),
-            ]
+            ]);
+            args
         };
         let mut args = common("lighting");
         args.extend([
@@ -638,14 +681,13 @@ impl Slice {
     /// Starts a domain service binary on this slice's NATS and territory, with its own store,
     /// free ports, and extra flags.
     fn start_service(&self, binary: &str, store: &str, extra: &[&str]) -> Result<ServiceProcess> {
-        let mut args = vec![
-            "--nats-url".to_owned(),
-            self.nats.url(),
+        let mut args = self.nats.credentials(store);
+        args.extend([
             "--store".to_owned(),
             self.stores.path().join(store).display().to_string(),
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
-        ];
+        ]);
         // A free port unless the test gives one (the gateway's URL for it is set beforehand).
         if !extra.contains(&"--grpc-addr") {
             args.extend(["--grpc-addr".to_owned(), "127.0.0.1:0".to_owned()]);

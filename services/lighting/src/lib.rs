@@ -174,7 +174,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         .map_err(|status| anyhow::anyhow!("restoring the lighting state: {}", status.message()))?;
     tracing::info!(streetlights = store.streetlight_count(), outbox = store.outbox().depth(), "store opened");
 
-    let nats = runtime::bus::connect(&config.common.nats_url, "vigie-lighting").await?;
+    let nats = runtime::bus::connect(&config.common, "vigie-lighting").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
     let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
 

@@ -102,7 +102,7 @@ pub async fn run(
         config.lighting_services.clone(),
     )?);
 
-    let nats = runtime::bus::connect(&config.common.nats_url, "vigie-reports").await?;
+    let nats = runtime::bus::connect(&config.common, "vigie-reports").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
     let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
     let background = CancellationToken::new();

@@ -6,8 +6,17 @@ use proto::subject;
 
 /// Connects to NATS. The client connects in the background and reconnects forever, so a process
 /// starts (and a service accepts writes into its outbox) while NATS is down.
-pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+pub async fn connect(
+    common: &crate::config::CommonConfig,
+    client_name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let options = match (&common.nats_user, &common.nats_password) {
+        (Some(user), Some(password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        _ => async_nats::ConnectOptions::new(),
+    };
+    options
         .name(client_name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -18,7 +27,7 @@ pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client,
                 other => tracing::info!(event = %other, "NATS event"),
             }
         })
-        .connect(url)
+        .connect(&common.nats_url)
         .await
 }
 

@@ -8,6 +8,15 @@ pub struct CommonConfig {
     #[arg(long, env = "VIGIE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// The NATS user of this process (each has its subject permissions, see
+    /// deploy/nats/authorization.conf); none: connect without credentials.
+    #[arg(long, env = "VIGIE_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// Its password (prefer the environment variable: a flag shows in the process list).
+    #[arg(long, env = "VIGIE_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
     /// Log format on stderr: `text` or `json`. Verbosity comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "VIGIE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -169,7 +169,7 @@ pub async fn run(
         day,
     )?);
 
-    let nats = runtime::bus::connect(&config.common.nats_url, "vigie-transport").await?;
+    let nats = runtime::bus::connect(&config.common, "vigie-transport").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
     let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
     let background = CancellationToken::new();

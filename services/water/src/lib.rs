@@ -180,7 +180,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         .await
         .context("restoring the water state")?;
 
-    let nats = runtime::bus::connect(&config.common.nats_url, "vigie-water").await?;
+    let nats = runtime::bus::connect(&config.common, "vigie-water").await?;
     let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
     let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
     let ticking = tokio::spawn(tick(core.clone(), config.kpi_interval, background.clone()));

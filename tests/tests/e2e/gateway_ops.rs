@@ -54,22 +54,24 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let replica = Process::start(
         "vigie-gateway",
         &[
-            "--nats-url".into(),
-            slice.nats.url(),
-            "--store".into(),
-            replica_store.path().display().to_string(),
-            "--consumer".into(),
-            "gateway-b".into(),
-            "--grpc-addr".into(),
-            "127.0.0.1:0".into(),
-            "--http-addr".into(),
-            "127.0.0.1:0".into(),
-            "--ui-dir".into(),
-            repo_root().join("ui-client/dist").display().to_string(),
-            // Replicas share the installation's key: a token of one is good at the other.
-            "--auth-key".into(),
-            slice.auth_key().display().to_string(),
-        ],
+            slice.nats.credentials("gateway"),
+            vec![
+                "--store".into(),
+                replica_store.path().display().to_string(),
+                "--consumer".into(),
+                "gateway-b".into(),
+                "--grpc-addr".into(),
+                "127.0.0.1:0".into(),
+                "--http-addr".into(),
+                "127.0.0.1:0".into(),
+                "--ui-dir".into(),
+                repo_root().join("ui-client/dist").display().to_string(),
+                // Replicas share the installation's key: a token of one is good at the other.
+                "--auth-key".into(),
+                slice.auth_key().display().to_string(),
+            ],
+        ]
+        .concat(),
     )?;
     let b = replica.wait_for_addr("HTTP listening", 0)?;
     replica.wait_for_log("consuming events", 0)?;
@@ -317,17 +319,19 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let fresh = Process::start(
         "vigie-gateway",
         &[
-            "--nats-url".into(),
-            slice.nats.url(),
-            "--store".into(),
-            fresh_store.path().display().to_string(),
-            "--consumer".into(),
-            "gateway-c".into(),
-            "--http-addr".into(),
-            "127.0.0.1:0".into(),
-            "--auth-key".into(),
-            slice.auth_key().display().to_string(),
-        ],
+            slice.nats.credentials("gateway"),
+            vec![
+                "--store".into(),
+                fresh_store.path().display().to_string(),
+                "--consumer".into(),
+                "gateway-c".into(),
+                "--http-addr".into(),
+                "127.0.0.1:0".into(),
+                "--auth-key".into(),
+                slice.auth_key().display().to_string(),
+            ],
+        ]
+        .concat(),
     )?;
     let c = fresh.wait_for_addr("HTTP listening", 0)?;
     tests::use_token(&c, &supervisor);

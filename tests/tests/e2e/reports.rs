@@ -22,6 +22,8 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
     write_streets(territory.path())?;
     let slice = Slice::start_in(territory).await?;
     let mut reports = slice.start_reports(&["--rate-per-minute", "40", "--kpi-interval", "1s"]).await?;
+    // It follows the lighting alarms on the bus, which its NATS permissions allow.
+    reports.process.wait_for_log("following lighting alarms", 0)?;
     let mut live = slice.live_client().await?;
     assert_eq!(live.next().await?["type"], "snapshot");
 

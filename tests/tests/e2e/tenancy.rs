@@ -254,3 +254,40 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }
+
+/// NATS enforces who publishes what (deploy/nats/authorization.conf, the harness runs with it):
+/// a service publishes only its own domain's subjects, only the gateway publishes operators'
+/// events, and no service reads another's subjects directly.
+#[tokio::test]
+async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
+    use async_nats::jetstream;
+    let nats = tests::NatsServer::start()?;
+    let lighting = jetstream::new(nats.client_as("lighting").await?);
+    let stream = jetstream::stream::Config {
+        name: proto::subject::EVENTS_STREAM.into(),
+        subjects: vec!["lighting.>".into(), "transport.>".into(), "water.>".into(), "reports.>".into(), "ops.>".into()],
+        ..Default::default()
+    };
+    let mut events = lighting.get_or_create_stream(stream).await?;
+    let publish = |js: jetstream::Context, subject: &'static str| async move {
+        let ack = async { js.publish(subject, "x".into()).await?.await.map_err(anyhow::Error::from) };
+        tokio::time::timeout(Duration::from_secs(3), ack).await.map_err(anyhow::Error::from).and_then(|r| r)
+    };
+    publish(lighting.clone(), "lighting.34172.streetlight_status").await.context("its own domain")?;
+    for subject in ["transport.34172.vehicle_moved", "water.34129.reading", "ops.34172.alarm_action"] {
+        assert!(publish(lighting.clone(), subject).await.is_err(), "lighting published on {subject}");
+    }
+    let gateway = jetstream::new(nats.client_as("gateway").await?);
+    publish(gateway.clone(), "ops.34172.alarm_action").await.context("the gateway's operators' events")?;
+    assert!(
+        publish(gateway, "lighting.34172.streetlight_status").await.is_err(),
+        "the gateway published a field event"
+    );
+    // Nothing refused reached the stream.
+    assert_eq!(events.info().await?.state.messages, 2);
+    // A wrong password does not connect.
+    let wrong =
+        async_nats::ConnectOptions::with_user_and_password("lighting".into(), "guess".into()).connect(nats.url()).await;
+    assert!(wrong.is_err(), "connected with a wrong password");
+    Ok(())
+}
