@@ -30,6 +30,20 @@ fn failing(id: &str) -> ReportStatusRequest {
     }
 }
 
+/// A DELETE with a token: the status.
+fn http_delete_as(host_port: &str, path: &str, token: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host_port)?;
+    write!(
+        stream,
+        "DELETE {path} HTTP/1.1\r\nHost: {host_port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("status")?;
+    Ok((status, response))
+}
+
 fn authed<T>(message: T, token: &str) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
@@ -163,6 +177,31 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
     let (status, operators) = http_get_json_as(&gateway, "/api/v1/admin/operators", Some(&admin))?;
     assert_eq!(status, 200);
     assert!(!operators.to_string().contains("argon2"), "no password hash leaves the gateway");
+
+    // An integrating system of commune 34129: its credential reads 34129 over gRPC, nothing
+    // else, and it cannot log in nor act as an operator.
+    let (status, issued) = http_post_json_as(
+        &gateway,
+        "/api/v1/admin/integrators",
+        &json!({"login": "sig-est", "communes": ["34129"], "domains": ["lighting"]}),
+        Some(&admin),
+    )?;
+    assert_eq!(status, 201, "{issued}");
+    let credential = issued["token"].as_str().context("token")?.to_owned();
+    let answer = ops.list_alarms(authed(proto::ops::ListRequest::default(), &credential)?).await?.into_inner();
+    assert!(answer.json.contains("EP-EST") && !answer.json.contains(CANARY), "{}", answer.json);
+    let (status, _) = http_post_json_as(
+        &gateway,
+        "/api/v1/alarms/actions",
+        &json!({"alarm_key": "lighting/lamp_failure/EP-EST", "action": "acknowledge"}),
+        Some(&credential),
+    )?;
+    assert_eq!(status, 403, "an integrator does not act as an operator");
+    // Removing it revokes the credential at once.
+    let (status, _) = http_delete_as(&gateway, "/api/v1/admin/operators/sig-est", &admin)?;
+    assert_eq!(status, 204);
+    let refused = ops.list_alarms(authed(proto::ops::ListRequest::default(), &credential)?).await.expect_err("revoked");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     Ok(())
 }
 
