@@ -15,72 +15,19 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
+pub use runtime::auth::{AUDIENCE, Claims, ISSUER, Role, TokenError, TokenType, TokenVerifier, verify_jws};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Issuer and audience of every token; a token of another system is refused.
-pub const ISSUER: &str = "vigie";
-pub const AUDIENCE: &str = "vigie";
 /// A password shorter than this is refused when an operator is created.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 /// Failed logins of one login before it is locked for `LOCK_FOR`.
 const MAX_FAILURES: u32 = 5;
 const LOCK_FOR: Duration = Duration::from_secs(300);
-/// Largest token accepted (a JWS of ours is a few hundred bytes).
-const MAX_TOKEN_BYTES: usize = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The metropolitan supervisor: every commune, reads and acts.
-    Supervisor,
-    /// A commune's operator: their communes, reads and acts.
-    Operator,
-    /// Reads their communes, acts on nothing.
-    Viewer,
-    /// Manages communes and operators; sees no operational data.
-    Admin,
-    /// An integrating system: reads (gRPC stream, queries) and writes field data within its
-    /// communes and domains; no operator's actions.
-    Integrator,
-}
-
-impl Role {
-    pub fn parse(text: &str) -> Option<Role> {
-        Some(match text {
-            "supervisor" => Role::Supervisor,
-            "operator" => Role::Operator,
-            "viewer" => Role::Viewer,
-            "admin" => Role::Admin,
-            "integrator" => Role::Integrator,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Supervisor => "supervisor",
-            Role::Operator => "operator",
-            Role::Viewer => "viewer",
-            Role::Admin => "admin",
-            Role::Integrator => "integrator",
-        }
-    }
-
-    /// Sees operational data (assets, alarms, KPIs, audit).
-    pub fn reads(self) -> bool {
-        !matches!(self, Role::Admin)
-    }
-
-    /// Acts as an operator: alarm actions, commands, log book.
-    pub fn acts(self) -> bool {
-        matches!(self, Role::Supervisor | Role::Operator)
-    }
-}
 
 /// The communes a principal may see and act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,62 +91,15 @@ pub struct Principal {
     pub domains: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenType {
-    Access,
-    Refresh,
-    /// A long-lived integrator credential (revocable by its id).
-    Integrator,
-}
-
-/// A token's claims (JWT registered names where there are some).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub iat: u64,
-    pub exp: u64,
-    pub typ: TokenType,
-    pub sid: String,
-    pub role: Role,
-    /// The scope: every commune, or these.
-    pub all_communes: bool,
-    pub communes: Vec<String>,
-    #[serde(default)]
-    pub domains: Vec<String>,
-    /// Refresh tokens: the session's generation they were issued for (rotation).
-    #[serde(default)]
-    pub generation: u32,
-}
-
-impl Claims {
-    pub fn scope(&self) -> Scope {
-        if self.all_communes { Scope::All } else { Scope::Communes(self.communes.iter().cloned().collect()) }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("the token is malformed")]
-    Malformed,
-    #[error("the token's signature is not valid")]
-    BadSignature,
-    #[error("the token has expired")]
-    Expired,
-    #[error("the token is not for this system")]
-    WrongAudience,
-    #[error("the token is not of the right type")]
-    WrongType,
-    #[error("the session was closed")]
-    Revoked,
+/// A token's scope.
+pub fn scope_of(claims: &Claims) -> Scope {
+    if claims.all_communes { Scope::All } else { Scope::Communes(claims.communes.iter().cloned().collect()) }
 }
 
 /// The installation's signing key.
 pub struct Keys {
     signing: SigningKey,
-    verifying: VerifyingKey,
+    verifier: TokenVerifier,
 }
 
 impl Keys {
@@ -224,13 +124,13 @@ impl Keys {
         let verifying = signing.verifying_key();
         let public = verifying.to_public_key_pem(Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
         std::fs::write(public_key_path(path), public)?;
-        Ok(Keys { signing, verifying })
+        Ok(Keys { signing, verifier: TokenVerifier::new(verifying) })
     }
 
     #[cfg(test)]
     fn from_seed(seed: [u8; 32]) -> Keys {
         let signing = SigningKey::from_bytes(&seed);
-        Keys { verifying: signing.verifying_key(), signing }
+        Keys { verifier: TokenVerifier::new(signing.verifying_key()), signing }
     }
 
     /// The compact JWS of `claims` (header `{"alg":"EdDSA","typ":"JWT"}`).
@@ -245,15 +145,7 @@ impl Keys {
     /// The claims of a token this installation signed, checked: signature, issuer, audience,
     /// expiry (`now` in seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        let payload = verify_jws(&self.verifying, token)?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-        if claims.iss != ISSUER || claims.aud != AUDIENCE {
-            return Err(TokenError::WrongAudience);
-        }
-        if claims.exp <= now {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
+        self.verifier.verify(token, now)
     }
 }
 
@@ -276,32 +168,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
-}
-
-/// The payload of a compact JWS signed with EdDSA by `key`. Only `alg: EdDSA` is accepted (no
-/// `none`, no algorithm chosen by the token).
-pub fn verify_jws(key: &VerifyingKey, token: &str) -> Result<Vec<u8>, TokenError> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(TokenError::Malformed);
-    }
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed);
-    };
-    let header: serde_json::Value = URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()
-        .and_then(|h| serde_json::from_slice(&h).ok())
-        .ok_or(TokenError::Malformed)?;
-    if header.get("alg").and_then(|a| a.as_str()) != Some("EdDSA") {
-        return Err(TokenError::Malformed);
-    }
-    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
-    let signature = Signature::from_slice(&signature).map_err(|_| TokenError::Malformed)?;
-    let signed = &token[..token.len() - token.rsplit('.').next().map_or(0, str::len) - 1];
-    key.verify(signed.as_bytes(), &signature).map_err(|_| TokenError::BadSignature)?;
-    URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)
 }
 
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
@@ -391,7 +257,7 @@ impl Authority {
         Ok(Principal {
             login: claims.sub.clone(),
             role: claims.role,
-            scope: claims.scope(),
+            scope: scope_of(&claims),
             sid: claims.sid.clone(),
             expires_at: claims.exp,
             domains: claims.domains.clone(),

@@ -12,6 +12,7 @@
 //! - [`metrics`]: the process's Prometheus metrics and their `/metrics` route.
 
 pub mod alarms;
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod grpc;
