@@ -355,8 +355,9 @@ async fn session(
                 out.close(access_close::TOKEN_EXPIRED, "the token has expired; refresh it and reconnect").await;
                 return;
             }
-            Ok(sid) = revocations.recv() => {
-                if sid == principal.sid {
+            // Any revocation (or missed ones, if this session lagged): is it this session's?
+            _ = revocations.recv() => {
+                if state.authority.is_revoked(&principal.sid) {
                     out.close(access_close::REVOKED, "the session was closed; log in again").await;
                     return;
                 }

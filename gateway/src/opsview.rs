@@ -97,6 +97,7 @@ impl OpsView for OpsViewApi {
         filter.communes =
             principal.scope.narrow(&filter.communes).map_err(|e| Status::permission_denied(e.to_string()))?;
         let mut revocations = self.authority.revocations.subscribe();
+        let authority = self.authority.clone();
         let expires_at = crate::auth::deadline(principal.expires_at);
         let coalescing = !r.every_update;
         let live = self.api.live.clone();
@@ -144,8 +145,9 @@ impl OpsView for OpsViewApi {
                         let _ = sender.send(Err(Status::unauthenticated("the token has expired"))).await;
                         return;
                     }
-                    Ok(sid) = revocations.recv() => {
-                        if sid == principal.sid {
+                    // Any revocation (or missed ones, if this stream lagged): is it this one's?
+                    _ = revocations.recv() => {
+                        if authority.is_revoked(&principal.sid) {
                             let _ = sender.send(Err(Status::unauthenticated("the session was closed"))).await;
                             return;
                         }
