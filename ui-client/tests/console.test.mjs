@@ -208,6 +208,8 @@ test("3. acknowledging in one browser updates a second browser, and the log book
   // A writes in the log book; B reads it, with the acknowledgement, in time order.
   await a.click("#tab-logbook");
   await a.fill("#logbook-text", "Relève de 14 h : rien à signaler hors éclairage");
+  assert.ok(await a.isDisabled("#logbook-add"), "no entry without its commune");
+  await a.selectOption("#logbook-commune", "34172");
   await a.click("#logbook-add");
   await a.waitForSelector('#logbook-entries li[data-action="note"]', { timeout: 5_000 });
   await a.click("#tab-alarms");
