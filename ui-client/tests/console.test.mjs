@@ -155,6 +155,29 @@ test("1. the map shows the communes and the live assets", { skip }, async () => 
       { timeout: 20_000 },
     );
   }
+  // Fluidity, measured (not asserted: speed belongs to the benchmarks): frame intervals while the
+  // map pans over every streetlight and moving vehicle, on this machine's software renderer.
+  const frames = await a.evaluate(async () => {
+    const m = window.vigieMap;
+    const gaps = [];
+    let last = performance.now();
+    let running = true;
+    const tick = (t) => {
+      gaps.push(t - last);
+      last = t;
+      if (running) requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+    m.panBy([300, 150], { duration: 1500 });
+    await new Promise((r) => setTimeout(r, 1600));
+    m.panBy([-300, -150], { duration: 1500 });
+    await new Promise((r) => setTimeout(r, 1600));
+    running = false;
+    gaps.sort((x, y) => x - y);
+    const at = (q) => Math.round(gaps[Math.min(gaps.length - 1, Math.floor(q * gaps.length))]);
+    return { frames: gaps.length, median_ms: at(0.5), p95_ms: at(0.95), lighting: m.querySourceFeatures("lighting").length };
+  });
+  console.log("# panning the map:", JSON.stringify(frames));
   // Clicking a vehicle (or a lamp) on the map selects it: its details open.
   const layer = expected.real_data ? "transport" : "lighting";
   const target = await a.evaluate((layer) => {
