@@ -262,6 +262,9 @@ test("4. stale data is marked as such", { skip }, async () => {
     await a.waitForSelector("#data-age", { timeout: 5_000 });
     assert.match(await a.textContent("#data-age"), /Données d'il y a \d+ s/);
     await shot(a, "04-stale.png");
+    // Silent for six heartbeats, the connection is dead even if the network never said so: the
+    // console drops it and reconnects (the new connection waits for the frozen gateway).
+    await a.waitForSelector('#link[data-state="reconnecting"]', { timeout: 10_000 });
   } finally {
     await step("resume-gateway");
   }

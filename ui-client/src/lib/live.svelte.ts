@@ -17,6 +17,7 @@ const RENDER_EVERY_MS = 250;
 /// Until two heartbeats are seen, the gateway's default interval is assumed.
 const DEFAULT_HEARTBEAT_MS = 5_000;
 const MISSED_HEARTBEATS_BEFORE_STALE = 3;
+const MISSED_HEARTBEATS_BEFORE_RECONNECT = 6;
 /// The gateway's close codes for access (gateway/src/http.rs).
 const CLOSE_TOKEN_EXPIRED = 4001;
 const CLOSE_REVOKED = 4003;
@@ -207,8 +208,23 @@ export class LiveState {
   }
 
   #checkStale() {
+    const silent = Date.now() - this.lastHeardAt;
+    // A connection silent for this long is dead even if the network never said so (a cable cut
+    // sends no FIN): drop it, and reconnect with resume.
+    if (this.lastHeardAt > 0 && silent > this.#heartbeatMs * MISSED_HEARTBEATS_BEFORE_RECONNECT) {
+      this.lastHeardAt = Date.now();
+      // Detached first: its close handshake may never complete.
+      const dead = this.#socket;
+      this.#socket = null;
+      dead?.close();
+      if (this.link === "live") this.liveUntil = Date.now();
+      this.link = "reconnecting";
+      this.reconnects += 1;
+      this.#connect();
+      return;
+    }
     if (this.link !== "live") return;
-    if (Date.now() - this.lastHeardAt > this.#heartbeatMs * MISSED_HEARTBEATS_BEFORE_STALE) this.#notLive("stale");
+    if (silent > this.#heartbeatMs * MISSED_HEARTBEATS_BEFORE_STALE) this.#notLive("stale");
   }
 
   #render(now: boolean) {
