@@ -165,16 +165,40 @@ pub async fn run(
 }
 
 /// Follows the lighting alarms on the bus (from the stream's start: the active ones are rebuilt at
-/// each start), so that a "lamp out" report near a lamp known faulty is linked to its alarm.
+/// each start), so that a "lamp out" report near a lamp known faulty is linked to its alarm. A
+/// failure (NATS down, the stream recreated) starts it over, after a pause that grows to 30 s:
+/// replaying the alarms is idempotent.
 async fn follow_lighting_alarms(
     nats: async_nats::Client,
     core: Arc<core::Reports>,
     common: CommonConfig,
     stop: CancellationToken,
 ) {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            result = follow_lighting_alarms_once(nats.clone(), core.clone(), &common) => {
+                let error = result.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "the consumer ended".into());
+                tracing::warn!(error, retry_in = ?pause, "following lighting alarms stopped: lamp reports are not linked until it resumes");
+            }
+            _ = stop.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+async fn follow_lighting_alarms_once(
+    nats: async_nats::Client,
+    core: Arc<core::Reports>,
+    common: &CommonConfig,
+) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     let js = async_nats::jetstream::new(nats);
-    let follow = async {
+    {
         runtime::bus::ensure_events_stream(&js, &common.stream).await?;
         let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
         let filter_subjects = ["alarm_raised", "alarm_cleared"]
@@ -202,11 +226,5 @@ async fn follow_lighting_alarms(
             }
         }
         anyhow::Ok(())
-    };
-    tokio::select! {
-        result = follow => if let Err(e) = result {
-            tracing::warn!(error = format!("{e:#}"), "following lighting alarms stopped: lamp reports are no longer linked");
-        },
-        _ = stop.cancelled() => {}
     }
 }
