@@ -96,6 +96,16 @@ if [ ! -f "$credentials" ]; then
   (umask 077; printf 'superviseur %s\nadmin %s\n' "$supervisor_password" "$admin_password" > "$credentials")
 fi
 
+# The simulator is an integrating system: its credential (every commune, the four domains) is
+# issued once, with the installation's signing key (generated here if this is the first run).
+# The services check every gRPC call against the key's public half.
+simulator_token=var/simulator.token
+if [ ! -f "$simulator_token" ]; then
+  (umask 077; "$bin"/vigie-gateway --store var/gateway --territory "$territory" add-integrator --login simulateur \
+    --domains lighting,transport,water,reports --all-communes > "$simulator_token")
+fi
+export VIGIE_AUTH_PUBLIC_KEY=var/gateway/auth-key.pem.pub
+
 # The bus's users, one per process with its subject permissions (deploy/nats/authorization.conf);
 # passwords generated at first run, a letter then hex digits (nats-server parses them as values).
 nats_credentials=var/nats-credentials.env
@@ -139,7 +149,7 @@ env $(as_nats_user gateway) "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_p
 pids+=($!)
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
 
-"$bin"/vigie-simulator --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
+VIGIE_SIM_TOKEN="$(cat "$simulator_token")" "$bin"/vigie-simulator --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
   --reports-url "http://${reports_addr}" --water-url "http://${water_addr}" \
   >var/logs/simulator.log 2>&1 &
 pids+=($!)

@@ -390,6 +390,25 @@ struct NewIntegrator {
     domains: Vec<String>,
 }
 
+/// Stores an integrator and its credential (a session of a year); returns the credential.
+pub fn issue_integrator(
+    store: &Store,
+    authority: &Authority,
+    record: &OperatorRecord,
+) -> Result<(SessionRecord, String), crate::store::StoreError> {
+    store.put_operator(record)?;
+    let session = SessionRecord {
+        sid: new_sid(),
+        login: record.login.clone(),
+        generation: 0,
+        expires_at: now_s() + INTEGRATOR_TTL.as_secs(),
+        revoked: false,
+    };
+    store.put_session(&session)?;
+    let token = authority.keys.sign(&authority.claims(record, &session, TokenType::Integrator));
+    Ok((session, token))
+}
+
 /// An integrating system's credential: a token it sends as `authorization: Bearer` metadata
 /// (gRPC) or header; revoked by removing the login.
 async fn add_integrator(
@@ -413,16 +432,7 @@ async fn add_integrator(
         &request.domains,
     )
     .map_err(ApiError::bad_request)?;
-    access.store.put_operator(&record).map_err(store_error)?;
-    let session = SessionRecord {
-        sid: new_sid(),
-        login: record.login.clone(),
-        generation: 0,
-        expires_at: now_s() + INTEGRATOR_TTL.as_secs(),
-        revoked: false,
-    };
-    access.store.put_session(&session).map_err(store_error)?;
-    let token = access.authority.keys.sign(&access.authority.claims(&record, &session, TokenType::Integrator));
+    let (session, token) = issue_integrator(&access.store, &access.authority, &record).map_err(store_error)?;
     tracing::info!(by = %p.login, login = %record.login, "integrator credential issued");
     let body = serde_json::json!({"token": token, "expires_at": session.expires_at, "integrator": OperatorView::from(&record)});
     Ok((StatusCode::CREATED, Json(body)).into_response())

@@ -219,6 +219,7 @@ pub struct Authority {
     pub session_ttl: Duration,
     revoked: RwLock<HashSet<String>>,
     failures: Mutex<HashMap<String, Failures>>,
+    service_token: Mutex<Option<(String, u64)>>,
     /// Announces each revoked session, so that its open WebSockets are closed.
     pub revocations: tokio::sync::broadcast::Sender<String>,
 }
@@ -241,6 +242,7 @@ impl Authority {
             session_ttl,
             revoked: RwLock::new(revoked),
             failures: Mutex::new(HashMap::new()),
+            service_token: Mutex::new(None),
             revocations: tokio::sync::broadcast::channel(256).0,
         }
     }
@@ -248,7 +250,8 @@ impl Authority {
     /// The principal an access (or integrator) token names.
     pub fn principal(&self, token: &str) -> Result<Principal, TokenError> {
         let claims = self.keys.verify(token, now_s())?;
-        if claims.typ == TokenType::Refresh {
+        // Refresh tokens only refresh; the gateway's own service tokens are for the services.
+        if !matches!(claims.typ, TokenType::Access | TokenType::Integrator) {
             return Err(TokenError::WrongType);
         }
         if self.is_revoked(&claims.sid) {
@@ -262,6 +265,36 @@ impl Authority {
             expires_at: claims.exp,
             domains: claims.domains.clone(),
         })
+    }
+
+    /// The gateway's own token for its calls to the domain services: minted when the last one
+    /// is past half its life (five minutes), so that a stolen one is short-lived.
+    pub fn service_token(&self) -> String {
+        const LIFE: u64 = 300;
+        let now = now_s();
+        let mut cached = self.service_token.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, exp)) = cached.as_ref()
+            && *exp > now + LIFE / 2
+        {
+            return token.clone();
+        }
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "gateway".into(),
+            iat: now,
+            exp: now + LIFE,
+            typ: TokenType::Service,
+            sid: new_sid(),
+            role: Role::Supervisor,
+            all_communes: true,
+            communes: Vec::new(),
+            domains: Vec::new(),
+            generation: 0,
+        };
+        let token = self.keys.sign(&claims);
+        *cached = Some((token.clone(), claims.exp));
+        token
     }
 
     pub fn is_revoked(&self, sid: &str) -> bool {
@@ -280,7 +313,7 @@ impl Authority {
         let now = now_s();
         let exp = match typ {
             TokenType::Access => (now + self.access_ttl.as_secs()).min(session.expires_at),
-            TokenType::Refresh | TokenType::Integrator => session.expires_at,
+            TokenType::Refresh | TokenType::Integrator | TokenType::Service => session.expires_at,
         };
         Claims {
             iss: ISSUER.into(),
@@ -339,6 +372,72 @@ pub fn check_login(login: &str) -> Result<(), String> {
 }
 
 /// A new session id (also the integrator credential's id).
+/// Announces revoked sessions and credentials on NATS (`auth.revoked.<sid>`), so that the
+/// domain services refuse them too: first every unexpired one `revoked_now` lists (again at each
+/// start, so that a stream lost or recreated is refilled; announcing twice is harmless), then each
+/// one as it is revoked. A publish is retried until JetStream acknowledges it.
+pub async fn announce_revocations(
+    nats: async_nats::Client,
+    revoked_now: impl Fn() -> Vec<String>,
+    mut revocations: tokio::sync::broadcast::Receiver<String>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let js = async_nats::jetstream::new(nats);
+    let pause = || async {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => true,
+            _ = stop.cancelled() => false,
+        }
+    };
+    while let Err(e) = runtime::grpc_auth::ensure_revocations_stream(&js).await {
+        tracing::warn!(error = format!("{e:#}"), "cannot set up the revocations stream; retrying");
+        if !pause().await {
+            return;
+        }
+    }
+    let announce = |sid: String| {
+        let js = &js;
+        async move {
+            let Some(subject) = proto::subject::revoked_credential(&sid) else {
+                tracing::error!("a session id that is not a subject token; not announced");
+                return true;
+            };
+            loop {
+                let acknowledged = match js.publish(subject.clone(), bytes::Bytes::new()).await {
+                    Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match acknowledged {
+                    Ok(()) => return true,
+                    Err(error) => tracing::warn!(error, "announcing a revocation failed; retrying"),
+                }
+                if !pause().await {
+                    return false;
+                }
+            }
+        }
+    };
+    let mut backlog = revoked_now();
+    tracing::info!(revoked = backlog.len(), "announcing revoked sessions and credentials");
+    loop {
+        for sid in std::mem::take(&mut backlog) {
+            if !announce(sid).await {
+                return;
+            }
+        }
+        tokio::select! {
+            received = revocations.recv() => match received {
+                Ok(sid) => backlog.push(sid),
+                // Missed some: announce them all again.
+                Err(RecvError::Lagged(_)) => backlog = revoked_now(),
+                Err(RecvError::Closed) => return,
+            },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 pub fn new_sid() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 18]>())
 }

@@ -15,8 +15,8 @@ use proto::lighting::lighting_service_client::LightingServiceClient;
 use proto::live::{CommandState, LatLon};
 use proto::reports::reports_service_client::ReportsServiceClient;
 use proto::water::water_service_client::WaterServiceClient;
+use runtime::grpc_auth::{AuthChannel, BearerToken};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 
 use crate::access::{Access, actor, reader, require_principal};
 use crate::api::{ApiError, MAX_BODY_BYTES};
@@ -27,18 +27,27 @@ use axum::Extension;
 /// gateway that cannot start).
 #[derive(Clone, Default)]
 pub struct Services {
-    pub lighting: Option<Channel>,
-    pub water: Option<Channel>,
-    pub reports: Option<Channel>,
+    pub lighting: Option<AuthChannel>,
+    pub water: Option<AuthChannel>,
+    pub reports: Option<AuthChannel>,
 }
 
 impl Services {
-    pub fn connect(lighting: Option<&str>, water: Option<&str>, reports: Option<&str>) -> anyhow::Result<Services> {
-        let lazy = |url: Option<&str>, flag: &str| -> anyhow::Result<Option<Channel>> {
+    /// Every call carries `token` (the gateway's own, see `auth::Authority::service_token`);
+    /// https:// URLs use `tls`.
+    pub fn connect(
+        lighting: Option<&str>,
+        water: Option<&str>,
+        reports: Option<&str>,
+        tls: &runtime::config::GrpcClientTls,
+        token: BearerToken,
+    ) -> anyhow::Result<Services> {
+        let lazy = |url: Option<&str>, flag: &str| -> anyhow::Result<Option<AuthChannel>> {
             url.map(|u| {
-                tonic::transport::Endpoint::from_shared(u.to_owned())
+                tls.endpoint(u)
                     .map(|e| e.connect_timeout(std::time::Duration::from_secs(2)).connect_lazy())
-                    .map_err(|e| anyhow::anyhow!("{flag} {u:?}: {e}"))
+                    .map(|channel| runtime::grpc_auth::with_token(channel, token.clone()))
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))
             })
             .transpose()
         };
@@ -84,7 +93,7 @@ fn refused(service: &str, status: tonic::Status) -> ApiError {
     }
 }
 
-fn channel(channel: &Option<Channel>, service: &str) -> Result<Channel, ApiError> {
+fn channel(channel: &Option<AuthChannel>, service: &str) -> Result<AuthChannel, ApiError> {
     channel.clone().ok_or_else(|| ApiError::unavailable(format!("this gateway has no {service} service configured")))
 }
 

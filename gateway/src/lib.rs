@@ -66,6 +66,13 @@ pub struct Config {
     #[arg(long, env = "VIGIE_GATEWAY_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
 
+    #[command(flatten)]
+    pub grpc_tls: runtime::config::GrpcServerTls,
+
+    /// How it reaches the domain services over TLS (https:// URLs).
+    #[command(flatten)]
+    pub grpc_client: runtime::config::GrpcClientTls,
+
     /// How often each live session gets a heartbeat; a client silent for six of them is closed.
     #[arg(long, env = "VIGIE_GATEWAY_HEARTBEAT", default_value = "5s", value_parser = runtime::config::parse_duration)]
     pub heartbeat: std::time::Duration,
@@ -132,6 +139,26 @@ pub enum Command {
     },
     /// Lists the operators (without their password hashes).
     ListOperators,
+    /// Issues an integrating system's credential (valid a year, revoked by removing the login)
+    /// and prints it: the token it sends as `authorization: Bearer` metadata to the services.
+    AddIntegrator {
+        #[arg(long)]
+        login: String,
+        /// The domains it may write (lighting, transport, water, reports; comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        domains: Vec<String>,
+        /// Its communes (INSEE codes, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        communes: Vec<String>,
+        /// Every commune.
+        #[arg(long)]
+        all_communes: bool,
+    },
+}
+
+/// The signing key's file (`--auth-key`, by default in the store).
+fn key_path(config: &Config) -> std::path::PathBuf {
+    config.auth_key.clone().unwrap_or_else(|| config.store.join("auth-key.pem"))
 }
 
 /// Runs an administration command on the store (see [`Command`]).
@@ -165,6 +192,25 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             store.put_operator(&operator)?;
             println!("operator {login} added ({})", role.as_str());
+        }
+        Command::AddIntegrator { login, domains, communes: scope, all_communes } => {
+            if store.operator(login)?.is_some() {
+                anyhow::bail!("login {login} exists already");
+            }
+            let record = access::new_operator(
+                &communes,
+                login,
+                String::new(),
+                auth::Role::Integrator,
+                *all_communes,
+                scope,
+                domains,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let keys = auth::Keys::load_or_generate(&key_path(config)).context("the signing key (--auth-key)")?;
+            let authority = auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, Default::default());
+            let (_, token) = access::issue_integrator(&store, &authority, &record)?;
+            println!("{token}");
         }
         Command::ListOperators => {
             for o in store.operators()? {
@@ -205,11 +251,24 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     };
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
 
-    let key_path = config.auth_key.clone().unwrap_or_else(|| config.store.join("auth-key.pem"));
-    let keys = auth::Keys::load_or_generate(&key_path).context("the signing key (--auth-key)")?;
+    let keys = auth::Keys::load_or_generate(&key_path(&config)).context("the signing key (--auth-key)")?;
     store.forget_sessions_expired_before(auth::now_s().saturating_sub(86_400))?;
     let revoked = store.sessions()?.into_iter().filter(|s| s.revoked).map(|s| s.sid).collect();
     let authority = Arc::new(auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, revoked));
+    let revoked_now = {
+        let store = store.clone();
+        move || {
+            let now = auth::now_s();
+            let sessions = store.sessions().unwrap_or_default();
+            sessions.into_iter().filter(|s| s.revoked && s.expires_at > now).map(|s| s.sid).collect()
+        }
+    };
+    tokio::spawn(auth::announce_revocations(
+        nats.clone(),
+        revoked_now,
+        authority.revocations.subscribe(),
+        shutdown.clone(),
+    ));
     let mut communes = basemap.commune_names();
     communes.extend(store.tenants()?);
     if store.operators()?.is_empty() {
@@ -237,16 +296,33 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
                 authority: authority.clone(),
             };
             let routes = tonic::service::Routes::new(OpsViewServer::new(ops));
+            // The OpsView checks its callers' tokens itself (scope filter, invariant 20).
+            let security = runtime::grpc::Security {
+                auth: runtime::grpc_auth::ServiceAuth::open(),
+                tls: config.grpc_tls.server_config()?,
+            };
             let (stop, timeout) = (shutdown.clone(), config.common.shutdown_timeout);
             Some(tokio::spawn(async move {
                 let names = [<OpsViewServer<opsview::OpsViewApi> as NamedService>::NAME];
-                if let Err(e) = runtime::grpc::serve_until_shutdown(listener, routes, &names, stop, timeout).await {
+                if let Err(e) =
+                    runtime::grpc::serve_until_shutdown(listener, routes, &names, security, stop, timeout).await
+                {
                     tracing::error!(error = format!("{e:#}"), "gRPC server failed");
                 }
             }))
         }
         None => None,
     };
+    let services = commands::Services::connect(
+        config.lighting_url.as_deref(),
+        config.water_url.as_deref(),
+        config.reports_url.as_deref(),
+        &config.grpc_client,
+        {
+            let authority = authority.clone();
+            runtime::grpc_auth::BearerToken::from_fn(move || Some(authority.service_token()))
+        },
+    )?;
     let scraped = live.clone();
     let state = http::AppState {
         live,
@@ -256,11 +332,6 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         authority,
         allowed_origins: Arc::new(config.allowed_origins.clone()),
     };
-    let services = commands::Services::connect(
-        config.lighting_url.as_deref(),
-        config.water_url.as_deref(),
-        config.reports_url.as_deref(),
-    )?;
     let app = api::router(api, access.clone())
         .merge(commands::router(services, access.clone()))
         .merge(basemap::router(basemap, access.clone()))
@@ -290,4 +361,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     store.flush().await.context("flushing the store")?;
     tracing::info!("stopped");
     served
+}
+
+#[cfg(test)]
+mod flags {
+    /// clap checks its definitions only when asked (two flags with one name panic at start).
+    #[test]
+    fn the_flags_are_well_formed() {
+        <super::Config as clap::CommandFactory>::command().debug_assert();
+    }
 }

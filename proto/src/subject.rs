@@ -11,6 +11,27 @@ use crate::v1::Domain;
 /// The JetStream stream that holds every domain event.
 pub const EVENTS_STREAM: &str = "VIGIE_EVENTS";
 
+/// The JetStream stream of revoked credentials: one message per revoked token id (the last per
+/// subject is kept), published by the gateway, followed by every domain service so that a
+/// revoked integrator credential stops working there too.
+pub const REVOCATIONS_STREAM: &str = "VIGIE_REVOCATIONS";
+
+/// Every subject of the revocations stream.
+pub const REVOKED_CREDENTIALS: &str = "auth.revoked.*";
+
+/// The subject announcing that the token id `sid` is revoked; none for an id that is not a
+/// plain subject token (the gateway's ids are URL-safe base64).
+pub fn revoked_credential(sid: &str) -> Option<String> {
+    let plain =
+        !sid.is_empty() && sid.len() <= 64 && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then(|| format!("auth.revoked.{sid}"))
+}
+
+/// The token id a revocation subject names.
+pub fn revoked_sid(subject: &str) -> Option<&str> {
+    subject.strip_prefix("auth.revoked.").filter(|sid| revoked_credential(sid).is_some())
+}
+
 /// Every domain that publishes events, in subject order (`ops`: operators' actions, published by
 /// the gateway).
 pub const DOMAINS: [Domain; 5] = [Domain::Transport, Domain::Lighting, Domain::Water, Domain::Reports, Domain::Ops];

@@ -495,6 +495,10 @@ pub struct Slice {
     pub gateway_addr: String,
     pub territory: tempfile::TempDir,
     pub stores: tempfile::TempDir,
+    /// A token acting as the gateway does towards the services (every call is allowed).
+    pub service_token: String,
+    /// An integrator's credential for every commune and domain (the simulator's).
+    pub integrator_token: String,
 }
 
 impl Slice {
@@ -531,7 +535,13 @@ impl Slice {
             ]);
             args
         };
+        // The installation key, as the gateway's first start would create it: every service
+        // checks its callers' tokens with its public half.
+        let key = stores.path().join("gateway").join("auth-key.pem");
+        let service_token = mint_token(&key, runtime::auth::TokenType::Service)?;
+        let integrator_token = mint_token(&key, runtime::auth::TokenType::Integrator)?;
         let mut args = common("lighting");
+        args.extend(["--auth-public-key".into(), key.with_extension("pem.pub").display().to_string()]);
         args.extend([
             "--grpc-addr".into(),
             "127.0.0.1:0".into(),
@@ -561,7 +571,17 @@ impl Slice {
         let gateway = Process::start("vigie-gateway", &args)?;
         let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
         login(&gateway_addr, SUPERVISOR)?;
-        let slice = Slice { nats, lighting, lighting_addr, gateway, gateway_addr, territory, stores };
+        let slice = Slice {
+            nats,
+            lighting,
+            lighting_addr,
+            gateway,
+            gateway_addr,
+            territory,
+            stores,
+            service_token,
+            integrator_token,
+        };
         slice.wait_lighting_serving().await?;
         slice.wait_gateway_consuming()?;
         Ok(slice)
@@ -605,6 +625,9 @@ impl Slice {
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
         ];
+        if !extra.contains(&"--token") {
+            args.extend(["--token".to_owned(), self.integrator_token.clone()]);
+        }
         if !extra.contains(&"--parts") {
             args.extend(["--parts".to_owned(), "lighting".to_owned()]);
         }
@@ -631,7 +654,7 @@ impl Slice {
     }
 
     pub async fn lighting_client(&self) -> Result<LightingClient> {
-        Ok(LightingClient::connect(format!("http://{}", self.lighting_addr)).await?)
+        Ok(LightingClient::new(channel_with_token(&self.lighting_addr, Some(&self.service_token)).await?))
     }
 
     /// A live client that receives every update (not coalesced): tests count events.
@@ -648,10 +671,12 @@ pub struct ServiceProcess {
     /// Empty for a service without an HTTP face (water).
     pub http_addr: String,
     has_http: bool,
+    /// What its clients send (see `Slice::service_token`).
+    pub token: String,
 }
 
-pub type ReportsClient = proto::reports::reports_service_client::ReportsServiceClient<tonic::transport::Channel>;
-pub type WaterClient = proto::water::water_service_client::WaterServiceClient<tonic::transport::Channel>;
+pub type ReportsClient = proto::reports::reports_service_client::ReportsServiceClient<AuthChannel>;
+pub type WaterClient = proto::water::water_service_client::WaterServiceClient<AuthChannel>;
 
 impl ServiceProcess {
     /// Waits for the addresses logged after line `from` (0 at start; after a restart, what
@@ -665,15 +690,15 @@ impl ServiceProcess {
     }
 
     pub async fn water_client(&self) -> Result<WaterClient> {
-        Ok(WaterClient::connect(format!("http://{}", self.grpc_addr)).await?)
+        Ok(WaterClient::new(channel_with_token(&self.grpc_addr, Some(&self.token)).await?))
     }
 
     pub async fn transport_client(&self) -> Result<TransportClient> {
-        Ok(TransportClient::connect(format!("http://{}", self.grpc_addr)).await?)
+        Ok(TransportClient::new(channel_with_token(&self.grpc_addr, Some(&self.token)).await?))
     }
 
     pub async fn reports_client(&self) -> Result<ReportsClient> {
-        Ok(ReportsClient::connect(format!("http://{}", self.grpc_addr)).await?)
+        Ok(ReportsClient::new(channel_with_token(&self.grpc_addr, Some(&self.token)).await?))
     }
 }
 
@@ -687,6 +712,8 @@ impl Slice {
             self.stores.path().join(store).display().to_string(),
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
+            "--auth-public-key".to_owned(),
+            self.auth_key().with_extension("pem.pub").display().to_string(),
         ]);
         // A free port unless the test gives one (the gateway's URL for it is set beforehand).
         if !extra.contains(&"--grpc-addr") {
@@ -699,7 +726,13 @@ impl Slice {
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = Process::start(binary, &args)?;
         let has_http = binary != "vigie-water";
-        let mut service = ServiceProcess { process, grpc_addr: String::new(), http_addr: String::new(), has_http };
+        let mut service = ServiceProcess {
+            process,
+            grpc_addr: String::new(),
+            http_addr: String::new(),
+            has_http,
+            token: self.service_token.clone(),
+        };
         service.read_addresses(0)?;
         Ok(service)
     }
@@ -852,10 +885,44 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-pub type TransportClient =
-    proto::transport::transport_service_client::TransportServiceClient<tonic::transport::Channel>;
+pub type TransportClient = proto::transport::transport_service_client::TransportServiceClient<AuthChannel>;
 
-pub type LightingClient = proto::lighting::lighting_service_client::LightingServiceClient<tonic::transport::Channel>;
+pub type LightingClient = proto::lighting::lighting_service_client::LightingServiceClient<AuthChannel>;
+
+pub use runtime::grpc_auth::AuthChannel;
+
+/// A channel to `addr` (host:port) whose calls carry `token`.
+pub async fn channel_with_token(addr: &str, token: Option<&str>) -> Result<AuthChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    Ok(runtime::grpc_auth::with_token(channel, runtime::grpc_auth::BearerToken::fixed(token.map(str::to_owned))))
+}
+
+/// A token signed with the installation key at `key_path` (created when missing, as the gateway
+/// does at first start): the services accept it as they accept the gateway's (`service`) or an
+/// integrator's credential for every commune and domain (`integrator`).
+pub fn mint_token(key_path: &Path, typ: runtime::auth::TokenType) -> Result<String> {
+    use runtime::auth::{Role, TokenType};
+    let keys = gateway::auth::Keys::load_or_generate(key_path)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let (sub, role) = match typ {
+        TokenType::Service => ("gateway", Role::Supervisor),
+        _ => ("harness-integrator", Role::Integrator),
+    };
+    Ok(keys.sign(&runtime::auth::Claims {
+        iss: runtime::auth::ISSUER.into(),
+        aud: runtime::auth::AUDIENCE.into(),
+        sub: sub.into(),
+        iat: now,
+        exp: now + 6 * 3600,
+        typ,
+        sid: format!("harness-{}", rand::random::<u64>()),
+        role,
+        all_communes: true,
+        communes: Vec::new(),
+        domains: ["lighting", "transport", "water", "reports"].map(String::from).to_vec(),
+        generation: 0,
+    }))
+}
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -53,7 +53,8 @@ impl LightingService for LightingApi {
         &self,
         request: Request<ReportStatusRequest>,
     ) -> Result<Response<ReportStatusResponse>, Status> {
-        let event_id = self.core.record_status(request.into_inner().report.as_ref())?;
+        let caller = runtime::grpc_auth::caller(&request);
+        let event_id = self.core.record_status(request.into_inner().report.as_ref(), caller.as_ref())?;
         self.core.settle()?;
         self.core.commit().await?;
         Ok(Response::new(ReportStatusResponse { event_id }))
@@ -78,9 +79,11 @@ impl LightingService for LightingApi {
         request: Request<Streaming<TelemetryMessage>>,
     ) -> Result<Response<StreamSummary>, Status> {
         let core = &self.core;
+        let caller = runtime::grpc_auth::caller(&request);
+        let caller = caller.as_ref();
         let record = |message: TelemetryMessage| match message.message {
-            Some(Telemetry::Status(report)) => core.record_status(Some(&report)).map(drop),
-            Some(Telemetry::Fault(fault)) => core.record_fault(Some(&fault)).map(drop),
+            Some(Telemetry::Status(report)) => core.record_status(Some(&report), caller).map(drop),
+            Some(Telemetry::Fault(fault)) => core.record_fault(Some(&fault), caller).map(drop),
             None => Err(Status::invalid_argument("empty telemetry message: status or fault expected")),
         };
         // Alarms are settled once per group: a feeder failure reported lamp by lamp is one alarm.

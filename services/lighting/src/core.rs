@@ -9,6 +9,7 @@ use proto::lighting::{
 };
 use proto::v1::Position;
 use proto::v1::event::Payload;
+use runtime::grpc_auth::{Caller, check_commune};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -249,12 +250,14 @@ impl Lighting {
         Ok((registered, unchanged))
     }
 
-    /// Records a status report (not yet committed); returns its event id.
-    pub fn record_status(&self, report: Option<&StatusReport>) -> Result<String, Status> {
+    /// Records a status report (not yet committed); returns its event id. `caller`: refused when
+    /// its credential does not cover the lamp's commune.
+    pub fn record_status(&self, report: Option<&StatusReport>, caller: Option<&Caller>) -> Result<String, Status> {
         let valid = domain::validate_report(report, SystemTime::now())?;
         let id = valid.streetlight_id;
         let mut rules = self.rules();
         let (place, mut state) = self.known_locked(&rules, &id)?;
+        check_commune(caller, place.commune.as_str())?;
         let report = valid.report;
         if domain::is_newer(&report, state.last_report.as_ref()) {
             let was_lit = state.last_report.as_ref().is_some_and(domain::is_lit);
@@ -287,12 +290,14 @@ impl Lighting {
         Ok(event_id)
     }
 
-    /// Records a TALQ fault report (not yet committed); returns its event id.
-    pub fn record_fault(&self, fault: Option<&FaultReport>) -> Result<String, Status> {
+    /// Records a TALQ fault report (not yet committed); returns its event id. `caller`: as for
+    /// [`Self::record_status`].
+    pub fn record_fault(&self, fault: Option<&FaultReport>, caller: Option<&Caller>) -> Result<String, Status> {
         let (id, observed_at, kind) = domain::validate_fault(fault, SystemTime::now())?;
         let Some(fault) = fault else { return Err(Status::invalid_argument("fault is missing")) };
         let mut rules = self.rules();
         let (place, mut state) = self.known_locked(&rules, &id)?;
+        check_commune(caller, place.commune.as_str())?;
         rules.observe_fault(&id, kind, fault.active);
         let condition = rules.condition(&id);
         state.faults = condition.faults.iter().copied().collect();

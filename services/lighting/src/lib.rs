@@ -22,6 +22,7 @@ pub mod sun;
 use anyhow::Context;
 use proto::lighting::lighting_service_server::LightingServiceServer;
 use runtime::config::CommonConfig;
+use runtime::grpc_auth::Access;
 use runtime::outbox;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonConfig,
+
+    #[command(flatten)]
+    pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
 /// Registers the territory's streetlight layer: each lamp in the commune whose boundary contains
@@ -147,6 +151,22 @@ async fn tick(core: Arc<core::Lighting>, interval: std::time::Duration, stop: Ca
 /// Runs the service on `listener` until `shutdown` is cancelled; then stops accepting calls,
 /// finishes those in flight, drains the outbox and NATS, and flushes the store, all within
 /// `shutdown_timeout`.
+/// Who may call each method (see `runtime::grpc_auth`).
+const METHODS: &[(&str, Access)] = &[
+    ("RegisterStreetlights", Access::WriteEverywhere),
+    ("ReportStatus", Access::PerCommune),
+    ("StreamTelemetry", Access::PerCommune),
+    ("GetStreetlight", Access::Read),
+    ("GetCommand", Access::Read),
+    ("GetKpis", Access::Read),
+    ("ListSchedules", Access::Read),
+    // A controller receives the commands of every commune.
+    ("ControllerSession", Access::WriteEverywhere),
+    ("SendCommand", Access::Act),
+    ("PutSchedule", Access::Act),
+    ("DeleteSchedule", Access::Act),
+];
+
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let territory = territory::Territory::load(&config.territory).context("loading the territory")?;
     territory.log_summary();
@@ -187,8 +207,10 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<LightingServiceServer<api::LightingApi> as NamedService>::NAME];
+    let security = config.security.security(&nats, "lighting", names[0], METHODS, background.clone()).await?;
     let timeout = config.common.shutdown_timeout;
-    let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
+    let served =
+        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
 
     // No call is in flight any more: what the outbox holds is all there is to publish.
     background.cancel();
@@ -201,4 +223,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     db.flush_async().await.context("flushing the store")?;
     tracing::info!(outbox = store.outbox().depth(), "stopped");
     served
+}
+
+#[cfg(test)]
+mod flags {
+    /// clap checks its definitions only when asked (two flags with one name panic at start).
+    #[test]
+    fn the_flags_are_well_formed() {
+        <super::Config as clap::CommandFactory>::command().debug_assert();
+    }
 }

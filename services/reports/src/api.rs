@@ -35,11 +35,19 @@ impl ReportsService for ReportsApi {
         &self,
         request: Request<CreateRequestRequest>,
     ) -> Result<Response<CreateRequestResponse>, Status> {
-        Ok(Response::new(self.core.create(request.into_inner(), SystemTime::now()).await?))
+        let caller = runtime::grpc_auth::caller(&request);
+        Ok(Response::new(self.core.create(request.into_inner(), caller.as_ref(), SystemTime::now()).await?))
     }
 
     async fn get_request(&self, request: Request<GetRequestRequest>) -> Result<Response<ServiceRequest>, Status> {
-        Ok(Response::new(self.core.get(&request.into_inner().service_request_id).await?))
+        let caller = runtime::grpc_auth::caller(&request);
+        let id = request.into_inner().service_request_id;
+        let found = self.core.get(&id).await?;
+        // Another commune's request is, to this credential, not there.
+        if runtime::grpc_auth::check_commune(caller.as_ref(), &found.commune).is_err() {
+            return Err(Status::not_found(format!("no service request {:?}", id.chars().take(64).collect::<String>())));
+        }
+        Ok(Response::new(found))
     }
 
     async fn list_requests(

@@ -10,6 +10,7 @@ use proto::reports::{
 };
 use proto::v1::Position;
 use proto::v1::event::Payload;
+use runtime::grpc_auth::{Caller, check_commune};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -33,6 +34,9 @@ pub enum ReportError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
+    /// The caller's credential does not cover this commune: 403.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the reports store could not complete the write: {0}")]
     Store(#[from] StoreError),
     #[error("built an invalid event: {0}")]
@@ -44,6 +48,7 @@ impl From<ReportError> for tonic::Status {
         match e {
             ReportError::Invalid(m) => tonic::Status::invalid_argument(m),
             ReportError::NotFound(m) => tonic::Status::not_found(m),
+            ReportError::Forbidden(m) => tonic::Status::permission_denied(m),
             ReportError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 tonic::Status::unavailable(e.to_string())
@@ -187,6 +192,7 @@ impl Reports {
     pub async fn create(
         &self,
         input: CreateRequestRequest,
+        caller: Option<&Caller>,
         now: SystemTime,
     ) -> Result<CreateRequestResponse, ReportError> {
         if input.service_code.is_empty() {
@@ -221,6 +227,7 @@ impl Reports {
                 commune.id, commune.name, input.commune
             )));
         }
+        check_commune(caller, commune.id.as_str()).map_err(|s| ReportError::Forbidden(s.message().to_owned()))?;
         let service = self.catalogue.service(commune.id.as_str(), &input.service_code).ok_or_else(|| {
             ReportError::NotFound(format!(
                 "service_code {:?} is not offered in commune {}",
@@ -538,13 +545,13 @@ mod tests {
             ..Default::default()
         })));
         // 30 m from the faulty lamp: linked, and the reporter is told.
-        let created = core.create(lamp_out(43.6 + 30.0 / 111_132.0), SystemTime::now()).await.unwrap();
+        let created = core.create(lamp_out(43.6 + 30.0 / 111_132.0), None, SystemTime::now()).await.unwrap();
         let request = created.request.unwrap();
         assert_eq!(request.linked_alarm_key, key);
         assert!(created.service_notice.contains("déjà connue"), "{}", created.service_notice);
         assert!(request.contact.is_none(), "answers never carry the contact");
         // 200 m away: not that lamp.
-        let far = core.create(lamp_out(43.6 + 200.0 / 111_132.0), SystemTime::now()).await.unwrap();
+        let far = core.create(lamp_out(43.6 + 200.0 / 111_132.0), None, SystemTime::now()).await.unwrap();
         assert_eq!(far.request.unwrap().linked_alarm_key, "");
         // Once the alarm clears, a new report (a duplicate of the first) is not linked.
         core.lighting_event(&lamp_event(Payload::LightingAlarmCleared(AlarmCleared {
@@ -552,7 +559,7 @@ mod tests {
             alarm_type: "lamp_failure".into(),
             reason: "repaired".into(),
         })));
-        let after = core.create(lamp_out(43.6), SystemTime::now()).await.unwrap().request.unwrap();
+        let after = core.create(lamp_out(43.6), None, SystemTime::now()).await.unwrap().request.unwrap();
         assert_eq!(
             (after.linked_alarm_key.as_str(), after.duplicate_of.as_str()),
             ("", request.service_request_id.as_str())

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use proto::reports::reports_service_server::ReportsServiceServer;
 use proto::v1::Domain;
 use runtime::config::CommonConfig;
+use runtime::grpc_auth::Access;
 use runtime::outbox;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,7 +69,20 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonConfig,
+
+    #[command(flatten)]
+    pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
+
+/// Who may call each method (see `runtime::grpc_auth`). A commune's own citizen front may hold a
+/// credential for its commune: it creates and follows that commune's requests.
+const METHODS: &[(&str, Access)] = &[
+    ("ListServices", Access::Reference),
+    ("CreateRequest", Access::PerCommune),
+    ("GetRequest", Access::PerCommune),
+    ("ListRequests", Access::Read),
+    ("ChangeStatus", Access::Act),
+];
 
 pub async fn run(
     config: Config,
@@ -148,8 +162,10 @@ pub async fn run(
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<ReportsServiceServer<api::ReportsApi> as NamedService>::NAME];
+    let security = config.security.security(&nats, "reports", names[0], METHODS, background.clone()).await?;
     let timeout = config.common.shutdown_timeout;
-    let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
+    let served =
+        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
     background.cancel();
     let _ = http.await;
     let _ = lamps.await;
@@ -226,5 +242,14 @@ async fn follow_lighting_alarms_once(
             }
         }
         anyhow::Ok(())
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// clap checks its definitions only when asked (two flags with one name panic at start).
+    #[test]
+    fn the_flags_are_well_formed() {
+        <super::Config as clap::CommandFactory>::command().debug_assert();
     }
 }

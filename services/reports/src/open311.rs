@@ -76,6 +76,7 @@ fn report_error(format: Format, e: ReportError) -> Response {
     match e {
         ReportError::Invalid(m) => error(format, StatusCode::BAD_REQUEST, &m),
         ReportError::NotFound(m) => error(format, StatusCode::NOT_FOUND, &m),
+        ReportError::Forbidden(m) => error(format, StatusCode::FORBIDDEN, &m),
         other => {
             tracing::error!(error = %other, "Open311 request failed");
             error(format, StatusCode::INTERNAL_SERVER_ERROR, &other.to_string())
@@ -320,7 +321,7 @@ async fn post_request(
             return error(format, StatusCode::FORBIDDEN, "api_key is missing or not valid");
         }
     }
-    match app.reports.create(input, SystemTime::now()).await {
+    match app.reports.create(input, None, SystemTime::now()).await {
         Ok(created) => {
             let r = created.request.unwrap_or_default();
             let item = json!({

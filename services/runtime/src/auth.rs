@@ -72,6 +72,9 @@ pub enum TokenType {
     Refresh,
     /// A long-lived integrator credential (revocable by its id).
     Integrator,
+    /// The gateway's own token for its calls to the domain services (minutes long; it acts for
+    /// its operators and passes their communes in each command).
+    Service,
 }
 
 /// A token's claims (JWT registered names where there are some).

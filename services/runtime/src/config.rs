@@ -1,5 +1,6 @@
 //! Flags shared by every process. Each has an environment variable; flags win over variables.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -33,6 +34,75 @@ pub struct CommonConfig {
 
     #[command(flatten)]
     pub stream: StreamSettings,
+}
+
+/// TLS of a process's gRPC server, and mutual TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GrpcServerTls {
+    /// Certificate chain (PEM) of the gRPC server: it then speaks TLS only (clients use https://).
+    #[arg(long = "grpc-tls-cert", env = "VIGIE_GRPC_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Its private key (PEM).
+    #[arg(long = "grpc-tls-key", env = "VIGIE_GRPC_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: the CA (PEM) clients' certificates must chain to; a client without such a
+    /// certificate is refused at the handshake. Tokens are still checked.
+    #[arg(long = "grpc-tls-client-ca", env = "VIGIE_GRPC_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl GrpcServerTls {
+    /// tonic's configuration for these files (none: plain TCP).
+    pub fn server_config(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &self.tls_client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(config))
+    }
+}
+
+/// How a process reaches the gRPC services it calls over TLS (`https://` URLs).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GrpcClientTls {
+    /// The CA (PEM) that the services' certificates chain to (default: the system's roots are
+    /// not used; an https:// URL needs this CA).
+    #[arg(long = "grpc-ca", env = "VIGIE_GRPC_CA")]
+    pub grpc_ca: Option<PathBuf>,
+
+    /// This process's client certificate (PEM), for services that require mutual TLS.
+    #[arg(long = "grpc-client-cert", env = "VIGIE_GRPC_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Its private key (PEM).
+    #[arg(long = "grpc-client-key", env = "VIGIE_GRPC_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl GrpcClientTls {
+    /// An endpoint for `url`, with TLS when it is an https:// URL.
+    pub fn endpoint(&self, url: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| anyhow::anyhow!("{url:?} is not a URL: {e}"))?;
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let ca = self.grpc_ca.as_ref().ok_or_else(|| anyhow::anyhow!("{url}: an https:// service needs --grpc-ca"))?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("{url}: TLS settings refused: {e}"))
+    }
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }
 
 /// Settings of the JetStream events stream, used by whichever process creates it first.

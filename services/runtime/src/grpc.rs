@@ -5,12 +5,26 @@ use std::task::{Context, Poll};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+/// How a service's gRPC server is secured: who may call it, and TLS.
+pub struct Security {
+    pub auth: crate::grpc_auth::ServiceAuth,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+impl Security {
+    /// Neither checks nor TLS (tests of one service).
+    pub fn open() -> Security {
+        Security { auth: crate::grpc_auth::ServiceAuth::open(), tls: None }
+    }
+}
+
 /// Serves `routes` plus health and reflection until `shutdown` is cancelled, then finishes the
 /// requests in flight. `service_names` are reported SERVING by the health service.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Routes,
     service_names: &[&str],
+    security: Security,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -23,8 +37,13 @@ pub async fn serve(
         .build_v1()?;
     let routes = routes.add_service(health_service).add_service(reflection);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .layer(ClientFaultCodesLayer)
+        .layer(security.auth)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
@@ -95,11 +114,12 @@ pub async fn serve_until_shutdown(
     listener: tokio::net::TcpListener,
     routes: Routes,
     service_names: &[&str],
+    security: Security,
     shutdown: CancellationToken,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
     tokio::select! {
-        result = serve(listener, routes, service_names, shutdown.clone()) => result,
+        result = serve(listener, routes, service_names, security, shutdown.clone()) => result,
         _ = async { shutdown.cancelled().await; tokio::time::sleep(timeout).await } => {
             tracing::warn!("calls still in flight after the shutdown timeout; stopping anyway");
             Ok(())

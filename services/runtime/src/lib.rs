@@ -8,6 +8,8 @@
 //!   of the JetStream events stream.
 //! - [`outbox`]: the sled-backed transactional outbox and the relay that publishes it to JetStream.
 //! - [`grpc`]: serving gRPC on a bound listener with health, reflection and Vigie's limits.
+//! - [`grpc_auth`]: who may call a domain service's gRPC API (tokens, integrators' scopes,
+//!   revocations), and the credential a client sends.
 //! - [`alarms`]: active alarms, their changes, how they are stored and announced.
 //! - [`metrics`]: the process's Prometheus metrics and their `/metrics` route.
 
@@ -16,6 +18,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod grpc;
+pub mod grpc_auth;
 pub mod metrics;
 pub mod outbox;
 pub mod shutdown;

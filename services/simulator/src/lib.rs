@@ -33,11 +33,21 @@ use tokio_util::sync::CancellationToken;
 
 use lighting::LampCondition;
 
-type Client = LightingServiceClient<tonic::transport::Channel>;
+type Client = LightingServiceClient<runtime::grpc_auth::AuthChannel>;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "vigie-simulator", version, about = "Plays a territory's field activity into Vigie's services")]
 pub struct Config {
+    /// The simulator's credential: an integrator token for every commune and the simulated
+    /// domains (`vigie-gateway ... issue-credential`), sent with every call. Needed when the
+    /// services check credentials (`--auth-public-key`).
+    #[arg(long, env = "VIGIE_SIM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// TLS to the services (https:// URLs).
+    #[command(flatten)]
+    pub grpc_tls: runtime::config::GrpcClientTls,
+
     /// gRPC endpoint of the lighting service.
     #[arg(long, env = "VIGIE_SIM_LIGHTING_URL", default_value = "http://127.0.0.1:50061")]
     pub lighting_url: String,
@@ -237,6 +247,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let reports = if part("reports") {
         let settings = reports::ReportSettings {
             url: config.reports_url.clone(),
+            grpc: GrpcAccess::of(&config),
             per_day: config.reports_per_day,
             duplicate_share: config.reports_duplicate_share,
             seed: config.seed,
@@ -263,6 +274,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     } else if config.territory.join("transit/gtfs.zip").is_file() {
         let settings = transport::TransportSettings {
             url: config.transport_url.clone(),
+            grpc: GrpcAccess::of(&config),
             report_s: config.report_s,
             breakdowns_per_hour: config.breakdowns_per_hour,
             bunching_every: config.bunching_every,
@@ -290,6 +302,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         };
         let settings = water::WaterSettings {
             url: config.water_url.clone(),
+            grpc: GrpcAccess::of(&config),
             time_zone,
             data_start,
             noise: config.water_noise,
@@ -342,15 +355,15 @@ async fn run_lighting(config: &Config, shutdown: &CancellationToken) -> anyhow::
     }
     let lights = lighting::read_inventory(&inventory_path)?;
     tracing::info!(streetlights = lights.len(), "inventory read");
-    let channel = connect(&config.lighting_url, "lighting", &shutdown).await?;
+    let channel = connect(&config.lighting_url, "lighting", &GrpcAccess::of(&config), &shutdown).await?;
     let mut client = LightingServiceClient::new(channel).max_encoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let mut registered = 0;
     for batch in lights.chunks(REGISTRATION_BATCH) {
-        let reply = client
-            .register_streetlights(RegisterStreetlightsRequest { streetlights: batch.to_vec() })
-            .await
-            .context("registering streetlights")?
-            .into_inner();
+        let request = || {
+            let mut client = client.clone();
+            async move { client.register_streetlights(RegisterStreetlightsRequest { streetlights: batch.to_vec() }).await }
+        };
+        let reply = until_available(request).await.context("registering streetlights")?.into_inner();
         registered += reply.registered + reply.unchanged;
     }
     tracing::info!(registered, "inventory registered");
@@ -545,18 +558,63 @@ fn apply(field: &Field, instruction: &ControllerInstruction, rng: &mut impl Rng,
     result
 }
 
+/// Calls `call` again while the service answers UNAVAILABLE (it is starting), for up to a minute.
+pub async fn until_available<T, F, R>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::Unavailable && std::time::Instant::now() < deadline => {
+                tracing::info!(reason = status.message(), "service not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// How the simulator reaches the services: TLS and its credential.
+#[derive(Debug, Clone)]
+pub struct GrpcAccess {
+    pub tls: runtime::config::GrpcClientTls,
+    pub token: Option<String>,
+}
+
+impl GrpcAccess {
+    fn of(config: &Config) -> GrpcAccess {
+        GrpcAccess { tls: config.grpc_tls.clone(), token: config.token.clone() }
+    }
+}
+
 /// Connects to a service (`what`: its domain), retrying while it starts.
-async fn connect(url: &str, what: &str, shutdown: &CancellationToken) -> anyhow::Result<tonic::transport::Channel> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(url.to_owned()).with_context(|| format!("--{what}-url {url:?}"))?;
+async fn connect(
+    url: &str,
+    what: &str,
+    access: &GrpcAccess,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<runtime::grpc_auth::AuthChannel> {
+    let endpoint = access.tls.endpoint(url).with_context(|| format!("--{what}-url"))?;
+    let token = runtime::grpc_auth::BearerToken::fixed(access.token.clone());
     loop {
         match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
+            Ok(channel) => return Ok(runtime::grpc_auth::with_token(channel, token)),
             Err(e) => tracing::info!(error = %e, url, "{what} service not reachable yet"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.cancelled() => anyhow::bail!("interrupted before the {what} service was reachable"),
         }
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// clap checks its definitions only when asked (two flags with one name panic at start).
+    #[test]
+    fn the_flags_are_well_formed() {
+        <super::Config as clap::CommandFactory>::command().debug_assert();
     }
 }

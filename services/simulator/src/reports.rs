@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct ReportSettings {
     pub url: String,
+    pub grpc: crate::GrpcAccess,
     /// Reports per day over the territory (OnDijon receives 700 to 1,000).
     pub per_day: f64,
     /// Share of reports that repeat a recent one (same problem, a few metres away).
@@ -82,9 +83,13 @@ pub async fn run(settings: ReportSettings, places: Places, shutdown: Cancellatio
         shutdown.cancelled().await;
         return Ok(());
     }
-    let channel = crate::connect(&settings.url, "reports", &shutdown).await?;
+    let channel = crate::connect(&settings.url, "reports", &settings.grpc, &shutdown).await?;
     let mut client = ReportsServiceClient::new(channel);
-    let services = client.list_services(ListServicesRequest::default()).await?.into_inner().services;
+    let request = || {
+        let mut client = client.clone();
+        async move { client.list_services(ListServicesRequest::default()).await }
+    };
+    let services = crate::until_available(request).await?.into_inner().services;
     let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed.wrapping_add(11));
     let mut recent: VecDeque<(&'static str, (f64, f64))> = VecDeque::new();
     let mean_gap_s = 86_400.0 / settings.per_day.max(1e-6);

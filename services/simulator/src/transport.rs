@@ -62,6 +62,7 @@ fn wall_unix() -> f64 {
 #[derive(Debug, Clone)]
 pub struct TransportSettings {
     pub url: String,
+    pub grpc: crate::GrpcAccess,
     /// Simulated seconds between two reports of one vehicle.
     pub report_s: f64,
     /// Breakdowns per simulated hour, over the whole fleet.
@@ -279,7 +280,7 @@ pub async fn run(
     let network = Network::load(&path).with_context(|| format!("reading {}", path.display()))?;
     let time_zone = jiff::tz::TimeZone::get(&network.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
     tracing::info!(trips = network.trips.len(), routes = network.routes.len(), "timetable read");
-    let channel = crate::connect(&settings.url, "transport", &shutdown).await?;
+    let channel = crate::connect(&settings.url, "transport", &settings.grpc, &shutdown).await?;
     let mut client = TransportServiceClient::new(channel).max_encoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed.wrapping_add(7));
     let mut day: Option<Day> = None;
@@ -659,6 +660,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let settings = TransportSettings {
             url: String::new(),
+            grpc: crate::GrpcAccess { tls: Default::default(), token: None },
             report_s: 15.0,
             breakdowns_per_hour: 0.0,
             bunching_every: Duration::from_secs(60),

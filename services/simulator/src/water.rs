@@ -26,11 +26,12 @@ use water::network::{LinkKind, Network};
 
 use crate::transport::SimClock;
 
-type Client = WaterServiceClient<tonic::transport::Channel>;
+type Client = WaterServiceClient<runtime::grpc_auth::AuthChannel>;
 
 #[derive(Debug, Clone)]
 pub struct WaterSettings {
     pub url: String,
+    pub grpc: crate::GrpcAccess,
     pub time_zone: jiff::tz::TimeZone,
     /// The series' day that the replay's start falls on.
     pub data_start: Option<jiff::civil::Date>,
@@ -306,13 +307,14 @@ pub async fn run(
     let chlorine_from = settings.chlorine_drop_after.map(|d| start_unix + d.as_secs() as i64);
     let incident_probe = probes.first().map(|p| p.id.clone());
 
-    let channel = crate::connect(&settings.url, "water", &shutdown).await?;
+    let channel = crate::connect(&settings.url, "water", &settings.grpc, &shutdown).await?;
     let mut client = WaterServiceClient::new(channel).max_encoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
-    let answer = client
-        .register_sensors(RegisterSensorsRequest { sensors: sensors.clone() })
-        .await
-        .context("registering the water sensors")?
-        .into_inner();
+    let request = || {
+        let mut client = client.clone();
+        let sensors = sensors.clone();
+        async move { client.register_sensors(RegisterSensorsRequest { sensors }).await }
+    };
+    let answer = crate::until_available(request).await.context("registering the water sensors")?.into_inner();
     tracing::info!(registered = answer.registered, unchanged = answer.unchanged, "water sensors registered");
 
     let closed: Arc<Mutex<HashSet<String>>> = Arc::default();

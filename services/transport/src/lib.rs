@@ -33,6 +33,7 @@ pub mod tracking;
 use anyhow::Context;
 use proto::transport::transport_service_server::TransportServiceServer;
 use runtime::config::CommonConfig;
+use runtime::grpc_auth::Access;
 use runtime::outbox;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,9 +91,23 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonConfig,
+
+    #[command(flatten)]
+    pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
 /// Runs the service on its two listeners (gRPC, HTTP) until `shutdown`.
+/// Who may call each method (see `runtime::grpc_auth`). A transit network crosses communes: its
+/// feeds need a credential for every commune.
+const METHODS: &[(&str, Access)] = &[
+    ("ReportPositions", Access::WriteEverywhere),
+    ("PublishServiceAlert", Access::WriteEverywhere),
+    ("WithdrawServiceAlert", Access::WriteEverywhere),
+    ("ListVehicles", Access::Read),
+    ("GetTripArrivals", Access::Read),
+    ("ListServiceAlerts", Access::Read),
+];
+
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -191,8 +206,10 @@ pub async fn run(
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<TransportServiceServer<api::TransportApi> as NamedService>::NAME];
+    let security = config.security.security(&nats, "transport", names[0], METHODS, background.clone()).await?;
     let timeout = config.common.shutdown_timeout;
-    let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
+    let served =
+        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
     background.cancel();
     let _ = housekeeping.await;
     let _ = kpis.await;
@@ -238,5 +255,14 @@ async fn housekeeping(core: Arc<core::Transport>, stop: CancellationToken) {
         if let Err(e) = core.expire_alerts().await {
             tracing::warn!(error = %e, "withdrawing ended service alerts failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// clap checks its definitions only when asked (two flags with one name panic at start).
+    #[test]
+    fn the_flags_are_well_formed() {
+        <super::Config as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -35,6 +35,7 @@ pub mod zones;
 use anyhow::Context;
 use proto::water::water_service_server::WaterServiceServer;
 use runtime::config::{CommonConfig, parse_duration};
+use runtime::grpc_auth::Access;
 use runtime::outbox;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,6 +114,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: CommonConfig,
+
+    #[command(flatten)]
+    pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
 impl Config {
@@ -141,6 +145,19 @@ impl Config {
         })
     }
 }
+
+/// Who may call each method (see `runtime::grpc_auth`). The network is the metropolis's: its
+/// feeds and controllers need a credential for every commune.
+const METHODS: &[(&str, Access)] = &[
+    ("StreamReadings", Access::WriteEverywhere),
+    ("RegisterSensors", Access::WriteEverywhere),
+    ("ValveControllerSession", Access::WriteEverywhere),
+    ("ListSensors", Access::Read),
+    ("ListDmas", Access::Read),
+    ("GetValveCommand", Access::Read),
+    ("GetKpis", Access::Read),
+    ("SendValveCommand", Access::Act),
+];
 
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let water_config = config.water_config()?;
@@ -190,8 +207,10 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<WaterServiceServer<api::WaterApi> as NamedService>::NAME];
+    let security = config.security.security(&nats, "water", names[0], METHODS, background.clone()).await?;
     let timeout = config.common.shutdown_timeout;
-    let served = runtime::grpc::serve_until_shutdown(listener, routes, &names, shutdown.clone(), timeout).await;
+    let served =
+        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
     background.cancel();
     let _ = ticking.await;
     relay.finish().await;
@@ -217,5 +236,14 @@ async fn tick(core: Arc<core::Water>, kpi_interval: Duration, stop: Cancellation
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "periodic water work failed; retried at the next tick");
         }
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// clap checks its definitions only when asked (two flags with one name panic at start).
+    #[test]
+    fn the_flags_are_well_formed() {
+        <super::Config as clap::CommandFactory>::command().debug_assert();
     }
 }

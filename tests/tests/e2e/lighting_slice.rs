@@ -224,11 +224,18 @@ async fn bad_requests_get_clear_errors_and_the_service_stays_up() -> Result<()> 
 
     // Malformed: bytes that are not a protobuf message.
     let status =
-        raw_call(&slice.lighting_addr, "/vigie.lighting.v1.LightingService/ReportStatus", vec![0xff, 0xff, 0xff, 0xff])
+        raw_call(&slice.lighting_addr, Some(&slice.service_token), REPORT_STATUS, vec![0xff, 0xff, 0xff, 0xff])
             .await
             .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("decode"), "{}", status.message());
+
+    // Without a credential of this installation, refused before the request is read.
+    let foreign = tests::mint_token(&tempfile::tempdir()?.path().join("k.pem"), runtime::auth::TokenType::Service)?;
+    for token in [None, Some("garbage"), Some(foreign.as_str())] {
+        let status = raw_call(&slice.lighting_addr, token, REPORT_STATUS, vec![0xff]).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{token:?}: {status:?}");
+    }
 
     // Still up and working.
     assert!(slice.lighting.is_running());
@@ -237,13 +244,17 @@ async fn bad_requests_get_clear_errors_and_the_service_stays_up() -> Result<()> 
     Ok(())
 }
 
+const REPORT_STATUS: &str = "/vigie.lighting.v1.LightingService/ReportStatus";
+
 /// A unary gRPC call with a raw body, to send what no generated client would.
-async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| tonic::Status::unknown(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+async fn raw_call(
+    addr: &str,
+    token: Option<&str>,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let channel =
+        tests::channel_with_token(addr, token).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let reply = grpc

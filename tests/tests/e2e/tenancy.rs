@@ -330,3 +330,191 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     assert!(wrong.is_err(), "connected with a wrong password");
     Ok(())
 }
+
+/// A credential's token, as gRPC metadata on a channel to `addr`.
+async fn as_credential(addr: &str, token: &str) -> Result<tests::AuthChannel> {
+    tests::channel_with_token(addr, Some(token)).await
+}
+
+#[tokio::test]
+async fn an_integrators_credential_writes_only_its_communes_and_domains() -> Result<()> {
+    use proto::lighting::lighting_service_client::LightingServiceClient;
+    use proto::lighting::{SendCommandRequest, TelemetryMessage, telemetry_message::Message as Telemetry};
+    use proto::reports::CreateRequestRequest;
+    use proto::reports::reports_service_client::ReportsServiceClient;
+    use tonic::Code;
+
+    let slice = Slice::start_full(test_territory()?, &[], &[]).await?;
+    let reports = slice.start_reports(&[]).await?;
+    let gateway = slice.gateway_addr.clone();
+    let lamps = vec![
+        Streetlight { id: "EP-OUEST".into(), lat: 43.6, lon: 3.85, ..Default::default() },
+        Streetlight { id: "EP-EST".into(), lat: 43.6, lon: 3.95, ..Default::default() },
+    ];
+    slice.lighting_client().await?.register_streetlights(RegisterStreetlightsRequest { streetlights: lamps }).await?;
+
+    // The lighting contractor of commune 34129, and the citizen app of the same commune.
+    let admin = tests::login_token(&gateway, tests::ADMIN)?;
+    let issue = |login: &str, domains: &[&str]| -> Result<String> {
+        let body = json!({"login": login, "communes": ["34129"], "domains": domains});
+        let (status, issued) = http_post_json_as(&gateway, "/api/v1/admin/integrators", &body, Some(&admin))?;
+        assert_eq!(status, 201, "{issued}");
+        Ok(issued["token"].as_str().context("token")?.to_owned())
+    };
+    let contractor = issue("eclairage-est", &["lighting"])?;
+    let app = issue("appli-est", &["reports"])?;
+    let mut lighting = LightingServiceClient::new(as_credential(&slice.lighting_addr, &contractor).await?);
+
+    // Its commune's lamp: accepted. The other commune's: refused, and nothing recorded.
+    lighting.report_status(failing("EP-EST")).await?;
+    let refused = lighting.report_status(failing("EP-OUEST")).await.expect_err("another commune's lamp");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("34172"), "{}", refused.message());
+    // In a stream, record by record: the other commune's report is refused, the stream goes on.
+    let messages = ["EP-EST", "EP-OUEST", "EP-EST"]
+        .map(|id| TelemetryMessage { message: Some(Telemetry::Status(failing(id).report.unwrap_or_default())) });
+    let summary = lighting.stream_telemetry(futures::stream::iter(messages)).await?.into_inner();
+    assert_eq!((summary.accepted, summary.refused), (2, 1), "{summary:?}");
+    // What covers every commune, or acts as an operator: refused.
+    let lamp = Streetlight { id: "EP-NEW".into(), lat: 43.6, lon: 3.95, ..Default::default() };
+    let refused = lighting
+        .register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp] })
+        .await
+        .expect_err("registration covers every commune");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = lighting.send_command(SendCommandRequest::default()).await.expect_err("an operator's act");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("gateway"), "{}", refused.message());
+    // Another domain: refused.
+    let mut wrong_domain = ReportsServiceClient::new(as_credential(&reports.grpc_addr, &contractor).await?);
+    let refused = wrong_domain.create_request(CreateRequestRequest::default()).await.expect_err("not its domain");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    // An operator's token is for the gateway, not the services.
+    let operator = slice.add_operator("op-est", "operator", &["34129"])?;
+    let mut with_operator = LightingServiceClient::new(as_credential(&slice.lighting_addr, &operator).await?);
+    let refused = with_operator.report_status(failing("EP-EST")).await.expect_err("operator token");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // The commune's citizen app creates reports in its commune only, and reads only those.
+    let mut citizen_app = ReportsServiceClient::new(as_credential(&reports.grpc_addr, &app).await?);
+    let pothole = |lon: f64| CreateRequestRequest {
+        service_code: "voirie-nid-de-poule".into(),
+        lat: Some(43.6),
+        lon: Some(lon),
+        ..Default::default()
+    };
+    let created = citizen_app.create_request(pothole(3.95)).await?.into_inner().request.context("request")?;
+    assert_eq!(created.commune, "34129");
+    let refused = citizen_app.create_request(pothole(3.85)).await.expect_err("another commune");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let mut everything = reports.reports_client().await?;
+    let other = everything.create_request(pothole(3.85)).await?.into_inner().request.context("request")?;
+    let get = |id: &str| proto::reports::GetRequestRequest { service_request_id: id.to_owned() };
+    citizen_app.get_request(get(&created.service_request_id)).await?;
+    let hidden = citizen_app.get_request(get(&other.service_request_id)).await.expect_err("another commune's");
+    assert_eq!(hidden.code(), Code::NotFound);
+
+    // Removing the contractor revokes its credential at the service too, within moments (the
+    // gateway announces it on NATS).
+    let (status, _) = http_delete_as(&gateway, "/api/v1/admin/operators/eclairage-est", &admin)?;
+    assert_eq!(status, 204);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match lighting.report_status(failing("EP-EST")).await {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                assert!(status.message().contains("revoked"), "{}", status.message());
+                break;
+            }
+            outcome => {
+                assert!(std::time::Instant::now() < deadline, "still accepted 10 s after revocation: {outcome:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // The app's credential still works: revocation is per credential.
+    citizen_app.get_request(get(&created.service_request_id)).await?;
+    Ok(())
+}
+
+/// A CA, and a certificate it signs for `names` (PEM: certificate, key).
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> Result<TestCa> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate()?;
+        Ok(TestCa { cert: params.self_signed(&key)?, key })
+    }
+
+    fn issue(&self, names: &[&str]) -> Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        Ok((params.signed_by(&key, &self.cert, &self.key)?.pem(), key.serialize_pem()))
+    }
+}
+
+#[tokio::test]
+async fn grpc_speaks_tls_and_requires_client_certificates_when_asked() -> Result<()> {
+    use proto::reports::ListServicesRequest;
+    use proto::reports::reports_service_client::ReportsServiceClient;
+    use runtime::config::GrpcClientTls;
+
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, text: &str| -> Result<String> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let ca = TestCa::new()?;
+    let (server_cert, server_key) = ca.issue(&["127.0.0.1", "localhost"])?;
+    let (client_cert, client_key) = ca.issue(&["citizen-app"])?;
+    let rogue = TestCa::new()?;
+    let (rogue_cert, rogue_key) = rogue.issue(&["citizen-app"])?;
+    let ca_pem = write("ca.pem", &ca.cert.pem())?;
+    let (server_cert, server_key) = (write("server.pem", &server_cert)?, write("server.key", &server_key)?);
+    let tls_flags = ["--grpc-tls-cert", &server_cert, "--grpc-tls-key", &server_key, "--grpc-tls-client-ca", &ca_pem]
+        .map(String::from);
+
+    let slice = Slice::start_full(test_territory()?, &[], &[]).await?;
+    let reports = slice.start_reports(&tls_flags.each_ref().map(String::as_str)).await?;
+    let url = format!("https://{}", reports.grpc_addr);
+    let call = |tls: GrpcClientTls| {
+        let (url, token) = (url.clone(), slice.integrator_token.clone());
+        async move {
+            let channel = tls.endpoint(&url)?.connect().await?;
+            let token = runtime::grpc_auth::BearerToken::fixed(Some(token));
+            let mut client = ReportsServiceClient::new(runtime::grpc_auth::with_token(channel, token));
+            anyhow::Ok(client.list_services(ListServicesRequest::default()).await?.into_inner())
+        }
+    };
+    let client = |cert: Option<(&str, &str)>| -> Result<GrpcClientTls> {
+        Ok(GrpcClientTls {
+            grpc_ca: Some(ca_pem.clone().into()),
+            client_cert: cert.map(|(c, _)| write("client.pem", c)).transpose()?.map(Into::into),
+            client_key: cert.map(|(_, k)| write("client.key", k)).transpose()?.map(Into::into),
+        })
+    };
+
+    // A client with a certificate of the CA: served.
+    let services = call(client(Some((&client_cert, &client_key)))?).await?;
+    assert!(!services.services.is_empty());
+    // Without a client certificate, or with one of another CA: refused at the handshake.
+    assert!(call(client(None)?).await.is_err(), "no client certificate");
+    assert!(call(client(Some((&rogue_cert, &rogue_key)))?).await.is_err(), "another CA's certificate");
+    // In clear text: nothing.
+    let plain = tests::channel_with_token(&reports.grpc_addr, Some(&slice.integrator_token)).await;
+    if let Ok(channel) = plain {
+        assert!(ReportsServiceClient::new(channel).list_services(ListServicesRequest::default()).await.is_err());
+    }
+    // Not trusting the service's CA: refused by the client.
+    let distrustful = GrpcClientTls {
+        grpc_ca: Some(write("rogue-ca.pem", &rogue.cert.pem())?.into()),
+        ..client(Some((&client_cert, &client_key)))?
+    };
+    assert!(call(distrustful).await.is_err(), "the service's certificate is not of the trusted CA");
+    Ok(())
+}
