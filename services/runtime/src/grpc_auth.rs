@@ -412,3 +412,115 @@ pub type AuthChannel = tonic::service::interceptor::InterceptedService<tonic::tr
 pub fn with_token(channel: tonic::transport::Channel, token: BearerToken) -> AuthChannel {
     tonic::service::interceptor::InterceptedService::new(channel, token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    const METHODS: &[(&str, Access)] = &[
+        ("Write", Access::PerCommune),
+        ("Register", Access::WriteEverywhere),
+        ("Read", Access::Read),
+        ("Command", Access::Act),
+        ("Catalogue", Access::Reference),
+    ];
+
+    fn sign(key: &SigningKey, claims: &Claims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims"));
+        let input = format!("{header}.{payload}");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes()))
+    }
+
+    fn claims(typ: TokenType, role: Role, communes: &[&str], domains: &[&str]) -> Claims {
+        Claims {
+            iss: crate::auth::ISSUER.into(),
+            aud: crate::auth::AUDIENCE.into(),
+            sub: "someone".into(),
+            iat: now_s(),
+            exp: now_s() + 60,
+            typ,
+            sid: "s1".into(),
+            role,
+            all_communes: communes.is_empty(),
+            communes: communes.iter().map(|c| c.to_string()).collect(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            generation: 0,
+        }
+    }
+
+    fn outcome(auth: &ServiceAuth, method: &str, token: Option<&str>) -> Result<Option<Caller>, tonic::Code> {
+        let mut headers = http::HeaderMap::new();
+        if let Some(token) = token {
+            headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
+        }
+        auth.authorize(&format!("/vigie.lighting.v1.LightingService/{method}"), &headers).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn each_caller_gets_what_its_credential_and_the_method_allow() {
+        use tonic::Code;
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let revocations = Arc::new(Revocations::default());
+        let auth = ServiceAuth::new(
+            TokenVerifier::new(key.verifying_key()),
+            "lighting",
+            "vigie.lighting.v1.LightingService",
+            METHODS,
+            revocations.clone(),
+        );
+        let gateway = sign(&key, &claims(TokenType::Service, Role::Supervisor, &[], &[]));
+        let everywhere = sign(&key, &claims(TokenType::Integrator, Role::Integrator, &[], &["lighting"]));
+        let commune = sign(&key, &claims(TokenType::Integrator, Role::Integrator, &["34129"], &["lighting"]));
+        let water = sign(&key, &claims(TokenType::Integrator, Role::Integrator, &[], &["water"]));
+        let operator = sign(&key, &claims(TokenType::Access, Role::Supervisor, &[], &[]));
+        let foreign = sign(&SigningKey::from_bytes(&[8; 32]), &claims(TokenType::Service, Role::Supervisor, &[], &[]));
+        let expired =
+            sign(&key, &Claims { exp: now_s() - 1, ..claims(TokenType::Service, Role::Supervisor, &[], &[]) });
+
+        // Health and reflection are not guarded.
+        let mut open = http::HeaderMap::new();
+        open.insert("x", "y".parse().expect("header"));
+        assert!(matches!(auth.authorize("/grpc.health.v1.Health/Check", &open), Ok(None)));
+        for (token, code) in [(None, Code::Unauthenticated), (Some("junk"), Code::Unauthenticated)] {
+            assert_eq!(outcome(&auth, "Read", token).err(), Some(code));
+        }
+        assert_eq!(outcome(&auth, "Read", Some(&foreign)).err(), Some(Code::Unauthenticated));
+        assert_eq!(outcome(&auth, "Read", Some(&expired)).err(), Some(Code::Unauthenticated));
+        assert_eq!(outcome(&auth, "Read", Some(&operator)).err(), Some(Code::PermissionDenied));
+        // A method nobody listed is closed, even to the gateway.
+        assert_eq!(outcome(&auth, "NewMethod", Some(&gateway)).err(), Some(Code::PermissionDenied));
+        for method in ["Write", "Register", "Read", "Command", "Catalogue"] {
+            assert!(outcome(&auth, method, Some(&gateway)).is_ok(), "{method}");
+        }
+        // Integrators wait until the revocations are loaded.
+        assert_eq!(outcome(&auth, "Write", Some(&commune)).err(), Some(Code::Unavailable));
+        revocations.loaded.store(true, Ordering::Release);
+        let expected = [
+            ("Write", Ok(()), Ok(())),
+            ("Catalogue", Ok(()), Ok(())),
+            ("Register", Ok(()), Err(Code::PermissionDenied)),
+            ("Read", Ok(()), Err(Code::PermissionDenied)),
+            ("Command", Err(Code::PermissionDenied), Err(Code::PermissionDenied)),
+        ];
+        for (method, all, one) in expected {
+            assert_eq!(outcome(&auth, method, Some(&everywhere)).map(drop), all, "{method}");
+            assert_eq!(outcome(&auth, method, Some(&commune)).map(drop), one, "{method}");
+            assert_eq!(outcome(&auth, method, Some(&water)).err(), Some(Code::PermissionDenied), "{method}");
+        }
+        // The commune check of each record.
+        let caller = outcome(&auth, "Write", Some(&commune)).ok().flatten();
+        assert!(check_commune(caller.as_ref(), "34129").is_ok());
+        assert!(check_commune(caller.as_ref(), "34172").is_err());
+        assert!(check_commune(caller.as_ref(), "").is_err());
+        let caller = outcome(&auth, "Write", Some(&everywhere)).ok().flatten();
+        assert!(check_commune(caller.as_ref(), "34172").is_ok());
+        // Revoked: refused at once.
+        revocations.revoke("s1");
+        assert_eq!(outcome(&auth, "Write", Some(&commune)).err(), Some(Code::Unauthenticated));
+        assert!(outcome(&auth, "Write", Some(&gateway)).is_ok(), "the gateway's tokens are not revocable credentials");
+    }
+}
