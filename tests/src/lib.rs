@@ -50,8 +50,10 @@ pub fn nats_server_binary() -> Result<PathBuf> {
 /// A Vigie binary built in the same profile as this test.
 pub fn vigie_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("unexpected test path {}", exe.display()))?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary of this crate (the
+    // benchmark) is in target/<profile> itself.
+    let parent = exe.parent().ok_or_else(|| anyhow!("unexpected path {}", exe.display()))?;
+    let dir = if parent.ends_with("deps") { parent.parent().unwrap_or(parent) } else { parent };
     let path = dir.join(name);
     if !path.is_file() {
         bail!(
@@ -95,13 +97,24 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     passwords: BTreeMap<&'static str, String>,
+    /// With the deployment's users and permissions (every test's server), or open (the
+    /// benchmark's baselines).
+    authorization: bool,
 }
 
 impl NatsServer {
     pub fn start() -> Result<NatsServer> {
         let dir = tempfile::tempdir()?;
         let passwords = NATS_USERS.iter().map(|u| (*u, format!("v{:032x}", rand::random::<u128>()))).collect();
-        let mut server = NatsServer { child: None, port: 0, dir, passwords };
+        let mut server = NatsServer { child: None, port: 0, dir, passwords, authorization: true };
+        server.spawn(None)?;
+        Ok(server)
+    }
+
+    /// A server without users: anyone may do anything (the benchmark's raw baselines).
+    pub fn start_open() -> Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let mut server = NatsServer { child: None, port: 0, dir, passwords: BTreeMap::new(), authorization: false };
         server.spawn(None)?;
         Ok(server)
     }
@@ -131,8 +144,9 @@ impl NatsServer {
         // The deployment's authorization (copied: nats-server includes files relative to the
         // config), and this server's ports and store.
         std::fs::copy(repo_root().join("deploy/nats/authorization.conf"), self.dir.path().join("authorization.conf"))?;
+        let include = if self.authorization { "include \"./authorization.conf\"\n" } else { "" };
         let config = format!(
-            "include \"./authorization.conf\"\nhost: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n",
+            "{include}host: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n",
             port.map(i64::from).unwrap_or(-1),
             ports_dir.display().to_string(),
             self.dir.path().join("jetstream").display().to_string(),
@@ -343,6 +357,11 @@ impl Process {
         });
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Waits for a log line containing `needle` after line `from`; returns its index and text.

@@ -54,8 +54,9 @@ pub async fn serve(
 pub const MAX_LISTED_REFUSALS: usize = 100;
 
 /// Consumes a client stream of field data: `record` stores each message (or refuses it, and the
-/// stream goes on), `commit` makes what was recorded durable, every `group` accepted messages and
-/// at the end. The summary is returned only after the last commit, so `accepted` counts only
+/// stream goes on), `commit` makes what was recorded durable: every `group` accepted messages,
+/// whenever no further message has arrived yet (so a quiet stream's data is not held back waiting
+/// for a group to fill, while a busy one still shares each flush), and at the end. The summary is returned only after the last commit, so `accepted` counts only
 /// what is durable. A broken stream (undecodable, cut) ends the loop; what was accepted stays.
 pub async fn ingest<M, R, C, F>(
     mut stream: tonic::Streaming<M>,
@@ -77,7 +78,19 @@ where
     };
     let (mut index, mut uncommitted) = (0u64, 0u64);
     loop {
-        let message = match stream.message().await {
+        let next = stream.message();
+        tokio::pin!(next);
+        let ready = match futures::poll!(next.as_mut()) {
+            std::task::Poll::Ready(ready) => ready,
+            std::task::Poll::Pending => {
+                if uncommitted > 0 {
+                    commit().await?;
+                    uncommitted = 0;
+                }
+                next.await
+            }
+        };
+        let message = match ready {
             Ok(Some(message)) => message,
             Ok(None) => break,
             Err(status) => {

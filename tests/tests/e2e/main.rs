@@ -2,6 +2,7 @@
 //! each test starts its own NATS server, services and gateway, so tests run in parallel.
 
 mod all_domains;
+mod bench_smoke;
 mod console;
 mod console_api;
 mod gateway_ops;

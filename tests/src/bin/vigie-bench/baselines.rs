@@ -1,0 +1,119 @@
+//! The baselines, run in the same session so that Vigie's figures are ratios:
+//! - **B1**: raw async-nats JetStream, publish (acknowledged, pipelined) to consume (an ordered
+//!   pull consumer): how fast the bus itself carries events of Vigie's size on this machine.
+//! - **B2**: a raw axum + tokio-tungstenite broadcast of pre-serialised frames: what a WebSocket
+//!   fan-out costs with no view, no filter, no coalescing.
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, stream};
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use futures::StreamExt;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::broadcast;
+
+/// B1: publishes `count` messages of `size` bytes and consumes them; events per second from the
+/// first publish to the last message consumed.
+pub async fn raw_jetstream(url: &str, count: usize, size: usize) -> Result<f64> {
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client);
+    let _ = js.delete_stream("BENCH_B1").await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: "BENCH_B1".into(),
+            subjects: vec!["bench.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .context("creating the B1 consumer")?;
+    let mut messages = consumer.messages().await?;
+    let start = Instant::now();
+    let consuming = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < count {
+            match messages.next().await {
+                Some(Ok(_)) => seen += 1,
+                _ => break,
+            }
+        }
+        seen
+    });
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let mut acks = Vec::with_capacity(256);
+    for i in 0..count {
+        acks.push(js.publish(format!("bench.{}.status", i % 31), payload.clone()).await?);
+        if acks.len() == 256 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let seen = consuming.await?;
+    anyhow::ensure!(seen == count, "B1 consumed {seen} of {count}");
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+/// B2: a WebSocket server broadcasting what is sent on the returned channel.
+pub async fn broadcast_server() -> Result<(String, broadcast::Sender<axum::extract::ws::Utf8Bytes>)> {
+    let (sender, _) = broadcast::channel(8192);
+    let app = axum::Router::new().route("/ws", axum::routing::get(upgrade)).with_state(sender.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/ws", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, sender))
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(frames): State<broadcast::Sender<axum::extract::ws::Utf8Bytes>>,
+) -> axum::response::Response {
+    ws.on_upgrade(move |socket| forward(socket, frames.subscribe()))
+}
+
+async fn forward(mut socket: WebSocket, mut frames: broadcast::Receiver<axum::extract::ws::Utf8Bytes>) {
+    loop {
+        match frames.recv().await {
+            Ok(frame) => {
+                if socket.send(Message::Text(frame)).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Sends `rate` frames a second for `duration`, each stamped with the moment it was due, padded
+/// to the size of a real delta.
+pub async fn play(frames: &broadcast::Sender<axum::extract::ws::Utf8Bytes>, rate: f64, duration: Duration) -> u64 {
+    let (start, wall) = (Instant::now(), SystemTime::now());
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let padding = "x".repeat(300);
+    let mut i = 0;
+    while i < total {
+        let due = Duration::from_secs_f64(i as f64 / rate);
+        let now = start.elapsed();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        let now = start.elapsed();
+        while i < total && Duration::from_secs_f64(i as f64 / rate) <= now {
+            let due_at: chrono::DateTime<chrono::Utc> = (wall + Duration::from_secs_f64(i as f64 / rate)).into();
+            let frame = format!(
+                r#"{{"v":1,"type":"delta","seq":{i},"event":{{"kind":"bench","observed_at":"{}"}},"pad":"{padding}"}}"#,
+                due_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            );
+            let _ = frames.send(frame.into());
+            i += 1;
+        }
+    }
+    total
+}

@@ -1,0 +1,110 @@
+//! The load: streetlights registered with the lighting service, then their status reports sent
+//! open loop at a fixed rate over a few telemetry streams (the path integrators and the
+//! simulator use). Each report's `observed_at` is the moment it was due, so a sender that falls
+//! behind shows in the latencies instead of hiding them. Some lamps fail every other round (an
+//! alarm raised, then cleared).
+
+use anyhow::{Context, Result};
+use proto::lighting::lighting_service_client::LightingServiceClient;
+use proto::lighting::telemetry_message::Message as Telemetry;
+use proto::lighting::{
+    LampStatus, PowerState, RegisterStreetlightsRequest, StatusReport, Streetlight, TelemetryMessage,
+};
+use std::time::{Duration, Instant, SystemTime};
+use tests::AuthChannel;
+
+type Client = LightingServiceClient<AuthChannel>;
+
+/// Registers `n` lamps on a grid over the test territory's two communes.
+pub async fn register(client: &mut Client, n: usize) -> Result<Vec<String>> {
+    // An even number of columns: none falls on the border between the communes (3.9°E).
+    let side = ((n as f64).sqrt().ceil() as usize).next_multiple_of(2);
+    let lamps: Vec<Streetlight> = (0..n)
+        .map(|i| Streetlight {
+            id: format!("BENCH{i:06}"),
+            lat: 43.51 + 0.18 * ((i / side) as f64 + 0.5) / side as f64,
+            lon: 3.81 + 0.18 * ((i % side) as f64 + 0.5) / side as f64,
+            lamp_type: "LED".into(),
+            ..Default::default()
+        })
+        .collect();
+    for batch in lamps.chunks(10_000) {
+        client
+            .register_streetlights(RegisterStreetlightsRequest { streetlights: batch.to_vec() })
+            .await
+            .context("registering the benchmark's lamps")?;
+    }
+    Ok(lamps.into_iter().map(|l| l.id).collect())
+}
+
+pub struct Load {
+    /// Reports per second.
+    pub rate: f64,
+    pub duration: Duration,
+    /// One lamp in `alarm_every` fails every other round (0: none).
+    pub alarm_every: usize,
+    /// Concurrent telemetry streams.
+    pub streams: usize,
+}
+
+pub struct Sent {
+    pub accepted: u64,
+    pub refused: u64,
+    /// The rate achieved by the sender, reports per second.
+    pub achieved: f64,
+}
+
+/// Plays `load` on the lamps; `round` continues the alternation of earlier runs (reports must be
+/// newer than the lamp's last one: they are, as their time is the time they are due).
+pub async fn play(channel: &AuthChannel, lamps: &[String], load: &Load, first: u64) -> Result<(Sent, u64)> {
+    let (mut senders, mut streams) = (Vec::new(), Vec::new());
+    for _ in 0..load.streams.max(1) {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<TelemetryMessage>(4096);
+        let mut client = Client::new(channel.clone()).max_encoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
+        streams.push(tokio::spawn(async move {
+            client.stream_telemetry(tokio_stream::wrappers::ReceiverStream::new(receiver)).await
+        }));
+        senders.push(sender);
+    }
+    let (start, wall) = (Instant::now(), SystemTime::now());
+    let total = (load.rate * load.duration.as_secs_f64()).round() as u64;
+    let n = lamps.len() as u64;
+    let mut i = 0u64;
+    while i < total {
+        let due = Duration::from_secs_f64(i as f64 / load.rate);
+        let now = start.elapsed();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        // Everything due by now goes out (the timer's granularity is a millisecond).
+        let now = start.elapsed();
+        while i < total && Duration::from_secs_f64(i as f64 / load.rate) <= now {
+            let k = first + i;
+            let lamp = (k % n) as usize;
+            let round = k / n;
+            let failing = load.alarm_every > 0 && lamp.is_multiple_of(load.alarm_every) && round.is_multiple_of(2);
+            let observed = wall + Duration::from_secs_f64(i as f64 / load.rate);
+            let report = StatusReport {
+                streetlight_id: lamps[lamp].clone(),
+                observed_at: Some(observed.into()),
+                status: if failing { LampStatus::DefectiveLamp } else { LampStatus::Ok } as i32,
+                power_state: PowerState::On as i32,
+                illuminance_level: 0.8,
+                power_consumption_w: 40.0 + (k % 7) as f64,
+                voltage_v: None,
+            };
+            let message = TelemetryMessage { message: Some(Telemetry::Status(report)) };
+            senders[(i % senders.len() as u64) as usize].send(message).await.context("a telemetry stream ended")?;
+            i += 1;
+        }
+    }
+    let achieved = total as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    drop(senders);
+    let (mut accepted, mut refused) = (0, 0);
+    for stream in streams {
+        let summary = stream.await??.into_inner();
+        accepted += summary.accepted;
+        refused += summary.refused;
+    }
+    Ok((Sent { accepted, refused, achieved }, first + total))
+}

@@ -1,0 +1,566 @@
+//! Vigie's benchmark: starts the real system on this machine (nats-server with the deployment's
+//! permissions, the lighting service, the gateway), loads it open loop, and measures against
+//! baselines run in the same session (raw JetStream, a raw WebSocket broadcast). Writes
+//! `docs/benchmarks.md` (or `--out`). `--smoke` runs every scenario briefly on a small scale (the
+//! test suite does, so that the benchmark cannot rot); its figures mean nothing.
+//!
+//! Run it on release builds: `cargo build --release --workspace --bins && target/release/vigie-bench`.
+
+mod baselines;
+mod clients;
+mod load;
+
+use anyhow::{Context, Result};
+use clients::{Role, Seen};
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+use tests::{AuthChannel, Slice};
+
+#[derive(clap::Parser)]
+#[command(name = "vigie-bench", about = "Vigie's end-to-end benchmark against raw baselines")]
+struct Args {
+    /// A short run of every scenario on a small scale (checks the benchmark works).
+    #[arg(long)]
+    smoke: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: std::path::PathBuf,
+}
+
+/// The scale of a run.
+struct Scale {
+    lamps: usize,
+    b1_messages: usize,
+    ladder: Vec<f64>,
+    step: Duration,
+    latency_rates: Vec<f64>,
+    latency_clients: Vec<usize>,
+    fanout_rate: f64,
+    fanout_clients: Vec<usize>,
+    memory_clients: usize,
+    view_assets: usize,
+    rebuild_events: usize,
+    measuring: usize,
+}
+
+impl Scale {
+    fn full() -> Scale {
+        Scale {
+            lamps: 10_000,
+            b1_messages: 200_000,
+            ladder: vec![1_000.0, 2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0],
+            step: Duration::from_secs(10),
+            latency_rates: vec![1_000.0, 5_000.0],
+            latency_clients: vec![100, 1_000],
+            fanout_rate: 1_000.0,
+            fanout_clients: vec![500, 1_000, 2_000, 5_000],
+            memory_clients: 1_000,
+            view_assets: 100_000,
+            rebuild_events: 1_000_000,
+            measuring: 20,
+        }
+    }
+
+    fn smoke() -> Scale {
+        Scale {
+            lamps: 400,
+            b1_messages: 2_000,
+            ladder: vec![100.0, 300.0],
+            step: Duration::from_secs(2),
+            latency_rates: vec![100.0],
+            latency_clients: vec![10],
+            fanout_rate: 100.0,
+            fanout_clients: vec![10, 20],
+            memory_clients: 20,
+            view_assets: 2_000,
+            rebuild_events: 5_000,
+            measuring: 4,
+        }
+    }
+}
+
+/// A latency summary, milliseconds.
+fn summary(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "no sample".into();
+    }
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.1} · p99 {:.1} · p99.9 {:.1} · max {:.1} ms ({} samples)",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0,
+        h.len()
+    )
+}
+
+fn p99_ms(h: &Histogram<u64>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0)
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// The first line a command prints, or why not.
+fn version(program: &std::path::Path, arg: &str) -> String {
+    std::process::Command::new(program)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout })
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']))
+        .unwrap_or("unknown");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).map(str::trim).unwrap_or("unknown");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let nats = tests::nats_server_binary().map(|p| version(&p, "--version")).unwrap_or_else(|e| e.to_string());
+    let profile = if cfg!(debug_assertions) { "debug (figures not meaningful)" } else { "release" };
+    format!(
+        "- CPU: {model}, {cores} cores available\n- Memory: {memory}\n- Kernel: {}\n- nats-server: {nats}\n- rustc: {}\n- Build: {profile}\n- Vigie: {}\n",
+        kernel.trim(),
+        version(std::path::Path::new("rustc"), "--version"),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// Lets this process and its children (the gateway) hold many sockets.
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+struct Bench {
+    slice: Slice,
+    channel: AuthChannel,
+    lamps: Vec<String>,
+    next: u64,
+    ws: String,
+    token: String,
+    scale: Scale,
+    report: String,
+    smoke: bool,
+}
+
+impl Bench {
+    /// Plays `load` while `roles` clients are connected; what the measuring ones saw.
+    async fn run(
+        &mut self,
+        rate: f64,
+        duration: Duration,
+        roles: &[Role],
+        coalesce: bool,
+    ) -> Result<(load::Sent, Seen, u64)> {
+        let url = if coalesce { self.ws.clone() } else { format!("{}?coalesce=false", self.ws) };
+        let fleet = clients::connect(&url, Some(&self.token), roles).await?;
+        // The snapshot each client gets first is not what is measured.
+        tokio::time::sleep(Duration::from_millis(500 + fleet.len() as u64)).await;
+        let plan = load::Load { rate, duration, alarm_every: 50, streams: 4 };
+        let (sent, next) = load::play(&self.channel, &self.lamps, &plan, self.next).await?;
+        self.next = next;
+        clients::settle().await;
+        let (seen, dropped) = fleet.finish().await;
+        Ok((sent, seen, dropped))
+    }
+
+    fn gateway_pid(&self) -> Result<u32> {
+        self.slice.gateway.pid().context("the gateway is not running")
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    raise_open_files();
+    let scale = if args.smoke { Scale::smoke() } else { Scale::full() };
+    let started = Instant::now();
+    let mut report = String::new();
+    writeln!(report, "# Benchmarks\n")?;
+    writeln!(
+        report,
+        "Written by `vigie-bench`{} on {}. Every figure below comes from one run on the machine described; the baselines ran in the same session, on the same machine, so the ratios are what to compare.\n",
+        if args.smoke { " --smoke (a check that the benchmark works: these figures mean nothing)" } else { "" },
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    )?;
+    writeln!(report, "## Machine\n\n{}", machine())?;
+    writeln!(
+        report,
+        "Everything shares these cores: nats-server, the lighting service, the gateway, and this benchmark's load generator and WebSocket clients.\n"
+    )?;
+
+    // B1 on a server of its own (open: no users), before the system starts.
+    println!("B1: raw JetStream");
+    let b1 = {
+        let nats = tests::NatsServer::start_open()?;
+        baselines::raw_jetstream(&nats.url(), scale.b1_messages, 400).await?
+    };
+    println!("B1: {b1:.0} messages/s");
+
+    println!("starting the system");
+    let territory = tests::test_territory()?;
+    let slice = Slice::start_full(
+        territory,
+        &["--kpi-interval", "60s"],
+        &["--access-token-ttl", "4h", "--session-ttl", "8h", "--heartbeat", "2s"],
+    )
+    .await?;
+    let channel = tests::channel_with_token(&slice.lighting_addr, Some(&slice.service_token)).await?;
+    let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(channel.clone());
+    let lamps = load::register(&mut lighting, scale.lamps).await?;
+    let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR)?;
+    let ws = format!("ws://{}/ws", slice.gateway_addr);
+    let mut bench = Bench { slice, channel, lamps, next: 0, ws, token, scale, report, smoke: args.smoke };
+
+    s1(&mut bench, b1).await?;
+    s2_s3_s4(&mut bench).await?;
+    s5(&mut bench).await?;
+    s6(&mut bench).await?;
+
+    let mut report = bench.report;
+    writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64())?;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, &report)?;
+    println!("{report}");
+    println!("written to {}", args.out.display());
+    Ok(())
+}
+
+/// S1: the highest rate sustained end to end with nothing lost, as a ladder.
+async fn s1(bench: &mut Bench, b1: f64) -> Result<()> {
+    let mut table = String::from(
+        "| offered (events/s) | sent (events/s) | accepted | delivered to each client | asset update latency |\n|---|---|---|---|---|\n",
+    );
+    let mut best = 0.0f64;
+    let clients = if bench.smoke { 4 } else { 10 };
+    for rate in bench.scale.ladder.clone() {
+        println!("S1: {rate} events/s");
+        let roles = clients::roles(clients, 2, 0);
+        let (sent, seen, dropped) = bench.run(rate, bench.scale.step, &roles, false).await?;
+        // Each accepted report is one streetlight_status delta to every client (uncoalesced).
+        let delivered = seen.asset.len() / 2;
+        let kept_up = sent.achieved >= 0.95 * rate;
+        let lossless = delivered == sent.accepted && sent.refused == 0 && dropped == 0;
+        let timely = p99_ms(&seen.asset).is_some_and(|p99| p99 < 1_000.0);
+        writeln!(
+            table,
+            "| {rate:.0} | {:.0} | {} | {delivered}{} | {} |",
+            sent.achieved,
+            sent.accepted,
+            if lossless { "" } else { " (LOSS)" },
+            summary(&seen.asset)
+        )?;
+        if kept_up && lossless && timely {
+            best = best.max(rate);
+        } else {
+            break;
+        }
+    }
+    let r = &mut bench.report;
+    writeln!(r, "## S1 · Sustained ingest, end to end\n")?;
+    writeln!(
+        r,
+        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream → gateway (durable consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
+    )?;
+    writeln!(r, "{table}")?;
+    writeln!(
+        r,
+        "- **B1** raw JetStream (publish acknowledged, ordered consumer, 400-byte messages): **{b1:.0} events/s**."
+    )?;
+    writeln!(
+        r,
+        "- **S1** highest step sustained: **{best:.0} events/s**, {:.1} % of B1 (targets: ≥ 50 % of B1 and ≥ 20,000 events/s).\n",
+        100.0 * best / b1
+    )?;
+    Ok(())
+}
+
+/// S2 latencies, S3 fan-out, S4 slow consumers; B2 at the same rates and client counts.
+async fn s2_s3_s4(bench: &mut Bench) -> Result<()> {
+    let (b2_url, b2_frames) = baselines::broadcast_server().await?;
+    let measuring = bench.scale.measuring;
+    let duration = bench.scale.step;
+    let b2 = |rate: f64, clients: usize| {
+        let (url, frames) = (b2_url.clone(), b2_frames.clone());
+        async move {
+            let fleet = clients::connect(&url, None, &clients::roles(clients, measuring, 0)).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            baselines::play(&frames, rate, duration).await;
+            clients::settle().await;
+            anyhow::Ok(fleet.finish().await.0)
+        }
+    };
+
+    let mut table = String::from(
+        "| events/s | clients | asset updates | alarms | B2 (raw broadcast) | p99 Vigie / B2 |\n|---|---|---|---|---|---|\n",
+    );
+    let mut s4_reference = None;
+    for rate in bench.scale.latency_rates.clone() {
+        for clients in bench.scale.latency_clients.clone() {
+            println!("S2: {rate} events/s, {clients} clients");
+            let (_, seen, _) = bench.run(rate, duration, &clients::roles(clients, measuring, 0), true).await?;
+            let raw = b2(rate, clients).await?;
+            let ratio = match (p99_ms(&seen.asset), p99_ms(&raw.asset)) {
+                (Some(v), Some(b)) if b > 0.0 => format!("{:.1}", v / b),
+                _ => "n/a".into(),
+            };
+            writeln!(
+                table,
+                "| {rate:.0} | {clients} | {} | {} | {} | {ratio} |",
+                summary(&seen.asset),
+                summary(&seen.alarm),
+                summary(&raw.asset)
+            )?;
+            if rate == bench.scale.latency_rates[0] && clients == *bench.scale.latency_clients.last().unwrap_or(&0) {
+                s4_reference = Some((clients, seen.asset.clone()));
+            }
+        }
+    }
+    let r = &mut bench.report;
+    writeln!(r, "## S2 · Latency from accept to delivery\n")?;
+    writeln!(
+        r,
+        "From the moment a report was due to be sent (its `observed_at`, so a sender falling behind counts) to its delta on a WebSocket client; {measuring} clients measure, the others read. Clients are the console's kind (asset updates coalesced, at most one per asset per 100 ms; alarms never). One lamp in 50 fails every other round, so alarms are raised throughout. Targets: alarms p99 ≤ 100 ms, asset updates p99 ≤ 250 ms.\n"
+    )?;
+    writeln!(r, "{table}")?;
+
+    // S3: the most clients with asset updates p99 ≤ 250 ms, against B2 the same way.
+    let mut table = String::from("| clients | Vigie asset updates | B2 |\n|---|---|---|\n");
+    let (mut vigie_best, mut raw_best) = (0usize, 0usize);
+    let mut vigie_done = false;
+    for clients in bench.scale.fanout_clients.clone() {
+        println!("S3: {clients} clients");
+        let rate = bench.scale.fanout_rate;
+        let vigie = if vigie_done {
+            None
+        } else {
+            let (_, seen, dropped) = bench.run(rate, duration, &clients::roles(clients, measuring, 0), true).await?;
+            Some((seen, dropped))
+        };
+        let raw = b2(rate, clients).await?;
+        let vigie_text = match &vigie {
+            Some((seen, dropped)) => {
+                let ok = p99_ms(&seen.asset).is_some_and(|p| p <= 250.0) && *dropped == 0;
+                if ok {
+                    vigie_best = clients;
+                } else {
+                    vigie_done = true;
+                }
+                format!(
+                    "{}{}",
+                    summary(&seen.asset),
+                    if *dropped > 0 { format!(", {dropped} dropped") } else { String::new() }
+                )
+            }
+            None => "not run (a smaller count failed)".into(),
+        };
+        if p99_ms(&raw.asset).is_some_and(|p| p <= 250.0) {
+            raw_best = clients;
+        }
+        writeln!(table, "| {clients} | {vigie_text} | {} |", summary(&raw.asset))?;
+    }
+    let r = &mut bench.report;
+    writeln!(r, "## S3 · Fan-out\n")?;
+    writeln!(
+        r,
+        "{:.0} events/s to a growing number of clients; a count passes when asset updates' p99 ≤ 250 ms and no client was dropped.\n",
+        bench.scale.fanout_rate
+    )?;
+    writeln!(r, "{table}")?;
+    writeln!(
+        r,
+        "- Most clients served within 250 ms p99: **Vigie {vigie_best}**, **B2 {raw_best}** ({}; targets: ≥ 5,000 clients and ≥ 50 % of B2).\n",
+        if raw_best > 0 {
+            format!("{:.0} % of B2", 100.0 * vigie_best as f64 / raw_best as f64)
+        } else {
+            "B2 passed no count".into()
+        }
+    )?;
+
+    // S4: 5 % of the clients stop reading.
+    let clients = *bench.scale.latency_clients.last().unwrap_or(&100);
+    let stalled = (clients / 20).max(1);
+    println!("S4: {clients} clients, {stalled} stalled");
+    let rate = bench.scale.latency_rates[0];
+    let (_, seen, dropped) = bench.run(rate, duration, &clients::roles(clients, measuring, stalled), true).await?;
+    let r = &mut bench.report;
+    writeln!(r, "## S4 · Slow consumers\n")?;
+    writeln!(r, "{rate:.0} events/s to {clients} clients of which {stalled} (5 %) never read after connecting.\n")?;
+    writeln!(r, "- The others' asset updates: {}; alarms: {}.", summary(&seen.asset), summary(&seen.alarm))?;
+    if let Some((n, reference)) = s4_reference {
+        writeln!(r, "- The same load with {n} clients all reading (S2): {}.", summary(&reference))?;
+    }
+    writeln!(
+        r,
+        "- Connections closed by the end (stalled clients the gateway gave up on, among others): {dropped}.\n"
+    )?;
+    Ok(())
+}
+
+/// S5: memory per WebSocket client, idle and at 10 updates/s, and for a view of many assets.
+async fn s5(bench: &mut Bench) -> Result<()> {
+    let pid = bench.gateway_pid()?;
+    let clients = bench.scale.memory_clients;
+    println!("S5: memory");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss(pid)?;
+    let fleet = clients::connect(&bench.ws, Some(&bench.token), &clients::roles(clients, 0, 0)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss(pid)?;
+    let plan = load::Load { rate: 10.0, duration: Duration::from_secs(5), alarm_every: 0, streams: 1 };
+    let (_, next) = load::play(&bench.channel, &bench.lamps, &plan, bench.next).await?;
+    bench.next = next;
+    let busy = rss(pid)?;
+    fleet.finish().await;
+    let per_idle = idle.saturating_sub(before) as f64 / clients as f64;
+    let per_busy = busy.saturating_sub(before) as f64 / clients as f64;
+
+    // A view of many assets: register and report each once.
+    let extra = bench.scale.view_assets.saturating_sub(bench.lamps.len());
+    let view_before = rss(pid)?;
+    let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(bench.channel.clone());
+    let all = load::register(&mut lighting, bench.scale.view_assets).await?;
+    let rate = if bench.smoke { 1_000.0 } else { 5_000.0 };
+    let plan =
+        load::Load { rate, duration: Duration::from_secs_f64(all.len() as f64 / rate), alarm_every: 0, streams: 4 };
+    // A fresh round of reports for every lamp, newer than any before.
+    let (_, next) =
+        load::play(&bench.channel, &all, &plan, bench.next.div_ceil(all.len() as u64) * all.len() as u64 * 2).await?;
+    bench.next = next;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let view_after = rss(pid)?;
+    let per_asset = view_after.saturating_sub(view_before) as f64 / extra.max(1) as f64;
+    let r = &mut bench.report;
+    writeln!(r, "## S5 · Memory\n")?;
+    writeln!(r, "The gateway's resident memory (VmRSS), before and after.\n")?;
+    writeln!(r, "- {clients} idle WebSocket clients: **{:.1} KiB per client** (target ≤ 64 KiB).", per_idle / 1024.0)?;
+    writeln!(r, "- The same clients receiving 10 updates/s: {:.1} KiB per client.", per_busy / 1024.0)?;
+    writeln!(
+        r,
+        "- A view of {} streetlights ({} added and reported once): {:.1} MiB in all, {:.2} KiB per added asset.\n",
+        all.len(),
+        extra,
+        view_after as f64 / (1024.0 * 1024.0),
+        per_asset / 1024.0
+    )?;
+    Ok(())
+}
+
+/// S6: how long a fresh gateway takes to rebuild its view from the stream.
+async fn s6(bench: &mut Bench) -> Result<()> {
+    use prost::Message as _;
+    let target = bench.scale.rebuild_events;
+    println!("S6: filling the stream to {target} events");
+    let nats = bench.slice.nats.client_as("lighting").await?;
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
+    let have = stream.info().await?.state.messages as usize;
+    let commune = proto::ids::CommuneId::parse("34172")?;
+    let mut acks = Vec::with_capacity(512);
+    let wall = std::time::SystemTime::now();
+    for i in 0..target.saturating_sub(have) {
+        let lamp = proto::ids::AssetId::parse(&bench.lamps[i % bench.lamps.len()])?;
+        let report = proto::lighting::StatusReport {
+            streetlight_id: lamp.to_string(),
+            observed_at: Some((wall + Duration::from_micros(i as u64)).into()),
+            status: proto::lighting::LampStatus::Ok as i32,
+            power_state: proto::lighting::PowerState::On as i32,
+            illuminance_level: 0.8,
+            power_consumption_w: 40.0,
+            voltage_v: None,
+        };
+        let event = proto::event::new_event(
+            &commune,
+            &lamp,
+            proto::event::timestamp(wall + Duration::from_micros(i as u64)),
+            None,
+            proto::v1::event::Payload::StreetlightStatus(proto::lighting::StreetlightStatusReported {
+                report: Some(report),
+                ..Default::default()
+            }),
+        );
+        let checked = proto::event::check(event)?;
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .message_id(&checked.event.id)
+            .payload(checked.event.encode_to_vec().into());
+        acks.push(js.send_publish(checked.subject(), publish).await?);
+        if acks.len() == 512 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let last = stream.info().await?.state.last_sequence;
+    let events = stream.info().await?.state.messages;
+    println!("S6: rebuilding from {events} events");
+    let store = tempfile::tempdir()?;
+    let mut args = bench.slice.nats.credentials("gateway");
+    args.extend(
+        [
+            "--store",
+            &store.path().join("gateway").display().to_string(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--consumer",
+            "bench-rebuild",
+        ]
+        .map(String::from),
+    );
+    let start = Instant::now();
+    let gateway = tests::Process::start("vigie-gateway", &args)?;
+    let addr = gateway.wait_for_addr("HTTP listening", 0)?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let elapsed = loop {
+        let (_, metrics) = tests::http_get(&addr, "/metrics")?;
+        let applied = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("vigie_gateway_applied_seq "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if applied >= last {
+            break start.elapsed();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the rebuild did not finish in 10 minutes ({applied} of {last})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = &mut bench.report;
+    writeln!(r, "## S6 · Rebuilding the view\n")?;
+    writeln!(
+        r,
+        "A fresh gateway (empty store, new durable consumer) started on the stream of {events} events (the run's own, topped up with streetlight reports published directly): **{:.1} s** from its start to its view being current (target ≤ 10 s for 1,000,000 events), {:.0} events/s.\n",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64()
+    )?;
+    Ok(())
+}
