@@ -1,7 +1,7 @@
 //! HTTP: `/health`, the live WebSocket at `/ws`, and the console's static files.
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -187,8 +187,15 @@ impl Out {
         matches!(tokio::time::timeout(self.limit, self.sink.send(message)).await, Ok(Ok(())))
     }
 
-    async fn text(&mut self, text: &str) -> bool {
-        self.send(Message::Text(text.into())).await
+    /// Sends frames as one write where the socket takes them (one flush for the batch, not one
+    /// per frame); each frame still gets at most `limit` to be taken.
+    async fn frames(&mut self, frames: impl IntoIterator<Item = Utf8Bytes>) -> bool {
+        for frame in frames {
+            if !matches!(tokio::time::timeout(self.limit, self.sink.feed(Message::Text(frame))).await, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        matches!(tokio::time::timeout(self.limit, self.sink.flush()).await, Ok(Ok(())))
     }
 
     /// A close frame, if the client still takes one.
@@ -200,12 +207,7 @@ impl Out {
 
 /// Sends how a session starts; false when the client is gone.
 async fn send_start(out: &mut Out, start: Start) -> bool {
-    for frame in start.frames() {
-        if !out.text(&frame).await {
-            return false;
-        }
-    }
-    true
+    out.frames(start.frames()).await
 }
 
 /// One client: a snapshot (or a resume), then deltas, under the session's filter; heartbeats both
@@ -278,10 +280,9 @@ async fn session(
                 Err(RecvError::Closed) => return,
             },
             _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()).await }, if flush_at.is_some() => {
-                for delta in crate::live::coalesce(std::mem::take(&mut batch), &filter, coalescing) {
-                    if !out.text(&delta.json).await {
-                        return;
-                    }
+                let frames = crate::live::coalesce(std::mem::take(&mut batch), &filter, coalescing);
+                if !out.frames(frames.into_iter().map(|delta| delta.json.clone())).await {
+                    return;
                 }
                 last_flush = Instant::now();
             }

@@ -3,6 +3,7 @@
 //! consumer holds while it applies and broadcasts, so a client sees every delta after its
 //! snapshot's `seq` and none before.
 
+use axum::extract::ws::Utf8Bytes;
 use proto::event::CheckedEvent;
 use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, Filter, KpiState, ServerFrame, ServerMessage};
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +21,8 @@ pub const DELTA_BUFFER: usize = 8192;
 #[derive(Debug)]
 pub struct Delta {
     pub seq: u64,
-    pub json: Arc<str>,
+    /// The frame, serialised once; every session sends these same bytes (a clone is a reference).
+    pub json: Utf8Bytes,
     pub object: Object,
 }
 
@@ -71,13 +73,13 @@ pub enum Start {
 
 impl Start {
     /// The frames (JSON text) that start the session, in order, whatever carries them.
-    pub fn frames(self) -> Vec<Arc<str>> {
+    pub fn frames(self) -> Vec<Utf8Bytes> {
         match self {
-            Start::Snapshot(json) => vec![Arc::from(json)],
+            Start::Snapshot(json) => vec![Utf8Bytes::from(json)],
             Start::Resumed { from, missed } => {
                 let resumed =
                     serde_json::to_string(&ServerFrame::new(ServerMessage::Resumed { from })).unwrap_or_default();
-                std::iter::once(Arc::from(resumed)).chain(missed.into_iter().map(|d| d.json.clone())).collect()
+                std::iter::once(Utf8Bytes::from(resumed)).chain(missed.into_iter().map(|d| d.json.clone())).collect()
             }
         }
     }
@@ -204,7 +206,7 @@ impl Live {
                         });
                         match serde_json::to_string(&frame) {
                             Ok(json) => {
-                                let delta = Arc::new(Delta { seq, json: Arc::from(json), object });
+                                let delta = Arc::new(Delta { seq, json: Utf8Bytes::from(json), object });
                                 if inner.recent.len() >= DELTA_BUFFER
                                     && let Some(old) = inner.recent.pop_front()
                                 {

@@ -198,6 +198,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server gracefully (its JetStream store stays).
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {

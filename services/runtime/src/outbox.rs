@@ -37,6 +37,19 @@ pub struct Outbox {
     tree: sled::Tree,
     dead: sled::Tree,
     wake: Arc<Notify>,
+    flushes: Arc<Flushes>,
+}
+
+/// Commits share flushes: a commit waits for a flush that began after it was asked for, rather
+/// than starting one of its own while another runs (each is an fsync; concurrent streams and
+/// calls would otherwise queue one per commit).
+#[derive(Default)]
+struct Flushes {
+    /// Commits asked for so far (each takes the next number).
+    asked: std::sync::atomic::AtomicU64,
+    /// Every commit numbered up to this one is durable.
+    done: std::sync::atomic::AtomicU64,
+    running: tokio::sync::Mutex<()>,
 }
 
 /// An outbox entry ready to be inserted in a transaction (see [`Outbox::prepare`]).
@@ -60,6 +73,7 @@ impl Outbox {
             tree: db.open_tree("outbox")?,
             dead: db.open_tree("outbox_undecodable")?,
             wake: Arc::new(Notify::new()),
+            flushes: Arc::default(),
         })
     }
 
@@ -81,7 +95,16 @@ impl Outbox {
 
     /// Makes committed transactions durable, then wakes the relay. Call before acknowledging.
     pub async fn commit(&self) -> sled::Result<()> {
-        self.db.flush_async().await?;
+        use std::sync::atomic::Ordering;
+        // What this commit must make durable was written before this number was taken.
+        let ticket = self.flushes.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        let _running = self.flushes.running.lock().await;
+        if self.flushes.done.load(Ordering::Acquire) < ticket {
+            // This flush begins now: it covers every commit numbered so far.
+            let covered = self.flushes.asked.load(Ordering::Acquire);
+            self.db.flush_async().await?;
+            self.flushes.done.fetch_max(covered, Ordering::AcqRel);
+        }
         self.wake.notify_one();
         Ok(())
     }

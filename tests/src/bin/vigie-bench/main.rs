@@ -26,6 +26,10 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: std::path::PathBuf,
+    /// The scenarios to run (s1, s2 for S2 to S4, s5, s6); all by default. A partial run is for
+    /// profiling: do not commit its report.
+    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s5,s6")]
+    scenarios: Vec<String>,
 }
 
 /// The scale of a run.
@@ -47,7 +51,7 @@ struct Scale {
 impl Scale {
     fn full() -> Scale {
         Scale {
-            lamps: 10_000,
+            lamps: 2_000,
             b1_messages: 200_000,
             ladder: vec![1_000.0, 2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0],
             step: Duration::from_secs(10),
@@ -112,6 +116,29 @@ fn rss(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU time a process has used (user and system), seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name and state.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// The first line a command prints, or why not.
 fn version(program: &std::path::Path, arg: &str) -> String {
     std::process::Command::new(program)
@@ -162,6 +189,8 @@ struct Bench {
     channel: AuthChannel,
     lamps: Vec<String>,
     next: u64,
+    /// Streetlights in the view (S5 adds many).
+    view_assets: usize,
     ws: String,
     token: String,
     scale: Scale,
@@ -192,6 +221,17 @@ impl Bench {
 
     fn gateway_pid(&self) -> Result<u32> {
         self.slice.gateway.pid().context("the gateway is not running")
+    }
+
+    /// CPU seconds so far of nats-server, the lighting service, the gateway and this benchmark.
+    fn cpu(&self) -> [f64; 4] {
+        let of = |pid: Option<u32>| pid.map(cpu_seconds).unwrap_or(0.0);
+        [
+            of(self.slice.nats.pid()),
+            of(self.slice.lighting.pid()),
+            of(self.slice.gateway.pid()),
+            cpu_seconds(std::process::id()),
+        ]
     }
 }
 
@@ -236,15 +276,29 @@ async fn main() -> Result<()> {
     let lamps = load::register(&mut lighting, scale.lamps).await?;
     let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR)?;
     let ws = format!("ws://{}/ws", slice.gateway_addr);
-    let mut bench = Bench { slice, channel, lamps, next: 0, ws, token, scale, report, smoke: args.smoke };
+    let mut bench =
+        Bench { slice, channel, view_assets: lamps.len(), lamps, next: 0, ws, token, scale, report, smoke: args.smoke };
 
-    s1(&mut bench, b1).await?;
-    s2_s3_s4(&mut bench).await?;
-    s5(&mut bench).await?;
-    s6(&mut bench).await?;
+    let run = |name: &str| args.scenarios.iter().any(|s| s == name);
+    if run("s1") {
+        s1(&mut bench, b1).await?;
+    }
+    if run("s2") {
+        s2_s3_s4(&mut bench).await?;
+    }
+    if run("s5") {
+        s5(&mut bench).await?;
+    }
+    if run("s6") {
+        s6(&mut bench).await?;
+    }
 
     let mut report = bench.report;
     writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64())?;
+    writeln!(
+        report,
+        "\nWhat limits these figures, from profiling, and what to change next: [benchmarks-notes.md](benchmarks-notes.md)."
+    )?;
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -257,14 +311,19 @@ async fn main() -> Result<()> {
 /// S1: the highest rate sustained end to end with nothing lost, as a ladder.
 async fn s1(bench: &mut Bench, b1: f64) -> Result<()> {
     let mut table = String::from(
-        "| offered (events/s) | sent (events/s) | accepted | delivered to each client | asset update latency |\n|---|---|---|---|---|\n",
+        "| offered (events/s) | sent (events/s) | accepted | delivered to each client | asset update latency | CPU: nats · lighting · gateway · bench |\n|---|---|---|---|---|---|\n",
     );
     let mut best = 0.0f64;
     let clients = if bench.smoke { 4 } else { 10 };
     for rate in bench.scale.ladder.clone() {
         println!("S1: {rate} events/s");
         let roles = clients::roles(clients, 2, 0);
+        let (cpu_before, start) = (bench.cpu(), Instant::now());
         let (sent, seen, dropped) = bench.run(rate, bench.scale.step, &roles, false).await?;
+        let wall = start.elapsed().as_secs_f64();
+        let cpu_after = bench.cpu();
+        // Cores busy on average over the step (connecting, sending, settling).
+        let cores: Vec<String> = (0..4).map(|i| format!("{:.2}", (cpu_after[i] - cpu_before[i]) / wall)).collect();
         // Each accepted report is one streetlight_status delta to every client (uncoalesced).
         let delivered = seen.asset.len() / 2;
         let kept_up = sent.achieved >= 0.95 * rate;
@@ -272,11 +331,12 @@ async fn s1(bench: &mut Bench, b1: f64) -> Result<()> {
         let timely = p99_ms(&seen.asset).is_some_and(|p99| p99 < 1_000.0);
         writeln!(
             table,
-            "| {rate:.0} | {:.0} | {} | {delivered}{} | {} |",
+            "| {rate:.0} | {:.0} | {} | {delivered}{} | {} | {} |",
             sent.achieved,
             sent.accepted,
             if lossless { "" } else { " (LOSS)" },
-            summary(&seen.asset)
+            summary(&seen.asset),
+            cores.join(" · ")
         )?;
         if kept_up && lossless && timely {
             best = best.max(rate);
@@ -291,6 +351,11 @@ async fn s1(bench: &mut Bench, b1: f64) -> Result<()> {
         "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream → gateway (durable consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
     )?;
     writeln!(r, "{table}")?;
+    writeln!(
+        r,
+        "CPU: cores each process kept busy on average over the step, out of {}.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    )?;
     writeln!(
         r,
         "- **B1** raw JetStream (publish acknowledged, ordered consumer, 400-byte messages): **{b1:.0} events/s**."
@@ -443,9 +508,8 @@ async fn s5(bench: &mut Bench) -> Result<()> {
     let per_idle = idle.saturating_sub(before) as f64 / clients as f64;
     let per_busy = busy.saturating_sub(before) as f64 / clients as f64;
 
-    // A view of many assets: register and report each once.
-    let extra = bench.scale.view_assets.saturating_sub(bench.lamps.len());
-    let view_before = rss(pid)?;
+    // A view of many assets: register and report each once; S6 measures the view a fresh gateway
+    // rebuilds from them (this gateway's memory holds what the earlier scenarios left).
     let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(bench.channel.clone());
     let all = load::register(&mut lighting, bench.scale.view_assets).await?;
     let rate = if bench.smoke { 1_000.0 } else { 5_000.0 };
@@ -455,22 +519,14 @@ async fn s5(bench: &mut Bench) -> Result<()> {
     let (_, next) =
         load::play(&bench.channel, &all, &plan, bench.next.div_ceil(all.len() as u64) * all.len() as u64 * 2).await?;
     bench.next = next;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let view_after = rss(pid)?;
-    let per_asset = view_after.saturating_sub(view_before) as f64 / extra.max(1) as f64;
+    bench.view_assets = all.len();
     let r = &mut bench.report;
     writeln!(r, "## S5 · Memory\n")?;
     writeln!(r, "The gateway's resident memory (VmRSS), before and after.\n")?;
     writeln!(r, "- {clients} idle WebSocket clients: **{:.1} KiB per client** (target ≤ 64 KiB).", per_idle / 1024.0)?;
     writeln!(r, "- The same clients receiving 10 updates/s: {:.1} KiB per client.", per_busy / 1024.0)?;
-    writeln!(
-        r,
-        "- A view of {} streetlights ({} added and reported once): {:.1} MiB in all, {:.2} KiB per added asset.\n",
-        all.len(),
-        extra,
-        view_after as f64 / (1024.0 * 1024.0),
-        per_asset / 1024.0
-    )?;
+    writeln!(r, "- The gateway after the scenarios so far: {:.1} MiB.", rss(pid)? as f64 / (1024.0 * 1024.0))?;
+    writeln!(r, "- A view of {} streetlights: see S6, whose fresh gateway rebuilds it.\n", all.len())?;
     Ok(())
 }
 
@@ -540,6 +596,7 @@ async fn s6(bench: &mut Bench) -> Result<()> {
     let start = Instant::now();
     let gateway = tests::Process::start("vigie-gateway", &args)?;
     let addr = gateway.wait_for_addr("HTTP listening", 0)?;
+    let empty = gateway.pid().map(rss).transpose()?.unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(600);
     let elapsed = loop {
         let (_, metrics) = tests::http_get(&addr, "/metrics")?;
@@ -554,6 +611,9 @@ async fn s6(bench: &mut Bench) -> Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "the rebuild did not finish in 10 minutes ({applied} of {last})");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rebuilt = gateway.pid().map(rss).transpose()?.unwrap_or(0);
+    let assets = bench.view_assets;
     let r = &mut bench.report;
     writeln!(r, "## S6 · Rebuilding the view\n")?;
     writeln!(
@@ -561,6 +621,13 @@ async fn s6(bench: &mut Bench) -> Result<()> {
         "A fresh gateway (empty store, new durable consumer) started on the stream of {events} events (the run's own, topped up with streetlight reports published directly): **{:.1} s** from its start to its view being current (target ≤ 10 s for 1,000,000 events), {:.0} events/s.\n",
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        r,
+        "Its view holds {assets} streetlights (S5 registered them and reported each once): the gateway's resident memory is {:.1} MiB, {:.1} MiB at its start, so **{:.2} KiB per asset** (view, store cache, everything).\n",
+        rebuilt as f64 / (1024.0 * 1024.0),
+        empty as f64 / (1024.0 * 1024.0),
+        rebuilt.saturating_sub(empty) as f64 / 1024.0 / assets.max(1) as f64
     )?;
     Ok(())
 }
