@@ -17,7 +17,8 @@ fn the_benchmark_runs_every_scenario_and_loses_nothing() -> Result<()> {
     let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
     assert!(output.status.success(), "vigie-bench --smoke failed: {tail:#?}");
     let report = std::fs::read_to_string(&report_path)?;
-    for section in ["## Machine", "## S1", "**B1**", "## S2", "B2 (raw broadcast)", "## S3", "## S4", "## S5", "## S6"]
+    for section in
+        ["## Machine", "## S1", "**B1**", "**B3**", "## S2", "B2 (raw broadcast)", "## S3", "## S4", "## S5", "## S6"]
     {
         assert!(report.contains(section), "the report has no {section:?}:\n{report}");
     }

@@ -3,6 +3,8 @@
 //!   pull consumer): how fast the bus itself carries events of Vigie's size on this machine.
 //! - **B2**: a raw axum + tokio-tungstenite broadcast of pre-serialised frames: what a WebSocket
 //!   fan-out costs with no view, no filter, no coalescing.
+//! - **B3**: a raw tonic streaming echo: what gRPC streams carry on this machine with nothing
+//!   behind them.
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
@@ -116,4 +118,58 @@ pub async fn play(frames: &broadcast::Sender<axum::extract::ws::Utf8Bytes>, rate
         }
     }
     total
+}
+
+/// B3's server: echoes every message of a stream.
+struct Echo;
+
+type EchoStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::bench::Blob, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::bench::echo_server::Echo for Echo {
+    type EchoStream = EchoStream;
+
+    async fn echo(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::bench::Blob>>,
+    ) -> Result<tonic::Response<EchoStream>, tonic::Status> {
+        Ok(tonic::Response::new(Box::pin(request.into_inner())))
+    }
+}
+
+/// B3: a raw tonic streaming echo, `streams` bidirectional streams at once, each sending
+/// `count / streams` messages of `size` bytes as fast as the stream takes them; messages echoed
+/// per second.
+pub async fn raw_tonic_echo(count: usize, size: usize, streams: usize) -> Result<f64> {
+    use proto::bench::echo_client::EchoClient;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::bench::echo_server::EchoServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let per_stream = count / streams.max(1);
+    let start = Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..streams.max(1) {
+        let mut client = EchoClient::new(channel.clone());
+        running.push(tokio::spawn(async move {
+            let blob = proto::bench::Blob { data: vec![b'x'; size] };
+            let outgoing = futures::stream::iter(std::iter::repeat_n(blob, per_stream));
+            let mut echoed = client.echo(outgoing).await?.into_inner();
+            let mut received = 0usize;
+            while echoed.message().await?.is_some() {
+                received += 1;
+            }
+            anyhow::Ok(received)
+        }));
+    }
+    let mut received = 0;
+    for stream in running {
+        received += stream.await??;
+    }
+    anyhow::ensure!(received == per_stream * streams.max(1), "B3 echoed {received} messages");
+    Ok(received as f64 / start.elapsed().as_secs_f64())
 }
