@@ -1,3 +1,9 @@
+/// mimalloc rather than glibc's allocator: the hot paths allocate and free many small values
+/// (events, frames, view entries), and glibc spent a third of the gateway's time rebuilding its
+/// view in malloc and free, and kept freed memory (see docs/benchmarks-notes.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use std::process::ExitCode;
 
