@@ -300,7 +300,8 @@ pub fn new_operator(
         return Err(format!("a {} needs communes, or all_communes", role.as_str()));
     }
     for d in domains {
-        if !["transport", "lighting", "water", "reports"].contains(&d.as_str()) {
+        // A domain with a service: every one that publishes events but the operators' own.
+        if proto::v1::Domain::from_token(d).is_none_or(|d| d == proto::v1::Domain::Ops) {
             return Err(format!("unknown domain {:?}", d.chars().take(32).collect::<String>()));
         }
     }

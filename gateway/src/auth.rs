@@ -14,8 +14,8 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signer, SigningKey};
 pub use runtime::auth::{AUDIENCE, Claims, ISSUER, Role, TokenError, TokenType, TokenVerifier, verify_jws};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -135,11 +135,7 @@ impl Keys {
 
     /// The compact JWS of `claims` (header `{"alg":"EdDSA","typ":"JWT"}`).
     pub fn sign(&self, claims: &Claims) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-        let input = format!("{header}.{payload}");
-        let signature = URL_SAFE_NO_PAD.encode(self.signing.sign(input.as_bytes()).to_bytes());
-        format!("{input}.{signature}")
+        runtime::auth::sign_jws(&self.signing, claims)
     }
 
     /// The claims of a token this installation signed, checked: signature, issuer, audience,
@@ -475,7 +471,7 @@ mod tests {
             "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
         );
         let input = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
-        let signature = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(ed25519_dalek::Signer::sign(&key, input.as_bytes()).to_bytes());
         assert_eq!(signature, "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg");
         let token = format!("{input}.{signature}");
         assert_eq!(verify_jws(&key.verifying_key(), &token).unwrap(), b"Example of Ed25519 signing");

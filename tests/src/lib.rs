@@ -565,7 +565,7 @@ impl Slice {
         let service_token = mint_token(&key, runtime::auth::TokenType::Service)?;
         let integrator_token = mint_token(&key, runtime::auth::TokenType::Integrator)?;
         let mut args = common("lighting");
-        args.extend(["--auth-public-key".into(), key.with_extension("pem.pub").display().to_string()]);
+        args.extend(["--auth-public-key".into(), gateway::auth::public_key_path(&key).display().to_string()]);
         args.extend([
             "--grpc-addr".into(),
             "127.0.0.1:0".into(),
@@ -737,7 +737,7 @@ impl Slice {
             "--territory".to_owned(),
             self.territory.path().display().to_string(),
             "--auth-public-key".to_owned(),
-            self.auth_key().with_extension("pem.pub").display().to_string(),
+            gateway::auth::public_key_path(&self.auth_key()).display().to_string(),
         ]);
         // A free port unless the test gives one (the gateway's URL for it is set beforehand).
         if !extra.contains(&"--grpc-addr") {

@@ -190,21 +190,10 @@ async fn follow_lighting_alarms(
     common: CommonConfig,
     stop: CancellationToken,
 ) {
-    let mut pause = std::time::Duration::from_secs(1);
-    loop {
-        tokio::select! {
-            result = follow_lighting_alarms_once(nats.clone(), core.clone(), &common) => {
-                let error = result.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "the consumer ended".into());
-                tracing::warn!(error, retry_in = ?pause, "following lighting alarms stopped: lamp reports are not linked until it resumes");
-            }
-            _ = stop.cancelled() => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.cancelled() => return,
-        }
-        pause = (pause * 2).min(std::time::Duration::from_secs(30));
-    }
+    runtime::bus::follow_forever("following lighting alarms (lamp reports are not linked meanwhile)", stop, || {
+        follow_lighting_alarms_once(nats.clone(), core.clone(), &common)
+    })
+    .await
 }
 
 async fn follow_lighting_alarms_once(

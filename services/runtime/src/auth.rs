@@ -114,6 +114,17 @@ pub enum TokenError {
     Revoked,
 }
 
+/// The compact JWS of `claims` signed with `key` (header `{"alg":"EdDSA","typ":"JWT"}`). Only the
+/// gateway holds the installation's signing key; tests sign with keys of their own.
+pub fn sign_jws(key: &ed25519_dalek::SigningKey, claims: &Claims) -> String {
+    use ed25519_dalek::Signer;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+    let input = format!("{header}.{payload}");
+    let signature = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes());
+    format!("{input}.{signature}")
+}
+
 /// The payload of a compact JWS signed with EdDSA by `key`. Only `alg: EdDSA` is accepted (no
 /// `none`, no algorithm chosen by the token).
 pub fn verify_jws(key: &VerifyingKey, token: &str) -> Result<Vec<u8>, TokenError> {

@@ -74,3 +74,28 @@ pub async fn drain(nats: &async_nats::Client, timeout: std::time::Duration) {
         Err(_) => tracing::warn!("NATS drain timed out"),
     }
 }
+
+/// Runs `follow` (a consumer that should last as long as the process) again whenever it fails or
+/// ends, after a pause growing from 1 s to 30 s, until `stop`. `what` says what is interrupted
+/// meanwhile, for the log.
+pub async fn follow_forever<F, R>(what: &str, stop: tokio_util::sync::CancellationToken, mut follow: F)
+where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            result = follow() => {
+                let error = result.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "the consumer ended".into());
+                tracing::warn!(error, retry_in = ?pause, "{what} stopped; retrying");
+            }
+            _ = stop.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+    }
+}

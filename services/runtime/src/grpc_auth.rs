@@ -322,21 +322,10 @@ pub async fn ensure_revocations_stream(js: &async_nats::jetstream::Context) -> a
 /// Follows the revoked credentials from the stream's start for as long as the process runs. A
 /// failure (NATS down) starts it over after a pause growing to 30 s; what was loaded stays.
 pub async fn follow_revocations(nats: async_nats::Client, revocations: Arc<Revocations>, stop: CancellationToken) {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        tokio::select! {
-            result = follow_revocations_once(nats.clone(), &revocations) => {
-                let error = result.err().map(|e| format!("{e:#}")).unwrap_or_else(|| "the consumer ended".into());
-                tracing::warn!(error, retry_in = ?pause, "following revoked credentials stopped; retrying");
-            }
-            _ = stop.cancelled() => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.cancelled() => return,
-        }
-        pause = (pause * 2).min(Duration::from_secs(30));
-    }
+    crate::bus::follow_forever("following revoked credentials", stop, || {
+        follow_revocations_once(nats.clone(), &revocations)
+    })
+    .await
 }
 
 async fn follow_revocations_once(nats: async_nats::Client, revocations: &Revocations) -> anyhow::Result<()> {
@@ -416,9 +405,8 @@ pub fn with_token(channel: tonic::transport::Channel, token: BearerToken) -> Aut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use ed25519_dalek::{Signer, SigningKey};
+    use crate::auth::sign_jws as sign;
+    use ed25519_dalek::SigningKey;
 
     const METHODS: &[(&str, Access)] = &[
         ("Write", Access::PerCommune),
@@ -427,13 +415,6 @@ mod tests {
         ("Command", Access::Act),
         ("Catalogue", Access::Reference),
     ];
-
-    fn sign(key: &SigningKey, claims: &Claims) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims"));
-        let input = format!("{header}.{payload}");
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes()))
-    }
 
     fn claims(typ: TokenType, role: Role, communes: &[&str], domains: &[&str]) -> Claims {
         Claims {

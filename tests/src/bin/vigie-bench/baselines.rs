@@ -96,28 +96,20 @@ async fn forward(mut socket: WebSocket, mut frames: broadcast::Receiver<axum::ex
 /// Sends `rate` frames a second for `duration`, each stamped with the moment it was due, padded
 /// to the size of a real delta.
 pub async fn play(frames: &broadcast::Sender<axum::extract::ws::Utf8Bytes>, rate: f64, duration: Duration) -> u64 {
-    let (start, wall) = (Instant::now(), SystemTime::now());
-    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let wall = SystemTime::now();
+    let mut pace = crate::load::Pace::new(rate, duration);
     let padding = "x".repeat(300);
-    let mut i = 0;
-    while i < total {
-        let due = Duration::from_secs_f64(i as f64 / rate);
-        let now = start.elapsed();
-        if due > now {
-            tokio::time::sleep(due - now).await;
-        }
-        let now = start.elapsed();
-        while i < total && Duration::from_secs_f64(i as f64 / rate) <= now {
-            let due_at: chrono::DateTime<chrono::Utc> = (wall + Duration::from_secs_f64(i as f64 / rate)).into();
+    while let Some(due) = pace.next_due().await {
+        for i in due {
+            let due_at: chrono::DateTime<chrono::Utc> = (wall + pace.due(i)).into();
             let frame = format!(
                 r#"{{"v":1,"type":"delta","seq":{i},"event":{{"kind":"bench","observed_at":"{}"}},"pad":"{padding}"}}"#,
                 due_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
             );
             let _ = frames.send(frame.into());
-            i += 1;
         }
     }
-    total
+    pace.total()
 }
 
 /// B3's server: echoes every message of a stream.

@@ -37,6 +37,53 @@ pub async fn register(client: &mut Client, n: usize) -> Result<Vec<String>> {
     Ok(lamps.into_iter().map(|l| l.id).collect())
 }
 
+/// Open-loop pacing: `total` sends at `rate` a second from the moment it is made, each due at a
+/// fixed time whatever the previous ones cost. The timer's granularity is a millisecond, so each
+/// wake-up hands out every send due by then.
+pub struct Pace {
+    rate: f64,
+    total: u64,
+    start: Instant,
+    next: u64,
+}
+
+impl Pace {
+    pub fn new(rate: f64, duration: Duration) -> Pace {
+        Pace { rate, total: (rate * duration.as_secs_f64()).round() as u64, start: Instant::now(), next: 0 }
+    }
+
+    /// When send `i` is due, from the start.
+    pub fn due(&self, i: u64) -> Duration {
+        Duration::from_secs_f64(i as f64 / self.rate)
+    }
+
+    /// The sends due now (after waiting for the next one); none when all were handed out.
+    pub async fn next_due(&mut self) -> Option<std::ops::Range<u64>> {
+        if self.next >= self.total {
+            return None;
+        }
+        let (due, now) = (self.due(self.next), self.start.elapsed());
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        let now = self.start.elapsed();
+        let first = self.next;
+        while self.next < self.total && self.due(self.next) <= now {
+            self.next += 1;
+        }
+        Some(first..self.next)
+    }
+
+    /// Sends per second achieved so far.
+    pub fn achieved(&self) -> f64 {
+        self.next as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 pub struct Load {
     /// Reports per second.
     pub rate: f64,
@@ -66,24 +113,16 @@ pub async fn play(channel: &AuthChannel, lamps: &[String], load: &Load, first: u
         }));
         senders.push(sender);
     }
-    let (start, wall) = (Instant::now(), SystemTime::now());
-    let total = (load.rate * load.duration.as_secs_f64()).round() as u64;
+    let wall = SystemTime::now();
+    let mut pace = Pace::new(load.rate, load.duration);
     let n = lamps.len() as u64;
-    let mut i = 0u64;
-    while i < total {
-        let due = Duration::from_secs_f64(i as f64 / load.rate);
-        let now = start.elapsed();
-        if due > now {
-            tokio::time::sleep(due - now).await;
-        }
-        // Everything due by now goes out (the timer's granularity is a millisecond).
-        let now = start.elapsed();
-        while i < total && Duration::from_secs_f64(i as f64 / load.rate) <= now {
+    while let Some(due) = pace.next_due().await {
+        for i in due {
             let k = first + i;
             let lamp = (k % n) as usize;
             let round = k / n;
             let failing = load.alarm_every > 0 && lamp.is_multiple_of(load.alarm_every) && round.is_multiple_of(2);
-            let observed = wall + Duration::from_secs_f64(i as f64 / load.rate);
+            let observed = wall + pace.due(i);
             let report = StatusReport {
                 streetlight_id: lamps[lamp].clone(),
                 observed_at: Some(observed.into()),
@@ -95,10 +134,9 @@ pub async fn play(channel: &AuthChannel, lamps: &[String], load: &Load, first: u
             };
             let message = TelemetryMessage { message: Some(Telemetry::Status(report)) };
             senders[(i % senders.len() as u64) as usize].send(message).await.context("a telemetry stream ended")?;
-            i += 1;
         }
     }
-    let achieved = total as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    let (achieved, total) = (pace.achieved(), pace.total());
     drop(senders);
     let (mut accepted, mut refused) = (0, 0);
     for stream in streams {
