@@ -20,6 +20,9 @@
 #   VIGIE_SIM_LIGHTING_RATE  simulated streetlight reports per second (default 20)
 #   VIGIE_SIM_REPLAY_FROM, VIGIE_SIM_SPEED  replay the recent past faster, e.g. 3h and 10 (the
 #                            buses of the evening at night); default: now, in real time
+#   VIGIE_SIM_REPLAY_AT      start the buses and trams at the latest past local time asked,
+#                            e.g. "08:30" or "tue 08:30" (a busy network at any hour; replaces
+#                            VIGIE_SIM_REPLAY_FROM)
 #   VIGIE_SIM_SEED           the simulation's seed (default 1)
 #   VIGIE_SIM_WATER_REPLAY_FROM, VIGIE_SIM_WATER_SPEED, VIGIE_SIM_WATER_DATA_START  the water
 #                            series replayed: 10 days ×2000 from 2019-06-04 by default, so that

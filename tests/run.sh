@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests of each crate, the console's type check, unit tests and build, and the end-to-end
-# scenarios against a real nats-server and the real binaries. Installs what is missing first.
+# scenarios against a real nats-server and the real binaries; then the clock checks: the end-to-end
+# scenarios again with our processes' clocks at 03:00 and at 12:00 local (tests/at-hour.sh), so that
+# a test that depends on the hour fails here, not at night. Installs what is missing first.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,3 +19,8 @@ cargo build --workspace --bins --locked
 
 echo "== tests" >&2
 cargo test --workspace --locked
+
+echo "== the clock checks: the end-to-end scenarios at night and at midday" >&2
+# The benchmark's smoke run measures nothing that depends on the hour, and is the longest.
+tests/at-hour.sh 03:00 --skip bench_smoke
+tests/at-hour.sh 12:00 --skip bench_smoke

@@ -230,7 +230,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     }
     let store =
         store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
-    let loaded = store.load().context("loading the view")?;
+    let loaded = store.load_or_forget().context("loading the view")?;
     tracing::info!(
         assets = loaded.assets.len(),
         alarms = loaded.alarms.len(),

@@ -14,6 +14,10 @@ pub struct GatewayMetrics {
     /// Asset updates a session skipped because a later one of the same asset superseded them.
     pub deltas_coalesced: Counter,
     pub clients_closed_silent: Counter,
+    /// Records of the persisted view that could not be read at start (the view was rebuilt).
+    pub view_records_unreadable: Counter,
+    /// KPI values dropped because they were not finite numbers (no store can round-trip them).
+    pub kpi_values_dropped: Counter,
 }
 
 pub fn get() -> &'static GatewayMetrics {
@@ -27,6 +31,8 @@ pub fn get() -> &'static GatewayMetrics {
             resyncs: Counter::default(),
             deltas_coalesced: Counter::default(),
             clients_closed_silent: Counter::default(),
+            view_records_unreadable: Counter::default(),
+            kpi_values_dropped: Counter::default(),
         };
         let r = runtime::metrics::global();
         r.register("gateway_events_applied", "Events applied to the operations view", m.events_applied.clone());
@@ -47,6 +53,16 @@ pub fn get() -> &'static GatewayMetrics {
             "gateway_clients_closed_silent",
             "Sessions closed after no sign of life",
             m.clients_closed_silent.clone(),
+        );
+        r.register(
+            "gateway_view_records_unreadable",
+            "Records of the stored view that could not be read at start; the view was rebuilt from the stream",
+            m.view_records_unreadable.clone(),
+        );
+        r.register(
+            "gateway_kpi_values_dropped",
+            "KPI values dropped because they were not finite numbers",
+            m.kpi_values_dropped.clone(),
         );
         m
     })

@@ -15,7 +15,7 @@ const APPLIED_SEQ: &[u8] = b"applied_seq";
 pub enum StoreError {
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
-    #[error("asset {key:?} cannot be read from or written to the store as JSON: {source}")]
+    #[error("record {key:?} cannot be read from or written to the store as JSON: {source}")]
     Corrupt { key: String, source: serde_json::Error },
 }
 
@@ -50,6 +50,7 @@ pub struct AuditQuery {
 }
 
 /// The persisted view.
+#[derive(Default)]
 pub struct Loaded {
     pub assets: HashMap<String, AssetState>,
     pub alarms: HashMap<String, AlarmState>,
@@ -134,6 +135,28 @@ impl Store {
                 }
             })?;
         Ok(())
+    }
+
+    /// The persisted view; when one of its records cannot be read (a value written by an older
+    /// version, a damaged file), the view is forgotten and an empty one returned, to be rebuilt
+    /// from the events stream: an unreadable view is never a refusal to start. The audit log is
+    /// kept (the replay writes its entries again under the same keys), and so are the operators,
+    /// sessions and communes, which are not part of the view.
+    pub fn load_or_forget(&self) -> Result<Loaded, StoreError> {
+        match self.load() {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(error = %e, "the stored view cannot be read; it is rebuilt from the events stream");
+                crate::metrics::get().view_records_unreadable.inc();
+                self.assets.clear()?;
+                self.alarms.clear()?;
+                self.commands.clear()?;
+                self.kpis.clear()?;
+                self.meta.clear()?;
+                self.db.flush()?;
+                Ok(Loaded::default())
+            }
+            other => other,
+        }
     }
 
     /// Forgets the whole view (the stream it was built from is gone).

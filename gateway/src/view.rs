@@ -321,7 +321,7 @@ impl OperationsView {
             domain: summary.domain.clone(),
             commune: summary.commune.clone(),
             at: summary.observed_at.clone(),
-            values: values.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            values: finite_values(&key, values),
             history,
         };
         self.kpis.insert(key.clone(), state.clone());
@@ -584,6 +584,22 @@ pub fn command_state(domain: &str, c: &LightingCommand) -> CommandState {
 /// The audit entry an event makes, if it records an operator's act: an alarm action, a log book
 /// entry (`note`), a command requested, a report's status changed by someone other than the
 /// citizen.
+/// A KPI's values without those that are not finite numbers: JSON has no infinity nor NaN (they
+/// are written as `null` and cannot be read back), and a service that sums forged inputs can
+/// send one. Dropped values are logged and counted.
+fn finite_values(key: &str, values: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    let mut kept = BTreeMap::new();
+    for (name, value) in values {
+        if value.is_finite() {
+            kept.insert((*name).to_owned(), *value);
+        } else {
+            tracing::warn!(kpi = key, value = name, "a KPI value is not a finite number; dropped");
+            crate::metrics::get().kpi_values_dropped.inc();
+        }
+    }
+    kept
+}
+
 fn audit_entry(summary: &EventSummary, event: &CheckedEvent, seq: u64) -> Option<AuditEntry> {
     let entry = |actor: &str, action: &str, target: &str, details: Vec<(&str, String)>| AuditEntry {
         seq,

@@ -137,7 +137,14 @@ pub enum EventError {
     MissingTime(&'static str),
     #[error("position lat {lat}, lon {lon} is not a WGS84 coordinate (lat in -90..=90, lon in -180..=180)")]
     BadPosition { lat: f64, lon: f64 },
+    #[error("event of {bytes} bytes is over the {MAX_EVENT_BYTES} an event may carry")]
+    TooLarge { bytes: usize },
 }
+
+/// The most an event may weigh, encoded: a quarter of NATS's default `max_payload` (1 MB), so
+/// that every event the services build can be published; what an event carries (a report's
+/// history, a command's targets) is bounded well below it by each domain.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 /// Checks a WGS84 position (finite, in range).
 pub fn check_position(lat: f64, lon: f64) -> Result<Position, EventError> {
@@ -205,6 +212,10 @@ impl CheckedEvent {
 
 /// Checks every invariant of the envelope.
 pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
+    let bytes = event.encoded_len();
+    if bytes > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge { bytes });
+    }
     uuid::Uuid::parse_str(&event.id).map_err(|_| EventError::BadId(event.id.clone()))?;
     let commune = CommuneId::parse(&event.commune)?;
     let asset_id = AssetId::parse(&event.asset_id)?;

@@ -100,13 +100,21 @@ pub struct NatsServer {
     /// With the deployment's users and permissions (every test's server), or open (the
     /// benchmark's baselines).
     authorization: bool,
+    /// Lines added to the server's configuration (e.g. a smaller `max_payload`).
+    extra_config: String,
 }
 
 impl NatsServer {
     pub fn start() -> Result<NatsServer> {
+        NatsServer::start_with("")
+    }
+
+    /// A server with the deployment's users and these lines added to its configuration.
+    pub fn start_with(extra_config: &str) -> Result<NatsServer> {
         let dir = tempfile::tempdir()?;
         let passwords = NATS_USERS.iter().map(|u| (*u, format!("v{:032x}", rand::random::<u128>()))).collect();
-        let mut server = NatsServer { child: None, port: 0, dir, passwords, authorization: true };
+        let extra_config = extra_config.to_owned();
+        let mut server = NatsServer { child: None, port: 0, dir, passwords, authorization: true, extra_config };
         server.spawn(None)?;
         Ok(server)
     }
@@ -114,7 +122,14 @@ impl NatsServer {
     /// A server without users: anyone may do anything (the benchmark's raw baselines).
     pub fn start_open() -> Result<NatsServer> {
         let dir = tempfile::tempdir()?;
-        let mut server = NatsServer { child: None, port: 0, dir, passwords: BTreeMap::new(), authorization: false };
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            dir,
+            passwords: BTreeMap::new(),
+            authorization: false,
+            extra_config: String::new(),
+        };
         server.spawn(None)?;
         Ok(server)
     }
@@ -146,10 +161,11 @@ impl NatsServer {
         std::fs::copy(repo_root().join("deploy/nats/authorization.conf"), self.dir.path().join("authorization.conf"))?;
         let include = if self.authorization { "include \"./authorization.conf\"\n" } else { "" };
         let config = format!(
-            "{include}host: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n",
+            "{include}host: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n{}\n",
             port.map(i64::from).unwrap_or(-1),
             ports_dir.display().to_string(),
             self.dir.path().join("jetstream").display().to_string(),
+            self.extra_config,
         );
         let config_path = self.dir.path().join("nats.conf");
         std::fs::write(&config_path, config)?;
@@ -546,7 +562,16 @@ impl Slice {
         lighting_flags: &[&str],
         gateway_flags: &[&str],
     ) -> Result<Slice> {
-        let nats = NatsServer::start()?;
+        Slice::start_on(NatsServer::start()?, territory, lighting_flags, gateway_flags).await
+    }
+
+    /// Starts the slice on a NATS server of the test's own (e.g. [`NatsServer::start_with`]).
+    pub async fn start_on(
+        nats: NatsServer,
+        territory: tempfile::TempDir,
+        lighting_flags: &[&str],
+        gateway_flags: &[&str],
+    ) -> Result<Slice> {
         let stores = tempfile::tempdir()?;
         let common = |store: &str| {
             // The store's name is the process's NATS user (lighting, gateway).
@@ -632,6 +657,16 @@ impl Slice {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Starts the gateway again (it must have been killed or terminated): waits for its new
+    /// address and its consumer, and logs the supervisor in there. Returns where its log resumed.
+    pub fn restart_gateway(&mut self) -> Result<usize> {
+        let from = self.gateway.restart()?;
+        self.gateway_addr = self.gateway.wait_for_addr("HTTP listening", from)?;
+        self.gateway.wait_for_log("consuming events", from)?;
+        login(&self.gateway_addr, SUPERVISOR)?;
+        Ok(from)
     }
 
     /// Waits until the gateway has a JetStream consumer (it logs "consuming events").

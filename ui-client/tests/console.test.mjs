@@ -135,6 +135,10 @@ test("1. the map shows the communes and the live assets", { skip }, async () => 
   await a.waitForFunction(() => window.vigieMap.querySourceFeatures("lighting").length > 0, null, { timeout: 20_000 });
   if (expected.real_data) {
     await a.waitForFunction(() => window.vigieMap.querySourceFeatures("transport").length > 5, null, { timeout: 30_000 });
+    // The layer says how many run (from the transport KPIs): a Tuesday morning is not "few".
+    await a.waitForFunction(() => /^\d+ véhicules en service$/.test(document.querySelector("#vehicles-in-service")?.textContent?.trim() ?? ""), null, {
+      timeout: 30_000,
+    });
   }
   const contents = await mapContents(a);
   console.log("# map contents", JSON.stringify(contents));
@@ -203,6 +207,10 @@ test("2. an alarm raised by a service appears within 2 s, in the list and on the
   await rowOf(a, asset).waitFor({ timeout: 2_000 });
   console.log(`# alarm of ${asset} shown ${Date.now() - asked} ms after the service accepted the report`);
   assert.match(await rowOf(a, asset).textContent(), /Lampe en panne/);
+  // Its age is counted on the gateway's clock, not the PC's: the clock checks (tests/at-hour.sh)
+  // run the browser hours away from the servers, as an operator's PC may be.
+  const when = (await rowOf(a, asset).locator(".when").textContent()).trim();
+  assert.match(when, /^(à l'instant|il y a \d+ s)$/, `a fresh alarm's age: ${when}`);
   // Selecting it in the list shows it on the map.
   await rowOf(a, asset).click();
   await a.waitForSelector("#alarm-details");

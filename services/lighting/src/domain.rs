@@ -96,6 +96,14 @@ pub fn validate_streetlight(light: &Streetlight, territory: &Territory) -> Resul
     })
 }
 
+/// The most a streetlight draws: the largest discharge lamps with their ballast stay under 1 kW;
+/// a report above it is a faulty meter or a forged value, and one at 1e308 W made the commune's
+/// total infinite, which no store can round-trip.
+pub const MAX_LAMP_POWER_W: f64 = 2_000.0;
+/// The highest supply voltage a lamp reports: 230 V phase to neutral, 400 V between phases, with
+/// a margin for surges.
+pub const MAX_LAMP_VOLTAGE_V: f64 = 500.0;
+
 /// A status report that passed [`validate_report`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidReport {
@@ -123,13 +131,17 @@ pub fn validate_report(report: Option<&StatusReport>, now: SystemTime) -> Result
         return Err(invalid(format!("streetlight {id}: illuminance_level {level} is outside 0..1")));
     }
     let power = report.power_consumption_w;
-    if !(power.is_finite() && power >= 0.0) {
-        return Err(invalid(format!("streetlight {id}: power_consumption_w {power} must be a number >= 0")));
+    if !(power.is_finite() && (0.0..=MAX_LAMP_POWER_W).contains(&power)) {
+        return Err(invalid(format!(
+            "streetlight {id}: power_consumption_w {power} is outside 0..{MAX_LAMP_POWER_W} W (a streetlight's range)"
+        )));
     }
     if let Some(v) = report.voltage_v
-        && !(v.is_finite() && v >= 0.0)
+        && !(v.is_finite() && (0.0..=MAX_LAMP_VOLTAGE_V).contains(&v))
     {
-        return Err(invalid(format!("streetlight {id}: voltage_v {v} must be a number >= 0")));
+        return Err(invalid(format!(
+            "streetlight {id}: voltage_v {v} is outside 0..{MAX_LAMP_VOLTAGE_V} V (a streetlight's supply)"
+        )));
     }
     Ok(ValidReport { streetlight_id: id, observed_at, report: report.clone() })
 }
@@ -451,9 +463,15 @@ mod tests {
         bad_power.power_consumption_w = -1.0;
         let mut bad_voltage = report(1.0);
         bad_voltage.voltage_v = Some(f64::NAN);
+        let mut huge_power = report(1.0);
+        huge_power.power_consumption_w = 1e308;
+        let mut huge_voltage = report(1.0);
+        huge_voltage.voltage_v = Some(10_000.0);
         let mut no_time = report(1.0);
         no_time.observed_at = None;
         let cases = [
+            (Some(huge_power), "outside 0..2000 W"),
+            (Some(huge_voltage), "outside 0..500 V"),
             (Some(report(1.5)), "outside 0..1"),
             (Some(report(f64::NAN)), "outside 0..1"),
             (Some(future), "future"),

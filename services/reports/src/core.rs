@@ -306,7 +306,7 @@ impl Reports {
                 to: original.status,
                 note: format!("doublon {id} rattaché"),
             };
-            original.history.push(change.clone());
+            domain::record_change(&mut original.history, change.clone());
             events.push(self.event(
                 &original,
                 Payload::ReportUpdated(ReportUpdated { request: Some(public(&original)), change: Some(change) }),
@@ -450,7 +450,7 @@ impl Reports {
             request.status_notes = note;
         }
         request.updated_datetime = Some(at);
-        request.history.push(change.clone());
+        domain::record_change(&mut request.history, change.clone());
         let e = self.event(
             &request,
             Payload::ReportUpdated(ReportUpdated { request: Some(public(&request)), change: Some(change) }),

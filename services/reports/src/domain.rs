@@ -1,7 +1,7 @@
 //! Citizen-report rules, pure: input checks and clean-up, and duplicate detection. The lifecycle's
 //! names and Open311 mapping are the contract's (`ReportStatus::token`, `open311`).
 
-use proto::reports::{Contact, ReportStatus, ServiceDefinition, ServiceRequest};
+use proto::reports::{Contact, ReportStatus, ServiceDefinition, ServiceRequest, StatusChange};
 use std::collections::HashMap;
 
 pub const MAX_DESCRIPTION_CHARS: usize = 4_000;
@@ -9,6 +9,20 @@ pub const MAX_ADDRESS_CHARS: usize = 300;
 pub const MAX_URL_CHARS: usize = 500;
 pub const MAX_NOTE_CHARS: usize = 1_000;
 pub const MAX_ATTRIBUTE_CHARS: usize = 200;
+/// Changes a report's history keeps: its first (how it came in) and the latest. Every duplicate
+/// attached adds one, and the whole report travels in each of its events: unbounded, a report
+/// duplicated thousands of times outgrew what NATS takes and blocked the service's outbox.
+pub const MAX_HISTORY: usize = 50;
+
+/// Adds a change to a history, dropping the oldest but the first beyond [`MAX_HISTORY`].
+pub fn record_change(history: &mut Vec<StatusChange>, change: StatusChange) {
+    history.push(change);
+    if history.len() > MAX_HISTORY {
+        let excess = history.len() - MAX_HISTORY;
+        history.drain(1..1 + excess);
+    }
+}
+
 /// Two open reports of the same service this close are one problem.
 pub const DUPLICATE_RADIUS_M: f64 = 50.0;
 
@@ -127,6 +141,20 @@ pub fn find_duplicate<'a>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_history_keeps_its_first_change_and_the_latest() {
+        let change = |note: &str| StatusChange { note: note.into(), ..Default::default() };
+        let mut history = Vec::new();
+        for k in 0..10_000 {
+            record_change(&mut history, change(&format!("{k}")));
+        }
+        assert_eq!(history.len(), MAX_HISTORY);
+        assert_eq!(history[0].note, "0", "how it came in");
+        assert_eq!(history[MAX_HISTORY - 1].note, "9999");
+        assert_eq!(history[1].note, format!("{}", 10_000 - MAX_HISTORY + 1));
+    }
+
     use super::*;
     use crate::catalogue;
 

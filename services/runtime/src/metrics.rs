@@ -19,6 +19,9 @@ pub struct Metrics {
     pub outbox_depth: Gauge,
     /// Publish attempts that failed (the entries wait and are retried).
     pub publish_failures: Counter,
+    /// Outbox entries JetStream could never take, moved aside (each one is an event lost to the
+    /// stream: alert on any).
+    pub outbox_dead_letters: Counter,
     /// Field messages (telemetry, positions, readings) stored, and refused with a reason.
     pub ingest_accepted: Counter,
     pub ingest_refused: Counter,
@@ -30,6 +33,7 @@ pub fn global() -> &'static Metrics {
     METRICS.get_or_init(|| {
         let (events_published, outbox_depth, publish_failures, ingest_accepted, ingest_refused) =
             (Counter::default(), Gauge::default(), Counter::default(), Counter::default(), Counter::default());
+        let outbox_dead_letters = Counter::default();
         let mut registry = Registry::with_prefix("vigie");
         registry.register(
             "outbox_published",
@@ -42,6 +46,11 @@ pub fn global() -> &'static Metrics {
             "Publish attempts that failed and wait for a retry",
             publish_failures.clone(),
         );
+        registry.register(
+            "outbox_dead_letters",
+            "Outbox entries JetStream could never take, moved aside to outbox_dead_letters",
+            outbox_dead_letters.clone(),
+        );
         registry.register("ingest_accepted", "Field messages stored", ingest_accepted.clone());
         registry.register("ingest_refused", "Field messages refused with a reason", ingest_refused.clone());
         Metrics {
@@ -49,6 +58,7 @@ pub fn global() -> &'static Metrics {
             events_published,
             outbox_depth,
             publish_failures,
+            outbox_dead_letters,
             ingest_accepted,
             ingest_refused,
         }

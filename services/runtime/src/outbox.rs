@@ -7,6 +7,18 @@
 //! the relay retries); after a crash they are still in sled and are published at the next start.
 //! An entry published but not yet removed when the process died is published again: JetStream's
 //! duplicate window drops the second copy, so nothing is lost and nothing is doubled.
+//!
+//! Two flushes make this hold across a SIGKILL: the relay flushes what it read **before** it
+//! publishes (an entry visible in sled may belong to a transaction not yet durable; published,
+//! then lost in a crash, the stream would announce a write the service forgot and its caller
+//! was told failed), and flushes its removals **after** the acknowledgements (an unflushed
+//! removal comes back after a crash, and a restart later than the duplicate window would publish
+//! the entry a second time). Both share fsyncs with the commits ([`Outbox::sync`]).
+//!
+//! An entry JetStream can never take (larger than the server's `max_payload`, refused by the
+//! stream) is moved aside to `outbox_dead_letters`, logged and counted, so that one poison entry
+//! never blocks the events behind it. Events are bounded well below that size
+//! ([`proto::event::MAX_EVENT_BYTES`]), so this is a last line of defence.
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message;
@@ -71,7 +83,7 @@ impl Outbox {
         Ok(Outbox {
             db: db.clone(),
             tree: db.open_tree("outbox")?,
-            dead: db.open_tree("outbox_undecodable")?,
+            dead: db.open_tree("outbox_dead_letters")?,
             wake: Arc::new(Notify::new()),
             flushes: Arc::default(),
         })
@@ -95,6 +107,14 @@ impl Outbox {
 
     /// Makes committed transactions durable, then wakes the relay. Call before acknowledging.
     pub async fn commit(&self) -> sled::Result<()> {
+        self.sync().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Makes every transaction committed before the call durable (sharing a flush with
+    /// concurrent callers when one began after this call).
+    pub async fn sync(&self) -> sled::Result<()> {
         use std::sync::atomic::Ordering;
         // What this commit must make durable was written before this number was taken.
         let ticket = self.flushes.asked.fetch_add(1, Ordering::AcqRel) + 1;
@@ -105,7 +125,24 @@ impl Outbox {
             self.db.flush_async().await?;
             self.flushes.done.fetch_max(covered, Ordering::AcqRel);
         }
-        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Entries set aside because JetStream could never take them.
+    pub fn dead_letters(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// Moves an entry that can never be published aside, so that the entries behind it go on.
+    fn set_aside(&self, key: &sled::IVec, value: &sled::IVec, why: &str) -> sled::Result<()> {
+        tracing::error!(
+            key = u64::from_be_bytes(<[u8; 8]>::try_from(key.as_ref()).unwrap_or_default()),
+            why,
+            "an outbox entry can never be published; moved to outbox_dead_letters"
+        );
+        crate::metrics::global().outbox_dead_letters.inc();
+        self.dead.insert(key, value.clone())?;
+        self.tree.remove(key)?;
         Ok(())
     }
 
@@ -236,26 +273,35 @@ async fn pause(backoff: &mut Duration, max: Duration) {
 }
 
 /// Publishes up to `batch` entries from the head of the outbox and removes those acknowledged, in
-/// order. Returns how many were acknowledged.
+/// order. Returns how many were acknowledged (or set aside).
 async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -> anyhow::Result<usize> {
-    let mut in_flight = Vec::with_capacity(batch);
-    for item in outbox.tree.iter().take(batch) {
-        let (key, value) = item?;
+    let entries: Vec<(sled::IVec, sled::IVec)> = outbox.tree.iter().take(batch).collect::<Result<_, _>>()?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    // What was read may belong to transactions not yet durable: never announce those.
+    outbox.sync().await?;
+    let mut in_flight = Vec::with_capacity(entries.len());
+    let mut set_aside = 0;
+    for (key, value) in entries {
         let record = match OutboxRecord::decode(value.as_ref()) {
             Ok(r) => r,
             Err(e) => {
                 // Cannot happen with entries we wrote; never let one block the others.
-                tracing::error!(error = %e, "undecodable outbox entry moved aside");
-                outbox.dead.insert(&key, value)?;
-                outbox.tree.remove(&key)?;
+                outbox.set_aside(&key, &value, &format!("undecodable: {e}"))?;
+                set_aside += 1;
                 continue;
             }
         };
         let publish = PublishMessage::build().message_id(&record.msg_id).payload(record.payload.into());
         match js.send_publish(record.subject, publish).await {
-            Ok(ack) => in_flight.push((key, ack)),
+            Ok(ack) => in_flight.push((key, value, ack)),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                outbox.set_aside(&key, &value, &e.to_string())?;
+                set_aside += 1;
+            }
             Err(e) => {
-                if in_flight.is_empty() {
+                if in_flight.is_empty() && set_aside == 0 {
                     return Err(e.into());
                 }
                 break;
@@ -263,17 +309,55 @@ async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -
         }
     }
     let mut acknowledged = 0;
-    for (key, ack) in in_flight {
-        let ack = ack.await?;
-        if ack.stream != proto::subject::EVENTS_STREAM {
-            anyhow::bail!("event stored in stream {:?}, expected {}", ack.stream, proto::subject::EVENTS_STREAM);
+    let mut outcome = Ok(());
+    for (key, value, ack) in in_flight {
+        match ack.await {
+            Ok(ack) if ack.stream != proto::subject::EVENTS_STREAM => {
+                outcome = Err(anyhow::anyhow!(
+                    "event stored in stream {:?}, expected {}",
+                    ack.stream,
+                    proto::subject::EVENTS_STREAM
+                ));
+                break;
+            }
+            Ok(ack) => {
+                if ack.duplicate {
+                    tracing::debug!(seq = ack.sequence, "JetStream dropped a re-published event (duplicate window)");
+                }
+                outbox.tree.remove(&key)?;
+                acknowledged += 1;
+                crate::metrics::global().events_published.inc();
+            }
+            // The server refused this message for good (too large for it, or the stream's
+            // limits): it would block every later event.
+            Err(e) if is_refused_for_good(&e) => {
+                outbox.set_aside(&key, &value, &e.to_string())?;
+                set_aside += 1;
+            }
+            Err(e) => {
+                outcome = Err(e.into());
+                break;
+            }
         }
-        if ack.duplicate {
-            tracing::debug!(seq = ack.sequence, "JetStream dropped a re-published event (duplicate window)");
-        }
-        outbox.tree.remove(&key)?;
-        acknowledged += 1;
-        crate::metrics::global().events_published.inc();
     }
-    Ok(acknowledged)
+    // Removals are durable before the next batch: after a crash they do not come back, to be
+    // published again once the duplicate window has passed.
+    if acknowledged + set_aside > 0 {
+        outbox.sync().await?;
+    }
+    outcome.map(|()| acknowledged + set_aside)
+}
+
+/// A publish acknowledgement error that no retry can change: the server answered, and said no to
+/// this message itself.
+fn is_refused_for_good(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => {
+            let text = e.to_string().to_ascii_lowercase();
+            text.contains("maximum payload") || text.contains("message size exceeds")
+        }
+        _ => false,
+    }
 }

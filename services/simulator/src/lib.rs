@@ -140,6 +140,12 @@ pub struct Config {
     #[arg(long, env = "VIGIE_SIM_REPLAY_FROM", value_parser = runtime::config::parse_duration, default_value = "0s")]
     pub replay_from: Duration,
 
+    /// Transport: start at the latest past moment at this local time of the feed, optionally on a
+    /// weekday (e.g. "tue 08:30"), whatever the hour now; replaces --replay-from. Tests use it
+    /// to see a busy network at any hour; at night, it shows the morning's traffic.
+    #[arg(long, env = "VIGIE_SIM_REPLAY_AT")]
+    pub replay_at: Option<transport::ReplayAt>,
+
     /// Transport: simulated time runs this many times faster than real time until it catches up
     /// with the present (positions are never in the future), then in real time.
     #[arg(long, env = "VIGIE_SIM_SPEED", default_value_t = 1.0)]
@@ -280,6 +286,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             bunching_every: config.bunching_every,
             late_trips: config.late_trips,
             seed: config.seed,
+            replay_at: config.replay_at,
         };
         let clock = transport::SimClock::new(config.replay_from, config.speed);
         let (territory, stop) = (config.territory.clone(), shutdown.clone());

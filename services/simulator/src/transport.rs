@@ -12,7 +12,9 @@
 //!   trip of its line is a tenth of a headway behind it, runs so for three minutes, then recovers.
 //!
 //! Time is the simulation's [`SimClock`]: it may start in the past and run ×N until it reaches
-//! the present (positions are never in the future, which the service would refuse).
+//! the present (positions are never in the future, which the service would refuse). It may also
+//! start at a fixed local time of the feed ([`ReplayAt`], e.g. the latest Tuesday 08:30), so that a
+//! test or a demonstration sees the same busy network whatever the hour it runs at.
 
 use anyhow::Context;
 use proto::transport::transport_service_client::TransportServiceClient;
@@ -47,11 +49,79 @@ pub struct SimClock {
 
 impl SimClock {
     pub fn new(replay_from: Duration, speed: f64) -> SimClock {
-        SimClock { started: Instant::now(), start_unix: wall_unix() - replay_from.as_secs_f64(), speed }
+        SimClock::starting_at(wall_unix() - replay_from.as_secs_f64(), speed)
+    }
+
+    /// Starts at `start_unix` (POSIX seconds, in the past).
+    pub fn starting_at(start_unix: f64, speed: f64) -> SimClock {
+        SimClock { started: Instant::now(), start_unix: start_unix.min(wall_unix()), speed }
     }
 
     pub fn now_unix(&self) -> f64 {
         (self.start_unix + self.started.elapsed().as_secs_f64() * self.speed).min(wall_unix())
+    }
+}
+
+/// A local time of the feed's time zone to start the simulation at, optionally on a weekday: the
+/// latest such moment before now. `08:30` is today's 08:30 when it is past, else yesterday's;
+/// `tue 08:30` the latest Tuesday's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayAt {
+    pub weekday: Option<jiff::civil::Weekday>,
+    pub hour: i8,
+    pub minute: i8,
+}
+
+impl std::str::FromStr for ReplayAt {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ReplayAt, String> {
+        use jiff::civil::Weekday::*;
+        let bad =
+            || format!("{text:?} is not a time HH:MM, optionally after a weekday (mon … sun): e.g. \"tue 08:30\"");
+        let (weekday, time) = match text.trim().split_once(' ') {
+            Some((day, time)) => {
+                let day = match day.to_ascii_lowercase().as_str() {
+                    "mon" => Monday,
+                    "tue" => Tuesday,
+                    "wed" => Wednesday,
+                    "thu" => Thursday,
+                    "fri" => Friday,
+                    "sat" => Saturday,
+                    "sun" => Sunday,
+                    _ => return Err(bad()),
+                };
+                (Some(day), time.trim())
+            }
+            None => (None, text.trim()),
+        };
+        let (hour, minute) = time.split_once(':').ok_or_else(bad)?;
+        let (hour, minute): (i8, i8) = (hour.parse().map_err(|_| bad())?, minute.parse().map_err(|_| bad())?);
+        if !((0..24).contains(&hour) && (0..60).contains(&minute)) {
+            return Err(bad());
+        }
+        Ok(ReplayAt { weekday, hour, minute })
+    }
+}
+
+impl ReplayAt {
+    /// The latest moment before `now_unix` at this local time (and weekday) in `time_zone`.
+    pub fn latest_before(&self, time_zone: &jiff::tz::TimeZone, now_unix: f64) -> Option<f64> {
+        let now = jiff::Timestamp::from_second(now_unix as i64).ok()?;
+        let mut date = now.to_zoned(time_zone.clone()).date();
+        // Eight days back always holds the weekday; a day that skips the time (a clock change)
+        // is passed over.
+        for _ in 0..9 {
+            let fits = self.weekday.is_none_or(|w| date.weekday() == w);
+            if fits && let Ok(at) = date.at(self.hour, self.minute, 0, 0).to_zoned(time_zone.clone()) {
+                let at = at.timestamp().as_second() as f64;
+                if at <= now_unix {
+                    return Some(at);
+                }
+            }
+            date = date.yesterday().ok()?;
+        }
+        None
     }
 }
 
@@ -72,6 +142,8 @@ pub struct TransportSettings {
     /// Share of trips that drift far late (late alarms).
     pub late_trips: f64,
     pub seed: u64,
+    /// Start at this local time of the feed instead of the clock's own start.
+    pub replay_at: Option<ReplayAt>,
 }
 
 /// One trip of the day, run by one vehicle.
@@ -280,6 +352,16 @@ pub async fn run(
     let network = Network::load(&path).with_context(|| format!("reading {}", path.display()))?;
     let time_zone = jiff::tz::TimeZone::get(&network.timezone).unwrap_or(jiff::tz::TimeZone::UTC);
     tracing::info!(trips = network.trips.len(), routes = network.routes.len(), "timetable read");
+    let clock = match settings.replay_at {
+        Some(at) => {
+            let start = at
+                .latest_before(&time_zone, wall_unix())
+                .with_context(|| format!("no past moment at {at:?} in the feed's time zone"))?;
+            tracing::info!(start_unix = start, speed = clock.speed, "replaying from a fixed local time");
+            SimClock::starting_at(start, clock.speed)
+        }
+        None => clock,
+    };
     let channel = crate::connect(&settings.url, "transport", &settings.grpc, &shutdown).await?;
     let mut client = TransportServiceClient::new(channel).max_encoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed.wrapping_add(7));
@@ -560,6 +642,23 @@ mod tests {
     use transport::geometry::Polyline;
     use transport::network::StopTime;
 
+    #[test]
+    fn a_replay_starts_at_the_latest_past_local_time_asked() {
+        let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+        // Sunday 2026-12-06 03:07 in Paris (UTC+1).
+        let now = 1_796_522_820.0;
+        let at = |text: &str| text.parse::<ReplayAt>().unwrap().latest_before(&paris, now).unwrap();
+        let local = |unix: f64| jiff::Timestamp::from_second(unix as i64).unwrap().to_zoned(paris.clone()).to_string();
+        assert!(local(now).starts_with("2026-12-06T03:07"), "{}", local(now));
+        assert!(local(at("08:30")).starts_with("2026-12-05T08:30"), "yesterday's: {}", local(at("08:30")));
+        assert!(local(at("02:00")).starts_with("2026-12-06T02:00"), "today's: {}", local(at("02:00")));
+        assert!(local(at("tue 08:30")).starts_with("2026-12-01T08:30"), "{}", local(at("tue 08:30")));
+        assert!(local(at("Sun 03:00")).starts_with("2026-12-06T03:00"), "{}", local(at("Sun 03:00")));
+        for bad in ["8h30", "25:00", "tue", "tues 08:30", "08:61", ""] {
+            assert!(bad.parse::<ReplayAt>().is_err(), "{bad:?} accepted");
+        }
+    }
+
     /// One line east from (43.6, 3.85): stops every 500 m, 2 minutes apart; trips every 6 minutes.
     fn network(trips: usize) -> Network {
         let mut n = Network::default();
@@ -666,6 +765,7 @@ mod tests {
             bunching_every: Duration::from_secs(60),
             late_trips: 0.0,
             seed: 3,
+            replay_at: None,
         };
         let run = |trip: &str, start_s: f64| Run {
             trip: trip.into(),

@@ -172,6 +172,10 @@ impl Transport {
             .ok_or_else(|| Status::not_found(format!("trip {:?} is not in the timetable", position.trip_id)))?;
         let vehicle = AssetId::parse_as("vehicle id", &position.vehicle_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The clock follows the AVL, and the timetable day with it at once: a replay of another
+        // day than the wall clock's is matched against its own timetable from its first position.
+        self.heard(at);
+        self.turn_day();
         let mut tracker = self.tracker();
         // The commune where the vehicle is; a vehicle just outside the (simplified) boundaries
         // keeps the commune it was last seen in.
@@ -203,7 +207,6 @@ impl Transport {
         let mut batch = WriteBatch { vehicles: vec![tracked], events: vec![moved], ..Default::default() };
         add_alarm_changes(&mut batch, changes, event::timestamp(at))?;
         self.store.write(batch)?;
-        self.heard(at);
         Ok(())
     }
 

@@ -3,12 +3,14 @@
 
 mod all_domains;
 mod bench_smoke;
+mod clock;
 mod console;
 mod console_api;
 mod gateway_ops;
 mod lighting_domain;
 mod lighting_slice;
 mod live_protocol;
+mod reliability;
 mod reports;
 mod tenancy;
 mod transport;

@@ -2,6 +2,8 @@
 // sources), a refresh before it expires, logout. Tokens live in sessionStorage: they end with
 // the tab, and another tab logs in on its own.
 
+import { learnClock } from "./clock.svelte";
+
 export type Role = "supervisor" | "operator" | "viewer" | "admin" | "integrator";
 
 export type Operator = { login: string; role: Role; all_communes: boolean; communes: string[] };
@@ -48,7 +50,10 @@ export function scheduleRefresh() {
 }
 
 async function post(path: string, body: unknown): Promise<Response> {
-  return fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const sentAt = Date.now();
+  const response = await fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  learnClock(response, sentAt);
+  return response;
 }
 
 async function message(response: Response): Promise<string> {
@@ -122,7 +127,12 @@ export function mayAct(): boolean {
 
 /// fetch with the access token; one refresh and retry on a 401.
 export async function authFetch(path: string, init: RequestInit = {}): Promise<Response> {
-  const send = () => fetch(path, { ...init, headers: { ...(init.headers ?? {}), authorization: `Bearer ${token()}` } });
+  const send = async () => {
+    const sentAt = Date.now();
+    const answer = await fetch(path, { ...init, headers: { ...(init.headers ?? {}), authorization: `Bearer ${token()}` } });
+    learnClock(answer, sentAt);
+    return answer;
+  };
   let response = await send();
   if (response.status === 401 && (await refresh())) response = await send();
   return response;

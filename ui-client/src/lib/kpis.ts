@@ -143,3 +143,12 @@ export function series(kpis: Iterable<Kpi>, tile: Tile): [number[], number[]] {
   }
   return [xs, ys];
 }
+
+/// Below this many vehicles in service, the map's transport layer says that few run at this hour.
+export const FEW_VEHICLES = 10;
+
+/// Vehicles in service now over the communes' transport KPIs, or null when none is known.
+export function vehiclesInService(kpis: Kpi[]): number | null {
+  const values = latest(kpis, "transport");
+  return has(values, "vehicles") ? sum(values, "vehicles") : null;
+}

@@ -1,7 +1,7 @@
 // KPI tiles (src/lib/kpis.ts): the territory's figures from the communes'.
 import { test } from "vitest";
 import assert from "node:assert/strict";
-import { TILES, latest, series } from "../../src/lib/kpis.ts";
+import { TILES, latest, series, vehiclesInService, FEW_VEHICLES } from "../../src/lib/kpis.ts";
 import type { Kpi } from "../../src/lib/protocol.ts";
 
 const tile = (id: string) => TILES.find((t) => t.id === id)!;
@@ -43,4 +43,12 @@ test("history samples of the same minute add up across communes", () => {
   assert.deepEqual(ys, [2, 2]);
   assert.equal(xs[1]! - xs[0]!, 60);
   assert.deepEqual(latest(kpis, "water"), [{ active_leaks: 2 }, { active_leaks: 0 }]);
+});
+
+test("vehicles in service add up over the communes, and none known is no figure", () => {
+  const kpi = (domain: string, commune: string, values: Record<string, number>): Kpi => ({ domain, commune, at: "2026-12-01T08:30:00Z", values });
+  assert.equal(vehiclesInService([kpi("transport", "34172", { vehicles: 2 }), kpi("transport", "34129", { vehicles: 1 })]), 3);
+  assert.equal(vehiclesInService([kpi("lighting", "34172", { lamps_total: 10 })]), null);
+  assert.equal(vehiclesInService([]), null);
+  assert.ok(3 < FEW_VEHICLES, "three vehicles are few: the layer says so");
 });
