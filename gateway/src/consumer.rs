@@ -1,12 +1,17 @@
-//! Consumes the events stream through a durable JetStream pull consumer into the live view.
+//! Consumes the events stream into the live view.
 //!
-//! Exactly-once application: the view and the sequence it is current at are persisted together
-//! (see `store`), and an event at or below that sequence is skipped. At start the consumer is
-//! checked against the store: if the consumer acknowledged past what the store holds (the store
-//! lost its last writes in a crash, or was deleted), the consumer is recreated from the store's
-//! sequence, so nothing is missed either.
+//! The view's stored sequence is the only cursor. Each attempt opens an ordered consumer at the
+//! stored sequence + 1 (no acknowledgements, nothing kept on the server), and takes the stream's
+//! messages only in order: a message after a gap ends the attempt, and the next one starts again
+//! from the stored sequence, so an event lost in flight (a reconnection, an error in the middle of
+//! a chunk) is fetched again rather than skipped. A batch is applied, stored with its sequence,
+//! and only then shown to sessions (`Live::apply`); a failed store puts the view back to what is
+//! stored. Events the stream no longer holds (its retention dropped them before the view applied
+//! them) are the one gap accepted, at the start of an attempt only: logged as an error and
+//! counted. A stream that restarted below the stored sequence (it was recreated) makes the view
+//! rebuild from it.
 
-use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, consumer::pull};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use futures::StreamExt;
 use proto::subject::EVENTS_STREAM;
 use runtime::config::StreamSettings;
@@ -17,19 +22,19 @@ use tokio_util::sync::CancellationToken;
 use crate::live::{Live, Received};
 use crate::store::Store;
 
-/// Events taken from the stream and applied together (one store write, one ack).
+/// Events taken from the stream and applied together (one store write).
 const BATCH: usize = 512;
 
 pub struct Consumer {
     pub js: jetstream::Context,
     pub live: Arc<Live>,
     pub store: Store,
-    pub durable_name: String,
     pub stream: StreamSettings,
 }
 
 impl Consumer {
-    /// Consumes until `shutdown`, reconnecting after any failure (NATS down, stream missing).
+    /// Consumes until `shutdown`, starting again from the stored sequence after any failure (NATS
+    /// down, stream missing, a gap, the store failing).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -38,7 +43,9 @@ impl Consumer {
                 _ = shutdown.cancelled() => return,
             };
             if let Err(e) = outcome {
-                tracing::warn!(error = format!("{e:#}"), "event consumption interrupted; retrying");
+                let reason = format!("{e:#}");
+                tracing::warn!(error = %reason, "event consumption interrupted; retrying from the stored sequence");
+                self.live.consumer_failed(reason);
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -51,74 +58,95 @@ impl Consumer {
     async fn consume(&self) -> anyhow::Result<()> {
         runtime::bus::ensure_events_stream(&self.js, &self.stream).await?;
         let mut stream = self.js.get_stream(EVENTS_STREAM).await?;
-        let last_in_stream = stream.info().await?.state.last_sequence;
-        if self.live.applied_seq() > last_in_stream {
+        let state = stream.info().await?.state.clone();
+        if self.live.applied_seq() > state.last_sequence {
             // The stream was recreated: its sequences are not the ones the view counted.
             tracing::warn!(
                 applied = self.live.applied_seq(),
-                last_in_stream,
+                last_in_stream = state.last_sequence,
                 "the events stream is behind the view; rebuilding the view from the stream"
             );
             self.store.clear()?;
             self.live.reset();
-            let _ = stream.delete_consumer(&self.durable_name).await;
         }
-        let consumer = self.open_consumer(&stream).await?;
-        let mut messages = consumer.messages().await?.ready_chunks(BATCH);
-        tracing::info!(consumer = %self.durable_name, from = self.live.applied_seq() + 1, "consuming events");
-        while let Some(chunk) = messages.next().await {
-            let mut batch = Vec::with_capacity(chunk.len());
-            let mut last = None;
-            for message in chunk {
-                let message = message.map_err(|e| anyhow::anyhow!("receiving events: {e}"))?;
-                let info = message.info().map_err(|e| anyhow::anyhow!("not a JetStream message: {e}"))?;
-                let seq = info.stream_sequence;
-                crate::metrics::get().consumer_pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
-                batch.push((seq, decode(&message)));
-                last = Some(message);
-            }
-            let persist = self.live.apply(batch);
-            self.store.save(&persist)?;
-            if let Some(last) = last {
-                // AckPolicy::All: acknowledges the whole batch.
-                last.ack().await.map_err(|e| anyhow::anyhow!("acknowledging events: {e}"))?;
-            }
-        }
-        anyhow::bail!("the consumer's message stream ended")
-    }
-
-    async fn open_consumer(
-        &self,
-        stream: &jetstream::stream::Stream,
-    ) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
         let applied = self.live.applied_seq();
-        if let Ok(mut existing) = stream.get_consumer::<pull::Config>(&self.durable_name).await {
-            let ack_floor = existing.info().await?.ack_floor.stream_sequence;
-            if ack_floor <= applied {
-                return Ok(existing);
-            }
-            tracing::warn!(
-                ack_floor,
-                applied,
-                "the consumer is ahead of the view store; recreating it from the store's sequence"
-            );
-            stream.delete_consumer(&self.durable_name).await?;
-        }
         let deliver_policy = if applied == 0 {
             DeliverPolicy::All
         } else {
             DeliverPolicy::ByStartSequence { start_sequence: applied + 1 }
         };
-        let config = pull::Config {
-            durable_name: Some(self.durable_name.clone()),
-            description: Some("Vigie gateway operations view".into()),
-            ack_policy: AckPolicy::All,
-            deliver_policy,
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: 100_000,
-            ..Default::default()
-        };
-        Ok(stream.create_consumer(config).await?)
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy,
+                description: Some("Vigie gateway operations view".into()),
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?.ready_chunks(BATCH);
+        if state.last_sequence <= applied {
+            // Nothing to fetch: caught up.
+            self.live.consumer_progressed();
+        }
+        tracing::info!(from = applied + 1, "consuming events");
+        let mut expected = applied + 1;
+        let mut first = true;
+        while let Some(chunk) = messages.next().await {
+            let mut batch = Vec::with_capacity(chunk.len());
+            let mut interrupted = None;
+            for message in chunk {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => {
+                        interrupted = Some(anyhow::anyhow!("receiving events: {e}"));
+                        break;
+                    }
+                };
+                let info = match message.info() {
+                    Ok(info) => info,
+                    Err(e) => {
+                        interrupted = Some(anyhow::anyhow!("not a JetStream message: {e}"));
+                        break;
+                    }
+                };
+                let seq = info.stream_sequence;
+                if seq < expected {
+                    continue;
+                }
+                if seq > expected {
+                    if first {
+                        // The stream holds nothing between: retention dropped events the view
+                        // never applied. They cannot be had again.
+                        let lost = seq - expected;
+                        tracing::error!(
+                            from = expected,
+                            to = seq - 1,
+                            lost,
+                            "events the view never applied are no longer in the stream (retention); the view goes on without them"
+                        );
+                        crate::metrics::get().events_lost_to_retention.inc_by(lost);
+                    } else {
+                        interrupted = Some(anyhow::anyhow!("events {expected} to {} did not arrive", seq - 1));
+                        break;
+                    }
+                }
+                first = false;
+                crate::metrics::get().consumer_pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+                batch.push((seq, decode(&message)));
+                expected = seq + 1;
+            }
+            if !batch.is_empty() {
+                let store = &self.store;
+                self.live.apply(
+                    batch,
+                    |persist| store.save(persist),
+                    || store.load().map(crate::view::OperationsView::from),
+                )?;
+            }
+            if let Some(e) = interrupted {
+                return Err(e);
+            }
+        }
+        anyhow::bail!("the consumer's message stream ended")
     }
 }
 

@@ -94,14 +94,27 @@ async fn console_missing() -> impl IntoResponse {
     )
 }
 
+/// The gateway's health: 200 and `live` when connected to NATS and its consumer progressing; 503
+/// and `stale` with the reason otherwise (the process is up, and what it serves is getting old).
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let nats = upstream(&state.nats) == Upstream::Live;
-    Json(serde_json::json!({
-        "status": "ok",
-        "nats": if nats { "connected" } else { "disconnected" },
-        "applied_seq": state.live.applied_seq(),
-        "assets": state.live.asset_count(),
-    }))
+    let nats = matches!(state.nats.connection_state(), async_nats::connection::State::Connected);
+    let live = upstream(&state.nats, &state.live) == Upstream::Live;
+    let consumer = match state.live.consumer_health() {
+        crate::live::ConsumerHealth::Starting => serde_json::json!({"state": "starting"}),
+        crate::live::ConsumerHealth::Progressing => serde_json::json!({"state": "progressing"}),
+        crate::live::ConsumerHealth::Failing(reason) => serde_json::json!({"state": "failing", "reason": reason}),
+    };
+    let status = if live { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        Json(serde_json::json!({
+            "status": if live { "live" } else { "stale" },
+            "nats": if nats { "connected" } else { "disconnected" },
+            "consumer": consumer,
+            "applied_seq": state.live.applied_seq(),
+            "assets": state.live.asset_count(),
+        })),
+    )
 }
 
 /// `/ws?resume_from=<seq>`: start with the deltas missed since `seq` (a client reconnecting after
@@ -347,7 +360,7 @@ async fn session(
                     out.close(close_code::NO_HEARTBEAT, "nothing heard from the client; reconnect and resume").await;
                     return;
                 }
-                let beat = frame(ServerMessage::Heartbeat { seq: state.live.applied_seq(), upstream: upstream(&state.nats) });
+                let beat = frame(ServerMessage::Heartbeat { seq: state.live.applied_seq(), upstream: upstream(&state.nats, &state.live) });
                 if !out.send(beat).await || !out.send(Message::Ping(Default::default())).await {
                     return;
                 }

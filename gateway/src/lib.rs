@@ -2,7 +2,8 @@
 //!
 //! - [`view`]: the operations view, pure (latest state per asset from events in stream order).
 //! - [`store`]: the view persisted in sled with the stream sequence it is current at.
-//! - [`consumer`]: the durable JetStream consumer that feeds the view, exactly once.
+//! - [`consumer`]: the ordered JetStream consumer that feeds the view, exactly once, from the
+//!   view's stored sequence.
 //! - [`live`]: the view shared with WebSocket sessions, and the broadcast of deltas.
 //! - [`opsview`]: the gRPC face (`vigie.ops.v1.OpsView`): the live stream and the queries.
 //! - [`metrics`]: the gateway's Prometheus metrics (served at `/metrics` with the common ones).
@@ -44,10 +45,6 @@ pub struct Config {
     /// Folder of the gateway's sled database (created if missing).
     #[arg(long, env = "VIGIE_GATEWAY_STORE", default_value = "var/gateway")]
     pub store: PathBuf,
-
-    /// Name of the durable JetStream consumer; each gateway replica has its own.
-    #[arg(long, env = "VIGIE_GATEWAY_CONSUMER", default_value = "gateway")]
-    pub consumer: String,
 
     /// gRPC endpoint of the lighting service, for operators' commands (none: refused with 503).
     #[arg(long, env = "VIGIE_GATEWAY_LIGHTING_URL")]
@@ -223,7 +220,6 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
 }
 
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    proto::ids::AssetId::parse_as("consumer name", &config.consumer).context("--consumer")?;
     let basemap = basemap::Basemap::load(config.territory.as_deref()).context("reading --territory")?;
     if config.access_token_ttl < std::time::Duration::from_secs(10) || config.session_ttl < config.access_token_ttl {
         anyhow::bail!("--access-token-ttl must be at least 10s, and --session-ttl at least as long");
@@ -237,8 +233,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         applied_seq = loaded.applied_seq,
         "view restored from the store"
     );
-    let view =
-        view::OperationsView::restore(loaded.assets, loaded.alarms, loaded.commands, loaded.kpis, loaded.applied_seq);
+    let view = view::OperationsView::from(loaded);
     let live = Arc::new(live::Live::new(view));
 
     let nats = runtime::bus::connect(&config.common, "vigie-gateway").await?;
@@ -246,7 +241,6 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         js: jetstream::new(nats.clone()),
         live: live.clone(),
         store: store.clone(),
-        durable_name: config.consumer.clone(),
         stream: config.common.stream.clone(),
     };
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));

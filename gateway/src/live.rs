@@ -53,13 +53,25 @@ impl Delta {
     }
 }
 
-/// Whether the gateway is live on the event stream (heartbeats say so to every client).
-pub fn upstream(nats: &async_nats::Client) -> proto::live::Upstream {
-    if matches!(nats.connection_state(), async_nats::connection::State::Connected) {
-        proto::live::Upstream::Live
-    } else {
-        proto::live::Upstream::Stale
-    }
+/// Whether the gateway is live on the event stream (heartbeats and `/health` say so): connected
+/// to NATS **and** its consumer making progress. A connected link with a stuck consumer (its
+/// store failing on a full disk, a gap it refuses to cross) is not live: what the view shows is
+/// getting old.
+pub fn upstream(nats: &async_nats::Client, live: &Live) -> proto::live::Upstream {
+    let connected = matches!(nats.connection_state(), async_nats::connection::State::Connected);
+    if connected && live.consumer_healthy() { proto::live::Upstream::Live } else { proto::live::Upstream::Stale }
+}
+
+/// The consumer's own account of its progress (see [`Live::consumer_failed`]).
+#[derive(Debug, Clone, Default)]
+pub enum ConsumerHealth {
+    /// Not consuming yet (the gateway is starting).
+    #[default]
+    Starting,
+    /// Applied and stored what it received, or caught up with nothing to receive.
+    Progressing,
+    /// Its last attempt failed (the reason), and nothing was applied since.
+    Failing(String),
 }
 
 /// How a session starts or restarts.
@@ -89,6 +101,7 @@ pub struct Live {
     inner: Mutex<Inner>,
     /// The sequence the view is current at, for callers that wait for their own write.
     applied: watch::Sender<u64>,
+    consumer: Mutex<ConsumerHealth>,
 }
 
 struct Inner {
@@ -124,7 +137,11 @@ impl Live {
         let (applied, _) = watch::channel(view.applied_seq());
         // Deltas before the restored view are not kept: a resume from before it gets a snapshot.
         let evicted_upto = view.applied_seq();
-        Live { inner: Mutex::new(Inner { view, deltas, recent: VecDeque::new(), evicted_upto }), applied }
+        Live {
+            inner: Mutex::new(Inner { view, deltas, recent: VecDeque::new(), evicted_upto }),
+            applied,
+            consumer: Mutex::new(ConsumerHealth::Starting),
+        }
     }
 
     /// Waits until the view has applied the event at `seq` (or `timeout` passes); returns whether
@@ -153,6 +170,24 @@ impl Live {
         self.lock().view.asset_count()
     }
 
+    /// The consumer applied and stored a batch, or is caught up with nothing to apply.
+    pub fn consumer_progressed(&self) {
+        *self.consumer.lock().unwrap_or_else(|p| p.into_inner()) = ConsumerHealth::Progressing;
+    }
+
+    /// The consumer's attempt failed; until it progresses again the gateway is not live.
+    pub fn consumer_failed(&self, reason: String) {
+        *self.consumer.lock().unwrap_or_else(|p| p.into_inner()) = ConsumerHealth::Failing(reason);
+    }
+
+    pub fn consumer_health(&self) -> ConsumerHealth {
+        self.consumer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn consumer_healthy(&self) -> bool {
+        matches!(self.consumer_health(), ConsumerHealth::Progressing)
+    }
+
     /// Replaces the view (after the stream it was built from disappeared).
     pub fn reset(&self) {
         let mut inner = self.lock();
@@ -161,10 +196,20 @@ impl Live {
         inner.evicted_upto = 0;
     }
 
-    /// Applies a batch in stream order and broadcasts one delta per applied event. Returns what
-    /// changed and the sequence the view is now current at, for the store.
-    pub fn apply(&self, batch: Vec<(u64, Received)>) -> Persist {
+    /// Applies a batch in stream order, has `save` store what changed with the sequence the view
+    /// is now current at, and only then broadcasts one delta per applied event and advances the
+    /// sequence callers wait for. When `save` fails, nothing of the batch is shown to anyone and
+    /// the view goes back to what `reload` reads from the store (the consumer then takes the
+    /// batch again from the stored sequence): memory is never ahead of the disk. Returns the
+    /// sequence the view is current at.
+    pub fn apply<E>(
+        &self,
+        batch: Vec<(u64, Received)>,
+        save: impl FnOnce(&Persist) -> Result<(), E>,
+        reload: impl FnOnce() -> Result<OperationsView, E>,
+    ) -> Result<u64, E> {
         let mut persist = Persist::default();
+        let mut deltas = Vec::new();
         let mut inner = self.lock();
         for (seq, received) in batch {
             match received {
@@ -205,17 +250,7 @@ impl Live {
                             kpi,
                         });
                         match serde_json::to_string(&frame) {
-                            Ok(json) => {
-                                let delta = Arc::new(Delta { seq, json: Utf8Bytes::from(json), object });
-                                if inner.recent.len() >= DELTA_BUFFER
-                                    && let Some(old) = inner.recent.pop_front()
-                                {
-                                    inner.evicted_upto = old.seq;
-                                }
-                                inner.recent.push_back(delta.clone());
-                                // No receiver is not an error: nobody is connected.
-                                drop(inner.deltas.send(delta));
-                            }
+                            Ok(json) => deltas.push(Arc::new(Delta { seq, json: Utf8Bytes::from(json), object })),
                             Err(e) => tracing::error!(error = %e, seq, "cannot serialise a delta"),
                         }
                     }
@@ -224,8 +259,26 @@ impl Live {
         }
         persist.applied_seq = inner.view.applied_seq();
         persist.audit = inner.view.take_audit();
+        if let Err(e) = save(&persist) {
+            // Back to what is stored; a reload that fails too leaves an empty view at sequence 0,
+            // which the consumer rebuilds from the stream.
+            inner.view = reload().unwrap_or_default();
+            return Err(e);
+        }
+        for delta in deltas {
+            if inner.recent.len() >= DELTA_BUFFER
+                && let Some(old) = inner.recent.pop_front()
+            {
+                inner.evicted_upto = old.seq;
+            }
+            inner.recent.push_back(delta.clone());
+            // No receiver is not an error: nobody is connected.
+            drop(inner.deltas.send(delta));
+        }
+        drop(inner);
         self.applied.send_replace(persist.applied_seq);
-        persist
+        self.consumer_progressed();
+        Ok(persist.applied_seq)
     }
 
     /// A session's start under `filter`: a snapshot, or the missed deltas when `resume_from` can

@@ -18,6 +18,8 @@ pub struct GatewayMetrics {
     pub view_records_unreadable: Counter,
     /// KPI values dropped because they were not finite numbers (no store can round-trip them).
     pub kpi_values_dropped: Counter,
+    /// Events the view never applied and the stream no longer holds (its retention dropped them).
+    pub events_lost_to_retention: Counter,
 }
 
 pub fn get() -> &'static GatewayMetrics {
@@ -33,6 +35,7 @@ pub fn get() -> &'static GatewayMetrics {
             clients_closed_silent: Counter::default(),
             view_records_unreadable: Counter::default(),
             kpi_values_dropped: Counter::default(),
+            events_lost_to_retention: Counter::default(),
         };
         let r = runtime::metrics::global();
         r.register("gateway_events_applied", "Events applied to the operations view", m.events_applied.clone());
@@ -63,6 +66,11 @@ pub fn get() -> &'static GatewayMetrics {
             "gateway_kpi_values_dropped",
             "KPI values dropped because they were not finite numbers",
             m.kpi_values_dropped.clone(),
+        );
+        r.register(
+            "gateway_events_lost_to_retention",
+            "Events the view never applied that the stream no longer holds",
+            m.events_lost_to_retention.clone(),
         );
         m
     })

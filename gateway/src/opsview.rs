@@ -134,7 +134,7 @@ impl OpsView for OpsViewApi {
                         Err(RecvError::Closed) => return,
                     },
                     _ = heartbeat.tick() => {
-                        let beat = frame(ServerMessage::Heartbeat { seq: live.applied_seq(), upstream: upstream(&nats) });
+                        let beat = frame(ServerMessage::Heartbeat { seq: live.applied_seq(), upstream: upstream(&nats, &live) });
                         if sender.send(Ok(beat)).await.is_err() {
                             return;
                         }

@@ -59,6 +59,12 @@ pub struct Loaded {
     pub applied_seq: u64,
 }
 
+impl From<Loaded> for crate::view::OperationsView {
+    fn from(l: Loaded) -> Self {
+        crate::view::OperationsView::restore(l.assets, l.alarms, l.commands, l.kpis, l.applied_seq)
+    }
+}
+
 impl Store {
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(path).open()?;

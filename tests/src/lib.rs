@@ -462,6 +462,72 @@ impl Drop for Process {
     }
 }
 
+/// A size-limited tmpfs mounted over a folder (the folder's files are carried over), to fill a
+/// process's disk in a test; unmounted when dropped. Needs root (CI runs as root).
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts `bytes` of tmpfs over `path` with its current contents; `None` when mounting is
+    /// not allowed here.
+    pub fn mount_over(path: &Path, bytes: u64) -> Result<Option<SmallDisk>> {
+        let saved = tempfile::tempdir()?;
+        let copy = |from: &Path, to: &Path| -> Result<()> {
+            let status = Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status()?;
+            if !status.success() {
+                bail!("copying {} to {}", from.display(), to.display());
+            }
+            Ok(())
+        };
+        copy(path, saved.path())?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()?;
+        if !mounted.success() {
+            return Ok(None);
+        }
+        let disk = SmallDisk { path: path.to_owned() };
+        copy(saved.path(), path)?;
+        Ok(Some(disk))
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.path.join("filler")
+    }
+
+    /// Fills the disk: a file takes every byte left.
+    pub fn fill(&self) -> Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.filler())?;
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = file.sync_all();
+        Ok(())
+    }
+
+    /// Frees what [`SmallDisk::fill`] took.
+    pub fn free(&self) -> Result<()> {
+        std::fs::remove_file(self.filler())?;
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
 /// Two square communes side by side: 34172 ("Ouest", lon 3.80-3.90) and 34129 ("Est",
 /// lon 3.90-4.00), lat 43.50-43.70.
 pub fn test_territory() -> Result<tempfile::TempDir> {

@@ -58,8 +58,6 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
             vec![
                 "--store".into(),
                 replica_store.path().display().to_string(),
-                "--consumer".into(),
-                "gateway-b".into(),
                 "--grpc-addr".into(),
                 "127.0.0.1:0".into(),
                 "--http-addr".into(),
@@ -323,8 +321,6 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
             vec![
                 "--store".into(),
                 fresh_store.path().display().to_string(),
-                "--consumer".into(),
-                "gateway-c".into(),
                 "--http-addr".into(),
                 "127.0.0.1:0".into(),
                 "--auth-key".into(),

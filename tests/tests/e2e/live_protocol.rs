@@ -41,6 +41,12 @@ async fn subscriptions_resume_heartbeats_and_slow_clients() -> Result<()> {
         Streetlight { id: "EP-E".into(), lat: 43.6, lon: 3.95, ..Default::default() },
     ];
     lighting.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
+    // The registrations are applied (acknowledged writes reach the view a moment later).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tests::http_get_json(&slice.gateway_addr, "/health")?.1["assets"] != 2 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the registrations never reached the view");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let url = format!("ws://{}/ws", slice.gateway_addr);
 
     // A commune's subscription: its snapshot, then only its deltas.

@@ -155,3 +155,72 @@ async fn an_event_nats_can_never_take_is_set_aside_and_the_outbox_goes_on() -> R
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A gateway whose consumer cannot progress while its NATS link is up (here: the disk under its
+/// store is full) said `live` in every heartbeat and in `/health`, and the console showed frozen
+/// data as live. Liveness now comes from the consumer's progress. Nothing of what it could not
+/// store was shown or counted as applied: once there is room again, a restart resumes from the
+/// stored sequence and the events written meanwhile arrive, nothing lost.
+#[tokio::test]
+async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> {
+    let mut slice = Slice::start_full(test_territory()?, &[], &["--heartbeat", "1s"]).await?;
+    let mut client = slice.lighting_client().await?;
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp("EP1")] }).await?;
+    wait_assets(&slice.gateway_addr, 1).await?;
+    let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+    assert_eq!((status, health["status"].as_str()), (200, Some("live")), "{health}");
+
+    // The gateway's store moves onto a small file system of its own.
+    slice.gateway.kill()?;
+    let store = slice.stores.path().join("gateway");
+    let Some(disk) = tests::SmallDisk::mount_over(&store, 32 << 20)? else {
+        eprintln!(
+            "SKIP a_gateway_on_a_full_disk_is_not_live_and_loses_nothing: mounting a tmpfs is not allowed here (run as root)"
+        );
+        return Ok(());
+    };
+    slice.restart_gateway()?;
+    wait_assets(&slice.gateway_addr, 1).await?;
+    let mut live = slice.live_client().await?;
+
+    disk.fill()?;
+    // Writes until the gateway's store needs the disk (sled writes into space it holds first).
+    let mut written = Vec::new();
+    for k in 0..6_000 {
+        written.push(client.report_status(report("EP1", f64::from(k % 100))).await?.into_inner().event_id);
+        if k % 250 == 249 && http_get_json(&slice.gateway_addr, "/health")?.0 == 503 {
+            break;
+        }
+    }
+    eprintln!("[full disk] {} writes before the gateway said stale", written.len());
+    let stale = live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "stale").await;
+    assert!(stale.is_ok(), "no heartbeat said stale while the gateway could not store: {:?}", stale.err());
+    let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "stale", "{health}");
+    assert_eq!(health["nats"], "connected", "{health}");
+
+    // Room again; the store's failure is the process's (sled keeps an I/O error), so the
+    // gateway is restarted, as its supervisor would.
+    disk.free()?;
+    slice.gateway.kill()?;
+    slice.restart_gateway()?;
+    // The last write is in the view.
+    let expected = ((written.len() - 1) % 100) as f64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting")?;
+        let ep1 = assets["items"].as_array().into_iter().flatten().find(|a| a["id"] == "EP1").cloned();
+        if ep1.as_ref().and_then(|a| a["details"]["power_consumption_w"].as_f64()) == Some(expected) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the last write never reached the view: {ep1:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+    assert_eq!((status, health["status"].as_str()), (200, Some("live")), "{health}");
+    drop(disk);
+    Ok(())
+}

@@ -354,7 +354,7 @@ async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
     writeln!(r, "## S1 · Sustained ingest, end to end\n")?;
     writeln!(
         r,
-        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream → gateway (durable consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
+        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream → gateway (ordered consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
     )?;
     writeln!(r, "{table}")?;
     writeln!(
@@ -605,15 +605,8 @@ async fn s6(bench: &mut Bench) -> Result<()> {
     let store = tempfile::tempdir()?;
     let mut args = bench.slice.nats.credentials("gateway");
     args.extend(
-        [
-            "--store",
-            &store.path().join("gateway").display().to_string(),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--consumer",
-            "bench-rebuild",
-        ]
-        .map(String::from),
+        ["--store", &store.path().join("gateway").display().to_string(), "--http-addr", "127.0.0.1:0"]
+            .map(String::from),
     );
     let start = Instant::now();
     let gateway = tests::Process::start("vigie-gateway", &args)?;
@@ -640,7 +633,7 @@ async fn s6(bench: &mut Bench) -> Result<()> {
     writeln!(r, "## S6 · Rebuilding the view\n")?;
     writeln!(
         r,
-        "A fresh gateway (empty store, new durable consumer) started on the stream of {events} events (the run's own, topped up with streetlight reports published directly): **{:.1} s** from its start to its view being current (target ≤ 10 s for 1,000,000 events), {:.0} events/s.\n",
+        "A fresh gateway (empty store) started on the stream of {events} events (the run's own, topped up with streetlight reports published directly): **{:.1} s** from its start to its view being current (target ≤ 10 s for 1,000,000 events), {:.0} events/s.\n",
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64()
     )?;
