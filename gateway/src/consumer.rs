@@ -64,9 +64,9 @@ impl Consumer {
             tracing::warn!(
                 applied = self.live.applied_seq(),
                 last_in_stream = state.last_sequence,
-                "the events stream is behind the view; rebuilding the view from the stream"
+                "the events stream is behind the view (it was recreated); rebuilding the view from it, the audit log kept"
             );
-            self.store.clear()?;
+            self.store.forget_for_new_stream()?;
             self.live.reset();
         }
         let applied = self.live.applied_seq();

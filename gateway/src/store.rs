@@ -10,6 +10,9 @@ use crate::auth::{OperatorRecord, SessionRecord};
 use crate::live::Persist;
 
 const APPLIED_SEQ: &[u8] = b"applied_seq";
+/// How many times the events stream was recreated under this store: the audit log's keys begin
+/// with it, so that a new stream's sequences (from 1 again) never overwrite the old entries.
+const AUDIT_EPOCH: &[u8] = b"audit_epoch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,8 +29,10 @@ pub struct Store {
     alarms: sled::Tree,
     commands: sled::Tree,
     kpis: sled::Tree,
-    /// Stream sequence (big-endian) -> audit entry: in the order the stream recorded them.
+    /// (stream epoch, stream sequence), both big-endian -> audit entry: in the order the streams
+    /// recorded them. Kept when the stream is recreated (see `forget_for_new_stream`).
     audit: sled::Tree,
+    audit_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
     meta: sled::Tree,
     /// Login -> operator (role, scope, password hash). Not part of the view: `clear` keeps it.
     operators: sled::Tree,
@@ -68,13 +73,25 @@ impl From<Loaded> for crate::view::OperationsView {
 impl Store {
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(path).open()?;
+        let meta = db.open_tree("meta")?;
+        let epoch = read_u64(&meta, AUDIT_EPOCH)?;
+        let audit = db.open_tree("audit")?;
+        // Entries of a store written before epochs (keys of the sequence alone) are epoch 0's.
+        for item in audit.iter() {
+            let (key, value) = item?;
+            if let Ok(seq) = <[u8; 8]>::try_from(key.as_ref()) {
+                audit.insert(audit_key(0, u64::from_be_bytes(seq)), value)?;
+                audit.remove(key)?;
+            }
+        }
         Ok(Store {
             assets: db.open_tree("assets")?,
             alarms: db.open_tree("alarms")?,
             commands: db.open_tree("commands")?,
             kpis: db.open_tree("kpis")?,
-            audit: db.open_tree("audit")?,
-            meta: db.open_tree("meta")?,
+            audit,
+            audit_epoch: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(epoch)),
+            meta,
             operators: db.open_tree("operators")?,
             sessions: db.open_tree("sessions")?,
             tenants: db.open_tree("tenants")?,
@@ -84,12 +101,7 @@ impl Store {
 
     /// The persisted view and its sequence.
     pub fn load(&self) -> Result<Loaded, StoreError> {
-        let seq = self
-            .meta
-            .get(APPLIED_SEQ)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let seq = read_u64(&self.meta, APPLIED_SEQ)?;
         Ok(Loaded {
             assets: read_all(&self.assets)?,
             alarms: read_all(&self.alarms)?,
@@ -107,12 +119,13 @@ impl Store {
         let alarms = encode_all(persist.alarms.iter().map(|(k, v)| (k, v.as_ref())))?;
         let commands = encode_all(persist.commands.iter().map(|(k, v)| (k, v.as_ref())))?;
         let kpis = encode_all(persist.kpis.iter().map(|(k, v)| (k, Some(v))))?;
-        let audit: Vec<([u8; 8], Vec<u8>)> = persist
+        let epoch = self.audit_epoch.load(std::sync::atomic::Ordering::Acquire);
+        let audit: Vec<([u8; 16], Vec<u8>)> = persist
             .audit
             .iter()
             .map(|e| {
                 serde_json::to_vec(e)
-                    .map(|v| (e.seq.to_be_bytes(), v))
+                    .map(|v| (audit_key(epoch, e.seq), v))
                     .map_err(|source| StoreError::Corrupt { key: e.event_id.clone(), source })
             })
             .collect::<Result<_, _>>()?;
@@ -157,7 +170,7 @@ impl Store {
                 self.alarms.clear()?;
                 self.commands.clear()?;
                 self.kpis.clear()?;
-                self.meta.clear()?;
+                self.meta.remove(APPLIED_SEQ)?;
                 self.db.flush()?;
                 Ok(Loaded::default())
             }
@@ -165,14 +178,17 @@ impl Store {
         }
     }
 
-    /// Forgets the whole view (the stream it was built from is gone).
-    pub fn clear(&self) -> Result<(), StoreError> {
+    /// Forgets the view: the stream it was built from is gone, and a new one begins. The audit
+    /// log is the record of what operators did and is kept; the new stream's entries follow it
+    /// under the next epoch.
+    pub fn forget_for_new_stream(&self) -> Result<(), StoreError> {
         self.assets.clear()?;
         self.alarms.clear()?;
         self.commands.clear()?;
         self.kpis.clear()?;
-        self.audit.clear()?;
-        self.meta.clear()?;
+        self.meta.remove(APPLIED_SEQ)?;
+        let epoch = self.audit_epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        self.meta.insert(AUDIT_EPOCH, &epoch.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
     }
@@ -283,6 +299,19 @@ fn read_one<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<
         .transpose()
 }
 
+/// An audit entry's key: the stream's epoch, then its sequence (both big-endian, so that keys
+/// sort in the order the entries were recorded).
+fn audit_key(epoch: u64, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&epoch.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes).unwrap_or(0))
+}
+
 fn write_one<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })?;
     tree.insert(key.as_bytes(), bytes)?;
@@ -314,4 +343,51 @@ fn read_all<T: DeserializeOwned, C: FromIterator<(String, T)>>(tree: &sled::Tree
             Ok((key, value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, actor: &str) -> AuditEntry {
+        AuditEntry {
+            seq,
+            event_id: format!("e{seq}"),
+            at: "2026-12-06T03:00:00Z".into(),
+            actor: actor.into(),
+            action: "note".into(),
+            commune: "34172".into(),
+            domain: "ops".into(),
+            target: String::new(),
+            details: Default::default(),
+        }
+    }
+
+    fn actors(store: &Store) -> Vec<String> {
+        let query = AuditQuery { limit: 10, ..Default::default() };
+        store.audit(&query).expect("audit").into_iter().map(|e| e.actor).collect()
+    }
+
+    #[test]
+    fn the_audit_log_outlives_a_new_stream_and_older_keys_are_carried_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // A store of the previous version: keys of the sequence alone.
+            let db = sled::open(dir.path()).expect("sled");
+            let audit = db.open_tree("audit").expect("tree");
+            audit.insert(7u64.to_be_bytes(), serde_json::to_vec(&entry(7, "ancien")).expect("json")).expect("insert");
+            db.flush().expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(actors(&store), ["ancien"]);
+        store.save(&Persist { audit: vec![entry(9, "avant")], applied_seq: 9, ..Default::default() }).expect("save");
+        store.forget_for_new_stream().expect("forget");
+        // The new stream starts at 1 again: below the old sequences, after them in the log.
+        store.save(&Persist { audit: vec![entry(1, "après")], applied_seq: 1, ..Default::default() }).expect("save");
+        assert_eq!(actors(&store), ["après", "avant", "ancien"]);
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(actors(&store), ["après", "avant", "ancien"], "the epoch is stored");
+        assert_eq!(store.load().expect("load").applied_seq, 1);
+    }
 }

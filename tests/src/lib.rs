@@ -228,6 +228,14 @@ impl NatsServer {
         Ok(())
     }
 
+    /// Stops the server, deletes its JetStream store (every stream is gone) and starts it again
+    /// on the same port: the processes recreate the events stream, which begins at 1 again.
+    pub fn restart_without_streams(&mut self) -> Result<()> {
+        self.stop()?;
+        std::fs::remove_dir_all(self.dir.path().join("jetstream"))?;
+        self.spawn(Some(self.port))
+    }
+
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;

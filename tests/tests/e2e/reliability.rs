@@ -224,3 +224,46 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     drop(disk);
     Ok(())
 }
+
+/// A recreated events stream (its store lost, or deleted by hand) made the gateway wipe its audit
+/// log with the view, so the record of what operators did was gone; and the new stream's
+/// sequences, from 1 again, would have overwritten old entries. The view is rebuilt from the new
+/// stream, and the audit log is kept, the new entries after the old.
+#[tokio::test]
+async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Result<()> {
+    let mut slice = Slice::start().await?;
+    let note = |text: &str| serde_json::json!({"commune": "34172", "text": text});
+    let notes = |slice: &Slice| -> Result<Vec<String>> {
+        let (_, audit) = http_get_json(&slice.gateway_addr, "/api/v1/audit?action=note")?;
+        Ok(audit["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["details"]["text"].as_str().map(str::to_owned))
+            .collect())
+    };
+    for text in ["avant 1", "avant 2"] {
+        let (status, answer) = tests::http_post_json(&slice.gateway_addr, "/api/v1/logbook", &note(text))?;
+        assert_eq!(status, 200, "{answer}");
+    }
+    slice.nats.restart_without_streams()?;
+    slice.gateway.wait_for_log("it was recreated", 0)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Posted once the gateway is back on the new stream (it answers once applied).
+        let (status, _) = tests::http_post_json(&slice.gateway_addr, "/api/v1/logbook", &note("après"))?;
+        if status == 200 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway never took a log book entry on the new stream");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(notes(&slice)?, ["après", "avant 2", "avant 1"], "newest first, none lost nor overwritten");
+    // The audit log survives a restart too (its keys carry the stream's epoch).
+    slice.gateway.kill()?;
+    slice.restart_gateway()?;
+    assert_eq!(notes(&slice)?, ["après", "avant 2", "avant 1"]);
+    Ok(())
+}
