@@ -162,8 +162,10 @@ impl Live {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The sequence the view is current at (what is stored and shown); read without the view's
+    /// lock, so that heartbeats never wait for a batch being stored.
     pub fn applied_seq(&self) -> u64 {
-        self.lock().view.applied_seq()
+        *self.applied.borrow()
     }
 
     pub fn asset_count(&self) -> usize {
@@ -194,6 +196,8 @@ impl Live {
         inner.view = OperationsView::default();
         inner.recent.clear();
         inner.evicted_upto = 0;
+        drop(inner);
+        self.applied.send_replace(0);
     }
 
     /// Applies a batch in stream order, has `save` store what changed with the sequence the view
@@ -260,9 +264,8 @@ impl Live {
         persist.applied_seq = inner.view.applied_seq();
         persist.audit = inner.view.take_audit();
         if let Err(e) = save(&persist) {
-            // Back to what is stored; a reload that fails too leaves an empty view at sequence 0,
-            // which the consumer rebuilds from the stream.
-            inner.view = reload().unwrap_or_default();
+            // Back to what is stored (a caller whose store cannot be read back stops instead).
+            inner.view = reload()?;
             return Err(e);
         }
         for delta in deltas {

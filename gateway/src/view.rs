@@ -581,9 +581,6 @@ pub fn command_state(domain: &str, c: &LightingCommand) -> CommandState {
     }
 }
 
-/// The audit entry an event makes, if it records an operator's act: an alarm action, a log book
-/// entry (`note`), a command requested, a report's status changed by someone other than the
-/// citizen.
 /// A KPI's values without those that are not finite numbers: JSON has no infinity nor NaN (they
 /// are written as `null` and cannot be read back), and a service that sums forged inputs can
 /// send one. Dropped values are logged and counted.
@@ -600,6 +597,9 @@ fn finite_values(key: &str, values: &[(&str, f64)]) -> BTreeMap<String, f64> {
     kept
 }
 
+/// The audit entry an event makes, if it records an operator's act: an alarm action, a log book
+/// entry (`note`), a command requested, a report's status changed by someone other than the
+/// citizen.
 fn audit_entry(summary: &EventSummary, event: &CheckedEvent, seq: u64) -> Option<AuditEntry> {
     let entry = |actor: &str, action: &str, target: &str, details: Vec<(&str, String)>| AuditEntry {
         seq,

@@ -211,11 +211,20 @@ impl CheckedEvent {
 }
 
 /// Checks every invariant of the envelope.
+/// Checks an event a process builds to publish: [`check_received`], and at most
+/// [`MAX_EVENT_BYTES`] encoded.
 pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
     let bytes = event.encoded_len();
     if bytes > MAX_EVENT_BYTES {
         return Err(EventError::TooLarge { bytes });
     }
+    check_received(event)
+}
+
+/// Checks an event read from the stream: the envelope and the payload's identifiers. Not its
+/// size: an event the stream holds was published under the bound of its day, and refusing it
+/// now would lose it from a rebuilt view.
+pub fn check_received(event: Event) -> Result<CheckedEvent, EventError> {
     uuid::Uuid::parse_str(&event.id).map_err(|_| EventError::BadId(event.id.clone()))?;
     let commune = CommuneId::parse(&event.commune)?;
     let asset_id = AssetId::parse(&event.asset_id)?;
@@ -254,9 +263,10 @@ pub fn check(event: Event) -> Result<CheckedEvent, EventError> {
 }
 
 /// Decodes and checks an event received from the bus.
+/// Decodes and checks an event read from the stream (see [`check_received`]).
 pub fn decode(bytes: &[u8]) -> Result<CheckedEvent, EventError> {
     let event = Event::decode(bytes).map_err(|e| EventError::Undecodable(e.to_string()))?;
-    check(event)
+    check_received(event)
 }
 
 #[cfg(test)]

@@ -328,8 +328,8 @@ async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -
                 acknowledged += 1;
                 crate::metrics::global().events_published.inc();
             }
-            // The server refused this message for good (too large for it, or the stream's
-            // limits): it would block every later event.
+            // The server refused this message for good (larger than it takes): it would block
+            // every later event. The entry is kept in outbox_dead_letters.
             Err(e) if is_refused_for_good(&e) => {
                 outbox.set_aside(&key, &value, &e.to_string())?;
                 set_aside += 1;

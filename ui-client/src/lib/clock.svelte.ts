@@ -5,6 +5,8 @@
 
 /// Below this, a new estimate is noise around the current one and is not taken.
 const JITTER_MS = 1500;
+/// An answer slower than this does not move a known estimate.
+const SLOW_MS = 1000;
 
 export const serverClock = $state({ offsetMs: 0, known: false });
 
@@ -12,6 +14,8 @@ export const serverClock = $state({ offsetMs: 0, known: false });
 export function learnClock(response: Response, sentAt: number, receivedAt = Date.now()) {
   const offset = offsetFrom(response.headers.get("date"), sentAt, receivedAt);
   if (offset === null) return;
+  // A slow answer's middle is uncertain by half its round trip: it does not replace an estimate.
+  if (serverClock.known && receivedAt - sentAt > SLOW_MS) return;
   if (!serverClock.known || Math.abs(offset - serverClock.offsetMs) > JITTER_MS) {
     serverClock.offsetMs = offset;
     serverClock.known = true;
