@@ -9,7 +9,9 @@
 //! stored. Events the stream no longer holds (its retention dropped them before the view applied
 //! them) are the one gap accepted, at the start of an attempt only: logged as an error and
 //! counted. A stream that restarted below the stored sequence (it was recreated) makes the view
-//! rebuild from it.
+//! rebuild from it. The client library may recreate an ordered consumer on its own; a jump in the
+//! consumer's delivery sequence ends the attempt, so that this loop judges the stream afresh, and
+//! a consumer that receives nothing while the stream holds newer events starts again too.
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use futures::StreamExt;
@@ -24,6 +26,10 @@ use crate::store::Store;
 
 /// Events taken from the stream and applied together (one store write).
 const BATCH: usize = 512;
+/// With nothing received for this long, the stream is asked whether something should have come
+/// (after a NATS restart the client library takes up to two of its heartbeats, 10 s, to notice
+/// that its consumer is gone).
+const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 pub struct Consumer {
     pub js: jetstream::Context,
@@ -90,7 +96,28 @@ impl Consumer {
         tracing::info!(from = applied + 1, "consuming events");
         let mut expected = applied + 1;
         let mut first = true;
-        while let Some(chunk) = messages.next().await {
+        // The consumer's own sequence: 1, 2, 3… A jump means the client library recreated the
+        // consumer on its own (it does when the server lost or deleted it, e.g. with its stream),
+        // from where it last was: what the stream holds now is for this loop to judge, afresh.
+        let mut delivered = 0u64;
+        loop {
+            let chunk = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    // Nothing came for a while: fine when the stream has nothing newer; else the
+                    // consumer is not getting what the stream holds, and starts again.
+                    let state = stream.info().await?.state.clone();
+                    if state.last_sequence < self.live.applied_seq() {
+                        anyhow::bail!("the events stream restarted below the view (it was recreated)");
+                    }
+                    if state.last_sequence >= expected {
+                        anyhow::bail!("the stream holds events up to {} but none arrived", state.last_sequence);
+                    }
+                    self.live.consumer_progressed();
+                    continue;
+                }
+            };
             let mut batch = Vec::with_capacity(chunk.len());
             let mut interrupted = None;
             for message in chunk {
@@ -108,12 +135,23 @@ impl Consumer {
                         break;
                     }
                 };
+                if info.consumer_sequence != delivered + 1 {
+                    interrupted = Some(anyhow::anyhow!(
+                        "the consumer was recreated underneath (delivery {} after {delivered})",
+                        info.consumer_sequence
+                    ));
+                    break;
+                }
+                delivered = info.consumer_sequence;
                 let seq = info.stream_sequence;
                 if seq < expected {
                     continue;
                 }
                 if seq > expected {
-                    if first {
+                    if first && expected == 1 {
+                        // A view built from nothing starts where the stream's retention begins.
+                        tracing::info!(first = seq, "the stream's retention begins at this event; the view is built from there");
+                    } else if first {
                         // The stream holds nothing between: retention dropped events the view
                         // never applied. They cannot be had again.
                         let lost = seq - expected;
@@ -136,11 +174,17 @@ impl Consumer {
             }
             if !batch.is_empty() {
                 let store = &self.store;
-                self.live.apply(
-                    batch,
-                    |persist| store.save(persist),
-                    || store.load().map(crate::view::OperationsView::from),
-                )?;
+                let reload = || match store.load() {
+                    Ok(loaded) => Ok(crate::view::OperationsView::from(loaded)),
+                    Err(e) => {
+                        // The view in memory is ahead of a store that cannot even be read: there
+                        // is no going on without showing what is not stored. Its supervisor
+                        // restarts the gateway, from the stored sequence.
+                        tracing::error!(error = %e, "the store cannot be read back after a failed write; stopping");
+                        std::process::exit(70);
+                    }
+                };
+                self.live.apply(batch, |persist| store.save(persist), reload)?;
             }
             if let Some(e) = interrupted {
                 return Err(e);

@@ -6,6 +6,7 @@ mod bench_smoke;
 mod clock;
 mod console;
 mod console_api;
+mod faults;
 mod gateway_ops;
 mod lighting_domain;
 mod lighting_slice;
