@@ -150,7 +150,10 @@ impl Consumer {
                 if seq > expected {
                     if first && expected == 1 {
                         // A view built from nothing starts where the stream's retention begins.
-                        tracing::info!(first = seq, "the stream's retention begins at this event; the view is built from there");
+                        tracing::info!(
+                            first = seq,
+                            "the stream's retention begins at this event; the view is built from there"
+                        );
                     } else if first {
                         // The stream holds nothing between: retention dropped events the view
                         // never applied. They cannot be had again.
