@@ -10,6 +10,7 @@
 import type { Alarm, Asset, Command, Kpi, ServerFrame, Upstream } from "./protocol";
 import { end, refresh, token } from "./auth.svelte";
 import { assetKey } from "./protocol";
+import { GAPS_KEPT, heartbeatInterval } from "./heartbeat";
 
 export type Link = "connecting" | "live" | "stale" | "reconnecting";
 
@@ -52,6 +53,8 @@ export class LiveState {
   #retryMs = 250;
   #heartbeatMs = DEFAULT_HEARTBEAT_MS;
   #lastHeartbeatAt = 0;
+  /// The latest gaps between two heartbeats (ms).
+  #gaps: number[] = [];
   #pendingRender = false;
   #snapshotSeen = false;
   #timer: ReturnType<typeof setInterval> | null = null;
@@ -160,9 +163,10 @@ export class LiveState {
         break;
       case "heartbeat":
         if (this.#lastHeartbeatAt > 0) {
-          // The interval is learnt from the gateway: the shortest gap seen between two heartbeats.
-          const gap = now - this.#lastHeartbeatAt;
-          if (gap > 50) this.#heartbeatMs = Math.min(this.#heartbeatMs, gap);
+          // The interval is learnt from the gateway (see lib/heartbeat).
+          this.#gaps.push(now - this.#lastHeartbeatAt);
+          if (this.#gaps.length > GAPS_KEPT) this.#gaps.shift();
+          this.#heartbeatMs = heartbeatInterval(this.#gaps, DEFAULT_HEARTBEAT_MS);
         }
         this.#lastHeartbeatAt = now;
         this.upstream = frame.upstream;
