@@ -470,6 +470,11 @@ impl Drop for Process {
     }
 }
 
+/// Held by the tests that load the machine most (the browser test, the fault suite, the
+/// benchmark's smoke run) for their whole run, so that they never overlap: on two cores, a
+/// browser drawing 30,000 lamps next to a fault schedule's write load misses its own deadlines.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A size-limited tmpfs mounted over a folder (the folder's files are carried over), to fill a
 /// process's disk in a test; unmounted when dropped. Needs root (CI runs as root).
 pub struct SmallDisk {

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 #[test]
 fn the_benchmark_runs_every_scenario_and_loses_nothing() -> Result<()> {
+    let _alone = tests::HEAVY.blocking_lock();
     let out = tempfile::tempdir()?;
     let report_path = out.path().join("benchmarks.md");
     let output = std::process::Command::new(tests::vigie_binary("vigie-bench")?)

@@ -150,6 +150,7 @@ async fn console_in_a_browser() -> Result<()> {
         eprintln!("SKIP console_in_a_browser: VIGIE_SKIP_BROWSER=1");
         return Ok(());
     }
+    let _alone = tests::HEAVY.lock().await;
     let root = repo_root();
     let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
     for (path, how) in [

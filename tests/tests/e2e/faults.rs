@@ -109,6 +109,8 @@ async fn lamp_writer(target: Arc<Target>, stop: tokio_util::sync::CancellationTo
         }
         let Some(c) = client.as_mut() else { continue };
         k += 1;
+        // Paced (at most 500 writes a second): a load, not a flood of the two cores.
+        tokio::time::sleep(Duration::from_millis(2)).await;
         let outcome = tokio::time::timeout(WRITE_TIMEOUT, c.report_status(lamp_report(k))).await;
         let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
@@ -359,6 +361,7 @@ fn table(outcomes: &[Outcome]) -> String {
 async fn seeded_fault_schedules_lose_nothing_acknowledged_and_double_nothing() -> Result<()> {
     let schedules: u64 = std::env::var("VIGIE_FAULT_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let first_seed: u64 = std::env::var("VIGIE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let _alone = tests::HEAVY.lock().await;
     let mut outcomes = Vec::new();
     for seed in first_seed..first_seed + schedules {
         outcomes.push(run_schedule(seed).await.with_context(|| format!("schedule {seed}"))?);
