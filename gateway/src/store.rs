@@ -13,6 +13,8 @@ const APPLIED_SEQ: &[u8] = b"applied_seq";
 /// How many times the events stream was recreated under this store: the audit log's keys begin
 /// with it, so that a new stream's sequences (from 1 again) never overwrite the old entries.
 const AUDIT_EPOCH: &[u8] = b"audit_epoch";
+/// Set once the audit log's keys all carry an epoch.
+const AUDIT_KEYS_WITH_EPOCH: &[u8] = b"audit_keys_with_epoch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,13 +78,17 @@ impl Store {
         let meta = db.open_tree("meta")?;
         let epoch = read_u64(&meta, AUDIT_EPOCH)?;
         let audit = db.open_tree("audit")?;
-        // Entries of a store written before epochs (keys of the sequence alone) are epoch 0's.
-        for item in audit.iter() {
-            let (key, value) = item?;
-            if let Ok(seq) = <[u8; 8]>::try_from(key.as_ref()) {
-                audit.insert(audit_key(0, u64::from_be_bytes(seq)), value)?;
-                audit.remove(key)?;
+        // Entries of a store written before epochs (keys of the sequence alone) are epoch 0's;
+        // carried over once, not scanned at every start.
+        if meta.get(AUDIT_KEYS_WITH_EPOCH)?.is_none() {
+            for item in audit.iter() {
+                let (key, value) = item?;
+                if let Ok(seq) = <[u8; 8]>::try_from(key.as_ref()) {
+                    audit.insert(audit_key(0, u64::from_be_bytes(seq)), value)?;
+                    audit.remove(key)?;
+                }
             }
+            meta.insert(AUDIT_KEYS_WITH_EPOCH, &[1u8])?;
         }
         Ok(Store {
             assets: db.open_tree("assets")?,
