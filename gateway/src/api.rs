@@ -60,6 +60,8 @@ pub fn router(state: ApiState, access: Access) -> Router {
         .route("/api/v1/kpis", get(kpis))
         .route("/api/v1/commands", get(commands))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/notices", get(notices))
+        .route("/api/v1/notices/acknowledge", post(acknowledge_notices))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(access, require_principal))
         .merge(public)
@@ -474,6 +476,46 @@ async fn logbook_entry(
     };
     let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(LogbookAnswer { event_id, entry })).into_response())
+}
+
+/// The system notices (events the view could never apply), oldest first. An operator of some
+/// communes sees that data may be missing, not the stream's sequences (every commune's volume).
+async fn notices(State(state): State<ApiState>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
+    reader(&p)?;
+    let all = matches!(p.scope, crate::auth::Scope::All);
+    let items: Vec<proto::live::SystemNotice> = state
+        .store
+        .notices()
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .into_iter()
+        .map(|n| if all { n } else { proto::live::SystemNotice { from_seq: None, to_seq: None, ..n } })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcknowledgeNotices {
+    /// Every notice up to this id (the newest the supervisor read).
+    up_to: u64,
+}
+
+/// A supervisor acknowledges the notices up to an id: they are no longer announced.
+async fn acknowledge_notices(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    body: Result<Json<AcknowledgeNotices>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    if p.role != crate::auth::Role::Supervisor {
+        return Err(forbidden("system notices are acknowledged by a supervisor"));
+    }
+    let Json(request) = body.map_err(ApiError::from_json)?;
+    let acknowledged =
+        state.store.acknowledge_notices(request.up_to).map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let left = state.store.notices().map_err(|e| ApiError::unavailable(e.to_string()))?.len();
+    state.live.set_notices(left);
+    tracing::info!(by = %p.login, acknowledged, left, "system notices acknowledged");
+    Ok(Json(serde_json::json!({ "acknowledged": acknowledged, "left": left })).into_response())
 }
 
 /// Publishes an operator's event and waits for JetStream's acknowledgement (then it is durable);

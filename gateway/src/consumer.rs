@@ -18,18 +18,20 @@ use futures::StreamExt;
 use proto::subject::EVENTS_STREAM;
 use runtime::config::StreamSettings;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::{Live, Received};
 use crate::store::Store;
+use proto::live::{NoticeKind, SystemNotice};
 
 /// Events taken from the stream and applied together (one store write).
 const BATCH: usize = 512;
 /// With nothing received for this long, the stream is asked whether something should have come
 /// (after a NATS restart the client library takes up to two of its heartbeats, 10 s, to notice
 /// that its consumer is gone).
-const IDLE_CHECK: Duration = Duration::from_secs(2);
+/// Each check that finds nothing newer also proves the view current (see `live::max_lag`).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Consumer {
     pub js: jetstream::Context,
@@ -64,6 +66,7 @@ impl Consumer {
     async fn consume(&self) -> anyhow::Result<()> {
         runtime::bus::ensure_events_stream(&self.js, &self.stream).await?;
         let mut stream = self.js.get_stream(EVENTS_STREAM).await?;
+        let asked = Instant::now();
         let state = stream.info().await?.state.clone();
         if self.live.applied_seq() > state.last_sequence {
             // The stream was recreated: its sequences are not the ones the view counted.
@@ -74,6 +77,18 @@ impl Consumer {
             );
             self.store.forget_for_new_stream()?;
             self.live.reset();
+            self.notice(NoticeKind::StreamRecreated, None)?;
+        }
+        let applied = self.live.applied_seq();
+        if applied > 0 && state.messages == 0 && state.last_sequence > applied {
+            // The stream is empty and ahead of the view: retention dropped every event the view
+            // had not applied. Nothing will arrive to show the gap; the view moves past it.
+            let (from, to) = (applied + 1, state.last_sequence);
+            self.lost_to_retention(from, to)?;
+            let store = &self.store;
+            let save = |persist: &crate::live::Persist| store.save(persist);
+            let reload = || store.load().map(crate::view::OperationsView::from);
+            self.live.apply(asked, vec![(to, Received::Refused)], save, reload)?;
         }
         let applied = self.live.applied_seq();
         let deliver_policy = if applied == 0 {
@@ -91,7 +106,7 @@ impl Consumer {
         let mut messages = consumer.messages().await?.ready_chunks(BATCH);
         if state.last_sequence <= applied {
             // Nothing to fetch: caught up.
-            self.live.consumer_progressed();
+            self.live.consumer_current(asked);
         }
         tracing::info!(from = applied + 1, "consuming events");
         let mut expected = applied + 1;
@@ -107,6 +122,7 @@ impl Consumer {
                 Err(_) => {
                     // Nothing came for a while: fine when the stream has nothing newer; else the
                     // consumer is not getting what the stream holds, and starts again.
+                    let asked = Instant::now();
                     let state = stream.info().await?.state.clone();
                     if state.last_sequence < self.live.applied_seq() {
                         anyhow::bail!("the events stream restarted below the view (it was recreated)");
@@ -114,10 +130,14 @@ impl Consumer {
                     if state.last_sequence >= expected {
                         anyhow::bail!("the stream holds events up to {} but none arrived", state.last_sequence);
                     }
-                    self.live.consumer_progressed();
+                    self.live.consumer_current(asked);
                     continue;
                 }
             };
+            let received = Instant::now();
+            // What the batch makes the view current as of: now when nothing is left behind its
+            // last event, else that event's publication.
+            let mut as_of = received;
             let mut batch = Vec::with_capacity(chunk.len());
             let mut interrupted = None;
             for message in chunk {
@@ -157,14 +177,10 @@ impl Consumer {
                     } else if first {
                         // The stream holds nothing between: retention dropped events the view
                         // never applied. They cannot be had again.
-                        let lost = seq - expected;
-                        tracing::error!(
-                            from = expected,
-                            to = seq - 1,
-                            lost,
-                            "events the view never applied are no longer in the stream (retention); the view goes on without them"
-                        );
-                        crate::metrics::get().events_lost_to_retention.inc_by(lost);
+                        if let Err(e) = self.lost_to_retention(expected, seq - 1) {
+                            interrupted = Some(e);
+                            break;
+                        }
                     } else {
                         interrupted = Some(anyhow::anyhow!("events {expected} to {} did not arrive", seq - 1));
                         break;
@@ -172,6 +188,7 @@ impl Consumer {
                 }
                 first = false;
                 crate::metrics::get().consumer_pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+                as_of = if info.pending == 0 { received } else { published_at(info.published, received) };
                 batch.push((seq, decode(&message)));
                 expected = seq + 1;
             }
@@ -187,7 +204,10 @@ impl Consumer {
                         std::process::exit(70);
                     }
                 };
-                self.live.apply(batch, |persist| store.save(persist), reload)?;
+                let save = |persist: &crate::live::Persist| {
+                    store.save(persist).inspect_err(|e| runtime::store_fault::report(e))
+                };
+                self.live.apply(as_of, batch, save, reload)?;
             }
             if let Some(e) = interrupted {
                 return Err(e);
@@ -195,6 +215,44 @@ impl Consumer {
         }
         anyhow::bail!("the consumer's message stream ended")
     }
+}
+
+impl Consumer {
+    /// Events `from` to `to` are gone from the stream before the view applied them: logged,
+    /// counted, and a notice for the operators.
+    fn lost_to_retention(&self, from: u64, to: u64) -> anyhow::Result<()> {
+        let lost = to + 1 - from;
+        tracing::error!(
+            from,
+            to,
+            lost,
+            "events the view never applied are no longer in the stream (retention); the view goes on without them"
+        );
+        crate::metrics::get().events_lost_to_retention.inc_by(lost);
+        self.notice(NoticeKind::EventsLostToRetention, Some((from, to)))
+    }
+
+    /// Records a system notice (once: an attempt that fails and starts again finds it there).
+    fn notice(&self, kind: NoticeKind, seqs: Option<(u64, u64)>) -> anyhow::Result<()> {
+        let (from_seq, to_seq) = (seqs.map(|s| s.0), seqs.map(|s| s.1));
+        let known = self.store.notices()?;
+        if !known.iter().any(|n| n.kind == kind && n.from_seq == from_seq && n.to_seq == to_seq) {
+            let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            self.store.add_notice(SystemNotice { id: 0, kind, at, from_seq, to_seq })?;
+        }
+        self.live.set_notices(self.store.notices()?.len());
+        Ok(())
+    }
+}
+
+/// The instant (on this process's monotonic clock) a message was published, from its stream
+/// timestamp; `now` when that is in the future (clocks apart).
+fn published_at(published: async_nats::datetime::DateTime, now: Instant) -> Instant {
+    let wall_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
+    let age = u64::try_from((wall_now - published.unix_timestamp_nanos()).max(0)).unwrap_or(u64::MAX);
+    now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
 }
 
 /// Decodes and checks one message; the subject must be the one the event's own fields give, so a

@@ -94,7 +94,8 @@ async fn console_missing() -> impl IntoResponse {
     )
 }
 
-/// The gateway's health: 200 and `live` when connected to NATS and its consumer progressing; 503
+/// The gateway's health: 200 and `live` when connected to NATS, its consumer progressing and the
+/// view current within `live::max_lag`; 503
 /// and `stale` with the reason otherwise (the process is up, and what it serves is getting old).
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let nats = matches!(state.nats.connection_state(), async_nats::connection::State::Connected);
@@ -112,6 +113,8 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "nats": if nats { "connected" } else { "disconnected" },
             "consumer": consumer,
             "applied_seq": state.live.applied_seq(),
+            // How long since the consumer last proved the view current (null: never yet).
+            "lag_ms": state.live.lag().map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)),
             "assets": state.live.asset_count(),
         })),
     )
@@ -360,7 +363,11 @@ async fn session(
                     out.close(close_code::NO_HEARTBEAT, "nothing heard from the client; reconnect and resume").await;
                     return;
                 }
-                let beat = frame(ServerMessage::Heartbeat { seq: state.live.applied_seq(), upstream: upstream(&state.nats, &state.live) });
+                let beat = frame(ServerMessage::Heartbeat {
+                    seq: state.live.applied_seq(),
+                    upstream: upstream(&state.nats, &state.live),
+                    notices: state.live.notices(),
+                });
                 if !out.send(beat).await || !out.send(Message::Ping(Default::default())).await {
                     return;
                 }

@@ -226,6 +226,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     }
     let store =
         store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
+    runtime::store_fault::watch(&config.store);
     let loaded = store.load_or_forget().context("loading the view")?;
     tracing::info!(
         assets = loaded.assets.len(),
@@ -234,7 +235,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         "view restored from the store"
     );
     let view = view::OperationsView::from(loaded);
-    let live = Arc::new(live::Live::new(view));
+    let live = Arc::new(live::Live::new(view, live::max_lag(config.heartbeat)));
+    live.set_notices(store.notices().context("reading the system notices")?.len());
 
     let nats = runtime::bus::connect(&config.common, "vigie-gateway").await?;
     let consumer = consumer::Consumer {

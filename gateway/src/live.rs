@@ -8,6 +8,7 @@ use proto::event::CheckedEvent;
 use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, Filter, KpiState, ServerFrame, ServerMessage};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 use crate::view::{Change, OperationsView};
@@ -54,12 +55,25 @@ impl Delta {
 }
 
 /// Whether the gateway is live on the event stream (heartbeats and `/health` say so): connected
-/// to NATS **and** its consumer making progress. A connected link with a stuck consumer (its
-/// store failing on a full disk, a gap it refuses to cross) is not live: what the view shows is
-/// getting old.
+/// to NATS, its consumer making progress, **and** the view holding every event published more
+/// than [`Live::max_lag`] ago. A connected link with a stuck consumer (its store failing on a
+/// full disk, a gap it refuses to cross, a link that stopped answering) is not live, nor is a
+/// view catching up on a backlog (after a pause): what it shows is getting old.
 pub fn upstream(nats: &async_nats::Client, live: &Live) -> proto::live::Upstream {
     let connected = matches!(nats.connection_state(), async_nats::connection::State::Connected);
-    if connected && live.consumer_healthy() { proto::live::Upstream::Live } else { proto::live::Upstream::Stale }
+    let current = live.lag().is_some_and(|lag| lag < live.max_lag);
+    if connected && live.consumer_healthy() && current {
+        proto::live::Upstream::Live
+    } else {
+        proto::live::Upstream::Stale
+    }
+}
+
+/// How far behind the stream a view may be and still be called live, for a heartbeat period:
+/// two heartbeats (at least 2 s, twice the consumer's idle check), so that no session is shown
+/// `live` on data older than three.
+pub fn max_lag(heartbeat: Duration) -> Duration {
+    (heartbeat * 2).max(Duration::from_secs(2))
 }
 
 /// The consumer's own account of its progress (see [`Live::consumer_failed`]).
@@ -102,6 +116,12 @@ pub struct Live {
     /// The sequence the view is current at, for callers that wait for their own write.
     applied: watch::Sender<u64>,
     consumer: Mutex<ConsumerHealth>,
+    /// The view holds every event published before this instant (the consumer's last proof).
+    current_as_of: Mutex<Option<Instant>>,
+    /// See [`max_lag`].
+    pub max_lag: Duration,
+    /// System notices waiting for a supervisor (told in heartbeats).
+    notices: std::sync::atomic::AtomicU32,
 }
 
 struct Inner {
@@ -132,7 +152,7 @@ pub enum Received {
 }
 
 impl Live {
-    pub fn new(view: OperationsView) -> Live {
+    pub fn new(view: OperationsView, max_lag: Duration) -> Live {
         let (deltas, _) = broadcast::channel(DELTA_BUFFER);
         let (applied, _) = watch::channel(view.applied_seq());
         // Deltas before the restored view are not kept: a resume from before it gets a snapshot.
@@ -141,7 +161,19 @@ impl Live {
             inner: Mutex::new(Inner { view, deltas, recent: VecDeque::new(), evicted_upto }),
             applied,
             consumer: Mutex::new(ConsumerHealth::Starting),
+            current_as_of: Mutex::new(None),
+            max_lag,
+            notices: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// How many system notices wait for a supervisor.
+    pub fn notices(&self) -> u32 {
+        self.notices.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_notices(&self, count: usize) {
+        self.notices.store(u32::try_from(count).unwrap_or(u32::MAX), std::sync::atomic::Ordering::Release);
     }
 
     /// Waits until the view has applied the event at `seq` (or `timeout` passes); returns whether
@@ -172,9 +204,18 @@ impl Live {
         self.lock().view.asset_count()
     }
 
-    /// The consumer applied and stored a batch, or is caught up with nothing to apply.
-    pub fn consumer_progressed(&self) {
+    /// The consumer applied and stored a batch, or is caught up with nothing to apply: the view
+    /// holds every event published before `as_of`.
+    pub fn consumer_current(&self, as_of: Instant) {
         *self.consumer.lock().unwrap_or_else(|p| p.into_inner()) = ConsumerHealth::Progressing;
+        let mut current = self.current_as_of.lock().unwrap_or_else(|p| p.into_inner());
+        *current = Some(current.map_or(as_of, |c| c.max(as_of)));
+    }
+
+    /// How old the view may be: the time since the consumer last proved it current (none before
+    /// it ever did).
+    pub fn lag(&self) -> Option<Duration> {
+        self.current_as_of.lock().unwrap_or_else(|p| p.into_inner()).map(|at| at.elapsed())
     }
 
     /// The consumer's attempt failed; until it progresses again the gateway is not live.
@@ -197,6 +238,7 @@ impl Live {
         inner.recent.clear();
         inner.evicted_upto = 0;
         drop(inner);
+        *self.current_as_of.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.applied.send_replace(0);
     }
 
@@ -205,9 +247,11 @@ impl Live {
     /// sequence callers wait for. When `save` fails, nothing of the batch is shown to anyone and
     /// the view goes back to what `reload` reads from the store (the consumer then takes the
     /// batch again from the stored sequence): memory is never ahead of the disk. Returns the
-    /// sequence the view is current at.
+    /// sequence the view is current at. `as_of`: the view then holds every event published before
+    /// it (see [`Live::consumer_current`]).
     pub fn apply<E>(
         &self,
+        as_of: Instant,
         batch: Vec<(u64, Received)>,
         save: impl FnOnce(&Persist) -> Result<(), E>,
         reload: impl FnOnce() -> Result<OperationsView, E>,
@@ -280,7 +324,7 @@ impl Live {
         }
         drop(inner);
         self.applied.send_replace(persist.applied_seq);
-        self.consumer_progressed();
+        self.consumer_current(as_of);
         Ok(persist.applied_seq)
     }
 

@@ -134,7 +134,11 @@ impl OpsView for OpsViewApi {
                         Err(RecvError::Closed) => return,
                     },
                     _ = heartbeat.tick() => {
-                        let beat = frame(ServerMessage::Heartbeat { seq: live.applied_seq(), upstream: upstream(&nats, &live) });
+                        let beat = frame(ServerMessage::Heartbeat {
+                            seq: live.applied_seq(),
+                            upstream: upstream(&nats, &live),
+                            notices: live.notices(),
+                        });
                         if sender.send(Ok(beat)).await.is_err() {
                             return;
                         }

@@ -1,7 +1,7 @@
 //! The gateway's sled database: the view's assets and the stream sequence they are current at,
 //! written together in one atomic batch. The only module that sees sled.
 
-use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState};
+use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState, SystemNotice};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +15,8 @@ const APPLIED_SEQ: &[u8] = b"applied_seq";
 const AUDIT_EPOCH: &[u8] = b"audit_epoch";
 /// Set once the audit log's keys all carry an epoch.
 const AUDIT_KEYS_WITH_EPOCH: &[u8] = b"audit_keys_with_epoch";
+/// System notices kept at most (the oldest go first).
+pub const MAX_NOTICES: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +44,9 @@ pub struct Store {
     sessions: sled::Tree,
     /// Commune id -> name: communes an administrator added beyond the territory's.
     tenants: sled::Tree,
+    /// Notice id -> system notice (events the view could never apply), until acknowledged. Not
+    /// part of the view: kept when it is forgotten.
+    notices: sled::Tree,
 }
 
 /// What an audit query selects; every field narrows it.
@@ -101,6 +106,7 @@ impl Store {
             operators: db.open_tree("operators")?,
             sessions: db.open_tree("sessions")?,
             tenants: db.open_tree("tenants")?,
+            notices: db.open_tree("notices")?,
             db,
         })
     }
@@ -197,6 +203,46 @@ impl Store {
         self.meta.insert(AUDIT_EPOCH, &epoch.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Records a system notice (its id is set here); at most [`MAX_NOTICES`] are kept, the
+    /// oldest dropped first.
+    pub fn add_notice(&self, mut notice: SystemNotice) -> Result<SystemNotice, StoreError> {
+        notice.id = self.db.generate_id()?;
+        let json = serde_json::to_vec(&notice)
+            .map_err(|source| StoreError::Corrupt { key: format!("notice {}", notice.id), source })?;
+        self.notices.insert(notice.id.to_be_bytes(), json)?;
+        while self.notices.len() > MAX_NOTICES {
+            if self.notices.pop_min()?.is_none() {
+                break;
+            }
+        }
+        self.db.flush()?;
+        Ok(notice)
+    }
+
+    /// The notices kept, oldest first (a record that cannot be read is skipped).
+    pub fn notices(&self) -> Result<Vec<SystemNotice>, StoreError> {
+        let mut notices = Vec::new();
+        for item in self.notices.iter() {
+            let (_, value) = item?;
+            if let Ok(notice) = serde_json::from_slice(&value) {
+                notices.push(notice);
+            }
+        }
+        Ok(notices)
+    }
+
+    /// Forgets the notices up to `id` (a supervisor acknowledged them); returns how many.
+    pub fn acknowledge_notices(&self, up_to: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.notices.range(..=up_to.to_be_bytes()) {
+            let (key, _) = item?;
+            self.notices.remove(key)?;
+            removed += 1;
+        }
+        self.db.flush()?;
+        Ok(removed)
     }
 
     /// Audit entries matching the query, newest first, at most `limit`.

@@ -57,7 +57,14 @@ pub enum ServerMessage {
     Resumed { from: u64 },
     /// Every few seconds: the sequence the view is current at, and whether the gateway is itself
     /// live (`live`) or cut from the event stream (`stale`: what it shows may be out of date).
-    Heartbeat { seq: u64, upstream: Upstream },
+    /// `notices`: how many system notices wait for a supervisor (events the view could never
+    /// apply; see [`SystemNotice`], `GET /api/v1/notices`); absent when none.
+    Heartbeat {
+        seq: u64,
+        upstream: Upstream,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        notices: u32,
+    },
     /// The answer to a client `ping`.
     Pong,
     /// The client sent something the server does not accept; the connection stays open.
@@ -74,6 +81,37 @@ pub enum ErrorCode {
     /// A `subscribe` whose filter is not acceptable (the message says why); the previous
     /// subscription stays.
     BadFilter,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Something the gateway could not do for its view, that operators must know: data the view may
+/// lack. Kept until a supervisor acknowledges it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SystemNotice {
+    pub id: u64,
+    pub kind: NoticeKind,
+    /// When the gateway found it (RFC 3339).
+    pub at: String,
+    /// The stream sequences concerned (inclusive); absent for an operator of some communes only
+    /// (the stream's volume is every commune's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The stream's retention dropped events the view never applied: what they changed is missing
+    /// from the view until the assets report again.
+    EventsLostToRetention,
+    /// The events stream was recreated (its store lost): the view was rebuilt from the new one,
+    /// which holds only what was published since; the audit log is kept.
+    StreamRecreated,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::{SinkExt, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use proto;
+
+mod link;
+pub use link::{Link, LinkState};
 
 /// How long any single wait in the harness may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -442,6 +445,14 @@ impl Process {
         Ok(())
     }
 
+    /// Waits for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self) -> Result<ExitStatus> {
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let status = wait_exit(child, &format!("{} to exit by itself", self.name))?;
+        self.child = None;
+        Ok(status)
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.name))?;
@@ -618,6 +629,10 @@ pub struct Slice {
     pub service_token: String,
     /// An integrator's credential for every commune and domain (the simulator's).
     pub integrator_token: String,
+    /// The links the lighting service and the gateway reach NATS through, when the slice was
+    /// started with links ([`Slice::start_linked`]): a test cuts or stalls them.
+    pub lighting_link: Option<Link>,
+    pub gateway_link: Option<Link>,
 }
 
 impl Slice {
@@ -651,10 +666,38 @@ impl Slice {
         lighting_flags: &[&str],
         gateway_flags: &[&str],
     ) -> Result<Slice> {
+        Slice::start_inner(nats, territory, lighting_flags, gateway_flags, false).await
+    }
+
+    /// Starts the slice with the lighting service and the gateway each reaching NATS through a
+    /// [`Link`] of its own (`slice.lighting_link`, `slice.gateway_link`).
+    pub async fn start_linked(
+        nats: NatsServer,
+        territory: tempfile::TempDir,
+        lighting_flags: &[&str],
+        gateway_flags: &[&str],
+    ) -> Result<Slice> {
+        Slice::start_inner(nats, territory, lighting_flags, gateway_flags, true).await
+    }
+
+    async fn start_inner(
+        nats: NatsServer,
+        territory: tempfile::TempDir,
+        lighting_flags: &[&str],
+        gateway_flags: &[&str],
+        linked: bool,
+    ) -> Result<Slice> {
         let stores = tempfile::tempdir()?;
+        let target = nats.url().trim_start_matches("nats://").to_owned();
+        let lighting_link = linked.then(|| Link::to(&target)).transpose()?;
+        let gateway_link = linked.then(|| Link::to(&target)).transpose()?;
         let common = |store: &str| {
             // The store's name is the process's NATS user (lighting, gateway).
             let mut args = nats.credentials(store);
+            let link = if store == "gateway" { &gateway_link } else { &lighting_link };
+            if let Some(link) = link {
+                args[1] = link.url();
+            }
             args.extend([
                 "--store".to_owned(),
                 stores.path().join(store).display().to_string(),
@@ -670,12 +713,11 @@ impl Slice {
         let integrator_token = mint_token(&key, runtime::auth::TokenType::Integrator)?;
         let mut args = common("lighting");
         args.extend(["--auth-public-key".into(), gateway::auth::public_key_path(&key).display().to_string()]);
-        args.extend([
-            "--grpc-addr".into(),
-            "127.0.0.1:0".into(),
-            "--territory".into(),
-            territory.path().display().to_string(),
-        ]);
+        // A test that restarts the service under the gateway gives it a fixed port.
+        if !lighting_flags.contains(&"--grpc-addr") {
+            args.extend(["--grpc-addr".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend(["--territory".into(), territory.path().display().to_string()]);
         args.extend(lighting_flags.iter().map(|s| s.to_string()));
         let lighting = Process::start("vigie-lighting", &args)?;
         let lighting_addr = lighting.wait_for_addr("gRPC listening", 0)?;
@@ -709,6 +751,8 @@ impl Slice {
             stores,
             service_token,
             integrator_token,
+            lighting_link,
+            gateway_link,
         };
         slice.wait_lighting_serving().await?;
         slice.wait_gateway_consuming()?;
@@ -1171,4 +1215,50 @@ impl LiveClient {
         }
         Ok(ids)
     }
+}
+
+/// What the stream holds: event id -> how many times, the ids of lamp status events, and its
+/// last sequence.
+pub struct StreamContent {
+    pub ids: HashMap<String, usize>,
+    /// When each sequence was stored (the server's clock).
+    pub published: BTreeMap<u64, std::time::SystemTime>,
+    pub status_ids: std::collections::HashSet<String>,
+    pub last: u64,
+}
+
+/// Reads the whole events stream (as the reports service, which may).
+pub async fn read_events_stream(nats: &NatsServer) -> Result<StreamContent> {
+    let client = nats.client_as("reports").await?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
+    let last = stream.info().await?.state.last_sequence;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut status_ids = std::collections::HashSet::new();
+    let mut published = BTreeMap::new();
+    let mut seen = 0;
+    while seen < last {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .context("reading the stream")?
+            .context("the stream ended")??;
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        seen = info.stream_sequence;
+        let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
+        published.insert(seen, std::time::UNIX_EPOCH + Duration::from_nanos(nanos));
+        if let Ok(event) = proto::event::decode(&message.payload) {
+            if message.subject.ends_with(".streetlight_status") {
+                status_ids.insert(event.event.id.clone());
+            }
+            *ids.entry(event.event.id.clone()).or_default() += 1;
+        }
+    }
+    Ok(StreamContent { ids, published, status_ids, last })
 }

@@ -103,7 +103,7 @@ impl Store {
             commands: db.open_tree("commands")?,
             energy_hours: db.open_tree("energy_hours")?,
             schedules: db.open_tree("schedules")?,
-            outbox: Outbox::open(db)?,
+            outbox: Outbox::open(db, proto::v1::Domain::Lighting)?,
         })
     }
 

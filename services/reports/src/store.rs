@@ -38,7 +38,7 @@ fn key(id: &str) -> Vec<u8> {
 
 impl Store {
     pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
-        Ok(Store { requests: db.open_tree("requests")?, outbox: Outbox::open(db)? })
+        Ok(Store { requests: db.open_tree("requests")?, outbox: Outbox::open(db, proto::v1::Domain::Reports)? })
     }
 
     pub fn outbox(&self) -> &Outbox {

@@ -22,4 +22,5 @@ pub mod grpc_auth;
 pub mod metrics;
 pub mod outbox;
 pub mod shutdown;
+pub mod store_fault;
 pub mod telemetry;

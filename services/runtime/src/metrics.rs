@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Outbox entries JetStream could never take, moved aside (each one is an event lost to the
     /// stream: alert on any).
     pub outbox_dead_letters: Counter,
+    /// The store failed to write (at most once per process: see `store_fault`).
+    pub store_failures: Counter,
     /// Field messages (telemetry, positions, readings) stored, and refused with a reason.
     pub ingest_accepted: Counter,
     pub ingest_refused: Counter,
@@ -34,6 +36,7 @@ pub fn global() -> &'static Metrics {
         let (events_published, outbox_depth, publish_failures, ingest_accepted, ingest_refused) =
             (Counter::default(), Gauge::default(), Counter::default(), Counter::default(), Counter::default());
         let outbox_dead_letters = Counter::default();
+        let store_failures = Counter::default();
         let mut registry = Registry::with_prefix("vigie");
         registry.register(
             "outbox_published",
@@ -51,6 +54,11 @@ pub fn global() -> &'static Metrics {
             "Outbox entries JetStream could never take, moved aside to outbox_dead_letters",
             outbox_dead_letters.clone(),
         );
+        registry.register(
+            "store_failures",
+            "The store failed to write (a full or failing disk); the process restarts once it has room",
+            store_failures.clone(),
+        );
         registry.register("ingest_accepted", "Field messages stored", ingest_accepted.clone());
         registry.register("ingest_refused", "Field messages refused with a reason", ingest_refused.clone());
         Metrics {
@@ -59,6 +67,7 @@ pub fn global() -> &'static Metrics {
             outbox_depth,
             publish_failures,
             outbox_dead_letters,
+            store_failures,
             ingest_accepted,
             ingest_refused,
         }

@@ -15,6 +15,15 @@
 //! removal comes back after a crash, and a restart later than the duplicate window would publish
 //! the entry a second time). Both share fsyncs with the commits ([`Outbox::sync`]).
 //!
+//! The duplicate window alone does not make publishing exactly-once: a publish stored by
+//! JetStream whose acknowledgement was lost (a link that dropped the answer, a crash between the
+//! acknowledgement and the removal) would be published again, and stored twice when the retry
+//! comes later than the window (a long outage, a restart after hours). So each event carries
+//! its outbox's identity and its entry's key in headers, the relay records durably which entries
+//! it is about to publish and after which stream sequence, and whenever it cannot know what
+//! became of a batch (at start, after any failure) it reads the stream's events of its domain
+//! since that sequence and drops the entries already there before publishing again ([`settle`]).
+//!
 //! An entry JetStream can never take (larger than the server's `max_payload`, refused by the
 //! stream) is moved aside to `outbox_dead_letters`, logged and counted, so that one poison entry
 //! never blocks the events behind it. Events are bounded well below that size
@@ -43,11 +52,34 @@ struct OutboxRecord {
     payload: Vec<u8>,
 }
 
+/// The entries of the batch being published, and the stream sequence they come after: what
+/// the relay reads back after a failure (see [`settle`]).
+#[derive(Clone, PartialEq, prost::Message)]
+struct InFlight {
+    #[prost(uint64, repeated, tag = "1")]
+    keys: Vec<u64>,
+    #[prost(uint64, tag = "2")]
+    after_seq: u64,
+}
+
+/// The header naming the outbox an event was published from (a random id, kept in the store).
+pub const PUBLISHER_HEADER: &str = "Vigie-Publisher";
+/// The header giving the event's outbox entry key.
+pub const ENTRY_HEADER: &str = "Vigie-Outbox-Entry";
+
+const PUBLISHER_KEY: &[u8] = b"publisher";
+const IN_FLIGHT_KEY: &[u8] = b"in_flight";
+
 #[derive(Clone)]
 pub struct Outbox {
     db: sled::Db,
     tree: sled::Tree,
     dead: sled::Tree,
+    /// The relay's own records: this outbox's identity, the batch in flight.
+    meta: sled::Tree,
+    publisher: String,
+    /// The subjects this outbox publishes on (its domain's).
+    filter: String,
     wake: Arc<Notify>,
     flushes: Arc<Flushes>,
 }
@@ -79,11 +111,25 @@ impl PreparedEntry {
 }
 
 impl Outbox {
-    pub fn open(db: &sled::Db) -> sled::Result<Outbox> {
+    /// The outbox of a service publishing `domain`'s events.
+    pub fn open(db: &sled::Db, domain: proto::v1::Domain) -> sled::Result<Outbox> {
+        let meta = db.open_tree("outbox_meta")?;
+        let publisher = match meta.get(PUBLISHER_KEY)? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = uuid::Uuid::now_v7().simple().to_string();
+                meta.insert(PUBLISHER_KEY, id.as_bytes())?;
+                db.flush()?;
+                id
+            }
+        };
         Ok(Outbox {
             db: db.clone(),
             tree: db.open_tree("outbox")?,
             dead: db.open_tree("outbox_dead_letters")?,
+            meta,
+            publisher,
+            filter: proto::subject::domain_events(domain),
             wake: Arc::new(Notify::new()),
             flushes: Arc::default(),
         })
@@ -122,7 +168,10 @@ impl Outbox {
         if self.flushes.done.load(Ordering::Acquire) < ticket {
             // This flush begins now: it covers every commit numbered so far.
             let covered = self.flushes.asked.load(Ordering::Acquire);
-            self.db.flush_async().await?;
+            if let Err(e) = self.db.flush_async().await {
+                crate::store_fault::report(&e);
+                return Err(e);
+            }
             self.flushes.done.fetch_max(covered, Ordering::AcqRel);
         }
         Ok(())
@@ -136,7 +185,7 @@ impl Outbox {
     /// Moves an entry that can never be published aside, so that the entries behind it go on.
     fn set_aside(&self, key: &sled::IVec, value: &sled::IVec, why: &str) -> sled::Result<()> {
         tracing::error!(
-            key = u64::from_be_bytes(<[u8; 8]>::try_from(key.as_ref()).unwrap_or_default()),
+            key = entry_key(key),
             why,
             "an outbox entry can never be published; moved to outbox_dead_letters"
         );
@@ -150,6 +199,20 @@ impl Outbox {
     pub fn depth(&self) -> usize {
         self.tree.len()
     }
+
+    /// Records the batch about to be published (durable with the flush before publishing).
+    fn record_in_flight(&self, keys: Vec<u64>, after_seq: u64) -> sled::Result<()> {
+        self.meta.insert(IN_FLIGHT_KEY, InFlight { keys, after_seq }.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn in_flight(&self) -> sled::Result<Option<InFlight>> {
+        Ok(self.meta.get(IN_FLIGHT_KEY)?.and_then(|bytes| InFlight::decode(bytes.as_ref()).ok()))
+    }
+}
+
+fn entry_key(key: &[u8]) -> u64 {
+    u64::from_be_bytes(<[u8; 8]>::try_from(key).unwrap_or_default())
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +291,8 @@ async fn run(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut stream_ready = false;
+    // At start, what became of the last batch before the stop (or the crash) is not known.
+    let mut state = RelayState { uncertain: true, after_seq: None };
     loop {
         if !stream_ready {
             match bus::ensure_events_stream(js, stream).await {
@@ -242,7 +307,7 @@ async fn run(
                 }
             }
         }
-        match publish_batch(outbox, js, settings.batch).await {
+        match publish_batch(outbox, js, settings.batch, &mut state).await {
             Ok(0) => {
                 if stop.is_cancelled() {
                     return;
@@ -259,6 +324,9 @@ async fn run(
             Err(e) => {
                 crate::metrics::global().publish_failures.inc();
                 tracing::warn!(error = %e, pending = outbox.depth(), "outbox publish failed; retrying");
+                // Part of the batch may be stored with its acknowledgement lost.
+                state.uncertain = true;
+                state.after_seq = None;
                 // The stream may have been deleted meanwhile: check it again before the next try.
                 stream_ready = false;
                 pause(&mut backoff, settings.max_backoff).await;
@@ -272,14 +340,39 @@ async fn pause(backoff: &mut Duration, max: Duration) {
     *backoff = (*backoff * 2).min(max);
 }
 
+/// What the relay knows between batches.
+struct RelayState {
+    /// Some entries of the last batch may be in the stream without their acknowledgement.
+    uncertain: bool,
+    /// A stream sequence every event the next batch stores will come after (the last one
+    /// acknowledged to this relay), when known.
+    after_seq: Option<u64>,
+}
+
 /// Publishes up to `batch` entries from the head of the outbox and removes those acknowledged, in
-/// order. Returns how many were acknowledged (or set aside).
-async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -> anyhow::Result<usize> {
+/// order. Returns how many were acknowledged (or set aside, or found already published).
+async fn publish_batch(
+    outbox: &Outbox,
+    js: &jetstream::Context,
+    batch: usize,
+    state: &mut RelayState,
+) -> anyhow::Result<usize> {
+    let mut settled = 0;
+    if state.uncertain {
+        settled = settle(outbox, js).await?;
+        state.uncertain = false;
+    }
     let entries: Vec<(sled::IVec, sled::IVec)> = outbox.tree.iter().take(batch).collect::<Result<_, _>>()?;
     if entries.is_empty() {
-        return Ok(0);
+        return Ok(settled);
     }
-    // What was read may belong to transactions not yet durable: never announce those.
+    let after_seq = match state.after_seq {
+        Some(seq) => seq,
+        None => last_sequence(js).await?,
+    };
+    outbox.record_in_flight(entries.iter().map(|(key, _)| entry_key(key)).collect(), after_seq)?;
+    // What was read may belong to transactions not yet durable: never announce those. (The
+    // record of the batch in flight is made durable by the same flush.)
     outbox.sync().await?;
     let mut in_flight = Vec::with_capacity(entries.len());
     let mut set_aside = 0;
@@ -293,7 +386,11 @@ async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -
                 continue;
             }
         };
-        let publish = PublishMessage::build().message_id(&record.msg_id).payload(record.payload.into());
+        let publish = PublishMessage::build()
+            .message_id(&record.msg_id)
+            .header(PUBLISHER_HEADER, outbox.publisher.as_str())
+            .header(ENTRY_HEADER, entry_key(&key).to_string().as_str())
+            .payload(record.payload.into());
         match js.send_publish(record.subject, publish).await {
             Ok(ack) => in_flight.push((key, value, ack)),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
@@ -324,6 +421,7 @@ async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -
                 if ack.duplicate {
                     tracing::debug!(seq = ack.sequence, "JetStream dropped a re-published event (duplicate window)");
                 }
+                state.after_seq = Some(state.after_seq.unwrap_or(after_seq).max(ack.sequence));
                 outbox.tree.remove(&key)?;
                 acknowledged += 1;
                 crate::metrics::global().events_published.inc();
@@ -345,7 +443,94 @@ async fn publish_batch(outbox: &Outbox, js: &jetstream::Context, batch: usize) -
     if acknowledged + set_aside > 0 {
         outbox.sync().await?;
     }
-    outcome.map(|()| acknowledged + set_aside)
+    outcome.map(|()| settled + acknowledged + set_aside)
+}
+
+/// The stream's last sequence (every event published from now on comes after it).
+async fn last_sequence(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
+    Ok(stream.cached_info().state.last_sequence)
+}
+
+/// Learns what became of the batch in flight when the relay last stopped or failed: its entries
+/// that the stream already holds (published by this outbox since the recorded sequence) are
+/// removed, not published again. Returns how many.
+async fn settle(outbox: &Outbox, js: &jetstream::Context) -> anyhow::Result<usize> {
+    let Some(in_flight) = outbox.in_flight()? else { return Ok(0) };
+    let mut waiting = Vec::new();
+    for key in in_flight.keys {
+        if outbox.tree.contains_key(key.to_be_bytes())? {
+            waiting.push(key);
+        }
+    }
+    let mut removed = 0;
+    if !waiting.is_empty() {
+        let stored = published_since(js, &outbox.filter, &outbox.publisher, in_flight.after_seq).await?;
+        for key in waiting.into_iter().filter(|k| stored.contains(k)) {
+            outbox.tree.remove(key.to_be_bytes())?;
+            removed += 1;
+        }
+        if removed > 0 {
+            crate::metrics::global().events_published.inc_by(removed as u64);
+            tracing::info!(
+                removed,
+                "outbox entries found in the stream (stored, their acknowledgements lost): not published again"
+            );
+        }
+    }
+    outbox.meta.remove(IN_FLIGHT_KEY)?;
+    outbox.sync().await?;
+    Ok(removed)
+}
+
+/// The entry keys of the events `publisher` stored on `filter` after stream sequence
+/// `after_seq`. Reads headers only, with a consumer of its own that the server drops by itself.
+async fn published_since(
+    js: &jetstream::Context,
+    filter: &str,
+    publisher: &str,
+    after_seq: u64,
+) -> anyhow::Result<std::collections::HashSet<u64>> {
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let mut found = std::collections::HashSet::new();
+    let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
+    let last = stream.cached_info().state.last_sequence;
+    let start = match after_seq.cmp(&last) {
+        std::cmp::Ordering::Equal => return Ok(found),
+        std::cmp::Ordering::Less => after_seq + 1,
+        // The stream is younger than the record (recreated): whatever it holds is since.
+        std::cmp::Ordering::Greater => 1,
+    };
+    let consumer = stream
+        .create_consumer(pull::Config {
+            name: Some(format!("outbox-{}", uuid::Uuid::now_v7().simple())),
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+            ack_policy: AckPolicy::None,
+            headers_only: true,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?;
+    let mut pending = consumer.cached_info().num_pending;
+    while pending > 0 {
+        let mut messages = consumer.fetch().max_messages(1024).expires(Duration::from_secs(2)).messages().await?;
+        let mut got = 0;
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            let message = message.map_err(|e| anyhow::anyhow!("reading the stream back: {e}"))?;
+            got += 1;
+            pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+            let Some(headers) = message.headers.as_ref() else { continue };
+            if headers.get(PUBLISHER_HEADER).map(|v| v.as_str()) != Some(publisher) {
+                continue;
+            }
+            if let Some(key) = headers.get(ENTRY_HEADER).and_then(|v| v.as_str().parse().ok()) {
+                found.insert(key);
+            }
+        }
+        anyhow::ensure!(got > 0, "reading the stream back: no answer ({pending} events left to read)");
+    }
+    Ok(found)
 }
 
 /// A publish acknowledgement error that no retry can change: the server answered, and said no to

@@ -65,7 +65,7 @@ impl Store {
             vehicles: db.open_tree("vehicles")?,
             alarms: db.open_tree("alarms")?,
             service_alerts: db.open_tree("service_alerts")?,
-            outbox: Outbox::open(db)?,
+            outbox: Outbox::open(db, proto::v1::Domain::Transport)?,
         })
     }
 

@@ -82,7 +82,7 @@ impl Store {
             commands: db.open_tree("commands")?,
             closed_links: db.open_tree("closed_links")?,
             zones: db.open_tree("zones")?,
-            outbox: Outbox::open(db)?,
+            outbox: Outbox::open(db, proto::v1::Domain::Water)?,
         })
     }
 

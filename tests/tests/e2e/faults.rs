@@ -1,55 +1,78 @@
 //! The fault-injection suite, in the spirit of Jepsen: a workload, a seeded fault schedule, a
 //! history, a checker. It runs the real binaries and a real nats-server.
 //!
-//! - **Workload:** a lamp writer (gRPC `ReportStatus`, one call at a time) and an operator writing
-//!   the log book over REST, each recording every write and its outcome: acknowledged, refused,
-//!   or unknown (a timeout or a lost connection).
-//! - **Faults**, drawn from the seed: SIGKILL of the lighting service or of the gateway (started
-//!   again after a pause), SIGSTOP/SIGCONT of the gateway long enough to pass timeouts, and
-//!   nats-server stopped and started again.
-//! - **Checker**, once the faults stop and the gateway says it is live at the stream's last
-//!   sequence: every acknowledged lamp write is in the stream exactly once, every acknowledged
-//!   log book entry is in the audit log exactly once, and what became of the writes with an
-//!   unknown outcome; and the time to converge.
+//! - **Workload:** a lamp writer (gRPC `ReportStatus`, one call at a time), and an operator
+//!   writing the log book and sending lighting commands over REST (the gateway routes those to
+//!   the lighting service). Each records every write and its outcome: acknowledged, refused, or
+//!   unknown (a timeout, a lost connection, a server error).
+//! - **Faults**, drawn from the seed, each on the lighting service or the gateway: SIGKILL
+//!   (started again after a pause, up to 5 s: longer than the stream's duplicate window, 2 s
+//!   here), SIGSTOP/SIGCONT long enough to pass timeouts, its TCP link to NATS cut or
+//!   black-holed (a [`tests::Link`]), its disk filled then freed (a [`tests::SmallDisk`], when
+//!   this machine lets the test mount one); and nats-server stopped and started again. The
+//!   harness plays the supervisor: a process that exits is started again.
+//! - **Checker**, once the faults stop and the gateway is live at the stream's last sequence:
+//!   every acknowledged lamp write is in the stream exactly once, every acknowledged log book
+//!   entry and command is in the audit log exactly once, what became of the writes with an
+//!   unknown outcome, the time to converge; and a console session that stayed connected (it
+//!   resumes after each break) holds what the REST view holds, and never saw `live` in a
+//!   heartbeat while the view missed an event stored more than three heartbeats before.
 //!
 //! CI runs a short seeded version (`VIGIE_FAULT_SCHEDULES`, 2 by default). The long mode writes
 //! its table into a file: `VIGIE_FAULT_SCHEDULES=20 VIGIE_FAULT_REPORT=docs/reliability.md
 //! cargo test -p tests --test e2e faults -- --nocapture`.
-//!
-//! Not yet in it (issue 19): the TCP link cut by a proxy, the disk filling up (see
-//! `reliability::a_gateway_on_a_full_disk_is_not_live_and_loses_nothing`), a service down
-//! longer than the duplicate window, and a WebSocket session resumed across the faults.
 
 use anyhow::{Context, Result};
-use async_nats::jetstream;
-use futures::StreamExt;
 use proto::lighting::{
     LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
 };
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tests::{LightingClient, Slice, channel_with_token, http_get_json, http_post_json};
+use tests::{
+    LightingClient, LinkState, LiveClient, NatsServer, Slice, SmallDisk, channel_with_token, http_get_json,
+    http_post_json,
+};
 
 const LAMPS: usize = 20;
 /// A write that takes longer has an unknown outcome.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The gateway's heartbeat in the suite; a session must never see `live` on data older than
+/// three of them.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// The stream's duplicate window in the suite: shorter than most outages, so that it never hides
+/// an event published twice.
+const DUPLICATE_WINDOW: &str = "2s";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Lighting,
+    Gateway,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    KillLighting,
-    KillGateway,
-    PauseGateway,
+    Kill(Part),
+    Pause(Part),
+    CutLink(Part),
+    StallLink(Part),
+    FullDisk(Part),
     RestartNats,
 }
 
-/// What the writers see of the system: where to write (addresses change when a process starts
-/// again) and the integrator's token.
+/// What the writers see of the system: where to write (the gateway's address changes when it
+/// starts again) and the integrator's token.
 struct Target {
     lighting: Mutex<String>,
     gateway: Mutex<String>,
     token: String,
+}
+
+impl Target {
+    fn gateway(&self) -> String {
+        self.gateway.lock().map(|a| a.clone()).unwrap_or_default()
+    }
 }
 
 #[derive(Default, Debug)]
@@ -62,6 +85,23 @@ struct History {
     notes_acked: Vec<String>,
     notes_refused: usize,
     notes_unknown: usize,
+    /// Commands acknowledged: their ids.
+    commands_acked: Vec<String>,
+    commands_refused: usize,
+    commands_unknown: usize,
+}
+
+/// What the console session saw: each heartbeat (when, the sequence, live or not), and the lamps
+/// as its frames left them.
+#[derive(Default, Debug)]
+struct SessionLog {
+    heartbeats: Vec<(SystemTime, u64, bool)>,
+    /// The sequence its frames bring it to.
+    seq: u64,
+    lamps: BTreeMap<String, f64>,
+    connections: usize,
+    resumed: usize,
+    snapshots: usize,
 }
 
 #[derive(Debug)]
@@ -76,6 +116,16 @@ struct Outcome {
     notes_missing: usize,
     notes_doubled: usize,
     notes_unknown_landed: usize,
+    commands_missing: usize,
+    commands_doubled: usize,
+    commands_unknown_landed: usize,
+    /// Heartbeats that said `live` while the view missed an event stored three heartbeats before.
+    live_on_stale: usize,
+    live_heartbeats: usize,
+    /// Lamps whose value in the session differs from the REST view's.
+    session_differs: usize,
+    session_connections: usize,
+    restarts_by_supervisor: usize,
     converged_in: Duration,
 }
 
@@ -124,7 +174,8 @@ async fn lamp_writer(target: Arc<Target>, stop: tokio_util::sync::CancellationTo
     }
 }
 
-fn note_writer(
+/// An operator: a log book entry every 50 ms, and every fourth time a lighting command.
+fn operator_writer(
     target: Arc<Target>,
     stop: tokio_util::sync::CancellationToken,
     history: Arc<Mutex<History>>,
@@ -133,63 +184,156 @@ fn note_writer(
     let mut k = 0u64;
     while !stop.is_cancelled() {
         k += 1;
-        let text = format!("faute {seed} note {k}");
-        let addr = target.gateway.lock().map(|a| a.clone()).unwrap_or_default();
-        let body = serde_json::json!({"commune": "34172", "text": text});
-        let outcome = http_post_json(&addr, "/api/v1/logbook", &body);
-        let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Ok((200, _)) => h.notes_acked.push(text),
-            Ok((400 | 403 | 404, _)) => h.notes_refused += 1,
-            _ => h.notes_unknown += 1,
+        let addr = target.gateway();
+        if k.is_multiple_of(4) {
+            let body = serde_json::json!({
+                "target": {"streetlight_id": format!("EP{:02}", k % LAMPS as u64)},
+                "action": {"dim_level": 0.5},
+                "reason": format!("faute {seed} commande {k}"),
+            });
+            let outcome = http_post_json(&addr, "/api/v1/commands/lighting", &body);
+            let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok((201, answer)) => match answer["commands"][0]["id"].as_str() {
+                    Some(id) => h.commands_acked.push(id.to_owned()),
+                    None => h.commands_unknown += 1,
+                },
+                Ok((400 | 403 | 404, _)) => h.commands_refused += 1,
+                _ => h.commands_unknown += 1,
+            }
+        } else {
+            let text = format!("faute {seed} note {k}");
+            let body = serde_json::json!({"commune": "34172", "text": text});
+            let outcome = http_post_json(&addr, "/api/v1/logbook", &body);
+            let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                // 202: published, not yet applied by this gateway (still acknowledged).
+                Ok((200 | 202, _)) => h.notes_acked.push(text),
+                Ok((400 | 403 | 404, _)) => h.notes_refused += 1,
+                _ => h.notes_unknown += 1,
+            }
         }
-        drop(h);
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// What the stream holds: event id -> how many times, the ids of lamp status events, and its
-/// last sequence.
-struct StreamContent {
-    ids: HashMap<String, usize>,
-    status_ids: std::collections::HashSet<String>,
-    last: u64,
-}
-
-async fn read_stream(slice: &Slice) -> Result<StreamContent> {
-    let client = slice.nats.client_as("reports").await?;
-    let js = jetstream::new(client);
-    let mut stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
-    let last = stream.info().await?.state.last_sequence;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let mut ids: HashMap<String, usize> = HashMap::new();
-    let mut status_ids = std::collections::HashSet::new();
-    let mut seen = 0;
-    while seen < last {
-        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .context("reading the stream")?
-            .context("the stream ended")??;
-        seen = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-        if let Ok(event) = proto::event::decode(&message.payload) {
-            if message.subject.ends_with(".streetlight_status") {
-                status_ids.insert(event.event.id.clone());
+/// A console session: connected all along (it reconnects after each break, resuming from the
+/// last sequence it had), keeping the lamps as its frames say and every heartbeat.
+async fn session(target: Arc<Target>, stop: tokio_util::sync::CancellationToken, log: Arc<Mutex<SessionLog>>) {
+    let mut seq: Option<u64> = None;
+    while !stop.is_cancelled() {
+        let resume = seq.map(|s| format!("&resume_from={s}")).unwrap_or_default();
+        let url = format!("ws://{}/ws?coalesce=false{resume}", target.gateway());
+        let Ok(Ok(mut client)) = tokio::time::timeout(WRITE_TIMEOUT, LiveClient::connect(&url)).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        log.lock().unwrap_or_else(|p| p.into_inner()).connections += 1;
+        loop {
+            // Silent for three heartbeats: as the console does, give up on this connection.
+            let frame = tokio::select! {
+                frame = tokio::time::timeout(HEARTBEAT * 3, client.next()) => frame,
+                _ = stop.cancelled() => return,
+            };
+            let Ok(Ok(frame)) = frame else { break };
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            let lamp = |log: &mut SessionLog, asset: &serde_json::Value| {
+                if asset["domain"] == "lighting"
+                    && let (Some(id), Some(power)) =
+                        (asset["id"].as_str(), asset["details"]["power_consumption_w"].as_f64())
+                {
+                    log.lamps.insert(id.to_owned(), power);
+                }
+            };
+            match frame["type"].as_str() {
+                Some("snapshot") => {
+                    log.snapshots += 1;
+                    log.lamps.clear();
+                    for asset in frame["assets"].as_array().into_iter().flatten() {
+                        lamp(&mut log, asset);
+                    }
+                    seq = frame["seq"].as_u64();
+                    log.seq = seq.unwrap_or(0);
+                }
+                Some("resumed") => log.resumed += 1,
+                Some("delta") => {
+                    lamp(&mut log, &frame["asset"]);
+                    seq = frame["seq"].as_u64().or(seq);
+                }
+                Some("heartbeat") => {
+                    let at = frame["seq"].as_u64().unwrap_or(0);
+                    log.heartbeats.push((SystemTime::now(), at, frame["upstream"] == "live"));
+                    log.seq = log.seq.max(at);
+                }
+                _ => {}
             }
-            *ids.entry(event.event.id.clone()).or_default() += 1;
         }
     }
-    Ok(StreamContent { ids, status_ids, last })
+}
+
+/// The disks of the lighting service and the gateway, when this machine lets the test mount
+/// them (root): both processes are stopped, their stores moved onto them, and started again.
+async fn small_disks(slice: &mut Slice) -> Result<Option<(SmallDisk, SmallDisk)>> {
+    slice.lighting.kill()?;
+    slice.gateway.kill()?;
+    let lighting = SmallDisk::mount_over(&slice.stores.path().join("lighting"), 256 << 20)?;
+    let gateway = SmallDisk::mount_over(&slice.stores.path().join("gateway"), 256 << 20)?;
+    let from = slice.lighting.restart()?;
+    slice.lighting.wait_for_log("gRPC listening", from)?;
+    slice.wait_lighting_serving().await?;
+    slice.restart_gateway()?;
+    Ok(lighting.zip(gateway))
+}
+
+/// The supervisor's round: starts again a process that exited (a service that stops on a store
+/// error, say). Returns how many it started.
+async fn supervise(slice: &mut Slice, target: &Target) -> Result<usize> {
+    let mut restarted = 0;
+    if !slice.lighting.is_running() {
+        eprintln!("[faults] the supervisor starts the lighting service again");
+        let from = slice.lighting.restart()?;
+        slice.lighting.wait_for_log("gRPC listening", from)?;
+        restarted += 1;
+    }
+    if !slice.gateway.is_running() {
+        eprintln!("[faults] the supervisor starts the gateway again");
+        slice.restart_gateway()?;
+        *target.gateway.lock().unwrap_or_else(|p| p.into_inner()) = slice.gateway_addr.clone();
+        restarted += 1;
+    }
+    Ok(restarted)
+}
+
+fn process(slice: &mut Slice, part: Part) -> &mut tests::Process {
+    match part {
+        Part::Lighting => &mut slice.lighting,
+        Part::Gateway => &mut slice.gateway,
+    }
+}
+
+fn link(slice: &Slice, part: Part) -> Result<&tests::Link> {
+    match part {
+        Part::Lighting => slice.lighting_link.as_ref(),
+        Part::Gateway => slice.gateway_link.as_ref(),
+    }
+    .context("a linked slice")
 }
 
 async fn run_schedule(seed: u64) -> Result<Outcome> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut slice = Slice::start().await?;
+    let grpc_addr = format!("127.0.0.1:{}", tests::free_port()?);
+    let heartbeat = format!("{}s", HEARTBEAT.as_secs());
+    let mut slice = Slice::start_linked(
+        NatsServer::start()?,
+        tests::test_territory()?,
+        &["--grpc-addr", &grpc_addr, "--stream-duplicate-window", DUPLICATE_WINDOW],
+        &["--stream-duplicate-window", DUPLICATE_WINDOW, "--heartbeat", &heartbeat],
+    )
+    .await?;
+    let disks = small_disks(&mut slice).await?;
+    if disks.is_none() {
+        eprintln!("[faults {seed}] no full-disk faults: mounting a tmpfs is not allowed here (run as root)");
+    }
     let lamps = (0..LAMPS)
         .map(|i| Streetlight {
             id: format!("EP{i:02}"),
@@ -206,44 +350,71 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
         token: slice.integrator_token.clone(),
     });
     let history = Arc::new(Mutex::new(History::default()));
+    let session_log = Arc::new(Mutex::new(SessionLog::default()));
     let stop = tokio_util::sync::CancellationToken::new();
     let lamps = tokio::spawn(lamp_writer(target.clone(), stop.clone(), history.clone()));
-    let notes = {
+    // The session stays until the system has converged.
+    let session_stop = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn(session(target.clone(), session_stop.clone(), session_log.clone()));
+    let operator = {
         let (target, stop, history) = (target.clone(), stop.clone(), history.clone());
-        tokio::task::spawn_blocking(move || note_writer(target, stop, history, seed))
+        tokio::task::spawn_blocking(move || operator_writer(target, stop, history, seed))
     };
 
     let mut faults = Vec::new();
+    let mut restarts_by_supervisor = 0;
     for _ in 0..rng.random_range(3..=5) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
-        let fault = match rng.random_range(0..4) {
-            0 => Fault::KillLighting,
-            1 => Fault::KillGateway,
-            2 => Fault::PauseGateway,
+        let part = if rng.random_bool(0.5) { Part::Lighting } else { Part::Gateway };
+        let fault = match rng.random_range(0..6) {
+            0 => Fault::Kill(part),
+            1 => Fault::Pause(part),
+            2 => Fault::CutLink(part),
+            3 => Fault::StallLink(part),
+            4 if disks.is_some() => Fault::FullDisk(part),
             _ => Fault::RestartNats,
         };
-        let down = Duration::from_millis(rng.random_range(300..3000));
+        let down = Duration::from_millis(rng.random_range(300..5000));
         eprintln!("[faults {seed}] {fault:?} for {down:?}");
         faults.push(fault);
         match fault {
-            Fault::KillLighting => {
-                slice.lighting.kill()?;
+            Fault::Kill(part) => {
+                process(&mut slice, part).kill()?;
                 tokio::time::sleep(down).await;
-                let from = slice.lighting.restart()?;
-                slice.lighting_addr = slice.lighting.wait_for_addr("gRPC listening", from)?;
-                *target.lighting.lock().unwrap_or_else(|p| p.into_inner()) = slice.lighting_addr.clone();
+                match part {
+                    Part::Lighting => {
+                        let from = slice.lighting.restart()?;
+                        slice.lighting.wait_for_log("gRPC listening", from)?;
+                    }
+                    Part::Gateway => {
+                        slice.restart_gateway()?;
+                        *target.gateway.lock().unwrap_or_else(|p| p.into_inner()) = slice.gateway_addr.clone();
+                    }
+                }
             }
-            Fault::KillGateway => {
-                slice.gateway.kill()?;
-                tokio::time::sleep(down).await;
-                slice.restart_gateway()?;
-                *target.gateway.lock().unwrap_or_else(|p| p.into_inner()) = slice.gateway_addr.clone();
-            }
-            Fault::PauseGateway => {
-                slice.gateway.pause()?;
+            Fault::Pause(part) => {
+                process(&mut slice, part).pause()?;
                 // Long enough to pass the writers' timeouts.
                 tokio::time::sleep(down + WRITE_TIMEOUT).await;
-                slice.gateway.resume()?;
+                process(&mut slice, part).resume()?;
+            }
+            Fault::CutLink(part) => {
+                link(&slice, part)?.set(LinkState::Cut);
+                tokio::time::sleep(down).await;
+                link(&slice, part)?.set(LinkState::Open);
+            }
+            Fault::StallLink(part) => {
+                // Long enough for the publishes' and requests' timeouts (5 s) to pass.
+                link(&slice, part)?.set(LinkState::Stalled);
+                tokio::time::sleep(down + Duration::from_secs(5)).await;
+                link(&slice, part)?.set(LinkState::Open);
+            }
+            Fault::FullDisk(part) => {
+                let (lighting, gateway) = disks.as_ref().context("disks")?;
+                let disk = if part == Part::Lighting { lighting } else { gateway };
+                disk.fill()?;
+                tokio::time::sleep(down + Duration::from_secs(2)).await;
+                disk.free()?;
             }
             Fault::RestartNats => {
                 slice.nats.stop()?;
@@ -251,11 +422,12 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
                 slice.nats.restart()?;
             }
         }
+        restarts_by_supervisor += supervise(&mut slice, &target).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
     lamps.await?;
-    notes.await?;
+    operator.await?;
 
     // Convergence: the services' outboxes have published every acknowledged write (a relay
     // may still be backing off after a NATS restart), and the gateway is live and current with
@@ -263,7 +435,8 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
     let started = Instant::now();
     let content = loop {
-        let content = read_stream(&slice).await?;
+        restarts_by_supervisor += supervise(&mut slice, &target).await?;
+        let content = tests::read_events_stream(&slice.nats).await?;
         let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
         let current = status == 200 && health["applied_seq"].as_u64() == Some(content.last);
         let published = history.lamp_acked.iter().all(|id| content.ids.contains_key(id));
@@ -271,39 +444,91 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
             break content;
         }
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(60),
-            "no convergence in 60 s: {health}, stream at {}",
+            started.elapsed() < Duration::from_secs(90),
+            "no convergence in 90 s: {health}, stream at {}",
             content.last
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let converged_in = started.elapsed();
 
-    let acked: std::collections::HashSet<&String> = history.lamp_acked.iter().collect();
+    let acked: HashSet<&String> = history.lamp_acked.iter().collect();
     let ids = &content.ids;
     let lamp_missing = history.lamp_acked.iter().filter(|id| !ids.contains_key(*id)).count();
     let lamp_doubled = history.lamp_acked.iter().filter(|id| ids.get(*id).is_some_and(|n| *n > 1)).count();
-    let (_, audit) = http_get_json(&slice.gateway_addr, "/api/v1/audit?action=note&limit=10000")?;
-    let mut notes: HashMap<String, usize> = HashMap::new();
-    for entry in audit["items"].as_array().into_iter().flatten() {
-        if let Some(text) = entry["details"]["text"].as_str() {
-            *notes.entry(text.to_owned()).or_default() += 1;
-        }
-    }
-    let notes_missing = history.notes_acked.iter().filter(|t| !notes.contains_key(*t)).count();
-    let notes_doubled = notes.values().filter(|n| **n > 1).count();
-    let acked_notes: std::collections::HashSet<&String> = history.notes_acked.iter().collect();
-    let notes_unknown_landed = notes.keys().filter(|t| !acked_notes.contains(t)).count();
     // Lamp status events no acknowledged write produced: writes of unknown outcome that happened.
     let lamp_unknown_landed = content.status_ids.iter().filter(|id| !acked.contains(id)).count();
+
+    let count = |action: &str, key: &dyn Fn(&serde_json::Value) -> Option<String>| -> Result<HashMap<String, usize>> {
+        let (_, audit) = http_get_json(&slice.gateway_addr, &format!("/api/v1/audit?action={action}&limit=10000"))?;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for entry in audit["items"].as_array().into_iter().flatten() {
+            if let Some(k) = key(entry) {
+                *seen.entry(k).or_default() += 1;
+            }
+        }
+        Ok(seen)
+    };
+    let notes = count("note", &|e| e["details"]["text"].as_str().map(str::to_owned))?;
+    let commands = count("command", &|e| e["target"].as_str().map(str::to_owned))?;
+    let judge = |acked: &[String], seen: &HashMap<String, usize>| {
+        let acked_set: HashSet<&String> = acked.iter().collect();
+        let missing = acked.iter().filter(|k| !seen.contains_key(*k)).count();
+        let doubled = seen.values().filter(|n| **n > 1).count();
+        let unknown_landed = seen.keys().filter(|k| !acked_set.contains(k)).count();
+        (missing, doubled, unknown_landed)
+    };
+    let (notes_missing, notes_doubled, notes_unknown_landed) = judge(&history.notes_acked, &notes);
+    let (commands_missing, commands_doubled, commands_unknown_landed) = judge(&history.commands_acked, &commands);
+
+    // The session: it reaches the view's sequence (a heartbeat says so), never saw live on
+    // stale data, and holds what the view holds.
+    let deadline = Instant::now() + HEARTBEAT * 5;
+    while session_log.lock().unwrap_or_else(|p| p.into_inner()).seq < content.last && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    session_stop.cancel();
+    watcher.await?;
+    let session_log = std::mem::take(&mut *session_log.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut live_on_stale = 0;
+    let mut live_heartbeats = 0;
+    for (at, seq, live) in &session_log.heartbeats {
+        if !live {
+            continue;
+        }
+        live_heartbeats += 1;
+        // The first event the view had not applied, and when it was stored.
+        if let Some((missed, stored)) = content.published.range(seq + 1..).next()
+            && *stored + HEARTBEAT * 3 < *at
+        {
+            live_on_stale += 1;
+            eprintln!("[faults {seed}] live at {at:?} on sequence {seq}, but {missed} was stored at {stored:?}");
+        }
+    }
+    let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting")?;
+    let view: BTreeMap<String, f64> = assets["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a["id"].as_str()?.to_owned(), a["details"]["power_consumption_w"].as_f64()?)))
+        .collect();
+    let session_differs = view.iter().filter(|(id, power)| session_log.lamps.get(*id) != Some(power)).count()
+        + session_log.lamps.keys().filter(|id| !view.contains_key(*id)).count();
     eprintln!(
-        "[faults {seed}] stream at {}, converged in {converged_in:?}: lamps {} acked, {} unknown; notes {} acked, {} unknown",
+        "[faults {seed}] stream at {}, converged in {converged_in:?}: lamps {} acked, {} unknown; notes {} acked, {} unknown; commands {} acked, {} unknown; session {} connections, {} resumed, {} snapshots",
         content.last,
         history.lamp_acked.len(),
         history.lamp_unknown,
         history.notes_acked.len(),
-        history.notes_unknown
+        history.notes_unknown,
+        history.commands_acked.len(),
+        history.commands_unknown,
+        session_log.connections,
+        session_log.resumed,
+        session_log.snapshots,
     );
+    drop(slice);
+    drop(disks);
     Ok(Outcome {
         seed,
         faults,
@@ -314,18 +539,26 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
         notes_missing,
         notes_doubled,
         notes_unknown_landed,
+        commands_missing,
+        commands_doubled,
+        commands_unknown_landed,
+        live_on_stale,
+        live_heartbeats,
+        session_differs,
+        session_connections: session_log.connections,
+        restarts_by_supervisor,
         converged_in,
     })
 }
 
 fn table(outcomes: &[Outcome]) -> String {
     let mut text = String::from(
-        "| seed | faults | lamp writes acked / refused / unknown | acked lost | acked doubled | unknown that landed | log book acked / unknown | acked lost | doubled | unknown that landed | converged in |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| seed | faults | lamp writes acked / refused / unknown | lost | doubled | unknown that landed | log book acked / unknown | lost | doubled | unknown that landed | commands acked / unknown | lost | doubled | unknown that landed | `live` on stale data / live heartbeats | session differs from view (lamps) | session connections | restarts by supervisor | converged in |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         let h = &o.history;
         text.push_str(&format!(
-            "| {} | {} | {} / {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.1} s |\n",
+            "| {} | {} | {} / {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.1} s |\n",
             o.seed,
             o.faults.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", "),
             h.lamp_acked.len(),
@@ -339,6 +572,16 @@ fn table(outcomes: &[Outcome]) -> String {
             o.notes_missing,
             o.notes_doubled,
             o.notes_unknown_landed,
+            h.commands_acked.len(),
+            h.commands_unknown,
+            o.commands_missing,
+            o.commands_doubled,
+            o.commands_unknown_landed,
+            o.live_on_stale,
+            o.live_heartbeats,
+            o.session_differs,
+            o.session_connections,
+            o.restarts_by_supervisor,
             o.converged_in.as_secs_f64(),
         ));
     }
@@ -359,38 +602,30 @@ async fn seeded_fault_schedules_lose_nothing_acknowledged_and_double_nothing() -
     if let Ok(path) = std::env::var("VIGIE_FAULT_REPORT") {
         let path = tests::repo_root().join(path);
         let text = format!(
-            "# Reliability under faults\n\nWritten by the fault-injection suite (`tests/tests/e2e/faults.rs`): {schedules} seeded schedules from seed {first_seed}, each on a fresh system (nats-server, the lighting service, the gateway), with a lamp writer over gRPC and an operator writing the log book over REST while the faults run. \"Acked lost\" and \"acked doubled\" must be 0; an unknown outcome (a timeout, a lost connection) may or may not have happened, and when it did it is there once.\n\n{table}"
+            "# Reliability under faults\n\nWritten by the fault-injection suite (`tests/tests/e2e/faults.rs`, its header says how it works): {schedules} seeded schedules from seed {first_seed}, each on a fresh system (nats-server, the lighting service, the gateway, each process reaching NATS through a link the suite cuts or stalls, their stores on small disks it fills), with a lamp writer over gRPC, an operator writing the log book and sending commands over REST, and a console session, while the faults run. The stream's duplicate window is {DUPLICATE_WINDOW}, shorter than most outages, so it hides nothing; the heartbeat is {} s.\n\n\"Lost\" and \"doubled\" count acknowledged writes and must be 0; an unknown outcome (a timeout, a lost connection, a server error) may or may not have happened, and when it did it is there once. \"`live` on stale data\" counts heartbeats that said `live` while the view missed an event stored more than three heartbeats earlier (must be 0); the session, connected all along (resuming after each break), must hold what the REST view holds.\n\n{table}",
+            HEARTBEAT.as_secs()
         );
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     for o in &outcomes {
         let h = &o.history;
-        assert!(
-            h.lamp_acked.len() > 10,
-            "seed {}: the lamp writer hardly wrote ({} acked)",
-            o.seed,
-            h.lamp_acked.len()
-        );
+        let seed = o.seed;
+        assert!(h.lamp_acked.len() > 10, "seed {seed}: the lamp writer hardly wrote ({} acked)", h.lamp_acked.len());
         assert!(
             h.notes_acked.len() > 5,
-            "seed {}: the log book writer hardly wrote ({} acked)",
-            o.seed,
+            "seed {seed}: the log book writer hardly wrote ({} acked)",
             h.notes_acked.len()
         );
-        assert_eq!(
-            (o.lamp_missing, o.lamp_doubled),
-            (0, 0),
-            "seed {}: acknowledged lamp writes lost or doubled",
-            o.seed
-        );
-        assert_eq!(
-            (o.notes_missing, o.notes_doubled),
-            (0, 0),
-            "seed {}: acknowledged log book entries lost or doubled",
-            o.seed
-        );
-        assert!(o.lamp_unknown_landed <= o.history.lamp_unknown, "seed {}: more lamp events than writes", o.seed);
-        assert!(o.notes_unknown_landed <= o.history.notes_unknown, "seed {}: more notes than writes", o.seed);
+        assert!(!h.commands_acked.is_empty(), "seed {seed}: no command acknowledged");
+        assert_eq!((o.lamp_missing, o.lamp_doubled), (0, 0), "seed {seed}: acknowledged lamp writes lost or doubled");
+        assert_eq!((o.notes_missing, o.notes_doubled), (0, 0), "seed {seed}: log book entries lost or doubled");
+        assert_eq!((o.commands_missing, o.commands_doubled), (0, 0), "seed {seed}: commands lost or doubled");
+        assert!(o.lamp_unknown_landed <= h.lamp_unknown, "seed {seed}: more lamp events than writes");
+        assert!(o.notes_unknown_landed <= h.notes_unknown, "seed {seed}: more notes than writes");
+        assert!(o.commands_unknown_landed <= h.commands_unknown, "seed {seed}: more commands than sent");
+        assert!(o.live_heartbeats > 0, "seed {seed}: the session never saw a live heartbeat");
+        assert_eq!(o.live_on_stale, 0, "seed {seed}: a session saw `live` on stale data");
+        assert_eq!(o.session_differs, 0, "seed {seed}: the session does not hold what the view holds");
     }
     Ok(())
 }

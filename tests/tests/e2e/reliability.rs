@@ -181,7 +181,6 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     };
     slice.restart_gateway()?;
     wait_assets(&slice.gateway_addr, 1).await?;
-    let mut live = slice.live_client().await?;
 
     disk.fill()?;
     // Writes until the gateway's store needs the disk (sled writes into space it holds first).
@@ -193,6 +192,9 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
         }
     }
     eprintln!("[full disk] {} writes before the gateway said stale", written.len());
+    // A console connecting now (one connected during the writes, reading nothing, would be
+    // dropped as silent) is told the data is stale.
+    let mut live = slice.live_client().await?;
     let stale = live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "stale").await;
     assert!(stale.is_ok(), "no heartbeat said stale while the gateway could not store: {:?}", stale.err());
     let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
@@ -200,10 +202,11 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     assert_eq!(health["status"], "stale", "{health}");
     assert_eq!(health["nats"], "connected", "{health}");
 
-    // Room again; the store's failure is the process's (sled keeps an I/O error), so the
-    // gateway is restarted, as its supervisor would.
+    // Room again. The store's failure is the process's (sled keeps an I/O error): the gateway
+    // sees the room and exits, for its supervisor (here the test) to start it afresh.
     disk.free()?;
-    slice.gateway.kill()?;
+    let exit = slice.gateway.wait_exit()?;
+    assert_eq!(exit.code(), Some(runtime::store_fault::EXIT_STORE_RECOVERED), "{exit:?}");
     slice.restart_gateway()?;
     // The last write is in the view.
     let expected = ((written.len() - 1) % 100) as f64;
@@ -265,5 +268,209 @@ async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Resul
     slice.gateway.kill()?;
     slice.restart_gateway()?;
     assert_eq!(notes(&slice)?, ["après", "avant 2", "avant 1"]);
+    // The operators are told the view was rebuilt (what the old stream held is not in it).
+    let (_, answer) = http_get_json(&slice.gateway_addr, "/api/v1/notices")?;
+    let kinds: Vec<&str> =
+        answer["items"].as_array().into_iter().flatten().filter_map(|n| n["kind"].as_str()).collect();
+    assert_eq!(kinds, ["stream_recreated"], "{answer}");
+    Ok(())
+}
+
+/// The events stream's last sequence, as the harness reads it.
+async fn stream_last(slice: &Slice) -> Result<u64> {
+    Ok(tests::read_events_stream(&slice.nats).await?.last)
+}
+
+/// Waits until `id` is in the stream; returns what the stream holds then.
+async fn wait_in_stream(slice: &Slice, id: &str) -> Result<tests::StreamContent> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let content = tests::read_events_stream(&slice.nats).await?;
+        if content.ids.contains_key(id) {
+            return Ok(content);
+        }
+        if Instant::now() > deadline {
+            bail!("event {id} never reached the stream (last sequence {})", content.last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Outbox entries JetStream stored but whose acknowledgements never came back (a link that
+/// lost the answers, a crash between an acknowledgement and the removal) were published again
+/// when the relay could; later than the duplicate window, the stream stored them a second time,
+/// and the gateway applied them (an operator saw each twice). Flushing removals only narrowed
+/// this. The relay now reads back, before publishing again, which entries of its batch the
+/// stream holds.
+#[tokio::test]
+async fn a_publish_whose_acknowledgement_was_lost_is_not_stored_twice_after_the_duplicate_window() -> Result<()> {
+    let window = ["--stream-duplicate-window", "1s"];
+    let slice = Slice::start_linked(NatsServer::start()?, test_territory()?, &window, &window).await?;
+    let mut client = slice.lighting_client().await?;
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp("EP1")] }).await?;
+    wait_assets(&slice.gateway_addr, 1).await?;
+    let link = slice.lighting_link.as_ref().context("a linked slice")?;
+
+    // The service's publishes reach NATS; nothing comes back.
+    link.set(tests::LinkState::StalledToClient);
+    let mut written = Vec::new();
+    for k in 0..20 {
+        written.push(client.report_status(report("EP1", f64::from(k))).await?.into_inner().event_id);
+    }
+    // The relay's first batch is stored; it waits for acknowledgements that never come, fails
+    // after 5 s, and the duplicate window (1 s) passes.
+    let first = written.first().cloned().unwrap_or_default();
+    wait_in_stream(&slice, &first).await?;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    link.set(tests::LinkState::Open);
+
+    // A last write: the relay publishes in order, so once it is stored the twenty are settled.
+    let marker = client.report_status(report("EP1", 99.0)).await?.into_inner().event_id;
+    let content = wait_in_stream(&slice, &marker).await?;
+    let doubled: Vec<&String> = written.iter().filter(|id| content.ids.get(*id) != Some(&1)).collect();
+    assert!(doubled.is_empty(), "{} of 20 events not stored exactly once: {doubled:?}", doubled.len());
+    // The gateway applied each once: its view is at the stream's end, and the service's outbox
+    // is empty (nothing waits to be published a second time).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, health) = http_get_json(&slice.gateway_addr, "/health")?;
+        let last = stream_last(&slice).await?;
+        if health["applied_seq"].as_u64() == Some(last) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway never reached the stream's end ({last}): {health}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let content = tests::read_events_stream(&slice.nats).await?;
+    let total: usize = written.iter().map(|id| content.ids.get(id).copied().unwrap_or(0)).sum();
+    assert_eq!(total, 20, "each write stored once, and nothing published again since");
+    Ok(())
+}
+
+/// Events in flight to the gateway when its link to NATS broke were lost with the connection;
+/// its durable consumer (acknowledging "all" up to the last message) then acknowledged them with
+/// the next one, and the view never applied them. The view now reads from its stored sequence
+/// with an ordered consumer, and a gap ends the attempt.
+#[tokio::test]
+async fn events_lost_in_flight_to_the_gateway_are_read_again() -> Result<()> {
+    let slice = Slice::start_linked(NatsServer::start()?, test_territory()?, &[], &[]).await?;
+    let mut client = slice.lighting_client().await?;
+    let lamps = (1..=10).map(|i| lamp(&format!("EP{i}"))).collect();
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: lamps }).await?;
+    wait_assets(&slice.gateway_addr, 10).await?;
+    let link = slice.gateway_link.as_ref().context("a linked slice")?;
+
+    // The gateway's requests reach NATS, the events it is sent do not come back; then the link
+    // breaks, and what was in flight is gone.
+    link.set(tests::LinkState::StalledToClient);
+    let mut last = String::new();
+    for i in 1..=10 {
+        last = client.report_status(report(&format!("EP{i}"), f64::from(50 + i))).await?.into_inner().event_id;
+    }
+    wait_in_stream(&slice, &last).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.set(tests::LinkState::Cut);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.set(tests::LinkState::Open);
+    // One more event after the break.
+    let marker = client.report_status(report("EP1", 77.0)).await?.into_inner().event_id;
+    wait_in_stream(&slice, &marker).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting")?;
+        let power = |id: &str| {
+            assets["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["id"] == id)
+                .and_then(|a| a["details"]["power_consumption_w"].as_f64())
+        };
+        let missing: Vec<String> = (2..=10)
+            .filter(|i| power(&format!("EP{i}")) != Some(f64::from(50 + i)))
+            .map(|i| format!("EP{i}"))
+            .collect();
+        if missing.is_empty() && power("EP1") == Some(77.0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("events lost in flight never reached the view: {missing:?}, EP1 {:?}", power("EP1"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Events the stream's retention dropped before the view applied them (the gateway down longer
+/// than the stream keeps events) passed with a log line only; and when retention had emptied the
+/// stream, the gateway waited for events that could never come, stale for good. Now the view
+/// moves past the gap, and a system notice says what is missing: heartbeats count it,
+/// `/api/v1/notices` lists it (the sequences to the metropolitan roles only), until a supervisor
+/// acknowledges it.
+#[tokio::test]
+async fn events_dropped_by_retention_before_the_view_applied_them_are_announced() -> Result<()> {
+    let stream = ["--stream-max-age", "2s", "--stream-duplicate-window", "1s"];
+    let gateway = ["--stream-max-age", "2s", "--stream-duplicate-window", "1s", "--heartbeat", "1s"];
+    let mut slice = Slice::start_full(test_territory()?, &stream, &gateway).await?;
+    let mut client = slice.lighting_client().await?;
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp("EP1")] }).await?;
+    wait_assets(&slice.gateway_addr, 1).await?;
+    let operator = slice.add_operator("op-ouest", "operator", &["34172"])?;
+
+    slice.gateway.kill()?;
+    for k in 0..5 {
+        client.report_status(report("EP1", f64::from(10 + k))).await?;
+    }
+    // The stream's retention drops them (and everything else) before the gateway is back.
+    let js = async_nats::jetstream::new(slice.nats.client_as("reports").await?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut events = js.get_stream(proto::subject::EVENTS_STREAM).await?;
+        let state = events.info().await?.state.clone();
+        if state.messages == 0 && state.last_sequence > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "retention never emptied the stream: {state:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    slice.restart_gateway()?;
+
+    // Live again, past the gap.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+        if status == 200 && health["status"] == "live" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the gateway never became live past the gap: {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, answer) = http_get_json(&slice.gateway_addr, "/api/v1/notices")?;
+    assert_eq!(status, 200, "{answer}");
+    let items = answer["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{answer}");
+    assert_eq!(items[0]["kind"], "events_lost_to_retention", "{answer}");
+    let (from, to) = (items[0]["from_seq"].as_u64(), items[0]["to_seq"].as_u64());
+    assert!(from.is_some_and(|f| to.is_some_and(|t| t >= f + 4)), "the five writes at least: {answer}");
+    let mut live = slice.live_client().await?;
+    live.until(|f| f["type"] == "heartbeat" && f["notices"] == 1).await?;
+
+    // A commune's operator is told data may be missing, not the stream's volume; only a
+    // supervisor acknowledges.
+    let (status, answer) = tests::http_get_json_as(&slice.gateway_addr, "/api/v1/notices", Some(&operator))?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["items"][0]["kind"], "events_lost_to_retention", "{answer}");
+    assert!(answer["items"][0].get("from_seq").is_none(), "{answer}");
+    let id = items[0]["id"].as_u64().context("notice id")?;
+    let body = serde_json::json!({"up_to": id});
+    let (status, _) =
+        tests::http_post_json_as(&slice.gateway_addr, "/api/v1/notices/acknowledge", &body, Some(&operator))?;
+    assert_eq!(status, 403);
+    let (status, answer) = tests::http_post_json(&slice.gateway_addr, "/api/v1/notices/acknowledge", &body)?;
+    assert_eq!((status, answer["acknowledged"].as_u64()), (200, Some(1)), "{answer}");
+    live.until(|f| f["type"] == "heartbeat" && f.get("notices").is_none()).await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 // The gateway's REST API (gateway/openapi.json is its contract). Errors come as
 // {"error": {code, message}}; they are thrown as ApiError with the gateway's message.
 
-import type { Alarm, AuditEntry } from "./protocol";
+import type { Alarm, AuditEntry, SystemNotice } from "./protocol";
 import { authFetch } from "./auth.svelte";
 
 export class ApiError extends Error {}
@@ -62,4 +62,13 @@ export function audit(params: { communes: string[]; limit: number }): Promise<{ 
 
 export function logbookEntry(commune: string, text: string): Promise<{ event_id: string; entry: AuditEntry | null }> {
   return post("api/v1/logbook", { commune, text });
+}
+
+export function notices(): Promise<{ items: SystemNotice[] }> {
+  return call("api/v1/notices");
+}
+
+/// A supervisor acknowledges every notice up to this id.
+export function acknowledgeNotices(upTo: number): Promise<{ acknowledged: number; left: number }> {
+  return post("api/v1/notices/acknowledge", { up_to: upTo });
 }

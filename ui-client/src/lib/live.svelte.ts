@@ -34,6 +34,8 @@ export class LiveState {
   /// When the link was last live: the age of what is shown once it is not.
   liveUntil = $state(0);
   version = $state(0);
+  /// System notices waiting for a supervisor (events the view could never apply).
+  notices = $state(0);
   /// Reconnections since the page opened (resumed or with a fresh snapshot).
   reconnects = $state(0);
   resumed = $state(0);
@@ -169,6 +171,7 @@ export class LiveState {
           this.#heartbeatMs = heartbeatInterval(this.#gaps, DEFAULT_HEARTBEAT_MS);
         }
         this.#lastHeartbeatAt = now;
+        this.notices = frame.notices ?? 0;
         this.upstream = frame.upstream;
         if (frame.upstream === "live") this.#live();
         else this.#notLive("stale");

@@ -125,7 +125,7 @@ export type ServerFrame =
   | { v: 1; type: "snapshot"; seq: number; assets: Asset[]; alarms: Alarm[]; commands: Command[]; kpis?: Kpi[] }
   | { v: 1; type: "delta"; seq: number; asset?: Asset; alarm?: Alarm; command?: Command; kpi?: Kpi }
   | { v: 1; type: "resumed"; from: number }
-  | { v: 1; type: "heartbeat"; seq: number; upstream: Upstream }
+  | { v: 1; type: "heartbeat"; seq: number; upstream: Upstream; notices?: number }
   | { v: 1; type: "pong" }
   | { v: 1; type: "error"; code: string; message: string };
 
@@ -142,3 +142,12 @@ export function severityRank(severity: string): number {
 export function assetKey(a: { domain: string; id: string }): string {
   return `${a.domain}/${a.id}`;
 }
+
+/// Events the gateway's view could never apply (GET /api/v1/notices): data may be missing.
+export type SystemNotice = {
+  id: number;
+  kind: "events_lost_to_retention" | "stream_recreated";
+  at: string;
+  from_seq?: number;
+  to_seq?: number;
+};
