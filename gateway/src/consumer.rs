@@ -27,10 +27,11 @@ use proto::live::{NoticeKind, SystemNotice};
 
 /// Events taken from the stream and applied together (one store write).
 const BATCH: usize = 512;
-/// With nothing received for this long, the stream is asked whether something should have come
-/// (after a NATS restart the client library takes up to two of its heartbeats, 10 s, to notice
-/// that its consumer is gone).
-/// Each check that finds nothing newer also proves the view current (see `live::max_lag`).
+/// How often the stream is asked for its last sequence: the proof that the view is current
+/// once it has applied that sequence (see `live::max_lag`), and, when nothing came meanwhile
+/// though the stream holds more, the sign that the consumer is not getting it (after a NATS
+/// restart the client library takes up to two of its heartbeats, 10 s, to notice that its
+/// consumer is gone).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Consumer {
@@ -67,18 +68,24 @@ impl Consumer {
         runtime::bus::ensure_events_stream(&self.js, &self.stream).await?;
         let mut stream = self.js.get_stream(EVENTS_STREAM).await?;
         let asked = Instant::now();
-        let state = stream.info().await?.state.clone();
-        if self.live.applied_seq() > state.last_sequence {
+        let info = stream.info().await?.clone();
+        let state = info.state.clone();
+        // The stream is told apart from an earlier one by its creation time (sequences begin at
+        // 1 again in a recreated stream, and may have grown past the view's meanwhile).
+        let created = info.created.unix_timestamp_nanos();
+        let recreated = self.store.stream_created()?.is_some_and(|known| known != created);
+        if recreated || self.live.applied_seq() > state.last_sequence {
             // The stream was recreated: its sequences are not the ones the view counted.
             tracing::warn!(
                 applied = self.live.applied_seq(),
                 last_in_stream = state.last_sequence,
-                "the events stream is behind the view (it was recreated); rebuilding the view from it, the audit log kept"
+                "the events stream was recreated; rebuilding the view from it, the audit log kept"
             );
             self.store.forget_for_new_stream()?;
             self.live.reset();
             self.notice(NoticeKind::StreamRecreated, None)?;
         }
+        self.store.set_stream_created(created)?;
         let applied = self.live.applied_seq();
         if applied > 0 && state.messages == 0 && state.last_sequence > applied {
             // The stream is empty and ahead of the view: retention dropped every event the view
@@ -86,9 +93,9 @@ impl Consumer {
             let (from, to) = (applied + 1, state.last_sequence);
             self.lost_to_retention(from, to)?;
             let store = &self.store;
-            let save = |persist: &crate::live::Persist| store.save(persist);
+            let save = |persist: &crate::live::Persist| store.save(persist).inspect_err(report_store_fault);
             let reload = || store.load().map(crate::view::OperationsView::from);
-            self.live.apply(asked, vec![(to, Received::Refused)], save, reload)?;
+            self.live.apply(vec![(to, Received::Refused)], save, reload)?;
         }
         let applied = self.live.applied_seq();
         let deliver_policy = if applied == 0 {
@@ -104,8 +111,12 @@ impl Consumer {
             })
             .await?;
         let mut messages = consumer.messages().await?.ready_chunks(BATCH);
+        // The proof that the view is current: when the stream was asked, and its last sequence
+        // then. Once the view has applied that sequence it holds everything published before
+        // that instant (the stream's own order, no clock compared).
+        let mut proof = (asked, state.last_sequence);
+        self.live.consumer_progressing();
         if state.last_sequence <= applied {
-            // Nothing to fetch: caught up.
             self.live.consumer_current(asked);
         }
         tracing::info!(from = applied + 1, "consuming events");
@@ -115,29 +126,45 @@ impl Consumer {
         // consumer on its own (it does when the server lost or deleted it, e.g. with its stream),
         // from where it last was: what the stream holds now is for this loop to judge, afresh.
         let mut delivered = 0u64;
+        // Every IDLE_CHECK the stream is asked for its last sequence, busy or not: the proof.
+        let mut check = tokio::time::interval(IDLE_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        let mut received_since_check = false;
+        // The sequence expected when a check found the stream ahead and nothing had come.
+        let mut stuck_at: Option<u64> = None;
         loop {
-            let chunk = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(_) => {
-                    // Nothing came for a while: fine when the stream has nothing newer; else the
-                    // consumer is not getting what the stream holds, and starts again.
+            let chunk = tokio::select! {
+                chunk = messages.next() => match chunk {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+                _ = check.tick() => {
                     let asked = Instant::now();
                     let state = stream.info().await?.state.clone();
                     if state.last_sequence < self.live.applied_seq() {
                         anyhow::bail!("the events stream restarted below the view (it was recreated)");
                     }
-                    if state.last_sequence >= expected {
-                        anyhow::bail!("the stream holds events up to {} but none arrived", state.last_sequence);
+                    if !received_since_check && state.last_sequence >= expected {
+                        // Nothing came though the stream holds more: twice in a row (an event
+                        // published just before the check may still be on its way), the
+                        // consumer is not getting what the stream holds, and starts again.
+                        if stuck_at == Some(expected) {
+                            anyhow::bail!("the stream holds events up to {} but none arrived", state.last_sequence);
+                        }
+                        stuck_at = Some(expected);
+                    } else {
+                        stuck_at = None;
                     }
-                    self.live.consumer_current(asked);
+                    received_since_check = false;
+                    proof = (asked, state.last_sequence);
+                    if self.live.applied_seq() >= state.last_sequence {
+                        self.live.consumer_current(asked);
+                    }
                     continue;
                 }
             };
-            let received = Instant::now();
-            // What the batch makes the view current as of: now when nothing is left behind its
-            // last event, else that event's publication.
-            let mut as_of = received;
+            received_since_check = true;
             let mut batch = Vec::with_capacity(chunk.len());
             let mut interrupted = None;
             for message in chunk {
@@ -188,7 +215,6 @@ impl Consumer {
                 }
                 first = false;
                 crate::metrics::get().consumer_pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
-                as_of = if info.pending == 0 { received } else { published_at(info.published, received) };
                 batch.push((seq, decode(&message)));
                 expected = seq + 1;
             }
@@ -204,10 +230,11 @@ impl Consumer {
                         std::process::exit(70);
                     }
                 };
-                let save = |persist: &crate::live::Persist| {
-                    store.save(persist).inspect_err(|e| runtime::store_fault::report(e))
-                };
-                self.live.apply(as_of, batch, save, reload)?;
+                let save = |persist: &crate::live::Persist| store.save(persist).inspect_err(report_store_fault);
+                let applied = self.live.apply(batch, save, reload)?;
+                if applied >= proof.1 {
+                    self.live.consumer_current(proof.0);
+                }
             }
             if let Some(e) = interrupted {
                 return Err(e);
@@ -245,14 +272,11 @@ impl Consumer {
     }
 }
 
-/// The instant (on this process's monotonic clock) a message was published, from its stream
-/// timestamp; `now` when that is in the future (clocks apart).
-fn published_at(published: async_nats::datetime::DateTime, now: Instant) -> Instant {
-    let wall_now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
-    let age = u64::try_from((wall_now - published.unix_timestamp_nanos()).max(0)).unwrap_or(u64::MAX);
-    now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
+/// A store that failed to write (see `runtime::store_fault`).
+fn report_store_fault(e: &crate::store::StoreError) {
+    if let crate::store::StoreError::Sled(e) = e {
+        runtime::store_fault::report(e);
+    }
 }
 
 /// Decodes and checks one message; the subject must be the one the event's own fields give, so a

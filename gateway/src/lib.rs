@@ -226,7 +226,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     }
     let store =
         store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store);
+    store.watch_faults(&config.store);
     let loaded = store.load_or_forget().context("loading the view")?;
     tracing::info!(
         assets = loaded.assets.len(),

@@ -70,10 +70,10 @@ pub fn upstream(nats: &async_nats::Client, live: &Live) -> proto::live::Upstream
 }
 
 /// How far behind the stream a view may be and still be called live, for a heartbeat period:
-/// two heartbeats (at least 2 s, twice the consumer's idle check), so that no session is shown
-/// `live` on data older than three.
+/// two heartbeats, so that no session is shown `live` on data older than three; at least 3 s,
+/// since the consumer proves currency every second, plus a request's round trip.
 pub fn max_lag(heartbeat: Duration) -> Duration {
-    (heartbeat * 2).max(Duration::from_secs(2))
+    (heartbeat * 2).max(Duration::from_secs(3))
 }
 
 /// The consumer's own account of its progress (see [`Live::consumer_failed`]).
@@ -204,10 +204,15 @@ impl Live {
         self.lock().view.asset_count()
     }
 
-    /// The consumer applied and stored a batch, or is caught up with nothing to apply: the view
-    /// holds every event published before `as_of`.
-    pub fn consumer_current(&self, as_of: Instant) {
+    /// The consumer is consuming: it started, or applied and stored a batch.
+    pub fn consumer_progressing(&self) {
         *self.consumer.lock().unwrap_or_else(|p| p.into_inner()) = ConsumerHealth::Progressing;
+    }
+
+    /// The view holds every event published before `as_of` (the consumer proved it: see
+    /// `consumer.rs`).
+    pub fn consumer_current(&self, as_of: Instant) {
+        self.consumer_progressing();
         let mut current = self.current_as_of.lock().unwrap_or_else(|p| p.into_inner());
         *current = Some(current.map_or(as_of, |c| c.max(as_of)));
     }
@@ -247,11 +252,9 @@ impl Live {
     /// sequence callers wait for. When `save` fails, nothing of the batch is shown to anyone and
     /// the view goes back to what `reload` reads from the store (the consumer then takes the
     /// batch again from the stored sequence): memory is never ahead of the disk. Returns the
-    /// sequence the view is current at. `as_of`: the view then holds every event published before
-    /// it (see [`Live::consumer_current`]).
+    /// sequence the view is current at.
     pub fn apply<E>(
         &self,
-        as_of: Instant,
         batch: Vec<(u64, Received)>,
         save: impl FnOnce(&Persist) -> Result<(), E>,
         reload: impl FnOnce() -> Result<OperationsView, E>,
@@ -324,7 +327,7 @@ impl Live {
         }
         drop(inner);
         self.applied.send_replace(persist.applied_seq);
-        self.consumer_current(as_of);
+        self.consumer_progressing();
         Ok(persist.applied_seq)
     }
 

@@ -15,6 +15,9 @@ const APPLIED_SEQ: &[u8] = b"applied_seq";
 const AUDIT_EPOCH: &[u8] = b"audit_epoch";
 /// Set once the audit log's keys all carry an epoch.
 const AUDIT_KEYS_WITH_EPOCH: &[u8] = b"audit_keys_with_epoch";
+/// When the events stream the view was built from was created (nanoseconds since 1970, i128
+/// big-endian): a stream created at another time is another stream.
+const STREAM_CREATED: &[u8] = b"stream_created";
 /// System notices kept at most (the oldest go first).
 pub const MAX_NOTICES: usize = 100;
 
@@ -109,6 +112,24 @@ impl Store {
             notices: db.open_tree("notices")?,
             db,
         })
+    }
+
+    /// When the stream the view follows was created (none before the first consumption).
+    pub fn stream_created(&self) -> Result<Option<i128>, StoreError> {
+        Ok(self.meta.get(STREAM_CREATED)?.and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()).map(i128::from_be_bytes))
+    }
+
+    pub fn set_stream_created(&self, created: i128) -> Result<(), StoreError> {
+        if self.stream_created()? != Some(created) {
+            self.meta.insert(STREAM_CREATED, &created.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Has the store's failures watched (see `runtime::store_fault`).
+    pub fn watch_faults(&self, dir: &std::path::Path) {
+        runtime::store_fault::watch(dir, &self.db);
     }
 
     /// The persisted view and its sequence.

@@ -64,11 +64,13 @@ impl Link {
                     let Ok(listener) = TcpListener::from_std(listener) else { return };
                     loop {
                         tokio::select! {
-                            accepted = listener.accept() => {
-                                if let Ok((client, _)) = accepted {
+                            accepted = listener.accept() => match accepted {
+                                Ok((client, _)) => {
                                     tokio::spawn(carry(client, target.clone(), states.subscribe()));
                                 }
-                            }
+                                // Out of descriptors, say: try again shortly rather than spin.
+                                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                            },
                             _ = closing.changed() => return,
                         }
                     }
@@ -156,7 +158,21 @@ async fn pump(
         if !until_flowing(&mut state, direction).await {
             return;
         }
-        if to.write_all(&buffer[..n]).await.is_err() {
+        // A peer that reads nothing must not keep a cut connection open.
+        let written = tokio::select! {
+            written = to.write_all(&buffer[..n]) => written.is_ok(),
+            _ = until_cut(&mut state) => false,
+        };
+        if !written {
+            return;
+        }
+    }
+}
+
+/// Returns once the link is cut (or gone).
+async fn until_cut(state: &mut watch::Receiver<LinkState>) {
+    while *state.borrow_and_update() != LinkState::Cut {
+        if state.changed().await.is_err() {
             return;
         }
     }

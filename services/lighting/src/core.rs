@@ -43,6 +43,9 @@ impl From<Invalid> for Status {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
         tracing::error!(error = %e, "store failure");
+        if let StoreError::Sled(e) = &e {
+            runtime::store_fault::report(e);
+        }
         // Nothing was acknowledged: the caller may retry.
         Status::unavailable(format!("the lighting store could not complete the operation: {e}"))
     }

@@ -174,7 +174,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         .path(&config.store)
         .open()
         .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store);
+    runtime::store_fault::watch(&config.store, &db);
     let store = store::Store::open(&db).context("opening the store's trees")?;
     let background = CancellationToken::new();
     let rules = rules::RulesConfig {

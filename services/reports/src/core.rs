@@ -51,6 +51,9 @@ impl From<ReportError> for tonic::Status {
             ReportError::Forbidden(m) => tonic::Status::permission_denied(m),
             ReportError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
+                if let StoreError::Sled(e) = &e {
+                    runtime::store_fault::report(e);
+                }
                 tonic::Status::unavailable(e.to_string())
             }
             ReportError::Event(m) => tonic::Status::internal(m),

@@ -107,7 +107,7 @@ pub async fn run(
         .path(&config.store)
         .open()
         .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store);
+    runtime::store_fault::watch(&config.store, &db);
     let store = store::Store::open(&db).context("opening the store's trees")?;
     let core = Arc::new(core::Reports::open(
         store.clone(),

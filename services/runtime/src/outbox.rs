@@ -80,6 +80,9 @@ pub struct Outbox {
     publisher: String,
     /// The subjects this outbox publishes on (its domain's).
     filter: String,
+    /// The name of the consumer that reads them back (one per domain: NATS permits this name
+    /// only, see deploy/nats/authorization.conf).
+    reader: String,
     wake: Arc<Notify>,
     flushes: Arc<Flushes>,
 }
@@ -130,6 +133,7 @@ impl Outbox {
             meta,
             publisher,
             filter: proto::subject::domain_events(domain),
+            reader: format!("outbox-{}", domain.token()),
             wake: Arc::new(Notify::new()),
             flushes: Arc::default(),
         })
@@ -323,6 +327,9 @@ async fn run(
             Ok(_) => backoff = Duration::from_millis(50),
             Err(e) => {
                 crate::metrics::global().publish_failures.inc();
+                if let Some(e) = e.downcast_ref::<sled::Error>() {
+                    crate::store_fault::report(e);
+                }
                 tracing::warn!(error = %e, pending = outbox.depth(), "outbox publish failed; retrying");
                 // Part of the batch may be stored with its acknowledgement lost.
                 state.uncertain = true;
@@ -465,7 +472,7 @@ async fn settle(outbox: &Outbox, js: &jetstream::Context) -> anyhow::Result<usiz
     }
     let mut removed = 0;
     if !waiting.is_empty() {
-        let stored = published_since(js, &outbox.filter, &outbox.publisher, in_flight.after_seq).await?;
+        let stored = published_since(js, outbox, in_flight.after_seq).await?;
         for key in waiting.into_iter().filter(|k| stored.contains(k)) {
             outbox.tree.remove(key.to_be_bytes())?;
             removed += 1;
@@ -483,14 +490,15 @@ async fn settle(outbox: &Outbox, js: &jetstream::Context) -> anyhow::Result<usiz
     Ok(removed)
 }
 
-/// The entry keys of the events `publisher` stored on `filter` after stream sequence
-/// `after_seq`. Reads headers only, with a consumer of its own that the server drops by itself.
+/// The entry keys of the events this outbox stored on its domain's subjects after stream
+/// sequence `after_seq`. Reads headers only, with the domain's reader consumer (created for the
+/// occasion, deleted after; the server drops it by itself if this process dies meanwhile).
 async fn published_since(
     js: &jetstream::Context,
-    filter: &str,
-    publisher: &str,
+    outbox: &Outbox,
     after_seq: u64,
 ) -> anyhow::Result<std::collections::HashSet<u64>> {
+    let publisher = outbox.publisher.as_str();
     use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     let mut found = std::collections::HashSet::new();
     let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
@@ -501,10 +509,12 @@ async fn published_since(
         // The stream is younger than the record (recreated): whatever it holds is since.
         std::cmp::Ordering::Greater => 1,
     };
+    // One left by an attempt that failed half-way is replaced.
+    let _ = stream.delete_consumer(&outbox.reader).await;
     let consumer = stream
         .create_consumer(pull::Config {
-            name: Some(format!("outbox-{}", uuid::Uuid::now_v7().simple())),
-            filter_subject: filter.to_owned(),
+            name: Some(outbox.reader.clone()),
+            filter_subject: outbox.filter.clone(),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
             ack_policy: AckPolicy::None,
             headers_only: true,
@@ -529,6 +539,9 @@ async fn published_since(
             }
         }
         anyhow::ensure!(got > 0, "reading the stream back: no answer ({pending} events left to read)");
+    }
+    if let Err(e) = stream.delete_consumer(&outbox.reader).await {
+        tracing::debug!(error = %e, "the outbox's reader consumer was not deleted (the server drops it)");
     }
     Ok(found)
 }

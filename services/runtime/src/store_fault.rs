@@ -20,9 +20,23 @@ pub const EXIT_STORE_RECOVERED: i32 = 75;
 static STORE_DIR: OnceLock<PathBuf> = OnceLock::new();
 static FAILED: AtomicBool = AtomicBool::new(false);
 
-/// Names the folder of this process's store (call once it is open).
-pub fn watch(dir: &Path) {
+/// Names the folder of this process's store (call once it is open), and starts a watchdog that
+/// flushes it every two seconds: a write path that fails before any flush (sled refuses every
+/// write once it kept an error) is found there.
+pub fn watch(dir: &Path, db: &sled::Db) {
     let _ = STORE_DIR.set(dir.to_owned());
+    let db = db.clone();
+    let spawned = std::thread::Builder::new().name("store-watchdog".into()).spawn(move || {
+        while !failed() {
+            std::thread::sleep(Duration::from_secs(2));
+            if let Err(e) = db.flush() {
+                report(&e);
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the store watchdog");
+    }
 }
 
 /// Whether the store has failed to write since the process started.
@@ -30,9 +44,10 @@ pub fn failed() -> bool {
     FAILED.load(Ordering::Acquire)
 }
 
-/// The store failed to write: logged and counted once, and the probe starts.
-pub fn report(error: &dyn std::fmt::Display) {
-    if FAILED.swap(true, Ordering::AcqRel) {
+/// The store failed: an I/O error (a full or failing disk) is logged and counted once, and the
+/// probe starts. Other errors (a record that does not decode) are the caller's to handle.
+pub fn report(error: &sled::Error) {
+    if !matches!(error, sled::Error::Io(_)) || FAILED.swap(true, Ordering::AcqRel) {
         return;
     }
     crate::metrics::global().store_failures.inc();
@@ -56,7 +71,8 @@ pub fn report(error: &dyn std::fmt::Display) {
 }
 
 /// Whether 8 MiB (sixteen of sled's segments) can be written and synced beside the store: a
-/// disk with less is still full for a store that writes on.
+/// disk with less is still full for a store that writes on. (A disk failing otherwise than by
+/// space passes, and the process restarts onto it: its supervisor's backoff paces that.)
 fn has_room(dir: &Path) -> bool {
     let probe = dir.join(".room-probe");
     let written = (|| {

@@ -71,6 +71,9 @@ pub struct TimetableDay {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
         tracing::error!(error = %e, "store failure");
+        if let StoreError::Sled(e) = &e {
+            runtime::store_fault::report(e);
+        }
         Status::unavailable(format!("the transport store could not complete the write: {e}"))
     }
 }

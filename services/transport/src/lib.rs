@@ -166,7 +166,7 @@ pub async fn run(
         .path(&config.store)
         .open()
         .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store);
+    runtime::store_fault::watch(&config.store, &db);
     let store = store::Store::open(&db).context("opening the store's trees")?;
     // The tracker starts on today's timetable; the core turns the day at 03:00 (see core).
     let now =

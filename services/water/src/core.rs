@@ -52,6 +52,9 @@ pub struct WaterConfig {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
         tracing::error!(error = %e, "store failure");
+        if let StoreError::Sled(e) = &e {
+            runtime::store_fault::report(e);
+        }
         Status::unavailable(format!("the water store could not complete the operation: {e}"))
     }
 }

@@ -191,7 +191,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         .path(&config.store)
         .open()
         .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store);
+    runtime::store_fault::watch(&config.store, &db);
     let store = store::Store::open(&db).context("opening the store's trees")?;
     let background = CancellationToken::new();
     let core = core::Water::open(store.clone(), network, placed, initial_sensors, water_config, background.clone())

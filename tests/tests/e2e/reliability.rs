@@ -250,7 +250,7 @@ async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Resul
         assert_eq!(status, 200, "{answer}");
     }
     slice.nats.restart_without_streams()?;
-    slice.gateway.wait_for_log("it was recreated", 0)?;
+    slice.gateway.wait_for_log("recreated", 0)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // Posted once the gateway is back on the new stream (it answers once applied).
