@@ -194,6 +194,18 @@ root = ET.fromstring(text)
 check(root.tag == "service_requests" and root.find("request/service_request_id").text == first_id, "XML request")
 check(EMAIL not in text, "no e-mail in XML either")
 
+# A citizen's text with characters XML 1.0 forbids (U+FFFE, U+FFFF, C0 controls): taken without
+# them, and requests.xml stays readable for every client.
+status, text = post(report_form(north(300), lon, description="Lampadaire \ufffe\uffff\x01\x0b cassé"))
+check(status in (200, 201), f"POST with characters XML forbids: {status} {text}")
+status, text = call("GET", "/requests.xml")
+check(status == 200, f"GET requests.xml: {status}")
+try:
+    ET.fromstring(text)
+except ET.ParseError as e:
+    fail(f"requests.xml is not well-formed XML once a citizen wrote U+FFFE: {e}")
+check("Lampadaire  cassé" in text or "Lampadaire cassé" in text, "the rest of the text is kept")
+
 token = get_json(f"/tokens/{first['token']}.json")
 check(token[0]["service_request_id"] == first_id, f"the token stands for the request: {token}")
 expect_error(call("GET", "/tokens/nope.json"), 404, "unknown token")

@@ -140,6 +140,14 @@ async fn lighting(
     let request = body(request)?;
     let target = match request.target {
         LightingTarget::StreetlightId(id) => command_target::Target::StreetlightId(id),
+        // A commune named outright is refused as asking for it is on every path (the other
+        // targets reach only the lamps of the operator's communes: the service's answer).
+        LightingTarget::Commune(c) if !p.scope.allows(&c) => {
+            return Err(crate::access::forbidden(format!(
+                "commune {} is outside your communes",
+                c.chars().take(16).collect::<String>()
+            )));
+        }
         LightingTarget::Commune(c) => command_target::Target::Commune(c),
         LightingTarget::Street(s) => command_target::Target::Street(s),
         LightingTarget::Polygon(ring) => command_target::Target::Polygon(Polygon {

@@ -297,7 +297,7 @@ async fn session(
             },
             _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()).await }, if flush_at.is_some() => {
                 let frames = crate::live::coalesce(std::mem::take(&mut batch), &filter, coalescing);
-                if !out.frames(frames.into_iter().map(|delta| delta.json.clone())).await {
+                if !out.frames(frames.into_iter()).await {
                     return;
                 }
                 last_flush = Instant::now();

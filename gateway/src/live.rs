@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
-use crate::view::{Change, OperationsView};
+use crate::view::{Change, OperationsView, Place};
 
 /// Deltas a session may fall behind before it gets a fresh snapshot instead, and deltas kept for
 /// sessions that resume after a disconnection.
@@ -25,6 +25,9 @@ pub struct Delta {
     /// The frame, serialised once; every session sends these same bytes (a clone is a reference).
     pub json: Utf8Bytes,
     pub object: Object,
+    /// Where the asset or alarm stood before, when the event moved it (see `view::Applied`): the
+    /// sessions whose scope it leaves get a `removed` frame.
+    pub left: Option<Place>,
 }
 
 #[derive(Debug)]
@@ -36,6 +39,26 @@ pub enum Object {
 }
 
 impl Delta {
+    /// The frame this delta is for a session under `filter`: the delta itself when its object
+    /// is in scope; a removal when the event took the object out of scope; else nothing.
+    pub fn frame_for(&self, filter: &Filter) -> Option<Utf8Bytes> {
+        if self.allowed_by(filter) {
+            return Some(self.json.clone());
+        }
+        if !self.left.as_ref().is_some_and(|before| before.allowed_by(filter)) {
+            return None;
+        }
+        // Rare (an object leaving a scope): made for the sessions that need it. Nothing of where
+        // the object went is in it.
+        let (asset, alarm) = match &self.object {
+            Object::Asset(_, a) => (Some(proto::live::AssetRef { domain: a.domain.clone(), id: a.id.clone() }), None),
+            Object::Alarm(a) => (None, Some(a.key.clone())),
+            _ => return None,
+        };
+        let removed = ServerFrame::new(ServerMessage::Removed { seq: self.seq, asset, alarm });
+        serde_json::to_string(&removed).ok().map(Utf8Bytes::from)
+    }
+
     pub fn allowed_by(&self, filter: &Filter) -> bool {
         match &self.object {
             Object::Asset(_, a) => filter.allows_asset(a),
@@ -94,7 +117,7 @@ pub enum Start {
     Snapshot(String),
     /// The deltas the client missed since the sequence it gave (already filtered), then the
     /// live ones.
-    Resumed { from: u64, missed: Vec<Arc<Delta>> },
+    Resumed { from: u64, missed: Vec<Utf8Bytes> },
 }
 
 impl Start {
@@ -105,7 +128,7 @@ impl Start {
             Start::Resumed { from, missed } => {
                 let resumed =
                     serde_json::to_string(&ServerFrame::new(ServerMessage::Resumed { from })).unwrap_or_default();
-                std::iter::once(Utf8Bytes::from(resumed)).chain(missed.into_iter().map(|d| d.json.clone())).collect()
+                std::iter::once(Utf8Bytes::from(resumed)).chain(missed).collect()
             }
         }
     }
@@ -300,8 +323,9 @@ impl Live {
                             command,
                             kpi,
                         });
+                        let left = applied.before;
                         match serde_json::to_string(&frame) {
-                            Ok(json) => deltas.push(Arc::new(Delta { seq, json: Utf8Bytes::from(json), object })),
+                            Ok(json) => deltas.push(Arc::new(Delta { seq, json: Utf8Bytes::from(json), object, left })),
                             Err(e) => tracing::error!(error = %e, seq, "cannot serialise a delta"),
                         }
                     }
@@ -341,7 +365,7 @@ impl Live {
             && from >= inner.evicted_upto
             && from <= applied
         {
-            let missed = inner.recent.iter().filter(|d| d.seq > from && d.allowed_by(filter)).cloned().collect();
+            let missed = inner.recent.iter().filter(|d| d.seq > from).filter_map(|d| d.frame_for(filter)).collect();
             return (Start::Resumed { from, missed }, receiver);
         }
         let assets: Vec<AssetState> = inner.view.assets().filter(|a| filter.allows_asset(a)).cloned().collect();
@@ -358,25 +382,30 @@ impl Live {
     }
 }
 
-/// The deltas of a batch this session sends, in order: filtered, and (when `coalescing`) each
-/// asset only at its latest update in the batch.
-pub fn coalesce(batch: Vec<Arc<Delta>>, filter: &Filter, coalescing: bool) -> Vec<Arc<Delta>> {
+/// The frames of a batch this session sends, in order: its deltas and removals (see
+/// [`Delta::frame_for`]), and (when `coalescing`) each asset only at its latest frame in the
+/// batch.
+pub fn coalesce(batch: Vec<Arc<Delta>>, filter: &Filter, coalescing: bool) -> Vec<Utf8Bytes> {
+    let framed: Vec<(&Delta, Utf8Bytes)> =
+        batch.iter().filter_map(|d| d.frame_for(filter).map(|f| (&**d, f))).collect();
     if !coalescing {
-        return batch.into_iter().filter(|d| d.allowed_by(filter)).collect();
+        return framed.into_iter().map(|(_, f)| f).collect();
     }
     let mut last_of_asset: HashMap<&str, u64> = HashMap::new();
-    for d in &batch {
+    for (d, _) in &framed {
         if let Some(key) = d.asset_key() {
             last_of_asset.insert(key, d.seq);
         }
     }
-    let keep: Vec<bool> = batch
-        .iter()
-        .map(|d| d.allowed_by(filter) && d.asset_key().is_none_or(|k| last_of_asset.get(k) == Some(&d.seq)))
-        .collect();
-    drop(last_of_asset);
-    let superseded =
-        batch.iter().zip(&keep).filter(|(d, k)| !**k && d.asset_key().is_some() && d.allowed_by(filter)).count();
-    crate::metrics::get().deltas_coalesced.inc_by(superseded as u64);
-    batch.into_iter().zip(keep).filter_map(|(d, k)| k.then_some(d)).collect()
+    let mut superseded = 0u64;
+    let mut frames = Vec::with_capacity(framed.len());
+    for (d, frame) in framed {
+        if d.asset_key().is_none_or(|k| last_of_asset.get(k) == Some(&d.seq)) {
+            frames.push(frame);
+        } else {
+            superseded += 1;
+        }
+    }
+    crate::metrics::get().deltas_coalesced.inc_by(superseded);
+    frames
 }

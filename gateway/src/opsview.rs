@@ -169,8 +169,8 @@ impl OpsView for OpsViewApi {
                     }
                     continue;
                 }
-                for d in crate::live::coalesce(batch, &filter, coalescing) {
-                    if sender.send(Ok(LiveFrame { json: d.json.to_string() })).await.is_err() {
+                for frame in crate::live::coalesce(batch, &filter, coalescing) {
+                    if sender.send(Ok(LiveFrame { json: frame.to_string() })).await.is_err() {
                         return;
                     }
                 }

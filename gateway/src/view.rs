@@ -54,6 +54,39 @@ pub enum Change {
 pub struct Applied {
     pub event: EventSummary,
     pub change: Change,
+    /// Where the changed asset or alarm stood before, when that is not where it stands now (it
+    /// moved to another commune or area, or its severity changed): sessions whose scope it
+    /// leaves are told to forget it.
+    pub before: Option<Place>,
+}
+
+/// What decides whether an asset or an alarm is in a session's scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Place {
+    pub domain: String,
+    pub commune: String,
+    pub position: Option<LatLon>,
+    /// An alarm's; none for an asset.
+    pub severity: Option<String>,
+}
+
+impl Place {
+    fn of_asset(a: &AssetState) -> Place {
+        Place { domain: a.domain.clone(), commune: a.commune.clone(), position: a.position, severity: None }
+    }
+
+    fn of_alarm(a: &AlarmState) -> Place {
+        Place {
+            domain: a.domain.clone(),
+            commune: a.commune.clone(),
+            position: a.position,
+            severity: Some(a.severity.clone()),
+        }
+    }
+
+    pub fn allowed_by(&self, filter: &proto::live::Filter) -> bool {
+        filter.allows_place(&self.domain, &self.commune, self.position.as_ref(), self.severity.as_deref())
+    }
 }
 
 impl OperationsView {
@@ -116,14 +149,41 @@ impl OperationsView {
         if let Some(entry) = audit_entry(&summary, event, seq) {
             self.audit.push(entry);
         }
-        let change = match event.payload() {
-            Payload::AlarmAction(action) => self.alarm_action(&summary, action)?,
+        // Where the asset or the alarm this event may change stands now.
+        let asset_key_of_event = asset_key(&summary.domain, &summary.asset_id);
+        let asset_before = self.assets.get(&asset_key_of_event).map(Place::of_asset);
+        let alarm_key_of_event = match event.payload() {
+            Payload::AlarmAction(action) => Some(action.alarm_key.as_str()),
             Payload::LightingAlarmRaised(raised)
             | Payload::TransportAlarmRaised(raised)
-            | Payload::WaterAlarmRaised(raised) => self.raise(&summary, event, raised),
+            | Payload::WaterAlarmRaised(raised) => Some(raised.key.as_str()),
             Payload::LightingAlarmCleared(cleared)
             | Payload::TransportAlarmCleared(cleared)
-            | Payload::WaterAlarmCleared(cleared) => self.clear(&summary, cleared)?,
+            | Payload::WaterAlarmCleared(cleared) => Some(cleared.key.as_str()),
+            _ => None,
+        };
+        let alarm_before = alarm_key_of_event.and_then(|k| self.alarms.get(k)).map(Place::of_alarm);
+        let change = self.change(&summary, event)?;
+        let before = match &change {
+            Change::Asset(key, a) if *key == asset_key_of_event => asset_before.filter(|p| *p != Place::of_asset(a)),
+            Change::Alarm(key, a) if alarm_key_of_event == Some(key.as_str()) => {
+                alarm_before.filter(|p| *p != Place::of_alarm(a))
+            }
+            _ => None,
+        };
+        Some(Applied { event: summary, change, before })
+    }
+
+    /// What the event changes in the view (`None`: nothing).
+    fn change(&mut self, summary: &EventSummary, event: &CheckedEvent) -> Option<Change> {
+        let change = match event.payload() {
+            Payload::AlarmAction(action) => self.alarm_action(summary, action)?,
+            Payload::LightingAlarmRaised(raised)
+            | Payload::TransportAlarmRaised(raised)
+            | Payload::WaterAlarmRaised(raised) => self.raise(summary, event, raised),
+            Payload::LightingAlarmCleared(cleared)
+            | Payload::TransportAlarmCleared(cleared)
+            | Payload::WaterAlarmCleared(cleared) => self.clear(summary, cleared)?,
             Payload::LightingCommand(command) => {
                 let state = command_state(&summary.domain, command);
                 self.command(state)
@@ -152,11 +212,11 @@ impl OperationsView {
                     })
                     .collect();
                 values.extend(zone_values.iter().map(|(k, v)| (k.as_str(), *v)));
-                self.kpi(&summary, &values)
+                self.kpi(summary, &values)
             }
-            Payload::WaterReading(reading) => self.water_reading(&summary, event, reading)?,
+            Payload::WaterReading(reading) => self.water_reading(summary, event, reading)?,
             Payload::LightingKpi(kpi) => self.kpi(
-                &summary,
+                summary,
                 &[
                     ("lamps_total", f64::from(kpi.lamps_total)),
                     ("lamps_dark", f64::from(kpi.lamps_dark)),
@@ -167,7 +227,7 @@ impl OperationsView {
                 ],
             ),
             Payload::TransportKpi(kpi) => self.kpi(
-                &summary,
+                summary,
                 &[
                     ("vehicles", f64::from(kpi.vehicles)),
                     ("with_adherence", f64::from(kpi.with_adherence)),
@@ -176,22 +236,22 @@ impl OperationsView {
                     ("mean_delay_s", kpi.mean_delay_s),
                 ],
             ),
-            Payload::VehicleMoved(moved) => self.vehicle(&summary, event, moved),
+            Payload::VehicleMoved(moved) => self.vehicle(summary, event, moved),
             Payload::StreetlightRegistered(_) | Payload::StreetlightStatus(_) | Payload::StreetlightFault(_) => {
-                self.asset(&summary, event)
+                self.asset(summary, event)
             }
             // Passenger information: published in the transport service's GTFS-Realtime feed, not
             // (yet) part of the operations view.
             Payload::ServiceAlertPublished(_) | Payload::ServiceAlertWithdrawn(_) => return None,
             Payload::ReportCreated(proto::reports::ReportCreated { request: Some(request) })
             | Payload::ReportUpdated(proto::reports::ReportUpdated { request: Some(request), .. }) => {
-                self.report(&summary, event, request)
+                self.report(summary, event, request)
             }
             Payload::ReportCreated(_) | Payload::ReportUpdated(_) => return None,
             // Only in the audit log.
             Payload::LogbookEntry(_) => return None,
             Payload::ReportsKpi(kpi) => self.kpi(
-                &summary,
+                summary,
                 &[
                     ("open", f64::from(kpi.open)),
                     ("received_last_24h", f64::from(kpi.received_last_24h)),
@@ -200,7 +260,7 @@ impl OperationsView {
                 ],
             ),
         };
-        Some(Applied { event: summary, change })
+        Some(change)
     }
 
     fn asset(&mut self, summary: &EventSummary, event: &CheckedEvent) -> Change {
@@ -389,10 +449,16 @@ impl OperationsView {
                 closed: false,
                 resolved_by: None,
             });
+        // Raised again under the same key, the alarm may be somewhere else now (a late bus in
+        // the next commune): it belongs where it was last raised, and nothing of where it was
+        // (its position) follows it there.
+        let moved = alarm.commune != summary.commune;
+        alarm.commune = summary.commune.clone();
+        alarm.asset_id = summary.asset_id.clone();
         alarm.severity = severity_name(raised.severity).to_owned();
         alarm.asset_ids = raised.asset_ids.clone();
         alarm.details = raised.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        alarm.position = position.or(alarm.position);
+        alarm.position = if moved { position } else { position.or(alarm.position) };
         Change::Alarm(raised.key.clone(), alarm.clone())
     }
 

@@ -52,6 +52,16 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kpi: Option<Box<KpiState>>,
     },
+    /// An asset or an alarm left this session's scope (it moved to a commune, an area or a
+    /// severity the session's filter does not take): the client forgets it. Nothing of where it
+    /// went is said. Exactly one of `asset` and `alarm`.
+    Removed {
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asset: Option<AssetRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alarm: Option<String>,
+    },
     /// The answer to a `subscribe` with `resume_from`: the deltas after `from` follow, then the
     /// live ones (no snapshot). When the gateway cannot resume it sends a snapshot instead.
     Resumed { from: u64 },
@@ -81,6 +91,13 @@ pub enum ErrorCode {
     /// A `subscribe` whose filter is not acceptable (the message says why); the previous
     /// subscription stays.
     BadFilter,
+}
+
+/// Which asset: its domain and id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AssetRef {
+    pub domain: String,
+    pub id: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -199,14 +216,21 @@ impl Filter {
     }
 
     pub fn allows_asset(&self, a: &AssetState) -> bool {
-        self.place(&a.commune, &a.domain) && self.inside(a.position.as_ref())
+        self.allows_place(&a.domain, &a.commune, a.position.as_ref(), None)
     }
 
     pub fn allows_alarm(&self, a: &AlarmState) -> bool {
+        self.allows_place(&a.domain, &a.commune, a.position.as_ref(), Some(&a.severity))
+    }
+
+    /// Whether an object of this domain, commune, position and (for an alarm) severity is in
+    /// the session's scope.
+    pub fn allows_place(&self, domain: &str, commune: &str, position: Option<&LatLon>, severity: Option<&str>) -> bool {
         let rank = |s: &str| SEVERITIES.iter().position(|x| *x == s);
-        self.place(&a.commune, &a.domain)
-            && self.inside(a.position.as_ref())
-            && self.min_severity.as_deref().is_none_or(|min| rank(&a.severity) >= rank(min))
+        self.place(commune, domain)
+            && self.inside(position)
+            && severity
+                .is_none_or(|severity| self.min_severity.as_deref().is_none_or(|min| rank(severity) >= rank(min)))
     }
 
     pub fn allows_command(&self, c: &CommandState) -> bool {

@@ -9,7 +9,7 @@ use proto::lighting::{
 };
 use proto::v1::Position;
 use proto::v1::event::Payload;
-use runtime::grpc_auth::{Caller, check_commune};
+use runtime::grpc_auth::{Caller, covers};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -253,14 +253,13 @@ impl Lighting {
         Ok((registered, unchanged))
     }
 
-    /// Records a status report (not yet committed); returns its event id. `caller`: refused when
-    /// its credential does not cover the lamp's commune.
+    /// Records a status report (not yet committed); returns its event id. `caller`: a lamp of a
+    /// commune its credential does not cover is not found.
     pub fn record_status(&self, report: Option<&StatusReport>, caller: Option<&Caller>) -> Result<String, Status> {
         let valid = domain::validate_report(report, SystemTime::now())?;
         let id = valid.streetlight_id;
         let mut rules = self.rules();
-        let (place, mut state) = self.known_locked(&rules, &id)?;
-        check_commune(caller, place.commune.as_str())?;
+        let (place, mut state) = self.known_locked(&rules, &id, caller)?;
         let report = valid.report;
         if domain::is_newer(&report, state.last_report.as_ref()) {
             let was_lit = state.last_report.as_ref().is_some_and(domain::is_lit);
@@ -299,8 +298,7 @@ impl Lighting {
         let (id, observed_at, kind) = domain::validate_fault(fault, SystemTime::now())?;
         let Some(fault) = fault else { return Err(Status::invalid_argument("fault is missing")) };
         let mut rules = self.rules();
-        let (place, mut state) = self.known_locked(&rules, &id)?;
-        check_commune(caller, place.commune.as_str())?;
+        let (place, mut state) = self.known_locked(&rules, &id, caller)?;
         rules.observe_fault(&id, kind, fault.active);
         let condition = rules.condition(&id);
         state.faults = condition.faults.iter().copied().collect();
@@ -333,9 +331,19 @@ impl Lighting {
         Ok(())
     }
 
-    fn known_locked(&self, rules: &Rules, id: &AssetId) -> Result<(LampPlace, LampState), Status> {
-        let place =
-            rules.place(id).cloned().ok_or_else(|| Status::not_found(format!("streetlight {id} is not registered")))?;
+    /// A registered lamp the caller may write for. Another commune's lamp is, to a credential of
+    /// some communes, not there: the same answer as an unknown id, by the same path.
+    fn known_locked(
+        &self,
+        rules: &Rules,
+        id: &AssetId,
+        caller: Option<&Caller>,
+    ) -> Result<(LampPlace, LampState), Status> {
+        let place = rules
+            .place(id)
+            .filter(|place| covers(caller, place.commune.as_str()))
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("streetlight {id} is not registered")))?;
         let state = self.store.lamp_state(id.as_str())?.unwrap_or_default();
         Ok((place, state))
     }
@@ -490,22 +498,22 @@ impl Lighting {
     /// Creates the commands (one per commune of the target), stores and dispatches them.
     pub async fn send_command(self: &Arc<Self>, request: &SendCommandRequest) -> Result<Vec<LightingCommand>, Status> {
         let valid = domain::validate_command(request, &self.territory)?;
+        // Lamps outside the requester's communes are, to the requester, not there: a target
+        // reaches only the lamps of its communes, and one that reaches none of them gets the
+        // answer an unknown target gets.
+        let allowed = |commune: &CommuneId| {
+            request.allowed_communes.is_empty() || request.allowed_communes.iter().any(|a| a == commune.as_str())
+        };
         let mut by_commune: BTreeMap<CommuneId, Vec<String>> = BTreeMap::new();
         for (id, place) in self.rules().lamps() {
-            if domain::targets(&valid.target, id, &place.commune, place.lat, place.lon, &place.street) {
+            if allowed(&place.commune)
+                && domain::targets(&valid.target, id, &place.commune, place.lat, place.lon, &place.street)
+            {
                 by_commune.entry(place.commune.clone()).or_default().push(id.to_string());
             }
         }
         if by_commune.is_empty() {
             return Err(Status::not_found("no registered streetlight matches the target"));
-        }
-        if let Some(outside) = by_commune
-            .keys()
-            .find(|c| !request.allowed_communes.is_empty() && !request.allowed_communes.iter().any(|a| a == c.as_str()))
-        {
-            return Err(Status::permission_denied(format!(
-                "the target reaches lamps of commune {outside}, outside the requester's communes"
-            )));
         }
         let now = SystemTime::now();
         let deadline = event::timestamp(now + valid.timeout);

@@ -28,12 +28,18 @@ pub const DUPLICATE_RADIUS_M: f64 = 50.0;
 
 /// Free text as stored: control characters (but line breaks) removed, trimmed, bounded.
 pub fn clean_text(what: &str, text: &str, max_chars: usize) -> Result<String, String> {
-    let cleaned: String = text.chars().filter(|c| !c.is_control() || *c == '\n').collect();
+    let cleaned: String = text.chars().filter(|c| xml_char(*c) && (!c.is_control() || *c == '\n')).collect();
     let cleaned = cleaned.trim().to_owned();
     if cleaned.chars().count() > max_chars {
         return Err(format!("{what} is longer than {max_chars} characters"));
     }
     Ok(cleaned)
+}
+
+/// Whether XML 1.0 may carry the character (its `Char` production): a report's text is served
+/// as `requests.xml`, and one forbidden character would make the whole document unreadable.
+pub fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 pub fn check_url(url: &str) -> Result<String, String> {

@@ -402,7 +402,10 @@ fn render(format: Format, status: StatusCode, root: &str, item: &str, items: &[V
     }
 }
 
+/// Escapes text for XML; a character XML 1.0 cannot carry (none should have been stored: see
+/// `domain::clean_text`) is dropped rather than break the document.
 fn escape(text: &str) -> String {
+    let text: String = text.chars().filter(|c| crate::domain::xml_char(*c)).collect();
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }
 

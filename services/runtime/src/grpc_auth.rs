@@ -58,7 +58,15 @@ impl Caller {
     }
 }
 
-/// Refuses a write for `commune` by a caller whose credential does not cover it. A call without a
+/// Whether the caller's credential covers `commune` (a call without a caller: every commune). An
+/// existing record of a commune not covered must be answered as an unknown one (not found, the
+/// same message): a refusal would tell the caller that it exists, and where.
+pub fn covers(caller: Option<&Caller>, commune: &str) -> bool {
+    caller.and_then(|c| c.communes.as_ref()).is_none_or(|set| set.contains(commune))
+}
+
+/// Refuses a write for `commune` by a caller whose credential does not cover it (for a commune
+/// the caller named itself: an existing record's commune goes through [`covers`]). A call without a
 /// caller (the service runs without `--auth-public-key`) is not limited.
 pub fn check_commune(caller: Option<&Caller>, commune: &str) -> Result<(), Status> {
     match caller.and_then(|c| c.communes.as_ref().map(|set| (c, set))) {

@@ -724,14 +724,16 @@ impl Water {
         };
         let command = {
             let state = self.state();
+            // A link outside the requester's communes is, to the requester, not in the network:
+            // the answer an unknown link gets (neither its commune nor its kind is told).
+            let outside = state.model.place_element(&request.link_id).is_ok_and(|(commune, _, _)| {
+                !request.allowed_communes.is_empty() && !request.allowed_communes.iter().any(|a| a == commune.as_str())
+            });
+            if outside {
+                return Err(Status::invalid_argument(crate::model::not_in_network(&request.link_id)));
+            }
             state.model.operable(&request.link_id).map_err(Status::invalid_argument)?;
             let (commune, _, dma) = state.model.place_element(&request.link_id).map_err(Status::invalid_argument)?;
-            if !request.allowed_communes.is_empty() && !request.allowed_communes.iter().any(|a| a == commune.as_str()) {
-                return Err(Status::permission_denied(format!(
-                    "link {} is in commune {commune}, outside the requester's communes",
-                    request.link_id
-                )));
-            }
             let now = SystemTime::now();
             ValveCommand {
                 id: uuid::Uuid::now_v7().to_string(),

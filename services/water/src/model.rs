@@ -157,9 +157,14 @@ impl NetworkModel {
         match self.network.link(link) {
             Some(l) if l.kind == LinkKind::Pump => Err(format!("{link} is a pump, not a valve")),
             Some(_) => Ok(()),
-            None => Err(format!("link {:?} is not in the network", shown(link))),
+            None => Err(not_in_network(link)),
         }
     }
+}
+
+/// What a request naming a link the network does not hold is told.
+pub fn not_in_network(link: &str) -> String {
+    format!("link {:?} is not in the network", shown(link))
 }
 
 /// An identifier from a request as an error message echoes it: at most an asset id's length.

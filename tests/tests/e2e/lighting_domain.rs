@@ -104,13 +104,19 @@ async fn a_dim_command_goes_to_the_controller_and_comes_back_applied() -> Result
     // By street name, case and accents aside: the same ten lamps.
     let reply = client.send_command(dim(Target::Street("RUE DE L AIGUILLERIE".into()), 0.8, 30)).await?.into_inner();
     assert_eq!(reply.commands[0].lamps_total, 10);
-    // An operator of another commune: refused whole, nothing sent.
+    // An operator of another commune: its lamps are, to them, not there (the answer an unknown
+    // street gets), and nothing is sent.
     let limited = SendCommandRequest {
         allowed_communes: vec!["34129".into()],
         ..dim(Target::Street("RUE DE L AIGUILLERIE".into()), 0.2, 30)
     };
     let refused = client.send_command(limited).await.expect_err("lamps outside the operator's communes");
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
+    let unknown = client
+        .send_command(dim(Target::Street("RUE QUI N EXISTE PAS".into()), 0.2, 30))
+        .await
+        .expect_err("an unknown street");
+    assert_eq!((refused.code(), refused.message()), (unknown.code(), unknown.message()));
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{}", refused.message());
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end scenarios against real processes (see the `tests` crate's harness). One test binary;
 //! each test starts its own NATS server, services and gateway, so tests run in parallel.
 
+mod abuse;
 mod all_domains;
 mod bench_smoke;
 mod clock;

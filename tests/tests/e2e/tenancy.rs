@@ -367,9 +367,15 @@ async fn an_integrators_credential_writes_only_its_communes_and_domains() -> Res
 
     // Its commune's lamp: accepted. The other commune's: refused, and nothing recorded.
     lighting.report_status(failing("EP-EST")).await?;
+    // Another commune's lamp is, to this credential, not there: the answer an unknown id gets.
     let refused = lighting.report_status(failing("EP-OUEST")).await.expect_err("another commune's lamp");
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("34172"), "{}", refused.message());
+    let unknown = lighting.report_status(failing("EP-NOPE")).await.expect_err("an unknown lamp");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (unknown.code(), unknown.message().replace("EP-NOPE", "EP-OUEST").as_str())
+    );
+    assert!(!refused.message().contains("34172"), "{}", refused.message());
     // In a stream, record by record: the other commune's report is refused, the stream goes on.
     let messages = ["EP-EST", "EP-OUEST", "EP-EST"]
         .map(|id| TelemetryMessage { message: Some(Telemetry::Status(failing(id).report.unwrap_or_default())) });

@@ -159,6 +159,17 @@ export class LiveState {
         this.lastChangeAt = now;
         this.#render(false);
         break;
+      case "removed":
+        // It left this session's scope: forget it (nothing says where it went).
+        if (frame.asset) {
+          this.assets.delete(assetKey(frame.asset));
+          this.dirtyDomains.add(frame.asset.domain);
+        }
+        if (frame.alarm) this.alarms.delete(frame.alarm);
+        this.seq = frame.seq;
+        this.lastChangeAt = now;
+        this.#render(false);
+        break;
       case "resumed":
         this.resumed += 1;
         this.#live();

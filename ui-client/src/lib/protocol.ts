@@ -126,6 +126,8 @@ export type ServerFrame =
   | { v: 1; type: "delta"; seq: number; asset?: Asset; alarm?: Alarm; command?: Command; kpi?: Kpi }
   | { v: 1; type: "resumed"; from: number }
   | { v: 1; type: "heartbeat"; seq: number; upstream: Upstream; notices?: number }
+  /// An asset or alarm left the session's scope (moved to another commune, area or severity).
+  | { v: 1; type: "removed"; seq: number; asset?: { domain: string; id: string }; alarm?: string }
   | { v: 1; type: "pong" }
   | { v: 1; type: "error"; code: string; message: string };
 
