@@ -83,6 +83,7 @@ pub fn router(access: Access) -> Router {
         .route("/api/v1/admin/operators/{login}", delete(remove_operator))
         .route("/api/v1/admin/integrators", post(add_integrator))
         .route("/api/v1/admin/communes", get(list_communes).post(add_commune))
+        .route("/api/v1/admin/login-failures", get(login_failures))
         .layer(axum::middleware::from_fn_with_state(access.clone(), require_principal));
     Router::new()
         .route("/api/v1/auth/login", post(login))
@@ -93,6 +94,16 @@ pub fn router(access: Access) -> Router {
 }
 
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// The latest failed login attempts (wrong passwords, attempts refused as too many), newest
+/// first: for administrators.
+async fn login_failures(
+    State(access): State<Access>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    admin(&p)?;
+    Ok(Json(serde_json::json!({ "items": access.authority.logins.recent_failures() })).into_response())
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,32 +169,51 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password("no operator has this password").unwrap_or_default())
 }
 
-async fn login(State(access): State<Access>, body: Body<LoginRequest>) -> Result<Response, ApiError> {
+async fn login(
+    State(access): State<Access>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: Body<LoginRequest>,
+) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(ApiError::from_json)?;
     let wrong = || Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "login or password is wrong"));
     if check_login(&request.login).is_err() || request.password.len() > 1024 {
         return wrong();
     }
-    if !access.authority.may_try(&request.login) {
-        return Err(ApiError::new(
+    let address = peer.ip();
+    let logins = &access.authority.logins;
+    if let Err(wait) = logins.may_try(&request.login, address) {
+        tracing::warn!(login = %request.login, %address, "login attempt refused: too many failures");
+        let seconds = wait.as_secs().max(1);
+        let mut answer = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
-            "too many failed logins: retry in 5 minutes",
-        ));
+            format!("too many failed logins from here: retry in {seconds} s"),
+        )
+        .into_response();
+        answer.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        return Ok(answer);
     }
+    // At most a few password checks at once (each takes about 19 MiB): memory stays bounded.
+    let Some(_slot) = logins.check_slot().await else {
+        let mut answer =
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many logins at once: retry in a moment")
+                .into_response();
+        answer.headers_mut().insert(axum::http::header::RETRY_AFTER, 1u64.into());
+        return Ok(answer);
+    };
     let operator = access.store.operator(&request.login).map_err(store_error)?;
     let hash = operator.as_ref().map_or(decoy_hash(), |o| o.password_hash.as_str()).to_owned();
     let password = request.password.clone();
     let matches = tokio::task::spawn_blocking(move || password_matches(&password, &hash)).await.unwrap_or(false);
     let Some(operator) = operator.filter(|_| matches) else {
-        access.authority.failed(&request.login);
-        tracing::warn!(login = %request.login, "failed login");
+        logins.failed(&request.login, address);
+        tracing::warn!(login = %request.login, %address, "failed login");
         return wrong();
     };
     if operator.role == Role::Integrator {
         return Err(forbidden("integrators use their credential, they do not log in"));
     }
-    access.authority.succeeded(&operator.login);
+    logins.succeeded(&operator.login, address);
     let session = SessionRecord {
         sid: new_sid(),
         login: operator.login.clone(),

@@ -18,16 +18,13 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 pub use runtime::auth::{AUDIENCE, Claims, ISSUER, Role, TokenError, TokenType, TokenVerifier, verify_jws};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A password shorter than this is refused when an operator is created.
 pub const MIN_PASSWORD_CHARS: usize = 12;
-/// Failed logins of one login before it is locked for `LOCK_FOR`.
-const MAX_FAILURES: u32 = 5;
-const LOCK_FOR: Duration = Duration::from_secs(300);
 
 /// The communes a principal may see and act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,19 +199,14 @@ pub struct SessionRecord {
     pub revoked: bool,
 }
 
-/// A login's recent failures, for throttling.
-struct Failures {
-    count: u32,
-    since: SystemTime,
-}
-
 /// The gateway's authority: keys, the sessions revoked, login throttling.
 pub struct Authority {
     pub keys: Keys,
     pub access_ttl: Duration,
     pub session_ttl: Duration,
     revoked: RwLock<HashSet<String>>,
-    failures: Mutex<HashMap<String, Failures>>,
+    /// Password checks and failed attempts (see `throttle`).
+    pub logins: crate::throttle::LoginThrottle,
     service_token: Mutex<Option<(String, u64)>>,
     /// Announces each revoked session, so that its open WebSockets are closed.
     pub revocations: tokio::sync::broadcast::Sender<String>,
@@ -237,7 +229,7 @@ impl Authority {
             access_ttl,
             session_ttl,
             revoked: RwLock::new(revoked),
-            failures: Mutex::new(HashMap::new()),
+            logins: crate::throttle::LoginThrottle::default(),
             service_token: Mutex::new(None),
             revocations: tokio::sync::broadcast::channel(256).0,
         }
@@ -324,37 +316,6 @@ impl Authority {
             communes: operator.communes.clone(),
             domains: operator.domains.clone(),
             generation: session.generation,
-        }
-    }
-
-    /// Whether `login` may try a password now.
-    pub fn may_try(&self, login: &str) -> bool {
-        let Ok(failures) = self.failures.lock() else { return false };
-        match failures.get(login) {
-            Some(f) if f.count >= MAX_FAILURES => f.since.elapsed().is_ok_and(|e| e > LOCK_FOR),
-            _ => true,
-        }
-    }
-
-    pub fn failed(&self, login: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            // Bounded: a flood of made-up logins cannot grow it without end.
-            if failures.len() > 10_000 {
-                failures.retain(|_, f| f.since.elapsed().map_or(true, |e| e < LOCK_FOR));
-            }
-            let entry = failures
-                .entry(login.chars().take(64).collect())
-                .or_insert(Failures { count: 0, since: SystemTime::now() });
-            if entry.since.elapsed().is_ok_and(|e| e > LOCK_FOR) {
-                *entry = Failures { count: 0, since: SystemTime::now() };
-            }
-            entry.count += 1;
-        }
-    }
-
-    pub fn succeeded(&self, login: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(login);
         }
     }
 }
@@ -527,18 +488,6 @@ mod tests {
         assert!(password_matches("correct horse battery", &a));
         assert!(!password_matches("correct horse batterz", &a));
         assert!(!password_matches("x", "not a hash"));
-    }
-
-    #[test]
-    fn logins_are_throttled() {
-        let authority =
-            Authority::new(Keys::from_seed([7; 32]), Duration::from_secs(60), Duration::from_secs(600), HashSet::new());
-        for _ in 0..MAX_FAILURES {
-            assert!(authority.may_try("op"));
-            authority.failed("op");
-        }
-        assert!(!authority.may_try("op"));
-        assert!(authority.may_try("other"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod live;
 pub mod metrics;
 pub mod opsview;
 pub mod store;
+pub mod throttle;
 pub mod view;
 
 use anyhow::Context;
@@ -338,6 +339,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         .merge(http::router(state, Some(config.ui_dir.clone())));
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
     let timeout = config.common.shutdown_timeout;
+    // The client's address reaches the handlers (logins are throttled per address).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = tokio::select! {
         result = serving => result.context("HTTP server"),

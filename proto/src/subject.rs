@@ -32,6 +32,13 @@ pub fn revoked_sid(subject: &str) -> Option<&str> {
     subject.strip_prefix("auth.revoked.").filter(|sid| revoked_credential(sid).is_some())
 }
 
+/// The inbox prefix of a NATS user: replies to its requests (JetStream acknowledgements, API
+/// answers, what its consumers deliver) come under `<prefix>.>`, where NATS lets only that user
+/// subscribe (deploy/nats/authorization.conf).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
 /// Every domain that publishes events, in subject order (`ops`: operators' actions, published by
 /// the gateway).
 pub const DOMAINS: [Domain; 5] = [Domain::Transport, Domain::Lighting, Domain::Water, Domain::Reports, Domain::Ops];

@@ -152,7 +152,10 @@ impl NatsServer {
     /// A client connected as `user`, as that process would be.
     pub async fn client_as(&self, user: &str) -> Result<async_nats::Client> {
         let password = self.passwords.get(user).cloned().ok_or_else(|| anyhow!("no NATS user {user}"))?;
-        Ok(async_nats::ConnectOptions::with_user_and_password(user.into(), password).connect(self.url()).await?)
+        Ok(async_nats::ConnectOptions::with_user_and_password(user.into(), password)
+            .custom_inbox_prefix(proto::subject::inbox_prefix(user))
+            .connect(self.url())
+            .await?)
     }
 
     fn spawn(&mut self, port: Option<u16>) -> Result<()> {
@@ -1221,8 +1224,11 @@ impl LiveClient {
 /// last sequence.
 pub struct StreamContent {
     pub ids: HashMap<String, usize>,
-    /// When each sequence was stored (the server's clock).
+    /// When each sequence was stored (the server's clock, which libfaketime does not shift: a
+    /// Go binary reads the time without libc).
     pub published: BTreeMap<u64, std::time::SystemTime>,
+    /// When each event was first stored, by its id.
+    pub published_by_id: HashMap<String, std::time::SystemTime>,
     pub status_ids: std::collections::HashSet<String>,
     pub last: u64,
 }
@@ -1243,6 +1249,7 @@ pub async fn read_events_stream(nats: &NatsServer) -> Result<StreamContent> {
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut status_ids = std::collections::HashSet::new();
     let mut published = BTreeMap::new();
+    let mut published_by_id = HashMap::new();
     let mut seen = 0;
     while seen < last {
         let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
@@ -1254,11 +1261,41 @@ pub async fn read_events_stream(nats: &NatsServer) -> Result<StreamContent> {
         let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
         published.insert(seen, std::time::UNIX_EPOCH + Duration::from_nanos(nanos));
         if let Ok(event) = proto::event::decode(&message.payload) {
+            published_by_id
+                .entry(event.event.id.clone())
+                .or_insert(std::time::UNIX_EPOCH + Duration::from_nanos(nanos));
             if message.subject.ends_with(".streetlight_status") {
                 status_ids.insert(event.event.id.clone());
             }
             *ids.entry(event.event.id.clone()).or_default() += 1;
         }
     }
-    Ok(StreamContent { ids, published, status_ids, last })
+    Ok(StreamContent { ids, published, published_by_id, status_ids, last })
+}
+
+/// POSTs JSON from a chosen local address (any 127.x.y.z on Linux): a client elsewhere, as the
+/// gateway sees it. Returns the status and the body parsed as JSON.
+pub async fn http_post_json_from(
+    local_ip: &str,
+    host_port: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{local_ip}:0").parse()?)?;
+    let mut stream = socket.connect(host_port.parse()?).await?;
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await??;
+    let response = String::from_utf8_lossy(&response);
+    let status =
+        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    let text = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok((status, serde_json::from_str(text).unwrap_or(serde_json::Value::Null)))
 }

@@ -25,6 +25,8 @@ use crate::store::{Store, StoreError};
 pub const DEFAULT_LIST_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
+/// `service_request_id`s one query may list (each is looked up by its key).
+pub const MAX_IDS_PER_QUERY: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -400,18 +402,38 @@ impl Reports {
         if let Some(bad) = statuses.iter().find(|s| **s != "open" && **s != "closed") {
             return Err(invalid(format!("status {bad:?} is neither open nor closed")));
         }
+        if q.service_request_ids.len() > MAX_IDS_PER_QUERY {
+            return Err(invalid(format!("at most {MAX_IDS_PER_QUERY} service_request_id per query")));
+        }
+        // Ids name reports by their key; one that is not a number names none.
+        let mut ids: Vec<u64> = q.service_request_ids.iter().filter_map(|id| id.parse().ok()).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        let codes: Vec<&str> = q.service_code.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
         let state = self.state.lock().await;
-        let matching = state.requests.values().rev().filter(|r| {
+        let wanted = |r: &&ServiceRequest| {
             let requested = r.requested_datetime.map(|t| t.seconds).unwrap_or(0);
             let status = ReportStatus::try_from(r.status).unwrap_or(ReportStatus::Unspecified);
             (q.commune.is_empty() || r.commune == q.commune)
-                && (q.service_request_ids.is_empty() || q.service_request_ids.contains(&r.service_request_id))
-                && (q.service_code.is_empty() || q.service_code.split(',').any(|c| c.trim() == r.service_code))
+                && (codes.is_empty() || codes.contains(&r.service_code.as_str()))
                 && start.is_none_or(|s| requested >= s)
                 && end.is_none_or(|e| requested <= e)
                 && (statuses.is_empty() || statuses.contains(&status.open311()))
-        });
-        Ok(matching.skip((page - 1) * page_size).take(page_size).map(public).collect())
+        };
+        let one_page = |matching: &mut dyn Iterator<Item = &ServiceRequest>| {
+            matching.skip((page - 1) * page_size).take(page_size).map(public).collect::<Vec<_>>()
+        };
+        if !q.service_request_ids.is_empty() {
+            // Newest first, like the other lists: the keys grow with time.
+            return Ok(one_page(&mut ids.iter().filter_map(|n| state.requests.get(n)).filter(wanted)));
+        }
+        // Keys grow with time: newest first, and nothing older than the window is looked at.
+        let in_window = state
+            .requests
+            .values()
+            .rev()
+            .take_while(|r| start.is_none_or(|s| r.requested_datetime.map(|t| t.seconds).unwrap_or(0) >= s));
+        Ok(one_page(&mut in_window.filter(wanted)))
     }
 
     /// An operator moves a report on; recorded in its history and published.

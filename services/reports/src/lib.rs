@@ -59,6 +59,10 @@ pub struct Config {
     #[arg(long, env = "VIGIE_REPORTS_RATE_PER_MINUTE", default_value_t = 30)]
     pub rate_per_minute: u32,
 
+    /// Open311 reads (GET) a client (IP address) may make per minute.
+    #[arg(long, env = "VIGIE_REPORTS_READ_RATE_PER_MINUTE", default_value_t = 600)]
+    pub read_rate_per_minute: u32,
+
     /// How often the reports' KPIs of each commune are published.
     #[arg(long, env = "VIGIE_REPORTS_KPI_INTERVAL", default_value = "60s", value_parser = runtime::config::parse_duration)]
     pub kpi_interval: std::time::Duration,
@@ -90,8 +94,8 @@ pub async fn run(
     http_listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if config.rate_per_minute == 0 {
-        anyhow::bail!("--rate-per-minute must be at least 1");
+    if config.rate_per_minute == 0 || config.read_rate_per_minute == 0 {
+        anyhow::bail!("--rate-per-minute and --read-rate-per-minute must be at least 1");
     }
     let territory = territory::Territory::load(&config.territory).context("loading the territory")?;
     territory.log_summary();
@@ -146,6 +150,7 @@ pub async fn run(
         reports: core.clone(),
         api_keys: config.api_keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect(),
         limiter: open311::RateLimiter::new(config.rate_per_minute),
+        read_limiter: open311::RateLimiter::new(config.read_rate_per_minute),
     });
     tracing::info!(addr = %http_listener.local_addr()?, "HTTP listening (Open311 GeoReport v2 under /open311/v2/)");
     let http = {

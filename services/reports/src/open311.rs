@@ -33,6 +33,23 @@ pub struct Open311 {
     /// When non-empty, `POST requests` needs one of these `api_key`s.
     pub api_keys: HashSet<String>,
     pub limiter: RateLimiter,
+    /// Reads are limited per client too: a costly query repeated is a flood as well.
+    pub read_limiter: RateLimiter,
+}
+
+/// Refuses a client's reads beyond its rate (429, in the Open311 error format).
+async fn limit_reads(
+    State(app): State<Arc<Open311>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if request.method() == axum::http::Method::GET && path != "/health" && !app.read_limiter.allow(peer.ip()) {
+        let format = if path.ends_with(".xml") { Format::Xml } else { Format::Json };
+        return error(format, StatusCode::TOO_MANY_REQUESTS, "too many reads from this client; try again in a minute");
+    }
+    next.run(request).await
 }
 
 pub fn router(state: Arc<Open311>) -> axum::Router {
@@ -45,6 +62,7 @@ pub fn router(state: Arc<Open311>) -> axum::Router {
         .fallback(|| async {
             error(Format::Json, StatusCode::NOT_FOUND, "no such resource; the API is under /open311/v2/")
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit_reads))
         .with_state(state)
 }
 
@@ -513,6 +531,7 @@ mod tests {
             reports: Arc::new(reports),
             api_keys: api_keys.iter().map(|k| (*k).to_owned()).collect(),
             limiter: RateLimiter::new(100),
+            read_limiter: RateLimiter::new(1000),
         });
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         (router(state).layer(axum::extract::connect_info::MockConnectInfo(peer)), dir)

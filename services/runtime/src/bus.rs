@@ -11,8 +11,11 @@ pub async fn connect(
     client_name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let options = match (&common.nats_user, &common.nats_password) {
+        // Replies (JetStream acknowledgements, API answers, what a consumer delivers) come to an
+        // inbox of this user's own: NATS lets no other process subscribe there.
         (Some(user), Some(password)) => {
             async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+                .custom_inbox_prefix(proto::subject::inbox_prefix(user))
         }
         _ => async_nats::ConnectOptions::new(),
     };
@@ -57,11 +60,13 @@ pub async fn ensure_events_stream(js: &jetstream::Context, settings: &StreamSett
     let mut config = info.config.clone();
     let missing: Vec<String> = wanted.subjects.iter().filter(|s| !config.subjects.contains(s)).cloned().collect();
     if !missing.is_empty() {
+        // Only the gateway may change the stream's configuration (NATS permissions); a domain
+        // service publishes on its own domain's subjects, which any stream it finds has.
         tracing::info!(?missing, "adding subjects to the events stream");
         config.subjects.extend(missing);
-        js.update_stream(config)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot update stream {}: {e}", subject::EVENTS_STREAM))?;
+        if let Err(e) = js.update_stream(config).await {
+            tracing::warn!(error = %e, "cannot add subjects to the events stream (the gateway does it)");
+        }
     }
     Ok(())
 }

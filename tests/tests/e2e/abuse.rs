@@ -82,3 +82,113 @@ async fn a_bus_crossing_into_another_commune_leaves_one_operators_view_and_enter
     assert!(!audit.to_string().contains(key), "Ouest's audit log holds nothing of it: {audit}");
     Ok(())
 }
+
+/// The gateway's peak memory (VmHWM), bytes.
+fn peak_memory(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("VmHWM")?;
+    Ok(kb * 1024)
+}
+
+/// Every login ran an argon2 check (about 19 MiB) with no bound on how many at once, so a few
+/// hundred parallel logins could exhaust the gateway's memory; and five wrong passwords locked
+/// `admin` for five minutes for everyone, its owner included. Checks are now bounded (the flood
+/// waits or is told to retry), failures slow down their author's address, and the owner, from
+/// elsewhere, logs in at once; the administrator reads the failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_flood_keeps_memory_bounded_and_never_locks_the_owner_out() -> Result<()> {
+    let slice = Slice::start().await?;
+    let gateway = slice.gateway_addr.clone();
+    let pid = slice.gateway.pid().context("gateway pid")?;
+    let before = peak_memory(pid)?;
+    let wrong = json!({"login": tests::ADMIN, "password": "not the password, guessing"});
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let (gateway, wrong) = (gateway.clone(), wrong.clone());
+            tokio::spawn(async move {
+                tests::http_post_json_from("127.0.0.1", &gateway, "/api/v1/auth/login", &wrong).await
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for attempt in flood {
+        let (status, _) = attempt.await??;
+        *statuses.entry(status).or_insert(0u32) += 1;
+    }
+    eprintln!("[login flood] answers: {statuses:?}");
+    assert!(statuses.keys().all(|s| [401, 429, 503].contains(s)), "{statuses:?}");
+    assert!(statuses.get(&401).is_some_and(|n| *n >= 1), "some were checked: {statuses:?}");
+    let grown = peak_memory(pid)?.saturating_sub(before);
+    eprintln!("[login flood] peak memory grew by {} MiB", grown >> 20);
+    // Four checks at once, about 19 MiB each, and some room.
+    assert!(grown < 160 << 20, "the flood took {} MiB", grown >> 20);
+
+    // The owner, elsewhere, is in within the login-wide delay (2 s at worst).
+    let owner = json!({"login": tests::ADMIN, "password": tests::TEST_PASSWORD});
+    let started = std::time::Instant::now();
+    let token = loop {
+        let (status, answer) = tests::http_post_json_from("127.0.0.2", &gateway, "/api/v1/auth/login", &owner).await?;
+        if status == 200 {
+            break answer["access_token"].as_str().context("token")?.to_owned();
+        }
+        assert!(status == 429 || status == 503, "{status} {answer}");
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the owner was kept out: {status} {answer}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // The guesser's address is still held back.
+    let (status, _) = tests::http_post_json_from("127.0.0.1", &gateway, "/api/v1/auth/login", &owner).await?;
+    assert_eq!(status, 429, "the guessing address waits, even with the right password");
+
+    // The administrator reads who failed, from where.
+    let (status, answer) = http_get_json_as(&gateway, "/api/v1/admin/login-failures", Some(&token))?;
+    assert_eq!(status, 200, "{answer}");
+    let items = answer["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["login"] == tests::ADMIN && i["address"] == "127.0.0.1" && i["outcome"] == "wrong_password"),
+        "{answer}"
+    );
+    Ok(())
+}
+
+/// An Open311 list naming many `service_request_id`s was checked id by id against every stored
+/// report while the service held its lock (about 200,000 ids against every report: seconds of
+/// work per request, everyone else waiting), and reads had no rate limit. A query now names at
+/// most 100 ids, each looked up by its key, and a client's reads are limited as its writes are.
+#[tokio::test]
+async fn open311_reads_are_bounded_and_limited_per_client() -> Result<()> {
+    let slice = Slice::start().await?;
+    let reports = slice.start_reports(&["--read-rate-per-minute", "120"]).await?;
+    let ids = (1..=5000).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let (status, body) =
+        tests::http_get(&reports.http_addr, &format!("/open311/v2/requests.json?service_request_id={ids}"))?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("at most 100"), "{body}");
+    let (status, body) = tests::http_get(&reports.http_addr, "/open311/v2/requests.json?service_request_id=1,2,x")?;
+    assert_eq!(status, 200, "{body}");
+
+    // A client reading in a loop is told to slow down (in the Open311 error format).
+    let mut limited = false;
+    for _ in 0..300 {
+        let (status, body) = tests::http_get(&reports.http_addr, "/open311/v2/services.json")?;
+        if status == 429 {
+            assert!(body.contains("\"code\":429"), "{body}");
+            limited = true;
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(limited, "120 reads a minute, then 429");
+    let (status, _) = tests::http_get(&reports.http_addr, "/health")?;
+    assert_eq!(status, 200, "the service is up");
+    Ok(())
+}

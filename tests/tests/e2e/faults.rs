@@ -77,8 +77,9 @@ impl Target {
 
 #[derive(Default, Debug)]
 struct History {
-    /// Lamp writes acknowledged: their event ids.
+    /// Lamp writes acknowledged: their event ids, and when (this process's clock).
     lamp_acked: Vec<String>,
+    lamp_acked_at: Vec<SystemTime>,
     lamp_refused: usize,
     lamp_unknown: usize,
     /// Log book entries acknowledged: their texts.
@@ -164,7 +165,10 @@ async fn lamp_writer(target: Arc<Target>, stop: tokio_util::sync::CancellationTo
         let outcome = tokio::time::timeout(WRITE_TIMEOUT, c.report_status(lamp_report(k))).await;
         let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
-            Ok(Ok(reply)) => h.lamp_acked.push(reply.into_inner().event_id),
+            Ok(Ok(reply)) => {
+                h.lamp_acked.push(reply.into_inner().event_id);
+                h.lamp_acked_at.push(SystemTime::now());
+            }
             Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => h.lamp_refused += 1,
             _ => {
                 h.lamp_unknown += 1;
@@ -490,6 +494,17 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     session_stop.cancel();
     watcher.await?;
     let session_log = std::mem::take(&mut *session_log.lock().unwrap_or_else(|p| p.into_inner()));
+    // The server's clock against this process's (under the clock checks, libfaketime shifts
+    // ours, not nats-server's): how much later an acknowledged write was seen here than stored
+    // there, at the median.
+    let mut skews: Vec<i128> = history
+        .lamp_acked
+        .iter()
+        .zip(&history.lamp_acked_at)
+        .filter_map(|(id, at)| Some(nanos(*at) - nanos(*content.published_by_id.get(id)?)))
+        .collect();
+    skews.sort_unstable();
+    let skew = skews.get(skews.len() / 2).copied().unwrap_or(0);
     let mut live_on_stale = 0;
     let mut live_heartbeats = 0;
     for (at, seq, live) in &session_log.heartbeats {
@@ -499,7 +514,7 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
         live_heartbeats += 1;
         // The first event the view had not applied, and when it was stored.
         if let Some((missed, stored)) = content.published.range(seq + 1..).next()
-            && *stored + HEARTBEAT * 3 < *at
+            && nanos(*stored) + skew + i128::try_from((HEARTBEAT * 3).as_nanos()).unwrap_or(i128::MAX) < nanos(*at)
         {
             live_on_stale += 1;
             eprintln!("[faults {seed}] live at {at:?} on sequence {seq}, but {missed} was stored at {stored:?}");
@@ -549,6 +564,14 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
         restarts_by_supervisor,
         converged_in,
     })
+}
+
+/// Nanoseconds since 1970 (negative before).
+fn nanos(t: SystemTime) -> i128 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
+        Err(e) => -i128::try_from(e.duration().as_nanos()).unwrap_or(i128::MAX),
+    }
 }
 
 fn table(outcomes: &[Outcome]) -> String {

@@ -218,8 +218,9 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
         assert_eq!(status, 401, "{token:?}");
         assert!(LiveClient::connect_as(&ws, token, None).await.is_err(), "{token:?}");
     }
-    // A wrong password: 401, and five of them lock the login for a while.
-    for _ in 0..5 {
+    // A wrong password: 401; after three, this address waits before its next try (429), even
+    // with the right password; the login is not locked for its owner elsewhere.
+    for _ in 0..3 {
         let (status, _) = http_post_json_as(
             &gateway,
             "/api/v1/auth/login",
@@ -234,7 +235,10 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
         &json!({"login": tests::SUPERVISOR, "password": TEST_PASSWORD}),
         None,
     )?;
-    assert_eq!(status, 429, "locked after five failures");
+    assert_eq!(status, 429, "slowed down after three failures from here");
+    let right = json!({"login": tests::SUPERVISOR, "password": TEST_PASSWORD});
+    let (status, answer) = tests::http_post_json_from("127.0.0.2", &gateway, "/api/v1/auth/login", &right).await?;
+    assert_eq!(status, 200, "the owner, elsewhere, is not locked out: {answer}");
 
     // Origins: the gateway's own, or none (not a browser); never another site.
     let token = slice.add_operator("op", "operator", &[])?;
@@ -324,6 +328,61 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     );
     // Nothing refused reached the stream.
     assert_eq!(events.info().await?.state.messages, 2);
+    // Replies come to each user's own inbox: another process cannot subscribe there (nor to
+    // the shared default inbox), so it never reads what the gateway's consumer receives.
+    let (violations, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let password = nats.credentials("lighting")[5].clone();
+    let spy = async_nats::ConnectOptions::with_user_and_password("lighting".into(), password)
+        .event_callback(move |event| {
+            let violations = violations.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = violations.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats.url())
+        .await?;
+    for subject in ["_INBOX_gateway.>", "_INBOX.>", ">"] {
+        let mut spied = spy.subscribe(subject).await?;
+        let violation = tokio::time::timeout(Duration::from_secs(3), seen.recv()).await.context("no violation")?;
+        assert!(violation.is_some_and(|v| v.contains("Permissions Violation")), "lighting subscribed to {subject}");
+        // The gateway's replies meanwhile (a JetStream request) do not reach the spy.
+        gateway_info(&nats).await?;
+        let got = tokio::time::timeout(Duration::from_millis(500), futures::StreamExt::next(&mut spied)).await;
+        assert!(!matches!(got, Ok(Some(_))), "lighting read a reply on {subject}");
+    }
+    // Only the gateway changes the stream's configuration; reports delete no one's consumer.
+    let mut config = events.info().await?.config.clone();
+    config.max_messages = 10;
+    assert!(lighting.update_stream(config.clone()).await.is_err(), "lighting updated the stream");
+    let reports = jetstream::new(nats.client_as("reports").await?);
+    let gateways = jetstream::new(nats.client_as("gateway").await?);
+    let consumer = gateways
+        .get_stream(proto::subject::EVENTS_STREAM)
+        .await?
+        .create_consumer(jetstream::consumer::pull::Config {
+            name: Some("vue".into()),
+            inactive_threshold: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await?;
+    drop(consumer);
+    let deleted = tokio::time::timeout(
+        Duration::from_secs(6),
+        reports.get_stream(proto::subject::EVENTS_STREAM).await?.delete_consumer("vue"),
+    )
+    .await;
+    assert!(!matches!(deleted, Ok(Ok(_))), "reports deleted the gateway's consumer");
+    assert!(
+        gateways
+            .get_stream(proto::subject::EVENTS_STREAM)
+            .await?
+            .get_consumer::<jetstream::consumer::pull::Config>("vue")
+            .await
+            .is_ok()
+    );
+
     // A wrong password does not connect.
     let wrong =
         async_nats::ConnectOptions::with_user_and_password("lighting".into(), "guess".into()).connect(nats.url()).await;
@@ -522,5 +581,12 @@ async fn grpc_speaks_tls_and_requires_client_certificates_when_asked() -> Result
         ..client(Some((&client_cert, &client_key)))?
     };
     assert!(call(distrustful).await.is_err(), "the service's certificate is not of the trusted CA");
+    Ok(())
+}
+
+/// A JetStream request by the gateway (its reply comes to the gateway's inbox).
+async fn gateway_info(nats: &tests::NatsServer) -> Result<()> {
+    let gateway = async_nats::jetstream::new(nats.client_as("gateway").await?);
+    gateway.get_stream(proto::subject::EVENTS_STREAM).await?;
     Ok(())
 }
