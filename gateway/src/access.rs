@@ -183,7 +183,8 @@ async fn login(
     let logins = &access.authority.logins;
     if let Err(wait) = logins.may_try(&request.login, address) {
         tracing::warn!(login = %request.login, %address, "login attempt refused: too many failures");
-        let seconds = wait.as_secs().max(1);
+        // Rounded up: a client retrying when told is not refused again.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut answer = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
@@ -194,7 +195,7 @@ async fn login(
         return Ok(answer);
     }
     // At most a few password checks at once (each takes about 19 MiB): memory stays bounded.
-    let Some(_slot) = logins.check_slot().await else {
+    let Some(slot) = logins.check_slot().await else {
         let mut answer =
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many logins at once: retry in a moment")
                 .into_response();
@@ -204,7 +205,13 @@ async fn login(
     let operator = access.store.operator(&request.login).map_err(store_error)?;
     let hash = operator.as_ref().map_or(decoy_hash(), |o| o.password_hash.as_str()).to_owned();
     let password = request.password.clone();
-    let matches = tokio::task::spawn_blocking(move || password_matches(&password, &hash)).await.unwrap_or(false);
+    let matches = tokio::task::spawn_blocking(move || {
+        let matches = password_matches(&password, &hash);
+        drop(slot);
+        matches
+    })
+    .await
+    .unwrap_or(false);
     let Some(operator) = operator.filter(|_| matches) else {
         logins.failed(&request.login, address);
         tracing::warn!(login = %request.login, %address, "failed login");

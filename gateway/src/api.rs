@@ -425,7 +425,8 @@ async fn alarm_action(
     let event_id = checked.event.id.clone();
     let seq = publish(&state.js, &checked).await?;
     let applied = state.live.wait_applied(seq, READ_YOUR_WRITE).await;
-    let alarm = state.live.read(|view| view.alarm(key.as_str()).cloned());
+    // Read again under the caller's scope: the alarm may have moved to another commune meanwhile.
+    let alarm = state.live.read(|view| view.alarm(key.as_str()).cloned()).filter(|a| p.scope.allows(&a.commune));
     let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(ActionAnswer { event_id, alarm })).into_response())
 }

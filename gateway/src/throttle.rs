@@ -5,9 +5,10 @@
 //! [`MAX_CONCURRENT_CHECKS`] run at once, so a flood of logins costs a bounded amount of memory
 //! and waits (or is told to retry) instead. Failed attempts slow their author down, never lock
 //! the account: each (login, client address) pair waits longer after each failure (up to five
-//! minutes), and a login failing from many addresses waits at most [`MAX_LOGIN_DELAY`] between
-//! attempts, so a guesser elsewhere can delay the real owner by two seconds at worst, not lock
-//! them out.
+//! minutes), so does an address guessing many logins, and a login failing from many addresses
+//! waits at most [`MAX_LOGIN_DELAY`] between attempts, so a guesser elsewhere delays the real
+//! owner by seconds, never locks them out. The client address is the TCP peer's: behind a
+//! reverse proxy every client shares one (a trusted-proxy setting is still to come, issue 20).
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -53,7 +54,7 @@ pub struct FailedLogin {
 }
 
 pub struct LoginThrottle {
-    checks: tokio::sync::Semaphore,
+    checks: std::sync::Arc<tokio::sync::Semaphore>,
     state: Mutex<State>,
 }
 
@@ -61,14 +62,22 @@ pub struct LoginThrottle {
 struct State {
     by_pair: HashMap<(String, IpAddr), Attempts>,
     by_login: HashMap<String, Attempts>,
+    /// Whatever the logins tried: one address guessing a new login each time is slowed too.
+    by_address: HashMap<IpAddr, Attempts>,
     recent: VecDeque<FailedLogin>,
 }
 
 impl Default for LoginThrottle {
     fn default() -> Self {
-        LoginThrottle { checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS), state: Mutex::default() }
+        LoginThrottle {
+            checks: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
+            state: Mutex::default(),
+        }
     }
 }
+
+/// Failures of one address (any login) before its attempts are spaced out.
+const FREE_ADDRESS_FAILURES: u32 = 20;
 
 fn delay(failures: u32, free: u32, step: Duration, max: Duration) -> Duration {
     if failures < free {
@@ -80,8 +89,10 @@ fn delay(failures: u32, free: u32, step: Duration, max: Duration) -> Duration {
 
 impl LoginThrottle {
     /// Waits for a password check to be free (at most [`CHECK_WAIT`]); `None`: too many at once.
-    pub async fn check_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        tokio::time::timeout(CHECK_WAIT, self.checks.acquire()).await.ok()?.ok()
+    /// The slot is owned: move it into the check, so that it is freed when the check ends, not
+    /// when a caller who hung up stops waiting for it.
+    pub async fn check_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(CHECK_WAIT, self.checks.clone().acquire_owned()).await.ok()?.ok()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -94,7 +105,8 @@ impl LoginThrottle {
         let mut state = self.lock();
         let pair = state.by_pair.get(&(login.to_owned(), address)).map(|a| a.next_allowed);
         let whole = state.by_login.get(login).map(|a| a.next_allowed);
-        let until = pair.into_iter().chain(whole).max().filter(|t| *t > now);
+        let from_here = state.by_address.get(&address).map(|a| a.next_allowed);
+        let until = pair.into_iter().chain(whole).chain(from_here).max().filter(|t| *t > now);
         match until {
             None => Ok(()),
             Some(t) => {
@@ -108,9 +120,13 @@ impl LoginThrottle {
     pub fn failed(&self, login: &str, address: IpAddr) {
         let now = Instant::now();
         let mut state = self.lock();
-        if state.by_pair.len() > MAX_TRACKED || state.by_login.len() > MAX_TRACKED {
+        if state.by_pair.len() > MAX_TRACKED
+            || state.by_login.len() > MAX_TRACKED
+            || state.by_address.len() > MAX_TRACKED
+        {
             state.by_pair.retain(|_, a| now.duration_since(a.last) < FORGET_AFTER);
             state.by_login.retain(|_, a| now.duration_since(a.last) < FORGET_AFTER);
+            state.by_address.retain(|_, a| now.duration_since(a.last) < FORGET_AFTER);
         }
         let login: String = login.chars().take(64).collect();
         let bump = |a: &mut Attempts, free: u32, step: Duration, max: Duration| {
@@ -126,6 +142,8 @@ impl LoginThrottle {
         bump(pair, FREE_FAILURES, Duration::from_secs(1), MAX_PAIR_DELAY);
         let whole = state.by_login.entry(login.clone()).or_insert(fresh);
         bump(whole, FREE_LOGIN_FAILURES, Duration::from_millis(250), MAX_LOGIN_DELAY);
+        let from_here = state.by_address.entry(address).or_insert(fresh);
+        bump(from_here, FREE_ADDRESS_FAILURES, Duration::from_secs(1), MAX_PAIR_DELAY);
         record(&mut state, &login, address, "wrong_password");
     }
 

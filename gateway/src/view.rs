@@ -453,6 +453,19 @@ impl OperationsView {
         // the next commune): it belongs where it was last raised, and nothing of where it was
         // (its position) follows it there.
         let moved = alarm.commune != summary.commune;
+        if moved {
+            // The first commune's operators' work on it (their logins, comments, an
+            // acknowledgement or a shelving) is theirs: the alarm starts afresh where it is now.
+            alarm.first_raised_at = summary.observed_at.clone();
+            alarm.raise_count = 1;
+            alarm.acknowledged = false;
+            alarm.acknowledged_by = None;
+            alarm.acknowledged_at = None;
+            alarm.assignee = None;
+            alarm.shelved_until = None;
+            alarm.comments.clear();
+            alarm.resolved_by = None;
+        }
         alarm.commune = summary.commune.clone();
         alarm.asset_id = summary.asset_id.clone();
         alarm.severity = severity_name(raised.severity).to_owned();
@@ -481,7 +494,9 @@ impl OperationsView {
     /// An operator's action on an alarm. `None` for an alarm the view does not hold (closed
     /// meanwhile, by another operator or replica): the audit log still has it.
     fn alarm_action(&mut self, summary: &EventSummary, action: &AlarmAction) -> Option<Change> {
-        let alarm = self.alarms.get_mut(&action.alarm_key)?;
+        // An action belongs to the commune the operator acted in: an alarm that moved to another
+        // commune meanwhile is not theirs to change (the audit log still records the action).
+        let alarm = self.alarms.get_mut(&action.alarm_key).filter(|a| a.commune == summary.commune)?;
         let at = summary.observed_at.clone();
         match AlarmActionKind::try_from(action.action).ok()? {
             AlarmActionKind::Acknowledge => {

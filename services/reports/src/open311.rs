@@ -45,7 +45,8 @@ async fn limit_reads(
     next: axum::middleware::Next,
 ) -> Response {
     let path = request.uri().path();
-    if request.method() == axum::http::Method::GET && path != "/health" && !app.read_limiter.allow(peer.ip()) {
+    // Every method but POST (which has its own limit): HEAD runs the same handlers as GET.
+    if request.method() != axum::http::Method::POST && path != "/health" && !app.read_limiter.allow(peer.ip()) {
         let format = if path.ends_with(".xml") { Format::Xml } else { Format::Json };
         return error(format, StatusCode::TOO_MANY_REQUESTS, "too many reads from this client; try again in a minute");
     }

@@ -40,6 +40,14 @@ async fn a_bus_crossing_into_another_commune_leaves_one_operators_view_and_enter
     client.report_positions(futures::stream::iter(vec![position("V1", "T1", 450.0, 200.0)])).await?;
     west.until(|f| f["alarm"]["key"] == key && f["alarm"]["commune"] == "34172").await?;
     assert!(keys(&slice.gateway_addr, "/api/v1/alarms", &ouest, "key")?.contains(&key.to_owned()));
+    // Ouest's operator works on it: their acknowledgement and comment are Ouest's.
+    for action in [
+        json!({"alarm_key": key, "action": "comment", "comment": "vu par l'ouest"}),
+        json!({"alarm_key": key, "action": "acknowledge"}),
+    ] {
+        let (status, answer) = http_post_json_as(&slice.gateway_addr, "/api/v1/alarms/actions", &action, Some(&ouest))?;
+        assert_eq!(status, 200, "{answer}");
+    }
 
     // Eight kilometres east, in Est (34129), still off its route: raised again there.
     client.report_positions(futures::stream::iter(vec![position("V1", "T1", 8000.0, 200.0)])).await?;
@@ -47,6 +55,9 @@ async fn a_bus_crossing_into_another_commune_leaves_one_operators_view_and_enter
     let alarm = &frames[frames.len() - 1]["alarm"];
     assert_eq!(alarm["commune"], "34129", "{alarm}");
     assert!(alarm["position"]["lon"].as_f64().is_some_and(|lon| lon > 3.9), "where it is now: {alarm}");
+    // Nothing of Ouest's work on it follows it: it starts afresh in Est.
+    assert_eq!(alarm["acknowledged"], false, "{alarm}");
+    assert!(!alarm.to_string().contains("vu par l'ouest") && !alarm.to_string().contains("op-ouest"), "{alarm}");
     // Ouest is told to forget the alarm and the bus, and nothing of where they went.
     let mut removed_alarm = false;
     let mut removed_vehicle = false;
@@ -78,8 +89,12 @@ async fn a_bus_crossing_into_another_commune_leaves_one_operators_view_and_enter
     let (_, audit) = http_get_json_as(&slice.gateway_addr, "/api/v1/audit?action=acknowledge", Some(&est))?;
     let entry = audit["items"].as_array().and_then(|items| items.first()).context("Est's acknowledgement audited")?;
     assert_eq!(entry["commune"], "34129", "{entry}");
+    // Ouest's audit log holds its own work on it, in Ouest, and nothing of Est's.
     let (_, audit) = http_get_json_as(&slice.gateway_addr, "/api/v1/audit", Some(&ouest))?;
-    assert!(!audit.to_string().contains(key), "Ouest's audit log holds nothing of it: {audit}");
+    let entries: Vec<&serde_json::Value> =
+        audit["items"].as_array().into_iter().flatten().filter(|e| e["target"] == key).collect();
+    assert_eq!(entries.len(), 2, "{audit}");
+    assert!(entries.iter().all(|e| e["actor"] == "op-ouest" && e["commune"] == "34172"), "{audit}");
     Ok(())
 }
 
