@@ -263,11 +263,13 @@ impl Consumer {
     fn notice(&self, kind: NoticeKind, seqs: Option<(u64, u64)>) -> anyhow::Result<()> {
         let (from_seq, to_seq) = (seqs.map(|s| s.0), seqs.map(|s| s.1));
         let known = self.store.notices()?;
+        let mut count = known.len();
         if !known.iter().any(|n| n.kind == kind && n.from_seq == from_seq && n.to_seq == to_seq) {
             let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             self.store.add_notice(SystemNotice { id: 0, kind, at, from_seq, to_seq })?;
+            count = (count + 1).min(crate::store::MAX_NOTICES);
         }
-        self.live.set_notices(self.store.notices()?.len());
+        self.live.set_notices(count);
         Ok(())
     }
 }

@@ -88,10 +88,6 @@ impl Link {
     pub fn set(&self, state: LinkState) {
         self.state.send_replace(state);
     }
-
-    pub fn state(&self) -> LinkState {
-        *self.state.borrow()
-    }
 }
 
 impl Drop for Link {

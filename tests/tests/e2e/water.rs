@@ -178,30 +178,18 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
     assert!(drop > 5.0 && rise > 20.0, "drop {drop} m, rise {rise} m3/h");
     assert!(sensor_seen, "water sensors appear as assets with their measures");
 
-    // An operator of another commune may not touch this pipe, nor learn that it exists.
-    let refused = client
-        .send_valve_command(SendValveCommandRequest {
-            link_id: BURST_PIPE.into(),
-            action: ValveAction::Close as i32,
-            requested_by: "opérateur voisin".into(),
-            reason: "isoler la casse".into(),
-            timeout_s: 60,
-            allowed_communes: vec!["99999".into()],
-        })
-        .await
-        .expect_err("outside the operator's communes");
-    // To them it is not in the network: the answer an unknown link gets.
-    let unknown = client
-        .send_valve_command(SendValveCommandRequest {
-            link_id: "NOPE".into(),
-            action: ValveAction::Close as i32,
-            requested_by: "opérateur voisin".into(),
-            reason: "isoler la casse".into(),
-            timeout_s: 60,
-            allowed_communes: vec!["99999".into()],
-        })
-        .await
-        .expect_err("an unknown link");
+    // An operator of another commune may not touch this pipe, nor learn that it exists: to them
+    // it is not in the network, the answer an unknown link gets.
+    let neighbour = |link_id: &str| SendValveCommandRequest {
+        link_id: link_id.into(),
+        action: ValveAction::Close as i32,
+        requested_by: "opérateur voisin".into(),
+        reason: "isoler la casse".into(),
+        timeout_s: 60,
+        allowed_communes: vec!["99999".into()],
+    };
+    let refused = client.send_valve_command(neighbour(BURST_PIPE)).await.expect_err("outside the operator's communes");
+    let unknown = client.send_valve_command(neighbour("NOPE")).await.expect_err("an unknown link");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{}", refused.message());
     assert_eq!(refused.message(), unknown.message().replace("NOPE", BURST_PIPE));
     // The operator isolates the burst pipe.
