@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authority, Principal};
-use crate::live::{Delta, Live, Start, upstream};
+use crate::live::{Delta, Demand, Live, Start, upstream};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -216,6 +216,10 @@ impl Out {
 
     /// A close frame, if the client still takes one.
     async fn close(&mut self, code: u16, reason: &'static str) {
+        self.close_owned(code, reason.to_owned()).await;
+    }
+
+    async fn close_owned(&mut self, code: u16, reason: String) {
         let close = CloseFrame { code, reason: reason.into() };
         let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.send(Message::Close(Some(close)))).await;
     }
@@ -247,7 +251,14 @@ async fn session(
         out.close(access_close::REVOKED, "the session was closed; log in again").await;
         return;
     }
-    let (start, mut deltas) = state.live.subscribe(&filter, resume_from);
+    let (start, mut deltas) = match state.live.start(&principal.login, &filter, resume_from, Demand::Asked).await {
+        Ok(started) => started,
+        Err(limited) => {
+            tracing::warn!(login = %principal.login, "refusing a snapshot: too many for this login");
+            out.close_owned(close_code::TOO_MANY_SNAPSHOTS, limited.close_reason()).await;
+            return;
+        }
+    };
     if !send_start(&mut out, start).await {
         return;
     }
@@ -278,7 +289,7 @@ async fn session(
                             Ok(delta) => batch.push(delta),
                             Err(TryRecvError::Lagged(missed)) => {
                                 batch.clear();
-                                if !resync(&mut out, &state, &filter, &mut deltas, missed).await {
+                                if !resync(&mut out, &state, &principal.login, &filter, &mut deltas, missed).await {
                                     return;
                                 }
                                 break;
@@ -289,7 +300,7 @@ async fn session(
                 }
                 Err(RecvError::Lagged(missed)) => {
                     batch.clear();
-                    if !resync(&mut out, &state, &filter, &mut deltas, missed).await {
+                    if !resync(&mut out, &state, &principal.login, &filter, &mut deltas, missed).await {
                         return;
                     }
                 }
@@ -332,10 +343,19 @@ async fn session(
                                     continue;
                                 }
                             }
+                            let (start, receiver) = match state.live.start(&principal.login, &wanted, resume_from, Demand::Asked).await {
+                                Ok(started) => started,
+                                Err(limited) => {
+                                    let error = ServerMessage::Error { code: ErrorCode::RateLimited, message: limited.to_string() };
+                                    if !out.send(frame(error)).await {
+                                        return;
+                                    }
+                                    continue;
+                                }
+                            };
                             filter = wanted;
                             coalescing = coalesce.unwrap_or(coalescing);
                             batch.clear();
-                            let (start, receiver) = state.live.subscribe(&filter, resume_from);
                             deltas = receiver;
                             if !send_start(&mut out, start).await {
                                 return;
@@ -396,13 +416,16 @@ async fn session(
 async fn resync(
     out: &mut Out,
     state: &AppState,
+    login: &str,
     filter: &Filter,
     deltas: &mut tokio::sync::broadcast::Receiver<Arc<Delta>>,
     missed: u64,
 ) -> bool {
     tracing::info!(missed, "client fell behind; sending a fresh snapshot");
     crate::metrics::get().resyncs.inc();
-    let (start, receiver) = state.live.subscribe(filter, None);
+    let Ok((start, receiver)) = state.live.start(login, filter, None, Demand::FellBehind).await else {
+        return false;
+    };
     *deltas = receiver;
     send_start(out, start).await
 }

@@ -24,6 +24,7 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod opsview;
+pub mod snapshots;
 pub mod store;
 pub mod throttle;
 pub mod view;
@@ -102,6 +103,12 @@ pub struct Config {
     /// comma-separated); by default only the gateway's own.
     #[arg(long, env = "VIGIE_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Snapshots one login may ask for at once (over every WebSocket and gRPC stream it opens);
+    /// then one every 2 s. A resume after a disconnection is not counted.
+    #[arg(long, env = "VIGIE_GATEWAY_SNAPSHOTS_PER_LOGIN", default_value_t = snapshots::BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshots_per_login: u32,
 
     #[command(flatten)]
     pub common: CommonConfig,
@@ -236,7 +243,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         "view restored from the store"
     );
     let view = view::OperationsView::from(loaded);
-    let live = Arc::new(live::Live::new(view, live::max_lag(config.heartbeat)));
+    let live = Arc::new(live::Live::new(view, live::max_lag(config.heartbeat), config.snapshots_per_login));
     live.set_notices(store.notices().context("reading the system notices")?.len());
 
     let nats = runtime::bus::connect(&config.common, "vigie-gateway").await?;

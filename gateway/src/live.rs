@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
+use crate::snapshots::{RateLimited, Snapshots};
 use crate::view::{Change, OperationsView, Place};
 
 /// Deltas a session may fall behind before it gets a fresh snapshot instead, and deltas kept for
@@ -113,8 +114,9 @@ pub enum ConsumerHealth {
 
 /// How a session starts or restarts.
 pub enum Start {
-    /// The whole (filtered) view, then the deltas after it.
-    Snapshot(String),
+    /// The whole (filtered) view, then the deltas applied since it was serialised (a shared
+    /// snapshot serves several sessions: see `snapshots`), then the live ones.
+    Snapshot { json: Utf8Bytes, catch_up: Vec<Utf8Bytes> },
     /// The deltas the client missed since the sequence it gave (already filtered), then the
     /// live ones.
     Resumed { from: u64, missed: Vec<Utf8Bytes> },
@@ -124,7 +126,7 @@ impl Start {
     /// The frames (JSON text) that start the session, in order, whatever carries them.
     pub fn frames(self) -> Vec<Utf8Bytes> {
         match self {
-            Start::Snapshot(json) => vec![Utf8Bytes::from(json)],
+            Start::Snapshot { json, catch_up } => std::iter::once(json).chain(catch_up).collect(),
             Start::Resumed { from, missed } => {
                 let resumed =
                     serde_json::to_string(&ServerFrame::new(ServerMessage::Resumed { from })).unwrap_or_default();
@@ -132,6 +134,14 @@ impl Start {
             }
         }
     }
+}
+
+/// Why a session asks how to start: a client asked (its login's snapshot budget may refuse), or
+/// it fell too far behind (it waits for its login's budget instead).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Demand {
+    Asked,
+    FellBehind,
 }
 
 pub struct Live {
@@ -145,6 +155,7 @@ pub struct Live {
     pub max_lag: Duration,
     /// System notices waiting for a supervisor (told in heartbeats).
     notices: std::sync::atomic::AtomicU32,
+    snapshots: Snapshots,
 }
 
 struct Inner {
@@ -175,7 +186,8 @@ pub enum Received {
 }
 
 impl Live {
-    pub fn new(view: OperationsView, max_lag: Duration) -> Live {
+    /// `snapshot_burst`: the snapshots a login may ask for at once (see `snapshots`).
+    pub fn new(view: OperationsView, max_lag: Duration, snapshot_burst: u32) -> Live {
         let (deltas, _) = broadcast::channel(DELTA_BUFFER);
         let (applied, _) = watch::channel(view.applied_seq());
         // Deltas before the restored view are not kept: a resume from before it gets a snapshot.
@@ -187,6 +199,7 @@ impl Live {
             current_as_of: Mutex::new(None),
             max_lag,
             notices: std::sync::atomic::AtomicU32::new(0),
+            snapshots: Snapshots::new(snapshot_burst),
         }
     }
 
@@ -266,6 +279,7 @@ impl Live {
         inner.recent.clear();
         inner.evicted_upto = 0;
         drop(inner);
+        self.snapshots.forget();
         *self.current_as_of.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.applied.send_replace(0);
     }
@@ -355,30 +369,95 @@ impl Live {
         Ok(persist.applied_seq)
     }
 
-    /// A session's start under `filter`: a snapshot, or the missed deltas when `resume_from` can
-    /// be served; and a receiver of every delta after it (unfiltered).
-    pub fn subscribe(&self, filter: &Filter, resume_from: Option<u64>) -> (Start, broadcast::Receiver<Arc<Delta>>) {
-        let inner = self.lock();
-        let receiver = inner.deltas.subscribe();
-        let applied = inner.view.applied_seq();
-        if let Some(from) = resume_from
-            && from >= inner.evicted_upto
-            && from <= applied
-        {
-            let missed = inner.recent.iter().filter(|d| d.seq > from).filter_map(|d| d.frame_for(filter)).collect();
-            return (Start::Resumed { from, missed }, receiver);
+    /// A session's start under `filter`, for `login`: the missed deltas when `resume_from` can
+    /// be served, else a snapshot (within the login's budget: see `snapshots`); and a receiver of
+    /// every delta after it (unfiltered). The consumer never waits for this beyond copying the
+    /// view's filtered states, a few sessions at a time.
+    pub async fn start(
+        &self,
+        login: &str,
+        filter: &Filter,
+        resume_from: Option<u64>,
+        demand: Demand,
+    ) -> Result<(Start, broadcast::Receiver<Arc<Delta>>), RateLimited> {
+        if let Some(resumed) = resume_from.and_then(|from| self.resumed(from, filter)) {
+            return Ok(resumed);
         }
-        let assets: Vec<AssetState> = inner.view.assets().filter(|a| filter.allows_asset(a)).cloned().collect();
-        let alarms: Vec<AlarmState> = inner.view.alarms().filter(|a| filter.allows_alarm(a)).cloned().collect();
-        let commands: Vec<CommandState> = inner.view.commands().filter(|c| filter.allows_command(c)).cloned().collect();
-        let kpis: Vec<KpiState> = inner.view.kpis().filter(|k| filter.allows_kpi(k)).cloned().collect();
+        match demand {
+            Demand::Asked => self.snapshots.take(login)?,
+            Demand::FellBehind => self.snapshots.take_waiting(login).await,
+        }
+        let key = serde_json::to_string(filter).unwrap_or_default();
+        if let Some(started) = self.start_shared(&key, filter, demand) {
+            return Ok(started);
+        }
+        // The semaphore is never closed; were it, building without a permit is still right.
+        let _permit = self.snapshots.builds.acquire().await;
+        // Another session may have built it while this one waited.
+        if let Some(started) = self.start_shared(&key, filter, demand) {
+            return Ok(started);
+        }
+        let (receiver, seq, assets, alarms, commands, kpis) = {
+            let inner = self.lock();
+            let view = &inner.view;
+            let assets: Vec<AssetState> = view.assets().filter(|a| filter.allows_asset(a)).cloned().collect();
+            let alarms: Vec<AlarmState> = view.alarms().filter(|a| filter.allows_alarm(a)).cloned().collect();
+            let commands: Vec<CommandState> = view.commands().filter(|c| filter.allows_command(c)).cloned().collect();
+            let kpis: Vec<KpiState> = view.kpis().filter(|k| filter.allows_kpi(k)).cloned().collect();
+            (inner.deltas.subscribe(), view.applied_seq(), assets, alarms, commands, kpis)
+        };
+        // Serialising the whole view is long work: off the runtime's threads.
+        let serialise = move || {
+            let frame = ServerFrame::new(ServerMessage::Snapshot { seq, assets, alarms, commands, kpis });
+            serde_json::to_string(&frame).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot serialise a snapshot");
+                String::new()
+            })
+        };
+        let json = Utf8Bytes::from(tokio::task::spawn_blocking(serialise).await.unwrap_or_default());
+        crate::metrics::get().snapshots_built.inc();
+        self.snapshots.share(key, seq, json.clone());
+        Ok((Start::Snapshot { json, catch_up: Vec::new() }, receiver))
+    }
+
+    /// The deltas missed since `from`, when they are all at hand.
+    fn resumed(&self, from: u64, filter: &Filter) -> Option<(Start, broadcast::Receiver<Arc<Delta>>)> {
+        let inner = self.lock();
+        if from < inner.evicted_upto || from > inner.view.applied_seq() {
+            return None;
+        }
+        let first = inner.recent.partition_point(|d| d.seq <= from);
+        let missed = inner.recent.range(first..).filter_map(|d| d.frame_for(filter)).collect();
+        Some((Start::Resumed { from, missed }, inner.deltas.subscribe()))
+    }
+
+    /// A start from the snapshot shared for this filter, when there is a recent one: that
+    /// snapshot, then the deltas since (coalesced, as the snapshot itself is), when they are
+    /// still at hand. A client that asks gets it only while nothing was applied since: its
+    /// snapshot holds everything applied before it asked (a write it saw acknowledged is in it);
+    /// one that fell behind takes it with the deltas since.
+    fn start_shared(
+        &self,
+        key: &str,
+        filter: &Filter,
+        demand: Demand,
+    ) -> Option<(Start, broadcast::Receiver<Arc<Delta>>)> {
+        let (seq, json) = self.snapshots.recent(key)?;
+        let inner = self.lock();
+        let applied = inner.view.applied_seq();
+        let usable = match demand {
+            Demand::Asked => seq == applied,
+            Demand::FellBehind => seq >= inner.evicted_upto && seq <= applied,
+        };
+        if !usable {
+            return None;
+        }
+        let receiver = inner.deltas.subscribe();
+        let first = inner.recent.partition_point(|d| d.seq <= seq);
+        let since: Vec<Arc<Delta>> = inner.recent.range(first..).cloned().collect();
         drop(inner);
-        let frame = ServerFrame::new(ServerMessage::Snapshot { seq: applied, assets, alarms, commands, kpis });
-        let json = serde_json::to_string(&frame).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot serialise a snapshot");
-            String::new()
-        });
-        (Start::Snapshot(json), receiver)
+        crate::metrics::get().snapshots_shared.inc();
+        Some((Start::Snapshot { json, catch_up: coalesce(since, filter, true) }, receiver))
     }
 }
 

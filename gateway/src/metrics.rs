@@ -20,6 +20,11 @@ pub struct GatewayMetrics {
     pub kpi_values_dropped: Counter,
     /// Events the view never applied and the stream no longer holds (its retention dropped them).
     pub events_lost_to_retention: Counter,
+    /// Snapshots serialised, and those served from a shared one.
+    pub snapshots_built: Counter,
+    pub snapshots_shared: Counter,
+    /// Snapshots refused because their login asked for too many.
+    pub snapshots_refused: Counter,
 }
 
 pub fn get() -> &'static GatewayMetrics {
@@ -36,6 +41,9 @@ pub fn get() -> &'static GatewayMetrics {
             view_records_unreadable: Counter::default(),
             kpi_values_dropped: Counter::default(),
             events_lost_to_retention: Counter::default(),
+            snapshots_built: Counter::default(),
+            snapshots_shared: Counter::default(),
+            snapshots_refused: Counter::default(),
         };
         let r = runtime::metrics::global();
         r.register("gateway_events_applied", "Events applied to the operations view", m.events_applied.clone());
@@ -46,6 +54,17 @@ pub fn get() -> &'static GatewayMetrics {
         );
         r.register("gateway_applied_seq", "Stream sequence the view is current at", m.applied_seq.clone());
         r.register("gateway_ws_clients", "Live WebSocket sessions", m.clients.clone());
+        r.register("gateway_snapshots_built", "Snapshots serialised", m.snapshots_built.clone());
+        r.register(
+            "gateway_snapshots_shared",
+            "Snapshots served from one serialised for the same filter moments before",
+            m.snapshots_shared.clone(),
+        );
+        r.register(
+            "gateway_snapshots_refused",
+            "Snapshots refused because their login asked for more than its budget",
+            m.snapshots_refused.clone(),
+        );
         r.register("gateway_resyncs", "Fresh snapshots sent to sessions that fell too far behind", m.resyncs.clone());
         r.register(
             "gateway_deltas_coalesced",

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, ApiError, ApiState, AuditParams, ListQuery};
 use crate::auth::{Authority, Principal};
-use crate::live::{Delta, Start, upstream};
+use crate::live::{Delta, Demand, Start, upstream};
 
 /// Frames buffered per stream; a stream that does not keep up falls behind the broadcast and
 /// gets a fresh snapshot.
@@ -101,7 +101,10 @@ impl OpsView for OpsViewApi {
         let expires_at = crate::auth::deadline(principal.expires_at);
         let coalescing = !r.every_update;
         let live = self.api.live.clone();
-        let (start, mut deltas) = live.subscribe(&filter, r.resume_from);
+        let (start, mut deltas) = live
+            .start(&principal.login, &filter, r.resume_from, Demand::Asked)
+            .await
+            .map_err(|limited| Status::resource_exhausted(limited.to_string()))?;
         let (sender, receiver) = mpsc::channel::<Result<LiveFrame, Status>>(STREAM_BUFFER);
         let (nats, every) = (self.nats.clone(), self.heartbeat);
         tokio::spawn(async move {
@@ -160,7 +163,10 @@ impl OpsView for OpsViewApi {
                 }
                 if lagged {
                     crate::metrics::get().resyncs.inc();
-                    let (start, receiver) = live.subscribe(&filter, None);
+                    let Ok((start, receiver)) = live.start(&principal.login, &filter, None, Demand::FellBehind).await
+                    else {
+                        return;
+                    };
                     deltas = receiver;
                     for f in send_start(start) {
                         if sender.send(Ok(f)).await.is_err() {

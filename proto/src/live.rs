@@ -91,6 +91,9 @@ pub enum ErrorCode {
     /// A `subscribe` whose filter is not acceptable (the message says why); the previous
     /// subscription stays.
     BadFilter,
+    /// A `subscribe` past its login's snapshot budget (the message says when to retry); the
+    /// previous subscription stays.
+    RateLimited,
 }
 
 /// Which asset: its domain and id.
@@ -142,6 +145,9 @@ pub enum Upstream {
 pub mod close_code {
     /// Nothing heard from the client (not even a WebSocket pong) for too long.
     pub const NO_HEARTBEAT: u16 = 4002;
+    /// The session would start with a snapshot, and its login asked for too many of them
+    /// (the reason says when to retry); a resume is not counted.
+    pub const TOO_MANY_SNAPSHOTS: u16 = 4029;
 }
 
 /// What a session receives: everything when empty. Each non-empty list narrows it.

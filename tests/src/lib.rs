@@ -1109,7 +1109,7 @@ pub fn mint_token(key_path: &Path, typ: runtime::auth::TokenType) -> Result<Stri
     }))
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A client of the live protocol. Frames are read as plain JSON, not with the gateway's types,
 /// so a change of the wire format shows up here.
@@ -1190,6 +1190,11 @@ impl LiveClient {
                 Err(e) => bail!("the connection failed before a close frame: {e}"),
             }
         }
+    }
+
+    /// The WebSocket itself, for a test that reads and writes at once (split it).
+    pub fn into_socket(self) -> Socket {
+        self.socket
     }
 
     pub async fn send_text(&mut self, text: &str) -> Result<()> {

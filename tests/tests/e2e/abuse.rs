@@ -207,3 +207,152 @@ async fn open311_reads_are_bounded_and_limited_per_client() -> Result<()> {
     assert_eq!(status, 200, "the service is up");
     Ok(())
 }
+
+/// Any viewer could ask for a full snapshot 20 times a second on every socket it opened; each was
+/// built under the lock the consumer needs to apply events, and serialised once per request. A
+/// viewer with a few sockets kept the gateway busy building snapshots and delayed everyone's
+/// events. Snapshots are now shared (one serialisation serves every request for the same filter
+/// within a second), rate-limited per login (past the budget: a `rate_limited` error, the previous
+/// subscription stays), and built a few at a time; the consumer never waits for a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_storm_is_limited_per_login_and_does_not_delay_others() -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use proto::lighting::{
+        LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
+    };
+    use std::time::{Duration, Instant, SystemTime};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const LAMPS: usize = 8000;
+    let slice = Slice::start().await?;
+    let mut lighting = slice.lighting_client().await?;
+    let lamps: Vec<Streetlight> = (0..LAMPS)
+        .map(|i| Streetlight {
+            id: format!("STORM-{i:05}"),
+            lat: 43.60 + (i / 100) as f64 * 0.0002,
+            lon: 3.85 + (i % 100) as f64 * 0.0002,
+            lamp_type: "LANTERNE".into(),
+            street: "Rue de la Tempête".into(),
+            ..Default::default()
+        })
+        .collect();
+    for chunk in lamps.chunks(1000) {
+        lighting.register_streetlights(RegisterStreetlightsRequest { streetlights: chunk.to_vec() }).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tests::http_get_json(&slice.gateway_addr, "/health")?.1["assets"].as_u64() < Some(LAMPS as u64) {
+        anyhow::ensure!(Instant::now() < deadline, "the registrations never reached the view");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("ws://{}/ws", slice.gateway_addr);
+    let mut honest = LiveClient::connect(&url).await?;
+    let snapshot = honest.next().await?;
+    assert_eq!(snapshot["type"], "snapshot");
+    let snapshot_bytes = snapshot.to_string().len() as u64;
+
+    // How long a lamp report takes from its acknowledgement to the honest console.
+    async fn delays(lighting: &mut tests::LightingClient, honest: &mut LiveClient, n: usize) -> Result<Vec<Duration>> {
+        let mut delays = Vec::new();
+        for i in 0..n {
+            let report = StatusReport {
+                streetlight_id: "STORM-00000".into(),
+                observed_at: Some(SystemTime::now().into()),
+                status: LampStatus::Ok as i32,
+                power_state: PowerState::On as i32,
+                illuminance_level: (i % 100) as f64 / 100.0,
+                power_consumption_w: 70.0,
+                voltage_v: None,
+            };
+            let id = lighting.report_status(ReportStatusRequest { report: Some(report) }).await?.into_inner().event_id;
+            let acknowledged = Instant::now();
+            honest.until(|f| f["event"]["id"] == id.as_str()).await?;
+            delays.push(acknowledged.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        delays.sort();
+        Ok(delays)
+    }
+    let baseline = delays(&mut lighting, &mut honest, 20).await?;
+
+    // Logged in first: a password check's memory is not the storm's.
+    let viewer = slice.add_operator("curious-viewer", "viewer", &[])?;
+    let pid = slice.gateway.pid().context("gateway pid")?;
+    let before = peak_memory(pid)?;
+    // Eight sockets, each asking for a snapshot 16 times a second (under the frame limit), with
+    // filters that differ so that no two requests are alike.
+    let storm_for = Duration::from_secs(8);
+    let attackers: Vec<_> = (0..8)
+        .map(|socket| {
+            let (url, viewer) = (url.clone(), viewer.clone());
+            tokio::spawn(async move {
+                let client = LiveClient::connect_as(&url, Some(&viewer), None).await?;
+                let (mut sink, mut stream) = client.into_socket().split();
+                let (mut snapshots, mut limited) = (0u32, 0u32);
+                let started = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(60));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut asked = 0u32;
+                while started.elapsed() < storm_for {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            asked += 1;
+                            let severity = ["warning", "minor", "major", "critical"][(asked % 4) as usize];
+                            let west = 3.0 - f64::from(socket * 1000 + asked) * 1e-6;
+                            let subscribe = json!({"v": 1, "type": "subscribe", "filter":
+                                {"min_severity": severity, "bbox": [west, 43.0, 4.5, 44.5]}});
+                            sink.send(Message::Text(subscribe.to_string().into())).await?;
+                        }
+                        frame = stream.next() => match frame {
+                            Some(Ok(Message::Text(text))) => {
+                                let frame: serde_json::Value = serde_json::from_str(&text)?;
+                                if frame["type"] == "snapshot" {
+                                    snapshots += 1;
+                                } else if frame["type"] == "error" && frame["code"] == "rate_limited" {
+                                    limited += 1;
+                                }
+                            }
+                            Some(Ok(Message::Close(reason))) => anyhow::bail!("the gateway closed an attacker's socket: {reason:?}"),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => anyhow::bail!("attacker socket failed: {e}"),
+                            None => anyhow::bail!("the gateway closed an attacker's socket"),
+                        },
+                    }
+                }
+                anyhow::Ok((asked, snapshots, limited))
+            })
+        })
+        .collect();
+    let under_storm = delays(&mut lighting, &mut honest, 20).await?;
+    let (mut asked, mut snapshots, mut limited) = (0, 0, 0);
+    for attacker in attackers {
+        let (a, s, l) = attacker.await??;
+        (asked, snapshots, limited) = (asked + a, snapshots + s, limited + l);
+    }
+    let grown = peak_memory(pid)?.saturating_sub(before);
+    let worst = |d: &[Duration]| d.last().copied().unwrap_or_default();
+    eprintln!(
+        "[snapshot storm] {LAMPS} assets, {} KiB a snapshot; {asked} snapshots asked, {snapshots} sent, {limited} refused; honest \
+         delay median {:?} worst {:?} before, median {:?} worst {:?} during; peak memory +{} MiB",
+        snapshot_bytes >> 10,
+        baseline[baseline.len() / 2],
+        worst(&baseline),
+        under_storm[under_storm.len() / 2],
+        worst(&under_storm),
+        grown >> 20
+    );
+    // The budget: a burst of 10, then one every 2 s, for the login (every socket together).
+    assert!(snapshots <= 10 + 8, "{snapshots} snapshots for one login in 8 s");
+    assert!(limited > 0 && asked > 500, "asked {asked}, refused {limited}");
+    // The honest console's delay: unchanged within 250 ms at worst.
+    assert!(
+        worst(&under_storm) <= worst(&baseline) + Duration::from_millis(250),
+        "the storm delayed others: {under_storm:?} against {baseline:?}"
+    );
+    // Each snapshot in flight is held by its socket's write buffer while it is sent, and one
+    // more time while serialised: the login's burst, twice, and some room.
+    let bound = 2 * 10 * snapshot_bytes + (16 << 20);
+    assert!(grown < bound, "the storm took {} MiB (bound {} MiB)", grown >> 20, bound >> 20);
+    let (status, _) = tests::http_get(&slice.gateway_addr, "/health")?;
+    assert_eq!(status, 200, "the gateway is up");
+    Ok(())
+}

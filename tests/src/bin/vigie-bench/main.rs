@@ -272,7 +272,9 @@ async fn main() -> Result<()> {
     let slice = Slice::start_full(
         territory,
         &["--kpi-interval", "60s"],
-        &["--access-token-ttl", "4h", "--session-ttl", "8h", "--heartbeat", "2s"],
+        // Thousands of consoles under one login (each would have its own in a control room):
+        // the per-login snapshot budget is lifted.
+        &["--access-token-ttl", "4h", "--session-ttl", "8h", "--heartbeat", "2s", "--snapshots-per-login", "1000000"],
     )
     .await?;
     let channel = tests::channel_with_token(&slice.lighting_addr, Some(&slice.service_token)).await?;

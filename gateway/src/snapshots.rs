@@ -1,0 +1,183 @@
+//! What a snapshot costs, bounded: each login has a budget of snapshots (a burst, then one every
+//! few seconds, whatever number of sockets or streams it opens); a serialised snapshot is shared
+//! by every request for the same filter for a short while (later ones get it plus the deltas
+//! since); and only a few are built at once. A snapshot is the most expensive thing a reader can
+//! ask for (the whole view, copied under the lock the consumer applies events under, then
+//! serialised), so without these any viewer could keep the gateway busy and delay everyone's
+//! events.
+
+use axum::extract::ws::Utf8Bytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Snapshots a login may ask for at once, by default (`--snapshots-per-login`).
+pub const BURST: u32 = 10;
+/// Then one every this often.
+pub const REFILL_EVERY: Duration = Duration::from_secs(2);
+/// A serialised snapshot serves later requests for the same filter this long (they also get
+/// the deltas applied since, so they are as current as a fresh one).
+pub const SHARED_FOR: Duration = Duration::from_secs(1);
+/// Snapshots built at once; the other requests wait their turn (the consumer never does).
+pub const BUILDS_AT_ONCE: usize = 2;
+/// Bytes of shared snapshots kept at most (the oldest leave first).
+pub const SHARED_BYTES: usize = 64 << 20;
+
+/// The login asked for more snapshots than its budget: retry after this long.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimited {
+    pub retry_after: Duration,
+    burst: u32,
+}
+
+impl RateLimited {
+    /// The reason in a WebSocket close frame (at most 123 bytes).
+    pub fn close_reason(&self) -> String {
+        format!("too many snapshots for this login: retry in {} s", self.retry_after.as_secs_f64().ceil())
+    }
+}
+
+impl std::fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "too many snapshots for this login (a burst of {}, then one every {} s): retry in {} s; the \
+             previous subscription stays",
+            self.burst,
+            REFILL_EVERY.as_secs(),
+            self.retry_after.as_secs_f64().ceil()
+        )
+    }
+}
+
+/// A serialised snapshot, for one filter, current at `seq`.
+pub struct Shared {
+    pub seq: u64,
+    pub json: Utf8Bytes,
+    built: Instant,
+}
+
+pub struct Snapshots {
+    burst: u32,
+    pub builds: tokio::sync::Semaphore,
+    shared: Mutex<HashMap<String, Shared>>,
+    budgets: Mutex<HashMap<String, Budget>>,
+}
+
+impl Snapshots {
+    /// `burst`: the snapshots a login may ask for at once.
+    pub fn new(burst: u32) -> Self {
+        Snapshots {
+            burst,
+            builds: tokio::sync::Semaphore::new(BUILDS_AT_ONCE),
+            shared: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A login's snapshots left (a token bucket).
+struct Budget {
+    left: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn refill(&mut self, now: Instant, burst: u32) {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() / REFILL_EVERY.as_secs_f64();
+        self.left = (self.left + earned).min(f64::from(burst));
+        self.at = now;
+    }
+}
+
+impl Snapshots {
+    /// Takes one snapshot from `login`'s budget, or says how long until there is one.
+    pub fn take(&self, login: &str) -> Result<(), RateLimited> {
+        let now = Instant::now();
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        // Logins are the deployment's operators and integrators: few. Full budgets are
+        // forgotten from time to time all the same.
+        if budgets.len() > 10_000 {
+            budgets.retain(|_, b| {
+                b.refill(now, self.burst);
+                b.left < f64::from(self.burst)
+            });
+        }
+        let budget = budgets.entry(login.to_owned()).or_insert(Budget { left: f64::from(self.burst), at: now });
+        budget.refill(now, self.burst);
+        if budget.left >= 1.0 {
+            budget.left -= 1.0;
+            return Ok(());
+        }
+        let retry_after = REFILL_EVERY.mul_f64(1.0 - budget.left);
+        crate::metrics::get().snapshots_refused.inc();
+        Err(RateLimited { retry_after, burst: self.burst })
+    }
+
+    /// Takes one snapshot from `login`'s budget, waiting for it (a session that fell behind
+    /// must get one, but not more often than its login may ask).
+    pub async fn take_waiting(&self, login: &str) {
+        while let Err(limited) = self.take(login) {
+            tokio::time::sleep(limited.retry_after).await;
+        }
+    }
+
+    /// The shared snapshot for this filter, if one is recent enough.
+    pub fn recent(&self, filter_key: &str) -> Option<(u64, Utf8Bytes)> {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.get(filter_key).filter(|s| s.built.elapsed() < SHARED_FOR).map(|s| (s.seq, s.json.clone()))
+    }
+
+    /// Drops every shared snapshot (the view they were taken from is gone).
+    pub fn forget(&self) {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Keeps a snapshot for the requests that follow; the expired ones, and the oldest past the
+    /// byte budget, leave.
+    pub fn share(&self, filter_key: String, seq: u64, json: Utf8Bytes) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.retain(|_, s| s.built.elapsed() < SHARED_FOR);
+        if json.len() > SHARED_BYTES {
+            return;
+        }
+        while shared.values().map(|s| s.json.len()).sum::<usize>() + json.len() > SHARED_BYTES {
+            let Some(oldest) = shared.iter().min_by_key(|(_, s)| s.built).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            shared.remove(&oldest);
+        }
+        shared.insert(filter_key, Shared { seq, json, built: Instant::now() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_gets_a_burst_then_waits() {
+        let snapshots = Snapshots::new(BURST);
+        for _ in 0..10 {
+            assert!(snapshots.take("viewer").is_ok());
+        }
+        let refused = snapshots.take("viewer").expect_err("past the burst");
+        assert!(refused.retry_after <= REFILL_EVERY && refused.retry_after > Duration::ZERO);
+        assert!(refused.to_string().contains("retry in"), "{refused}");
+        // Another login has its own budget.
+        assert!(snapshots.take("operator").is_ok());
+    }
+
+    #[test]
+    fn shared_snapshots_expire_and_stay_within_their_bytes() {
+        let snapshots = Snapshots::new(BURST);
+        snapshots.share("a".into(), 7, Utf8Bytes::from("{}"));
+        assert_eq!(snapshots.recent("a").map(|(seq, _)| seq), Some(7));
+        assert!(snapshots.recent("b").is_none());
+        let big = "x".repeat(SHARED_BYTES / 2 + 1);
+        snapshots.share("b".into(), 8, Utf8Bytes::from(big.clone()));
+        snapshots.share("c".into(), 9, Utf8Bytes::from(big));
+        assert!(snapshots.recent("b").is_none(), "the oldest left to make room");
+        assert!(snapshots.recent("c").is_some());
+    }
+}
