@@ -261,17 +261,28 @@ impl Consumer {
 
     /// Records a system notice (once: an attempt that fails and starts again finds it there).
     fn notice(&self, kind: NoticeKind, seqs: Option<(u64, u64)>) -> anyhow::Result<()> {
-        let (from_seq, to_seq) = (seqs.map(|s| s.0), seqs.map(|s| s.1));
-        let known = self.store.notices()?;
-        let mut count = known.len();
-        if !known.iter().any(|n| n.kind == kind && n.from_seq == from_seq && n.to_seq == to_seq) {
-            let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            self.store.add_notice(SystemNotice { id: 0, kind, at, from_seq, to_seq })?;
-            count = (count + 1).min(crate::store::MAX_NOTICES);
-        }
-        self.live.set_notices(count);
-        Ok(())
+        record_notice(&self.store, &self.live, kind, seqs)
     }
+}
+
+/// Records a system notice, unless one of that kind (and sequences) waits already, and tells the
+/// sessions how many wait.
+pub fn record_notice(
+    store: &crate::store::Store,
+    live: &crate::live::Live,
+    kind: NoticeKind,
+    seqs: Option<(u64, u64)>,
+) -> anyhow::Result<()> {
+    let (from_seq, to_seq) = (seqs.map(|s| s.0), seqs.map(|s| s.1));
+    let known = store.notices()?;
+    let mut count = known.len();
+    if !known.iter().any(|n| n.kind == kind && n.from_seq == from_seq && n.to_seq == to_seq) {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        store.add_notice(SystemNotice { id: 0, kind, at, from_seq, to_seq })?;
+        count = (count + 1).min(crate::store::MAX_NOTICES);
+    }
+    live.set_notices(count);
+    Ok(())
 }
 
 /// A store that failed to write (see `runtime::store_fault`).

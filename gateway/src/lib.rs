@@ -104,6 +104,16 @@ pub struct Config {
     #[arg(long, env = "VIGIE_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// How long a closed citizen report stays in the live view (by the events' times); the
+    /// reports service keeps it, and its Open311 API serves it.
+    #[arg(long, env = "VIGIE_GATEWAY_CLOSED_REPORTS_KEPT", default_value = "24h", value_parser = runtime::config::parse_duration)]
+    pub closed_reports_kept: std::time::Duration,
+
+    /// The view's size budget (memory it may take, approximately; e.g. 512MiB): past 80 %, a
+    /// system notice tells the supervisors, and `gateway_view_bytes` shows it.
+    #[arg(long, env = "VIGIE_GATEWAY_VIEW_BUDGET", default_value = "512MiB", value_parser = runtime::config::parse_bytes)]
+    pub view_budget: u64,
+
     /// Snapshots one login may ask for at once (over every WebSocket and gRPC stream it opens);
     /// then one every 2 s. A resume after a disconnection is not counted.
     #[arg(long, env = "VIGIE_GATEWAY_SNAPSHOTS_PER_LOGIN", default_value_t = snapshots::BURST,
@@ -243,8 +253,14 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         "view restored from the store"
     );
     let view = view::OperationsView::from(loaded);
-    let live = Arc::new(live::Live::new(view, live::max_lag(config.heartbeat), config.snapshots_per_login));
+    let live = Arc::new(live::Live::new(
+        view,
+        live::max_lag(config.heartbeat),
+        config.snapshots_per_login,
+        Some(config.closed_reports_kept),
+    ));
     live.set_notices(store.notices().context("reading the system notices")?.len());
+    tokio::spawn(watch_view_size(live.clone(), store.clone(), config.view_budget, shutdown.clone()));
 
     let nats = runtime::bus::connect(&config.common, "vigie-gateway").await?;
     let consumer = consumer::Consumer {
@@ -367,6 +383,34 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     store.flush().await.context("flushing the store")?;
     tracing::info!("stopped");
     served
+}
+
+/// How often the view's size is checked against its budget.
+const VIEW_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks the view's size against its budget: past 80 %, a system notice (once, until it has
+/// gone back under 70 %).
+async fn watch_view_size(live: Arc<live::Live>, store: store::Store, budget: u64, shutdown: CancellationToken) {
+    let mut armed = true;
+    let mut every = tokio::time::interval(VIEW_SIZE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let bytes = u64::try_from(live.read(|v| v.approximate_bytes())).unwrap_or(u64::MAX);
+        metrics::get().view_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if armed && bytes > budget / 10 * 8 {
+            tracing::warn!(bytes, budget, "the view nears its size budget (--view-budget)");
+            match consumer::record_notice(&store, &live, proto::live::NoticeKind::ViewNearBudget, None) {
+                Ok(()) => armed = false,
+                Err(e) => tracing::warn!(error = %e, "cannot record the notice of the view's size"),
+            }
+        } else if bytes < budget / 10 * 7 {
+            armed = true;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub enum Object {
     Alarm(AlarmState),
     Command(CommandState),
     Kpi(KpiState),
+    /// An asset that left the view (its frame is a `removed`), where it stood.
+    Removed(Place),
 }
 
 impl Delta {
@@ -66,6 +68,7 @@ impl Delta {
             Object::Alarm(a) => filter.allows_alarm(a),
             Object::Command(c) => filter.allows_command(c),
             Object::Kpi(k) => filter.allows_kpi(k),
+            Object::Removed(place) => place.allowed_by(filter),
         }
     }
 
@@ -156,6 +159,8 @@ pub struct Live {
     /// System notices waiting for a supervisor (told in heartbeats).
     notices: std::sync::atomic::AtomicU32,
     snapshots: Snapshots,
+    /// See `OperationsView::keep_closed_reports` (set again on every view this holds).
+    closed_reports_kept: Option<Duration>,
 }
 
 struct Inner {
@@ -170,7 +175,7 @@ struct Inner {
 /// What a batch changed, for the store. `None` removes (a closed alarm, an evicted command).
 #[derive(Default)]
 pub struct Persist {
-    pub assets: HashMap<String, AssetState>,
+    pub assets: HashMap<String, Option<AssetState>>,
     pub alarms: HashMap<String, Option<AlarmState>>,
     pub commands: HashMap<String, Option<CommandState>>,
     pub kpis: HashMap<String, KpiState>,
@@ -186,8 +191,15 @@ pub enum Received {
 }
 
 impl Live {
-    /// `snapshot_burst`: the snapshots a login may ask for at once (see `snapshots`).
-    pub fn new(view: OperationsView, max_lag: Duration, snapshot_burst: u32) -> Live {
+    /// `snapshot_burst`: the snapshots a login may ask for at once (see `snapshots`);
+    /// `closed_reports_kept`: how long a closed citizen report stays in the view.
+    pub fn new(
+        mut view: OperationsView,
+        max_lag: Duration,
+        snapshot_burst: u32,
+        closed_reports_kept: Option<Duration>,
+    ) -> Live {
+        view.keep_closed_reports(closed_reports_kept);
         let (deltas, _) = broadcast::channel(DELTA_BUFFER);
         let (applied, _) = watch::channel(view.applied_seq());
         // Deltas before the restored view are not kept: a resume from before it gets a snapshot.
@@ -200,6 +212,7 @@ impl Live {
             max_lag,
             notices: std::sync::atomic::AtomicU32::new(0),
             snapshots: Snapshots::new(snapshot_burst),
+            closed_reports_kept,
         }
     }
 
@@ -276,6 +289,7 @@ impl Live {
     pub fn reset(&self) {
         let mut inner = self.lock();
         inner.view = OperationsView::default();
+        inner.view.keep_closed_reports(self.closed_reports_kept);
         inner.recent.clear();
         inner.evicted_upto = 0;
         drop(inner);
@@ -305,11 +319,30 @@ impl Live {
                 Received::Event(event) => {
                     crate::metrics::get().events_applied.inc();
                     if let Some(applied) = inner.view.apply(&event, seq) {
+                        // Assets that left the view as this event was applied: their removal
+                        // comes first, under the event's sequence (a client that resumes after
+                        // the event has both).
+                        for gone in applied.expired {
+                            let key = crate::view::asset_key(&gone.domain, &gone.id);
+                            persist.assets.insert(key, None);
+                            let asset = proto::live::AssetRef { domain: gone.domain.clone(), id: gone.id.clone() };
+                            let removed =
+                                ServerFrame::new(ServerMessage::Removed { seq, asset: Some(asset), alarm: None });
+                            match serde_json::to_string(&removed) {
+                                Ok(json) => deltas.push(Arc::new(Delta {
+                                    seq,
+                                    json: Utf8Bytes::from(json),
+                                    object: Object::Removed(Place::of_asset(&gone)),
+                                    left: None,
+                                })),
+                                Err(e) => tracing::error!(error = %e, seq, "cannot serialise a removal"),
+                            }
+                        }
                         let (mut asset, mut alarm, mut command, mut kpi) = (None, None, None, None);
                         let object = match applied.change {
                             Change::Asset(key, state) => {
                                 asset = Some(Box::new(state.clone()));
-                                persist.assets.insert(key.clone(), state.clone());
+                                persist.assets.insert(key.clone(), Some(state.clone()));
                                 Object::Asset(key, state)
                             }
                             Change::Alarm(key, state) => {
@@ -351,6 +384,7 @@ impl Live {
         if let Err(e) = save(&persist) {
             // Back to what is stored (a caller whose store cannot be read back stops instead).
             inner.view = reload()?;
+            inner.view.keep_closed_reports(self.closed_reports_kept);
             return Err(e);
         }
         for delta in deltas {

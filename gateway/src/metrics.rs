@@ -20,6 +20,8 @@ pub struct GatewayMetrics {
     pub kpi_values_dropped: Counter,
     /// Events the view never applied and the stream no longer holds (its retention dropped them).
     pub events_lost_to_retention: Counter,
+    /// The view's approximate size, bytes (see `--view-budget`).
+    pub view_bytes: Gauge,
     /// Snapshots serialised, and those served from a shared one.
     pub snapshots_built: Counter,
     pub snapshots_shared: Counter,
@@ -41,6 +43,7 @@ pub fn get() -> &'static GatewayMetrics {
             view_records_unreadable: Counter::default(),
             kpi_values_dropped: Counter::default(),
             events_lost_to_retention: Counter::default(),
+            view_bytes: Gauge::default(),
             snapshots_built: Counter::default(),
             snapshots_shared: Counter::default(),
             snapshots_refused: Counter::default(),
@@ -54,6 +57,7 @@ pub fn get() -> &'static GatewayMetrics {
         );
         r.register("gateway_applied_seq", "Stream sequence the view is current at", m.applied_seq.clone());
         r.register("gateway_ws_clients", "Live WebSocket sessions", m.clients.clone());
+        r.register("gateway_view_bytes", "The operations view's approximate size in memory", m.view_bytes.clone());
         r.register("gateway_snapshots_built", "Snapshots serialised", m.snapshots_built.clone());
         r.register(
             "gateway_snapshots_shared",

@@ -148,7 +148,7 @@ impl Store {
     /// transaction, so a crash leaves them consistent.
     pub fn save(&self, persist: &Persist) -> Result<(), StoreError> {
         use sled::Transactional;
-        let assets = encode_all(persist.assets.iter().map(|(k, v)| (k, Some(v))))?;
+        let assets = encode_all(persist.assets.iter().map(|(k, v)| (k, v.as_ref())))?;
         let alarms = encode_all(persist.alarms.iter().map(|(k, v)| (k, v.as_ref())))?;
         let commands = encode_all(persist.commands.iter().map(|(k, v)| (k, v.as_ref())))?;
         let kpis = encode_all(persist.kpis.iter().map(|(k, v)| (k, Some(v))))?;

@@ -11,7 +11,7 @@ use proto::live::{
 use proto::ops::{AlarmAction, AlarmActionKind};
 use proto::v1::event::Payload;
 use proto::v1::{AlarmCleared, AlarmRaised, Severity};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Commands kept in the view (the pending ones always; the oldest finished ones leave first).
 pub const MAX_COMMANDS: usize = 1000;
@@ -38,6 +38,13 @@ pub struct OperationsView {
     applied_seq: u64,
     /// Audit entries of the events applied since the last [`OperationsView::take_audit`].
     audit: Vec<AuditEntry>,
+    /// How long a closed citizen report stays (seconds of event time; none: for ever). The
+    /// reports service keeps them all; the live view keeps what an operator acts on.
+    closed_reports_kept: Option<i64>,
+    /// Closed reports by the event time they closed at (Unix seconds), oldest first, and the
+    /// time of each.
+    closed_reports: BTreeSet<(i64, String)>,
+    closed_at: HashMap<String, i64>,
 }
 
 /// What applying one event changed.
@@ -54,6 +61,8 @@ pub enum Change {
 pub struct Applied {
     pub event: EventSummary,
     pub change: Change,
+    /// Assets that left the view as this event was applied (closed reports past their time).
+    pub expired: Vec<AssetState>,
     /// Where the changed asset or alarm stood before, when that is not where it stands now (it
     /// moved to another commune or area, or its severity changed): sessions whose scope it
     /// leaves are told to forget it.
@@ -71,7 +80,7 @@ pub struct Place {
 }
 
 impl Place {
-    fn of_asset(a: &AssetState) -> Place {
+    pub fn of_asset(a: &AssetState) -> Place {
         Place { domain: a.domain.clone(), commune: a.commune.clone(), position: a.position, severity: None }
     }
 
@@ -97,7 +106,42 @@ impl OperationsView {
         kpis: HashMap<String, KpiState>,
         applied_seq: u64,
     ) -> Self {
-        OperationsView { assets, alarms, commands, kpis, applied_seq, audit: Vec::new() }
+        let mut view = OperationsView { assets, alarms, commands, kpis, applied_seq, ..Default::default() };
+        let closed: Vec<(String, i64)> = view
+            .assets
+            .iter()
+            .filter(|(_, a)| is_closed_report(a))
+            .map(|(k, a)| (k.clone(), unix_seconds(&a.recorded_at)))
+            .collect();
+        for (key, at) in closed {
+            view.closed_at.insert(key.clone(), at);
+            view.closed_reports.insert((at, key));
+        }
+        view
+    }
+
+    /// Closed reports leave the view once `kept` has passed since they closed (by the events'
+    /// recorded times, so that a view rebuilt from the stream drops the same ones).
+    pub fn keep_closed_reports(&mut self, kept: Option<std::time::Duration>) {
+        self.closed_reports_kept = kept.map(|k| i64::try_from(k.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    /// The view's approximate size in memory, bytes (its strings, mostly): what the size budget
+    /// is checked against.
+    pub fn approximate_bytes(&self) -> usize {
+        const PER_OBJECT: usize = 256;
+        let assets: usize = self.assets.values().map(|a| PER_OBJECT + asset_text_bytes(a)).sum();
+        let alarms: usize = self
+            .alarms
+            .values()
+            .map(|a| {
+                let details: usize = a.details.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let ids: usize = a.asset_ids.iter().map(String::len).sum();
+                PER_OBJECT + details + ids + a.comments.iter().map(|c| c.text.len() + 64).sum::<usize>()
+            })
+            .sum();
+        let kpis: usize = self.kpis.values().map(|k| PER_OBJECT + k.history.len() * 64).sum();
+        assets + alarms + self.commands.len() * PER_OBJECT + kpis
     }
 
     /// The audit entries of the events applied since the last call.
@@ -164,6 +208,7 @@ impl OperationsView {
         };
         let alarm_before = alarm_key_of_event.and_then(|k| self.alarms.get(k)).map(Place::of_alarm);
         let change = self.change(&summary, event)?;
+        let expired = self.expire_closed_reports(unix_seconds(&summary.recorded_at));
         let before = match &change {
             Change::Asset(key, a) if *key == asset_key_of_event => asset_before.filter(|p| *p != Place::of_asset(a)),
             Change::Alarm(key, a) if alarm_key_of_event == Some(key.as_str()) => {
@@ -171,7 +216,26 @@ impl OperationsView {
             }
             _ => None,
         };
-        Some(Applied { event: summary, change, before })
+        Some(Applied { event: summary, change, expired, before })
+    }
+
+    /// Removes the closed reports whose time in the view has passed at event time `now`.
+    fn expire_closed_reports(&mut self, now: i64) -> Vec<AssetState> {
+        let Some(kept) = self.closed_reports_kept else {
+            return Vec::new();
+        };
+        let mut expired = Vec::new();
+        while let Some((at, key)) = self.closed_reports.first().cloned() {
+            if at.saturating_add(kept) >= now {
+                break;
+            }
+            self.closed_reports.pop_first();
+            self.closed_at.remove(&key);
+            if let Some(asset) = self.assets.remove(&key) {
+                expired.push(asset);
+            }
+        }
+        expired
     }
 
     /// What the event changes in the view (`None`: nothing).
@@ -407,6 +471,14 @@ impl OperationsView {
             linked_alarm_key: r.linked_alarm_key.clone(),
         };
         let asset = asset_state(summary, event, AssetDetails::Report(details));
+        if let Some(at) = self.closed_at.remove(&key) {
+            self.closed_reports.remove(&(at, key.clone()));
+        }
+        if is_closed_report(&asset) {
+            let at = unix_seconds(&asset.recorded_at);
+            self.closed_at.insert(key.clone(), at);
+            self.closed_reports.insert((at, key.clone()));
+        }
         self.assets.insert(key.clone(), asset.clone());
         Change::Asset(key, asset)
     }
@@ -764,6 +836,24 @@ fn asset_state(summary: &EventSummary, event: &CheckedEvent, details: AssetDetai
         last_event_id: summary.id.clone(),
         details,
     }
+}
+
+fn is_closed_report(asset: &AssetState) -> bool {
+    matches!(&asset.details, AssetDetails::Report(r) if r.status == "closed")
+}
+
+/// An RFC 3339 time as Unix seconds (0 when it is not one: such a report leaves first).
+fn unix_seconds(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).map(|t| t.timestamp()).unwrap_or(0)
+}
+
+/// The bytes of an asset's free text (a citizen's report is most of it).
+fn asset_text_bytes(asset: &AssetState) -> usize {
+    let details = match &asset.details {
+        AssetDetails::Report(r) => r.description.len() + r.status_notes.len() + r.address.len() + r.media_url.len(),
+        _ => 0,
+    };
+    asset.id.len() + asset.last_event_id.len() + details
 }
 
 fn summary(event: &CheckedEvent) -> EventSummary {

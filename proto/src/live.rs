@@ -132,6 +132,8 @@ pub enum NoticeKind {
     /// The events stream was recreated (its store lost): the view was rebuilt from the new one,
     /// which holds only what was published since; the audit log is kept.
     StreamRecreated,
+    /// The view nears its size budget (`--view-budget`): the gateway's memory is at stake.
+    ViewNearBudget,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

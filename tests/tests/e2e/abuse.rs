@@ -356,3 +356,87 @@ async fn a_snapshot_storm_is_limited_per_login_and_does_not_delay_others() -> Re
     assert_eq!(status, 200, "the gateway is up");
     Ok(())
 }
+
+/// Every citizen report, closed or not, with up to 4,000 characters, stayed in the view (and in
+/// every snapshot) for ever: the view grew without bound. Closed reports now leave the live view
+/// once `--closed-reports-kept` has passed since they closed (by the events' times, so a view
+/// rebuilt from the stream drops the same ones), and stay available from the reports service;
+/// the view has a size budget, and a system notice tells the supervisors as it nears it.
+#[tokio::test]
+async fn closed_reports_leave_the_view_and_a_view_near_its_budget_is_announced() -> Result<()> {
+    use proto::reports::{ChangeStatusRequest, CreateRequestRequest, ReportStatus};
+    use std::time::{Duration, Instant};
+
+    let slice = Slice::start_full(
+        test_territory()?,
+        &[],
+        &["--closed-reports-kept", "2s", "--view-budget", "200KiB", "--heartbeat", "500ms"],
+    )
+    .await?;
+    // KPIs every second: events go on arriving while nobody reports.
+    let reports = slice.start_reports(&["--kpi-interval", "1s"]).await?;
+    let mut client = reports.reports_client().await?;
+    // Fifty long reports, a few metres apart (each its own): about 200 KB of citizens' text.
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let request = CreateRequestRequest {
+            service_code: "voirie-nid-de-poule".into(),
+            lat: Some(43.60 + f64::from(i) * 0.001),
+            lon: Some(3.86),
+            description: format!("Nid-de-poule n°{i} ").repeat(200).chars().take(4000).collect(),
+            ..Default::default()
+        };
+        let created = client.create_request(request).await?.into_inner().request.context("a request")?;
+        ids.push(created.service_request_id);
+    }
+    // The view nears its budget: the supervisors are told.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, answer) = tests::http_get_json(&slice.gateway_addr, "/api/v1/notices")?;
+        assert_eq!(status, 200, "{answer}");
+        if answer["items"].as_array().into_iter().flatten().any(|n| n["kind"] == "view_near_budget") {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no notice of the view's size: {answer}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, metrics) = tests::http_get(&slice.gateway_addr, "/metrics")?;
+    assert!(metrics.contains("gateway_view_bytes"), "the size is a metric");
+
+    // The first report is closed: it leaves the view two seconds later, and its sessions are
+    // told; the reports service still has it.
+    let closed = ids[0].clone();
+    let mut live = slice.live_client().await?;
+    assert_eq!(live.next().await?["type"], "snapshot");
+    client
+        .change_status(ChangeStatusRequest {
+            service_request_id: closed.clone(),
+            status: ReportStatus::Closed as i32,
+            note: "Rebouché".into(),
+            actor: "agent.voirie".into(),
+            allowed_communes: Vec::new(),
+        })
+        .await?;
+    let asset = format!("report-{closed}");
+    let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR)?;
+    live.until(|f| f["type"] == "removed" && f["asset"]["id"] == asset.as_str()).await?;
+    let in_view = keys(&slice.gateway_addr, "/api/v1/assets?domain=reports&limit=1000", &token, "id")?;
+    assert!(!in_view.contains(&asset), "the closed report left the view");
+    assert!(in_view.contains(&format!("report-{}", ids[1])), "open reports stay: {in_view:?}");
+    let mut late = slice.live_client().await?;
+    let snapshot = late.next().await?;
+    let in_snapshot: Vec<&str> =
+        snapshot["assets"].as_array().into_iter().flatten().filter_map(|a| a["id"].as_str()).collect();
+    assert!(in_snapshot.len() == 49 && !in_snapshot.contains(&asset.as_str()), "nor is it in a snapshot");
+    let (status, body) = tests::http_get(&reports.http_addr, &format!("/open311/v2/requests/{closed}.json"))?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"closed\""), "{body}");
+
+    // Restarted, the gateway does not bring it back.
+    let mut slice = slice;
+    slice.gateway.terminate()?;
+    slice.restart_gateway()?;
+    let in_view = keys(&slice.gateway_addr, "/api/v1/assets?domain=reports&limit=1000", &token, "id")?;
+    assert!(!in_view.contains(&asset) && in_view.len() == 49, "{} reports after the restart", in_view.len());
+    Ok(())
+}

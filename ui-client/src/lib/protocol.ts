@@ -129,7 +129,12 @@ export type ServerFrame =
   /// An asset or alarm left the session's scope (moved to another commune, area or severity).
   | { v: 1; type: "removed"; seq: number; asset?: { domain: string; id: string }; alarm?: string }
   | { v: 1; type: "pong" }
-  | { v: 1; type: "error"; code: string; message: string };
+  | {
+      v: 1;
+      type: "error";
+      code: "bad_message" | "unsupported_version" | "bad_filter" | "rate_limited";
+      message: string;
+    };
 
 export const SEVERITIES = ["critical", "major", "minor", "warning"] as const;
 export const DOMAINS = ["transport", "lighting", "water", "reports"] as const;
@@ -148,7 +153,7 @@ export function assetKey(a: { domain: string; id: string }): string {
 /// Events the gateway's view could never apply (GET /api/v1/notices): data may be missing.
 export type SystemNotice = {
   id: number;
-  kind: "events_lost_to_retention" | "stream_recreated";
+  kind: "events_lost_to_retention" | "stream_recreated" | "view_near_budget";
   at: string;
   from_seq?: number;
   to_seq?: number;
