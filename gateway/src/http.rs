@@ -462,3 +462,55 @@ fn request(text: &str) -> Request {
         }
     }
 }
+
+/// Property tests of the live protocol's client frames: whatever text a client sends (random, or
+/// frames of the protocol with odd values), the answer comes without panicking, and a
+/// subscription is taken only with a filter that passes its checks.
+#[cfg(test)]
+mod client_frame_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[0-9]{5}|[a-z_]{0,12}|.{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop::sample::select(vec!["communes", "domains", "bbox", "min_severity", "x"])
+                        .prop_map(str::to_owned),
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_text_never_panics(text in any::<String>()) {
+            let _ = request(&text);
+        }
+
+        #[test]
+        fn subscriptions_carry_checked_filters(
+            v in prop_oneof![Just(1u64), any::<u64>()],
+            kind in prop::sample::select(vec!["subscribe", "ping", "dance"]),
+            filter in value(),
+            resume_from in prop::option::of(any::<u64>()),
+        ) {
+            let frame = serde_json::json!({"v": v, "type": kind, "filter": filter, "resume_from": resume_from});
+            if let Request::Subscribe { filter, .. } = request(&frame.to_string()) {
+                prop_assert!(filter.validate().is_ok(), "{filter:?}");
+                prop_assert_eq!(v, 1);
+            }
+        }
+    }
+}

@@ -316,3 +316,59 @@ mod tests {
         assert!(matches!(decode(b"\xff\xff\xff"), Err(EventError::Undecodable(_))));
     }
 }
+
+/// Property tests of the decoder every NATS payload goes through: whatever bytes arrive (random,
+/// or a valid event with bytes flipped, cut or appended), it answers without panicking, and what
+/// it accepts is consistent and round-trips through an encoding (what a store keeps).
+#[cfg(test)]
+mod decode_properties {
+    use super::*;
+    use crate::lighting::{StatusReport, StreetlightStatusReported};
+    use proptest::prelude::*;
+
+    fn valid() -> Vec<u8> {
+        new_event(
+            &CommuneId::parse("34172").unwrap(),
+            &AssetId::parse("EP00001").unwrap(),
+            timestamp(SystemTime::now()),
+            Some(Position { lat: 43.6, lon: 3.88 }),
+            Payload::StreetlightStatus(StreetlightStatusReported {
+                report: Some(StatusReport::default()),
+                ..Default::default()
+            }),
+        )
+        .encode_to_vec()
+    }
+
+    fn accepted_is_consistent(bytes: &[u8]) {
+        if let Ok(checked) = decode(bytes) {
+            assert!(checked.subject().split('.').all(|token| !token.is_empty()), "{}", checked.subject());
+            let again = decode(&checked.event.encode_to_vec()).expect("an accepted event decodes again");
+            assert_eq!(again.event, checked.event);
+            assert_eq!(again.subject(), checked.subject());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            accepted_is_consistent(&bytes);
+        }
+
+        #[test]
+        fn a_damaged_event_never_panics(
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+            tail in prop::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let mut bytes = valid();
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            bytes.extend(tail);
+            accepted_is_consistent(&bytes);
+        }
+    }
+}

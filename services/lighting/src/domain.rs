@@ -498,3 +498,60 @@ mod tests {
         assert!(is_newer(&old, None));
     }
 }
+
+/// Property tests of the status report check (the gRPC edge of field data): over any numbers
+/// (NaN, infinities, huge, negative) and any enum values, it answers without panicking, and
+/// what it accepts lies within the physical ranges a store can round-trip.
+#[cfg(test)]
+mod report_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn number() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(f64::MAX),
+            Just(-0.0),
+            -10.0..3000.0f64,
+            any::<f64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_reports_are_physical(
+            id in "[A-Za-z0-9_:-]{0,70}|.{0,10}",
+            status in -2i32..8,
+            power_state in -2i32..8,
+            level in number(),
+            power in number(),
+            voltage in prop::option::of(number()),
+            skew_s in -400_000i64..400_000,
+        ) {
+            let now = SystemTime::now();
+            let observed = if skew_s >= 0 {
+                now + Duration::from_secs(skew_s.unsigned_abs())
+            } else {
+                now - Duration::from_secs(skew_s.unsigned_abs())
+            };
+            let report = StatusReport {
+                streetlight_id: id,
+                observed_at: Some(observed.into()),
+                status,
+                power_state,
+                illuminance_level: level,
+                power_consumption_w: power,
+                voltage_v: voltage,
+            };
+            if let Ok(valid) = validate_report(Some(&report), now) {
+                let r = valid.report;
+                prop_assert!((0.0..=1.0).contains(&r.illuminance_level));
+                prop_assert!((0.0..=MAX_LAMP_POWER_W).contains(&r.power_consumption_w));
+                prop_assert!(r.voltage_v.is_none_or(|v| (0.0..=MAX_LAMP_VOLTAGE_V).contains(&v)));
+                prop_assert!(valid.observed_at <= now + Duration::from_secs(3600), "not far in the future");
+            }
+        }
+    }
+}

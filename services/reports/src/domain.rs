@@ -250,3 +250,32 @@ mod tests {
         assert!(check_contact(&Contact { email: "pas-une-adresse".into(), ..Default::default() }).is_err());
     }
 }
+
+/// Property tests of the citizens' text checks (Open311 forms, gRPC): whatever text arrives, the
+/// answer comes without panicking, and what is kept is bounded and XML 1.0 can carry it.
+#[cfg(test)]
+mod text_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn kept_text_is_bounded_and_carried_by_xml(text in any::<String>(), max in 0usize..64) {
+            if let Ok(kept) = clean_text("description", &text, max) {
+                prop_assert!(kept.chars().count() <= max);
+                prop_assert!(kept.chars().all(xml_char));
+                prop_assert!(kept.chars().all(|c| !c.is_control() || c == '\n'));
+                prop_assert_eq!(kept.trim(), kept.as_str());
+            }
+        }
+
+        #[test]
+        fn kept_urls_are_http_without_spaces(url in any::<String>()) {
+            if let Ok(kept) = check_url(&url) {
+                prop_assert!(kept.is_empty() || kept.starts_with("http://") || kept.starts_with("https://"));
+                prop_assert!(!kept.chars().any(|c| c.is_control() || c.is_whitespace()));
+                prop_assert!(kept.chars().count() <= MAX_URL_CHARS);
+            }
+        }
+    }
+}

@@ -224,6 +224,16 @@ pub fn parse_communes(path: &Path, text: &str) -> Result<Vec<Commune>, Territory
         if bbox.is_none() {
             return Err(bad(format!("commune {id}: empty boundary")));
         }
+        // Degrees on Earth: one stray vertex would make every point-in-polygon answer wrong.
+        use geo::CoordsIter;
+        if let Some(c) =
+            boundary.coords_iter().find(|c| !((-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y)))
+        {
+            return Err(bad(format!("commune {id}: vertex [{}, {}] is not a longitude and a latitude", c.x, c.y)));
+        }
+        if population.is_some_and(|p| p > 100_000_000) {
+            return Err(bad(format!("commune {id}: population {population:?} is not a commune's")));
+        }
         if seen.insert(id.clone(), index).is_some() {
             return Err(TerritoryError::Duplicate { path: path.to_owned(), id });
         }

@@ -53,6 +53,9 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Streetlight>, InventoryError>
             Some(geojson::Value::Point(p)) if p.len() >= 2 => (p[0], p[1]),
             _ => return Err(bad(format!("streetlight {id}: geometry is not a Point"))),
         };
+        if !((-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat)) {
+            return Err(bad(format!("streetlight {id}: position [{lon}, {lat}] is not a longitude and a latitude")));
+        }
         let text = |name: &str| feature.property(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
         lights.push(Streetlight {
             id: id.to_owned(),
@@ -97,5 +100,53 @@ mod tests {
         let lights = read(&path).unwrap();
         assert_eq!(lights.len(), 29_969);
         assert_eq!(lights[0].id, "EP00001");
+    }
+}
+
+/// Property tests of the data files' readers: whatever text a file holds (random, or GeoJSON with
+/// odd values), reading it answers without panicking, and every streetlight it yields has a
+/// position on Earth and an id of the inventory's alphabet.
+#[cfg(test)]
+mod file_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn coordinate() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (-400.0..400.0f64).prop_map(|v| v.to_string()),
+            Just("1e400".to_owned()),
+            Just("null".to_owned()),
+            Just("\"3.8\"".to_owned()),
+            Just("-0".to_owned()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_text_never_panics(text in any::<String>()) {
+            let _ = parse("streetlights.geojson", &text);
+            let _ = crate::parse_communes(std::path::Path::new("communes.geojson"), &text);
+            let _ = crate::streets::StreetIndex::parse(&text);
+        }
+
+        #[test]
+        fn read_streetlights_are_on_earth(
+            id in "[A-Za-z0-9_:-]{0,70}|.{0,8}",
+            lon in coordinate(),
+            lat in coordinate(),
+            street in any::<String>(),
+        ) {
+            let text = format!(
+                r#"{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{"id":{},"street":{}}},"geometry":{{"type":"Point","coordinates":[{lon},{lat}]}}}}]}}"#,
+                serde_json::Value::String(id),
+                serde_json::Value::String(street),
+            );
+            if let Ok(lights) = parse("streetlights.geojson", &text) {
+                for light in lights {
+                    prop_assert!(light.lat.is_finite() && (-90.0..=90.0).contains(&light.lat), "{}", light.lat);
+                    prop_assert!(light.lon.is_finite() && (-180.0..=180.0).contains(&light.lon), "{}", light.lon);
+                }
+            }
+        }
     }
 }

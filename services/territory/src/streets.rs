@@ -44,7 +44,12 @@ impl StreetIndex {
                 _ => continue,
             };
             for part in parts {
-                let points: Vec<(f64, f64)> = part.iter().filter(|p| p.len() >= 2).map(|p| (p[1], p[0])).collect();
+                // Points off the Earth are skipped: one NaN would spoil the whole index's scale.
+                let points: Vec<(f64, f64)> = part
+                    .iter()
+                    .filter(|p| p.len() >= 2 && (-180.0..=180.0).contains(&p[0]) && (-90.0..=90.0).contains(&p[1]))
+                    .map(|p| (p[1], p[0]))
+                    .collect();
                 lines.push((name.to_owned(), points));
             }
         }

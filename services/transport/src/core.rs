@@ -494,6 +494,13 @@ pub fn validate(p: &VehiclePosition, now: SystemTime) -> Result<SystemTime, Stri
     {
         return Err(format!("vehicle {v}: speed {s} m/s is outside 0..100"));
     }
+    if proto::transport::VehicleStopStatus::try_from(p.current_status).is_err() {
+        return Err(format!("vehicle {v}: unknown current_status {}", p.current_status));
+    }
+    // GTFS stop sequences grow along a trip; no trip has this many stops.
+    if p.current_stop_sequence > 100_000 {
+        return Err(format!("vehicle {v}: current_stop_sequence {} is not a trip's", p.current_stop_sequence));
+    }
     let at = p.timestamp.ok_or_else(|| format!("vehicle {v}: timestamp is missing"))?;
     let at = SystemTime::try_from(at).map_err(|e| format!("vehicle {v}: timestamp is not a valid time: {e}"))?;
     if at > now + MAX_CLOCK_SKEW {
@@ -536,6 +543,8 @@ mod tests {
             (Box::new(|p| p.speed = Some(-1.0)), "speed"),
             (Box::new(|p| p.timestamp = None), "timestamp is missing"),
             (Box::new(|p| p.timestamp = Some((SystemTime::now() + Duration::from_secs(3600)).into())), "future"),
+            (Box::new(|p| p.current_status = 99), "current_status"),
+            (Box::new(|p| p.current_stop_sequence = u32::MAX), "current_stop_sequence"),
         ];
         for (change, expected) in cases {
             let mut p = position();

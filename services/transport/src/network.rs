@@ -114,12 +114,27 @@ impl Network {
         }
         for (id, s) in &gtfs.stops {
             if let (Some(lat), Some(lon)) = (s.latitude, s.longitude) {
+                if proto::event::check_position(lat, lon).is_err() {
+                    return Err(FeedError::Feed {
+                        path: name,
+                        message: format!("stops.txt: stop {id} is at [{lat}, {lon}], not a latitude and a longitude"),
+                    });
+                }
                 network
                     .stops
                     .insert(id.clone(), Stop { id: id.clone(), name: s.name.clone().unwrap_or_default(), lat, lon });
             }
         }
         for (id, points) in &gtfs.shapes {
+            if let Some(p) = points.iter().find(|p| proto::event::check_position(p.latitude, p.longitude).is_err()) {
+                return Err(FeedError::Feed {
+                    path: name,
+                    message: format!(
+                        "shapes.txt: shape {id} has a point at [{}, {}], not a latitude and a longitude",
+                        p.latitude, p.longitude
+                    ),
+                });
+            }
             let mut points: Vec<&gtfs_structures::Shape> = points.iter().collect();
             points.sort_by_key(|p| p.sequence);
             network

@@ -321,6 +321,9 @@ impl Water {
         if at_time > SystemTime::now() + MAX_FUTURE {
             return Err(refuse("observed_at is in the future".into()));
         }
+        if at_time < SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800) {
+            return Err(refuse("observed_at is before 2000".into()));
+        }
         let at = observed.seconds;
         let mut state = self.state();
         let state = &mut *state;

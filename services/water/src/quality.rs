@@ -76,6 +76,24 @@ impl Measure {
     }
 }
 
+impl Measure {
+    /// What an instrument can output at all, well beyond [`Measure::range`]: a value outside the
+    /// plausible range is a faulty sensor's (kept, and flagged), one outside these limits is not
+    /// a measurement (refused, so that no sum or store ever sees it).
+    pub fn limits(self) -> (f64, f64) {
+        match self {
+            Measure::Pressure => (-100.0, 2_500.0),
+            Measure::Flow => (-500_000.0, 500_000.0),
+            Measure::Level => (-10.0, 1_000.0),
+            Measure::FreeChlorine => (-1.0, 100.0),
+            Measure::Turbidity => (-1.0, 10_000.0),
+            Measure::Ph => (-1.0, 15.0),
+            Measure::Conductivity => (-1.0, 200_000.0),
+            Measure::Temperature => (-50.0, 100.0),
+        }
+    }
+}
+
 /// Checks a reading's measure, unit and value; returns the measure.
 pub fn check(measure: &str, unit: &str, value: f64) -> Result<Measure, String> {
     // Echoed in errors: never more than a name's length.
@@ -90,6 +108,10 @@ pub fn check(measure: &str, unit: &str, value: f64) -> Result<Measure, String> {
     }
     if !value.is_finite() {
         return Err(format!("{measure}: {value} is not a number"));
+    }
+    let (low, high) = m.limits();
+    if !(low..=high).contains(&value) {
+        return Err(format!("{measure}: {value} {} is outside {low}..{high}, what an instrument can read", m.unit()));
     }
     Ok(m)
 }

@@ -88,14 +88,18 @@ async fn vehicles_move_live_off_route_alarms_raise_and_clear_bad_positions_are_c
     // Bad positions are refused, counted, and do not end the stream.
     let mut nan = position("V1", "T1", 600.0, 0.0);
     nan.lat = f64::NAN;
+    let mut unknown_status = position("V1", "T1", 600.0, 0.0);
+    unknown_status.current_status = 99;
     let batch = vec![
         nan,
         position("V1", "T404", 600.0, 0.0),
         position("V.1", "T1", 600.0, 0.0),
+        unknown_status,
         position("V1", "T1", 600.0, 0.0),
     ];
     let summary = client.report_positions(futures::stream::iter(batch)).await?.into_inner();
-    assert_eq!((summary.accepted, summary.refused), (1, 3), "{summary:?}");
+    assert_eq!((summary.accepted, summary.refused), (1, 4), "{summary:?}");
+    assert!(summary.errors.iter().any(|e| e.index == 3 && e.message.contains("current_status")), "{summary:?}");
     let messages: Vec<&str> = summary.errors.iter().map(|e| e.message.as_str()).collect();
     assert!(
         messages[0].contains("WGS84") && messages[1].contains("T404") && messages[2].contains("'.'"),

@@ -104,11 +104,13 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
         reading("Q-test", "freeChlorine", f64::NAN, "mg/L", now),
         reading("Q-test", "turbidity", 0.3, "NTU", now),
         reading("Q-test", "freeChlorine", 0.3, "mg/L", now + Duration::from_secs(3600)),
+        reading("Q-test", "freeChlorine", 1e300, "mg/L", now),
+        reading("Q-test", "pH", 7.0, "", SystemTime::UNIX_EPOCH + Duration::from_secs(631_152_000)),
         reading("Q-test", "pH", 7.6, "", now),
         reading("Q-test", "freeChlorine", 0.02, "mg/L", now),
     ];
     let summary = client.stream_readings(futures::stream::iter(stream)).await?.into_inner();
-    assert_eq!((summary.accepted, summary.refused), (2, 5), "{summary:?}");
+    assert_eq!((summary.accepted, summary.refused), (2, 7), "{summary:?}");
     let reasons: Vec<(u64, &str)> = summary.errors.iter().map(|e| (e.index, e.message.as_str())).collect();
     for (index, expected) in [
         (0, "unknown sensor"),
@@ -116,6 +118,8 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
         (2, "not a number"),
         (3, "does not read turbidity"),
         (4, "in the future"),
+        (5, "what an instrument can read"),
+        (6, "before 2000"),
     ] {
         assert!(
             reasons.iter().any(|(i, m)| *i == index && m.contains(expected)),
