@@ -32,6 +32,34 @@ pub struct Access {
     pub authority: Arc<Authority>,
     pub store: Store,
     pub communes: Communes,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub trusted_proxies: Arc<Vec<std::net::IpAddr>>,
+}
+
+/// The client's address: the TCP peer's, unless the peer is a trusted reverse proxy; then the
+/// nearest address in `X-Forwarded-For` that is not a trusted proxy (the entries further left
+/// are the client's own say, which anyone can forge).
+pub fn client_address(peer: std::net::IpAddr, headers: &HeaderMap, trusted: &[std::net::IpAddr]) -> std::net::IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut nearest = peer;
+    for entry in forwarded.iter().rev() {
+        match entry.parse::<std::net::IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => nearest = ip,
+            Ok(ip) => return ip,
+            // A proxy wrote something that is not an address: go no further than what it is.
+            Err(_) => return nearest,
+        }
+    }
+    nearest
 }
 
 /// The bearer token of a request (`Authorization: Bearer <token>`).
@@ -169,9 +197,26 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password("no operator has this password").unwrap_or_default())
 }
 
+/// A login refused for too many failures from its address (or of its login): 429, with when to
+/// retry.
+fn too_many_attempts(login: &str, address: std::net::IpAddr, wait: Duration) -> Response {
+    tracing::warn!(login = %login, %address, "login attempt refused: too many failures");
+    // Rounded up: a client retrying when told is not refused again.
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut answer = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!("too many failed logins from here: retry in {seconds} s"),
+    )
+    .into_response();
+    answer.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+    answer
+}
+
 async fn login(
     State(access): State<Access>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     body: Body<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(ApiError::from_json)?;
@@ -179,20 +224,10 @@ async fn login(
     if check_login(&request.login).is_err() || request.password.len() > 1024 {
         return wrong();
     }
-    let address = peer.ip();
+    let address = client_address(peer.ip(), &headers, &access.trusted_proxies);
     let logins = &access.authority.logins;
     if let Err(wait) = logins.may_try(&request.login, address) {
-        tracing::warn!(login = %request.login, %address, "login attempt refused: too many failures");
-        // Rounded up: a client retrying when told is not refused again.
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut answer = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            format!("too many failed logins from here: retry in {seconds} s"),
-        )
-        .into_response();
-        answer.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
-        return Ok(answer);
+        return Ok(too_many_attempts(&request.login, address, wait));
     }
     // At most a few password checks at once (each takes about 19 MiB): memory stays bounded.
     let Some(slot) = logins.check_slot().await else {
@@ -202,6 +237,11 @@ async fn login(
         answer.headers_mut().insert(axum::http::header::RETRY_AFTER, 1u64.into());
         return Ok(answer);
     };
+    // Asked again once a check is free: guesses sent together all passed the first question
+    // before any of them had failed.
+    if let Err(wait) = logins.may_try(&request.login, address) {
+        return Ok(too_many_attempts(&request.login, address, wait));
+    }
     let operator = access.store.operator(&request.login).map_err(store_error)?;
     let hash = operator.as_ref().map_or(decoy_hash(), |o| o.password_hash.as_str()).to_owned();
     let password = request.password.clone();

@@ -36,8 +36,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_LIMIT: usize = 10_000;
 const DEFAULT_LIMIT: usize = 1_000;
 const MAX_COMMENT_CHARS: usize = 1_000;
-/// How far ahead an alarm may be shelved.
-const MAX_SHELVE: Duration = Duration::from_secs(30 * 86_400);
 /// How long an action's answer waits for the view to apply it.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(5);
 
@@ -46,6 +44,8 @@ pub struct ApiState {
     pub live: Arc<Live>,
     pub store: Store,
     pub js: jetstream::Context,
+    /// How far ahead an alarm may be shelved (`--max-shelve`).
+    pub max_shelve: Duration,
 }
 
 /// The API's routes; every one but the OpenAPI document needs a token, and every answer is
@@ -56,6 +56,7 @@ pub fn router(state: ApiState, access: Access) -> Router {
         .route("/api/v1/assets", get(assets))
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/alarms/actions", post(alarm_action))
+        .route("/api/v1/alarms/actions/bulk", post(bulk_alarm_action))
         .route("/api/v1/logbook", post(logbook_entry))
         .route("/api/v1/kpis", get(kpis))
         .route("/api/v1/commands", get(commands))
@@ -343,7 +344,7 @@ pub struct AlarmActionRequest {
     assignee: String,
     #[serde(default)]
     comment: String,
-    /// `shelve`: until when (RFC 3339, within 30 days).
+    /// `shelve`: until when (RFC 3339, within `--max-shelve`, 8 h by default); `comment` says why.
     shelved_until: Option<String>,
 }
 
@@ -371,37 +372,172 @@ async fn alarm_action(
 ) -> Result<Response, ApiError> {
     actor(&p)?;
     let Json(request) = body.map_err(ApiError::from_json)?;
-    let kind = match request.action.as_str() {
-        "acknowledge" => AlarmActionKind::Acknowledge,
-        "assign" => AlarmActionKind::Assign,
-        "comment" => AlarmActionKind::Comment,
-        "shelve" => AlarmActionKind::Shelve,
-        "unshelve" => AlarmActionKind::Unshelve,
-        "resolve" => AlarmActionKind::Resolve,
-        _ => {
-            return Err(ApiError::bad_request(
-                "action is one of acknowledge, assign, comment, shelve, unshelve, resolve",
-            ));
-        }
-    };
+    let action = AlarmActionKindRequest::parse(
+        &request.action,
+        &request.assignee,
+        &request.comment,
+        request.shelved_until.as_deref(),
+        state.max_shelve,
+    )?;
     let key = AlarmKey::parse(&request.alarm_key).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    text("assignee", &request.assignee, 64, false)?;
-    text("comment", &request.comment, MAX_COMMENT_CHARS, kind == AlarmActionKind::Comment)?;
-    let now = SystemTime::now();
-    let shelved_until = match (kind, &request.shelved_until) {
-        (AlarmActionKind::Shelve, Some(until)) => {
-            let t = chrono::DateTime::parse_from_rfc3339(until)
-                .map_err(|_| ApiError::bad_request("shelved_until is not an RFC 3339 time"))?;
-            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
-            if t <= now || t > now + MAX_SHELVE {
-                return Err(ApiError::bad_request("shelved_until must be in the next 30 days"));
-            }
-            Some(event::timestamp(t))
+    let (event_id, seq) = publish_alarm_action(&state, &p, &key, &action).await?;
+    let applied = state.live.wait_applied(seq, READ_YOUR_WRITE).await;
+    // Read again under the caller's scope: the alarm may have moved to another commune meanwhile.
+    let alarm = state.live.read(|view| view.alarm(key.as_str()).cloned()).filter(|a| p.scope.allows(&a.commune));
+    let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(ActionAnswer { event_id, alarm })).into_response())
+}
+
+/// Alarms one bulk action names at most.
+const MAX_BULK_ALARMS: usize = 500;
+
+/// The same action on many alarms at once (an operator acknowledging an alarm flood): one
+/// request, one event (and one audit entry) per alarm.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkAlarmActionRequest {
+    alarm_keys: Vec<String>,
+    /// `acknowledge`, `shelve`, `unshelve` or `resolve` (assignments and comments are one by one).
+    action: String,
+    #[serde(default)]
+    comment: String,
+    shelved_until: Option<String>,
+}
+
+#[derive(Serialize)]
+struct BulkAnswer {
+    /// Event ids of the actions published, in the order of `alarm_keys`.
+    done: Vec<BulkDone>,
+    /// Alarms not acted on, and why (unknown to the caller, a bad key).
+    refused: Vec<BulkRefused>,
+}
+
+#[derive(Serialize)]
+struct BulkDone {
+    alarm_key: String,
+    event_id: String,
+}
+
+#[derive(Serialize)]
+struct BulkRefused {
+    alarm_key: String,
+    error: String,
+}
+
+async fn bulk_alarm_action(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    body: Result<Json<BulkAlarmActionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    actor(&p)?;
+    let Json(request) = body.map_err(ApiError::from_json)?;
+    if !["acknowledge", "shelve", "unshelve", "resolve"].contains(&request.action.as_str()) {
+        return Err(ApiError::bad_request("a bulk action is acknowledge, shelve, unshelve or resolve"));
+    }
+    if request.alarm_keys.is_empty() || request.alarm_keys.len() > MAX_BULK_ALARMS {
+        return Err(ApiError::bad_request(format!("alarm_keys names 1 to {MAX_BULK_ALARMS} alarms")));
+    }
+    let action = AlarmActionKindRequest::parse(
+        &request.action,
+        "",
+        &request.comment,
+        request.shelved_until.as_deref(),
+        state.max_shelve,
+    )?;
+    let (mut done, mut refused, mut last_seq) = (Vec::new(), Vec::new(), 0);
+    let mut seen = std::collections::HashSet::new();
+    for raw in request.alarm_keys {
+        if !seen.insert(raw.clone()) {
+            continue;
         }
-        (AlarmActionKind::Shelve, None) => return Err(ApiError::bad_request("shelve needs shelved_until")),
-        (_, Some(_)) => return Err(ApiError::bad_request("shelved_until goes with shelve only")),
-        (_, None) => None,
-    };
+        let shown: String = raw.chars().take(proto::ids::AlarmKey::MAX_LEN).collect();
+        let outcome = match AlarmKey::parse(&raw) {
+            Ok(key) => publish_alarm_action(&state, &p, &key, &action).await,
+            Err(e) => Err(ApiError::bad_request(e.to_string())),
+        };
+        match outcome {
+            Ok((event_id, seq)) => {
+                last_seq = last_seq.max(seq);
+                done.push(BulkDone { alarm_key: shown, event_id });
+            }
+            // The store or the bus failing is not one alarm's business: stop there.
+            Err(e) if e.status().is_server_error() => return Err(e),
+            Err(e) => refused.push(BulkRefused { alarm_key: shown, error: e.message().to_owned() }),
+        }
+    }
+    let applied = last_seq == 0 || state.live.wait_applied(last_seq, READ_YOUR_WRITE).await;
+    let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(BulkAnswer { done, refused })).into_response())
+}
+
+/// An alarm action, checked (its kind and fields), before it names an alarm.
+struct AlarmActionKindRequest {
+    kind: AlarmActionKind,
+    assignee: String,
+    comment: String,
+    shelved_until: Option<prost_types::Timestamp>,
+}
+
+impl AlarmActionKindRequest {
+    /// `max_shelve`: how far ahead a shelve may reach.
+    fn parse(
+        action: &str,
+        assignee: &str,
+        comment: &str,
+        shelved_until: Option<&str>,
+        max_shelve: Duration,
+    ) -> Result<Self, ApiError> {
+        let kind = match action {
+            "acknowledge" => AlarmActionKind::Acknowledge,
+            "assign" => AlarmActionKind::Assign,
+            "comment" => AlarmActionKind::Comment,
+            "shelve" => AlarmActionKind::Shelve,
+            "unshelve" => AlarmActionKind::Unshelve,
+            "resolve" => AlarmActionKind::Resolve,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "action is one of acknowledge, assign, comment, shelve, unshelve, resolve",
+                ));
+            }
+        };
+        text("assignee", assignee, 64, false)?;
+        // A comment says what it says; a shelve says why the alarm is hidden (ISA-18.2).
+        let required = matches!(kind, AlarmActionKind::Comment | AlarmActionKind::Shelve);
+        text("comment", comment, MAX_COMMENT_CHARS, required)?;
+        let now = SystemTime::now();
+        let shelved_until = match (kind, shelved_until) {
+            (AlarmActionKind::Shelve, Some(until)) => {
+                let t = chrono::DateTime::parse_from_rfc3339(until)
+                    .map_err(|_| ApiError::bad_request("shelved_until is not an RFC 3339 time"))?;
+                let t = SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
+                if t <= now || t > now + max_shelve {
+                    let hours = max_shelve.as_secs_f64() / 3600.0;
+                    return Err(ApiError::bad_request(format!(
+                        "shelved_until must be within the next {hours} h (--max-shelve)"
+                    )));
+                }
+                Some(event::timestamp(t))
+            }
+            (AlarmActionKind::Shelve, None) => return Err(ApiError::bad_request("shelve needs shelved_until")),
+            (_, Some(_)) => return Err(ApiError::bad_request("shelved_until goes with shelve only")),
+            (_, None) => None,
+        };
+        Ok(AlarmActionKindRequest {
+            kind,
+            assignee: assignee.trim().to_owned(),
+            comment: comment.to_owned(),
+            shelved_until,
+        })
+    }
+}
+
+/// Publishes `action` on the alarm `key` as `p`; its event id and stream sequence.
+async fn publish_alarm_action(
+    state: &ApiState,
+    p: &Principal,
+    key: &AlarmKey,
+    action: &AlarmActionKindRequest,
+) -> Result<(String, u64), ApiError> {
     // The alarm must be in the view; the action belongs to its commune and asset.
     // Another commune's alarm is, to this operator, not there.
     let alarm = state
@@ -411,24 +547,21 @@ async fn alarm_action(
         .ok_or_else(|| ApiError::not_found(format!("no alarm {key} in the view (closed, or never raised)")))?;
     let commune = CommuneId::parse(&alarm.commune).map_err(|e| ApiError::unavailable(e.to_string()))?;
     let asset = AssetId::parse(&alarm.asset_id).map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let action = AlarmAction {
+    let payload = AlarmAction {
         alarm_key: key.to_string(),
-        action: kind as i32,
+        action: action.kind as i32,
         actor: p.login.clone(),
-        assignee: request.assignee.trim().to_owned(),
-        comment: request.comment.clone(),
-        shelved_until,
+        assignee: action.assignee.clone(),
+        comment: action.comment.clone(),
+        shelved_until: action.shelved_until,
     };
+    let now = SystemTime::now();
     let checked =
-        event::check(event::new_event(&commune, &asset, event::timestamp(now), None, Payload::AlarmAction(action)))
+        event::check(event::new_event(&commune, &asset, event::timestamp(now), None, Payload::AlarmAction(payload)))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let event_id = checked.event.id.clone();
     let seq = publish(&state.js, &checked).await?;
-    let applied = state.live.wait_applied(seq, READ_YOUR_WRITE).await;
-    // Read again under the caller's scope: the alarm may have moved to another commune meanwhile.
-    let alarm = state.live.read(|view| view.alarm(key.as_str()).cloned()).filter(|a| p.scope.allows(&a.commune));
-    let status = if applied { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(ActionAnswer { event_id, alarm })).into_response())
+    Ok((event_id, seq))
 }
 
 /// A free-text entry of the log book.

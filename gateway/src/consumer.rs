@@ -296,7 +296,10 @@ fn report_store_fault(e: &crate::store::StoreError) {
 /// message cannot claim one commune in its subject and another in its body.
 fn decode(message: &jetstream::Message) -> Received {
     match proto::event::decode(&message.payload) {
-        Ok(event) if event.subject() == message.subject.as_str() => Received::Event(Box::new(event)),
+        Ok(event) if event.subject() == message.subject.as_str() => {
+            let stored_at = message.info().map(|i| i.published.unix_timestamp()).unwrap_or(0);
+            Received::Event { event: Box::new(event), stored_at }
+        }
         Ok(event) => {
             tracing::warn!(subject = %message.subject, expected = %event.subject(), id = %event.event.id, "event refused: subject does not match its content");
             Received::Refused

@@ -251,14 +251,15 @@ async fn session(
         out.close(access_close::REVOKED, "the session was closed; log in again").await;
         return;
     }
-    let (start, mut deltas) = match state.live.start(&principal.login, &filter, resume_from, Demand::Asked).await {
-        Ok(started) => started,
-        Err(limited) => {
-            tracing::warn!(login = %principal.login, "refusing a snapshot: too many for this login");
-            out.close_owned(close_code::TOO_MANY_SNAPSHOTS, limited.close_reason()).await;
-            return;
-        }
-    };
+    let (start, mut deltas) =
+        match state.live.start(&principal.login, &filter, resume_from, Demand::Asked, coalescing).await {
+            Ok(started) => started,
+            Err(limited) => {
+                tracing::warn!(login = %principal.login, "refusing a snapshot: too many for this login");
+                out.close_owned(close_code::TOO_MANY_SNAPSHOTS, limited.close_reason()).await;
+                return;
+            }
+        };
     if !send_start(&mut out, start).await {
         return;
     }
@@ -289,7 +290,7 @@ async fn session(
                             Ok(delta) => batch.push(delta),
                             Err(TryRecvError::Lagged(missed)) => {
                                 batch.clear();
-                                if !resync(&mut out, &state, &principal.login, &filter, &mut deltas, missed).await {
+                                if !resync(&mut out, &state, &principal.login, &filter, coalescing, &mut deltas, missed).await {
                                     return;
                                 }
                                 break;
@@ -300,7 +301,7 @@ async fn session(
                 }
                 Err(RecvError::Lagged(missed)) => {
                     batch.clear();
-                    if !resync(&mut out, &state, &principal.login, &filter, &mut deltas, missed).await {
+                    if !resync(&mut out, &state, &principal.login, &filter, coalescing, &mut deltas, missed).await {
                         return;
                     }
                 }
@@ -343,7 +344,8 @@ async fn session(
                                     continue;
                                 }
                             }
-                            let (start, receiver) = match state.live.start(&principal.login, &wanted, resume_from, Demand::Asked).await {
+                            let coalescing_wanted = coalesce.unwrap_or(coalescing);
+                            let (start, receiver) = match state.live.start(&principal.login, &wanted, resume_from, Demand::Asked, coalescing_wanted).await {
                                 Ok(started) => started,
                                 Err(limited) => {
                                     let error = ServerMessage::Error { code: ErrorCode::RateLimited, message: limited.to_string() };
@@ -354,7 +356,7 @@ async fn session(
                                 }
                             };
                             filter = wanted;
-                            coalescing = coalesce.unwrap_or(coalescing);
+                            coalescing = coalescing_wanted;
                             batch.clear();
                             deltas = receiver;
                             if !send_start(&mut out, start).await {
@@ -418,13 +420,20 @@ async fn resync(
     state: &AppState,
     login: &str,
     filter: &Filter,
+    coalescing: bool,
     deltas: &mut tokio::sync::broadcast::Receiver<Arc<Delta>>,
     missed: u64,
 ) -> bool {
     tracing::info!(missed, "client fell behind; sending a fresh snapshot");
     crate::metrics::get().resyncs.inc();
-    let Ok((start, receiver)) = state.live.start(login, filter, None, Demand::FellBehind).await else {
-        return false;
+    let (start, receiver) = match state.live.start(login, filter, None, Demand::FellBehind, coalescing).await {
+        Ok(started) => started,
+        // Too slow for the deltas, and its login out of snapshots: closed (it reconnects later).
+        Err(limited) => {
+            tracing::warn!(login, "a session fell behind past its login's snapshot budget; closing it");
+            out.close_owned(close_code::TOO_MANY_SNAPSHOTS, limited.close_reason()).await;
+            return false;
+        }
     };
     *deltas = receiver;
     send_start(out, start).await

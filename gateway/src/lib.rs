@@ -104,6 +104,16 @@ pub struct Config {
     #[arg(long, env = "VIGIE_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Reverse proxies in front of the gateway (IP addresses, comma-separated) whose
+    /// `X-Forwarded-For` gives the client's address (login throttling); others' is ignored.
+    #[arg(long, env = "VIGIE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// How far ahead an operator may shelve an alarm (a shelve hides it from the list and the
+    /// map until then); EEMUA 191 advises a shift at most.
+    #[arg(long, env = "VIGIE_GATEWAY_MAX_SHELVE", default_value = "8h", value_parser = runtime::config::parse_duration)]
+    pub max_shelve: std::time::Duration,
+
     /// How long a closed citizen report stays in the live view (by the events' times); the
     /// reports service keeps it, and its Open311 API serves it.
     #[arg(long, env = "VIGIE_GATEWAY_CLOSED_REPORTS_KEPT", default_value = "24h", value_parser = runtime::config::parse_duration)]
@@ -298,8 +308,14 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         authority: authority.clone(),
         store: store.clone(),
         communes: Arc::new(std::sync::RwLock::new(communes)),
+        trusted_proxies: Arc::new(config.trusted_proxies.clone()),
     };
-    let api = api::ApiState { live: live.clone(), store: store.clone(), js: jetstream::new(nats.clone()) };
+    let api = api::ApiState {
+        live: live.clone(),
+        store: store.clone(),
+        js: jetstream::new(nats.clone()),
+        max_shelve: config.max_shelve,
+    };
     if config.heartbeat < std::time::Duration::from_millis(100) {
         anyhow::bail!("--heartbeat must be at least 100ms");
     }

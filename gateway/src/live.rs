@@ -139,8 +139,9 @@ impl Start {
     }
 }
 
-/// Why a session asks how to start: a client asked (its login's snapshot budget may refuse), or
-/// it fell too far behind (it waits for its login's budget instead).
+/// Why a session asks how to start: a client asked, or it fell too far behind (then it may
+/// take a snapshot serialised moments before, with the deltas since). Either is charged to the
+/// login's snapshot budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Demand {
     Asked,
@@ -170,6 +171,9 @@ struct Inner {
     recent: VecDeque<Arc<Delta>>,
     /// Every delta up to this sequence has left `recent`: a resume from before it cannot be served.
     evicted_upto: u64,
+    /// Counts the views this has held (a reset starts another): a snapshot shared from one is
+    /// never served from the next.
+    generation: u64,
 }
 
 /// What a batch changed, for the store. `None` removes (a closed alarm, an evicted command).
@@ -185,7 +189,8 @@ pub struct Persist {
 
 /// One received event: its stream sequence and what it decoded to.
 pub enum Received {
-    Event(Box<CheckedEvent>),
+    /// `stored_at`: when the stream stored it (Unix seconds, the NATS server's clock).
+    Event { event: Box<CheckedEvent>, stored_at: i64 },
     /// Could not be applied (the reason is logged by the consumer); only its sequence counts.
     Refused,
 }
@@ -205,7 +210,7 @@ impl Live {
         // Deltas before the restored view are not kept: a resume from before it gets a snapshot.
         let evicted_upto = view.applied_seq();
         Live {
-            inner: Mutex::new(Inner { view, deltas, recent: VecDeque::new(), evicted_upto }),
+            inner: Mutex::new(Inner { view, deltas, recent: VecDeque::new(), evicted_upto, generation: 0 }),
             applied,
             consumer: Mutex::new(ConsumerHealth::Starting),
             current_as_of: Mutex::new(None),
@@ -292,6 +297,7 @@ impl Live {
         inner.view.keep_closed_reports(self.closed_reports_kept);
         inner.recent.clear();
         inner.evicted_upto = 0;
+        inner.generation += 1;
         drop(inner);
         self.snapshots.forget();
         *self.current_as_of.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -316,28 +322,29 @@ impl Live {
         for (seq, received) in batch {
             match received {
                 Received::Refused => inner.view.skip(seq),
-                Received::Event(event) => {
+                Received::Event { event, stored_at } => {
                     crate::metrics::get().events_applied.inc();
-                    if let Some(applied) = inner.view.apply(&event, seq) {
-                        // Assets that left the view as this event was applied: their removal
-                        // comes first, under the event's sequence (a client that resumes after
-                        // the event has both).
-                        for gone in applied.expired {
-                            let key = crate::view::asset_key(&gone.domain, &gone.id);
-                            persist.assets.insert(key, None);
-                            let asset = proto::live::AssetRef { domain: gone.domain.clone(), id: gone.id.clone() };
-                            let removed =
-                                ServerFrame::new(ServerMessage::Removed { seq, asset: Some(asset), alarm: None });
-                            match serde_json::to_string(&removed) {
-                                Ok(json) => deltas.push(Arc::new(Delta {
-                                    seq,
-                                    json: Utf8Bytes::from(json),
-                                    object: Object::Removed(Place::of_asset(&gone)),
-                                    left: None,
-                                })),
-                                Err(e) => tracing::error!(error = %e, seq, "cannot serialise a removal"),
-                            }
+                    // Closed reports whose time has passed leave first. Their `removed` frames
+                    // say the sequence before this event's: a client that received them and
+                    // not the event's delta resumes from there and gets both (a removal twice
+                    // does no harm); one that received the delta too is past them.
+                    for gone in inner.view.expire_closed_reports(stored_at) {
+                        let key = crate::view::asset_key(&gone.domain, &gone.id);
+                        persist.assets.insert(key, None);
+                        let asset = proto::live::AssetRef { domain: gone.domain.clone(), id: gone.id.clone() };
+                        let removed =
+                            ServerMessage::Removed { seq: seq.saturating_sub(1), asset: Some(asset), alarm: None };
+                        match serde_json::to_string(&ServerFrame::new(removed)) {
+                            Ok(json) => deltas.push(Arc::new(Delta {
+                                seq,
+                                json: Utf8Bytes::from(json),
+                                object: Object::Removed(Place::of_asset(&gone)),
+                                left: None,
+                            })),
+                            Err(e) => tracing::error!(error = %e, seq, "cannot serialise a removal"),
                         }
+                    }
+                    if let Some(applied) = inner.view.apply(&event, seq) {
                         let (mut asset, mut alarm, mut command, mut kpi) = (None, None, None, None);
                         let object = match applied.change {
                             Change::Asset(key, state) => {
@@ -385,6 +392,7 @@ impl Live {
             // Back to what is stored (a caller whose store cannot be read back stops instead).
             inner.view = reload()?;
             inner.view.keep_closed_reports(self.closed_reports_kept);
+            inner.generation += 1;
             return Err(e);
         }
         for delta in deltas {
@@ -407,38 +415,37 @@ impl Live {
     /// be served, else a snapshot (within the login's budget: see `snapshots`); and a receiver of
     /// every delta after it (unfiltered). The consumer never waits for this beyond copying the
     /// view's filtered states, a few sessions at a time.
+    /// `coalescing`: the session's (the deltas after a shared snapshot follow it).
     pub async fn start(
         &self,
         login: &str,
         filter: &Filter,
         resume_from: Option<u64>,
         demand: Demand,
+        coalescing: bool,
     ) -> Result<(Start, broadcast::Receiver<Arc<Delta>>), RateLimited> {
         if let Some(resumed) = resume_from.and_then(|from| self.resumed(from, filter)) {
             return Ok(resumed);
         }
-        match demand {
-            Demand::Asked => self.snapshots.take(login)?,
-            Demand::FellBehind => self.snapshots.take_waiting(login).await,
-        }
+        self.snapshots.take(login)?;
         let key = serde_json::to_string(filter).unwrap_or_default();
-        if let Some(started) = self.start_shared(&key, filter, demand) {
+        if let Some(started) = self.start_shared(&key, filter, demand, coalescing) {
             return Ok(started);
         }
         // The semaphore is never closed; were it, building without a permit is still right.
         let _permit = self.snapshots.builds.acquire().await;
         // Another session may have built it while this one waited.
-        if let Some(started) = self.start_shared(&key, filter, demand) {
+        if let Some(started) = self.start_shared(&key, filter, demand, coalescing) {
             return Ok(started);
         }
-        let (receiver, seq, assets, alarms, commands, kpis) = {
+        let (receiver, generation, seq, assets, alarms, commands, kpis) = {
             let inner = self.lock();
             let view = &inner.view;
             let assets: Vec<AssetState> = view.assets().filter(|a| filter.allows_asset(a)).cloned().collect();
             let alarms: Vec<AlarmState> = view.alarms().filter(|a| filter.allows_alarm(a)).cloned().collect();
             let commands: Vec<CommandState> = view.commands().filter(|c| filter.allows_command(c)).cloned().collect();
             let kpis: Vec<KpiState> = view.kpis().filter(|k| filter.allows_kpi(k)).cloned().collect();
-            (inner.deltas.subscribe(), view.applied_seq(), assets, alarms, commands, kpis)
+            (inner.deltas.subscribe(), inner.generation, view.applied_seq(), assets, alarms, commands, kpis)
         };
         // Serialising the whole view is long work: off the runtime's threads.
         let serialise = move || {
@@ -450,7 +457,7 @@ impl Live {
         };
         let json = Utf8Bytes::from(tokio::task::spawn_blocking(serialise).await.unwrap_or_default());
         crate::metrics::get().snapshots_built.inc();
-        self.snapshots.share(key, seq, json.clone());
+        self.snapshots.share(key, generation, seq, json.clone());
         Ok((Start::Snapshot { json, catch_up: Vec::new() }, receiver))
     }
 
@@ -466,7 +473,7 @@ impl Live {
     }
 
     /// A start from the snapshot shared for this filter, when there is a recent one: that
-    /// snapshot, then the deltas since (coalesced, as the snapshot itself is), when they are
+    /// snapshot, then the deltas since (coalesced as the session wants), when they are
     /// still at hand. A client that asks gets it only while nothing was applied since: its
     /// snapshot holds everything applied before it asked (a write it saw acknowledged is in it);
     /// one that fell behind takes it with the deltas since.
@@ -475,9 +482,10 @@ impl Live {
         key: &str,
         filter: &Filter,
         demand: Demand,
+        coalescing: bool,
     ) -> Option<(Start, broadcast::Receiver<Arc<Delta>>)> {
-        let (seq, json) = self.snapshots.recent(key)?;
         let inner = self.lock();
+        let (seq, json) = self.snapshots.recent(key, inner.generation)?;
         let applied = inner.view.applied_seq();
         let usable = match demand {
             Demand::Asked => seq == applied,
@@ -491,7 +499,7 @@ impl Live {
         let since: Vec<Arc<Delta>> = inner.recent.range(first..).cloned().collect();
         drop(inner);
         crate::metrics::get().snapshots_shared.inc();
-        Some((Start::Snapshot { json, catch_up: coalesce(since, filter, true) }, receiver))
+        Some((Start::Snapshot { json, catch_up: coalesce(since, filter, coalescing) }, receiver))
     }
 }
 

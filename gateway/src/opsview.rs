@@ -102,7 +102,7 @@ impl OpsView for OpsViewApi {
         let coalescing = !r.every_update;
         let live = self.api.live.clone();
         let (start, mut deltas) = live
-            .start(&principal.login, &filter, r.resume_from, Demand::Asked)
+            .start(&principal.login, &filter, r.resume_from, Demand::Asked, coalescing)
             .await
             .map_err(|limited| Status::resource_exhausted(limited.to_string()))?;
         let (sender, receiver) = mpsc::channel::<Result<LiveFrame, Status>>(STREAM_BUFFER);
@@ -163,9 +163,14 @@ impl OpsView for OpsViewApi {
                 }
                 if lagged {
                     crate::metrics::get().resyncs.inc();
-                    let Ok((start, receiver)) = live.start(&principal.login, &filter, None, Demand::FellBehind).await
-                    else {
-                        return;
+                    let started = live.start(&principal.login, &filter, None, Demand::FellBehind, coalescing).await;
+                    let (start, receiver) = match started {
+                        Ok(started) => started,
+                        // Too slow for the deltas, and its login out of snapshots: ended.
+                        Err(limited) => {
+                            let _ = sender.send(Err(Status::resource_exhausted(limited.to_string()))).await;
+                            return;
+                        }
                     };
                     deltas = receiver;
                     for f in send_start(start) {

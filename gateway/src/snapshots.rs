@@ -18,7 +18,8 @@ pub const REFILL_EVERY: Duration = Duration::from_secs(2);
 /// A serialised snapshot serves later requests for the same filter this long (they also get
 /// the deltas applied since, so they are as current as a fresh one).
 pub const SHARED_FOR: Duration = Duration::from_secs(1);
-/// Snapshots built at once; the other requests wait their turn (the consumer never does).
+/// Snapshots built at once; the other requests wait their turn (the consumer never does). A
+/// session that fell behind is charged too: past its login's budget it is closed (too slow).
 pub const BUILDS_AT_ONCE: usize = 2;
 /// Bytes of shared snapshots kept at most (the oldest leave first).
 pub const SHARED_BYTES: usize = 64 << 20;
@@ -50,10 +51,11 @@ impl std::fmt::Display for RateLimited {
     }
 }
 
-/// A serialised snapshot, for one filter, current at `seq`.
+/// A serialised snapshot, for one filter, current at `seq` of the view's `generation`.
 pub struct Shared {
-    pub seq: u64,
-    pub json: Utf8Bytes,
+    generation: u64,
+    seq: u64,
+    json: Utf8Bytes,
     built: Instant,
 }
 
@@ -114,18 +116,14 @@ impl Snapshots {
         Err(RateLimited { retry_after, burst: self.burst })
     }
 
-    /// Takes one snapshot from `login`'s budget, waiting for it (a session that fell behind
-    /// must get one, but not more often than its login may ask).
-    pub async fn take_waiting(&self, login: &str) {
-        while let Err(limited) = self.take(login) {
-            tokio::time::sleep(limited.retry_after).await;
-        }
-    }
-
-    /// The shared snapshot for this filter, if one is recent enough.
-    pub fn recent(&self, filter_key: &str) -> Option<(u64, Utf8Bytes)> {
+    /// The shared snapshot for this filter, if one of this generation of the view is recent
+    /// enough: its sequence and its frame.
+    pub fn recent(&self, filter_key: &str, generation: u64) -> Option<(u64, Utf8Bytes)> {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.get(filter_key).filter(|s| s.built.elapsed() < SHARED_FOR).map(|s| (s.seq, s.json.clone()))
+        shared
+            .get(filter_key)
+            .filter(|s| s.generation == generation && s.built.elapsed() < SHARED_FOR)
+            .map(|s| (s.seq, s.json.clone()))
     }
 
     /// Drops every shared snapshot (the view they were taken from is gone).
@@ -135,10 +133,10 @@ impl Snapshots {
 
     /// Keeps a snapshot for the requests that follow; the expired ones, and the oldest past the
     /// byte budget, leave.
-    pub fn share(&self, filter_key: String, seq: u64, json: Utf8Bytes) {
+    pub fn share(&self, filter_key: String, generation: u64, seq: u64, json: Utf8Bytes) {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared.retain(|_, s| s.built.elapsed() < SHARED_FOR);
-        if json.len() > SHARED_BYTES {
+        if json.is_empty() || json.len() > SHARED_BYTES {
             return;
         }
         while shared.values().map(|s| s.json.len()).sum::<usize>() + json.len() > SHARED_BYTES {
@@ -147,7 +145,7 @@ impl Snapshots {
             };
             shared.remove(&oldest);
         }
-        shared.insert(filter_key, Shared { seq, json, built: Instant::now() });
+        shared.insert(filter_key, Shared { generation, seq, json, built: Instant::now() });
     }
 }
 
@@ -171,13 +169,16 @@ mod tests {
     #[test]
     fn shared_snapshots_expire_and_stay_within_their_bytes() {
         let snapshots = Snapshots::new(BURST);
-        snapshots.share("a".into(), 7, Utf8Bytes::from("{}"));
-        assert_eq!(snapshots.recent("a").map(|(seq, _)| seq), Some(7));
-        assert!(snapshots.recent("b").is_none());
+        snapshots.share("a".into(), 0, 7, Utf8Bytes::from("{}"));
+        assert_eq!(snapshots.recent("a", 0).map(|(seq, _)| seq), Some(7));
+        assert!(snapshots.recent("a", 1).is_none(), "another generation of the view");
+        assert!(snapshots.recent("b", 0).is_none());
         let big = "x".repeat(SHARED_BYTES / 2 + 1);
-        snapshots.share("b".into(), 8, Utf8Bytes::from(big.clone()));
-        snapshots.share("c".into(), 9, Utf8Bytes::from(big));
-        assert!(snapshots.recent("b").is_none(), "the oldest left to make room");
-        assert!(snapshots.recent("c").is_some());
+        snapshots.share("b".into(), 0, 8, Utf8Bytes::from(big.clone()));
+        snapshots.share("c".into(), 0, 9, Utf8Bytes::from(big));
+        assert!(snapshots.recent("b", 0).is_none(), "the oldest left to make room");
+        assert!(snapshots.recent("c", 0).is_some());
+        snapshots.share("d".into(), 0, 10, Utf8Bytes::from(""));
+        assert!(snapshots.recent("d", 0).is_none(), "a failed serialisation is not shared");
     }
 }

@@ -7,8 +7,8 @@
 //! the account: each (login, client address) pair waits longer after each failure (up to five
 //! minutes), so does an address guessing many logins, and a login failing from many addresses
 //! waits at most [`MAX_LOGIN_DELAY`] between attempts, so a guesser elsewhere delays the real
-//! owner by seconds, never locks them out. The client address is the TCP peer's: behind a
-//! reverse proxy every client shares one (a trusted-proxy setting is still to come, issue 20).
+//! owner by seconds, never locks them out. The client address is the TCP peer's, or behind a
+//! trusted reverse proxy the one it forwards (`access::client_address`, `--trusted-proxies`).
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +51,9 @@ pub struct FailedLogin {
     pub at: String,
     /// `wrong_password`, or `throttled` (refused before any check).
     pub outcome: &'static str,
+    /// Attempts this entry stands for: a client refused in a loop is one entry, counted, not a
+    /// flood that pushes the wrong passwords out of the record.
+    pub count: u32,
 }
 
 pub struct LoginThrottle {
@@ -158,18 +161,30 @@ impl LoginThrottle {
     }
 }
 
+/// Recent entries searched for one to count a repeated refusal in.
+const MERGE_WITHIN: usize = 32;
+
 fn record(state: &mut State, login: &str, address: IpAddr, outcome: &'static str) {
+    let login: String = login.chars().take(64).collect();
+    let address_text = address.to_string();
+    let at =
+        chrono::DateTime::<chrono::Utc>::from(SystemTime::now()).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if outcome == "throttled"
+        && let Some(same) = state
+            .recent
+            .iter_mut()
+            .rev()
+            .take(MERGE_WITHIN)
+            .find(|f| f.outcome == outcome && f.login == login && f.address == address_text)
+    {
+        same.count = same.count.saturating_add(1);
+        same.at = at;
+        return;
+    }
     if state.recent.len() >= RECENT_KEPT {
         state.recent.pop_front();
     }
-    let at =
-        chrono::DateTime::<chrono::Utc>::from(SystemTime::now()).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    state.recent.push_back(FailedLogin {
-        login: login.chars().take(64).collect(),
-        address: address.to_string(),
-        at,
-        outcome,
-    });
+    state.recent.push_back(FailedLogin { login, address: address_text, at, outcome, count: 1 });
 }
 
 #[cfg(test)]
@@ -198,5 +213,12 @@ mod tests {
         assert!(throttle.may_try("admin", guesser).is_err_and(|wait| wait > Duration::from_secs(60)));
         let recent = throttle.recent_failures();
         assert!(recent.len() > 100 && recent[0].login == "admin", "{}", recent.len());
+        // Refusals in a loop are one entry, counted: they push no wrong password out.
+        for _ in 0..1000 {
+            let _ = throttle.may_try("admin", guesser);
+        }
+        let after = throttle.recent_failures();
+        assert_eq!(after.len(), recent.len(), "no more entries");
+        assert!(after[0].outcome == "throttled" && after[0].count > 1000, "{:?}", after[0]);
     }
 }

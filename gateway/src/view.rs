@@ -41,11 +41,16 @@ pub struct OperationsView {
     /// How long a closed citizen report stays (seconds of event time; none: for ever). The
     /// reports service keeps them all; the live view keeps what an operator acts on.
     closed_reports_kept: Option<i64>,
-    /// Closed reports by the event time they closed at (Unix seconds), oldest first, and the
+    /// Closed reports by the stream time they closed at (Unix seconds), oldest first, and the
     /// time of each.
     closed_reports: BTreeSet<(i64, String)>,
     closed_at: HashMap<String, i64>,
+    /// The stream time of the latest event (see [`OperationsView::expire_closed_reports`]).
+    stream_time: i64,
 }
+
+/// Closed reports that leave the view at one event at most.
+pub const MAX_EXPIRED_AT_ONCE: usize = 256;
 
 /// What applying one event changed.
 #[derive(Debug, Clone)]
@@ -61,8 +66,6 @@ pub enum Change {
 pub struct Applied {
     pub event: EventSummary,
     pub change: Change,
-    /// Assets that left the view as this event was applied (closed reports past their time).
-    pub expired: Vec<AssetState>,
     /// Where the changed asset or alarm stood before, when that is not where it stands now (it
     /// moved to another commune or area, or its severity changed): sessions whose scope it
     /// leaves are told to forget it.
@@ -120,8 +123,8 @@ impl OperationsView {
         view
     }
 
-    /// Closed reports leave the view once `kept` has passed since they closed (by the events'
-    /// recorded times, so that a view rebuilt from the stream drops the same ones).
+    /// Closed reports leave the view once `kept` has passed since they closed (by the stream's
+    /// clock, so that a view rebuilt from the stream drops the same ones).
     pub fn keep_closed_reports(&mut self, kept: Option<std::time::Duration>) {
         self.closed_reports_kept = kept.map(|k| i64::try_from(k.as_secs()).unwrap_or(i64::MAX));
     }
@@ -208,7 +211,6 @@ impl OperationsView {
         };
         let alarm_before = alarm_key_of_event.and_then(|k| self.alarms.get(k)).map(Place::of_alarm);
         let change = self.change(&summary, event)?;
-        let expired = self.expire_closed_reports(unix_seconds(&summary.recorded_at));
         let before = match &change {
             Change::Asset(key, a) if *key == asset_key_of_event => asset_before.filter(|p| *p != Place::of_asset(a)),
             Change::Alarm(key, a) if alarm_key_of_event == Some(key.as_str()) => {
@@ -216,16 +218,23 @@ impl OperationsView {
             }
             _ => None,
         };
-        Some(Applied { event: summary, change, expired, before })
+        Some(Applied { event: summary, change, before })
     }
 
-    /// Removes the closed reports whose time in the view has passed at event time `now`.
-    fn expire_closed_reports(&mut self, now: i64) -> Vec<AssetState> {
+    /// The stream's clock reached `now` (Unix seconds: when the next event was stored, by the
+    /// NATS server's clock, the same however often the view is rebuilt, and no producer's to
+    /// set): the closed reports whose time in the view has passed leave it, at most
+    /// [`MAX_EXPIRED_AT_ONCE`] (the rest with the following events), so that sessions get a
+    /// bounded burst of removals. Call it before applying the event stored at `now`.
+    pub fn expire_closed_reports(&mut self, now: i64) -> Vec<AssetState> {
+        self.stream_time = self.stream_time.max(now);
         let Some(kept) = self.closed_reports_kept else {
             return Vec::new();
         };
         let mut expired = Vec::new();
-        while let Some((at, key)) = self.closed_reports.first().cloned() {
+        while expired.len() < MAX_EXPIRED_AT_ONCE
+            && let Some((at, key)) = self.closed_reports.first().cloned()
+        {
             if at.saturating_add(kept) >= now {
                 break;
             }
@@ -349,6 +358,7 @@ impl OperationsView {
                     asset.commune = summary.commune.clone();
                     asset.position = position;
                     details.lamp_type = light.lamp_type.clone();
+                    details.street = light.street.clone();
                     asset.last_event_id = summary.id.clone();
                     asset.recorded_at = summary.recorded_at.clone();
                 }
@@ -475,7 +485,9 @@ impl OperationsView {
             self.closed_reports.remove(&(at, key.clone()));
         }
         if is_closed_report(&asset) {
-            let at = unix_seconds(&asset.recorded_at);
+            // The stream's clock; a view restored from its store has its reports' recorded
+            // times instead, close enough.
+            let at = if self.stream_time > 0 { self.stream_time } else { unix_seconds(&asset.recorded_at) };
             self.closed_at.insert(key.clone(), at);
             self.closed_reports.insert((at, key.clone()));
         }

@@ -390,6 +390,9 @@ pub struct VehicleDetails {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StreetlightDetails {
     pub lamp_type: String,
+    /// The street the inventory places it in (a command can target it); empty when unknown.
+    #[serde(default)]
+    pub street: String,
     /// Absent until the first status report.
     pub status: Option<String>,
     pub power_state: Option<String>,

@@ -1238,9 +1238,9 @@ pub struct StreamContent {
     pub last: u64,
 }
 
-/// Reads the whole events stream (as the reports service, which may).
+/// Reads the whole events stream (as the gateway, which may).
 pub async fn read_events_stream(nats: &NatsServer) -> Result<StreamContent> {
-    let client = nats.client_as("reports").await?;
+    let client = nats.client_as("gateway").await?;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
     let last = stream.info().await?.state.last_sequence;

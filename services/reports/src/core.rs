@@ -85,7 +85,10 @@ pub struct Reports {
     /// Services whose reports are about a lamp (linked to lighting alarms nearby).
     lighting_services: Vec<String>,
     state: tokio::sync::Mutex<State>,
-    lamp_alarms: Mutex<HashMap<String, LampAlarm>>,
+    /// Lighting alarms by key: the stream sequence of the latest event about each, and the
+    /// alarm while it is raised (raised and cleared alarms arrive on two consumers, whose order
+    /// between them is not the stream's: the later sequence wins).
+    lamp_alarms: Mutex<HashMap<String, (u64, Option<LampAlarm>)>>,
 }
 
 fn invalid(m: impl Into<String>) -> ReportError {
@@ -486,22 +489,24 @@ impl Reports {
         Ok(public(&request))
     }
 
-    /// Notes a lighting alarm raised or cleared (from the bus), for linking lamp reports.
-    pub fn lighting_event(&self, event: &CheckedEvent) {
-        let mut alarms = self.lamp_alarms.lock().unwrap_or_else(|p| p.into_inner());
-        match event.payload() {
+    /// Notes a lighting alarm raised or cleared (from the bus, at stream sequence `seq`), for
+    /// linking lamp reports; an event older than the latest one about its alarm changes nothing.
+    pub fn lighting_event(&self, event: &CheckedEvent, seq: u64) {
+        let (key, alarm) = match event.payload() {
             Payload::LightingAlarmRaised(raised) => {
-                if let Some(p) = event.event.position {
-                    alarms.insert(
-                        raised.key.clone(),
-                        LampAlarm { commune: event.commune.to_string(), lat: p.lat, lon: p.lon },
-                    );
-                }
+                let alarm = event.event.position.map(|p| LampAlarm {
+                    commune: event.commune.to_string(),
+                    lat: p.lat,
+                    lon: p.lon,
+                });
+                (raised.key.clone(), alarm)
             }
-            Payload::LightingAlarmCleared(cleared) => {
-                alarms.remove(&cleared.key);
-            }
-            _ => {}
+            Payload::LightingAlarmCleared(cleared) => (cleared.key.clone(), None),
+            _ => return,
+        };
+        let mut alarms = self.lamp_alarms.lock().unwrap_or_else(|p| p.into_inner());
+        if alarms.get(&key).is_none_or(|(latest, _)| *latest < seq) {
+            alarms.insert(key, (seq, alarm));
         }
     }
 
@@ -510,6 +515,7 @@ impl Reports {
         let alarms = self.lamp_alarms.lock().unwrap_or_else(|p| p.into_inner());
         alarms
             .iter()
+            .filter_map(|(k, (_, a))| a.as_ref().map(|a| (k, a)))
             .filter(|(_, a)| a.commune == commune)
             .map(|(k, a)| (domain::distance_m((a.lat, a.lon), at), k))
             .filter(|(d, _)| *d <= DUPLICATE_RADIUS_M)
@@ -564,11 +570,23 @@ mod tests {
         )
         .unwrap();
         let key = "lighting/lamp_failure/EP1";
-        core.lighting_event(&lamp_event(Payload::LightingAlarmRaised(AlarmRaised {
-            key: key.into(),
-            alarm_type: "lamp_failure".into(),
-            ..Default::default()
-        })));
+        core.lighting_event(
+            &lamp_event(Payload::LightingAlarmRaised(AlarmRaised {
+                key: key.into(),
+                alarm_type: "lamp_failure".into(),
+                ..Default::default()
+            })),
+            10,
+        );
+        // A clear older than the raise (its consumer was ahead): ignored.
+        core.lighting_event(
+            &lamp_event(Payload::LightingAlarmCleared(AlarmCleared {
+                key: key.into(),
+                alarm_type: "lamp_failure".into(),
+                reason: "repaired".into(),
+            })),
+            9,
+        );
         // 30 m from the faulty lamp: linked, and the reporter is told.
         let created = core.create(lamp_out(43.6 + 30.0 / 111_132.0), None, SystemTime::now()).await.unwrap();
         let request = created.request.unwrap();
@@ -579,11 +597,14 @@ mod tests {
         let far = core.create(lamp_out(43.6 + 200.0 / 111_132.0), None, SystemTime::now()).await.unwrap();
         assert_eq!(far.request.unwrap().linked_alarm_key, "");
         // Once the alarm clears, a new report (a duplicate of the first) is not linked.
-        core.lighting_event(&lamp_event(Payload::LightingAlarmCleared(AlarmCleared {
-            key: key.into(),
-            alarm_type: "lamp_failure".into(),
-            reason: "repaired".into(),
-        })));
+        core.lighting_event(
+            &lamp_event(Payload::LightingAlarmCleared(AlarmCleared {
+                key: key.into(),
+                alarm_type: "lamp_failure".into(),
+                reason: "repaired".into(),
+            })),
+            11,
+        );
         let after = core.create(lamp_out(43.6), None, SystemTime::now()).await.unwrap().request.unwrap();
         assert_eq!(
             (after.linked_alarm_key.as_str(), after.duplicate_of.as_str()),

@@ -209,35 +209,43 @@ async fn follow_lighting_alarms_once(
 ) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     let js = async_nats::jetstream::new(nats);
-    {
-        runtime::bus::ensure_events_stream(&js, &common.stream).await?;
-        let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
-        let filter_subjects = ["alarm_raised", "alarm_cleared"]
-            .iter()
-            .map(|kind| proto::subject::kind_events(Domain::Lighting, kind))
-            .collect();
+    runtime::bus::ensure_events_stream(&js, &common.stream).await?;
+    let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
+    // One consumer per kind, each named and with a single filter: both are then in the API
+    // subject (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), so that this service's NATS
+    // user may create consumers on the lighting alarms and on nothing else (see
+    // deploy/nats/authorization.conf). Raised and cleared alarms of one key are applied in
+    // stream order within each kind, not between kinds: `core.lighting_event` keeps the latest
+    // by stream sequence.
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    let mut merged = futures::stream::SelectAll::new();
+    for kind in ["alarm_raised", "alarm_cleared"] {
         let consumer = stream
             .create_consumer(OrderedConfig {
-                filter_subjects,
+                name: Some(format!("reports-lighting-{kind}-{instance}")),
+                filter_subject: proto::subject::kind_events(Domain::Lighting, kind),
                 deliver_policy: DeliverPolicy::All,
                 ..Default::default()
             })
             .await?;
-        let mut messages = consumer.messages().await?;
-        tracing::info!("following lighting alarms");
-        while let Some(message) = messages.next().await {
-            let message = message?;
-            // Checked like any bus input: decodable, consistent, and on its own subject.
-            match proto::event::decode(&message.payload) {
-                Ok(event) if event.subject() == message.subject.as_str() => core.lighting_event(&event),
-                Ok(event) => {
-                    tracing::warn!(subject = %message.subject, expected = %event.subject(), "lighting event on another subject skipped")
-                }
-                Err(e) => tracing::warn!(subject = %message.subject, error = %e, "undecodable lighting event skipped"),
-            }
-        }
-        anyhow::Ok(())
+        merged.push(consumer.messages().await?);
     }
+    tracing::info!("following lighting alarms");
+    while let Some(message) = merged.next().await {
+        let message = message?;
+        // Checked like any bus input: decodable, consistent, and on its own subject.
+        match proto::event::decode(&message.payload) {
+            Ok(event) if event.subject() == message.subject.as_str() => {
+                let seq = message.info().map(|i| i.stream_sequence).map_err(|e| anyhow::anyhow!("{e}"))?;
+                core.lighting_event(&event, seq)
+            }
+            Ok(event) => {
+                tracing::warn!(subject = %message.subject, expected = %event.subject(), "lighting event on another subject skipped")
+            }
+            Err(e) => tracing::warn!(subject = %message.subject, error = %e, "undecodable lighting event skipped"),
+        }
+    }
+    anyhow::Ok(())
 }
 
 #[cfg(test)]

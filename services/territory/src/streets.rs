@@ -28,6 +28,8 @@ impl StreetIndex {
     }
 
     pub fn parse(text: &str) -> Result<StreetIndex, String> {
+        /// The longest segment indexed, metres.
+        const MAX_SEGMENT_M: f64 = 5_000.0;
         let collection = match text.parse::<geojson::GeoJson>().map_err(|e| e.to_string())? {
             geojson::GeoJson::FeatureCollection(fc) => fc,
             _ => return Err("the top level is not a FeatureCollection".into()),
@@ -66,6 +68,11 @@ impl StreetIndex {
             for pair in points.windows(2) {
                 let (x1, y1) = index.project(pair[0].0, pair[0].1);
                 let (x2, y2) = index.project(pair[1].0, pair[1].1);
+                // A street's segment spans metres, not countries: a longer one is a mistake in
+                // the file, and would fill the grid with millions of cells.
+                if (x2 - x1).hypot(y2 - y1) > MAX_SEGMENT_M {
+                    continue;
+                }
                 let segment = index.segments.len();
                 index.segments.push((x1, y1, x2, y2, id));
                 let (cx1, cy1) = cell(x1.min(x2), y1.min(y2));

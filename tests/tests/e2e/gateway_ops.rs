@@ -117,8 +117,11 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         act(&a, &op_b, json!({"alarm_key": west, "action": "comment", "comment": "équipe en route"}))?;
     assert_eq!((status, &answer["alarm"]["comments"][0]["text"]), (200, &json!("équipe en route")));
     let until = chrono::Utc::now() + chrono::Duration::hours(1);
-    let (status, answer) =
-        act(&a, &op_b, json!({"alarm_key": west, "action": "shelve", "shelved_until": until.to_rfc3339()}))?;
+    let (status, answer) = act(
+        &a,
+        &op_b,
+        json!({"alarm_key": west, "action": "shelve", "shelved_until": until.to_rfc3339(), "comment": "travaux programmés"}),
+    )?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(items(&a, "/api/v1/alarms?state=shelved")?.len(), 1);
     let (status, answer) = act(&a, &op_b, json!({"alarm_key": west, "action": "acknowledge"}))?;
@@ -164,8 +167,24 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         // Who acts is the token's operator, not something the request says.
         (json!({"alarm_key": west, "action": "acknowledge", "actor": "someone-else"}), 400, "unknown field"),
         (json!({"alarm_key": west, "action": "comment"}), 400, "comment is required"),
-        (json!({"alarm_key": west, "action": "shelve"}), 400, "shelved_until"),
-        (json!({"alarm_key": west, "action": "shelve", "shelved_until": "2020-01-01T00:00:00Z"}), 400, "next 30 days"),
+        (json!({"alarm_key": west, "action": "shelve", "comment": "travaux"}), 400, "shelved_until"),
+        (
+            json!({"alarm_key": west, "action": "shelve", "shelved_until": "2020-01-01T00:00:00Z", "comment": "travaux"}),
+            400,
+            "within the next 8 h",
+        ),
+        // Longer than a shift (--max-shelve, 8 h by default).
+        (
+            json!({"alarm_key": west, "action": "shelve", "shelved_until": (chrono::Utc::now() + chrono::Duration::hours(9)).to_rfc3339(), "comment": "travaux"}),
+            400,
+            "within the next 8 h",
+        ),
+        // A shelve says why.
+        (
+            json!({"alarm_key": west, "action": "shelve", "shelved_until": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
+            400,
+            "comment is required",
+        ),
         (json!({"alarm_key": "lighting/lamp_failure/EP-X", "action": "acknowledge"}), 404, "no alarm"),
         (json!({"alarm_key": "bad key!", "action": "acknowledge"}), 400, "alarm key"),
         (json!({"alarm_key": west, "action": "comment", "comment": "x".repeat(1001)}), 400, "at most 1000"),
@@ -178,6 +197,56 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     }
     let (status, _) = act(&a, &op_a, json!({"alarm_key": west, "action": "comment", "comment": "x".repeat(70_000)}))?;
     assert_eq!(status, 413);
+    // A flood acknowledged at once: one request, one event and one log book entry per alarm;
+    // what the caller cannot act on is said, not hidden.
+    // The east lamp is repaired, then fails again.
+    let mut repaired = lamp_failure("EP-E");
+    if let Some(Telemetry::Fault(f)) = &mut repaired.message {
+        f.active = false;
+    }
+    // Two calls: the rules settle after each, and within one a repair and a failure cancel out.
+    client.stream_telemetry(futures::stream::iter(vec![repaired])).await?;
+    client.stream_telemetry(futures::stream::iter(vec![lamp_failure("EP-E")])).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !items(&a, "/api/v1/alarms?commune=34129")?.iter().any(|x| x["key"] == east) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the east alarm was not raised again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = http_post_json_as(
+        &a,
+        "/api/v1/alarms/actions/bulk",
+        &json!({"alarm_keys": [west, east, east, "lighting/lamp_failure/EP-X", "bad key!"], "action": "resolve"}),
+        Some(&op_c),
+    )?;
+    assert_eq!(status, 200, "{answer}");
+    let done: Vec<&str> =
+        answer["done"].as_array().into_iter().flatten().filter_map(|d| d["alarm_key"].as_str()).collect();
+    assert_eq!(done, [west, east], "each alarm once: {answer}");
+    assert_eq!(answer["refused"].as_array().map(Vec::len), Some(2), "{answer}");
+    assert!(items(&a, "/api/v1/alarms")?.is_empty(), "both resolved");
+    let resolved_by_c: Vec<Value> = items(&b, "/api/v1/audit?actor=op-c&action=resolve")?;
+    assert_eq!(resolved_by_c.len(), 3, "one entry per alarm (and the earlier one): {resolved_by_c:?}");
+    for (body, message) in [
+        (json!({"alarm_keys": [], "action": "acknowledge"}), "1 to 500"),
+        (json!({"alarm_keys": [west], "action": "comment"}), "acknowledge, shelve, unshelve or resolve"),
+        (
+            json!({"alarm_keys": [west], "action": "shelve", "shelved_until": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
+            "comment is required",
+        ),
+    ] {
+        let (status, answer) = http_post_json_as(&a, "/api/v1/alarms/actions/bulk", &body, Some(&op_c))?;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(message)), "{body}: {answer}");
+    }
+    let viewer = slice.add_operator("watcher", "viewer", &communes)?;
+    let (status, _) = http_post_json_as(
+        &a,
+        "/api/v1/alarms/actions/bulk",
+        &json!({"alarm_keys": [west], "action": "acknowledge"}),
+        Some(&viewer),
+    )?;
+    assert_eq!(status, 403, "a viewer acts on nothing");
+
     for path in [
         "/api/v1/alarms?commune=34.172",
         "/api/v1/alarms?domain=x",
@@ -195,6 +264,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/assets",
         "/api/v1/alarms",
         "/api/v1/alarms/actions",
+        "/api/v1/alarms/actions/bulk",
         "/api/v1/kpis",
         "/api/v1/commands",
         "/api/v1/audit",
@@ -353,7 +423,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let (status, text) = tests::http_get(&lighting_metrics, "/metrics")?;
     assert_eq!(status, 200);
     assert!(value(&text, "vigie_outbox_published_total").is_some_and(|n| n >= 2.0), "{text}");
-    assert_eq!(value(&text, "vigie_ingest_accepted_total"), Some(2.0), "the two lamp faults: {text}");
+    assert_eq!(value(&text, "vigie_ingest_accepted_total"), Some(4.0), "the lamp faults streamed: {text}");
     assert!(value(&text, "vigie_outbox_depth").is_some(), "{text}");
 
     // A restarted replica has the same view and audit log.

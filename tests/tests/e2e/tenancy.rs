@@ -383,6 +383,39 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
             .is_ok()
     );
 
+    // Reports read the lighting alarms and nothing else: a consumer on the operators' events
+    // (their comments, the log book) or on another domain is refused, one on the alarms is not.
+    let events_for_reports = reports.get_stream(proto::subject::EVENTS_STREAM).await?;
+    for filter in ["ops.>", "water.>", ">", "lighting.*.streetlight_status"] {
+        let created = tokio::time::timeout(
+            Duration::from_secs(6),
+            events_for_reports.create_consumer(jetstream::consumer::pull::OrderedConfig {
+                name: Some("reports-spy".into()),
+                filter_subject: filter.into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert!(!matches!(created, Ok(Ok(_))), "reports created a consumer on {filter}");
+        let unnamed = tokio::time::timeout(
+            Duration::from_secs(6),
+            events_for_reports.create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: filter.into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert!(!matches!(unnamed, Ok(Ok(_))), "reports created an unnamed consumer on {filter}");
+    }
+    events_for_reports
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            name: Some("reports-lighting-alarm_raised-test".into()),
+            filter_subject: "lighting.*.alarm_raised".into(),
+            ..Default::default()
+        })
+        .await
+        .context("reports follow the lighting alarms")?;
+
     // A wrong password does not connect.
     let wrong =
         async_nats::ConnectOptions::with_user_and_password("lighting".into(), "guess".into()).connect(nats.url()).await;

@@ -1,7 +1,7 @@
 // The gateway's REST API (gateway/openapi.json is its contract). Errors come as
 // {"error": {code, message}}; they are thrown as ApiError with the gateway's message.
 
-import type { Alarm, AuditEntry, SystemNotice } from "./protocol";
+import type { Alarm, AuditEntry, Command, SystemNotice } from "./protocol";
 import { authFetch } from "./auth.svelte";
 
 export class ApiError extends Error {}
@@ -43,7 +43,7 @@ export async function waterDmas(): Promise<Dma[]> {
   }
 }
 
-export type AlarmActionKind = "acknowledge" | "assign" | "comment" | "resolve";
+export type AlarmActionKind = "acknowledge" | "assign" | "comment" | "resolve" | "unshelve";
 
 /// An action on an alarm; who acts is the logged-in operator.
 export function alarmAction(
@@ -52,6 +52,52 @@ export function alarmAction(
   extra: { assignee?: string; comment?: string } = {},
 ): Promise<{ event_id: string; alarm: Alarm | null }> {
   return post("api/v1/alarms/actions", { alarm_key: alarmKey, action, ...extra });
+}
+
+export type BulkAction = "acknowledge" | "shelve" | "unshelve" | "resolve";
+
+/// One action on many alarms: one request, one event (and log book entry) per alarm.
+export function bulkAlarmAction(
+  alarmKeys: string[],
+  action: BulkAction,
+  extra: { comment?: string; shelved_until?: string } = {},
+): Promise<{ done: { alarm_key: string; event_id: string }[]; refused: { alarm_key: string; error: string }[] }> {
+  return post("api/v1/alarms/actions/bulk", { alarm_keys: alarmKeys, action, ...extra });
+}
+
+/// Shelves an alarm until `until` (ISO time), with the reason.
+export function shelveAlarm(alarmKey: string, until: Date, reason: string): Promise<{ event_id: string; alarm: Alarm | null }> {
+  return post("api/v1/alarms/actions", { alarm_key: alarmKey, action: "shelve", shelved_until: until.toISOString(), comment: reason });
+}
+
+export type LightingTarget = { streetlight_id: string } | { street: string } | { commune: string };
+export type LightingAction = { switch_on: boolean } | { dim_level: number };
+
+/// A lighting command (the service answers one command per commune the target spans).
+export function lightingCommand(target: LightingTarget, action: LightingAction, reason: string): Promise<{ commands: Command[] }> {
+  return post("api/v1/commands/lighting", { target, action, reason });
+}
+
+/// A valve operation on a network link.
+export function valveCommand(linkId: string, action: "close" | "open", reason: string): Promise<{ commands: Command[] }> {
+  return post("api/v1/commands/valve", { link_id: linkId, action, reason });
+}
+
+export const REPORT_STATUSES = [
+  "open",
+  "confirmed",
+  "investigating",
+  "action_scheduled",
+  "in_progress",
+  "fixed",
+  "closed",
+  "duplicate",
+  "not_responsible",
+] as const;
+
+/// Moves a citizen report on, with a note for the citizen.
+export function reportStatus(serviceRequestId: string, status: string, note: string): Promise<{ detailed_status: string }> {
+  return post("api/v1/reports/status", { service_request_id: serviceRequestId, status, note });
 }
 
 export function audit(params: { communes: string[]; limit: number }): Promise<{ items: AuditEntry[] }> {

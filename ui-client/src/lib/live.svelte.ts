@@ -22,6 +22,15 @@ const MISSED_HEARTBEATS_BEFORE_RECONNECT = 6;
 /// The gateway's close codes for access (gateway/src/http.rs).
 const CLOSE_TOKEN_EXPIRED = 4001;
 const CLOSE_REVOKED = 4003;
+/// Too many snapshots for this login: the reason says when to retry ("retry in N s").
+const CLOSE_TOO_MANY_SNAPSHOTS = 4029;
+
+/// How long a close asks the client to wait, in ms (none: not said).
+export function retryAfterMs(code: number, reason: string): number | null {
+  if (code !== CLOSE_TOO_MANY_SNAPSHOTS) return null;
+  const seconds = /retry in (\d+) s/.exec(reason)?.[1];
+  return seconds ? Number(seconds) * 1000 : 2000;
+}
 
 export class LiveState {
   link = $state<Link>("connecting");
@@ -98,9 +107,8 @@ export class LiveState {
     // The token goes as a subprotocol: never in the URL (it would end up in logs).
     const socket = new WebSocket(this.#url(), ["vigie.v1", `bearer.${token()}`]);
     this.#socket = socket;
-    socket.onopen = () => {
-      this.#retryMs = 250;
-    };
+    // The delay between attempts is reset once the gateway has started the session (a snapshot
+    // or a resume), not at the upgrade: an upgrade it then closes (4029) must not loop fast.
     socket.onmessage = (message) => {
       if (socket !== this.#socket) return;
       let frame: ServerFrame;
@@ -123,7 +131,8 @@ export class LiveState {
       // An expired token (or a refused upgrade, which a browser reports as 1006): a fresh token
       // first, then at once, resuming from the last sequence.
       const expired = event.code === CLOSE_TOKEN_EXPIRED || event.code === 1006;
-      const delay = event.code === CLOSE_TOKEN_EXPIRED ? 0 : this.#retryMs;
+      const asked = retryAfterMs(event.code, event.reason);
+      const delay = event.code === CLOSE_TOKEN_EXPIRED ? 0 : Math.max(asked ?? 0, this.#retryMs);
       this.#retryMs = Math.min(this.#retryMs * 2, 4000);
       setTimeout(async () => {
         if (expired) await refresh();
@@ -149,6 +158,7 @@ export class LiveState {
         for (const d of ["transport", "lighting", "water", "reports"]) this.dirtyDomains.add(d);
         this.seq = frame.seq;
         this.#snapshotSeen = true;
+        this.#retryMs = 250;
         this.lastChangeAt = now;
         this.#live();
         this.#render(true);
@@ -172,6 +182,7 @@ export class LiveState {
         break;
       case "resumed":
         this.resumed += 1;
+        this.#retryMs = 250;
         this.#live();
         break;
       case "heartbeat":

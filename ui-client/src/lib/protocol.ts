@@ -7,6 +7,7 @@ export type LatLon = { lat: number; lon: number };
 export type StreetlightDetails = {
   type: "streetlight";
   lamp_type: string;
+  street?: string;
   status: string | null;
   power_state: string | null;
   illuminance_level: number | null;
@@ -97,14 +98,28 @@ export type Kpi = {
   history?: { at: string; values: Record<string, number> }[];
 };
 
+export type CommandTarget =
+  | { type: "streetlight"; id: string }
+  | { type: "commune"; commune: string }
+  | { type: "street"; name: string }
+  | { type: "polygon"; ring: LatLon[] }
+  | { type: "valve"; link_id: string };
+
 export type Command = {
   id: string;
   domain: string;
   commune: string;
+  target?: CommandTarget;
+  action?: { type: string; on?: boolean; level?: number };
+  /// `pending`, `applied`, `partially_applied` or `failed`.
   status: string;
   requested_by: string;
   requested_at: string;
+  updated_at?: string;
   reason: string;
+  lamps_total?: number;
+  lamps_applied?: number;
+  lamps_failed?: number;
 };
 
 export type AuditEntry = {
