@@ -294,10 +294,16 @@ test("5. after the gateway restarts, the console reconnects and shows current da
   const { asset: another } = await step("raise-alarm");
   await rowOf(a, another).waitFor({ timeout: 5_000 });
   for (const id of [asset, another]) await rowOf(a, id).locator('input[type="checkbox"]').check();
+  // One request for the selection (one event per alarm on the gateway's side).
+  const requests = [];
+  const count = (request) => request.method() === "POST" && /api\/v1\/alarms\/actions/.test(request.url()) && requests.push(request.url());
+  a.on("request", count);
   await a.click("#ack-selected");
   for (const id of [asset, another]) {
     await a.waitForSelector(`.row[data-acknowledged="true"]:has-text("${id}")`, { timeout: 5_000 });
   }
+  a.off("request", count);
+  assert.deepEqual(requests.map((u) => new URL(u).pathname.replace(/^.*\/api/, "/api")), ["/api/v1/alarms/actions/bulk"], "one request");
   await shot(a, "05-reconnected.png");
   assert.deepEqual(pageErrors, [], "no script error on the pages");
 });
@@ -356,6 +362,55 @@ test("7. an operator of one commune sees that commune only, and logging out ends
   const after = await c.evaluate(async (token) => (await fetch("api/v1/alarms", { headers: { authorization: `Bearer ${token}` } })).status, theirs.token);
   assert.equal(after, 401);
   await c.context().close();
+});
+
+test("9. an operator acts where they see: a lamp dimmed from its alarm, a shelve with its reason", { skip }, async () => {
+  // From the alarm to its lamp's details.
+  const { asset } = await step("raise-alarm");
+  await rowOf(a, asset).waitFor({ timeout: 5_000 });
+  await rowOf(a, asset).click();
+  await a.click(`#alarm-details .asset-link[data-asset="${asset}"]`);
+  await a.waitForSelector(`#asset-details[data-key="lighting/${asset}"]`, { timeout: 5_000 });
+  // No command leaves without its reason, nor without a confirmation.
+  await a.fill("#act-level", "30");
+  await a.click("#act-dim");
+  await a.waitForSelector("#asset-details .error", { timeout: 2_000 });
+  await a.fill("#act-reason", "Essai de variation depuis la console");
+  await a.click("#act-dim");
+  await a.waitForSelector("#act-confirm", { timeout: 2_000 });
+  assert.match(await a.textContent("#act-confirm-label"), new RegExp(`Varier à 30 %.*${asset}`));
+  await shot(a, "09-confirm-command.png");
+  await a.keyboard.press("Enter");
+  // Its life follows it: pending, then (with the simulated field controller) applied or failed.
+  await a.waitForSelector("#asset-commands li", { timeout: 5_000 });
+  if (expected.real_data) {
+    await a.waitForSelector('#asset-commands li:is([data-status="applied"], [data-status="failed"])', { timeout: 30_000 });
+  }
+  console.log("# the command:", (await a.textContent("#asset-commands li")).trim());
+  await shot(a, "09-command.png");
+  // The log book says who commanded what, and why.
+  await a.click("#asset-details .close");
+  await a.click("#tab-logbook");
+  await a.waitForSelector('#logbook-entries li[data-action="command"]:has-text("Essai de variation depuis la console")', { timeout: 15_000 });
+  await a.click("#tab-alarms");
+
+  // A shelve says why and for how long; the alarm leaves the active list and the map's rings.
+  const { asset: noisy } = await step("raise-alarm");
+  await rowOf(a, noisy).waitFor({ timeout: 5_000 });
+  await rowOf(a, noisy).click();
+  const key = await a.getAttribute("#alarm-details", "data-key");
+  await a.waitForFunction((k) => window.vigieMap.querySourceFeatures("alarms").some((f) => f.properties.k === k), key, { timeout: 5_000 });
+  await a.fill("#shelve-reason", "Lampe connue, intervention demain");
+  await a.selectOption("#shelve-hours", "2");
+  await a.click("#shelve");
+  await rowOf(a, noisy).waitFor({ state: "detached", timeout: 5_000 });
+  await a.waitForFunction((k) => !window.vigieMap.querySourceFeatures("alarms").some((f) => f.properties.k === k), key, { timeout: 5_000 });
+  // Still selected: its details say until when, and it can be shown again.
+  await a.waitForSelector("#shelved", { timeout: 5_000 });
+  await shot(a, "09-shelved.png");
+  await a.click("#unshelve");
+  await rowOf(a, noisy).waitFor({ timeout: 5_000 });
+  assert.deepEqual(pageErrors, [], "no script error on the pages");
 });
 
 test("8. a critical alarm sounds, once sound is enabled, and a mute silences it", { skip: skip || (!expected.real_data && "needs the real water network") }, async () => {

@@ -295,10 +295,15 @@ async fn console_in_a_browser() -> Result<()> {
     let stdout = output.await?;
     eprintln!("{stdout}");
     assert!(status.success(), "the browser test failed (see its output above)");
-    let scenarios = if real_data { 9 } else { 8 };
+    let scenarios = if real_data { 10 } else { 9 };
     assert!(stdout.contains(&format!("# pass {scenarios}")), "not every scenario passed: {stdout}");
     let shots = ["01-map-live.png", "02-alarm.png", "03-ack-second-browser.png", "04-stale.png", "05-reconnected.png"];
-    for shot in shots.iter().chain(["06-one-commune.png", "07-operator-of-one-commune.png", "00-login.png"].iter()) {
+    let acting = ["09-confirm-command.png", "09-command.png", "09-shelved.png"];
+    for shot in shots
+        .iter()
+        .chain(["06-one-commune.png", "07-operator-of-one-commune.png", "00-login.png"].iter())
+        .chain(acting.iter())
+    {
         assert!(artifacts.join(shot).is_file(), "no screenshot {shot} in {}", artifacts.display());
     }
     drop(simulator);
