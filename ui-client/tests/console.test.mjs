@@ -55,11 +55,13 @@ async function shot(page, name) {
 }
 
 /** A browser of its own (no shared storage), logged in as `login`. */
-async function openConsole(login, screenshot) {
-  const context = await browser.newContext({ viewport: { width: 1600, height: 900 }, locale: "fr-FR" });
+/// The flood threshold is lifted (`?flood=`) except where a scenario floods on purpose: the
+/// simulator's own alarms and those the scenarios raise would otherwise group the rows they read.
+async function openConsole(login, screenshot, query = "?flood=1000", viewport = { width: 1600, height: 900 }) {
+  const context = await browser.newContext({ viewport, locale: "fr-FR" });
   const page = await context.newPage();
   page.on("pageerror", (e) => pageErrors.push(e.message));
-  await page.goto(url);
+  await page.goto(url + query);
   await page.fill("#login-name", login);
   await page.fill("#login-password", expected.password);
   if (screenshot) await page.screenshot({ path: join(artifacts, screenshot) });
@@ -215,6 +217,8 @@ test("2. an alarm raised by a service appears within 2 s, in the list and on the
   await rowOf(a, asset).click();
   await a.waitForSelector("#alarm-details");
   await a.waitForFunction(() => window.vigieMap.querySourceFeatures("selection").length > 0, null, { timeout: 5_000 });
+  // Its commune is tinted by its worst unacknowledged alarm (ISA-101: colour means abnormal).
+  await a.waitForFunction(() => (window.vigieMap.getCanvas().dataset.tints ?? "").includes("34172"), null, { timeout: 5_000 });
   const counts = await a.locator("#alarm-counts").getAttribute("data-active");
   assert.ok(Number(counts) >= 1, "counted as active");
   await shot(a, "02-alarm.png");
@@ -423,4 +427,68 @@ test("8. a critical alarm sounds, once sound is enabled, and a mute silences it"
   await shot(a, "08-critical.png");
   await a.click("#sound-mute");
   assert.match(await a.textContent("#sound-unmute"), /Son coupé \(10 min\)/);
+});
+
+test("10. an alarm flood: a banner, rows grouped by type and commune, one sound, one request to acknowledge a group", { skip }, async () => {
+  // A console with the default threshold (10 alarms in 10 minutes), sound on.
+  const c = await openConsole(expected.operators.b, undefined, "");
+  await c.click("#sound-enable");
+  await c.waitForSelector("#sound-mute");
+  assert.equal(await c.locator("#sound-off").count(), 0, "no 'sound off' banner once on");
+  const { failed } = await step("flood");
+  assert.ok(failed.length >= 10, `a flood: ${failed.length} lamps failed`);
+  await c.waitForSelector("#flood", { timeout: 10_000 });
+  assert.match(await c.textContent("#flood"), /Avalanche d'alarmes : \d+ en 10 min/);
+  // The biggest group: the lamp failures of one commune, folded.
+  await c.waitForFunction(() => [...document.querySelectorAll(".group")].some((g) => Number(g.dataset.count) >= 10), null, { timeout: 10_000 });
+  const group = await c.evaluate(() => {
+    const g = [...document.querySelectorAll(".group")].sort((x, y) => Number(y.dataset.count) - Number(x.dataset.count))[0];
+    return { id: g.dataset.group, count: Number(g.dataset.count) };
+  });
+  console.log("# flood group:", JSON.stringify(group));
+  assert.match(group.id, /^lighting\/lamp_failure@/);
+  const folded = await c.evaluate((id) => [...document.querySelectorAll(".row")].filter((r) => r.dataset.key?.startsWith("lighting/lamp_failure/")).length, group.id);
+  assert.equal(folded, 0, "the group's rows are folded");
+  // One sound for the flood, not one per alarm.
+  await c.waitForSelector('#sound-mute[data-floods="1"]', { timeout: 5_000 });
+  await c.waitForTimeout(2_000);
+  assert.equal(await c.getAttribute("#sound-mute", "data-floods"), "1", "one call per flood");
+  await shot(c, "10-flood.png");
+  // Acknowledging the group is one request.
+  const requests = [];
+  c.on("request", (r) => r.method() === "POST" && /api\/v1\/alarms\/actions/.test(r.url()) && requests.push(new URL(r.url()).pathname));
+  await c.click(`.group[data-group="${group.id}"] .group-ack`);
+  await c.waitForSelector(`.group[data-group="${group.id}"][data-unack="0"]`, { timeout: 10_000 });
+  assert.deepEqual(requests.map((p) => p.replace(/^.*\/api/, "/api")), ["/api/v1/alarms/actions/bulk"], "one request for the group");
+  // Unfolded, its rows say so (some may have cleared meanwhile: at night the field reports often).
+  await c.click(`.group[data-group="${group.id}"] .group-toggle`);
+  const commune = group.id.split("@")[1];
+  const groupRows = `.row[data-key^="lighting/lamp_failure/"][data-commune="${commune}"]`;
+  await c.locator(`${groupRows}[data-acknowledged="true"]`).first().waitFor({ timeout: 5_000 });
+  assert.equal(await c.locator(`${groupRows}[data-acknowledged="false"]`).count(), 0, "the group's alarms are acknowledged");
+  // Dense enough for a flood: with an alarm open, ten rows or more are in view at 1600×900.
+  await c.locator('.row[data-key^="lighting/lamp_failure/"]').first().click();
+  await c.waitForSelector("#alarm-details");
+  // How many rows the list shows at once (its height over a row's: some alarms may have
+  // cleared meanwhile, so the rows present are not the measure).
+  const inView = await c.evaluate(() => {
+    const list = document.querySelector(".list").getBoundingClientRect();
+    const row = document.querySelector(".list .row").getBoundingClientRect();
+    return Math.floor(list.height / row.height);
+  });
+  console.log(`# rows in view with an alarm open at 1600×900: ${inView}`);
+  assert.ok(inView >= 10, `${inView} rows in view`);
+  await shot(c, "10-dense.png");
+  assert.deepEqual(pageErrors, [], "no script error on the pages");
+  await c.context().close();
+});
+
+test("11. a video wall: the console at 3840×2160 with ?wall is readable from across the room", { skip }, async () => {
+  const w = await openConsole(expected.operators.a, undefined, "?wall&flood=1000", { width: 3840, height: 2160 });
+  await w.waitForSelector(".tile .value", { timeout: 20_000 });
+  const px = await w.evaluate(() => parseFloat(getComputedStyle(document.querySelector(".tile .value")).fontSize));
+  console.log(`# KPI value on the wall: ${px} px`);
+  assert.ok(px >= 32, `KPI values of ${px} px`);
+  await shot(w, "11-wall.png");
+  await w.context().close();
 });

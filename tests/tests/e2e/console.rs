@@ -96,6 +96,14 @@ impl System {
                 self.water_simulator = Some(simulator);
                 Ok(json!({}))
             }
+            // An alarm flood: every lamp left fails at once (up to 40).
+            "flood" => {
+                let mut failed = Vec::new();
+                while failed.len() < 40 && self.lamps.iter().any(|l| !self.failed.contains(l)) {
+                    failed.push(self.fail_a_lamp().await?["asset"].clone());
+                }
+                Ok(json!({ "failed": failed }))
+            }
             "real-data" => Ok(json!({ "real_data": self.real_data })),
             other => bail!("unknown step {other:?}"),
         }
@@ -212,11 +220,14 @@ async fn console_in_a_browser() -> Result<()> {
         // The lighting service imports the real inventory at start.
         let assets = wait_assets(&gateway_addr, 29_000).await?;
         eprintln!("[console test] the view holds {assets} assets");
-        let (_, listed) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&limit=50")?;
+        // Lamps of 34172 far apart (every 40th in the inventory's order, which follows the
+        // streets): a flood of them is many lamp failures, not one dark street (a cluster).
+        let (_, listed) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&commune=34172&limit=2400")?;
         lamps = listed["items"]
             .as_array()
             .context("assets")?
             .iter()
+            .step_by(40)
             .filter_map(|a| a["id"].as_str().map(str::to_owned))
             .collect();
     } else {
@@ -295,10 +306,11 @@ async fn console_in_a_browser() -> Result<()> {
     let stdout = output.await?;
     eprintln!("{stdout}");
     assert!(status.success(), "the browser test failed (see its output above)");
-    let scenarios = if real_data { 10 } else { 9 };
+    let scenarios = if real_data { 12 } else { 11 };
     assert!(stdout.contains(&format!("# pass {scenarios}")), "not every scenario passed: {stdout}");
     let shots = ["01-map-live.png", "02-alarm.png", "03-ack-second-browser.png", "04-stale.png", "05-reconnected.png"];
-    let acting = ["09-confirm-command.png", "09-command.png", "09-shelved.png"];
+    let acting =
+        ["09-confirm-command.png", "09-command.png", "09-shelved.png", "10-flood.png", "10-dense.png", "11-wall.png"];
     for shot in shots
         .iter()
         .chain(["06-one-commune.png", "07-operator-of-one-commune.png", "00-login.png"].iter())

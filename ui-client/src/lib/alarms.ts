@@ -14,6 +14,10 @@ export function matches(a: Alarm, f: AlarmFilters, now: number): boolean {
   if (f.severity && a.severity !== f.severity) return false;
   if (f.commune && a.commune !== f.commune) return false;
   switch (f.state) {
+    // What still needs someone: active, or cleared without an acknowledgement (an alarm that came
+    // and went at 03:00 stays until someone has seen it).
+    case "attention":
+      return (a.active || !a.acknowledged) && !isShelved(a, now);
     case "active":
       return a.active && !isShelved(a, now);
     case "unacknowledged":
@@ -54,4 +58,91 @@ export function counts(alarms: Iterable<Alarm>, now: number): AlarmCounts {
     if (a.active && a.severity === "critical") c.critical += 1;
   }
   return c;
+}
+
+/// Alarms raised in the last 10 minutes count towards a flood (EEMUA 191: more than 10 in 10
+/// minutes for one operator is more than one can handle).
+export const FLOOD_WINDOW_MS = 10 * 60 * 1000;
+export const FLOOD_THRESHOLD = 10;
+/// Raised this often in its life, an alarm is chattering.
+export const CHATTERING_RAISES = 5;
+/// Active this long, an alarm is standing.
+export const STANDING_MS = 24 * 3600 * 1000;
+
+export type AlarmMetrics = {
+  /// Alarms (last) raised in the flood window.
+  rate: number;
+  standing: number;
+  chattering: number;
+  bySeverity: Record<string, number>;
+};
+
+/// The alarm system's own health, for the operator (ISA-18.2): the rate, the standing and
+/// chattering alarms, and the priority distribution of what is active.
+export function alarmMetrics(alarms: Iterable<Alarm>, now: number): AlarmMetrics {
+  const m: AlarmMetrics = { rate: 0, standing: 0, chattering: 0, bySeverity: {} };
+  for (const a of alarms) {
+    if (isShelved(a, now)) continue;
+    const raised = Date.parse(a.last_raised_at);
+    if (now - raised <= FLOOD_WINDOW_MS) m.rate += 1;
+    if (!a.active) continue;
+    if (now - Date.parse(a.first_raised_at) >= STANDING_MS) m.standing += 1;
+    if (a.raise_count >= CHATTERING_RAISES) m.chattering += 1;
+    m.bySeverity[a.severity] = (m.bySeverity[a.severity] ?? 0) + 1;
+  }
+  return m;
+}
+
+/// `first`: its first alarm in the list's order (the most urgent when sorted by severity).
+export type AlarmGroup = { id: string; alarm_type: string; commune: string; first: Alarm; alarms: Alarm[] };
+
+/// The list's rows grouped by type and commune, in the order of their first alarm (the list's
+/// sort); a group of one is a plain row.
+export function groups(sorted: Alarm[]): AlarmGroup[] {
+  const byId = new Map<string, AlarmGroup>();
+  const out: AlarmGroup[] = [];
+  for (const a of sorted) {
+    const id = `${a.domain}/${a.alarm_type}@${a.commune}`;
+    let g = byId.get(id);
+    if (!g) {
+      g = { id, alarm_type: a.alarm_type, commune: a.commune, first: a, alarms: [] };
+      byId.set(id, g);
+      out.push(g);
+    }
+    g.alarms.push(a);
+  }
+  return out;
+}
+
+/// Rings for alarms: once per burst of critical alarms (those raised within BURST_MS of the
+/// first are one call), again every REPEAT_MS while a critical alarm waits for its
+/// acknowledgement, and once when a flood begins.
+export class Ringer {
+  static BURST_MS = 10_000;
+  static REPEAT_MS = 30_000;
+  #lastRing = -Infinity;
+  #burstUntil = -Infinity;
+  #flooding = false;
+
+  /// A critical alarm was raised (or raised again): ring unless this burst already rang.
+  raised(now: number): boolean {
+    if (now < this.#burstUntil) return false;
+    this.#burstUntil = now + Ringer.BURST_MS;
+    this.#lastRing = now;
+    return true;
+  }
+
+  /// Every second: whether to ring again (`waiting`: critical alarms active and unacknowledged).
+  tick(waiting: number, now: number): boolean {
+    if (waiting === 0 || now - this.#lastRing < Ringer.REPEAT_MS) return false;
+    this.#lastRing = now;
+    return true;
+  }
+
+  /// Whether a flood begins now (true once per flood).
+  flood(flooding: boolean): boolean {
+    const begins = flooding && !this.#flooding;
+    this.#flooding = flooding;
+    return begins;
+  }
 }

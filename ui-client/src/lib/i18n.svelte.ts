@@ -43,11 +43,11 @@ const FR = {
   sev_minor: "Mineure",
   sev_warning: "Avertissement",
   state: "État",
-  state_all: "Tous",
+  state_all: "Toutes",
   state_active: "Actives",
   state_unacknowledged: "Non acquittées",
-  state_cleared: "Terminées",
-  state_shelved: "Mises en attente",
+  state_cleared: "Disparues",
+  state_shelved: "Masquées",
   commune: "Commune",
   domain: "Domaine",
   all: "Tous",
@@ -70,8 +70,8 @@ const FR = {
   cancel: "Annuler",
   acknowledged_by: "Acquittée par {who} {age}",
   assigned_to: "Affectée à {who}",
-  cleared: "terminée",
-  cleared_to_ack: "Terminée, à acquitter",
+  cleared: "disparue",
+  cleared_to_ack: "Disparue, à acquitter",
   raised: "Levée {age}",
   first_raised: "Première occurrence",
   comments: "Commentaires",
@@ -151,6 +151,14 @@ const FR = {
   role_admin: "administrateur",
   role_integrator: "intégrateur",
   read_only: "Lecture seule : aucune action possible",
+  state_attention: "À traiter",
+  legend: "États",
+  legend_normal: "Normal",
+  legend_unknown: "Inconnu",
+  alarm_metrics: "{rate} en 10 min · {standing} installées (24 h) · {chattering} répétitives",
+  flood: "Avalanche d'alarmes : {n} en 10 min — regroupées par type et commune",
+  acknowledge_group: "Tout acquitter",
+  sound_off: "Son désactivé",
   act_title: "Agir",
   act_target: "Cible",
   act_this_lamp: "Ce point lumineux",
@@ -184,7 +192,10 @@ const FR = {
 
 export type Key = keyof typeof FR;
 
-const EN: Partial<Record<Key, string>> = {
+// Every key has its English (the type says so: a key without one does not compile).
+const EN: Record<Key, string> = {
+  unknown: "—",
+  min: "min",
   app_title: "Vigie — operations",
   territory: "Territory",
   all_communes: "All communes",
@@ -330,6 +341,14 @@ const EN: Partial<Record<Key, string>> = {
   role_admin: "administrator",
   role_integrator: "integrator",
   read_only: "Read only: no action possible",
+  state_attention: "To handle",
+  legend: "States",
+  legend_normal: "Normal",
+  legend_unknown: "Unknown",
+  alarm_metrics: "{rate} in 10 min · {standing} standing (24 h) · {chattering} chattering",
+  flood: "Alarm flood: {n} in 10 min — grouped by type and commune",
+  acknowledge_group: "Acknowledge all",
+  sound_off: "Sound off",
   act_title: "Act",
   act_target: "Target",
   act_this_lamp: "This streetlight",
@@ -362,7 +381,7 @@ const EN: Partial<Record<Key, string>> = {
 };
 
 /// Domain vocabularies: alarm types, lamp and report states, water measures.
-const TERMS_FR: Record<string, string> = {
+export const TERMS_FR: Record<string, string> = {
   lamp_failure: "Lampe en panne",
   outage_cluster: "Secteur éteint",
   dimming_failure: "Défaut de gradation",
@@ -374,7 +393,7 @@ const TERMS_FR: Record<string, string> = {
   off_route: "Hors itinéraire",
   bunching: "Véhicules groupés",
   gap: "Intervalle trop long",
-  not_reporting: "Véhicule muet",
+  not_reporting: "Véhicule non localisé",
   burst: "Casse de canalisation",
   leak_suspected: "Fuite suspectée",
   tank_low: "Réservoir bas",
@@ -438,7 +457,9 @@ const TERMS_FR: Record<string, string> = {
   excess: "Excès",
 };
 
-const TERMS_EN: Record<string, string> = {
+export const TERMS_EN: Record<string, string> = {
+  pH: "pH",
+  report_backlog: "Reports waiting",
   lamp_failure: "Lamp failure",
   outage_cluster: "Outage cluster",
   dimming_failure: "Dimming failure",
@@ -513,7 +534,7 @@ const TERMS_EN: Record<string, string> = {
 };
 
 function initialLang(): Lang {
-  const saved = localStorage.getItem("vigie.lang");
+  const saved = typeof localStorage === "undefined" ? null : localStorage.getItem("vigie.lang");
   return saved === "en" ? "en" : "fr";
 }
 

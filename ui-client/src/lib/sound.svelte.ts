@@ -4,7 +4,19 @@
 
 const MUTE_MS = 10 * 60 * 1000;
 
-export const sound = $state({ enabled: false, mutedUntil: 0, played: 0 });
+export const sound = $state({ enabled: false, mutedUntil: 0, played: 0, floods: 0 });
+
+const PREFERENCE = (login: string) => `vigie.sound.${login}`;
+
+/// Whether this operator had sound on (remembered per operator on this PC).
+export function soundWanted(login: string): boolean {
+  return typeof localStorage !== "undefined" && localStorage.getItem(PREFERENCE(login)) === "on";
+}
+
+/// Remembers the operator's choice.
+export function rememberSound(login: string, on: boolean) {
+  localStorage.setItem(PREFERENCE(login), on ? "on" : "off");
+}
 
 let context: AudioContext | null = null;
 
@@ -43,4 +55,22 @@ export function playCritical() {
     oscillator.stop(start + i * 0.18 + 0.17);
   }
   sound.played += 1;
+}
+
+/// One call when an alarm flood begins (a falling three-tone, unlike the critical call).
+export function playFlood() {
+  if (!sound.enabled || !context || isMuted()) return;
+  const start = context.currentTime;
+  for (const [i, frequency] of [990, 740, 550].entries()) {
+    const oscillator = context.createOscillator();
+    const gain = context.createGain();
+    oscillator.type = "triangle";
+    oscillator.frequency.value = frequency;
+    gain.gain.setValueAtTime(0.1, start + i * 0.25);
+    gain.gain.setValueAtTime(0, start + i * 0.25 + 0.22);
+    oscillator.connect(gain).connect(context.destination);
+    oscillator.start(start + i * 0.25);
+    oscillator.stop(start + i * 0.25 + 0.23);
+  }
+  sound.floods += 1;
 }

@@ -2,7 +2,7 @@
 // filters, the visible layers. Shared by the map, the lists and the panels, so that a selection
 // in one shows in the others.
 
-export type AlarmState = "all" | "active" | "unacknowledged" | "cleared" | "shelved";
+export type AlarmState = "attention" | "all" | "active" | "unacknowledged" | "cleared" | "shelved";
 export type AlarmSort = "severity" | "recent" | "commune";
 
 export const ui = $state({
@@ -14,7 +14,9 @@ export const ui = $state({
   selectedAlarm: "",
   /// Alarm keys ticked for a multiple acknowledgement.
   ticked: [] as string[],
-  filters: { domain: "", severity: "", state: "active" as AlarmState, commune: "" },
+  filters: { domain: "", severity: "", state: "attention" as AlarmState, commune: "" },
+  /// Groups of the alarm list opened by the operator (type@commune), during a flood.
+  expanded: [] as string[],
   sort: "severity" as AlarmSort,
   layers: { transport: true, lighting: true, water: true, reports: true, streets: true, dmas: true },
   panel: "alarms" as "alarms" | "logbook",

@@ -1,7 +1,7 @@
 // The alarm list's rules (src/lib/alarms.ts), with vitest (no browser).
 import { test } from "vitest";
 import assert from "node:assert/strict";
-import { compare, counts, matches } from "../../src/lib/alarms.ts";
+import { Ringer, alarmMetrics, compare, counts, groups, matches } from "../../src/lib/alarms.ts";
 import type { Alarm } from "../../src/lib/protocol.ts";
 
 const now = Date.parse("2026-11-23T10:00:00Z");
@@ -67,4 +67,54 @@ test("counts active, unacknowledged and critical alarms, shelved ones apart", ()
     alarm("d", { severity: "critical", shelved_until: "2026-11-23T12:00:00Z" }),
   ];
   assert.deepEqual(counts(list, now), { active: 2, unack: 2, critical: 1 });
+});
+
+test("the default filter keeps alarms that cleared without an acknowledgement", () => {
+  const attention = { ...all, state: "attention" };
+  assert.ok(matches(alarm("a"), attention, now), "active");
+  assert.ok(matches(alarm("b", { active: false }), attention, now), "cleared, not acknowledged: still to handle");
+  assert.ok(!matches(alarm("c", { active: false, acknowledged: true }), attention, now), "cleared and seen");
+  assert.ok(!matches(alarm("d", { shelved_until: "2026-11-23T11:00:00Z" }), attention, now), "shelved");
+});
+
+test("the alarm system's health: rate, standing, chattering, priorities", () => {
+  const m = alarmMetrics(
+    [
+      alarm("new", { last_raised_at: "2026-11-23T09:55:00Z", severity: "critical" }),
+      alarm("old", { first_raised_at: "2026-11-21T09:00:00Z", last_raised_at: "2026-11-21T09:00:00Z" }),
+      alarm("noisy", { raise_count: 7, last_raised_at: "2026-11-23T09:58:00Z" }),
+      alarm("gone", { active: false, last_raised_at: "2026-11-23T09:59:00Z" }),
+    ],
+    now,
+  );
+  assert.equal(m.rate, 3, "raised in the last 10 minutes");
+  assert.equal(m.standing, 1);
+  assert.equal(m.chattering, 1);
+  assert.deepEqual(m.bySeverity, { critical: 1, major: 2 });
+});
+
+test("groups by type and commune, in the list's order", () => {
+  const g = groups([alarm("1"), alarm("2", { commune: "34129" }), alarm("3"), alarm("4", { alarm_type: "late", domain: "transport" })]);
+  assert.deepEqual(
+    g.map((x) => [x.id, x.alarms.map((a) => a.key)]),
+    [
+      ["lighting/lamp_failure@34172", ["1", "3"]],
+      ["lighting/lamp_failure@34129", ["2"]],
+      ["transport/late@34172", ["4"]],
+    ],
+  );
+});
+
+test("one call per burst, repeated while a critical alarm waits, once per flood", () => {
+  const r = new Ringer();
+  assert.ok(r.raised(0));
+  assert.ok(!r.raised(5_000), "the same burst");
+  assert.ok(r.raised(12_000), "a new burst");
+  assert.ok(!r.tick(1, 20_000), "too soon");
+  assert.ok(r.tick(1, 42_000), "again while unacknowledged");
+  assert.ok(!r.tick(0, 90_000), "nothing waits");
+  assert.ok(r.flood(true));
+  assert.ok(!r.flood(true), "once per flood");
+  assert.ok(!r.flood(false));
+  assert.ok(r.flood(true), "a new flood");
 });
