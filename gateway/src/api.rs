@@ -388,6 +388,9 @@ async fn alarm_action(
     Ok((status, Json(ActionAnswer { event_id, alarm })).into_response())
 }
 
+/// How far past `--max-shelve` a shelve's end may fall (clocks estimated across the network).
+const SHELVE_SLACK: Duration = Duration::from_secs(120);
+
 /// Alarms one bulk action names at most.
 const MAX_BULK_ALARMS: usize = 500;
 
@@ -510,7 +513,8 @@ impl AlarmActionKindRequest {
                 let t = chrono::DateTime::parse_from_rfc3339(until)
                     .map_err(|_| ApiError::bad_request("shelved_until is not an RFC 3339 time"))?;
                 let t = SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
-                if t <= now || t > now + max_shelve {
+                // A console computes the end on its estimate of this clock: a little slack.
+                if t <= now || t > now + max_shelve + SHELVE_SLACK {
                     let hours = max_shelve.as_secs_f64() / 3600.0;
                     return Err(ApiError::bad_request(format!(
                         "shelved_until must be within the next {hours} h (--max-shelve)"

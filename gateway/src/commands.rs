@@ -122,6 +122,10 @@ pub struct LightingCommandRequest {
     reason: String,
     #[serde(default)]
     timeout_s: u32,
+    /// Limits the target to this commune (INSEE code): a street's name is not unique across
+    /// communes, and "this street" from a lamp's details means the lamp's commune's.
+    #[serde(default)]
+    commune: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -154,6 +158,17 @@ async fn lighting(
             ring: ring.into_iter().map(|p| proto::v1::Position { lat: p.lat, lon: p.lon }).collect(),
         }),
     };
+    // The communes the command may reach: the caller's, or the one named (if it is theirs).
+    let allowed_communes = match &request.commune {
+        None => p.scope.allowed_communes(),
+        Some(c) if p.scope.allows(c) => vec![c.clone()],
+        Some(c) => {
+            return Err(crate::access::forbidden(format!(
+                "commune {} is outside your communes",
+                c.chars().take(16).collect::<String>()
+            )));
+        }
+    };
     let action = match request.action {
         LightingAction::SwitchOn(on) => command_action::Action::SwitchOn(on),
         LightingAction::DimLevel(level) => command_action::Action::DimLevel(level),
@@ -166,7 +181,7 @@ async fn lighting(
             requested_by: p.login.clone(),
             reason: request.reason,
             timeout_s: request.timeout_s,
-            allowed_communes: p.scope.allowed_communes(),
+            allowed_communes,
         })
         .await
         .map_err(|s| refused("lighting", s))?

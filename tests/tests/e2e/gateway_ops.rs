@@ -294,6 +294,23 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         (&command["status"], &command["requested_by"], &command["commune"]),
         (&json!("pending"), &json!("op-a"), &json!("34172"))
     );
+    // A command limited to one commune (a street's name is not unique across communes) reaches
+    // that commune's lamps only, and only a commune of the caller's.
+    let (status, answer) = http_post_json_as(
+        &a,
+        "/api/v1/commands/lighting",
+        &json!({"target": {"streetlight_id": "EP-E"}, "action": {"switch_on": false}, "reason": "essai", "commune": "34172"}),
+        Some(&op_a),
+    )?;
+    assert_eq!(status, 404, "EP-E is in 34129, not in the commune named: {answer}");
+    let west_only = slice.add_operator("op-west-only", "operator", &["34172"])?;
+    let (status, answer) = http_post_json_as(
+        &a,
+        "/api/v1/commands/lighting",
+        &json!({"target": {"street": "Rue X"}, "action": {"switch_on": false}, "reason": "essai", "commune": "34129"}),
+        Some(&west_only),
+    )?;
+    assert_eq!(status, 403, "{answer}");
     let (status, answer) = http_post_json(
         &a,
         "/api/v1/commands/lighting",

@@ -96,6 +96,13 @@ export function alarmMetrics(alarms: Iterable<Alarm>, now: number): AlarmMetrics
 /// `first`: its first alarm in the list's order (the most urgent when sorted by severity).
 export type AlarmGroup = { id: string; alarm_type: string; commune: string; first: Alarm; alarms: Alarm[] };
 
+/// Whether a flood goes on: it begins at `threshold` alarms in the window and ends only below half
+/// of it, so that a rate hovering at the threshold does not switch the list and the sound on and
+/// off.
+export function flooding(wasFlooding: boolean, rate: number, threshold: number): boolean {
+  return wasFlooding ? rate >= threshold / 2 : rate >= threshold;
+}
+
 /// The list's rows grouped by type and commune, in the order of their first alarm (the list's
 /// sort); a group of one is a plain row.
 export function groups(sorted: Alarm[]): AlarmGroup[] {

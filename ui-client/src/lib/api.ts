@@ -74,8 +74,9 @@ export type LightingTarget = { streetlight_id: string } | { street: string } | {
 export type LightingAction = { switch_on: boolean } | { dim_level: number };
 
 /// A lighting command (the service answers one command per commune the target spans).
-export function lightingCommand(target: LightingTarget, action: LightingAction, reason: string): Promise<{ commands: Command[] }> {
-  return post("api/v1/commands/lighting", { target, action, reason });
+/// `commune`: the target is limited to that commune (a street's name is not unique).
+export function lightingCommand(target: LightingTarget, action: LightingAction, reason: string, commune?: string): Promise<{ commands: Command[] }> {
+  return post("api/v1/commands/lighting", { target, action, reason, ...(commune ? { commune } : {}) });
 }
 
 /// A valve operation on a network link.

@@ -20,10 +20,14 @@ export function rememberSound(login: string, on: boolean) {
 
 let context: AudioContext | null = null;
 
+/// Sound is on once the browser lets it play (a gesture it counts): until then it stays off, and
+/// the header says so; a later gesture tries again.
 export function enableSound() {
   context ??= new AudioContext();
-  void context.resume();
-  sound.enabled = true;
+  const audio = context;
+  void audio.resume().then(() => {
+    sound.enabled = audio.state === "running";
+  });
 }
 
 export function muteSound() {

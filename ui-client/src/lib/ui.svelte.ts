@@ -15,6 +15,8 @@ export const ui = $state({
   /// Alarm keys ticked for a multiple acknowledgement.
   ticked: [] as string[],
   filters: { domain: "", severity: "", state: "attention" as AlarmState, commune: "" },
+  /// An alarm flood goes on (see lib/alarms `flooding`; the console updates it every second).
+  flooding: false,
   /// Groups of the alarm list opened by the operator (type@commune), during a flood.
   expanded: [] as string[],
   sort: "severity" as AlarmSort,

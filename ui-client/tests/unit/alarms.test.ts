@@ -1,7 +1,7 @@
 // The alarm list's rules (src/lib/alarms.ts), with vitest (no browser).
 import { test } from "vitest";
 import assert from "node:assert/strict";
-import { Ringer, alarmMetrics, compare, counts, groups, matches } from "../../src/lib/alarms.ts";
+import { Ringer, alarmMetrics, compare, counts, flooding, groups, matches } from "../../src/lib/alarms.ts";
 import type { Alarm } from "../../src/lib/protocol.ts";
 
 const now = Date.parse("2026-11-23T10:00:00Z");
@@ -117,4 +117,11 @@ test("one call per burst, repeated while a critical alarm waits, once per flood"
   assert.ok(!r.flood(true), "once per flood");
   assert.ok(!r.flood(false));
   assert.ok(r.flood(true), "a new flood");
+});
+
+test("a flood begins at the threshold and ends only below half of it", () => {
+  assert.equal(flooding(false, 9, 10), false);
+  assert.equal(flooding(false, 10, 10), true);
+  assert.equal(flooding(true, 6, 10), true, "hovering: still a flood");
+  assert.equal(flooding(true, 4, 10), false);
 });
