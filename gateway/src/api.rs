@@ -372,7 +372,7 @@ async fn alarm_action(
 ) -> Result<Response, ApiError> {
     actor(&p)?;
     let Json(request) = body.map_err(ApiError::from_json)?;
-    let action = AlarmActionKindRequest::parse(
+    let action = CheckedAlarmAction::parse(
         &request.action,
         &request.assignee,
         &request.comment,
@@ -440,7 +440,7 @@ async fn bulk_alarm_action(
     if request.alarm_keys.is_empty() || request.alarm_keys.len() > MAX_BULK_ALARMS {
         return Err(ApiError::bad_request(format!("alarm_keys names 1 to {MAX_BULK_ALARMS} alarms")));
     }
-    let action = AlarmActionKindRequest::parse(
+    let action = CheckedAlarmAction::parse(
         &request.action,
         "",
         &request.comment,
@@ -474,14 +474,14 @@ async fn bulk_alarm_action(
 }
 
 /// An alarm action, checked (its kind and fields), before it names an alarm.
-struct AlarmActionKindRequest {
+struct CheckedAlarmAction {
     kind: AlarmActionKind,
     assignee: String,
     comment: String,
     shelved_until: Option<prost_types::Timestamp>,
 }
 
-impl AlarmActionKindRequest {
+impl CheckedAlarmAction {
     /// `max_shelve`: how far ahead a shelve may reach.
     fn parse(
         action: &str,
@@ -526,7 +526,7 @@ impl AlarmActionKindRequest {
             (_, Some(_)) => return Err(ApiError::bad_request("shelved_until goes with shelve only")),
             (_, None) => None,
         };
-        Ok(AlarmActionKindRequest {
+        Ok(CheckedAlarmAction {
             kind,
             assignee: assignee.trim().to_owned(),
             comment: comment.to_owned(),
@@ -540,7 +540,7 @@ async fn publish_alarm_action(
     state: &ApiState,
     p: &Principal,
     key: &AlarmKey,
-    action: &AlarmActionKindRequest,
+    action: &CheckedAlarmAction,
 ) -> Result<(String, u64), ApiError> {
     // The alarm must be in the view; the action belongs to its commune and asset.
     // Another commune's alarm is, to this operator, not there.

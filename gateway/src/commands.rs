@@ -161,12 +161,12 @@ async fn lighting(
     // The communes the command may reach: the caller's, or the one named (if it is theirs).
     let allowed_communes = match &request.commune {
         None => p.scope.allowed_communes(),
-        Some(c) if p.scope.allows(c) => vec![c.clone()],
         Some(c) => {
-            return Err(crate::access::forbidden(format!(
-                "commune {} is outside your communes",
-                c.chars().take(16).collect::<String>()
-            )));
+            let c = proto::ids::CommuneId::parse(c).map_err(|e| ApiError::bad_request(format!("commune: {e}")))?;
+            if !p.scope.allows(c.as_str()) {
+                return Err(crate::access::forbidden(format!("commune {c} is outside your communes")));
+            }
+            vec![c.to_string()]
         }
     };
     let action = match request.action {

@@ -215,7 +215,7 @@ impl Consumer {
                 }
                 first = false;
                 crate::metrics::get().consumer_pending.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
-                batch.push((seq, decode(&message)));
+                batch.push((seq, decode(&message, info.published.unix_timestamp())));
                 expected = seq + 1;
             }
             if !batch.is_empty() {
@@ -292,12 +292,12 @@ fn report_store_fault(e: &crate::store::StoreError) {
     }
 }
 
-/// Decodes and checks one message; the subject must be the one the event's own fields give, so a
-/// message cannot claim one commune in its subject and another in its body.
-fn decode(message: &jetstream::Message) -> Received {
+/// Decodes and checks one message, stored at `stored_at` (Unix seconds); the subject must be the
+/// one the event's own fields give, so a message cannot claim one commune in its subject and
+/// another in its body.
+fn decode(message: &jetstream::Message, stored_at: i64) -> Received {
     match proto::event::decode(&message.payload) {
         Ok(event) if event.subject() == message.subject.as_str() => {
-            let stored_at = message.info().map(|i| i.published.unix_timestamp()).unwrap_or(0);
             Received::Event { event: Box::new(event), stored_at }
         }
         Ok(event) => {

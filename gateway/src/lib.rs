@@ -114,7 +114,7 @@ pub struct Config {
     #[arg(long, env = "VIGIE_GATEWAY_MAX_SHELVE", default_value = "8h", value_parser = runtime::config::parse_duration)]
     pub max_shelve: std::time::Duration,
 
-    /// How long a closed citizen report stays in the live view (by the events' times); the
+    /// How long a closed citizen report stays in the live view (by the stream's clock); the
     /// reports service keeps it, and its Open311 API serves it.
     #[arg(long, env = "VIGIE_GATEWAY_CLOSED_REPORTS_KEPT", default_value = "24h", value_parser = runtime::config::parse_duration)]
     pub closed_reports_kept: std::time::Duration,

@@ -1,7 +1,8 @@
 //! What a snapshot costs, bounded: each login has a budget of snapshots (a burst, then one every
 //! few seconds, whatever number of sockets or streams it opens); a serialised snapshot is shared
-//! by every request for the same filter for a short while (later ones get it plus the deltas
-//! since); and only a few are built at once. A snapshot is the most expensive thing a reader can
+//! for a short while by the requests for the same filter (a client that asks, while nothing was
+//! applied since; a session that fell behind, with the deltas since); and only a few are built
+//! at once. A snapshot is the most expensive thing a reader can
 //! ask for (the whole view, copied under the lock the consumer applies events under, then
 //! serialised), so without these any viewer could keep the gateway busy and delay everyone's
 //! events.
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 pub const BURST: u32 = 10;
 /// Then one every this often.
 pub const REFILL_EVERY: Duration = Duration::from_secs(2);
-/// A serialised snapshot serves later requests for the same filter this long (they also get
-/// the deltas applied since, so they are as current as a fresh one).
+/// A serialised snapshot serves later requests for the same filter this long (see
+/// `Live::start_shared`).
 pub const SHARED_FOR: Duration = Duration::from_secs(1);
 /// Snapshots built at once; the other requests wait their turn (the consumer never does). A
 /// session that fell behind is charged too: past its login's budget it is closed (too slow).

@@ -274,7 +274,7 @@ mod tests {
     use super::*;
     use crate::lighting::{StatusReport, StreetlightStatusReported};
 
-    fn sample() -> Event {
+    pub(super) fn sample() -> Event {
         new_event(
             &CommuneId::parse("34172").unwrap(),
             &AssetId::parse("EP00001").unwrap(),
@@ -323,21 +323,10 @@ mod tests {
 #[cfg(test)]
 mod decode_properties {
     use super::*;
-    use crate::lighting::{StatusReport, StreetlightStatusReported};
     use proptest::prelude::*;
 
     fn valid() -> Vec<u8> {
-        new_event(
-            &CommuneId::parse("34172").unwrap(),
-            &AssetId::parse("EP00001").unwrap(),
-            timestamp(SystemTime::now()),
-            Some(Position { lat: 43.6, lon: 3.88 }),
-            Payload::StreetlightStatus(StreetlightStatusReported {
-                report: Some(StatusReport::default()),
-                ..Default::default()
-            }),
-        )
-        .encode_to_vec()
+        super::tests::sample().encode_to_vec()
     }
 
     fn accepted_is_consistent(bytes: &[u8]) {

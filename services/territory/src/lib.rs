@@ -226,9 +226,7 @@ pub fn parse_communes(path: &Path, text: &str) -> Result<Vec<Commune>, Territory
         }
         // Degrees on Earth: one stray vertex would make every point-in-polygon answer wrong.
         use geo::CoordsIter;
-        if let Some(c) =
-            boundary.coords_iter().find(|c| !((-180.0..=180.0).contains(&c.x) && (-90.0..=90.0).contains(&c.y)))
-        {
+        if let Some(c) = boundary.coords_iter().find(|c| proto::event::check_position(c.y, c.x).is_err()) {
             return Err(bad(format!("commune {id}: vertex [{}, {}] is not a longitude and a latitude", c.x, c.y)));
         }
         if population.is_some_and(|p| p > 100_000_000) {

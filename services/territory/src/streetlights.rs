@@ -53,7 +53,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Streetlight>, InventoryError>
             Some(geojson::Value::Point(p)) if p.len() >= 2 => (p[0], p[1]),
             _ => return Err(bad(format!("streetlight {id}: geometry is not a Point"))),
         };
-        if !((-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat)) {
+        if proto::event::check_position(lat, lon).is_err() {
             return Err(bad(format!("streetlight {id}: position [{lon}, {lat}] is not a longitude and a latitude")));
         }
         let text = |name: &str| feature.property(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();

@@ -49,7 +49,7 @@ impl StreetIndex {
                 // Points off the Earth are skipped: one NaN would spoil the whole index's scale.
                 let points: Vec<(f64, f64)> = part
                     .iter()
-                    .filter(|p| p.len() >= 2 && (-180.0..=180.0).contains(&p[0]) && (-90.0..=90.0).contains(&p[1]))
+                    .filter(|p| p.len() >= 2 && proto::event::check_position(p[1], p[0]).is_ok())
                     .map(|p| (p[1], p[0]))
                     .collect();
                 lines.push((name.to_owned(), points));

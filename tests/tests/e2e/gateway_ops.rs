@@ -311,6 +311,15 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         Some(&west_only),
     )?;
     assert_eq!(status, 403, "{answer}");
+    // Not a commune at all: said so, even to a supervisor of every commune.
+    let (status, answer) = http_post_json_as(
+        &a,
+        "/api/v1/commands/lighting",
+        &json!({"target": {"street": "Rue X"}, "action": {"switch_on": false}, "commune": "34.>"}),
+        Some(&supervisor),
+    )?;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.starts_with("commune:")), "{answer}");
     let (status, answer) = http_post_json(
         &a,
         "/api/v1/commands/lighting",

@@ -46,35 +46,29 @@ export function isMuted(now = Date.now()): boolean {
 /// `data-played` rather than listen).
 export function playCritical() {
   if (!sound.enabled || !context || isMuted()) return;
-  const start = context.currentTime;
-  for (const [i, frequency] of [880, 660, 880, 660].entries()) {
-    const oscillator = context.createOscillator();
-    const gain = context.createGain();
-    oscillator.type = "square";
-    oscillator.frequency.value = frequency;
-    gain.gain.setValueAtTime(0.08, start + i * 0.18);
-    gain.gain.setValueAtTime(0, start + i * 0.18 + 0.16);
-    oscillator.connect(gain).connect(context.destination);
-    oscillator.start(start + i * 0.18);
-    oscillator.stop(start + i * 0.18 + 0.17);
-  }
+  tones(context, "square", [880, 660, 880, 660], 0.08, 0.18);
   sound.played += 1;
 }
 
 /// One call when an alarm flood begins (a falling three-tone, unlike the critical call).
 export function playFlood() {
   if (!sound.enabled || !context || isMuted()) return;
-  const start = context.currentTime;
-  for (const [i, frequency] of [990, 740, 550].entries()) {
-    const oscillator = context.createOscillator();
-    const gain = context.createGain();
-    oscillator.type = "triangle";
-    oscillator.frequency.value = frequency;
-    gain.gain.setValueAtTime(0.1, start + i * 0.25);
-    gain.gain.setValueAtTime(0, start + i * 0.25 + 0.22);
-    oscillator.connect(gain).connect(context.destination);
-    oscillator.start(start + i * 0.25);
-    oscillator.stop(start + i * 0.25 + 0.23);
-  }
+  tones(context, "triangle", [990, 740, 550], 0.1, 0.25);
   sound.floods += 1;
+}
+
+/// A call: `frequencies` one after the other, `step` seconds apart, each sounding for most of it.
+function tones(audio: AudioContext, type: OscillatorType, frequencies: number[], volume: number, step: number) {
+  const start = audio.currentTime;
+  for (const [i, frequency] of frequencies.entries()) {
+    const oscillator = audio.createOscillator();
+    const gain = audio.createGain();
+    oscillator.type = type;
+    oscillator.frequency.value = frequency;
+    gain.gain.setValueAtTime(volume, start + i * step);
+    gain.gain.setValueAtTime(0, start + i * step + step - 0.02);
+    oscillator.connect(gain).connect(audio.destination);
+    oscillator.start(start + i * step);
+    oscillator.stop(start + i * step + step - 0.01);
+  }
 }
