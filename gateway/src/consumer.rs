@@ -297,9 +297,7 @@ fn report_store_fault(e: &crate::store::StoreError) {
 /// another in its body.
 fn decode(message: &jetstream::Message, stored_at: i64) -> Received {
     match proto::event::decode(&message.payload) {
-        Ok(event) if event.subject() == message.subject.as_str() => {
-            Received::Event { event: Box::new(event), stored_at }
-        }
+        Ok(event) if event.published_on(&message.subject) => Received::Event { event: Box::new(event), stored_at },
         Ok(event) => {
             tracing::warn!(subject = %message.subject, expected = %event.subject(), id = %event.event.id, "event refused: subject does not match its content");
             Received::Refused

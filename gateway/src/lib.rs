@@ -20,6 +20,7 @@ pub mod auth;
 pub mod basemap;
 pub mod commands;
 pub mod consumer;
+pub mod history;
 pub mod http;
 pub mod live;
 pub mod metrics;
@@ -360,6 +361,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         },
     )?;
     let scraped = live.clone();
+    let history = history::HistoryState::new(live.clone(), jetstream::new(nats.clone()));
     let state = http::AppState {
         live,
         nats: nats.clone(),
@@ -369,6 +371,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         allowed_origins: Arc::new(config.allowed_origins.clone()),
     };
     let app = api::router(api, access.clone())
+        .merge(history::router(history, access.clone()))
         .merge(commands::router(services, access.clone()))
         .merge(basemap::router(basemap, access.clone()))
         .merge(access::router(access))

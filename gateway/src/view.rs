@@ -172,6 +172,10 @@ impl OperationsView {
         self.assets.values()
     }
 
+    pub fn asset_state(&self, domain: &str, id: &str) -> Option<&AssetState> {
+        self.assets.get(&asset_key(domain, id))
+    }
+
     pub fn alarms(&self) -> impl Iterator<Item = &AlarmState> {
         self.alarms.values()
     }
@@ -880,7 +884,7 @@ fn summary(event: &CheckedEvent) -> EventSummary {
     }
 }
 
-fn severity_name(value: i32) -> &'static str {
+pub fn severity_name(value: i32) -> &'static str {
     match Severity::try_from(value) {
         Ok(Severity::Warning) => "warning",
         Ok(Severity::Minor) => "minor",

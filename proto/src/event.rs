@@ -198,7 +198,15 @@ impl CheckedEvent {
 
     /// The subject this event is published on.
     pub fn subject(&self) -> String {
-        subject::event(self.kind.domain(), &self.commune, self.kind.token())
+        subject::event(self.kind.domain(), &self.commune, self.kind.token(), &self.asset_id)
+    }
+
+    /// Whether `subject` is this event's: its subject, or the one it had in a stream written
+    /// before subjects named the asset. A reader refuses an event found on another subject (a
+    /// publisher allowed one commune's or domain's subjects must not slip in another's).
+    pub fn published_on(&self, subject: &str) -> bool {
+        subject == self.subject()
+            || subject == subject::legacy_event(self.kind.domain(), &self.commune, self.kind.token())
     }
 
     pub fn payload(&self) -> &Payload {
@@ -292,7 +300,10 @@ mod tests {
         let e = sample();
         assert_eq!(e.kind, "streetlight_status");
         let checked = decode(&e.encode_to_vec()).unwrap();
-        assert_eq!(checked.subject(), "lighting.34172.streetlight_status");
+        assert_eq!(checked.subject(), format!("lighting.34172.streetlight_status.{}", checked.asset_id.as_str()));
+        assert!(checked.published_on("lighting.34172.streetlight_status"), "a stream written before the asset token");
+        assert!(!checked.published_on("lighting.34129.streetlight_status"), "another commune");
+        assert!(!checked.published_on(&format!("lighting.34172.streetlight_status.{}x", checked.asset_id.as_str())));
         assert_eq!(checked.event.id, e.id);
     }
 

@@ -54,6 +54,10 @@ pub mod vigie {
         /// Water network (`vigie.water.v1`).
         pub mod v1 {
             tonic::include_proto!("vigie.water.v1");
+
+            /// The detail of a `burst` alarm that proposes how to isolate it: the links to close
+            /// (`SendValveCommandRequest.link_id`), widest first, separated by ", ".
+            pub const ISOLATION_DETAIL: &str = "isolation";
         }
     }
 }

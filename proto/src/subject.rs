@@ -1,11 +1,16 @@
 //! The NATS subject scheme. Every subject Vigie publishes or subscribes to is spelled here and
 //! nowhere else.
 //!
-//! Events: `<domain>.<commune>.<kind>`, e.g. `lighting.34172.streetlight_status`. The subject
-//! begins with the domain and the commune so that a subscription or a NATS permission can be
-//! scoped to a domain, a commune, or both (`*.34172.>`).
+//! Events: `<domain>.<commune>.<kind>.<asset>`, e.g. `lighting.34172.streetlight_status.EP00001`.
+//! The subject begins with the domain and the commune so that a subscription or a NATS permission
+//! can be scoped to a domain, a commune, or both (`*.34172.>`); it ends with the asset (an asset
+//! id is a valid subject token: ASCII letters, digits, '-', '_', ':') so that one asset's history
+//! is read from the stream by its subject, without scanning its commune's events.
+//!
+//! Streams written before the asset token hold `<domain>.<commune>.<kind>` subjects; readers
+//! accept both ([`crate::event::CheckedEvent::published_on`]).
 
-use crate::ids::CommuneId;
+use crate::ids::{AssetId, CommuneId};
 use crate::v1::Domain;
 
 /// The JetStream stream that holds every domain event.
@@ -62,7 +67,12 @@ impl Domain {
 }
 
 /// The subject of one event. `kind` comes from [`crate::event::EventKind::token`].
-pub fn event(domain: Domain, commune: &CommuneId, kind: &str) -> String {
+pub fn event(domain: Domain, commune: &CommuneId, kind: &str, asset: &AssetId) -> String {
+    format!("{}.{}.{}.{}", domain.token(), commune, kind, asset.as_str())
+}
+
+/// The subject of one event in streams written before the asset token.
+pub fn legacy_event(domain: Domain, commune: &CommuneId, kind: &str) -> String {
     format!("{}.{}.{}", domain.token(), commune, kind)
 }
 
@@ -81,9 +91,19 @@ pub fn domain_events(domain: Domain) -> String {
     format!("{}.>", domain.token())
 }
 
-/// One kind of event of one domain, all communes (e.g. every lighting `alarm_raised`).
+/// One kind of event of one domain, all communes and assets (e.g. every lighting `alarm_raised`).
 pub fn kind_events(domain: Domain, kind: &str) -> String {
+    format!("{}.*.{kind}.*", domain.token())
+}
+
+/// One kind of event of one domain in streams written before the asset token.
+pub fn legacy_kind_events(domain: Domain, kind: &str) -> String {
     format!("{}.*.{kind}", domain.token())
+}
+
+/// Every event of one asset of a domain, all communes (an asset can change commune) and kinds.
+pub fn asset_events(domain: Domain, asset: &AssetId) -> String {
+    format!("{}.*.*.{}", domain.token(), asset.as_str())
 }
 
 #[cfg(test)]
@@ -93,7 +113,15 @@ mod tests {
     #[test]
     fn scheme() {
         let c = CommuneId::parse("34172").unwrap();
-        assert_eq!(event(Domain::Lighting, &c, "streetlight_status"), "lighting.34172.streetlight_status");
+        let lamp = AssetId::parse("EP:00-1_a").unwrap();
+        assert_eq!(
+            event(Domain::Lighting, &c, "streetlight_status", &lamp),
+            "lighting.34172.streetlight_status.EP:00-1_a"
+        );
+        assert_eq!(legacy_event(Domain::Lighting, &c, "streetlight_status"), "lighting.34172.streetlight_status");
+        assert_eq!(kind_events(Domain::Lighting, "alarm_raised"), "lighting.*.alarm_raised.*");
+        assert_eq!(legacy_kind_events(Domain::Lighting, "alarm_raised"), "lighting.*.alarm_raised");
+        assert_eq!(asset_events(Domain::Lighting, &lamp), "lighting.*.*.EP:00-1_a");
         assert_eq!(commune_events(&c), "*.34172.>");
         assert_eq!(domain_events(Domain::Water), "water.>");
         assert_eq!(events_stream_subjects(), ["transport.>", "lighting.>", "water.>", "reports.>", "ops.>"]);

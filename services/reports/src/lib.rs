@@ -216,26 +216,33 @@ async fn follow_lighting_alarms_once(
     // user may create consumers on the lighting alarms and on nothing else (see
     // deploy/nats/authorization.conf). Raised and cleared alarms of one key are applied in
     // stream order within each kind, not between kinds: `core.lighting_event` keeps the latest
-    // by stream sequence.
+    // by stream sequence. A stream written before subjects named the asset holds its alarms on
+    // the older subjects: one more consumer per kind reads those.
     let instance = uuid::Uuid::now_v7().simple().to_string();
     let mut merged = futures::stream::SelectAll::new();
     for kind in ["alarm_raised", "alarm_cleared"] {
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                name: Some(format!("reports-lighting-{kind}-{instance}")),
-                filter_subject: proto::subject::kind_events(Domain::Lighting, kind),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await?;
-        merged.push(consumer.messages().await?);
+        let filters = [
+            (String::new(), proto::subject::kind_events(Domain::Lighting, kind)),
+            ("-legacy".to_owned(), proto::subject::legacy_kind_events(Domain::Lighting, kind)),
+        ];
+        for (suffix, filter_subject) in filters {
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    name: Some(format!("reports-lighting-{kind}{suffix}-{instance}")),
+                    filter_subject,
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await?;
+            merged.push(consumer.messages().await?);
+        }
     }
     tracing::info!("following lighting alarms");
     while let Some(message) = merged.next().await {
         let message = message?;
         // Checked like any bus input: decodable, consistent, and on its own subject.
         match proto::event::decode(&message.payload) {
-            Ok(event) if event.subject() == message.subject.as_str() => {
+            Ok(event) if event.published_on(&message.subject) => {
                 let seq = message.info().map(|i| i.stream_sequence).map_err(|e| anyhow::anyhow!("{e}"))?;
                 core.lighting_event(&event, seq)
             }

@@ -560,6 +560,8 @@ impl Water {
         let pressures = state.pressures.iter().filter(|(id, _)| in_zone(id));
         let Some(found) = zones::find_burst(&zone.inflow, pressures, window, c) else { return Ok(None) };
         let Some(sensor) = state.sensors.get(&found.sensor).and_then(|s| s.sensor.clone()) else { return Ok(None) };
+        // What to close is proposed with the alarm: the pipes meeting where pressure fell.
+        let isolation = state.model.isolation_set(&sensor.element_id).join(", ");
         state.zones[k].memory.burst = Some(BurstState {
             sensor: found.sensor.clone(),
             since: found.at,
@@ -580,6 +582,7 @@ impl Water {
                 ("pressure_drop_m", format!("{:.1}", found.pressure_drop_m)),
                 ("inflow_rise", format!("{:.1}", found.inflow_rise)),
                 ("window_min", format!("{}", window / 60)),
+                (proto::water::ISOLATION_DETAIL, isolation),
             ],
         )?;
         // A zone-wide alarm belongs to the zone's commune.

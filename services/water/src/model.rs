@@ -160,7 +160,21 @@ impl NetworkModel {
             None => Err(not_in_network(link)),
         }
     }
+
+    /// The links to close to stop a burst seen at a node: every operable link that meets there,
+    /// widest first (a burst's pressure drop is felt most at the node of the pipe that broke, and
+    /// closing a pipe shuts its isolation valves, so whichever of them broke no longer loses
+    /// water). Pumps have no valve and are left out. At most `MAX_ISOLATION` links.
+    pub fn isolation_set(&self, node: &str) -> Vec<String> {
+        let mut links: Vec<&crate::network::Link> =
+            self.network.links_at(node).filter(|l| l.kind != LinkKind::Pump).collect();
+        links.sort_by(|a, b| b.diameter_mm.total_cmp(&a.diameter_mm).then(a.id.cmp(&b.id)));
+        links.into_iter().take(MAX_ISOLATION).map(|l| l.id.clone()).collect()
+    }
 }
+
+/// The most links an isolation proposes (a junction meets a handful of pipes).
+pub const MAX_ISOLATION: usize = 8;
 
 /// What a request naming a link the network does not hold is told.
 pub fn not_in_network(link: &str) -> String {
@@ -197,6 +211,19 @@ pub fn convex_hull(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_at_a_node_proposes_its_pipes_widest_first_and_no_pump() {
+        // R - PU (pump) - J1; J1 - P1 (300 mm) - J2; J1 - P2 (150 mm) - J3; J2 - P3 - J3.
+        let text = "[RESERVOIRS]\n R 100\n[JUNCTIONS]\n J1 10\n J2 10\n J3 10\n\
+            [PIPES]\n P1 J1 J2 10 300 120 0 Open\n P2 J1 J3 10 150 120 0 Open\n P3 J2 J3 10 400 120 0 Open\n\
+            [PUMPS]\n PU R J1 POWER 10\n";
+        let network = crate::network::Network::parse("t.inp", text).unwrap();
+        let model = NetworkModel::build(network, Vec::new(), Vec::new()).unwrap();
+        assert_eq!(model.isolation_set("J1"), ["P1", "P2"]);
+        assert_eq!(model.isolation_set("J3"), ["P3", "P2"]);
+        assert!(model.isolation_set("nope").is_empty());
+    }
 
     #[test]
     fn hull_of_a_square_and_its_centre() {

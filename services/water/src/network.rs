@@ -295,6 +295,11 @@ impl Network {
         [&target.from, &target.to].iter().any(|id| self.node_position(id).is_some_and(|i| seen[i]))
     }
 
+    /// The links that meet at a node.
+    pub fn links_at<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Link> + 'a {
+        self.links.iter().filter(move |l| l.from == node || l.to == node)
+    }
+
     pub fn node_position(&self, id: &str) -> Option<usize> {
         self.node_index.get(id).copied()
     }

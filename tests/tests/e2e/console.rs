@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use proto::lighting::{
     LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
 };
+use proto::reports::CreateRequestRequest;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,12 +31,23 @@ struct System {
     /// Lamps this test made fail, so that each step fails a new one.
     failed: Vec<String>,
     lamps: Vec<String>,
+    /// The lamp `pick-lamp` chose, for `fail-picked-lamp`.
+    picked: Option<String>,
+    reports: ServiceProcess,
+    /// Where `file-report` files its report (a lamp's place: in the territory).
+    report_at: (f64, f64),
+    /// A lamp and its street (real data only), for `street`.
+    street_lamp: Option<Value>,
 }
 
 impl System {
     /// A lamp of the inventory that has not failed yet, reported defective.
     async fn fail_a_lamp(&mut self) -> Result<Value> {
         let id = self.lamps.iter().find(|l| !self.failed.contains(l)).context("no lamp left to fail")?.clone();
+        self.fail(id).await
+    }
+
+    async fn fail(&mut self, id: String) -> Result<Value> {
         let mut client = self.slice.lighting_client().await?;
         let report = StatusReport {
             streetlight_id: id.clone(),
@@ -52,6 +64,22 @@ impl System {
     async fn step(&mut self, name: &str) -> Result<Value> {
         match name {
             "raise-alarm" => self.fail_a_lamp().await,
+            // A lamp from the other end of the list (far from those failed from its start), not
+            // failed yet: a scenario looks at it first, then asks `fail-picked-lamp`.
+            "pick-lamp" => {
+                let id = (self.lamps.iter().rev())
+                    .find(|l| !self.failed.contains(l) && self.picked.as_ref() != Some(l))
+                    .context("no lamp left to pick")?
+                    .clone();
+                // Never failed by another step once picked, whether or not it fails.
+                self.failed.push(id.clone());
+                self.picked = Some(id.clone());
+                Ok(json!({ "asset": id }))
+            }
+            "fail-picked-lamp" => {
+                let id = self.picked.take().context("no lamp picked")?;
+                self.fail(id).await
+            }
             "pause-gateway" => {
                 self.slice.gateway.pause()?;
                 Ok(json!({}))
@@ -104,6 +132,22 @@ impl System {
                 }
                 Ok(json!({ "failed": failed }))
             }
+            // A citizen's report at the first lamp of the list (a place of the territory).
+            "file-report" => {
+                let (lat, lon) = self.report_at;
+                let mut client = self.reports.reports_client().await?;
+                let request = CreateRequestRequest {
+                    service_code: "voirie-nid-de-poule".into(),
+                    lat: Some(lat),
+                    lon: Some(lon),
+                    description: "Nid-de-poule devant le numéro 4".into(),
+                    ..Default::default()
+                };
+                let created = client.create_request(request).await?.into_inner().request.context("a request")?;
+                // Its asset in the view is `report-<service request id>` (the reports service's).
+                Ok(json!({ "asset": format!("report-{}", created.service_request_id), "commune": created.commune }))
+            }
+            "street" => self.street_lamp.clone().context("no lamp with a street (real data absent)"),
             "real-data" => Ok(json!({ "real_data": self.real_data })),
             other => bail!("unknown step {other:?}"),
         }
@@ -199,10 +243,12 @@ async fn console_in_a_browser() -> Result<()> {
     }
     let slice = Slice::start_full(territory, &["--kpi-interval", "2s"], &gateway_flags).await?;
     let reports = slice.start_reports(&["--grpc-addr", &reports_addr, "--kpi-interval", "2s"]).await?;
-    let mut services = vec![reports];
+    let mut services = Vec::new();
     let mut water = None;
     let mut simulator_args = vec!["--seed".to_owned(), "3".to_owned(), "--reports-url".to_owned(), reports_url.clone()];
     let lamps: Vec<String>;
+    let report_at: (f64, f64);
+    let mut street_lamp = None;
     if real_data {
         let transport = slice.start_transport(&["--kpi-interval", "2s"]).await?;
         // A Tuesday morning's network, whatever the hour the test runs at (at 03:00 two vehicles
@@ -223,16 +269,22 @@ async fn console_in_a_browser() -> Result<()> {
         // Lamps of 34172 far apart (every 40th in the inventory's order, which follows the
         // streets): a flood of them is many lamp failures, not one dark street (a cluster).
         let (_, listed) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&commune=34172&limit=2400")?;
-        lamps = listed["items"]
-            .as_array()
-            .context("assets")?
+        let items = listed["items"].as_array().context("assets")?;
+        let first = items.first().context("no lamp in 34172")?;
+        // A lamp with its street, for the street commanded from the map.
+        street_lamp = items
             .iter()
-            .step_by(40)
-            .filter_map(|a| a["id"].as_str().map(str::to_owned))
-            .collect();
+            .find(|a| a["details"]["street"].as_str().is_some_and(|s| !s.is_empty()))
+            .map(|a| json!({ "asset": a["id"], "street": a["details"]["street"] }));
+        report_at = (
+            first["position"]["lat"].as_f64().context("a lamp's latitude")?,
+            first["position"]["lon"].as_f64().context("a lamp's longitude")?,
+        );
+        lamps = items.iter().step_by(40).filter_map(|a| a["id"].as_str().map(str::to_owned)).collect();
     } else {
         let mut client = slice.lighting_client().await?;
         lamps = (0..20).map(|i| format!("EP{i:02}")).collect();
+        report_at = (43.6, 3.82);
         let lights = lamps
             .iter()
             .enumerate()
@@ -251,10 +303,25 @@ async fn console_in_a_browser() -> Result<()> {
     let simulator = slice.start_simulator(&simulator_args)?;
     let communes = if real_data { 31 } else { 2 };
 
-    let mut system = System { slice, real_data, water, water_simulator: None, failed: Vec::new(), lamps };
+    let mut system = System {
+        slice,
+        real_data,
+        water,
+        water_simulator: None,
+        failed: Vec::new(),
+        lamps,
+        picked: None,
+        reports,
+        report_at,
+        street_lamp,
+    };
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_addr = control_listener.local_addr()?;
     let artifacts = root.join("target/test-artifacts/console");
+    // This run's screenshots only: one left by an earlier run proves nothing.
+    if artifacts.exists() {
+        std::fs::remove_dir_all(&artifacts).with_context(|| format!("clearing {}", artifacts.display()))?;
+    }
     // Operators: two of every commune (two browsers), and one of commune 34129 only.
     system.slice.add_operator("op-nord", "operator", &[])?;
     system.slice.add_operator("op-sud", "operator", &[])?;
@@ -306,15 +373,26 @@ async fn console_in_a_browser() -> Result<()> {
     let stdout = output.await?;
     eprintln!("{stdout}");
     assert!(status.success(), "the browser test failed (see its output above)");
-    let scenarios = if real_data { 12 } else { 11 };
+    let scenarios = if real_data { 15 } else { 12 };
     assert!(stdout.contains(&format!("# pass {scenarios}")), "not every scenario passed: {stdout}");
     let shots = ["01-map-live.png", "02-alarm.png", "03-ack-second-browser.png", "04-stale.png", "05-reconnected.png"];
     let acting =
-        ["09-confirm-command.png", "09-command.png", "09-shelved.png", "10-flood.png", "10-dense.png", "11-wall.png"];
+        ["09-confirm-command.png", "09-command.png", "09-shelved.png", "09-report-in-progress.png", "10-flood.png"];
+    let acting = acting.iter().chain(["10-dense.png", "11-wall.png"].iter());
+    let with_real_data = [
+        "08-isolation.png",
+        "08-valves-applied.png",
+        "08-trend.png",
+        "12-cluster-before.png",
+        "12-cluster-fault.png",
+        "13-street-confirm.png",
+        "13-street-command.png",
+    ];
     for shot in shots
         .iter()
         .chain(["06-one-commune.png", "07-operator-of-one-commune.png", "00-login.png"].iter())
-        .chain(acting.iter())
+        .chain(acting)
+        .chain(with_real_data.iter().filter(|_| real_data))
     {
         assert!(artifacts.join(shot).is_file(), "no screenshot {shot} in {}", artifacts.display());
     }

@@ -76,3 +76,100 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
     assert_eq!(status, 200);
     Ok(())
 }
+
+/// An asset's trend: its history is read from the stream by its own subject, within the caller's
+/// communes, with its alarms marked; bad requests get clear errors, and an asset of another
+/// commune gets the unknown asset's answer.
+#[tokio::test]
+async fn an_assets_history_is_read_from_its_subject_within_the_callers_communes() -> Result<()> {
+    use proto::lighting::{RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight};
+    use std::time::{Duration, SystemTime};
+    let slice = Slice::start().await?;
+    let gateway = slice.gateway_addr.clone();
+    let mut lighting = slice.lighting_client().await?;
+    let lamp = |id: &str, lon: f64| Streetlight { id: id.into(), lat: 43.6, lon, ..Default::default() };
+    // EP1 in 34172 (west), EP2 beside it, EP9 in 34129 (east).
+    lighting
+        .register_streetlights(RegisterStreetlightsRequest {
+            streetlights: vec![lamp("EP1", 3.85), lamp("EP2", 3.851), lamp("EP9", 3.95)],
+        })
+        .await?;
+    let report = |id: &str, minutes_ago: u64, level: f64, status: i32| ReportStatusRequest {
+        report: Some(StatusReport {
+            streetlight_id: id.into(),
+            observed_at: Some((SystemTime::now() - Duration::from_secs(minutes_ago * 60)).into()),
+            status,
+            power_state: 2,
+            illuminance_level: level,
+            power_consumption_w: 100.0 * level,
+            voltage_v: None,
+        }),
+    };
+    // A quarter of an hour of EP1 dimming up, one report a minute, EP2's in between; then EP1 fails.
+    for minute in 0..15u64 {
+        lighting.report_status(report("EP1", 15 - minute, minute as f64 / 20.0, 1)).await?;
+        lighting.report_status(report("EP2", 15 - minute, 0.9, 1)).await?;
+    }
+    lighting.report_status(report("EP1", 0, 0.0, proto::lighting::LampStatus::DefectiveLamp as i32)).await?;
+
+    // The trend: EP1's reports only, in order, and its failure's alarm.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let (status, history) = http_get_json(&gateway, "/api/v1/assets/lighting/EP1/history")?;
+        assert_eq!(status, 200, "{history}");
+        // (By day a lamp lit also raises `lamp_on_in_daytime`: its failure is the one awaited.)
+        if history["alarms"].as_array().is_some_and(|a| a.iter().any(|m| m["alarm_type"] == "lamp_failure")) {
+            break history;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no alarm in EP1's history: {history}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let series = history["series"].as_array().cloned().unwrap_or_default();
+    let level = series.iter().find(|s| s["name"] == "illuminance_level").cloned().unwrap_or_default();
+    assert_eq!(level["unit"], "%");
+    let points = level["points"].as_array().cloned().unwrap_or_default();
+    assert_eq!(points.len(), 16, "EP1's 16 reports and none of EP2's: {level}");
+    let values: Vec<f64> = points.iter().filter_map(|p| p[1].as_f64()).collect();
+    assert_eq!(values[..3], [0.0, 5.0, 10.0]);
+    let times: Vec<i64> = points.iter().filter_map(|p| p[0].as_i64()).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first: {times:?}");
+    assert!(series.iter().any(|s| s["name"] == "power_consumption_w" && s["unit"] == "W"), "{series:?}");
+    let alarms = history["alarms"].as_array().cloned().unwrap_or_default();
+    let alarm = alarms.iter().find(|m| m["alarm_type"] == "lamp_failure").cloned().unwrap_or_default();
+    assert_eq!(
+        (&alarm["alarm_type"], &alarm["severity"], &alarm["raised"]),
+        (&json!("lamp_failure"), &json!("minor"), &json!(true))
+    );
+    assert_eq!(history["truncated"], false);
+    assert!(history["events"].as_u64().is_some_and(|n| n >= 17), "{history}");
+
+    // An operator of the other commune: EP1 is not theirs, and the answer is the unknown asset's.
+    let east = slice.add_operator("op-est", "operator", &["34129"])?;
+    let (theirs, mine) = (
+        tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/EP1/history", Some(&east))?,
+        tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/NOPE/history", Some(&east))?,
+    );
+    assert_eq!((theirs.0, mine.0), (404, 404), "{} / {}", theirs.1, mine.1);
+    assert_eq!(
+        theirs.1["error"]["message"].as_str().map(|m| m.replace("EP1", "NOPE")),
+        mine.1["error"]["message"].as_str().map(str::to_owned)
+    );
+    let (status, _) = tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/EP9/history", Some(&east))?;
+    assert_eq!(status, 200, "their own lamp");
+
+    // Bad requests get clear errors; the gateway stays up.
+    for (path, needle) in [
+        ("/api/v1/assets/lighting/EP1/history?hours=0", "hours is 1 to 168"),
+        ("/api/v1/assets/lighting/EP1/history?hours=169", "hours is 1 to 168"),
+        ("/api/v1/assets/lighting/EP1/history?days=1", "unknown field"),
+        ("/api/v1/assets/ops/EP1/history", "domain is one of"),
+        ("/api/v1/assets/lighting/EP.1/history", "asset id"),
+    ] {
+        let (status, error) = http_get_json(&gateway, path)?;
+        assert_eq!(status, 400, "{path}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap_or("").contains(needle), "{path}: {error}");
+    }
+    let (status, _) = http_get(&gateway, "/health")?;
+    assert_eq!(status, 200);
+    Ok(())
+}

@@ -316,14 +316,14 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
         let ack = async { js.publish(subject, "x".into()).await?.await.map_err(anyhow::Error::from) };
         tokio::time::timeout(Duration::from_secs(3), ack).await.map_err(anyhow::Error::from).and_then(|r| r)
     };
-    publish(lighting.clone(), "lighting.34172.streetlight_status").await.context("its own domain")?;
-    for subject in ["transport.34172.vehicle_moved", "water.34129.reading", "ops.34172.alarm_action"] {
+    publish(lighting.clone(), "lighting.34172.streetlight_status.EP1").await.context("its own domain")?;
+    for subject in ["transport.34172.vehicle_moved.bus-1", "water.34129.reading.s1", "ops.34172.alarm_action.EP1"] {
         assert!(publish(lighting.clone(), subject).await.is_err(), "lighting published on {subject}");
     }
     let gateway = jetstream::new(nats.client_as("gateway").await?);
-    publish(gateway.clone(), "ops.34172.alarm_action").await.context("the gateway's operators' events")?;
+    publish(gateway.clone(), "ops.34172.alarm_action.EP1").await.context("the gateway's operators' events")?;
     assert!(
-        publish(gateway, "lighting.34172.streetlight_status").await.is_err(),
+        publish(gateway, "lighting.34172.streetlight_status.EP1").await.is_err(),
         "the gateway published a field event"
     );
     // Nothing refused reached the stream.
@@ -386,7 +386,7 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     // Reports read the lighting alarms and nothing else: a consumer on the operators' events
     // (their comments, the log book) or on another domain is refused, one on the alarms is not.
     let events_for_reports = reports.get_stream(proto::subject::EVENTS_STREAM).await?;
-    for filter in ["ops.>", "water.>", ">", "lighting.*.streetlight_status"] {
+    for filter in ["ops.>", "water.>", ">", "lighting.*.streetlight_status.*", "lighting.*.streetlight_status"] {
         let created = tokio::time::timeout(
             Duration::from_secs(6),
             events_for_reports.create_consumer(jetstream::consumer::pull::OrderedConfig {
@@ -407,14 +407,16 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
         .await;
         assert!(!matches!(unnamed, Ok(Ok(_))), "reports created an unnamed consumer on {filter}");
     }
-    events_for_reports
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            name: Some("reports-lighting-alarm_raised-test".into()),
-            filter_subject: "lighting.*.alarm_raised".into(),
-            ..Default::default()
-        })
-        .await
-        .context("reports follow the lighting alarms")?;
+    for filter in ["lighting.*.alarm_raised.*", "lighting.*.alarm_raised"] {
+        events_for_reports
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                name: Some("reports-lighting-alarm_raised-test".into()),
+                filter_subject: filter.into(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("reports follow the lighting alarms ({filter})"))?;
+    }
 
     // A wrong password does not connect.
     let wrong =

@@ -181,6 +181,10 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
     let rise: f64 = burst["details"]["inflow_rise"].as_str().context("rise")?.parse()?;
     assert!(drop > 5.0 && rise > 20.0, "drop {drop} m, rise {rise} m3/h");
     assert!(sensor_seen, "water sensors appear as assets with their measures");
+    // The alarm proposes what to close: the pipes meeting where pressure fell, the broken one among them.
+    let isolation = burst["details"][proto::water::ISOLATION_DETAIL].as_str().context("isolation")?;
+    let proposed: Vec<&str> = isolation.split(", ").collect();
+    assert!(proposed.contains(&BURST_PIPE), "isolation proposed: {isolation}");
 
     // An operator of another commune may not touch this pipe, nor learn that it exists: to them
     // it is not in the network, the answer an unknown link gets.

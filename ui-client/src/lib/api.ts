@@ -119,3 +119,23 @@ export function notices(): Promise<{ items: SystemNotice[] }> {
 export function acknowledgeNotices(upTo: number): Promise<{ acknowledged: number; left: number }> {
   return post("api/v1/notices/acknowledge", { up_to: upTo });
 }
+
+/// One measure over time: `[ms since the epoch, value]`, oldest first, with the limits the
+/// asset's alarms named for it.
+export type HistorySeries = { name: string; unit: string; points: [number, number][]; limits: number[] };
+export type AlarmMark = { at_ms: number; key: string; alarm_type: string; severity: string; raised: boolean };
+export type AssetHistory = {
+  domain: string;
+  id: string;
+  from_ms: number;
+  to_ms: number;
+  series: HistorySeries[];
+  alarms: AlarmMark[];
+  events: number;
+  truncated: boolean;
+};
+
+/// An asset's recent history (24 h by default), read by the gateway from the events stream.
+export function assetHistory(domain: string, id: string, hours = 24): Promise<AssetHistory> {
+  return call(`api/v1/assets/${encodeURIComponent(domain)}/${encodeURIComponent(id)}/history?hours=${hours}`);
+}

@@ -28,8 +28,8 @@ const FR = {
   details: "Détails",
   kpis: "Indicateurs",
   layers: "Couches",
-  vehicles_in_service: "{n} véhicules en service",
-  few_vehicles: "Seulement {n} véhicule(s) en service à cette heure",
+  vehicles_in_service: "{n} {n:véhicule|véhicules} en service",
+  few_vehicles: "Seulement {n} {n:véhicule|véhicules} en service à cette heure",
   streets: "Rues",
   dmas: "Secteurs de distribution",
   domain_transport: "Transports",
@@ -76,8 +76,8 @@ const FR = {
   first_raised: "Première occurrence",
   comments: "Commentaires",
   no_alarm: "Aucune alarme sous ces filtres.",
-  counts: "{active} actives · {unack} non acquittées · {critical} critiques",
-  shown_of: "{shown} affichées sur {total}",
+  counts: "{active} {active:active|actives} · {unack} {unack:non acquittée|non acquittées} · {critical} {critical:critique|critiques}",
+  shown_of: "{shown} {shown:affichée|affichées} sur {total}",
   sound_enable: "Activer le son",
   sound_on: "Son des alarmes critiques activé",
   sound_mute: "Couper 10 min",
@@ -136,7 +136,7 @@ const FR = {
   error: "Erreur : {message}",
   unknown: "—",
   seq: "séquence {seq}",
-  assets_count: "{n} équipements",
+  assets_count: "{n} {n:équipement|équipements}",
   min: "min",
   login_title: "Connexion au centre de supervision",
   login_name: "Identifiant",
@@ -156,7 +156,7 @@ const FR = {
   priorities: "Alarmes actives par priorité",
   legend_normal: "Normal",
   legend_unknown: "Inconnu",
-  alarm_metrics: "{rate} en 10 min · {standing} installées (24 h) · {chattering} répétitives",
+  alarm_metrics: "{rate} en 10 min · {standing} {standing:installée|installées} (24 h) · {chattering} {chattering:répétitive|répétitives}",
   flood: "Avalanche d'alarmes : {n} en 10 min — regroupées par type et commune",
   acknowledge_group: "Tout acquitter",
   sound_off: "Son désactivé",
@@ -189,6 +189,28 @@ const FR = {
   unshelve: "Réafficher",
   shelved_until: "Masquée jusqu'à {time}",
   hours: "{n} h",
+  valve_title: "Isoler la casse",
+  valve_hint: "Conduites qui se rejoignent où la pression a chuté, la plus large d'abord. Fermer une conduite ferme ses vannes.",
+  valve_close: "Fermer",
+  valve_open: "Rouvrir",
+  valve_close_link: "Fermer la vanne {link}",
+  valve_open_link: "Rouvrir la vanne {link}",
+  valve_confirm_question: "{action} {n} {n:conduite|conduites} — {links} ?",
+  valve_none_chosen: "Cochez au moins une conduite.",
+  valve_closed: "fermée",
+  valve_opened: "ouverte",
+  street_title: "Rue · {street}",
+  street_lamps: "{n} {n:point lumineux connu|points lumineux connus}",
+  street_no_lamp: "Aucun point lumineux connu dans cette rue.",
+  street_faulty: "{n} en défaut",
+  tick_alarm: "Cocher pour acquitter : {alarm}",
+  acknowledged: "acquittée",
+  side_panel: "Alarmes et journal",
+  trend_title: "Tendance (24 h)",
+  trend_measure: "Mesure tracée",
+  trend_described: "{measure} sur 24 h : {n} {n:point|points}, {alarms} {alarms:alarme marquée|alarmes marquées}",
+  trend_empty: "Aucune mesure sur 24 h.",
+  trend_truncated: "Fenêtre très chargée : la tendance commence plus tard.",
 };
 
 export type Key = keyof typeof FR;
@@ -221,8 +243,8 @@ const EN: Record<Key, string> = {
   details: "Details",
   kpis: "Indicators",
   layers: "Layers",
-  vehicles_in_service: "{n} vehicles in service",
-  few_vehicles: "Only {n} vehicle(s) in service at this hour",
+  vehicles_in_service: "{n} {n:vehicle|vehicles} in service",
+  few_vehicles: "Only {n} {n:vehicle|vehicles} in service at this hour",
   streets: "Streets",
   dmas: "District metered areas",
   domain_transport: "Transport",
@@ -328,7 +350,7 @@ const EN: Record<Key, string> = {
   lang_switch: "Français",
   error: "Error: {message}",
   seq: "sequence {seq}",
-  assets_count: "{n} assets",
+  assets_count: "{n} {n:asset|assets}",
   login_title: "Sign in to the operations centre",
   login_name: "Login",
   login_password: "Password",
@@ -380,6 +402,28 @@ const EN: Record<Key, string> = {
   unshelve: "Unshelve",
   shelved_until: "Shelved until {time}",
   hours: "{n} h",
+  valve_title: "Isolate the burst",
+  valve_hint: "Pipes that meet where pressure fell, widest first. Closing a pipe shuts its valves.",
+  valve_close: "Close",
+  valve_open: "Reopen",
+  valve_close_link: "Close valve {link}",
+  valve_open_link: "Reopen valve {link}",
+  valve_confirm_question: "{action} {n} {n:pipe|pipes} — {links}?",
+  valve_none_chosen: "Tick at least one pipe.",
+  valve_closed: "closed",
+  valve_opened: "open",
+  street_title: "Street · {street}",
+  street_lamps: "{n} known {n:streetlight|streetlights}",
+  street_no_lamp: "No streetlight known in this street.",
+  street_faulty: "{n} faulty",
+  tick_alarm: "Tick to acknowledge: {alarm}",
+  acknowledged: "acknowledged",
+  side_panel: "Alarms and log book",
+  trend_title: "Trend (24 h)",
+  trend_measure: "Measure drawn",
+  trend_described: "{measure} over 24 h: {n} {n:point|points}, {alarms} {alarms:alarm|alarms} marked",
+  trend_empty: "No measure in 24 h.",
+  trend_truncated: "A very busy window: the trend starts later.",
 };
 
 /// Domain vocabularies: alarm types, lamp and report states, water measures.
@@ -457,6 +501,10 @@ export const TERMS_FR: Record<string, string> = {
   night_flow: "Débit de nuit",
   baseline: "Référence",
   excess: "Excès",
+  isolation: "Isolement proposé",
+  illuminance_level: "Niveau d'éclairement",
+  power_consumption_w: "Puissance consommée",
+  headway_s: "Intervalle (s)",
 };
 
 export const TERMS_EN: Record<string, string> = {
@@ -533,6 +581,10 @@ export const TERMS_EN: Record<string, string> = {
   night_flow: "Night flow",
   baseline: "Baseline",
   excess: "Excess",
+  isolation: "Proposed isolation",
+  illuminance_level: "Light level",
+  power_consumption_w: "Power drawn",
+  headway_s: "Headway (s)",
 };
 
 function initialLang(): Lang {
@@ -548,9 +600,16 @@ export function setLang(lang: Lang) {
   document.documentElement.lang = lang;
 }
 
+/// A message with its parameters: `{name}` is the value, `{name:one|other}` the word that agrees
+/// with the number `name` (French counts 0 and 1 as singular, English only 1).
 export function t(key: Key, params: Record<string, string | number> = {}): string {
   const text = (i18n.lang === "en" ? EN[key] : undefined) ?? FR[key] ?? key;
-  return text.replace(/\{(\w+)\}/g, (_, name: string) => String(params[name] ?? `{${name}}`));
+  const rules = new Intl.PluralRules(i18n.lang);
+  return text
+    .replace(/\{(\w+):([^|}]*)\|([^}]*)\}/g, (_, name: string, one: string, other: string) =>
+      rules.select(Number(params[name] ?? 0)) === "one" ? one : other,
+    )
+    .replace(/\{(\w+)\}/g, (_, name: string) => String(params[name] ?? `{${name}}`));
 }
 
 /// A domain term (alarm type, state, measure) in the current language, or the term itself.

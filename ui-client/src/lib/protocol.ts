@@ -110,7 +110,7 @@ export type Command = {
   domain: string;
   commune: string;
   target?: CommandTarget;
-  action?: { type: string; on?: boolean; level?: number };
+  action?: { type: string; on?: boolean; level?: number; operation?: string };
   /// `pending`, `applied`, `partially_applied` or `failed`.
   status: string;
   requested_by: string;

@@ -12,6 +12,8 @@ export const ui = $state({
   selectedAsset: "",
   /// Key of the selected alarm, or "".
   selectedAlarm: "",
+  /// A street picked on the map (its name, in the commune it was picked in), or null.
+  selectedStreet: null as { name: string; commune: string } | null,
   /// Alarm keys ticked for a multiple acknowledgement.
   ticked: [] as string[],
   filters: { domain: "", severity: "", state: "attention" as AlarmState, commune: "" },
