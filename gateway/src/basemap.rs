@@ -10,6 +10,7 @@ use axum::{Extension, Router, extract::State};
 
 use crate::access::{Access, Communes, require_principal};
 use crate::auth::Principal;
+use crate::targets::KpiTargets;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
@@ -62,10 +63,12 @@ impl Basemap {
 struct MapState {
     basemap: Arc<Basemap>,
     communes: Communes,
+    targets: Arc<KpiTargets>,
 }
 
 /// `/api/v1/territory`: the communes the caller may see (the territory's, then those an
-/// administrator added), for the console's commune selector.
+/// administrator added), for the console's commune selector, and the KPI targets of those
+/// communes (with the defaults).
 async fn territory(State(state): State<MapState>, Extension(p): Extension<Principal>) -> Response {
     let known = state.communes.read().map(|c| c.clone()).unwrap_or_default();
     let mut listed: Vec<serde_json::Value> = state
@@ -80,13 +83,14 @@ async fn territory(State(state): State<MapState>, Extension(p): Extension<Princi
             listed.push(serde_json::json!({"id": id, "name": name, "population": null, "bbox": null}));
         }
     }
-    axum::Json(serde_json::json!({ "communes": listed })).into_response()
+    let targets = state.targets.for_scope(&p.scope);
+    axum::Json(serde_json::json!({ "communes": listed, "kpi_targets": targets })).into_response()
 }
 
 /// The territory's routes, behind a token like the rest of the API. The basemap is public
 /// geography (every boundary, every street), the same for every caller.
-pub fn router(basemap: Basemap, access: Access) -> Router {
-    let state = MapState { basemap: Arc::new(basemap), communes: access.communes.clone() };
+pub fn router(basemap: Basemap, targets: KpiTargets, access: Access) -> Router {
+    let state = MapState { basemap: Arc::new(basemap), communes: access.communes.clone(), targets: Arc::new(targets) };
     Router::new()
         .route("/api/v1/territory", get(territory))
         .route(

@@ -13,14 +13,14 @@
 //! says so), at most `MAX_POINTS` points per series (thinned evenly, the latest always kept).
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull::Config as PullConfig};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use proto::event::CheckedEvent;
-use proto::ids::AssetId;
+use proto::ids::{AssetId, CommuneId};
 use proto::v1::Domain;
 use proto::v1::event::Payload;
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::access::{Access, reader, require_principal};
 use crate::api::ApiError;
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::live::Live;
 
 /// The window asked by default, and the longest one.
@@ -38,8 +38,9 @@ const DEFAULT_HOURS: u32 = 24;
 const MAX_HOURS: u32 = 168;
 /// Events one answer reads at most (a vehicle reporting every 5 s makes 17,280 a day).
 pub const MAX_EVENTS: u64 = 20_000;
-/// Points per series at most (a trend is a few hundred pixels wide).
+/// Points per series at most (a trend is a few hundred pixels wide), and alarm marks.
 pub const MAX_POINTS: usize = 2_000;
+pub const MAX_MARKS: usize = 200;
 /// Reads in flight in the whole gateway, and how long a request waits for one.
 const READS_IN_FLIGHT: usize = 2;
 const WAIT_FOR_READ: Duration = Duration::from_secs(2);
@@ -157,20 +158,23 @@ async fn history(
         tracing::warn!(error = %format!("{e:#}"), "history read failed");
         ApiError::unavailable("the events stream cannot be read now")
     })?;
+    let (from_ms, to_ms) = (millis(from), millis(to));
     let mut series: Vec<Series> = read.series.into_values().collect();
     for s in &mut series {
-        s.points = thinned(std::mem::take(&mut s.points), MAX_POINTS);
+        s.limits = read.limits.get(&s.name).cloned().unwrap_or_default();
+        // By the time observed (a controller may send what it buffered late), within the window.
+        let mut points = std::mem::take(&mut s.points);
+        points.retain(|(at, _)| (from_ms..=to_ms).contains(at));
+        points.sort_by_key(|(at, _)| *at);
+        s.points = thinned(points, MAX_POINTS);
     }
-    Ok(Json(History {
-        domain,
-        id,
-        from_ms: millis(from),
-        to_ms: millis(to),
-        series,
-        alarms: read.alarms,
-        events: read.events,
-        truncated: read.truncated,
-    }))
+    series.retain(|s| !s.points.is_empty());
+    let mut alarms = read.alarms;
+    alarms.retain(|m| (from_ms..=to_ms).contains(&m.at_ms));
+    alarms.sort_by_key(|m| m.at_ms);
+    // The most recent marks, if a chattering alarm made more than a trend can show.
+    let alarms = alarms.split_off(alarms.len().saturating_sub(MAX_MARKS));
+    Ok(Json(History { domain, id, from_ms, to_ms, series, alarms, events: read.events, truncated: read.truncated }))
 }
 
 /// Marks a login as reading until dropped.
@@ -195,12 +199,17 @@ impl Drop for OneReadPerLogin {
 #[derive(Default)]
 struct Read {
     series: BTreeMap<String, Series>,
+    /// Limits named by the alarms, by measure.
+    limits: BTreeMap<String, Vec<f64>>,
     alarms: Vec<AlarmMark>,
     events: u64,
     truncated: bool,
 }
 
-/// Reads the asset's events since `from`, in stream order, keeping those of the caller's communes.
+/// Reads the asset's events since `from`, in stream order. The consumer's filters are the
+/// caller's communes' subjects of the asset (`<domain>.<commune>.*.<asset>`): the server neither
+/// delivers nor counts another commune's events, so neither the answer nor its time says how busy
+/// the asset was elsewhere.
 async fn read(
     js: &jetstream::Context,
     domain: Domain,
@@ -209,36 +218,65 @@ async fn read(
     p: &Principal,
 ) -> anyhow::Result<Read> {
     let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
-    let filter_subject = proto::subject::asset_events(domain, asset);
-    let consumer_from = |start: SystemTime| {
-        let nanos = start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        async_nats::datetime::from_nanos(i128::try_from(nanos).unwrap_or(i128::MAX))
-            .map(|start_time| OrderedConfig {
-                filter_subject: filter_subject.clone(),
-                deliver_policy: DeliverPolicy::ByStartTime { start_time },
-                ..Default::default()
-            })
-            .map_err(|e| anyhow::anyhow!("start time: {e}"))
+    let filters: Vec<String> = match &p.scope {
+        Scope::All => vec![proto::subject::asset_events(domain, asset)],
+        Scope::Communes(communes) => communes
+            .iter()
+            .filter_map(|c| CommuneId::parse(c).ok())
+            .map(|c| proto::subject::asset_events_in(domain, &c, asset))
+            .collect(),
     };
-    let mut consumer = stream.create_consumer(consumer_from(from)?).await?;
-    let mut pending = consumer.cached_info().num_pending;
     let mut out = Read::default();
-    if pending > MAX_EVENTS {
-        // A busier window than one answer reads: start later, about where the last MAX_EVENTS
-        // begin (events spread evenly), and say so.
+    if filters.is_empty() {
+        return Ok(out);
+    }
+    let open = |start: SystemTime| {
+        let (stream, filters) = (stream.clone(), filters.clone());
+        async move {
+            let nanos = start.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+            let start_time = async_nats::datetime::from_nanos(i128::try_from(nanos).unwrap_or(i128::MAX))
+                .map_err(|e| anyhow::anyhow!("start time: {e}"))?;
+            let name = format!("history-{}", crate::auth::new_sid());
+            let (filter_subject, filter_subjects) =
+                if filters.len() == 1 { (filters[0].clone(), Vec::new()) } else { (String::new(), filters) };
+            let consumer = stream
+                .create_consumer(PullConfig {
+                    name: Some(name.clone()),
+                    filter_subject,
+                    filter_subjects,
+                    deliver_policy: DeliverPolicy::ByStartTime { start_time },
+                    ack_policy: AckPolicy::None,
+                    memory_storage: true,
+                    // Gone by itself soon if this gateway dies mid-read.
+                    inactive_threshold: Duration::from_secs(10),
+                    ..Default::default()
+                })
+                .await?;
+            anyhow::Ok((consumer, Deleted { stream, name: Some(name) }))
+        }
+    };
+    let (mut consumer, mut deleted) = open(from).await?;
+    let mut pending = consumer.cached_info().num_pending;
+    // A busier window than one answer reads: start later, about where the last MAX_EVENTS begin
+    // (events spread evenly), again while still too many, and say so.
+    for _ in 0..3 {
+        if pending <= MAX_EVENTS {
+            break;
+        }
         let now = SystemTime::now();
         let span = now.duration_since(from).unwrap_or_default();
         let later = now - span.mul_f64(MAX_EVENTS as f64 / pending as f64 * 0.9);
-        consumer = stream.create_consumer(consumer_from(later)?).await?;
+        (consumer, deleted) = open(later).await?;
         pending = consumer.cached_info().num_pending;
         out.truncated = true;
     }
     if pending == 0 {
+        drop(deleted);
         return Ok(out);
     }
     let mut messages = consumer.messages().await?;
     let deadline = tokio::time::Instant::now() + READ_BUDGET;
-    while out.events < MAX_EVENTS {
+    while out.events < pending.min(MAX_EVENTS) {
         let next = tokio::time::timeout_at(deadline, messages.next()).await;
         let Ok(Some(message)) = next else {
             out.truncated = true;
@@ -246,21 +284,40 @@ async fn read(
         };
         let message = message?;
         out.events += 1;
-        let last = message.info().map(|i| i.pending == 0).unwrap_or(true);
         if let Ok(event) = proto::event::decode(&message.payload)
             && event.published_on(&message.subject)
             && p.scope.allows(event.commune.as_str())
         {
             fold(&mut out, &event);
         }
-        if last {
+        if message.info().is_ok_and(|i| i.pending == 0) {
             break;
         }
     }
-    if out.events >= MAX_EVENTS {
+    if pending > MAX_EVENTS {
         out.truncated = true;
     }
+    drop(deleted);
     Ok(out)
+}
+
+/// Deletes a history's consumer when the read ends, whichever way it ends.
+struct Deleted {
+    stream: jetstream::stream::Stream,
+    name: Option<String>,
+}
+
+impl Drop for Deleted {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            let stream = self.stream.clone();
+            tokio::spawn(async move {
+                if let Err(e) = stream.delete_consumer(&name).await {
+                    tracing::debug!(error = %e, consumer = %name, "history consumer not deleted (it expires by itself)");
+                }
+            });
+        }
+    }
 }
 
 /// What one event adds: points of its measures, or an alarm mark (and the limit it names).
@@ -301,11 +358,11 @@ fn fold(out: &mut Read, event: &CheckedEvent) {
         }
         Payload::LightingAlarmRaised(a) | Payload::TransportAlarmRaised(a) | Payload::WaterAlarmRaised(a) => {
             let limit = a.details.get("limit").and_then(|l| l.parse::<f64>().ok()).filter(|l| l.is_finite());
-            if let (Some(measure), Some(limit)) = (a.details.get("measure"), limit)
-                && let Some(series) = out.series.get_mut(measure)
-                && !series.limits.contains(&limit)
-            {
-                series.limits.push(limit);
+            if let (Some(measure), Some(limit)) = (a.details.get("measure"), limit) {
+                let limits = out.limits.entry(measure.clone()).or_default();
+                if !limits.contains(&limit) && limits.len() < 4 {
+                    limits.push(limit);
+                }
             }
             out.alarms.push(AlarmMark {
                 at_ms: at,

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod opsview;
 pub mod snapshots;
 pub mod store;
+pub mod targets;
 pub mod throttle;
 pub mod view;
 
@@ -114,6 +115,11 @@ pub struct Config {
     /// map until then); EEMUA 191 advises a shift at most.
     #[arg(long, env = "VIGIE_GATEWAY_MAX_SHELVE", default_value = "8h", value_parser = runtime::config::parse_duration)]
     pub max_shelve: std::time::Duration,
+
+    /// KPI targets and bands per commune (a JSON file, see `targets`): the console colours a KPI
+    /// tile out of its band. Without it, built-in bands for lamps lit, punctuality and delay.
+    #[arg(long, env = "VIGIE_GATEWAY_KPI_TARGETS")]
+    pub kpi_targets: Option<std::path::PathBuf>,
 
     /// How long a closed citizen report stays in the live view (by the stream's clock); the
     /// reports service keeps it, and its Open311 API serves it.
@@ -250,6 +256,7 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
 
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let basemap = basemap::Basemap::load(config.territory.as_deref()).context("reading --territory")?;
+
     if config.access_token_ttl < std::time::Duration::from_secs(10) || config.session_ttl < config.access_token_ttl {
         anyhow::bail!("--access-token-ttl must be at least 10s, and --session-ttl at least as long");
     }
@@ -302,6 +309,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     ));
     let mut communes = basemap.commune_names();
     communes.extend(store.tenants()?);
+    let targets =
+        targets::KpiTargets::load(config.kpi_targets.as_deref(), &communes).context("reading --kpi-targets")?;
     if store.operators()?.is_empty() {
         tracing::warn!("no operator yet: add one with `vigie-gateway --store ... add-operator` (see README)");
     }
@@ -373,7 +382,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let app = api::router(api, access.clone())
         .merge(history::router(history, access.clone()))
         .merge(commands::router(services, access.clone()))
-        .merge(basemap::router(basemap, access.clone()))
+        .merge(basemap::router(basemap, targets, access.clone()))
         .merge(access::router(access))
         .merge(runtime::metrics::router(move || {
             metrics::get().applied_seq.set(scraped.applied_seq() as i64);

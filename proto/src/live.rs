@@ -170,6 +170,22 @@ pub struct Filter {
     pub min_severity: Option<String>,
 }
 
+/// The console's KPI tiles (`ui-client/src/lib/kpis.ts` computes them from the KPIs' values),
+/// by which the gateway's KPI targets are named (`--kpi-targets`).
+pub const KPI_TILES: [&str; 11] = [
+    "lighting_availability",
+    "lighting_power",
+    "transport_vehicles",
+    "transport_on_time",
+    "transport_delay",
+    "water_leaks",
+    "water_bursts",
+    "water_night_flow",
+    "reports_open",
+    "reports_received",
+    "reports_median",
+];
+
 /// Severities from the least to the most urgent.
 pub const SEVERITIES: [&str; 4] = ["warning", "minor", "major", "critical"];
 

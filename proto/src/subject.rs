@@ -101,6 +101,11 @@ pub fn legacy_kind_events(domain: Domain, kind: &str) -> String {
     format!("{}.*.{kind}", domain.token())
 }
 
+/// Every event of one asset of a domain in one commune, all kinds.
+pub fn asset_events_in(domain: Domain, commune: &CommuneId, asset: &AssetId) -> String {
+    format!("{}.{}.*.{}", domain.token(), commune, asset.as_str())
+}
+
 /// Every event of one asset of a domain, all communes (an asset can change commune) and kinds.
 pub fn asset_events(domain: Domain, asset: &AssetId) -> String {
     format!("{}.*.*.{}", domain.token(), asset.as_str())
@@ -122,6 +127,7 @@ mod tests {
         assert_eq!(kind_events(Domain::Lighting, "alarm_raised"), "lighting.*.alarm_raised.*");
         assert_eq!(legacy_kind_events(Domain::Lighting, "alarm_raised"), "lighting.*.alarm_raised");
         assert_eq!(asset_events(Domain::Lighting, &lamp), "lighting.*.*.EP:00-1_a");
+        assert_eq!(asset_events_in(Domain::Lighting, &c, &lamp), "lighting.34172.*.EP:00-1_a");
         assert_eq!(commune_events(&c), "*.34172.>");
         assert_eq!(domain_events(Domain::Water), "water.>");
         assert_eq!(events_stream_subjects(), ["transport.>", "lighting.>", "water.>", "reports.>", "ops.>"]);

@@ -1269,7 +1269,7 @@ pub async fn read_events_stream(nats: &NatsServer) -> Result<StreamContent> {
             published_by_id
                 .entry(event.event.id.clone())
                 .or_insert(std::time::UNIX_EPOCH + Duration::from_nanos(nanos));
-            if message.subject.ends_with(".streetlight_status") {
+            if event.event.kind == "streetlight_status" {
                 status_ids.insert(event.event.id.clone());
             }
             *ids.entry(event.event.id.clone()).or_default() += 1;

@@ -560,8 +560,16 @@ impl Water {
         let pressures = state.pressures.iter().filter(|(id, _)| in_zone(id));
         let Some(found) = zones::find_burst(&zone.inflow, pressures, window, c) else { return Ok(None) };
         let Some(sensor) = state.sensors.get(&found.sensor).and_then(|s| s.sensor.clone()) else { return Ok(None) };
-        // What to close is proposed with the alarm: the pipes meeting where pressure fell.
-        let isolation = state.model.isolation_set(&sensor.element_id).join(", ");
+        // What to close is proposed with the alarm: the pipes meeting where pressure fell, of the
+        // alarm's commune only (its operators may operate those; another commune's pipes are not
+        // theirs to learn of).
+        let alarm_commune = zone_commune(state, &zone_id).map_or_else(|| sensor.commune.clone(), |c| c.to_string());
+        let isolation = (state.model.isolation_set(&sensor.element_id).into_iter())
+            .filter(|link| {
+                state.model.place_element(link).is_ok_and(|(commune, _, _)| commune.as_str() == alarm_commune)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         state.zones[k].memory.burst = Some(BurstState {
             sensor: found.sensor.clone(),
             since: found.at,

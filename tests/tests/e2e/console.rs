@@ -387,6 +387,7 @@ async fn console_in_a_browser() -> Result<()> {
         "12-cluster-fault.png",
         "13-street-confirm.png",
         "13-street-command.png",
+        "13-zone-command.png",
     ];
     for shot in shots
         .iter()

@@ -15,8 +15,18 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
         {"type": "Feature", "properties": {"name": "Rue de la Loge", "owner_phone": "0400000000"},
          "geometry": {"type": "LineString", "coordinates": [[3.85, 43.6], [3.86, 43.6]]}}]});
     std::fs::write(territory.path().join("streets.geojson"), streets.to_string())?;
-    let path = territory.path().display().to_string();
-    let slice = Slice::start_full(territory, &[], &["--territory", &path]).await?;
+    // KPI targets: the defaults' punctuality replaced, and each commune's own delay band.
+    let targets = json!({
+        "defaults": {"transport_on_time": {"target": 0.92, "warning": 0.88, "alarm": 0.8}},
+        "communes": {
+            "34129": {"transport_delay": {"target": 120, "warning": 240, "alarm": 360}},
+            "34172": {"transport_delay": {"target": 30, "warning": 90, "alarm": 150}},
+        },
+    });
+    let targets_path = territory.path().join("kpi-targets.json");
+    std::fs::write(&targets_path, targets.to_string())?;
+    let (path, targets_path) = (territory.path().display().to_string(), targets_path.display().to_string());
+    let slice = Slice::start_full(territory, &[], &["--territory", &path, "--kpi-targets", &targets_path]).await?;
     let gateway = slice.gateway_addr.clone();
 
     // The communes for the selector, with their bounding boxes.
@@ -41,9 +51,21 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
     assert_eq!(status, 503, "{error}");
     assert!(error["error"]["message"].as_str().unwrap_or("").contains("water"), "{error}");
 
+    // The KPI targets: the built-in bands, the file's in their place, each commune's own to its
+    // operators only.
+    let kpi = &answer["kpi_targets"];
+    assert_eq!(kpi["defaults"]["transport_on_time"], json!({"target": 0.92, "warning": 0.88, "alarm": 0.8}));
+    assert_eq!(kpi["defaults"]["lighting_availability"]["target"], 0.99, "a built-in band: {kpi}");
+    assert_eq!(kpi["communes"].as_object().map(|c| c.len()), Some(2), "the supervisor's: every commune's");
+    let op_sud = slice.add_operator("op-sud", "operator", &["34129"])?;
+    let (_, theirs) = tests::http_get_json_as(&gateway, "/api/v1/territory", Some(&op_sud))?;
+    assert_eq!(
+        theirs["kpi_targets"]["communes"],
+        json!({"34129": {"transport_delay": {"target": 120.0, "warning": 240.0, "alarm": 360.0}}})
+    );
+
     // A log book entry: durable and applied when answered, then in the audit log as a note.
     let entry = json!({"commune": "34129", "text": "Appel du maire : coupure rue de la Loge"});
-    let op_sud = slice.add_operator("op-sud", "operator", &["34129"])?;
     let (status, answer) = http_post_json_as(&gateway, "/api/v1/logbook", &entry, Some(&op_sud))?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["entry"]["action"], "note");

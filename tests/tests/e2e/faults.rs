@@ -461,6 +461,12 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     let lamp_missing = history.lamp_acked.iter().filter(|id| !ids.contains_key(*id)).count();
     let lamp_doubled = history.lamp_acked.iter().filter(|id| ids.get(*id).is_some_and(|n| *n > 1)).count();
     // Lamp status events no acknowledged write produced: writes of unknown outcome that happened.
+    // (Every acknowledged write is among the status events read: else the count below would
+    // check nothing.)
+    anyhow::ensure!(
+        history.lamp_acked.iter().all(|id| content.status_ids.contains(id)),
+        "acknowledged lamp writes are not among the status events read from the stream"
+    );
     let lamp_unknown_landed = content.status_ids.iter().filter(|id| !acked.contains(id)).count();
 
     let count = |action: &str, key: &dyn Fn(&serde_json::Value) -> Option<String>| -> Result<HashMap<String, usize>> {

@@ -1,10 +1,18 @@
 // The gateway's REST API (gateway/openapi.json is its contract). Errors come as
 // {"error": {code, message}}; they are thrown as ApiError with the gateway's message.
 
-import type { Alarm, AuditEntry, Command, SystemNotice } from "./protocol";
+import type { Alarm, AuditEntry, Command, LatLon, SystemNotice } from "./protocol";
 import { authFetch } from "./auth.svelte";
 
-export class ApiError extends Error {}
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    /// The HTTP status (0: no answer).
+    readonly status = 0,
+  ) {
+    super(message);
+  }
+}
 
 async function call<T>(path: string, init?: RequestInit): Promise<T> {
   const response = await authFetch(path, init);
@@ -13,11 +21,11 @@ async function call<T>(path: string, init?: RequestInit): Promise<T> {
   try {
     body = text ? JSON.parse(text) : null;
   } catch {
-    throw new ApiError(`${response.status} ${text.slice(0, 200)}`);
+    throw new ApiError(`${response.status} ${text.slice(0, 200)}`, response.status);
   }
   if (!response.ok) {
     const error = (body as { error?: { message?: string } } | null)?.error;
-    throw new ApiError(error?.message ?? `${response.status}`);
+    throw new ApiError(error?.message ?? `${response.status}`, response.status);
   }
   return body as T;
 }
@@ -28,7 +36,13 @@ function post<T>(path: string, body: unknown): Promise<T> {
 
 export type CommuneInfo = { id: string; name: string; population: number | null; bbox: [number, number, number, number] | null };
 
-export function territory(): Promise<{ communes: CommuneInfo[] }> {
+/// Where a KPI should be, and from which value it is a warning, then an alarm (the gateway's
+/// `--kpi-targets`, in the tile's own unit: a ratio, seconds...).
+export type KpiBand = { target: number; warning: number; alarm: number };
+/// The defaults, and the bands of the caller's communes that have their own.
+export type KpiTargets = { defaults: Record<string, KpiBand>; communes: Record<string, Record<string, KpiBand>> };
+
+export function territory(): Promise<{ communes: CommuneInfo[]; kpi_targets?: KpiTargets }> {
   return call("api/v1/territory");
 }
 
@@ -70,7 +84,7 @@ export function shelveAlarm(alarmKey: string, until: Date, reason: string): Prom
   return post("api/v1/alarms/actions", { alarm_key: alarmKey, action: "shelve", shelved_until: until.toISOString(), comment: reason });
 }
 
-export type LightingTarget = { streetlight_id: string } | { street: string } | { commune: string };
+export type LightingTarget = { streetlight_id: string } | { street: string } | { commune: string } | { polygon: LatLon[] };
 export type LightingAction = { switch_on: boolean } | { dim_level: number };
 
 /// A lighting command (the service answers one command per commune the target spans).
@@ -136,6 +150,6 @@ export type AssetHistory = {
 };
 
 /// An asset's recent history (24 h by default), read by the gateway from the events stream.
-export function assetHistory(domain: string, id: string, hours = 24): Promise<AssetHistory> {
-  return call(`api/v1/assets/${encodeURIComponent(domain)}/${encodeURIComponent(id)}/history?hours=${hours}`);
+export function assetHistory(domain: string, id: string, hours = 24, signal?: AbortSignal): Promise<AssetHistory> {
+  return call(`api/v1/assets/${encodeURIComponent(domain)}/${encodeURIComponent(id)}/history?hours=${hours}`, { signal });
 }

@@ -203,6 +203,20 @@ const FR = {
   street_lamps: "{n} {n:point lumineux connu|points lumineux connus}",
   street_no_lamp: "Aucun point lumineux connu dans cette rue.",
   street_faulty: "{n} en défaut",
+  zone_draw: "Tracer une zone",
+  zone_hint: "Cliquez les coins de la zone ({n} {n:posé|posés}) · Entrée : terminer · Échap : annuler",
+  zone_finish: "Terminer",
+  zone_title: "Zone tracée",
+  zone_lamps: "{n} {n:point lumineux|points lumineux} dans la zone",
+  act_on_zone: "la zone tracée",
+  zone_no_lamp: "Aucun point lumineux connu dans cette zone.",
+  days_value: "{n} j",
+  hours_value: "{n} h",
+  kpi_target_at_least: "cible ≥ {value}",
+  kpi_target_at_most: "cible ≤ {value}",
+  kpi_band_warning: "hors cible",
+  kpi_band_alarm: "en alarme",
+  kpi_stale: "périmé",
   tick_alarm: "Cocher pour acquitter : {alarm}",
   acknowledged: "acquittée",
   side_panel: "Alarmes et journal",
@@ -210,7 +224,7 @@ const FR = {
   trend_measure: "Mesure tracée",
   trend_described: "{measure} sur 24 h : {n} {n:point|points}, {alarms} {alarms:alarme marquée|alarmes marquées}",
   trend_empty: "Aucune mesure sur 24 h.",
-  trend_truncated: "Fenêtre très chargée : la tendance commence plus tard.",
+  trend_truncated: "Fenêtre très chargée : la tendance n'en montre qu'une partie.",
 };
 
 export type Key = keyof typeof FR;
@@ -416,6 +430,20 @@ const EN: Record<Key, string> = {
   street_lamps: "{n} known {n:streetlight|streetlights}",
   street_no_lamp: "No streetlight known in this street.",
   street_faulty: "{n} faulty",
+  zone_draw: "Draw a zone",
+  zone_hint: "Click the zone's corners ({n} placed) · Enter: finish · Escape: cancel",
+  zone_finish: "Finish",
+  zone_title: "Drawn zone",
+  zone_lamps: "{n} {n:streetlight|streetlights} in the zone",
+  act_on_zone: "the drawn zone",
+  zone_no_lamp: "No streetlight known in this zone.",
+  days_value: "{n} d",
+  hours_value: "{n} h",
+  kpi_target_at_least: "target ≥ {value}",
+  kpi_target_at_most: "target ≤ {value}",
+  kpi_band_warning: "off target",
+  kpi_band_alarm: "in alarm",
+  kpi_stale: "stale",
   tick_alarm: "Tick to acknowledge: {alarm}",
   acknowledged: "acknowledged",
   side_panel: "Alarms and log book",
@@ -423,7 +451,7 @@ const EN: Record<Key, string> = {
   trend_measure: "Measure drawn",
   trend_described: "{measure} over 24 h: {n} {n:point|points}, {alarms} {alarms:alarm|alarms} marked",
   trend_empty: "No measure in 24 h.",
-  trend_truncated: "A very busy window: the trend starts later.",
+  trend_truncated: "A very busy window: the trend shows part of it.",
 };
 
 /// Domain vocabularies: alarm types, lamp and report states, water measures.
@@ -600,11 +628,19 @@ export function setLang(lang: Lang) {
   document.documentElement.lang = lang;
 }
 
+/// One plural rule set per language (t() runs often: the alarm list, every second).
+const PLURALS = new Map<Lang, Intl.PluralRules>();
+function pluralRules(lang: Lang): Intl.PluralRules {
+  let rules = PLURALS.get(lang);
+  if (!rules) PLURALS.set(lang, (rules = new Intl.PluralRules(lang)));
+  return rules;
+}
+
 /// A message with its parameters: `{name}` is the value, `{name:one|other}` the word that agrees
 /// with the number `name` (French counts 0 and 1 as singular, English only 1).
 export function t(key: Key, params: Record<string, string | number> = {}): string {
   const text = (i18n.lang === "en" ? EN[key] : undefined) ?? FR[key] ?? key;
-  const rules = new Intl.PluralRules(i18n.lang);
+  const rules = pluralRules(i18n.lang);
   return text
     .replace(/\{(\w+):([^|}]*)\|([^}]*)\}/g, (_, name: string, one: string, other: string) =>
       rules.select(Number(params[name] ?? 0)) === "one" ? one : other,

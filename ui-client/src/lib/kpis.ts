@@ -3,7 +3,8 @@
 // Pure, tested in tests/unit.
 
 import type { Kpi } from "./protocol";
-import type { Key } from "./i18n.svelte";
+import type { KpiBand, KpiTargets } from "./api";
+import { t, type Key } from "./i18n.svelte";
 
 export type Tile = {
   id: string;
@@ -14,6 +15,9 @@ export type Tile = {
   format: (v: number) => string;
   /// Higher is worse: the tile turns to alarm colours above zero.
   alarming?: boolean;
+  /// What the value can be at all (a ratio 0 to 1, a count from 0): the sparkline's range stays
+  /// within it.
+  bounds?: [number, number];
 };
 
 const sum = (list: Record<string, number>[], key: string) => list.reduce((s, v) => s + (v[key] ?? 0), 0);
@@ -25,6 +29,7 @@ const count = (v: number) => String(Math.round(v));
 export const TILES: Tile[] = [
   {
     id: "lighting_availability",
+    bounds: [0, 1],
     label: "kpi_lighting_availability",
     domain: "lighting",
     value: (l) => (has(l, "lamps_total") ? ratio(sum(l, "lamps_total") - sum(l, "lamps_dark"), sum(l, "lamps_total")) : null),
@@ -33,6 +38,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "lighting_power",
+    bounds: [0, Infinity],
     label: "kpi_lighting_power",
     domain: "lighting",
     value: (l) => (has(l, "power_w") ? sum(l, "power_w") / 1000 : null),
@@ -40,6 +46,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "transport_vehicles",
+    bounds: [0, Infinity],
     label: "kpi_transport_vehicles",
     domain: "transport",
     value: (l) => (has(l, "vehicles") ? sum(l, "vehicles") : null),
@@ -47,6 +54,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "transport_on_time",
+    bounds: [0, 1],
     label: "kpi_transport_on_time",
     domain: "transport",
     value: (l) => (has(l, "with_adherence") ? ratio(sum(l, "on_time"), sum(l, "with_adherence")) : null),
@@ -67,6 +75,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "water_leaks",
+    bounds: [0, Infinity],
     label: "kpi_water_leaks",
     domain: "water",
     value: (l) => (has(l, "active_leaks") ? sum(l, "active_leaks") : null),
@@ -75,6 +84,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "water_bursts",
+    bounds: [0, Infinity],
     label: "kpi_water_bursts",
     domain: "water",
     value: (l) => (has(l, "active_bursts") ? sum(l, "active_bursts") : null),
@@ -83,6 +93,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "water_night_flow",
+    bounds: [0, Infinity],
     label: "kpi_water_night_flow",
     domain: "water",
     value: (l) => {
@@ -93,6 +104,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "reports_open",
+    bounds: [0, Infinity],
     label: "kpi_reports_open",
     domain: "reports",
     value: (l) => (has(l, "open") ? sum(l, "open") : null),
@@ -100,6 +112,7 @@ export const TILES: Tile[] = [
   },
   {
     id: "reports_received",
+    bounds: [0, Infinity],
     label: "kpi_reports_received",
     domain: "reports",
     value: (l) => (has(l, "received_last_24h") ? sum(l, "received_last_24h") : null),
@@ -107,10 +120,11 @@ export const TILES: Tile[] = [
   },
   {
     id: "reports_median",
+    bounds: [0, Infinity],
     label: "kpi_reports_median",
     domain: "reports",
     value: (l) => (l.length === 1 && (l[0]?.median_time_to_close_s ?? 0) > 0 ? (l[0]?.median_time_to_close_s ?? null) : null),
-    format: (v) => (v >= 86_400 ? `${(v / 86_400).toFixed(1)} j` : `${(v / 3600).toFixed(1)} h`),
+    format: (v) => (v >= 86_400 ? t("days_value", { n: (v / 86_400).toFixed(1) }) : t("hours_value", { n: (v / 3600).toFixed(1) })),
   },
 ];
 
@@ -122,21 +136,25 @@ export function latest(kpis: Iterable<Kpi>, domain: string): Record<string, numb
 /// A tile's series over the KPIs' history: samples grouped by the minute they were taken in
 /// (the services publish every commune's KPIs together), oldest first.
 export function series(kpis: Iterable<Kpi>, tile: Tile): [number[], number[]] {
-  const buckets = new Map<number, Record<string, number>[]>();
+  // Per minute, each commune's latest sample (a service may publish several a minute: summed,
+  // they would count its figure several times).
+  const buckets = new Map<number, Map<string, { at: number; values: Record<string, number> }>>();
   for (const k of kpis) {
     if (k.domain !== tile.domain) continue;
     for (const sample of k.history ?? [{ at: k.at, values: k.values }]) {
-      const t = Math.floor(Date.parse(sample.at) / 60_000) * 60;
+      const at = Date.parse(sample.at);
+      const t = Math.floor(at / 60_000) * 60;
       if (!Number.isFinite(t)) continue;
-      const list = buckets.get(t) ?? [];
-      list.push(sample.values);
-      buckets.set(t, list);
+      const communes = buckets.get(t) ?? new Map();
+      const known = communes.get(k.commune);
+      if (!known || known.at <= at) communes.set(k.commune, { at, values: sample.values });
+      buckets.set(t, communes);
     }
   }
   const xs: number[] = [];
   const ys: number[] = [];
   for (const t of [...buckets.keys()].sort((a, b) => a - b)) {
-    const v = tile.value(buckets.get(t) ?? []);
+    const v = tile.value([...(buckets.get(t)?.values() ?? [])].map((s) => s.values));
     if (v === null) continue;
     xs.push(t);
     ys.push(v);
@@ -151,4 +169,28 @@ export const FEW_VEHICLES = 10;
 export function vehiclesInService(kpis: Kpi[]): number | null {
   const values = latest(kpis, "transport");
   return has(values, "vehicles") ? sum(values, "vehicles") : null;
+}
+
+/// A tile's band: the commune's own when one commune is in view and it has one, else the default.
+export function bandOf(targets: KpiTargets | undefined, tile: string, commune: string): KpiBand | null {
+  return (commune ? targets?.communes[commune]?.[tile] : undefined) ?? targets?.defaults[tile] ?? null;
+}
+
+export type BandState = "normal" | "warning" | "alarm";
+
+/// Where a value stands in its band. A warning below the target means higher is better.
+export function bandState(band: KpiBand, value: number): BandState {
+  if (band.warning < band.target) return value < band.alarm ? "alarm" : value < band.warning ? "warning" : "normal";
+  return value > band.alarm ? "alarm" : value > band.warning ? "warning" : "normal";
+}
+
+/// The sparkline's fixed vertical range: its values, the target and the alarm threshold, so that
+/// noise around a good value does not fill the tile as if it were a swing.
+export function sparkRange(ys: number[], band: KpiBand | null, bounds: [number, number] = [-Infinity, Infinity]): [number, number] {
+  const values = [...ys, ...(band ? [band.target, band.alarm] : [])].filter(Number.isFinite);
+  if (values.length === 0) return [Math.max(0, bounds[0]), Math.min(1, bounds[1])];
+  let [low, high] = [Math.min(...values), Math.max(...values)];
+  if (low === high) [low, high] = [low - Math.abs(low || 1) * 0.1, high + Math.abs(high || 1) * 0.1];
+  const pad = (high - low) * 0.08;
+  return [Math.max(bounds[0], low - pad), Math.min(bounds[1], high + pad)];
 }

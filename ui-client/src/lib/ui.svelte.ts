@@ -14,6 +14,10 @@ export const ui = $state({
   selectedAlarm: "",
   /// A street picked on the map (its name, in the commune it was picked in), or null.
   selectedStreet: null as { name: string; commune: string } | null,
+  /// The operator is drawing a zone on the map (each click a corner).
+  drawing: false,
+  /// A zone drawn on the map (a closed ring), or null.
+  zone: null as { lat: number; lon: number }[] | null,
   /// Alarm keys ticked for a multiple acknowledgement.
   ticked: [] as string[],
   filters: { domain: "", severity: "", state: "attention" as AlarmState, commune: "" },
