@@ -391,8 +391,9 @@ async fn alarm_action(
 /// How far past `--max-shelve` a shelve's end may fall (clocks estimated across the network).
 const SHELVE_SLACK: Duration = Duration::from_secs(120);
 
-/// Alarms one bulk action names at most.
-const MAX_BULK_ALARMS: usize = 500;
+/// Alarms one bulk action names at most (a flood of a few hundred lamps of one commune is one
+/// group, acknowledged in one request).
+const MAX_BULK_ALARMS: usize = 1_000;
 
 /// The same action on many alarms at once (an operator acknowledging an alarm flood): one
 /// request, one event (and one audit entry) per alarm.

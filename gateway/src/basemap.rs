@@ -63,12 +63,19 @@ impl Basemap {
 struct MapState {
     basemap: Arc<Basemap>,
     communes: Communes,
-    targets: Arc<KpiTargets>,
+    settings: Arc<ConsoleSettings>,
+}
+
+/// What the console is told with the territory: the KPI targets, and when alarms are a flood.
+pub struct ConsoleSettings {
+    pub targets: KpiTargets,
+    /// Alarms raised in 10 minutes from which the console calls it a flood.
+    pub alarm_flood: u32,
 }
 
 /// `/api/v1/territory`: the communes the caller may see (the territory's, then those an
-/// administrator added), for the console's commune selector, and the KPI targets of those
-/// communes (with the defaults).
+/// administrator added), for the console's commune selector, the KPI targets of those
+/// communes (with the defaults), and the alarm flood's threshold.
 async fn territory(State(state): State<MapState>, Extension(p): Extension<Principal>) -> Response {
     let known = state.communes.read().map(|c| c.clone()).unwrap_or_default();
     let mut listed: Vec<serde_json::Value> = state
@@ -83,14 +90,16 @@ async fn territory(State(state): State<MapState>, Extension(p): Extension<Princi
             listed.push(serde_json::json!({"id": id, "name": name, "population": null, "bbox": null}));
         }
     }
-    let targets = state.targets.for_scope(&p.scope);
-    axum::Json(serde_json::json!({ "communes": listed, "kpi_targets": targets })).into_response()
+    let targets = state.settings.targets.for_scope(&p.scope);
+    let flood = state.settings.alarm_flood;
+    axum::Json(serde_json::json!({ "communes": listed, "kpi_targets": targets, "alarm_flood": flood })).into_response()
 }
 
 /// The territory's routes, behind a token like the rest of the API. The basemap is public
 /// geography (every boundary, every street), the same for every caller.
-pub fn router(basemap: Basemap, targets: KpiTargets, access: Access) -> Router {
-    let state = MapState { basemap: Arc::new(basemap), communes: access.communes.clone(), targets: Arc::new(targets) };
+pub fn router(basemap: Basemap, settings: ConsoleSettings, access: Access) -> Router {
+    let state =
+        MapState { basemap: Arc::new(basemap), communes: access.communes.clone(), settings: Arc::new(settings) };
     Router::new()
         .route("/api/v1/territory", get(territory))
         .route(

@@ -112,7 +112,8 @@ pub struct History {
     pub alarms: Vec<AlarmMark>,
     /// Events read from the stream for this answer.
     pub events: u64,
-    /// The window held more events than one answer reads: the series begin later than `from_ms`.
+    /// Not the whole window: it held more events than one answer reads (the series begin later
+    /// than `from_ms`), or the read ran out of time (they end early).
     pub truncated: bool,
 }
 
@@ -259,14 +260,15 @@ async fn read(
     let mut pending = consumer.cached_info().num_pending;
     // A busier window than one answer reads: start later, about where the last MAX_EVENTS begin
     // (events spread evenly), again while still too many, and say so.
+    let mut start = from;
     for _ in 0..3 {
         if pending <= MAX_EVENTS {
             break;
         }
         let now = SystemTime::now();
-        let span = now.duration_since(from).unwrap_or_default();
-        let later = now - span.mul_f64(MAX_EVENTS as f64 / pending as f64 * 0.9);
-        (consumer, deleted) = open(later).await?;
+        let span = now.duration_since(start).unwrap_or_default();
+        start = now - span.mul_f64(MAX_EVENTS as f64 / pending as f64 * 0.9);
+        (consumer, deleted) = open(start).await?;
         pending = consumer.cached_info().num_pending;
         out.truncated = true;
     }

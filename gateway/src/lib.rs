@@ -121,6 +121,11 @@ pub struct Config {
     #[arg(long, env = "VIGIE_GATEWAY_KPI_TARGETS")]
     pub kpi_targets: Option<std::path::PathBuf>,
 
+    /// The console's alarm flood: this many alarms raised in 10 minutes in an operator's communes
+    /// (EEMUA 191 counts 10 per operator), and its banner, grouped rows and one call begin.
+    #[arg(long, env = "VIGIE_GATEWAY_ALARM_FLOOD", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub alarm_flood: u32,
+
     /// How long a closed citizen report stays in the live view (by the stream's clock); the
     /// reports service keeps it, and its Open311 API serves it.
     #[arg(long, env = "VIGIE_GATEWAY_CLOSED_REPORTS_KEPT", default_value = "24h", value_parser = runtime::config::parse_duration)]
@@ -382,7 +387,11 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let app = api::router(api, access.clone())
         .merge(history::router(history, access.clone()))
         .merge(commands::router(services, access.clone()))
-        .merge(basemap::router(basemap, targets, access.clone()))
+        .merge(basemap::router(
+            basemap,
+            basemap::ConsoleSettings { targets, alarm_flood: config.alarm_flood },
+            access.clone(),
+        ))
         .merge(access::router(access))
         .merge(runtime::metrics::router(move || {
             metrics::get().applied_seq.set(scraped.applied_seq() as i64);

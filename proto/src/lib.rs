@@ -58,6 +58,10 @@ pub mod vigie {
             /// The detail of a `burst` alarm that proposes how to isolate it: the links to close
             /// (`SendValveCommandRequest.link_id`), widest first, separated by ", ".
             pub const ISOLATION_DETAIL: &str = "isolation";
+
+            /// The detail of a `burst` alarm that counts the links meeting there which belong to
+            /// another commune than the alarm's, and so are not proposed.
+            pub const ISOLATION_ELSEWHERE_DETAIL: &str = "isolation_elsewhere";
         }
     }
 }

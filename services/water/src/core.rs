@@ -564,12 +564,10 @@ impl Water {
         // alarm's commune only (its operators may operate those; another commune's pipes are not
         // theirs to learn of).
         let alarm_commune = zone_commune(state, &zone_id).map_or_else(|| sensor.commune.clone(), |c| c.to_string());
-        let isolation = (state.model.isolation_set(&sensor.element_id).into_iter())
-            .filter(|link| {
-                state.model.place_element(link).is_ok_and(|(commune, _, _)| commune.as_str() == alarm_commune)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let in_commune =
+            |link: &str| state.model.place_element(link).is_ok_and(|(commune, _, _)| commune.as_str() == alarm_commune);
+        let (isolation, elsewhere) = state.model.isolation_set(&sensor.element_id, in_commune);
+        let isolation = isolation.join(", ");
         state.zones[k].memory.burst = Some(BurstState {
             sensor: found.sensor.clone(),
             since: found.at,
@@ -591,6 +589,9 @@ impl Water {
                 ("inflow_rise", format!("{:.1}", found.inflow_rise)),
                 ("window_min", format!("{}", window / 60)),
                 (proto::water::ISOLATION_DETAIL, isolation),
+                // Pipes there of another commune: not proposed (not this commune's to operate),
+                // but the operator is told that the proposal is not the whole junction.
+                (proto::water::ISOLATION_ELSEWHERE_DETAIL, elsewhere.to_string()),
             ],
         )?;
         // A zone-wide alarm belongs to the zone's commune.

@@ -164,12 +164,14 @@ impl NetworkModel {
     /// The links to close to stop a burst seen at a node: every operable link that meets there,
     /// widest first (a burst's pressure drop is felt most at the node of the pipe that broke, and
     /// closing a pipe shuts its isolation valves, so whichever of them broke no longer loses
-    /// water). Pumps have no valve and are left out. At most `MAX_ISOLATION` links.
-    pub fn isolation_set(&self, node: &str) -> Vec<String> {
+    /// water). Pumps have no valve and are left out. Of those, the ones `keep` accepts (at most
+    /// `MAX_ISOLATION`), and how many it did not.
+    pub fn isolation_set(&self, node: &str, keep: impl Fn(&str) -> bool) -> (Vec<String>, usize) {
         let mut links: Vec<&crate::network::Link> =
             self.network.links_at(node).filter(|l| l.kind != LinkKind::Pump).collect();
         links.sort_by(|a, b| b.diameter_mm.total_cmp(&a.diameter_mm).then(a.id.cmp(&b.id)));
-        links.into_iter().take(MAX_ISOLATION).map(|l| l.id.clone()).collect()
+        let (kept, left): (Vec<_>, Vec<_>) = links.into_iter().partition(|l| keep(&l.id));
+        (kept.into_iter().take(MAX_ISOLATION).map(|l| l.id.clone()).collect(), left.len())
     }
 }
 
@@ -220,9 +222,11 @@ mod tests {
             [PUMPS]\n PU R J1 POWER 10\n";
         let network = crate::network::Network::parse("t.inp", text).unwrap();
         let model = NetworkModel::build(network, Vec::new(), Vec::new()).unwrap();
-        assert_eq!(model.isolation_set("J1"), ["P1", "P2"]);
-        assert_eq!(model.isolation_set("J3"), ["P3", "P2"]);
-        assert!(model.isolation_set("nope").is_empty());
+        let all = |_: &str| true;
+        assert_eq!(model.isolation_set("J1", all), (vec!["P1".to_owned(), "P2".to_owned()], 0));
+        assert_eq!(model.isolation_set("J3", all), (vec!["P3".to_owned(), "P2".to_owned()], 0));
+        assert_eq!(model.isolation_set("J3", |l| l != "P3"), (vec!["P2".to_owned()], 1), "one left to another commune");
+        assert!(model.isolation_set("nope", all).0.is_empty());
     }
 
     #[test]

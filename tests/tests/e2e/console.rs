@@ -38,6 +38,8 @@ struct System {
     report_at: (f64, f64),
     /// A lamp and its street (real data only), for `street`.
     street_lamp: Option<Value>,
+    /// Lamps for the flood (real data: lamps of 34172 besides `lamps`).
+    flood_lamps: Vec<String>,
 }
 
 impl System {
@@ -125,10 +127,16 @@ impl System {
                 Ok(json!({}))
             }
             // An alarm flood: every lamp left fails at once (up to 40).
+            // An alarm flood: 560 lamps of one commune fail at once (over 500 alarms: some of its
+            // lamps were failed already, or go dark as one feeder's outage), or every lamp of the
+            // test territory.
             "flood" => {
+                let flood: Vec<String> =
+                    if self.flood_lamps.is_empty() { self.lamps.clone() } else { self.flood_lamps.clone() };
                 let mut failed = Vec::new();
-                while failed.len() < 40 && self.lamps.iter().any(|l| !self.failed.contains(l)) {
-                    failed.push(self.fail_a_lamp().await?["asset"].clone());
+                let flood: Vec<String> = flood.into_iter().filter(|l| !self.failed.contains(l)).take(560).collect();
+                for id in flood {
+                    failed.push(self.fail(id).await?["asset"].clone());
                 }
                 Ok(json!({ "failed": failed }))
             }
@@ -249,6 +257,7 @@ async fn console_in_a_browser() -> Result<()> {
     let lamps: Vec<String>;
     let report_at: (f64, f64);
     let mut street_lamp = None;
+    let mut flood_lamps = Vec::new();
     if real_data {
         let transport = slice.start_transport(&["--kpi-interval", "2s"]).await?;
         // A Tuesday morning's network, whatever the hour the test runs at (at 03:00 two vehicles
@@ -281,6 +290,14 @@ async fn console_in_a_browser() -> Result<()> {
             first["position"]["lon"].as_f64().context("a lamp's longitude")?,
         );
         lamps = items.iter().step_by(40).filter_map(|a| a["id"].as_str().map(str::to_owned)).collect();
+        // The flood's: others, every eighth of the commune's first 8,000 (one street's run of
+        // lamps would go dark as one feeder's outage, one alarm).
+        let (_, many) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&commune=34172&limit=8000")?;
+        flood_lamps = (many["items"].as_array().context("assets")?.iter().enumerate())
+            .filter(|(i, _)| i % 8 == 3)
+            .filter_map(|(_, a)| a["id"].as_str().map(str::to_owned))
+            .filter(|id| !lamps.contains(id))
+            .collect();
     } else {
         let mut client = slice.lighting_client().await?;
         lamps = (0..20).map(|i| format!("EP{i:02}")).collect();
@@ -314,6 +331,7 @@ async fn console_in_a_browser() -> Result<()> {
         reports,
         report_at,
         street_lamp,
+        flood_lamps,
     };
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let control_addr = control_listener.local_addr()?;

@@ -57,6 +57,7 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
     assert_eq!(kpi["defaults"]["transport_on_time"], json!({"target": 0.92, "warning": 0.88, "alarm": 0.8}));
     assert_eq!(kpi["defaults"]["lighting_availability"]["target"], 0.99, "a built-in band: {kpi}");
     assert_eq!(kpi["communes"].as_object().map(|c| c.len()), Some(2), "the supervisor's: every commune's");
+    assert_eq!(answer["alarm_flood"], 10, "the flood's threshold, by default");
     let op_sud = slice.add_operator("op-sud", "operator", &["34129"])?;
     let (_, theirs) = tests::http_get_json_as(&gateway, "/api/v1/territory", Some(&op_sud))?;
     assert_eq!(

@@ -42,7 +42,7 @@ export type KpiBand = { target: number; warning: number; alarm: number };
 /// The defaults, and the bands of the caller's communes that have their own.
 export type KpiTargets = { defaults: Record<string, KpiBand>; communes: Record<string, Record<string, KpiBand>> };
 
-export function territory(): Promise<{ communes: CommuneInfo[]; kpi_targets?: KpiTargets }> {
+export function territory(): Promise<{ communes: CommuneInfo[]; kpi_targets?: KpiTargets; alarm_flood?: number }> {
   return call("api/v1/territory");
 }
 
