@@ -227,7 +227,8 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let resolved_by_c: Vec<Value> = items(&b, "/api/v1/audit?actor=op-c&action=resolve")?;
     assert_eq!(resolved_by_c.len(), 3, "one entry per alarm (and the earlier one): {resolved_by_c:?}");
     for (body, message) in [
-        (json!({"alarm_keys": [], "action": "acknowledge"}), "1 to 500"),
+        (json!({"alarm_keys": [], "action": "acknowledge"}), "1 to 1000"),
+        (json!({"alarm_keys": vec![west; 1001], "action": "acknowledge"}), "1 to 1000"),
         (json!({"alarm_keys": [west], "action": "comment"}), "acknowledge, shelve, unshelve or resolve"),
         (
             json!({"alarm_keys": [west], "action": "shelve", "shelved_until": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
