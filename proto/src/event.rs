@@ -205,8 +205,7 @@ impl CheckedEvent {
     /// before subjects named the asset. A reader refuses an event found on another subject (a
     /// publisher allowed one commune's or domain's subjects must not slip in another's).
     pub fn published_on(&self, subject: &str) -> bool {
-        subject == self.subject()
-            || subject == subject::legacy_event(self.kind.domain(), &self.commune, self.kind.token())
+        subject::is_event(subject, self.kind.domain(), &self.commune, self.kind.token(), &self.asset_id)
     }
 
     pub fn payload(&self) -> &Payload {

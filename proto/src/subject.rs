@@ -71,9 +71,18 @@ pub fn event(domain: Domain, commune: &CommuneId, kind: &str, asset: &AssetId) -
     format!("{}.{}.{}.{}", domain.token(), commune, kind, asset.as_str())
 }
 
-/// The subject of one event in streams written before the asset token.
-pub fn legacy_event(domain: Domain, commune: &CommuneId, kind: &str) -> String {
-    format!("{}.{}.{}", domain.token(), commune, kind)
+/// Whether `subject` is [`event`]'s for these, or the one of a stream written before the asset
+/// token (`<domain>.<commune>.<kind>`). Token by token, building no string: every event a
+/// consumer reads is checked so.
+pub fn is_event(subject: &str, domain: Domain, commune: &CommuneId, kind: &str, asset: &AssetId) -> bool {
+    let mut tokens = subject.split('.');
+    let head =
+        tokens.next() == Some(domain.token()) && tokens.next() == Some(commune.as_str()) && tokens.next() == Some(kind);
+    head && match (tokens.next(), tokens.next()) {
+        (None, _) => true,
+        (Some(token), None) => token == asset.as_str(),
+        _ => false,
+    }
 }
 
 /// The subjects bound to the events stream: one wildcard per domain.
@@ -123,7 +132,19 @@ mod tests {
             event(Domain::Lighting, &c, "streetlight_status", &lamp),
             "lighting.34172.streetlight_status.EP:00-1_a"
         );
-        assert_eq!(legacy_event(Domain::Lighting, &c, "streetlight_status"), "lighting.34172.streetlight_status");
+        let is = |subject: &str| is_event(subject, Domain::Lighting, &c, "streetlight_status", &lamp);
+        assert!(is(&event(Domain::Lighting, &c, "streetlight_status", &lamp)));
+        assert!(is("lighting.34172.streetlight_status"), "a stream written before the asset token");
+        for other in [
+            "lighting.34172.streetlight_status.EP2",
+            "lighting.34129.streetlight_status.EP:00-1_a",
+            "water.34172.streetlight_status.EP:00-1_a",
+            "lighting.34172.streetlight_fault.EP:00-1_a",
+            "lighting.34172.streetlight_status.EP:00-1_a.x",
+            "lighting.34172",
+        ] {
+            assert!(!is(other), "{other}");
+        }
         assert_eq!(kind_events(Domain::Lighting, "alarm_raised"), "lighting.*.alarm_raised.*");
         assert_eq!(legacy_kind_events(Domain::Lighting, "alarm_raised"), "lighting.*.alarm_raised");
         assert_eq!(asset_events(Domain::Lighting, &lamp), "lighting.*.*.EP:00-1_a");
