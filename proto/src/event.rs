@@ -141,6 +141,14 @@ pub enum EventError {
     TooLarge { bytes: usize },
 }
 
+/// A service that builds an event its own contract refuses has a bug: the call fails as
+/// `INTERNAL`, and nothing is stored.
+impl From<EventError> for tonic::Status {
+    fn from(e: EventError) -> tonic::Status {
+        tonic::Status::internal(format!("built an invalid event: {e}"))
+    }
+}
+
 /// The most an event may weigh, encoded: a quarter of NATS's default `max_payload` (1 MB), so
 /// that every event the services build can be published; what an event carries (a report's
 /// history, a command's targets) is bounded well below it by each domain.

@@ -1,7 +1,7 @@
 //! The gRPC face of the lighting service (`vigie.lighting.v1.LightingService`).
 
-use futures::StreamExt;
 use proto::ids::{AssetId, CommuneId};
+use proto::lighting::CommandResult;
 use proto::lighting::controller_message::Message as FromController;
 use proto::lighting::lighting_service_server::LightingService;
 use proto::lighting::telemetry_message::Message as Telemetry;
@@ -13,10 +13,8 @@ use proto::lighting::{
     TelemetryMessage,
 };
 use proto::v1::StreamSummary;
-use std::pin::Pin;
+use runtime::controller::{self, FromController as Received};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Lighting;
@@ -34,8 +32,6 @@ impl LightingApi {
     }
 }
 
-type InstructionStream = Pin<Box<dyn futures::Stream<Item = Result<ControllerInstruction, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl LightingService for LightingApi {
     async fn register_streetlights(
@@ -44,7 +40,7 @@ impl LightingService for LightingApi {
     ) -> Result<Response<RegisterStreetlightsResponse>, Status> {
         let (registered, unchanged) = self.core.register(&request.into_inner().streetlights)?;
         if registered > 0 {
-            self.core.commit().await?;
+            self.core.flush().await?;
         }
         Ok(Response::new(RegisterStreetlightsResponse { registered, unchanged }))
     }
@@ -56,7 +52,7 @@ impl LightingService for LightingApi {
         let caller = runtime::grpc_auth::caller(&request);
         let event_id = self.core.record_status(request.into_inner().report.as_ref(), caller.as_ref())?;
         self.core.settle()?;
-        self.core.commit().await?;
+        self.core.flush().await?;
         Ok(Response::new(ReportStatusResponse { event_id }))
     }
 
@@ -89,7 +85,7 @@ impl LightingService for LightingApi {
         // Alarms are settled once per group: a feeder failure reported lamp by lamp is one alarm.
         let commit = || async {
             core.settle()?;
-            core.commit().await
+            core.flush().await
         };
         Ok(Response::new(runtime::grpc::ingest(request.into_inner(), record, TELEMETRY_GROUP_COMMIT, commit).await?))
     }
@@ -146,52 +142,23 @@ impl LightingService for LightingApi {
         Ok(Response::new(DeleteScheduleResponse {}))
     }
 
-    type ControllerSessionStream = InstructionStream;
+    type ControllerSessionStream = controller::InstructionStream<ControllerInstruction>;
 
     async fn controller_session(
         &self,
         request: Request<Streaming<ControllerMessage>>,
     ) -> Result<Response<Self::ControllerSessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let controller_id = match inbound.message().await? {
-            Some(ControllerMessage { message: Some(FromController::Hello(hello)) })
-                if !hello.controller_id.trim().is_empty()
-                    && hello.controller_id.chars().count() <= 64
-                    && !hello.controller_id.chars().any(char::is_control) =>
-            {
-                hello.controller_id
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "a controller session starts with a hello carrying the controller id (1 to 64 characters of text)",
-                ));
-            }
-        };
-        let (sender, receiver) = mpsc::channel(1024);
-        let session = self.core.desk.connect(sender.clone());
-        tracing::info!(controller = %controller_id, "lighting controller connected");
         let core = self.core.clone();
-        tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
-                let outcome = match message {
-                    Ok(ControllerMessage { message: Some(FromController::Result(result)) }) => {
-                        core.command_result(&result).await
-                    }
-                    Ok(_) => Err(Status::invalid_argument("only command results are expected after the hello")),
-                    Err(status) => {
-                        tracing::info!(controller = %controller_id, error = %status, "controller stream ended");
-                        break;
-                    }
-                };
-                if let Err(status) = outcome {
-                    tracing::warn!(controller = %controller_id, error = %status, "controller message refused");
-                    let _ = sender.send(Err(status)).await;
-                    break;
-                }
-            }
-            core.desk.disconnect(session);
-            tracing::info!(controller = %controller_id, "lighting controller disconnected");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let on_result = move |_controller: String, result: CommandResult| {
+            let core = core.clone();
+            async move { core.command_result(&result).await }
+        };
+        let read = |message: ControllerMessage| match message.message {
+            Some(FromController::Hello(hello)) => Received::Hello { controller_id: hello.controller_id },
+            Some(FromController::Result(result)) => Received::Result(result),
+            None => Received::Other,
+        };
+        let stream = controller::session(request.into_inner(), self.core.desk.clone(), read, on_result).await?;
+        Ok(Response::new(stream))
     }
 }

@@ -1,13 +1,11 @@
-//! The command desk: commands waiting for their lamps to be confirmed, and the lighting
-//! controllers connected to receive them. In memory; every change it reports is persisted by the
-//! caller (the store's `commands` tree holds the same records, so a restart restores the desk).
+//! Lighting commands on the shared desk (`runtime::controller`): a command waits for each of its
+//! lamps to be confirmed; what a controller reports, and the deadline, settle it lamp by lamp.
+//! Every change returned here is persisted by the caller (the store's `commands` tree holds the
+//! same records, so a restart restores the desk).
 
 use proto::lighting::{CommandResult, CommandStatus, ControllerInstruction, LightingCommand};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
-use tonic::Status;
+use runtime::controller::Desk;
+use std::collections::BTreeSet;
 
 use crate::store::CommandRecord;
 
@@ -20,17 +18,11 @@ fn sanitized(reason: &str) -> String {
     reason.chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect()
 }
 
-pub type InstructionSender = mpsc::Sender<Result<ControllerInstruction, Status>>;
+/// Pending lighting commands and the controllers that receive them.
+pub type CommandDesk = Desk<CommandRecord, ControllerInstruction>;
 
-#[derive(Default)]
-pub struct CommandDesk {
-    controllers: Mutex<HashMap<u64, InstructionSender>>,
-    next_controller: AtomicU64,
-    pending: Mutex<HashMap<String, CommandRecord>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+pub fn new_desk() -> CommandDesk {
+    Desk::new("lighting controller", instruction)
 }
 
 /// The outcome once no lamp is left to confirm.
@@ -42,6 +34,7 @@ pub fn final_status(applied: u32, failed: u32) -> CommandStatus {
     }
 }
 
+/// A pending command's instruction: the lamps it still waits for.
 fn instruction(record: &CommandRecord) -> Option<ControllerInstruction> {
     let command = record.command.as_ref()?;
     Some(ControllerInstruction {
@@ -52,67 +45,17 @@ fn instruction(record: &CommandRecord) -> Option<ControllerInstruction> {
     })
 }
 
-impl CommandDesk {
-    /// Commands restored from the store at start.
-    pub fn restore(&self, records: Vec<CommandRecord>) {
-        let mut pending = lock(&self.pending);
-        for record in records {
-            if let Some(id) = record.command.as_ref().map(|c| c.id.clone()) {
-                pending.insert(id, record);
-            }
-        }
+/// Starts tracking a new command and sends it to the connected controllers.
+pub fn track(desk: &CommandDesk, record: CommandRecord) {
+    if let Some(id) = record.command.as_ref().map(|c| c.id.clone()) {
+        desk.track(id, record);
     }
+}
 
-    /// Starts tracking a new command and sends it to the connected controllers.
-    pub fn track(&self, record: CommandRecord) {
-        let Some(id) = record.command.as_ref().map(|c| c.id.clone()) else { return };
-        let instruction = instruction(&record);
-        lock(&self.pending).insert(id, record);
-        if let Some(instruction) = instruction {
-            self.dispatch(instruction);
-        }
-    }
-
-    pub fn pending(&self) -> Vec<CommandRecord> {
-        lock(&self.pending).values().cloned().collect()
-    }
-
-    fn dispatch(&self, instruction: ControllerInstruction) {
-        let controllers = lock(&self.controllers);
-        if controllers.is_empty() {
-            tracing::warn!(command = %instruction.command_id, "no lighting controller connected; the command waits until its deadline");
-        }
-        for (id, sender) in controllers.iter() {
-            if let Err(e) = sender.try_send(Ok(instruction.clone())) {
-                tracing::warn!(controller = id, error = %e, command = %instruction.command_id, "controller not keeping up; instruction dropped (it is sent again when it reconnects)");
-            }
-        }
-    }
-
-    /// A controller connected: it gets every pending instruction, then the new ones.
-    pub fn connect(&self, sender: InstructionSender) -> u64 {
-        let id = self.next_controller.fetch_add(1, Ordering::Relaxed);
-        for record in lock(&self.pending).values() {
-            if let Some(instruction) = instruction(record) {
-                let _ = sender.try_send(Ok(instruction));
-            }
-        }
-        lock(&self.controllers).insert(id, sender);
-        id
-    }
-
-    pub fn disconnect(&self, id: u64) {
-        lock(&self.controllers).remove(&id);
-    }
-
-    pub fn controller_count(&self) -> usize {
-        lock(&self.controllers).len()
-    }
-
-    /// Applies what a controller reports; returns the updated record when something changed.
-    pub fn apply_result(&self, result: &CommandResult, now: prost_types::Timestamp) -> Option<CommandRecord> {
-        let mut pending = lock(&self.pending);
-        let record = pending.get_mut(&result.command_id)?;
+/// Applies what a controller reports; returns the updated record when something changed (and
+/// stops tracking the command once no lamp is left to confirm).
+pub fn apply_result(desk: &CommandDesk, result: &CommandResult, now: prost_types::Timestamp) -> Option<CommandRecord> {
+    let record = desk.update(&result.command_id, |record| {
         let mut remaining: BTreeSet<String> = record.remaining.iter().cloned().collect();
         let command = record.command.as_mut()?;
         let mut changed = false;
@@ -136,32 +79,28 @@ impl CommandDesk {
         }
         command.updated_at = Some(now);
         record.remaining = remaining.into_iter().collect();
-        let record = record.clone();
-        if record.remaining.is_empty() {
-            pending.remove(&result.command_id);
-            return Some(finish(record));
-        }
-        Some(record)
+        Some(record.clone())
+    })??;
+    if record.remaining.is_empty() {
+        desk.take(&result.command_id);
+        return Some(finish(record));
     }
+    Some(record)
+}
 
-    /// The deadline passed: lamps not confirmed count as failed. `None` when already finished.
-    pub fn expire(&self, id: &str, now: prost_types::Timestamp) -> Option<CommandRecord> {
-        let mut record = lock(&self.pending).remove(id)?;
-        let reason = if self.controller_count() == 0 {
-            "no lighting controller connected before the deadline"
-        } else {
-            "not confirmed by the controller before the deadline"
-        };
-        let command = record.command.as_mut()?;
-        let late = record.remaining.len() as u32;
-        command.lamps_failed += late;
-        if late > 0 && command.failures.len() < MAX_FAILURE_REASONS {
-            command.failures.push(format!("{late} lamps: {reason}"));
-        }
-        command.updated_at = Some(now);
-        record.remaining.clear();
-        Some(finish(record))
+/// The deadline passed: lamps not confirmed count as failed. `None` when already finished.
+pub fn expire(desk: &CommandDesk, id: &str, now: prost_types::Timestamp) -> Option<CommandRecord> {
+    let reason = desk.late_reason();
+    let mut record = desk.take(id)?;
+    let command = record.command.as_mut()?;
+    let late = record.remaining.len() as u32;
+    command.lamps_failed += late;
+    if late > 0 && command.failures.len() < MAX_FAILURE_REASONS {
+        command.failures.push(format!("{late} lamps: {reason}"));
     }
+    command.updated_at = Some(now);
+    record.remaining.clear();
+    Some(finish(record))
 }
 
 fn finish(mut record: CommandRecord) -> CommandRecord {
@@ -215,39 +154,39 @@ mod tests {
 
     #[test]
     fn results_and_deadlines() {
-        let desk = CommandDesk::default();
-        let (tx, mut rx) = mpsc::channel(8);
-        desk.track(record("c1", &["A", "B", "C"]));
+        let desk = new_desk();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        track(&desk, record("c1", &["A", "B", "C"]));
         // A controller connecting later receives what is pending.
         desk.connect(tx);
         assert_eq!(rx.try_recv().unwrap().unwrap().streetlight_ids, ["A", "B", "C"]);
         let now = prost_types::Timestamp::default();
-        let r = desk.apply_result(&result("c1", &["A"], &[]), now).unwrap();
+        let r = apply_result(&desk, &result("c1", &["A"], &[]), now).unwrap();
         assert_eq!((r.remaining.len(), r.command.unwrap().status), (2, CommandStatus::Pending as i32));
         assert!(
-            desk.apply_result(&result("c1", &["A"], &[]), now).is_none(),
+            apply_result(&desk, &result("c1", &["A"], &[]), now).is_none(),
             "a repeated confirmation changes nothing"
         );
         assert!(
-            desk.apply_result(&result("c1", &["Z"], &[]), now).is_none(),
+            apply_result(&desk, &result("c1", &["Z"], &[]), now).is_none(),
             "a lamp outside the command changes nothing"
         );
-        let r = desk.apply_result(&result("c1", &["B"], &["C"]), now).unwrap();
+        let r = apply_result(&desk, &result("c1", &["B"], &["C"]), now).unwrap();
         let c = r.command.unwrap();
         assert_eq!((c.lamps_applied, c.lamps_failed, c.status), (2, 1, CommandStatus::PartiallyApplied as i32));
         assert_eq!(c.failures, ["C: relay stuck"]);
-        assert!(desk.expire("c1", now).is_none(), "finished commands do not expire");
+        assert!(expire(&desk, "c1", now).is_none(), "finished commands do not expire");
 
         // A controller's reason is bounded and stripped of control characters.
-        desk.track(record("c3", &["A"]));
+        track(&desk, record("c3", &["A"]));
         let mut noisy = result("c3", &[], &["A"]);
         noisy.failed[0].reason = format!("bad\n{}", "x".repeat(1000));
-        let c = desk.apply_result(&noisy, now).unwrap().command.unwrap();
+        let c = apply_result(&desk, &noisy, now).unwrap().command.unwrap();
         assert_eq!(c.failures[0], format!("A: bad{}", "x".repeat(MAX_REASON_CHARS - 3)));
 
-        desk.track(record("c2", &["A", "B"]));
-        desk.apply_result(&result("c2", &["A"], &[]), now);
-        let c = desk.expire("c2", now).unwrap().command.unwrap();
+        track(&desk, record("c2", &["A", "B"]));
+        apply_result(&desk, &result("c2", &["A"], &[]), now);
+        let c = expire(&desk, "c2", now).unwrap().command.unwrap();
         assert_eq!((c.lamps_applied, c.lamps_failed, c.status), (1, 1, CommandStatus::PartiallyApplied as i32));
         assert!(c.failures[0].contains("before the deadline"), "{:?}", c.failures);
     }

@@ -12,17 +12,17 @@ use proto::v1::event::Payload;
 use runtime::grpc_auth::{Caller, covers};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use territory::Territory;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::commands::{CommandDesk, command_of};
+use crate::commands::{self, CommandDesk, command_of};
 use crate::domain::{self, Invalid, MAX_STREETLIGHTS_PER_CALL};
 use crate::kpi::{self, EnergyMeter};
 use crate::rules::{AlarmChange, LampPlace, Rules, RulesConfig};
 use crate::schedule;
-use crate::store::{CommandRecord, LampState, Store, StoreError, WriteBatch};
+use crate::store::{CommandRecord, LampState, Store, WriteBatch};
 use runtime::alarms::AlarmPayloads;
 
 pub struct Lighting {
@@ -30,7 +30,7 @@ pub struct Lighting {
     territory: Arc<Territory>,
     rules: Mutex<Rules>,
     energy: Mutex<EnergyMeter>,
-    pub desk: CommandDesk,
+    pub desk: Arc<CommandDesk>,
     shutdown: CancellationToken,
 }
 
@@ -38,21 +38,6 @@ impl From<Invalid> for Status {
     fn from(e: Invalid) -> Status {
         Status::invalid_argument(e.0)
     }
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
-        tracing::error!(error = %e, "store failure");
-        if let StoreError::Sled(e) = &e {
-            runtime::store_fault::report(e);
-        }
-        // Nothing was acknowledged: the caller may retry.
-        Status::unavailable(format!("the lighting store could not complete the operation: {e}"))
-    }
-}
-
-fn checked(event: proto::v1::Event) -> Result<CheckedEvent, Status> {
-    event::check(event).map_err(|e| Status::internal(format!("built an invalid event: {e}")))
 }
 
 fn now_ts() -> prost_types::Timestamp {
@@ -102,9 +87,9 @@ impl Lighting {
             let mut batch = WriteBatch::default();
             add_alarm_changes(&mut batch, repairs, now_ts())?;
             store.write(batch)?;
-            store.commit().await?;
+            store.flush().await?;
         }
-        let desk = CommandDesk::default();
+        let desk = Arc::new(commands::new_desk());
         let pending = store.pending_commands()?;
         tracing::info!(
             lamps = rules.lamps().count(),
@@ -112,7 +97,7 @@ impl Lighting {
             pending_commands = pending.len(),
             "lighting state restored"
         );
-        desk.restore(pending.clone());
+        desk.restore(pending.iter().map(|r| (command_of(r).id, r.clone())));
         let core = Arc::new(Lighting {
             store,
             territory,
@@ -168,7 +153,7 @@ impl Lighting {
         for kpi in kpis {
             let commune = CommuneId::parse(&kpi.commune).map_err(|e| Status::internal(e.to_string()))?;
             let asset = AssetId::parse(&kpi.commune).map_err(|e| Status::internal(e.to_string()))?;
-            batch.events.push(checked(event::new_event(
+            batch.events.push(event::check(event::new_event(
                 &commune,
                 &asset,
                 event::timestamp(now),
@@ -184,11 +169,11 @@ impl Lighting {
             return Ok(());
         }
         self.store.write(batch)?;
-        self.commit().await
+        self.flush().await
     }
 
-    pub async fn commit(&self) -> Result<(), Status> {
-        Ok(self.store.commit().await?)
+    pub async fn flush(&self) -> Result<(), Status> {
+        Ok(self.store.flush().await?)
     }
 
     /// Registers or updates streetlights (all or nothing). Returns (registered, unchanged).
@@ -225,7 +210,7 @@ impl Lighting {
                 unchanged += 1;
                 continue;
             }
-            batch.events.push(checked(event::new_event(
+            batch.events.push(event::check(event::new_event(
                 &valid.commune,
                 &valid.id,
                 now,
@@ -274,7 +259,7 @@ impl Lighting {
             self.energy().observe(&id, &place.commune, report.power_consumption_w, valid.observed_at);
             state.on_in_daytime = rules.condition(&id).on_in_daytime;
         }
-        let status_event = checked(event::new_event(
+        let status_event = event::check(event::new_event(
             &place.commune,
             &id,
             event::timestamp(valid.observed_at),
@@ -303,7 +288,7 @@ impl Lighting {
         let condition = rules.condition(&id);
         state.faults = condition.faults.iter().copied().collect();
         state.on_in_daytime = condition.on_in_daytime;
-        let fault_event = checked(event::new_event(
+        let fault_event = event::check(event::new_event(
             &place.commune,
             &id,
             event::timestamp(observed_at),
@@ -367,7 +352,7 @@ impl Lighting {
             add_alarm_changes(&mut batch, changes, event::timestamp(now))?;
             self.store.write(batch)?;
         }
-        self.commit().await
+        self.flush().await
     }
 
     /// Creates or replaces a dimming schedule.
@@ -542,10 +527,10 @@ impl Lighting {
         }
         let records = batch.commands.clone();
         self.store.write(batch)?;
-        self.commit().await?;
+        self.flush().await?;
         for record in &records {
             tracing::info!(command = %command_of(record).id, lamps = record.lamps.len(), by = %valid.requested_by, "command sent");
-            self.desk.track(record.clone());
+            commands::track(&self.desk, record.clone());
             self.clone().expire_at_deadline(&command_of(record));
         }
         Ok(records.iter().map(command_of).collect())
@@ -553,7 +538,7 @@ impl Lighting {
 
     /// A controller's result; persisted when it changes the command.
     pub async fn command_result(&self, result: &CommandResult) -> Result<(), Status> {
-        if let Some(record) = self.desk.apply_result(result, now_ts()) {
+        if let Some(record) = commands::apply_result(&self.desk, result, now_ts()) {
             self.save_command(record).await?;
         }
         Ok(())
@@ -566,22 +551,14 @@ impl Lighting {
         }
         let batch = WriteBatch { events: vec![command_event(&command)?], commands: vec![record], ..Default::default() };
         self.store.write(batch)?;
-        self.commit().await
+        self.flush().await
     }
 
     fn expire_at_deadline(self: Arc<Self>, command: &LightingCommand) {
         let id = command.id.clone();
-        let wait = command
-            .deadline
-            .and_then(|d| SystemTime::try_from(d).ok())
-            .and_then(|d| d.duration_since(SystemTime::now()).ok())
-            .unwrap_or(Duration::ZERO);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.cancelled() => return,
-            }
-            if let Some(record) = self.desk.expire(&id, now_ts())
+        let stop = self.shutdown.clone();
+        runtime::controller::at_deadline(command.deadline, stop, async move {
+            if let Some(record) = commands::expire(&self.desk, &id, now_ts())
                 && let Err(e) = self.save_command(record).await
             {
                 tracing::error!(command = %id, error = %e, "could not record the command's expiry");
@@ -599,13 +576,14 @@ fn place_of(light: &Streetlight) -> Option<(AssetId, LampPlace)> {
 fn command_event(command: &LightingCommand) -> Result<CheckedEvent, Status> {
     let commune = CommuneId::parse(&command.commune).map_err(|e| Status::internal(e.to_string()))?;
     let asset = AssetId::parse(&command.id).map_err(|e| Status::internal(e.to_string()))?;
-    checked(event::new_event(
+    event::check(event::new_event(
         &commune,
         &asset,
         command.updated_at.unwrap_or_else(now_ts),
         None,
         Payload::LightingCommand(command.clone()),
     ))
+    .map_err(Status::from)
 }
 
 /// The lighting domain's alarm events.

@@ -23,7 +23,7 @@ use anyhow::Context;
 use proto::lighting::lighting_service_server::LightingServiceServer;
 use runtime::config::CommonConfig;
 use runtime::grpc_auth::Access;
-use runtime::outbox;
+use runtime::service::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,7 +119,7 @@ async fn import_inventory(core: &Arc<core::Lighting>, territory: &territory::Ter
     let (mut registered, mut unchanged) = (0, 0);
     for chunk in valid.chunks(domain::MAX_STREETLIGHTS_PER_CALL) {
         let (r, u) = core.register(chunk).map_err(|s| anyhow::anyhow!("importing streetlights: {}", s.message()))?;
-        core.commit().await.map_err(|s| anyhow::anyhow!("importing streetlights: {}", s.message()))?;
+        core.flush().await.map_err(|s| anyhow::anyhow!("importing streetlights: {}", s.message()))?;
         registered += r;
         unchanged += u;
     }
@@ -148,9 +148,6 @@ async fn tick(core: Arc<core::Lighting>, interval: std::time::Duration, stop: Ca
     }
 }
 
-/// Runs the service on `listener` until `shutdown` is cancelled; then stops accepting calls,
-/// finishes those in flight, drains the outbox and NATS, and flushes the store, all within
-/// `shutdown_timeout`.
 /// Who may call each method (see `runtime::grpc_auth`).
 const METHODS: &[(&str, Access)] = &[
     ("RegisterStreetlights", Access::WriteEverywhere),
@@ -167,16 +164,14 @@ const METHODS: &[(&str, Access)] = &[
     ("DeleteSchedule", Access::Act),
 ];
 
+/// Runs the service on `listener` until `shutdown` is cancelled; then stops accepting calls,
+/// finishes those in flight, drains the outbox and NATS, and flushes the store, all within
+/// `shutdown_timeout`.
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let territory = territory::Territory::load(&config.territory).context("loading the territory")?;
     territory.log_summary();
-    let db = sled::Config::new()
-        .path(&config.store)
-        .open()
-        .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store, &db);
-    let store = store::Store::open(&db).context("opening the store's trees")?;
-    let background = CancellationToken::new();
+    let store =
+        store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
     let rules = rules::RulesConfig {
         cluster_min_lamps: config.cluster_min_lamps,
         cluster_radius_m: config.cluster_radius_m,
@@ -188,42 +183,23 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     if rules.cluster_min_lamps < 2 || !(rules.cluster_radius_m.is_finite() && rules.cluster_radius_m > 0.0) {
         anyhow::bail!("--cluster-min-lamps must be at least 2 and --cluster-radius-m a positive number");
     }
+    let mut service = Service::start("vigie-lighting", &config.common, store.outbox(), &shutdown).await?;
     let territory = Arc::new(territory);
-    let imported_from = territory.clone();
-    let core = core::Lighting::open(store.clone(), territory, rules, background.clone())
+    let core = core::Lighting::open(store.clone(), territory.clone(), rules, service.background())
         .await
         .map_err(|status| anyhow::anyhow!("restoring the lighting state: {}", status.message()))?;
     tracing::info!(streetlights = store.streetlight_count(), outbox = store.outbox().depth(), "store opened");
-
-    let nats = runtime::bus::connect(&config.common, "vigie-lighting").await?;
-    let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
-    let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
-
     if config.import_inventory {
-        import_inventory(&core, &imported_from).await?;
+        import_inventory(&core, &territory).await?;
     }
-    let ticking = tokio::spawn(tick(core.clone(), config.kpi_interval, background.clone()));
-    let api = api::LightingApi::new(core);
-    let server = LightingServiceServer::new(api).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
-    let routes = tonic::service::Routes::new(server);
-    tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
-    let names = [<LightingServiceServer<api::LightingApi> as NamedService>::NAME];
-    let security = config.security.security(&nats, "lighting", names[0], METHODS, background.clone()).await?;
-    let timeout = config.common.shutdown_timeout;
-    let served =
-        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
+    service.spawn(tick(core.clone(), config.kpi_interval, service.background()));
 
-    // No call is in flight any more: what the outbox holds is all there is to publish.
-    background.cancel();
-    let _ = ticking.await;
-    relay.finish().await;
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
-    runtime::bus::drain(&nats, timeout).await;
-    db.flush_async().await.context("flushing the store")?;
-    tracing::info!(outbox = store.outbox().depth(), "stopped");
-    served
+    let server = LightingServiceServer::new(api::LightingApi::new(core))
+        .max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
+    let names = [<LightingServiceServer<api::LightingApi> as NamedService>::NAME];
+    let security =
+        config.security.security(service.nats(), "lighting", names[0], METHODS, service.background()).await?;
+    service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
 }
 
 #[cfg(test)]

@@ -1,36 +1,19 @@
 //! The lighting service's sled database: inventory, lamp states, active alarms, commands, and the
 //! outbox. This is the only module that sees sled. Every change is written by [`Store::write`]
-//! together with the events that announce it, in one transaction; [`Store::commit`] makes it
+//! together with the events that announce it, in one transaction; [`Store::flush`] makes it
 //! durable before the caller answers.
 
 use prost::Message;
-use proto::event::{CheckedEvent, EventError};
+use proto::event::CheckedEvent;
 use proto::lighting::{DimmingSchedule, LightingCommand, StatusReport, Streetlight};
 use runtime::outbox::{Outbox, PreparedEntry};
+pub use runtime::store::StoreError;
+use runtime::store::{all, all_keyed, get};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 
 use crate::rules::LampCondition;
 use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("store holds an undecodable {what} for {key:?}: {message}")]
-    Corrupt { what: &'static str, key: String, message: String },
-    #[error("event: {0}")]
-    Event(#[from] EventError),
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
 
 /// What the service knows of one lamp beyond its inventory entry.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -95,7 +78,9 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
+    /// Opens the service's database in `path` (created if missing).
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        let db = runtime::store::open_database(path)?;
         Ok(Store {
             streetlights: db.open_tree("streetlights")?,
             lamp_states: db.open_tree("lamp_states")?,
@@ -103,7 +88,7 @@ impl Store {
             commands: db.open_tree("commands")?,
             energy_hours: db.open_tree("energy_hours")?,
             schedules: db.open_tree("schedules")?,
-            outbox: Outbox::open(db, proto::v1::Domain::Lighting)?,
+            outbox: Outbox::open(&db, proto::v1::Domain::Lighting)?,
         })
     }
 
@@ -112,15 +97,15 @@ impl Store {
     }
 
     pub fn streetlight(&self, id: &str) -> Result<Option<Streetlight>, StoreError> {
-        decode(&self.streetlights, "streetlight", id)
+        get(&self.streetlights, "streetlight", id)
     }
 
     pub fn lamp_state(&self, id: &str) -> Result<Option<LampState>, StoreError> {
-        decode(&self.lamp_states, "lamp state", id)
+        get(&self.lamp_states, "lamp state", id)
     }
 
     pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
-        decode(&self.commands, "command", id)
+        get(&self.commands, "command", id)
     }
 
     pub fn streetlight_count(&self) -> usize {
@@ -132,25 +117,11 @@ impl Store {
     }
 
     pub fn all_lamp_states(&self) -> Result<Vec<(String, LampState)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.lamp_states.iter() {
-            let (key, value) = item?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            let state = LampState::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
-                what: "lamp state",
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
-            out.push((key, state));
-        }
-        Ok(out)
+        all_keyed(&self.lamp_states, "lamp state")
     }
 
     pub fn all_alarms(&self) -> Result<Vec<ActiveAlarm>, StoreError> {
-        runtime::alarms::read_all(&self.alarms).map_err(|e| match e {
-            runtime::alarms::ReadError::Sled(e) => StoreError::Sled(e),
-            runtime::alarms::ReadError::Corrupt { key, message } => StoreError::Corrupt { what: "alarm", key, message },
-        })
+        runtime::alarms::read_all(&self.alarms)
     }
 
     /// Energy per (commune, hour), watt-hours.
@@ -176,14 +147,14 @@ impl Store {
     /// Saves a schedule (durably: schedules change rarely).
     pub async fn put_schedule(&self, schedule: &DimmingSchedule) -> Result<(), StoreError> {
         self.schedules.insert(schedule.id.as_bytes(), schedule.encode_to_vec())?;
-        self.outbox.commit().await?;
+        self.outbox.flush().await?;
         Ok(())
     }
 
     /// Removes a schedule; false when there was none.
     pub async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.schedules.remove(id.as_bytes())?.is_some();
-        self.outbox.commit().await?;
+        self.outbox.flush().await?;
         Ok(existed)
     }
 
@@ -193,7 +164,7 @@ impl Store {
         Ok(all.into_iter().filter(|r| !r.remaining.is_empty()).collect())
     }
 
-    /// Writes a batch and its events in one transaction (not yet flushed: see [`Store::commit`]).
+    /// Writes a batch and its events in one transaction (not yet flushed: see [`Store::flush`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let entries: Vec<PreparedEntry> =
             batch.events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
@@ -239,32 +210,8 @@ impl Store {
     }
 
     /// Makes every written batch durable and wakes the outbox relay.
-    pub async fn commit(&self) -> Result<(), StoreError> {
-        self.outbox.commit().await?;
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.outbox.flush().await?;
         Ok(())
     }
-}
-
-fn decode<M: Message + Default>(tree: &sled::Tree, what: &'static str, key: &str) -> Result<Option<M>, StoreError> {
-    match tree.get(key.as_bytes())? {
-        None => Ok(None),
-        Some(bytes) => M::decode(bytes.as_ref()).map(Some).map_err(|e| StoreError::Corrupt {
-            what,
-            key: key.to_owned(),
-            message: e.to_string(),
-        }),
-    }
-}
-
-fn all<M: Message + Default>(tree: &sled::Tree, what: &'static str) -> Result<Vec<M>, StoreError> {
-    let mut out = Vec::with_capacity(tree.len());
-    for item in tree.iter() {
-        let (key, value) = item?;
-        out.push(M::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
-            what,
-            key: String::from_utf8_lossy(&key).into_owned(),
-            message: e.to_string(),
-        })?);
-    }
-    Ok(out)
 }

@@ -51,13 +51,7 @@ impl From<ReportError> for tonic::Status {
             ReportError::Invalid(m) => tonic::Status::invalid_argument(m),
             ReportError::NotFound(m) => tonic::Status::not_found(m),
             ReportError::Forbidden(m) => tonic::Status::permission_denied(m),
-            ReportError::Store(e) => {
-                tracing::error!(error = %e, "store failure");
-                if let StoreError::Sled(e) = &e {
-                    runtime::store_fault::report(e);
-                }
-                tonic::Status::unavailable(e.to_string())
-            }
+            ReportError::Store(e) => tonic::Status::from(e),
             ReportError::Event(m) => tonic::Status::internal(m),
         }
     }
@@ -560,9 +554,8 @@ mod tests {
     #[tokio::test]
     async fn a_lamp_out_report_near_a_known_fault_is_linked_to_its_alarm() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
         let core = Reports::open(
-            Store::open(&db).unwrap(),
+            Store::open(dir.path()).unwrap(),
             Arc::new(territory()),
             None,
             Catalogue::with_defaults(),

@@ -21,7 +21,7 @@ use proto::reports::reports_service_server::ReportsServiceServer;
 use proto::v1::Domain;
 use runtime::config::CommonConfig;
 use runtime::grpc_auth::Access;
-use runtime::outbox;
+use runtime::service::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,44 +107,26 @@ pub async fn run(
         Some(path) => catalogue::Catalogue::read(path).map_err(anyhow::Error::msg)?,
         None => catalogue::Catalogue::with_defaults(),
     };
-    let db = sled::Config::new()
-        .path(&config.store)
-        .open()
-        .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store, &db);
-    let store = store::Store::open(&db).context("opening the store's trees")?;
+    let store =
+        store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
+    if config.kpi_interval.is_zero() {
+        anyhow::bail!("--kpi-interval must be more than 0");
+    }
+    let mut service = Service::start("vigie-reports", &config.common, store.outbox(), &shutdown).await?;
     let core = Arc::new(core::Reports::open(
-        store.clone(),
+        store,
         Arc::new(territory),
         streets,
         catalogue,
         config.lighting_services.clone(),
     )?);
-
-    let nats = runtime::bus::connect(&config.common, "vigie-reports").await?;
-    let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
-    let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
-    let background = CancellationToken::new();
-    let lamps =
-        tokio::spawn(follow_lighting_alarms(nats.clone(), core.clone(), config.common.clone(), background.clone()));
-    if config.kpi_interval.is_zero() {
-        anyhow::bail!("--kpi-interval must be more than 0");
-    }
-    let kpis = {
-        let (core, stop, every) = (core.clone(), background.clone(), config.kpi_interval);
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    _ = stop.cancelled() => return,
-                }
-                if let Err(e) = core.publish_kpis(std::time::SystemTime::now()).await {
-                    tracing::warn!(error = %e, "reports KPIs not published; retried at the next tick");
-                }
-            }
-        })
-    };
+    service.spawn(follow_lighting_alarms(
+        service.nats().clone(),
+        core.clone(),
+        config.common.clone(),
+        service.background(),
+    ));
+    service.spawn(publish_kpis(core.clone(), config.kpi_interval, service.background()));
 
     let open311 = Arc::new(open311::Open311 {
         reports: core.clone(),
@@ -153,37 +135,27 @@ pub async fn run(
         read_limiter: open311::RateLimiter::new(config.read_rate_per_minute),
     });
     tracing::info!(addr = %http_listener.local_addr()?, "HTTP listening (Open311 GeoReport v2 under /open311/v2/)");
-    let http = {
-        let stop = background.clone();
-        let app = open311::router(open311).into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        })
-    };
+    service.serve_http(http_listener, open311::router(open311));
 
     let server =
         ReportsServiceServer::new(api::ReportsApi::new(core)).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
-    let routes = tonic::service::Routes::new(server);
-    tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<ReportsServiceServer<api::ReportsApi> as NamedService>::NAME];
-    let security = config.security.security(&nats, "reports", names[0], METHODS, background.clone()).await?;
-    let timeout = config.common.shutdown_timeout;
-    let served =
-        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
-    background.cancel();
-    let _ = http.await;
-    let _ = lamps.await;
-    let _ = kpis.await;
-    relay.finish().await;
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
+    let security = config.security.security(service.nats(), "reports", names[0], METHODS, service.background()).await?;
+    service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
+}
+
+/// Publishes the reports' KPIs every `every`, until `stop`.
+async fn publish_kpis(core: Arc<core::Reports>, every: std::time::Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = core.publish_kpis(std::time::SystemTime::now()).await {
+            tracing::warn!(error = %e, "reports KPIs not published; retried at the next tick");
+        }
     }
-    runtime::bus::drain(&nats, timeout).await;
-    db.flush_async().await.context("flushing the store")?;
-    tracing::info!(outbox = store.outbox().depth(), "stopped");
-    served
 }
 
 /// Follows the lighting alarms on the bus (from the stream's start: the active ones are rebuilt at

@@ -515,13 +515,12 @@ mod tests {
     /// The router against a real (temporary) store and a one-commune territory.
     fn app(api_keys: &[&str]) -> (axum::Router, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
         let text = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"insee":"34172","name":"Ouest"},
           "geometry":{"type":"Polygon","coordinates":[[[3.8,43.5],[3.9,43.5],[3.9,43.7],[3.8,43.7],[3.8,43.5]]]}}]}"#;
         let territory =
             territory::Territory::from_communes(territory::parse_communes(std::path::Path::new("test"), text).unwrap());
         let reports = Reports::open(
-            crate::store::Store::open(&db).unwrap(),
+            crate::store::Store::open(dir.path()).unwrap(),
             Arc::new(territory),
             None,
             crate::catalogue::Catalogue::with_defaults(),

@@ -5,25 +5,9 @@ use prost::Message;
 use proto::event::CheckedEvent;
 use proto::reports::ServiceRequest;
 use runtime::outbox::{Outbox, PreparedEntry};
+pub use runtime::store::StoreError;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("store holds an undecodable request for {key:?}: {message}")]
-    Corrupt { key: String, message: String },
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
+use sled::transaction::ConflictableTransactionError;
 
 #[derive(Clone)]
 pub struct Store {
@@ -37,8 +21,10 @@ fn key(id: &str) -> Vec<u8> {
 }
 
 impl Store {
-    pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
-        Ok(Store { requests: db.open_tree("requests")?, outbox: Outbox::open(db, proto::v1::Domain::Reports)? })
+    /// Opens the service's database in `path` (created if missing).
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        let db = runtime::store::open_database(path)?;
+        Ok(Store { requests: db.open_tree("requests")?, outbox: Outbox::open(&db, proto::v1::Domain::Reports)? })
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -46,15 +32,7 @@ impl Store {
     }
 
     pub fn requests(&self) -> Result<Vec<ServiceRequest>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.requests.iter() {
-            let (k, v) = item?;
-            out.push(ServiceRequest::decode(v.as_ref()).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                message: e.to_string(),
-            })?);
-        }
-        Ok(out)
+        runtime::store::all(&self.requests, "request")
     }
 
     /// Writes requests (whole) and their events in one transaction, then flushes: durable on return.
@@ -72,7 +50,7 @@ impl Store {
             }
             Ok::<(), ConflictableTransactionError<StoreError>>(())
         })?;
-        self.outbox.commit().await?;
+        self.outbox.flush().await?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Alarm bookkeeping that every domain service does the same way: the active alarms a service
 //! keeps, the changes its rules produce, how they are stored, and the events that announce them.
 
+use crate::store::StoreError;
 use prost::Message;
 use proto::event::{self, CheckedEvent, EventError};
 use proto::ids::{AssetId, CommuneId};
@@ -117,13 +118,16 @@ impl EncodedOp {
 }
 
 /// Reads every alarm of an alarm tree.
-pub fn read_all(tree: &sled::Tree) -> Result<Vec<ActiveAlarm>, ReadError> {
+pub fn read_all(tree: &sled::Tree) -> Result<Vec<ActiveAlarm>, StoreError> {
     let mut out = Vec::with_capacity(tree.len());
     for item in tree.iter() {
         let (key, value) = item?;
-        let key = String::from_utf8_lossy(&key).into_owned();
-        let corrupt = |message: String| ReadError::Corrupt { key: key.clone(), message };
-        let r = AlarmRecord::decode(value.as_ref()).map_err(|e| corrupt(e.to_string()))?;
+        let r: AlarmRecord = crate::store::decode("alarm", &key, &value)?;
+        let corrupt = |message: String| StoreError::Corrupt {
+            what: "alarm",
+            key: String::from_utf8_lossy(&key).into_owned(),
+            message,
+        };
         out.push(ActiveAlarm {
             commune: CommuneId::parse(&r.commune).map_err(|e| corrupt(e.to_string()))?,
             asset: AssetId::parse(&r.asset).map_err(|e| corrupt(e.to_string()))?,
@@ -132,14 +136,6 @@ pub fn read_all(tree: &sled::Tree) -> Result<Vec<ActiveAlarm>, ReadError> {
         });
     }
     Ok(out)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("store: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("store holds an undecodable alarm {key:?}: {message}")]
-    Corrupt { key: String, message: String },
 }
 
 #[cfg(test)]

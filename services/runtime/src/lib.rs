@@ -11,16 +11,22 @@
 //! - [`grpc_auth`]: who may call a domain service's gRPC API (tokens, integrators' scopes,
 //!   revocations), and the credential a client sends.
 //! - [`alarms`]: active alarms, their changes, how they are stored and announced.
+//! - [`store`]: opening a service's sled database, the store's error, reading records back.
+//! - [`service`]: the start and the end of every domain service's `run`.
+//! - [`controller`]: field controllers' sessions and the desk of commands they wait for.
 //! - [`metrics`]: the process's Prometheus metrics and their `/metrics` route.
 
 pub mod alarms;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod controller;
 pub mod grpc;
 pub mod grpc_auth;
 pub mod metrics;
 pub mod outbox;
+pub mod service;
 pub mod shutdown;
+pub mod store;
 pub mod store_fault;
 pub mod telemetry;

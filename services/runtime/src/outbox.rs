@@ -1,7 +1,7 @@
 //! The transactional outbox.
 //!
 //! A service writes its domain change and the event that announces it in **one sled transaction**,
-//! then flushes sled, and only then answers the gRPC call ([`Outbox::commit`]). The [`relay`] task
+//! then flushes sled, and only then answers the gRPC call ([`Outbox::flush`]). The [`relay`] task
 //! publishes outbox entries to JetStream in key order, with `Nats-Msg-Id` = the event id, and
 //! removes each entry when JetStream acknowledges it. While NATS is unreachable entries wait (and
 //! the relay retries); after a crash they are still in sled and are published at the next start.
@@ -156,7 +156,7 @@ impl Outbox {
     }
 
     /// Makes committed transactions durable, then wakes the relay. Call before acknowledging.
-    pub async fn commit(&self) -> sled::Result<()> {
+    pub async fn flush(&self) -> sled::Result<()> {
         self.sync().await?;
         self.wake.notify_one();
         Ok(())

@@ -33,7 +33,7 @@ impl TransportService for TransportApi {
     ) -> Result<Response<StreamSummary>, Status> {
         let core = &self.core;
         let record = |position: VehiclePosition| core.record(&position);
-        let commit = || core.commit();
+        let commit = || core.flush();
         Ok(Response::new(runtime::grpc::ingest(request.into_inner(), record, GROUP_COMMIT, commit).await?))
     }
 

@@ -68,20 +68,6 @@ pub struct TimetableDay {
     pub fixed: bool,
 }
 
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
-        tracing::error!(error = %e, "store failure");
-        if let StoreError::Sled(e) = &e {
-            runtime::store_fault::report(e);
-        }
-        Status::unavailable(format!("the transport store could not complete the write: {e}"))
-    }
-}
-
-fn checked(event: proto::v1::Event) -> Result<CheckedEvent, Status> {
-    event::check(event).map_err(|e| Status::internal(format!("built an invalid event: {e}")))
-}
-
 impl Transport {
     /// Opens the core on a store, restoring its vehicles, alarms and service alerts. `day` is the
     /// timetable day the tracker was built for.
@@ -147,8 +133,8 @@ impl Transport {
         lock(&self.tracker)
     }
 
-    pub async fn commit(&self) -> Result<(), Status> {
-        Ok(self.store.commit().await?)
+    pub async fn flush(&self) -> Result<(), Status> {
+        Ok(self.store.flush().await?)
     }
 
     /// GTFS time of `at` in the feed's time zone: seconds since local midnight, plus a day for
@@ -200,7 +186,7 @@ impl Transport {
         let (tracked, changes) = tracker
             .observe(&self.network, position, &commune, service_s, unix_s)
             .map_err(|e| Status::invalid_argument(e.0))?;
-        let moved = checked(event::new_event(
+        let moved = event::check(event::new_event(
             &commune,
             &vehicle,
             event::timestamp(at),
@@ -226,7 +212,7 @@ impl Transport {
             add_alarm_changes(&mut batch, changes, event::timestamp(now))?;
             self.store.write(batch)?;
         }
-        self.commit().await
+        self.flush().await
     }
 
     /// Turns the timetable day when the calendar day (in the feed's time zone, at 03:00) changed.
@@ -307,7 +293,7 @@ impl Transport {
         for (commune, kpi) in kpis {
             let commune = CommuneId::parse(&commune).map_err(|e| Status::internal(e.to_string()))?;
             let asset = AssetId::parse(&format!("kpi-{commune}")).map_err(|e| Status::internal(e.to_string()))?;
-            events.push(checked(event::new_event(
+            events.push(event::check(event::new_event(
                 &commune,
                 &asset,
                 event::timestamp(at),
@@ -316,7 +302,7 @@ impl Transport {
             ))?);
         }
         self.store.write(WriteBatch { events, ..Default::default() })?;
-        self.commit().await
+        self.flush().await
     }
 
     /// One of the GTFS-Realtime feeds, now (in the service's clock).
@@ -373,7 +359,7 @@ impl Transport {
             self.store.write(batch)?;
             all.insert(alert.id.clone(), alert.clone());
         }
-        self.commit().await?;
+        self.flush().await?;
         tracing::info!(id = %alert.id, communes = ?alert.communes, "service alert published");
         Ok(alert)
     }
@@ -404,7 +390,7 @@ impl Transport {
         if !self.withdraw(id, reason, SystemTime::now())? {
             return Err(Status::not_found(format!("no service alert {id:?}")));
         }
-        self.commit().await?;
+        self.flush().await?;
         tracing::info!(%id, %reason, "service alert withdrawn");
         Ok(())
     }
@@ -420,7 +406,7 @@ impl Transport {
         for id in &ended {
             self.withdraw(id, "its active periods have ended", now)?;
         }
-        self.commit().await?;
+        self.flush().await?;
         tracing::info!(alerts = ?ended, "service alerts ended");
         Ok(())
     }
@@ -432,7 +418,7 @@ impl Transport {
     fn alert_event(&self, commune: &str, id: &str, at: SystemTime, payload: Payload) -> Result<CheckedEvent, Status> {
         let commune = CommuneId::parse(commune).map_err(|e| Status::internal(e.to_string()))?;
         let asset = AssetId::parse(id).map_err(|e| Status::internal(e.to_string()))?;
-        checked(event::new_event(&commune, &asset, event::timestamp(at), None, payload))
+        event::check(event::new_event(&commune, &asset, event::timestamp(at), None, payload)).map_err(Status::from)
     }
 
     /// The vehicles (of a route, or all), sorted by id.

@@ -34,7 +34,7 @@ use anyhow::Context;
 use proto::transport::transport_service_server::TransportServiceServer;
 use runtime::config::CommonConfig;
 use runtime::grpc_auth::Access;
-use runtime::outbox;
+use runtime::service::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -162,12 +162,8 @@ pub async fn run(
     };
     let tracker_config = tracking::TrackerConfig { rules, late_s: config.late_s };
 
-    let db = sled::Config::new()
-        .path(&config.store)
-        .open()
-        .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store, &db);
-    let store = store::Store::open(&db).context("opening the store's trees")?;
+    let store =
+        store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
     // The tracker starts on today's timetable; the core turns the day at 03:00 (see core).
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
@@ -176,6 +172,7 @@ pub async fn run(
     let day = core::TimetableDay { calendar: today, timetable, fixed: config.service_day.is_some() };
     tracing::info!(calendar = %today, %timetable, fixed = day.fixed, "timetable day");
     let tracker = tracking::Tracker::new(tracker_config, &network, timetable);
+    let mut service = Service::start("vigie-transport", &config.common, store.outbox(), &shutdown).await?;
     let core = Arc::new(core::Transport::open(
         store.clone(),
         Arc::new(territory),
@@ -185,44 +182,17 @@ pub async fn run(
         day,
     )?);
 
-    let nats = runtime::bus::connect(&config.common, "vigie-transport").await?;
-    let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
-    let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
-    let background = CancellationToken::new();
-    let housekeeping = tokio::spawn(housekeeping(core.clone(), background.clone()));
-    let kpis = tokio::spawn(publish_kpis(core.clone(), config.kpi_interval, background.clone()));
+    service.spawn(housekeeping(core.clone(), service.background()));
+    service.spawn(publish_kpis(core.clone(), config.kpi_interval, service.background()));
     tracing::info!(addr = %http_listener.local_addr()?, "HTTP listening (GTFS-Realtime)");
-    let http = {
-        let stop = background.clone();
-        let app = http::router(core.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        })
-    };
+    service.serve_http(http_listener, http::router(core.clone()));
 
     let server = TransportServiceServer::new(api::TransportApi::new(core))
         .max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
-    let routes = tonic::service::Routes::new(server);
-    tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<TransportServiceServer<api::TransportApi> as NamedService>::NAME];
-    let security = config.security.security(&nats, "transport", names[0], METHODS, background.clone()).await?;
-    let timeout = config.common.shutdown_timeout;
-    let served =
-        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
-    background.cancel();
-    let _ = housekeeping.await;
-    let _ = kpis.await;
-    let _ = http.await;
-    relay.finish().await;
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
-    runtime::bus::drain(&nats, timeout).await;
-    db.flush_async().await.context("flushing the store")?;
-    tracing::info!(outbox = store.outbox().depth(), "stopped");
-    served
+    let security =
+        config.security.security(service.nats(), "transport", names[0], METHODS, service.background()).await?;
+    service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
 }
 
 /// Publishes the KPIs of each commune at every interval.

@@ -5,28 +5,12 @@ use prost::Message;
 use proto::event::CheckedEvent;
 use proto::transport::{ServiceAlert, VehicleState};
 use runtime::outbox::{Outbox, PreparedEntry};
+pub use runtime::store::StoreError;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 
 use crate::tracking::Tracked;
 use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("store holds an undecodable {what} for {key:?}: {message}")]
-    Corrupt { what: &'static str, key: String, message: String },
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct VehicleRecord {
@@ -60,12 +44,14 @@ fn vehicle_key(t: &Tracked) -> Vec<u8> {
 }
 
 impl Store {
-    pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
+    /// Opens the service's database in `path` (created if missing).
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        let db = runtime::store::open_database(path)?;
         Ok(Store {
             vehicles: db.open_tree("vehicles")?,
             alarms: db.open_tree("alarms")?,
             service_alerts: db.open_tree("service_alerts")?,
-            outbox: Outbox::open(db, proto::v1::Domain::Transport)?,
+            outbox: Outbox::open(&db, proto::v1::Domain::Transport)?,
         })
     }
 
@@ -74,44 +60,22 @@ impl Store {
     }
 
     pub fn vehicles(&self) -> Result<Vec<Tracked>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.vehicles.iter() {
-            let (key, value) = item?;
-            let record = VehicleRecord::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
-                what: "vehicle",
-                key: String::from_utf8_lossy(&key).into_owned(),
-                message: e.to_string(),
-            })?;
-            out.push(Tracked {
-                state: record.state.unwrap_or_default(),
-                service_s: record.service_s,
-                seen_unix_s: record.seen_unix_s,
-            });
-        }
-        Ok(out)
+        let records: Vec<VehicleRecord> = runtime::store::all(&self.vehicles, "vehicle")?;
+        Ok(records
+            .into_iter()
+            .map(|r| Tracked { state: r.state.unwrap_or_default(), service_s: r.service_s, seen_unix_s: r.seen_unix_s })
+            .collect())
     }
 
     pub fn alarms(&self) -> Result<Vec<ActiveAlarm>, StoreError> {
-        runtime::alarms::read_all(&self.alarms).map_err(|e| match e {
-            runtime::alarms::ReadError::Sled(e) => StoreError::Sled(e),
-            runtime::alarms::ReadError::Corrupt { key, message } => StoreError::Corrupt { what: "alarm", key, message },
-        })
+        runtime::alarms::read_all(&self.alarms)
     }
 
     pub fn service_alerts(&self) -> Result<Vec<ServiceAlert>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.service_alerts.iter() {
-            let (key, value) = item?;
-            out.push(ServiceAlert::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
-                what: "service alert",
-                key: String::from_utf8_lossy(&key).into_owned(),
-                message: e.to_string(),
-            })?);
-        }
-        Ok(out)
+        runtime::store::all(&self.service_alerts, "service alert")
     }
 
-    /// Writes a batch and its events in one transaction (durable at the next [`Store::commit`]).
+    /// Writes a batch and its events in one transaction (durable at the next [`Store::flush`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let entries: Vec<PreparedEntry> =
             batch.events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
@@ -149,8 +113,8 @@ impl Store {
         Ok(())
     }
 
-    pub async fn commit(&self) -> Result<(), StoreError> {
-        self.outbox.commit().await?;
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.outbox.flush().await?;
         Ok(())
     }
 }

@@ -1,20 +1,17 @@
 //! The gRPC face of the water service (`vigie.water.v1.WaterService`).
 
-use futures::StreamExt;
 use proto::ids::CommuneId;
 use proto::v1::StreamSummary;
 use proto::water::water_service_server::WaterService;
 use proto::water::{
     GetValveCommandRequest, GetWaterKpisRequest, GetWaterKpisResponse, ListDmasRequest, ListDmasResponse,
     ListSensorsRequest, ListSensorsResponse, Reading, RegisterSensorsRequest, RegisterSensorsResponse,
-    SendValveCommandRequest, ValveCommand, ValveControllerMessage, ValveInstruction,
+    SendValveCommandRequest, ValveCommand, ValveControllerMessage, ValveInstruction, ValveResult,
     valve_controller_message::Message as FromController,
 };
-use std::pin::Pin;
+use runtime::controller::{self, FromController as Received};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Water;
@@ -31,8 +28,6 @@ impl WaterApi {
         WaterApi { core }
     }
 }
-
-type InstructionStream = Pin<Box<dyn futures::Stream<Item = Result<ValveInstruction, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl WaterService for WaterApi {
@@ -80,53 +75,24 @@ impl WaterService for WaterApi {
         Ok(Response::new(self.core.command(id.as_str())?))
     }
 
-    type ValveControllerSessionStream = InstructionStream;
+    type ValveControllerSessionStream = controller::InstructionStream<ValveInstruction>;
 
     async fn valve_controller_session(
         &self,
         request: Request<Streaming<ValveControllerMessage>>,
     ) -> Result<Response<Self::ValveControllerSessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let controller_id = match inbound.message().await? {
-            Some(ValveControllerMessage { message: Some(FromController::Hello(hello)) })
-                if !hello.controller_id.trim().is_empty()
-                    && hello.controller_id.chars().count() <= 64
-                    && !hello.controller_id.chars().any(char::is_control) =>
-            {
-                hello.controller_id
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "a controller session starts with a hello carrying the controller id (1 to 64 characters of text)",
-                ));
-            }
-        };
-        let (sender, receiver) = mpsc::channel(1024);
-        let session = self.core.connect(sender.clone())?;
-        tracing::info!(controller = %controller_id, "valve controller connected");
         let core = self.core.clone();
-        tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
-                let outcome = match message {
-                    Ok(ValveControllerMessage { message: Some(FromController::Result(result)) }) => {
-                        core.valve_result(&controller_id, &result).await
-                    }
-                    Ok(_) => Err(Status::invalid_argument("only valve results are expected after the hello")),
-                    Err(status) => {
-                        tracing::info!(controller = %controller_id, error = %status, "controller stream ended");
-                        break;
-                    }
-                };
-                if let Err(status) = outcome {
-                    tracing::warn!(controller = %controller_id, error = %status, "controller message refused");
-                    let _ = sender.send(Err(status)).await;
-                    break;
-                }
-            }
-            core.disconnect(session);
-            tracing::info!(controller = %controller_id, "valve controller disconnected");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let on_result = move |controller: String, result: ValveResult| {
+            let core = core.clone();
+            async move { core.valve_result(&controller, &result).await }
+        };
+        let read = |message: ValveControllerMessage| match message.message {
+            Some(FromController::Hello(hello)) => Received::Hello { controller_id: hello.controller_id },
+            Some(FromController::Result(result)) => Received::Result(result),
+            None => Received::Other,
+        };
+        let stream = controller::session(request.into_inner(), self.core.desk(), read, on_result).await?;
+        Ok(Response::new(stream))
     }
 
     async fn get_kpis(&self, request: Request<GetWaterKpisRequest>) -> Result<Response<GetWaterKpisResponse>, Status> {

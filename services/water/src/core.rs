@@ -1,41 +1,37 @@
-//! The service's core: sensors, readings through their data-quality checks into the rules (tank
-//! levels, drinking-water quality, the zones' night flow and bursts), alarms, valve commands and
-//! KPIs. Each change is written with its events by the store, in the order the rules saw it (one
-//! lock around both).
+//! The service's core: sensors, and readings through their data-quality checks into the rules
+//! (tank levels, drinking-water quality, the zones' night flow and bursts) and their alarms. Each
+//! change is written with its events by the store, in the order the rules saw it (one lock around
+//! both). Valve commands are in `valves`, the KPIs in `kpi`, the alarms built in `alarms`.
 
-use proto::event::{self, CheckedEvent};
+use proto::event;
 use proto::ids::{AssetId, CommuneId};
 use proto::v1::event::Payload;
-use proto::v1::{AlarmCleared, AlarmRaised, Position, Severity};
 use proto::water::{
-    MeasureValue, Reading, RegisterSensorsResponse, SendValveCommandRequest, Sensor, SensorState, ValveAction,
-    ValveCommand, ValveCommandStatus, ValveInstruction, ValveResult, WaterKpi, WaterReadingObserved, ZoneNightFlow,
+    MeasureValue, Reading, RegisterSensorsResponse, Sensor, SensorState, ValveCommand, ValveCommandStatus,
+    WaterReadingObserved,
 };
 use runtime::alarms::{ActiveAlarm, AlarmChange, AlarmOp, AlarmPayloads};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::leaks::{LeakSignal, LeakThreshold};
+use crate::alarms;
+use crate::domain::{self, MAX_SENSORS_PER_CALL, metered_links, series_key};
+use crate::leaks::LeakThreshold;
 use crate::model::NetworkModel;
 use crate::network::Network;
 use crate::placement::PlacedNode;
-use crate::quality::{self, Flag, FlagChange, Measure, QualityConfig, QualityTracker};
-use crate::rules::{self, BurstConfig, TankState};
-use crate::store::{Store, StoreError, WriteBatch};
-use crate::zones::{self, BurstState, NightWindow, Series, ZoneBalance, ZoneMemory};
+use crate::quality::{Flag, FlagChange, Measure, QualityConfig, QualityTracker};
+use crate::rules::BurstConfig;
+use crate::store::{Store, WriteBatch};
+use crate::valves::{self, ValveDesk};
+use crate::zones::{NightWindow, Series, ZoneBalance, ZoneMemory};
 
 const PAYLOADS: AlarmPayloads =
     AlarmPayloads { raised: Payload::WaterAlarmRaised, cleared: Payload::WaterAlarmCleared };
 
-/// Readings later than this past the wall clock are refused (clock skew allowance).
-const MAX_FUTURE: Duration = Duration::from_secs(300);
-/// Sensors registered in one call.
-pub const MAX_SENSORS_PER_CALL: usize = 10_000;
-const MAX_REASON_CHARS: usize = 500;
 /// How long pressure readings are kept for the burst rule, seconds.
 const PRESSURE_KEEP_S: i64 = 3600;
 
@@ -49,21 +45,7 @@ pub struct WaterConfig {
     pub burst_window_s: i64,
 }
 
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Status {
-        tracing::error!(error = %e, "store failure");
-        if let StoreError::Sled(e) = &e {
-            runtime::store_fault::report(e);
-        }
-        Status::unavailable(format!("the water store could not complete the operation: {e}"))
-    }
-}
-
-fn checked(event: proto::v1::Event) -> Result<CheckedEvent, Status> {
-    event::check(event).map_err(|e| Status::internal(format!("built an invalid event: {e}")))
-}
-
-fn internal(e: impl std::fmt::Display) -> Status {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
@@ -71,36 +53,24 @@ fn wall_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-struct State {
-    model: NetworkModel,
-    sensors: BTreeMap<String, SensorState>,
-    quality: QualityTracker,
-    zones: Vec<ZoneBalance>,
+pub(crate) struct State {
+    pub(crate) model: NetworkModel,
+    pub(crate) sensors: BTreeMap<String, SensorState>,
+    pub(crate) quality: QualityTracker,
+    pub(crate) zones: Vec<ZoneBalance>,
     /// Usable pressure readings per sensor, for the burst rule.
-    pressures: HashMap<String, Series>,
-    alarms: BTreeMap<String, ActiveAlarm>,
+    pub(crate) pressures: HashMap<String, Series>,
+    pub(crate) alarms: BTreeMap<String, ActiveAlarm>,
     /// Zones with new inflow samples since the burst rule last looked.
-    dirty_zones: BTreeSet<String>,
+    pub(crate) dirty_zones: BTreeSet<String>,
 }
-
-pub type InstructionSender = mpsc::Sender<Result<ValveInstruction, Status>>;
 
 pub struct Water {
-    store: Store,
+    pub(crate) store: Store,
     config: WaterConfig,
     state: Mutex<State>,
-    controllers: Mutex<HashMap<u64, InstructionSender>>,
-    next_controller: std::sync::atomic::AtomicU64,
-    shutdown: CancellationToken,
-}
-
-fn alarm_key(alarm_type: &str, subject: &str) -> String {
-    format!("water/{alarm_type}/{subject}")
-}
-
-/// The quality tracker's key of one measure of one sensor.
-fn series_key(sensor: &str, measure: Measure) -> String {
-    format!("{sensor}:{}", measure.name())
+    pub(crate) desk: Arc<ValveDesk>,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Water {
@@ -148,6 +118,8 @@ impl Water {
         }
         let pending: Vec<ValveCommand> =
             store.commands()?.into_iter().filter(|c| c.status == ValveCommandStatus::Pending as i32).collect();
+        let desk = valves::new_desk();
+        desk.restore(pending.iter().map(|c| (c.id.clone(), c.clone())));
         tracing::info!(
             sensors = sensors.len(),
             areas = model.dmas.len(),
@@ -168,8 +140,7 @@ impl Water {
                 alarms,
                 dirty_zones: BTreeSet::new(),
             }),
-            controllers: Mutex::new(HashMap::new()),
-            next_controller: std::sync::atomic::AtomicU64::new(0),
+            desk: Arc::new(desk),
             shutdown,
         });
         if !initial_sensors.is_empty() {
@@ -182,12 +153,17 @@ impl Water {
         Ok(core)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    /// The valve desk, for a controller's session.
+    pub fn desk(&self) -> Arc<ValveDesk> {
+        self.desk.clone()
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn commit(&self) -> Result<(), Status> {
-        Ok(self.store.commit().await?)
+    pub async fn flush(&self) -> Result<(), Status> {
+        Ok(self.store.flush().await?)
     }
 
     /// Registers or updates sensors (all or nothing). New flow sensors re-cut the areas.
@@ -266,7 +242,7 @@ impl Water {
             }
             self.store.write(batch)?;
         }
-        self.commit().await?;
+        self.flush().await?;
         Ok(response)
     }
 
@@ -312,18 +288,10 @@ impl Water {
 
     /// Records one reading (not yet committed).
     pub fn record_reading(&self, reading: Reading) -> Result<(), Status> {
+        let checked = domain::check_reading(&reading, SystemTime::now()).map_err(Status::invalid_argument)?;
+        let (measure, observed) = (checked.measure, checked.observed_at);
         // Echoed in refusals: never more than an id's length.
         let shown: String = reading.sensor_id.chars().take(proto::ids::AssetId::MAX_LEN).collect();
-        let refuse = |message: String| Status::invalid_argument(format!("sensor {shown:?}: {message}"));
-        let measure = quality::check(&reading.measure, &reading.unit, reading.value).map_err(refuse)?;
-        let observed = reading.observed_at.ok_or_else(|| refuse("observed_at is missing".into()))?;
-        let at_time = SystemTime::try_from(observed).map_err(|_| refuse("observed_at is not a valid time".into()))?;
-        if at_time > SystemTime::now() + MAX_FUTURE {
-            return Err(refuse("observed_at is in the future".into()));
-        }
-        if at_time < SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800) {
-            return Err(refuse("observed_at is before 2000".into()));
-        }
         let at = observed.seconds;
         let mut state = self.state();
         let state = &mut *state;
@@ -345,7 +313,7 @@ impl Water {
         let (usable, flag_changes) =
             state.quality.observe(&key, measure, reading.value, at.max(0) as u64, wall_seconds());
         let mut batch = WriteBatch::default();
-        let mut changes = flag_alarms(state, &sensor, measure, flag_changes)?;
+        let mut changes = alarms::flag_alarms(state, &sensor, measure, flag_changes)?;
         let mut entry = entry;
         let newer = entry
             .latest
@@ -370,7 +338,7 @@ impl Water {
         let flags = sensor_flags(state, &entry);
         let commune = CommuneId::parse(&sensor.commune).map_err(internal)?;
         let asset = AssetId::parse(&sensor.id).map_err(internal)?;
-        batch.events.push(checked(event::new_event(
+        batch.events.push(event::check(event::new_event(
             &commune,
             &asset,
             observed,
@@ -416,7 +384,7 @@ impl Water {
                     if let Some((night_flow, signal)) = closed {
                         tracing::info!(zone = %zone_id, night = %night_flow.date, flow = night_flow.night_flow, baseline = ?night_flow.baseline, "night flow");
                         if let Some(signal) = signal {
-                            changes.extend(leak_change(state, k, &night_flow, signal)?);
+                            changes.extend(alarms::leak_change(state, k, &night_flow, signal)?);
                         }
                     }
                     batch.zones.push((zone_id, state.zones[k].memory.clone()));
@@ -429,59 +397,10 @@ impl Water {
                     zone.level(&sensor.element_id, at, value, &night);
                     batch.zones.push((zone.def.id.clone(), zone.memory.clone()));
                 }
-                let range = state.model.network.node(&sensor.element_id).and_then(|n| n.tank_levels_m);
-                if let Some(range) = range {
-                    let low = alarm_key("tank_low", &sensor.id);
-                    let high = alarm_key("tank_high", &sensor.id);
-                    let previous = if state.alarms.contains_key(&low) {
-                        TankState::Low
-                    } else if state.alarms.contains_key(&high) {
-                        TankState::High
-                    } else {
-                        TankState::Normal
-                    };
-                    let now = rules::tank_state(value, range, previous);
-                    if now != previous {
-                        for (was, key) in [(TankState::Low, &low), (TankState::High, &high)] {
-                            if previous == was {
-                                changes.extend(clear(state, key, "level back within range"));
-                            }
-                        }
-                        let details = [
-                            ("level_m", format!("{value:.2}")),
-                            ("min_m", format!("{:.2}", range.0)),
-                            ("max_m", format!("{:.2}", range.1)),
-                        ];
-                        match now {
-                            TankState::Low => changes.push(raise(sensor, &low, "tank_low", Severity::Major, &details)?),
-                            TankState::High => {
-                                changes.push(raise(sensor, &high, "tank_high", Severity::Minor, &details)?)
-                            }
-                            TankState::Normal => {}
-                        }
-                    }
-                }
+                changes.extend(alarms::tank_level(state, sensor, value)?);
             }
             Measure::FreeChlorine | Measure::Turbidity | Measure::Ph | Measure::Conductivity | Measure::Temperature => {
-                let key = alarm_key("quality_breach", &series_key(&sensor.id, measure));
-                let breached = state.alarms.contains_key(&key);
-                match rules::quality_breach(measure, value, breached) {
-                    Some(breach) => {
-                        let details = [
-                            ("measure", measure.name().to_owned()),
-                            ("value", format!("{value}")),
-                            ("unit", measure.unit().to_owned()),
-                            ("side", breach.side.to_owned()),
-                            ("limit", format!("{}", breach.limit)),
-                        ];
-                        // Raised once; the value it started at stays in the alarm.
-                        if !breached {
-                            changes.push(raise(sensor, &key, "quality_breach", Severity::Major, &details)?);
-                        }
-                    }
-                    None if breached => changes.extend(clear(state, &key, "back within the drinking-water limits")),
-                    None => {}
-                }
+                changes.extend(alarms::drinking_water_quality(state, sensor, measure, value)?);
             }
         }
         Ok(changes)
@@ -524,7 +443,7 @@ impl Water {
             let mut at = None;
             for zone_id in dirty {
                 let Some(k) = state.zones.iter().position(|z| z.def.id == zone_id) else { continue };
-                if let Some((t, changes)) = self.burst_rule(state, k)? {
+                if let Some((t, changes)) = alarms::burst(state, k, &self.config)? {
                     at = Some(t);
                     batch.zones.push((zone_id.clone(), state.zones[k].memory.clone()));
                     self.announce(state, changes, prost_types::Timestamp { seconds: t, nanos: 0 }, &mut batch)?;
@@ -534,71 +453,7 @@ impl Water {
                 self.store.write(batch)?;
             }
         }
-        self.commit().await
-    }
-
-    /// A burst: within the window, a pressure sensor of the zone fell and the zone's inflow rose.
-    /// It clears once the inflow falls back as abruptly (the segment isolated or repaired).
-    fn burst_rule(&self, state: &mut State, k: usize) -> Result<Option<(i64, Vec<AlarmChange>)>, Status> {
-        let window = self.config.burst_window_s;
-        let c = &self.config.burst;
-        let zone = &state.zones[k];
-        let zone_id = zone.def.id.clone();
-        let key = alarm_key("burst", &zone_id);
-        if let Some(burst) = &zone.memory.burst {
-            if zones::burst_is_over(&zone.inflow, burst, window, c) {
-                let at = zone.inflow.latest().map_or(burst.since, |(t, _)| t);
-                state.zones[k].memory.burst = None;
-                let reason = "the zone's inflow fell back: the burst is isolated or repaired";
-                return Ok(Some((at, clear(state, &key, reason).into_iter().collect())));
-            }
-            return Ok(None);
-        }
-        let dmas = zone.def.dmas.clone();
-        let in_zone =
-            |id: &String| state.sensors.get(id).and_then(|s| s.sensor.as_ref()).is_some_and(|s| dmas.contains(&s.dma));
-        let pressures = state.pressures.iter().filter(|(id, _)| in_zone(id));
-        let Some(found) = zones::find_burst(&zone.inflow, pressures, window, c) else { return Ok(None) };
-        let Some(sensor) = state.sensors.get(&found.sensor).and_then(|s| s.sensor.clone()) else { return Ok(None) };
-        // What to close is proposed with the alarm: the pipes meeting where pressure fell, of the
-        // alarm's commune only (its operators may operate those; another commune's pipes are not
-        // theirs to learn of).
-        let alarm_commune = zone_commune(state, &zone_id).map_or_else(|| sensor.commune.clone(), |c| c.to_string());
-        let in_commune =
-            |link: &str| state.model.place_element(link).is_ok_and(|(commune, _, _)| commune.as_str() == alarm_commune);
-        let (isolation, elsewhere) = state.model.isolation_set(&sensor.element_id, in_commune);
-        let isolation = isolation.join(", ");
-        state.zones[k].memory.burst = Some(BurstState {
-            sensor: found.sensor.clone(),
-            since: found.at,
-            reference_inflow: found.inflow_before,
-            reference_pressure: found.pressure_before,
-            pressure_drop_m: found.pressure_drop_m,
-            inflow_rise: found.inflow_rise,
-        });
-        let mut alarm = raise(
-            &sensor,
-            &key,
-            "burst",
-            Severity::Critical,
-            &[
-                ("zone", zone_id.clone()),
-                ("dmas", dmas.join(", ")),
-                ("sensor", found.sensor.clone()),
-                ("pressure_drop_m", format!("{:.1}", found.pressure_drop_m)),
-                ("inflow_rise", format!("{:.1}", found.inflow_rise)),
-                ("window_min", format!("{}", window / 60)),
-                (proto::water::ISOLATION_DETAIL, isolation),
-                // Pipes there of another commune: not proposed (not this commune's to operate),
-                // but the operator is told that the proposal is not the whole junction.
-                (proto::water::ISOLATION_ELSEWHERE_DETAIL, elsewhere.to_string()),
-            ],
-        )?;
-        // A zone-wide alarm belongs to the zone's commune.
-        if let (AlarmChange::Raised(a), Some(commune)) = (&mut alarm, zone_commune(state, &zone_id)) {
-            a.commune = commune;
-        }
-        Ok(Some((found.at, vec![alarm])))
+        self.flush().await
     }
 
     /// Periodic work: sensors gone silent (nothing received for too long).
@@ -622,282 +477,18 @@ impl Water {
                 else {
                     continue;
                 };
-                changes.extend(flag_alarms(state, &sensor, measure, vec![change])?);
+                changes.extend(alarms::flag_alarms(state, &sensor, measure, vec![change])?);
             }
             let mut batch = WriteBatch::default();
             self.announce(state, changes, event::timestamp(SystemTime::now()), &mut batch)?;
             self.store.write(batch)?;
         }
-        self.commit().await
+        self.flush().await
     }
-
-    /// KPIs of one commune, or of every commune with sensors.
-    pub fn kpis(&self, commune: Option<&CommuneId>, now: SystemTime) -> Vec<WaterKpi> {
-        let state = self.state();
-        let mut by_commune: BTreeMap<String, WaterKpi> = BTreeMap::new();
-        let entry = |map: &mut BTreeMap<String, WaterKpi>, c: &str| -> Option<()> {
-            if commune.is_some_and(|wanted| wanted.as_str() != c) || c.is_empty() {
-                return None;
-            }
-            map.entry(c.to_owned()).or_insert_with(|| WaterKpi {
-                commune: c.to_owned(),
-                at: Some(event::timestamp(now)),
-                ..Default::default()
-            });
-            Some(())
-        };
-        for s in state.sensors.values() {
-            let Some(sensor) = &s.sensor else { continue };
-            if entry(&mut by_commune, &sensor.commune).is_none() {
-                continue;
-            }
-            let kpi = by_commune.get_mut(&sensor.commune).expect("inserted above");
-            kpi.sensors_total += 1;
-            if !sensor_flags(&state, s).is_empty() {
-                kpi.sensors_flagged += 1;
-            }
-        }
-        for alarm in state.alarms.values() {
-            let c = alarm.commune.to_string();
-            if entry(&mut by_commune, &c).is_none() {
-                continue;
-            }
-            let kpi = by_commune.get_mut(&c).expect("inserted above");
-            match alarm.raised.alarm_type.as_str() {
-                "leak_suspected" => kpi.active_leaks += 1,
-                "burst" => kpi.active_bursts += 1,
-                "quality_breach" => kpi.quality_breaches += 1,
-                _ => {}
-            }
-        }
-        for zone in &state.zones {
-            let Some(c) = zone_commune(&state, &zone.def.id).map(|c| c.to_string()) else { continue };
-            if entry(&mut by_commune, &c).is_none() {
-                continue;
-            }
-            if let Some(night) = &zone.memory.last_night {
-                let kpi = by_commune.get_mut(&c).expect("inserted above");
-                kpi.zones.push(ZoneNightFlow {
-                    zone: zone.def.id.clone(),
-                    dmas: zone.def.dmas.clone(),
-                    night_of: night.date.clone(),
-                    night_flow: night.night_flow,
-                    baseline: zone.memory.detector.baseline(night.weekday).unwrap_or_default(),
-                    unit: "m3/h".into(),
-                });
-            }
-        }
-        by_commune.into_values().collect()
-    }
-
-    /// Publishes every commune's KPIs.
-    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Status> {
-        let mut batch = WriteBatch::default();
-        for kpi in self.kpis(None, now) {
-            let commune = CommuneId::parse(&kpi.commune).map_err(internal)?;
-            let asset = AssetId::parse(&kpi.commune).map_err(internal)?;
-            batch.events.push(checked(event::new_event(
-                &commune,
-                &asset,
-                event::timestamp(now),
-                None,
-                Payload::WaterKpi(kpi),
-            ))?);
-        }
-        if batch.events.is_empty() {
-            return Ok(());
-        }
-        self.store.write(batch)?;
-        self.commit().await
-    }
-
-    // Valve commands.
-
-    /// Accepts a valve command: durable and pending on return, then sent to the controllers.
-    pub async fn send_valve_command(
-        self: &Arc<Self>,
-        request: &SendValveCommandRequest,
-    ) -> Result<ValveCommand, Status> {
-        let by = request.requested_by.trim();
-        if by.is_empty() || by.chars().count() > 64 || by.chars().any(char::is_control) {
-            return Err(Status::invalid_argument("requested_by is required: 1 to 64 characters of text"));
-        }
-        if request.reason.chars().count() > MAX_REASON_CHARS
-            || request.reason.chars().any(|c| c.is_control() && c != '\n')
-        {
-            return Err(Status::invalid_argument(format!("reason: at most {MAX_REASON_CHARS} characters of text")));
-        }
-        let action = match ValveAction::try_from(request.action) {
-            Ok(ValveAction::Close) => ValveAction::Close,
-            Ok(ValveAction::Open) => ValveAction::Open,
-            _ => return Err(Status::invalid_argument("action must be VALVE_ACTION_CLOSE or VALVE_ACTION_OPEN")),
-        };
-        let timeout_s = match request.timeout_s {
-            0 => 300,
-            t if t > 86_400 => return Err(Status::invalid_argument("timeout_s: at most 86,400 seconds")),
-            t => t,
-        };
-        let command = {
-            let state = self.state();
-            // A link outside the requester's communes is, to the requester, not in the network:
-            // the answer an unknown link gets (neither its commune nor its kind is told).
-            let outside = state.model.place_element(&request.link_id).is_ok_and(|(commune, _, _)| {
-                !request.allowed_communes.is_empty() && !request.allowed_communes.iter().any(|a| a == commune.as_str())
-            });
-            if outside {
-                return Err(Status::invalid_argument(crate::model::not_in_network(&request.link_id)));
-            }
-            state.model.operable(&request.link_id).map_err(Status::invalid_argument)?;
-            let (commune, _, dma) = state.model.place_element(&request.link_id).map_err(Status::invalid_argument)?;
-            let now = SystemTime::now();
-            ValveCommand {
-                id: uuid::Uuid::now_v7().to_string(),
-                commune: commune.to_string(),
-                link_id: request.link_id.clone(),
-                action: action as i32,
-                requested_by: by.to_owned(),
-                reason: request.reason.clone(),
-                requested_at: Some(event::timestamp(now)),
-                updated_at: Some(event::timestamp(now)),
-                deadline: Some(event::timestamp(now + Duration::from_secs(u64::from(timeout_s)))),
-                status: ValveCommandStatus::Pending as i32,
-                failure: String::new(),
-                applied_by: String::new(),
-                dma,
-            }
-        };
-        self.save_command(&command, None).await?;
-        tracing::info!(command = %command.id, link = %command.link_id, action = ?action, by = %command.requested_by, "valve command pending");
-        self.dispatch(&command);
-        self.clone().expire_at_deadline(&command);
-        Ok(command)
-    }
-
-    pub fn command(&self, id: &str) -> Result<ValveCommand, Status> {
-        self.store.command(id)?.ok_or_else(|| Status::not_found(format!("valve command {id} does not exist")))
-    }
-
-    async fn save_command(&self, command: &ValveCommand, link: Option<(String, bool)>) -> Result<(), Status> {
-        let commune = CommuneId::parse(&command.commune).map_err(internal)?;
-        let asset = AssetId::parse(&command.id).map_err(internal)?;
-        let mut batch = WriteBatch::default();
-        batch.events.push(checked(event::new_event(
-            &commune,
-            &asset,
-            command.updated_at.unwrap_or_else(|| event::timestamp(SystemTime::now())),
-            None,
-            Payload::ValveCommand(command.clone()),
-        ))?);
-        batch.commands.push(command.clone());
-        batch.links.extend(link);
-        self.store.write(batch)?;
-        self.commit().await
-    }
-
-    fn instruction(command: &ValveCommand) -> ValveInstruction {
-        ValveInstruction {
-            command_id: command.id.clone(),
-            link_id: command.link_id.clone(),
-            action: command.action,
-            deadline: command.deadline,
-        }
-    }
-
-    fn dispatch(&self, command: &ValveCommand) {
-        let controllers = self.controllers.lock().unwrap_or_else(|p| p.into_inner());
-        if controllers.is_empty() {
-            tracing::warn!(command = %command.id, "no valve controller connected; the command waits until its deadline");
-        }
-        for (id, sender) in controllers.iter() {
-            if let Err(e) = sender.try_send(Ok(Self::instruction(command))) {
-                tracing::warn!(controller = id, error = %e, "valve controller not keeping up; instruction dropped (sent again when it reconnects)");
-            }
-        }
-    }
-
-    /// A controller connected: it gets every pending instruction, then the new ones.
-    pub fn connect(&self, sender: InstructionSender) -> Result<u64, Status> {
-        let id = self.next_controller.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for command in self.store.commands()?.iter().filter(|c| c.status == ValveCommandStatus::Pending as i32) {
-            let _ = sender.try_send(Ok(Self::instruction(command)));
-        }
-        self.controllers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, sender);
-        Ok(id)
-    }
-
-    pub fn disconnect(&self, id: u64) {
-        self.controllers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    }
-
-    /// What a controller reports. A result for a command no longer pending is ignored.
-    pub async fn valve_result(&self, controller: &str, result: &ValveResult) -> Result<(), Status> {
-        let id =
-            AssetId::parse_as("command id", &result.command_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let Some(mut command) = self.store.command(id.as_str())? else {
-            return Err(Status::not_found(format!("valve command {id} does not exist")));
-        };
-        if command.status != ValveCommandStatus::Pending as i32 {
-            return Ok(());
-        }
-        command.updated_at = Some(event::timestamp(SystemTime::now()));
-        command.applied_by = controller.chars().filter(|c| !c.is_control()).take(64).collect();
-        let link = if result.applied {
-            command.status = ValveCommandStatus::Applied as i32;
-            Some((command.link_id.clone(), command.action == ValveAction::Close as i32))
-        } else {
-            command.status = ValveCommandStatus::Failed as i32;
-            let reason: String = result.reason.chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect();
-            command.failure = if reason.is_empty() { "refused by the field unit".into() } else { reason };
-            None
-        };
-        tracing::info!(command = %command.id, status = command.status, "valve command result");
-        self.save_command(&command, link).await
-    }
-
-    fn expire_at_deadline(self: Arc<Self>, command: &ValveCommand) {
-        let id = command.id.clone();
-        let wait = command
-            .deadline
-            .and_then(|d| SystemTime::try_from(d).ok())
-            .and_then(|d| d.duration_since(SystemTime::now()).ok())
-            .unwrap_or(Duration::ZERO);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.cancelled() => return,
-            }
-            let expired = async {
-                let Some(mut command) = self.store.command(&id)? else { return Ok(()) };
-                if command.status != ValveCommandStatus::Pending as i32 {
-                    return Ok(());
-                }
-                command.status = ValveCommandStatus::Failed as i32;
-                command.updated_at = Some(event::timestamp(SystemTime::now()));
-                command.failure = if self.controllers.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-                    "no valve controller connected before the deadline".into()
-                } else {
-                    "not confirmed by the field before the deadline".into()
-                };
-                self.save_command(&command, None).await
-            };
-            if let Err(e) = expired.await {
-                tracing::error!(command = %id, error = %e, "could not record the command's expiry");
-            }
-        });
-    }
-}
-
-/// The links metered by flow sensors, sorted.
-fn metered_links<'a>(sensors: impl Iterator<Item = &'a Sensor>) -> Vec<String> {
-    let set: BTreeSet<String> = sensors
-        .filter(|s| s.measures.iter().any(|m| m == Measure::Flow.name()))
-        .map(|s| s.element_id.clone())
-        .collect();
-    set.into_iter().collect()
 }
 
 /// A sensor's flags: those of its measures.
-fn sensor_flags(state: &State, entry: &SensorState) -> Vec<String> {
+pub(crate) fn sensor_flags(state: &State, entry: &SensorState) -> Vec<String> {
     let Some(sensor) = &entry.sensor else { return Vec::new() };
     let mut flags: BTreeSet<&'static str> = BTreeSet::new();
     for name in &sensor.measures {
@@ -908,109 +499,6 @@ fn sensor_flags(state: &State, entry: &SensorState) -> Vec<String> {
     flags.into_iter().map(str::to_owned).collect()
 }
 
-fn zone_commune(state: &State, zone: &str) -> Option<CommuneId> {
+pub(crate) fn zone_commune(state: &State, zone: &str) -> Option<CommuneId> {
     state.model.zones.iter().find(|z| z.id == zone).and_then(|z| state.model.zone_commune(z))
-}
-
-fn raise(
-    sensor: &Sensor,
-    key: &str,
-    alarm_type: &str,
-    severity: Severity,
-    details: &[(&str, String)],
-) -> Result<AlarmChange, Status> {
-    Ok(AlarmChange::Raised(ActiveAlarm {
-        commune: CommuneId::parse(&sensor.commune).map_err(internal)?,
-        asset: AssetId::parse(&sensor.id).map_err(internal)?,
-        position: sensor.position,
-        raised: AlarmRaised {
-            key: key.to_owned(),
-            alarm_type: alarm_type.to_owned(),
-            severity: severity as i32,
-            asset_ids: vec![sensor.id.clone()],
-            details: details.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
-        },
-    }))
-}
-
-fn clear(state: &State, key: &str, reason: &str) -> Option<AlarmChange> {
-    let alarm = state.alarms.get(key)?.clone();
-    let cleared =
-        AlarmCleared { key: key.to_owned(), alarm_type: alarm.raised.alarm_type.clone(), reason: reason.to_owned() };
-    Some(AlarmChange::Cleared { alarm, cleared })
-}
-
-/// Data-quality flags become warnings on the sensor, one per measure and flag.
-fn flag_alarms(
-    state: &State,
-    sensor: &Sensor,
-    measure: Measure,
-    changes: Vec<FlagChange>,
-) -> Result<Vec<AlarmChange>, Status> {
-    let mut out = Vec::new();
-    for change in changes {
-        match change {
-            FlagChange::Raised { flag, .. } => {
-                let key = alarm_key(&format!("sensor_{}", flag.name()), &series_key(&sensor.id, measure));
-                out.push(raise(
-                    sensor,
-                    &key,
-                    &format!("sensor_{}", flag.name()),
-                    Severity::Warning,
-                    &[("measure", measure.name().to_owned())],
-                )?);
-            }
-            FlagChange::Cleared { flag, .. } => {
-                let key = alarm_key(&format!("sensor_{}", flag.name()), &series_key(&sensor.id, measure));
-                out.extend(clear(state, &key, "the sensor reads plausibly again"));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A zone's leak alarm, raised (again) or cleared on a night's signal.
-fn leak_change(
-    state: &State,
-    k: usize,
-    night: &crate::zones::NightFlow,
-    signal: LeakSignal,
-) -> Result<Vec<AlarmChange>, Status> {
-    let zone = &state.zones[k];
-    let key = alarm_key("leak_suspected", &zone.def.id);
-    match signal {
-        LeakSignal::Cleared => Ok(clear(state, &key, "night flow back to its baseline").into_iter().collect()),
-        LeakSignal::Suspected { excess } => {
-            let Some(commune) = zone_commune(state, &zone.def.id) else { return Ok(Vec::new()) };
-            let Some(dma) = state.model.dma_index(&zone.def.id) else { return Ok(Vec::new()) };
-            let hull = state.model.dma_proto(dma).hull;
-            let position = (!hull.is_empty()).then(|| Position {
-                lat: hull.iter().map(|p| p.lat).sum::<f64>() / hull.len() as f64,
-                lon: hull.iter().map(|p| p.lon).sum::<f64>() / hull.len() as f64,
-            });
-            Ok(vec![AlarmChange::Raised(ActiveAlarm {
-                commune,
-                asset: AssetId::parse(&zone.def.id).map_err(internal)?,
-                position,
-                raised: AlarmRaised {
-                    key,
-                    alarm_type: "leak_suspected".into(),
-                    severity: Severity::Major as i32,
-                    asset_ids: zone.def.dmas.clone(),
-                    details: [
-                        ("zone", zone.def.id.clone()),
-                        ("dmas", zone.def.dmas.join(", ")),
-                        ("night_of", night.date.clone()),
-                        ("night_flow", format!("{:.1}", night.night_flow)),
-                        ("baseline", night.baseline.map(|b| format!("{b:.1}")).unwrap_or_default()),
-                        ("excess", format!("{excess:.1}")),
-                        ("unit", "m3/h".to_owned()),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-                },
-            })])
-        }
-    }
 }

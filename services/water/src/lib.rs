@@ -16,12 +16,19 @@
 //!   BattLeDIM leak schedule.
 //! - [`rules`]: tank levels, French drinking-water references, bursts (pressure drop with inflow
 //!   rise), with hysteresis.
-//! - [`store`]: the sled database; [`core`]: readings through the rules to alarms, valve commands,
-//!   KPIs; [`api`]: gRPC.
+//! - [`domain`]: what the service accepts (readings, valve requests), checked without I/O.
+//! - [`alarms`]: the alarms the rules' findings raise and clear.
+//! - [`store`]: the sled database, the only module that sees sled.
+//! - [`core`]: sensors and readings through the rules to alarms, one use case per call;
+//!   [`valves`]: valve commands and their controllers; [`kpi`]: the KPIs per commune.
+//! - [`api`]: the gRPC service `vigie.water.v1.WaterService`.
 
+pub mod alarms;
 pub mod api;
 pub mod core;
 pub mod dma;
+pub mod domain;
+pub mod kpi;
 pub mod layout;
 pub mod leaks;
 pub mod model;
@@ -30,13 +37,14 @@ pub mod placement;
 pub mod quality;
 pub mod rules;
 pub mod store;
+pub mod valves;
 pub mod zones;
 
 use anyhow::Context;
 use proto::water::water_service_server::WaterServiceServer;
 use runtime::config::{CommonConfig, parse_duration};
 use runtime::grpc_auth::Access;
-use runtime::outbox;
+use runtime::service::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -187,41 +195,19 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         Some(path) => layout::read(path).map_err(anyhow::Error::msg)?,
         None => Vec::new(),
     };
-    let db = sled::Config::new()
-        .path(&config.store)
-        .open()
-        .with_context(|| format!("opening the store {}", config.store.display()))?;
-    runtime::store_fault::watch(&config.store, &db);
-    let store = store::Store::open(&db).context("opening the store's trees")?;
-    let background = CancellationToken::new();
-    let core = core::Water::open(store.clone(), network, placed, initial_sensors, water_config, background.clone())
+    let store =
+        store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
+    let mut service = Service::start("vigie-water", &config.common, store.outbox(), &shutdown).await?;
+    let core = core::Water::open(store, network, placed, initial_sensors, water_config, service.background())
         .await
         .context("restoring the water state")?;
-
-    let nats = runtime::bus::connect(&config.common, "vigie-water").await?;
-    let relay = outbox::spawn_relay(store.outbox(), &nats, &config.common.stream, config.common.shutdown_timeout);
-    let metrics = runtime::metrics::serve_service(config.common.metrics_addr, store.outbox(), shutdown.clone()).await?;
-    let ticking = tokio::spawn(tick(core.clone(), config.kpi_interval, background.clone()));
+    service.spawn(tick(core.clone(), config.kpi_interval, service.background()));
 
     let server =
         WaterServiceServer::new(api::WaterApi::new(core)).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
-    let routes = tonic::service::Routes::new(server);
-    tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
     let names = [<WaterServiceServer<api::WaterApi> as NamedService>::NAME];
-    let security = config.security.security(&nats, "water", names[0], METHODS, background.clone()).await?;
-    let timeout = config.common.shutdown_timeout;
-    let served =
-        runtime::grpc::serve_until_shutdown(listener, routes, &names, security, shutdown.clone(), timeout).await;
-    background.cancel();
-    let _ = ticking.await;
-    relay.finish().await;
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
-    runtime::bus::drain(&nats, timeout).await;
-    db.flush_async().await.context("flushing the store")?;
-    tracing::info!(outbox = store.outbox().depth(), "stopped");
-    served
+    let security = config.security.security(service.nats(), "water", names[0], METHODS, service.background()).await?;
+    service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
 }
 
 /// Silent sensors every few seconds; KPIs every `kpi_interval`.

@@ -1,43 +1,18 @@
 //! The water service's sled database: sensors (with their latest values), active alarms, valve
 //! commands, closed links, each zone's memory (baselines, the night in progress), and the outbox.
 //! The only module that sees sled. Every change is written with the events that announce it in
-//! one transaction ([`Store::write`]); [`Store::commit`] makes it durable before the caller answers.
+//! one transaction ([`Store::write`]); [`Store::flush`] makes it durable before the caller answers.
 
 use prost::Message;
 use proto::event::CheckedEvent;
 use proto::water::{SensorState, ValveCommand};
 use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
 use runtime::outbox::{Outbox, PreparedEntry};
+pub use runtime::store::StoreError;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 
 use crate::zones::ZoneMemory;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("store holds an undecodable {what} for {key:?}: {message}")]
-    Corrupt { what: &'static str, key: String, message: String },
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
-
-impl From<runtime::alarms::ReadError> for StoreError {
-    fn from(e: runtime::alarms::ReadError) -> Self {
-        match e {
-            runtime::alarms::ReadError::Sled(e) => StoreError::Sled(e),
-            runtime::alarms::ReadError::Corrupt { key, message } => StoreError::Corrupt { what: "alarm", key, message },
-        }
-    }
-}
 
 /// One transaction's worth of changes.
 #[derive(Default)]
@@ -75,14 +50,16 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(db: &sled::Db) -> Result<Store, StoreError> {
+    /// Opens the service's database in `path` (created if missing).
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        let db = runtime::store::open_database(path)?;
         Ok(Store {
             sensors: db.open_tree("sensors")?,
             alarms: db.open_tree("alarms")?,
             commands: db.open_tree("commands")?,
             closed_links: db.open_tree("closed_links")?,
             zones: db.open_tree("zones")?,
-            outbox: Outbox::open(db, proto::v1::Domain::Water)?,
+            outbox: Outbox::open(&db, proto::v1::Domain::Water)?,
         })
     }
 
@@ -91,26 +68,19 @@ impl Store {
     }
 
     pub fn sensors(&self) -> Result<Vec<SensorState>, StoreError> {
-        all(&self.sensors, "sensor")
+        runtime::store::all(&self.sensors, "sensor")
     }
 
     pub fn alarms(&self) -> Result<Vec<ActiveAlarm>, StoreError> {
-        Ok(runtime::alarms::read_all(&self.alarms)?)
+        runtime::alarms::read_all(&self.alarms)
     }
 
     pub fn commands(&self) -> Result<Vec<ValveCommand>, StoreError> {
-        all(&self.commands, "valve command")
+        runtime::store::all(&self.commands, "valve command")
     }
 
     pub fn command(&self, id: &str) -> Result<Option<ValveCommand>, StoreError> {
-        match self.commands.get(id.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => ValveCommand::decode(bytes.as_ref()).map(Some).map_err(|e| StoreError::Corrupt {
-                what: "valve command",
-                key: id.to_owned(),
-                message: e.to_string(),
-            }),
-        }
+        runtime::store::get(&self.commands, "valve command", id)
     }
 
     pub fn zones(&self) -> Result<Vec<(String, ZoneMemory)>, StoreError> {
@@ -128,7 +98,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes a batch in one transaction (not yet durable: see [`Store::commit`]).
+    /// Writes a batch in one transaction (not yet durable: see [`Store::flush`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -178,23 +148,10 @@ impl Store {
     }
 
     /// Makes what was written durable (and wakes the outbox relay).
-    pub async fn commit(&self) -> Result<(), StoreError> {
-        self.outbox.commit().await?;
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.outbox.flush().await?;
         Ok(())
     }
-}
-
-fn all<M: Message + Default>(tree: &sled::Tree, what: &'static str) -> Result<Vec<M>, StoreError> {
-    let mut out = Vec::with_capacity(tree.len());
-    for item in tree.iter() {
-        let (key, value) = item?;
-        out.push(M::decode(value.as_ref()).map_err(|e| StoreError::Corrupt {
-            what,
-            key: String::from_utf8_lossy(&key).into_owned(),
-            message: e.to_string(),
-        })?);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -205,8 +162,8 @@ mod tests {
 
     #[test]
     fn zone_memories_read_back_bit_for_bit() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = Store::open(&db).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let mut memory = ZoneMemory::new(LeakThreshold::default());
         memory.detector.night(0, 139.71708333333333);
         memory.last_night =
