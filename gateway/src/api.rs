@@ -234,7 +234,7 @@ pub fn list_alarms(state: &ApiState, q: ListQuery, p: &Principal) -> Result<List
     {
         return Err(ApiError::bad_request("state is one of active, cleared, acknowledged, unacknowledged, shelved"));
     }
-    let now = crate::view::rfc3339(Some(&event::timestamp(SystemTime::now())));
+    let now = proto::live::from_proto::rfc3339(Some(&event::timestamp(SystemTime::now())));
     let (items, seq) = state.live.read(|view| {
         let mut items: Vec<AlarmState> = view
             .alarms()

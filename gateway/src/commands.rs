@@ -186,7 +186,7 @@ async fn lighting(
         .await
         .map_err(|s| refused("lighting", s))?
         .into_inner();
-    let commands = answer.commands.iter().map(|c| crate::view::command_state("lighting", c)).collect();
+    let commands = answer.commands.iter().map(|c| proto::live::from_proto::lighting_command("lighting", c)).collect();
     Ok((StatusCode::CREATED, Json(Commands { commands })).into_response())
 }
 
@@ -228,7 +228,7 @@ async fn valve(
         .await
         .map_err(|s| refused("water", s))?
         .into_inner();
-    let commands = vec![crate::view::valve_command_state("water", &command)];
+    let commands = vec![proto::live::from_proto::valve_command("water", &command)];
     Ok((StatusCode::CREATED, Json(Commands { commands })).into_response())
 }
 

@@ -370,7 +370,7 @@ fn fold(out: &mut Read, event: &CheckedEvent) {
                 at_ms: at,
                 key: a.key.clone(),
                 alarm_type: a.alarm_type.clone(),
-                severity: crate::view::severity_name(a.severity).to_owned(),
+                severity: proto::live::from_proto::severity_name(a.severity).to_owned(),
                 raised: true,
             });
         }

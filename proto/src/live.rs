@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod from_proto;
+
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest frame a client may send.
