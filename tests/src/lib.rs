@@ -20,8 +20,12 @@ use std::time::{Duration, Instant};
 
 pub use proto;
 
+mod http;
 mod link;
+mod wait;
+pub use http::*;
 pub use link::{Link, LinkState};
+pub use wait::{block_on, eventually};
 
 /// How long any single wait in the harness may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -210,9 +214,9 @@ impl NatsServer {
         // The ports file is written once the listeners are up; JetStream is ready when the
         // monitoring endpoint says so.
         let monitor = ports["monitoring"][0].as_str().unwrap_or_default().trim_start_matches("http://").to_owned();
-        poll("JetStream ready", WAIT, || {
-            http_get(&monitor, "/healthz?js-enabled-only=true").ok().filter(|(s, _)| *s == 200)
-        })?;
+        block_on(eventually("JetStream ready", WAIT, || async {
+            Ok(http_get(&monitor, "/healthz?js-enabled-only=true").await?.0 == 200).map(|ready| ready.then_some(()))
+        }))?;
         Ok(())
     }
 
@@ -258,16 +262,8 @@ impl Drop for NatsServer {
     }
 }
 
-/// The access token requests to a gateway carry, by the gateway's address: the test's session at
-/// that gateway (see [`login`]). Tests that play several operators pass tokens explicitly.
-static TOKENS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
-
 /// The password of the operators the harness creates (tests are not about password strength).
 pub const TEST_PASSWORD: &str = "a test password of the harness";
-
-fn token_for(host_port: &str) -> Option<String> {
-    TOKENS.lock().ok()?.get(host_port).cloned()
-}
 
 /// Adds an operator to a gateway's store with the gateway's own CLI (the gateway must be stopped,
 /// or not yet started). `communes` empty with a role that needs some: every commune.
@@ -301,52 +297,6 @@ pub fn add_operator(store: &Path, territory: &Path, login: &str, role: &str, com
         bail!("add-operator {login}: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(())
-}
-
-/// Logs in at a gateway; returns the access token (and remembers it for that address, so that
-/// the harness's requests to it carry it).
-pub fn login(host_port: &str, login: &str) -> Result<String> {
-    let token = login_token(host_port, login)?;
-    use_token(host_port, &token);
-    Ok(token)
-}
-
-/// Logs in at a gateway; returns the access token only.
-pub fn login_token(host_port: &str, login: &str) -> Result<String> {
-    let body = serde_json::json!({"login": login, "password": TEST_PASSWORD});
-    let (status, answer) = http_post_json_as(host_port, "/api/v1/auth/login", &body, None)?;
-    if status != 200 {
-        bail!("login {login} at {host_port}: {status} {answer}");
-    }
-    Ok(answer["access_token"].as_str().ok_or_else(|| anyhow!("no access_token in {answer}"))?.to_owned())
-}
-
-/// Requests of this test to `host_port` carry `token` from now on (a replica sharing the key, a
-/// gateway restarted on another port).
-pub fn use_token(host_port: &str, token: &str) {
-    if let Ok(mut tokens) = TOKENS.lock() {
-        tokens.insert(host_port.to_owned(), token.to_owned());
-    }
-}
-
-/// A minimal HTTP/1.1 GET on loopback: (status, body).
-pub fn http_get(host_port: &str, path: &str) -> Result<(u16, String)> {
-    http_get_as(host_port, path, token_for(host_port).as_deref())
-}
-
-/// A GET with this token (or none): (status, body).
-pub fn http_get_as(host_port: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(host_port)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\n{auth}Connection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status =
-        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
 }
 
 /// A running Vigie binary with its stderr captured (and echoed, prefixed, for failing tests).
@@ -743,7 +693,7 @@ impl Slice {
         add_operator(&stores.path().join("gateway"), territory.path(), ADMIN, "admin", &[])?;
         let gateway = Process::start("vigie-gateway", &args)?;
         let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
-        login(&gateway_addr, SUPERVISOR)?;
+        login(&gateway_addr, SUPERVISOR).await?;
         let slice = Slice {
             nats,
             lighting,
@@ -787,11 +737,11 @@ impl Slice {
 
     /// Starts the gateway again (it must have been killed or terminated): waits for its new
     /// address and its consumer, and logs the supervisor in there. Returns where its log resumed.
-    pub fn restart_gateway(&mut self) -> Result<usize> {
+    pub async fn restart_gateway(&mut self) -> Result<usize> {
         let from = self.gateway.restart()?;
         self.gateway_addr = self.gateway.wait_for_addr("HTTP listening", from)?;
         self.gateway.wait_for_log("consuming events", from)?;
-        login(&self.gateway_addr, SUPERVISOR)?;
+        login(&self.gateway_addr, SUPERVISOR).await?;
         Ok(from)
     }
 
@@ -827,15 +777,16 @@ impl Slice {
 
     /// Adds an operator through the admin API (`communes` empty: every commune) and logs them in;
     /// returns their access token.
-    pub fn add_operator(&self, login: &str, role: &str, communes: &[&str]) -> Result<String> {
-        let admin = login_token(&self.gateway_addr, ADMIN)?;
+    pub async fn add_operator(&self, login: &str, role: &str, communes: &[&str]) -> Result<String> {
+        let admin = login_token(&self.gateway_addr, ADMIN).await?;
         let body = serde_json::json!({"login": login, "password": TEST_PASSWORD, "role": role,
             "communes": communes, "all_communes": communes.is_empty()});
-        let (status, answer) = http_post_json_as(&self.gateway_addr, "/api/v1/admin/operators", &body, Some(&admin))?;
+        let (status, answer) =
+            http_post_json_as(&self.gateway_addr, "/api/v1/admin/operators", &body, Some(&admin)).await?;
         if status != 201 {
             bail!("adding operator {login}: {status} {answer}");
         }
-        login_token(&self.gateway_addr, login)
+        login_token(&self.gateway_addr, login).await
     }
 
     pub async fn lighting_client(&self) -> Result<LightingClient> {
@@ -949,66 +900,6 @@ pub fn write_gtfs_zip(territory: &Path, files: &[(&str, String)]) -> Result<()> 
     Ok(())
 }
 
-/// A minimal HTTP/1.1 POST of a form on loopback: (status, body).
-pub fn http_post_form(host_port: &str, path: &str, form: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(host_port)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status =
-        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
-}
-
-/// POSTs a JSON body; returns the status and the body parsed as JSON (`null` when it is not).
-pub fn http_post_json(host_port: &str, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
-    http_post_json_as(host_port, path, body, token_for(host_port).as_deref())
-}
-
-/// A POST with this token (or none), whatever the test's session at that address.
-pub fn http_post_json_as(
-    host_port: &str,
-    path: &str,
-    body: &serde_json::Value,
-    token: Option<&str>,
-) -> Result<(u16, serde_json::Value)> {
-    use std::io::{Read, Write};
-    let body = body.to_string();
-    let mut stream = std::net::TcpStream::connect(host_port)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status =
-        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
-    let text = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    Ok((status, serde_json::from_str(text).unwrap_or(serde_json::Value::Null)))
-}
-
-/// GETs a JSON document; returns the status and the body parsed as JSON (`null` when it is not).
-pub fn http_get_json(host_port: &str, path: &str) -> Result<(u16, serde_json::Value)> {
-    let (status, body) = http_get(host_port, path)?;
-    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
-}
-
-/// A GET of JSON with this token (or none).
-pub fn http_get_json_as(host_port: &str, path: &str, token: Option<&str>) -> Result<(u16, serde_json::Value)> {
-    let (status, body) = http_get_as(host_port, path, token)?;
-    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
-}
-
 /// A GTFS-Realtime feed message decoded by Google's published bindings (`gtfs-realtime-bindings`
 /// on PyPI, built from the official gtfs-realtime.proto; installed by deploy/install-tools.sh), as
 /// JSON with the specification's field names. Independent of Vigie's own transcription.
@@ -1032,42 +923,6 @@ pub fn decode_gtfs_rt_officially(bytes: &[u8]) -> Result<serde_json::Value> {
         );
     }
     Ok(serde_json::from_slice(&output.stdout)?)
-}
-
-/// A minimal HTTP/1.1 GET on loopback returning the raw body bytes: (status, body).
-pub fn http_get_bytes(host_port: &str, path: &str) -> Result<(u16, Vec<u8>)> {
-    http_get_bytes_as(host_port, path, token_for(host_port).as_deref())
-}
-
-/// A GET with this token (or none): (status, body bytes).
-pub fn http_get_bytes_as(host_port: &str, path: &str, token: Option<&str>) -> Result<(u16, Vec<u8>)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(host_port)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\n{auth}Connection: close\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("bad response"))?;
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status"))?;
-    let body = response[split + 4..].to_vec();
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(&body)? } else { body }))
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(String::from_utf8_lossy(&body[..line_end]).trim(), 16)?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(body.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
-        body = body.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
-    }
 }
 
 pub type TransportClient = proto::transport::transport_service_client::TransportServiceClient<AuthChannel>;
@@ -1276,31 +1131,4 @@ pub async fn read_events_stream(nats: &NatsServer) -> Result<StreamContent> {
         }
     }
     Ok(StreamContent { ids, published, published_by_id, status_ids, last })
-}
-
-/// POSTs JSON from a chosen local address (any 127.x.y.z on Linux): a client elsewhere, as the
-/// gateway sees it. Returns the status and the body parsed as JSON.
-pub async fn http_post_json_from(
-    local_ip: &str,
-    host_port: &str,
-    path: &str,
-    body: &serde_json::Value,
-) -> Result<(u16, serde_json::Value)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(format!("{local_ip}:0").parse()?)?;
-    let mut stream = socket.connect(host_port.parse()?).await?;
-    let body = body.to_string();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await??;
-    let response = String::from_utf8_lossy(&response);
-    let status =
-        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
-    let text = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    Ok((status, serde_json::from_str(text).unwrap_or(serde_json::Value::Null)))
 }

@@ -9,8 +9,8 @@ use tests::{LiveClient, Slice, http_get_json_as, http_post_json_as, test_territo
 use crate::transport::{position, write_feed};
 
 /// The alarms (or assets) a caller's REST view holds, by key (or id).
-fn keys(gateway: &str, path: &str, token: &str, field: &str) -> Result<Vec<String>> {
-    let (status, answer) = http_get_json_as(gateway, path, Some(token))?;
+async fn keys(gateway: &str, path: &str, token: &str, field: &str) -> Result<Vec<String>> {
+    let (status, answer) = http_get_json_as(gateway, path, Some(token)).await?;
     anyhow::ensure!(status == 200, "{path}: {status} {answer}");
     Ok(answer["items"].as_array().into_iter().flatten().filter_map(|i| i[field].as_str().map(str::to_owned)).collect())
 }
@@ -27,8 +27,8 @@ async fn a_bus_crossing_into_another_commune_leaves_one_operators_view_and_enter
     let slice = Slice::start_in(territory).await?;
     let transport = slice.start_transport(&[]).await?;
     let mut client = transport.transport_client().await?;
-    let ouest = slice.add_operator("op-ouest", "operator", &["34172"])?;
-    let est = slice.add_operator("op-est", "operator", &["34129"])?;
+    let ouest = slice.add_operator("op-ouest", "operator", &["34172"]).await?;
+    let est = slice.add_operator("op-est", "operator", &["34129"]).await?;
     let url = format!("ws://{}/ws?coalesce=false", slice.gateway_addr);
     let mut west = LiveClient::connect_as(&url, Some(&ouest), None).await?;
     let mut east = LiveClient::connect_as(&url, Some(&est), None).await?;
@@ -39,13 +39,14 @@ async fn a_bus_crossing_into_another_commune_leaves_one_operators_view_and_enter
     // 200 m off its route in Ouest (34172): Ouest's alarm.
     client.report_positions(futures::stream::iter(vec![position("V1", "T1", 450.0, 200.0)])).await?;
     west.until(|f| f["alarm"]["key"] == key && f["alarm"]["commune"] == "34172").await?;
-    assert!(keys(&slice.gateway_addr, "/api/v1/alarms", &ouest, "key")?.contains(&key.to_owned()));
+    assert!(keys(&slice.gateway_addr, "/api/v1/alarms", &ouest, "key").await?.contains(&key.to_owned()));
     // Ouest's operator works on it: their acknowledgement and comment are Ouest's.
     for action in [
         json!({"alarm_key": key, "action": "comment", "comment": "vu par l'ouest"}),
         json!({"alarm_key": key, "action": "acknowledge"}),
     ] {
-        let (status, answer) = http_post_json_as(&slice.gateway_addr, "/api/v1/alarms/actions", &action, Some(&ouest))?;
+        let (status, answer) =
+            http_post_json_as(&slice.gateway_addr, "/api/v1/alarms/actions", &action, Some(&ouest)).await?;
         assert_eq!(status, 200, "{answer}");
     }
 
@@ -74,23 +75,25 @@ async fn a_bus_crossing_into_another_commune_leaves_one_operators_view_and_enter
     }
 
     // REST: each commune sees its own.
-    assert!(!keys(&slice.gateway_addr, "/api/v1/alarms", &ouest, "key")?.contains(&key.to_owned()));
-    assert!(keys(&slice.gateway_addr, "/api/v1/alarms", &est, "key")?.contains(&key.to_owned()));
-    assert!(!keys(&slice.gateway_addr, "/api/v1/assets?domain=transport", &ouest, "id")?.contains(&"V1".to_owned()));
-    assert!(keys(&slice.gateway_addr, "/api/v1/assets?domain=transport", &est, "id")?.contains(&"V1".to_owned()));
+    assert!(!keys(&slice.gateway_addr, "/api/v1/alarms", &ouest, "key").await?.contains(&key.to_owned()));
+    assert!(keys(&slice.gateway_addr, "/api/v1/alarms", &est, "key").await?.contains(&key.to_owned()));
+    assert!(
+        !keys(&slice.gateway_addr, "/api/v1/assets?domain=transport", &ouest, "id").await?.contains(&"V1".to_owned())
+    );
+    assert!(keys(&slice.gateway_addr, "/api/v1/assets?domain=transport", &est, "id").await?.contains(&"V1".to_owned()));
 
     // Actions: not Ouest's alarm any more (not found, as any alarm outside one's communes), and
     // Est's acknowledgement is filed under Est.
     let ack = json!({"alarm_key": key, "action": "acknowledge"});
-    let (status, answer) = http_post_json_as(&slice.gateway_addr, "/api/v1/alarms/actions", &ack, Some(&ouest))?;
+    let (status, answer) = http_post_json_as(&slice.gateway_addr, "/api/v1/alarms/actions", &ack, Some(&ouest)).await?;
     assert_eq!(status, 404, "{answer}");
-    let (status, answer) = http_post_json_as(&slice.gateway_addr, "/api/v1/alarms/actions", &ack, Some(&est))?;
+    let (status, answer) = http_post_json_as(&slice.gateway_addr, "/api/v1/alarms/actions", &ack, Some(&est)).await?;
     assert_eq!(status, 200, "{answer}");
-    let (_, audit) = http_get_json_as(&slice.gateway_addr, "/api/v1/audit?action=acknowledge", Some(&est))?;
+    let (_, audit) = http_get_json_as(&slice.gateway_addr, "/api/v1/audit?action=acknowledge", Some(&est)).await?;
     let entry = audit["items"].as_array().and_then(|items| items.first()).context("Est's acknowledgement audited")?;
     assert_eq!(entry["commune"], "34129", "{entry}");
     // Ouest's audit log holds its own work on it, in Ouest, and nothing of Est's.
-    let (_, audit) = http_get_json_as(&slice.gateway_addr, "/api/v1/audit", Some(&ouest))?;
+    let (_, audit) = http_get_json_as(&slice.gateway_addr, "/api/v1/audit", Some(&ouest)).await?;
     let entries: Vec<&serde_json::Value> =
         audit["items"].as_array().into_iter().flatten().filter(|e| e["target"] == key).collect();
     assert_eq!(entries.len(), 2, "{audit}");
@@ -163,7 +166,7 @@ async fn a_login_flood_keeps_memory_bounded_and_never_locks_the_owner_out() -> R
     assert_eq!(status, 429, "the guessing address waits, even with the right password");
 
     // The administrator reads who failed, from where.
-    let (status, answer) = http_get_json_as(&gateway, "/api/v1/admin/login-failures", Some(&token))?;
+    let (status, answer) = http_get_json_as(&gateway, "/api/v1/admin/login-failures", Some(&token)).await?;
     assert_eq!(status, 200, "{answer}");
     let items = answer["items"].as_array().cloned().unwrap_or_default();
     assert!(
@@ -185,16 +188,17 @@ async fn open311_reads_are_bounded_and_limited_per_client() -> Result<()> {
     let reports = slice.start_reports(&["--read-rate-per-minute", "120"]).await?;
     let ids = (1..=5000).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     let (status, body) =
-        tests::http_get(&reports.http_addr, &format!("/open311/v2/requests.json?service_request_id={ids}"))?;
+        tests::http_get(&reports.http_addr, &format!("/open311/v2/requests.json?service_request_id={ids}")).await?;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("at most 100"), "{body}");
-    let (status, body) = tests::http_get(&reports.http_addr, "/open311/v2/requests.json?service_request_id=1,2,x")?;
+    let (status, body) =
+        tests::http_get(&reports.http_addr, "/open311/v2/requests.json?service_request_id=1,2,x").await?;
     assert_eq!(status, 200, "{body}");
 
     // A client reading in a loop is told to slow down (in the Open311 error format).
     let mut limited = false;
     for _ in 0..300 {
-        let (status, body) = tests::http_get(&reports.http_addr, "/open311/v2/services.json")?;
+        let (status, body) = tests::http_get(&reports.http_addr, "/open311/v2/services.json").await?;
         if status == 429 {
             assert!(body.contains("\"code\":429"), "{body}");
             limited = true;
@@ -203,7 +207,7 @@ async fn open311_reads_are_bounded_and_limited_per_client() -> Result<()> {
         assert_eq!(status, 200, "{body}");
     }
     assert!(limited, "120 reads a minute, then 429");
-    let (status, _) = tests::http_get(&reports.http_addr, "/health")?;
+    let (status, _) = tests::http_get(&reports.http_addr, "/health").await?;
     assert_eq!(status, 200, "the service is up");
     Ok(())
 }
@@ -240,7 +244,7 @@ async fn a_snapshot_storm_is_limited_per_login_and_does_not_delay_others() -> Re
         lighting.register_streetlights(RegisterStreetlightsRequest { streetlights: chunk.to_vec() }).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tests::http_get_json(&slice.gateway_addr, "/health")?.1["assets"].as_u64() < Some(LAMPS as u64) {
+    while tests::http_get_json(&slice.gateway_addr, "/health").await?.1["assets"].as_u64() < Some(LAMPS as u64) {
         anyhow::ensure!(Instant::now() < deadline, "the registrations never reached the view");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -275,7 +279,7 @@ async fn a_snapshot_storm_is_limited_per_login_and_does_not_delay_others() -> Re
     let baseline = delays(&mut lighting, &mut honest, 20).await?;
 
     // Logged in first: a password check's memory is not the storm's.
-    let viewer = slice.add_operator("curious-viewer", "viewer", &[])?;
+    let viewer = slice.add_operator("curious-viewer", "viewer", &[]).await?;
     let pid = slice.gateway.pid().context("gateway pid")?;
     let before = peak_memory(pid)?;
     // Eight sockets, each asking for a snapshot 16 times a second (under the frame limit), with
@@ -352,7 +356,7 @@ async fn a_snapshot_storm_is_limited_per_login_and_does_not_delay_others() -> Re
     // more time while serialised: the login's burst, twice, and some room.
     let bound = 2 * 10 * snapshot_bytes + (16 << 20);
     assert!(grown < bound, "the storm took {} MiB (bound {} MiB)", grown >> 20, bound >> 20);
-    let (status, _) = tests::http_get(&slice.gateway_addr, "/health")?;
+    let (status, _) = tests::http_get(&slice.gateway_addr, "/health").await?;
     assert_eq!(status, 200, "the gateway is up");
     Ok(())
 }
@@ -392,7 +396,7 @@ async fn closed_reports_leave_the_view_and_a_view_near_its_budget_is_announced()
     // The view nears its budget: the supervisors are told.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, answer) = tests::http_get_json(&slice.gateway_addr, "/api/v1/notices")?;
+        let (status, answer) = tests::http_get_json(&slice.gateway_addr, "/api/v1/notices").await?;
         assert_eq!(status, 200, "{answer}");
         if answer["items"].as_array().into_iter().flatten().any(|n| n["kind"] == "view_near_budget") {
             break;
@@ -400,7 +404,7 @@ async fn closed_reports_leave_the_view_and_a_view_near_its_budget_is_announced()
         anyhow::ensure!(Instant::now() < deadline, "no notice of the view's size: {answer}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (_, metrics) = tests::http_get(&slice.gateway_addr, "/metrics")?;
+    let (_, metrics) = tests::http_get(&slice.gateway_addr, "/metrics").await?;
     assert!(metrics.contains("gateway_view_bytes"), "the size is a metric");
 
     // The first report is closed: it leaves the view two seconds later, and its sessions are
@@ -418,9 +422,9 @@ async fn closed_reports_leave_the_view_and_a_view_near_its_budget_is_announced()
         })
         .await?;
     let asset = format!("report-{closed}");
-    let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR)?;
+    let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR).await?;
     live.until(|f| f["type"] == "removed" && f["asset"]["id"] == asset.as_str()).await?;
-    let in_view = keys(&slice.gateway_addr, "/api/v1/assets?domain=reports&limit=1000", &token, "id")?;
+    let in_view = keys(&slice.gateway_addr, "/api/v1/assets?domain=reports&limit=1000", &token, "id").await?;
     assert!(!in_view.contains(&asset), "the closed report left the view");
     assert!(in_view.contains(&format!("report-{}", ids[1])), "open reports stay: {in_view:?}");
     let mut late = slice.live_client().await?;
@@ -428,15 +432,15 @@ async fn closed_reports_leave_the_view_and_a_view_near_its_budget_is_announced()
     let in_snapshot: Vec<&str> =
         snapshot["assets"].as_array().into_iter().flatten().filter_map(|a| a["id"].as_str()).collect();
     assert!(in_snapshot.len() == 49 && !in_snapshot.contains(&asset.as_str()), "nor is it in a snapshot");
-    let (status, body) = tests::http_get(&reports.http_addr, &format!("/open311/v2/requests/{closed}.json"))?;
+    let (status, body) = tests::http_get(&reports.http_addr, &format!("/open311/v2/requests/{closed}.json")).await?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"closed\""), "{body}");
 
     // Restarted, the gateway does not bring it back.
     let mut slice = slice;
     slice.gateway.terminate()?;
-    slice.restart_gateway()?;
-    let in_view = keys(&slice.gateway_addr, "/api/v1/assets?domain=reports&limit=1000", &token, "id")?;
+    slice.restart_gateway().await?;
+    let in_view = keys(&slice.gateway_addr, "/api/v1/assets?domain=reports&limit=1000", &token, "id").await?;
     assert!(!in_view.contains(&asset) && in_view.len() == 49, "{} reports after the restart", in_view.len());
     Ok(())
 }

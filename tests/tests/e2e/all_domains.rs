@@ -16,8 +16,8 @@ use tests::{Slice, http_get_json, http_post_json, repo_root, test_territory};
 
 use crate::transport::{position, write_feed};
 
-fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
-    let (status, body) = http_get_json(gateway, path)?;
+async fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
+    let (status, body) = http_get_json(gateway, path).await?;
     anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
     Ok(body["items"].as_array().context("items")?.clone())
 }
@@ -26,7 +26,7 @@ fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
 async fn wait_for(gateway: &str, path: &str, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list = items(gateway, path)?;
+        let list = items(gateway, path).await?;
         if done(&list) {
             return Ok(list);
         }
@@ -122,11 +122,11 @@ async fn every_domain_reaches_one_operations_view() -> Result<()> {
     let mut live = slice.live_client().await?;
     assert_eq!(live.next().await?["type"], "snapshot");
     let (status, answer) =
-        http_post_json(&gateway, "/api/v1/alarms/actions", &json!({"alarm_key": key, "action": "acknowledge"}))?;
+        http_post_json(&gateway, "/api/v1/alarms/actions", &json!({"alarm_key": key, "action": "acknowledge"})).await?;
     assert_eq!(status, 200, "{answer}");
     live.until(|f| f["alarm"]["key"] == key.as_str() && f["alarm"]["acknowledged"] == true).await?;
     // The acting operator is the one logged in: the slice's supervisor.
-    let audit = items(&gateway, "/api/v1/audit?actor=supervisor")?;
+    let audit = items(&gateway, "/api/v1/audit?actor=supervisor").await?;
     assert_eq!((audit.len(), &audit[0]["target"]), (1, &json!(key)));
     Ok(())
 }

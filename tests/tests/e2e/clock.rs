@@ -39,7 +39,7 @@ async fn under_the_clock_check_every_process_sees_the_hour_asked() -> Result<()>
 
     // The gateway's clock: the issue time of the token it signs at login.
     let slice = Slice::start().await?;
-    let token = tests::login_token(&slice.gateway_addr, SUPERVISOR)?;
+    let token = tests::login_token(&slice.gateway_addr, SUPERVISOR).await?;
     let payload = token.split('.').nth(1).context("a JWS has three parts")?;
     let claims: serde_json::Value =
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;

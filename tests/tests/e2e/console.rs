@@ -194,7 +194,7 @@ async fn control(system: &mut System, mut stream: tokio::net::TcpStream) -> Resu
 async fn wait_assets(gateway: &str, n: u64) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let (_, health) = http_get_json(gateway, "/health")?;
+        let (_, health) = http_get_json(gateway, "/health").await?;
         let assets = health["assets"].as_u64().unwrap_or(0);
         if assets >= n {
             return Ok(assets);
@@ -277,7 +277,8 @@ async fn console_in_a_browser() -> Result<()> {
         eprintln!("[console test] the view holds {assets} assets");
         // Lamps of 34172 far apart (every 40th in the inventory's order, which follows the
         // streets): a flood of them is many lamp failures, not one dark street (a cluster).
-        let (_, listed) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&commune=34172&limit=2400")?;
+        let (_, listed) =
+            http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&commune=34172&limit=2400").await?;
         let items = listed["items"].as_array().context("assets")?;
         let first = items.first().context("no lamp in 34172")?;
         // A lamp with its street, for the street commanded from the map.
@@ -292,7 +293,7 @@ async fn console_in_a_browser() -> Result<()> {
         lamps = items.iter().step_by(40).filter_map(|a| a["id"].as_str().map(str::to_owned)).collect();
         // The flood's: others, every eighth of the commune's first 8,000 (one street's run of
         // lamps would go dark as one feeder's outage, one alarm).
-        let (_, many) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&commune=34172&limit=8000")?;
+        let (_, many) = http_get_json(&gateway_addr, "/api/v1/assets?domain=lighting&commune=34172&limit=8000").await?;
         flood_lamps = (many["items"].as_array().context("assets")?.iter().enumerate())
             .filter(|(i, _)| i % 8 == 3)
             .filter_map(|(_, a)| a["id"].as_str().map(str::to_owned))
@@ -341,9 +342,9 @@ async fn console_in_a_browser() -> Result<()> {
         std::fs::remove_dir_all(&artifacts).with_context(|| format!("clearing {}", artifacts.display()))?;
     }
     // Operators: two of every commune (two browsers), and one of commune 34129 only.
-    system.slice.add_operator("op-nord", "operator", &[])?;
-    system.slice.add_operator("op-sud", "operator", &[])?;
-    system.slice.add_operator("op-34129", "operator", &["34129"])?;
+    system.slice.add_operator("op-nord", "operator", &[]).await?;
+    system.slice.add_operator("op-sud", "operator", &[]).await?;
+    system.slice.add_operator("op-34129", "operator", &["34129"]).await?;
     let expect = json!({
         "real_data": real_data,
         "communes": communes,

@@ -30,7 +30,7 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
     let gateway = slice.gateway_addr.clone();
 
     // The communes for the selector, with their bounding boxes.
-    let (status, answer) = http_get_json(&gateway, "/api/v1/territory")?;
+    let (status, answer) = http_get_json(&gateway, "/api/v1/territory").await?;
     assert_eq!(status, 200);
     assert_eq!(
         answer["communes"][0],
@@ -39,15 +39,15 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
     assert_eq!(answer["communes"].as_array().map(Vec::len), Some(2));
 
     // The basemap: boundaries as MultiPolygons, streets with their name only.
-    let (status, communes) = http_get_json(&gateway, "/api/v1/basemap/communes.geojson")?;
+    let (status, communes) = http_get_json(&gateway, "/api/v1/basemap/communes.geojson").await?;
     assert_eq!(status, 200);
     assert_eq!(communes["features"][1]["properties"], json!({"insee": "34129", "name": "Est"}));
     assert_eq!(communes["features"][1]["geometry"]["type"], "MultiPolygon");
-    let (_, streets) = http_get_json(&gateway, "/api/v1/basemap/streets.geojson")?;
+    let (_, streets) = http_get_json(&gateway, "/api/v1/basemap/streets.geojson").await?;
     assert_eq!(streets["features"][0]["properties"], json!({"name": "Rue de la Loge", "road_type": ""}));
 
     // No water service configured: the areas' query says so.
-    let (status, error) = http_get_json(&gateway, "/api/v1/water/dmas")?;
+    let (status, error) = http_get_json(&gateway, "/api/v1/water/dmas").await?;
     assert_eq!(status, 503, "{error}");
     assert!(error["error"]["message"].as_str().unwrap_or("").contains("water"), "{error}");
 
@@ -58,8 +58,8 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
     assert_eq!(kpi["defaults"]["lighting_availability"]["target"], 0.99, "a built-in band: {kpi}");
     assert_eq!(kpi["communes"].as_object().map(|c| c.len()), Some(2), "the supervisor's: every commune's");
     assert_eq!(answer["alarm_flood"], 10, "the flood's threshold, by default");
-    let op_sud = slice.add_operator("op-sud", "operator", &["34129"])?;
-    let (_, theirs) = tests::http_get_json_as(&gateway, "/api/v1/territory", Some(&op_sud))?;
+    let op_sud = slice.add_operator("op-sud", "operator", &["34129"]).await?;
+    let (_, theirs) = tests::http_get_json_as(&gateway, "/api/v1/territory", Some(&op_sud)).await?;
     assert_eq!(
         theirs["kpi_targets"]["communes"],
         json!({"34129": {"transport_delay": {"target": 120.0, "warning": 240.0, "alarm": 360.0}}})
@@ -67,13 +67,13 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
 
     // A log book entry: durable and applied when answered, then in the audit log as a note.
     let entry = json!({"commune": "34129", "text": "Appel du maire : coupure rue de la Loge"});
-    let (status, answer) = http_post_json_as(&gateway, "/api/v1/logbook", &entry, Some(&op_sud))?;
+    let (status, answer) = http_post_json_as(&gateway, "/api/v1/logbook", &entry, Some(&op_sud)).await?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["entry"]["action"], "note");
     assert_eq!(answer["entry"]["details"]["text"], "Appel du maire : coupure rue de la Loge");
-    let (_, audit) = http_get_json(&gateway, "/api/v1/audit?commune=34129&action=note")?;
+    let (_, audit) = http_get_json(&gateway, "/api/v1/audit?commune=34129&action=note").await?;
     assert_eq!(audit["items"][0]["actor"], "op-sud");
-    let (_, audit) = http_get_json(&gateway, "/api/v1/audit?commune=34172&action=note")?;
+    let (_, audit) = http_get_json(&gateway, "/api/v1/audit?commune=34172&action=note").await?;
     assert_eq!(audit["items"], json!([]), "another commune's log book does not have it");
 
     // Bad entries get clear errors; the gateway stays up.
@@ -83,19 +83,19 @@ async fn the_gateway_serves_the_console_its_territory_and_log_book() -> Result<(
         (json!({"commune": "34129", "text": "x".repeat(1001)}), "at most 1000"),
         (json!({"commune": "34129", "text": "x", "actor": "someone-else"}), "unknown field"),
     ] {
-        let (status, error) = http_post_json(&gateway, "/api/v1/logbook", &body)?;
+        let (status, error) = http_post_json(&gateway, "/api/v1/logbook", &body).await?;
         assert_eq!(status, 400, "{body}: {error}");
         let message = error["error"]["message"].as_str().unwrap_or("");
         assert!(message.contains(needle), "{body}: {message}");
     }
 
     // The live session can start under a commune filter; a bad one is refused before upgrading.
-    let (status, body) = http_get(&gateway, "/ws?communes=34129,../x")?;
+    let (status, body) = http_get(&gateway, "/ws?communes=34129,../x").await?;
     assert_eq!(status, 400, "{body}");
     let mut client = LiveClient::connect(&format!("ws://{gateway}/ws?communes=34129")).await?;
     let snapshot = client.next().await?;
     assert_eq!(snapshot["type"], "snapshot");
-    let (status, _) = http_get(&gateway, "/health")?;
+    let (status, _) = http_get(&gateway, "/health").await?;
     assert_eq!(status, 200);
     Ok(())
 }
@@ -138,7 +138,7 @@ async fn an_assets_history_is_read_from_its_subject_within_the_callers_communes(
     // The trend: EP1's reports only, in order, and its failure's alarm.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let history = loop {
-        let (status, history) = http_get_json(&gateway, "/api/v1/assets/lighting/EP1/history")?;
+        let (status, history) = http_get_json(&gateway, "/api/v1/assets/lighting/EP1/history").await?;
         assert_eq!(status, 200, "{history}");
         // (By day a lamp lit also raises `lamp_on_in_daytime`: its failure is the one awaited.)
         if history["alarms"].as_array().is_some_and(|a| a.iter().any(|m| m["alarm_type"] == "lamp_failure")) {
@@ -167,17 +167,17 @@ async fn an_assets_history_is_read_from_its_subject_within_the_callers_communes(
     assert!(history["events"].as_u64().is_some_and(|n| n >= 17), "{history}");
 
     // An operator of the other commune: EP1 is not theirs, and the answer is the unknown asset's.
-    let east = slice.add_operator("op-est", "operator", &["34129"])?;
+    let east = slice.add_operator("op-est", "operator", &["34129"]).await?;
     let (theirs, mine) = (
-        tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/EP1/history", Some(&east))?,
-        tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/NOPE/history", Some(&east))?,
+        tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/EP1/history", Some(&east)).await?,
+        tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/NOPE/history", Some(&east)).await?,
     );
     assert_eq!((theirs.0, mine.0), (404, 404), "{} / {}", theirs.1, mine.1);
     assert_eq!(
         theirs.1["error"]["message"].as_str().map(|m| m.replace("EP1", "NOPE")),
         mine.1["error"]["message"].as_str().map(str::to_owned)
     );
-    let (status, _) = tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/EP9/history", Some(&east))?;
+    let (status, _) = tests::http_get_json_as(&gateway, "/api/v1/assets/lighting/EP9/history", Some(&east)).await?;
     assert_eq!(status, 200, "their own lamp");
 
     // Bad requests get clear errors; the gateway stays up.
@@ -188,11 +188,11 @@ async fn an_assets_history_is_read_from_its_subject_within_the_callers_communes(
         ("/api/v1/assets/ops/EP1/history", "domain is one of"),
         ("/api/v1/assets/lighting/EP.1/history", "asset id"),
     ] {
-        let (status, error) = http_get_json(&gateway, path)?;
+        let (status, error) = http_get_json(&gateway, path).await?;
         assert_eq!(status, 400, "{path}: {error}");
         assert!(error["error"]["message"].as_str().unwrap_or("").contains(needle), "{path}: {error}");
     }
-    let (status, _) = http_get(&gateway, "/health")?;
+    let (status, _) = http_get(&gateway, "/health").await?;
     assert_eq!(status, 200);
     Ok(())
 }

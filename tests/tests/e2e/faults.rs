@@ -179,7 +179,7 @@ async fn lamp_writer(target: Arc<Target>, stop: tokio_util::sync::CancellationTo
 }
 
 /// An operator: a log book entry every 50 ms, and every fourth time a lighting command.
-fn operator_writer(
+async fn operator_writer(
     target: Arc<Target>,
     stop: tokio_util::sync::CancellationToken,
     history: Arc<Mutex<History>>,
@@ -195,7 +195,7 @@ fn operator_writer(
                 "action": {"dim_level": 0.5},
                 "reason": format!("faute {seed} commande {k}"),
             });
-            let outcome = http_post_json(&addr, "/api/v1/commands/lighting", &body);
+            let outcome = http_post_json(&addr, "/api/v1/commands/lighting", &body).await;
             let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
             match outcome {
                 Ok((201, answer)) => match answer["commands"][0]["id"].as_str() {
@@ -208,7 +208,7 @@ fn operator_writer(
         } else {
             let text = format!("faute {seed} note {k}");
             let body = serde_json::json!({"commune": "34172", "text": text});
-            let outcome = http_post_json(&addr, "/api/v1/logbook", &body);
+            let outcome = http_post_json(&addr, "/api/v1/logbook", &body).await;
             let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
             match outcome {
                 // 202: published, not yet applied by this gateway (still acknowledged).
@@ -217,7 +217,7 @@ fn operator_writer(
                 _ => h.notes_unknown += 1,
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -285,7 +285,7 @@ async fn small_disks(slice: &mut Slice) -> Result<Option<(SmallDisk, SmallDisk)>
     let from = slice.lighting.restart()?;
     slice.lighting.wait_for_log("gRPC listening", from)?;
     slice.wait_lighting_serving().await?;
-    slice.restart_gateway()?;
+    slice.restart_gateway().await?;
     Ok(lighting.zip(gateway))
 }
 
@@ -301,7 +301,7 @@ async fn supervise(slice: &mut Slice, target: &Target) -> Result<usize> {
     }
     if !slice.gateway.is_running() {
         eprintln!("[faults] the supervisor starts the gateway again");
-        slice.restart_gateway()?;
+        slice.restart_gateway().await?;
         *target.gateway.lock().unwrap_or_else(|p| p.into_inner()) = slice.gateway_addr.clone();
         restarted += 1;
     }
@@ -362,7 +362,7 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     let watcher = tokio::spawn(session(target.clone(), session_stop.clone(), session_log.clone()));
     let operator = {
         let (target, stop, history) = (target.clone(), stop.clone(), history.clone());
-        tokio::task::spawn_blocking(move || operator_writer(target, stop, history, seed))
+        tokio::spawn(operator_writer(target, stop, history, seed))
     };
 
     let mut faults = Vec::new();
@@ -391,7 +391,7 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
                         slice.lighting.wait_for_log("gRPC listening", from)?;
                     }
                     Part::Gateway => {
-                        slice.restart_gateway()?;
+                        slice.restart_gateway().await?;
                         *target.gateway.lock().unwrap_or_else(|p| p.into_inner()) = slice.gateway_addr.clone();
                     }
                 }
@@ -441,7 +441,7 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     let content = loop {
         restarts_by_supervisor += supervise(&mut slice, &target).await?;
         let content = tests::read_events_stream(&slice.nats).await?;
-        let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+        let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
         let current = status == 200 && health["applied_seq"].as_u64() == Some(content.last);
         let published = history.lamp_acked.iter().all(|id| content.ids.contains_key(id));
         if current && (published || started.elapsed() >= Duration::from_secs(60)) {
@@ -469,18 +469,20 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     );
     let lamp_unknown_landed = content.status_ids.iter().filter(|id| !acked.contains(id)).count();
 
-    let count = |action: &str, key: &dyn Fn(&serde_json::Value) -> Option<String>| -> Result<HashMap<String, usize>> {
-        let (_, audit) = http_get_json(&slice.gateway_addr, &format!("/api/v1/audit?action={action}&limit=10000"))?;
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for entry in audit["items"].as_array().into_iter().flatten() {
-            if let Some(k) = key(entry) {
-                *seen.entry(k).or_default() += 1;
+    let count =
+        async |action: &str, key: &dyn Fn(&serde_json::Value) -> Option<String>| -> Result<HashMap<String, usize>> {
+            let (_, audit) =
+                http_get_json(&slice.gateway_addr, &format!("/api/v1/audit?action={action}&limit=10000")).await?;
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for entry in audit["items"].as_array().into_iter().flatten() {
+                if let Some(k) = key(entry) {
+                    *seen.entry(k).or_default() += 1;
+                }
             }
-        }
-        Ok(seen)
-    };
-    let notes = count("note", &|e| e["details"]["text"].as_str().map(str::to_owned))?;
-    let commands = count("command", &|e| e["target"].as_str().map(str::to_owned))?;
+            Ok(seen)
+        };
+    let notes = count("note", &|e| e["details"]["text"].as_str().map(str::to_owned)).await?;
+    let commands = count("command", &|e| e["target"].as_str().map(str::to_owned)).await?;
     let judge = |acked: &[String], seen: &HashMap<String, usize>| {
         let acked_set: HashSet<&String> = acked.iter().collect();
         let missing = acked.iter().filter(|k| !seen.contains_key(*k)).count();
@@ -526,7 +528,7 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
             eprintln!("[faults {seed}] live at {at:?} on sequence {seq}, but {missed} was stored at {stored:?}");
         }
     }
-    let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting")?;
+    let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting").await?;
     let view: BTreeMap<String, f64> = assets["items"]
         .as_array()
         .into_iter()

@@ -22,8 +22,8 @@ fn lamp_failure(id: &str) -> TelemetryMessage {
 }
 
 /// An alarm action by the operator whose token this is.
-fn act(gateway: &str, token: &str, body: Value) -> Result<(u16, Value)> {
-    http_post_json_as(gateway, "/api/v1/alarms/actions", &body, Some(token))
+async fn act(gateway: &str, token: &str, body: Value) -> Result<(u16, Value)> {
+    http_post_json_as(gateway, "/api/v1/alarms/actions", &body, Some(token)).await
 }
 
 /// A gRPC request carrying a token.
@@ -33,8 +33,8 @@ fn authed<T>(message: T, token: &str) -> Result<tonic::Request<T>> {
     Ok(request)
 }
 
-fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
-    let (status, body) = http_get_json(gateway, path)?;
+async fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
+    let (status, body) = http_get_json(gateway, path).await?;
     anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
     Ok(body["items"].as_array().context("items")?.clone())
 }
@@ -74,14 +74,14 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let b = replica.wait_for_addr("HTTP listening", 0)?;
     replica.wait_for_log("consuming events", 0)?;
     let a = slice.gateway_addr.clone();
-    let supervisor = tests::login(&a, tests::SUPERVISOR)?;
+    let supervisor = tests::login(&a, tests::SUPERVISOR).await?;
     tests::use_token(&b, &supervisor);
     // Three operators of both communes.
     let communes = ["34172", "34129"];
     let (op_a, op_b, op_c) = (
-        slice.add_operator("op-a", "operator", &communes)?,
-        slice.add_operator("op-b", "operator", &communes)?,
-        slice.add_operator("op-c", "operator", &communes)?,
+        slice.add_operator("op-a", "operator", &communes).await?,
+        slice.add_operator("op-b", "operator", &communes).await?,
+        slice.add_operator("op-c", "operator", &communes).await?,
     );
     let mut live_b = tests::LiveClient::connect(&format!("ws://{b}/ws")).await?;
     assert_eq!(live_b.next().await?["type"], "snapshot");
@@ -99,67 +99,67 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         .await?;
     // Both replicas' views, filtered by commune.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while items(&a, "/api/v1/alarms")?.len() < 2 {
+    while items(&a, "/api/v1/alarms").await?.len() < 2 {
         anyhow::ensure!(std::time::Instant::now() < deadline, "gateway A never showed both alarms");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let in_west = items(&a, "/api/v1/alarms?commune=34172")?;
+    let in_west = items(&a, "/api/v1/alarms?commune=34172").await?;
     assert_eq!(in_west.len(), 1);
     assert_eq!(in_west[0]["key"], west);
-    assert_eq!(items(&b, "/api/v1/alarms?commune=34172,34129&domain=lighting&state=unacknowledged")?.len(), 2);
-    assert_eq!(items(&a, "/api/v1/assets?domain=lighting&commune=34129")?.len(), 1);
+    assert_eq!(items(&b, "/api/v1/alarms?commune=34172,34129&domain=lighting&state=unacknowledged").await?.len(), 2);
+    assert_eq!(items(&a, "/api/v1/assets?domain=lighting&commune=34129").await?.len(), 1);
 
     // The workflow on replica A.
-    let (status, answer) = act(&a, &op_a, json!({"alarm_key": west, "action": "assign", "assignee": "op-b"}))?;
+    let (status, answer) = act(&a, &op_a, json!({"alarm_key": west, "action": "assign", "assignee": "op-b"})).await?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["alarm"]["assignee"], "op-b");
     let (status, answer) =
-        act(&a, &op_b, json!({"alarm_key": west, "action": "comment", "comment": "équipe en route"}))?;
+        act(&a, &op_b, json!({"alarm_key": west, "action": "comment", "comment": "équipe en route"})).await?;
     assert_eq!((status, &answer["alarm"]["comments"][0]["text"]), (200, &json!("équipe en route")));
     let until = chrono::Utc::now() + chrono::Duration::hours(1);
     let (status, answer) = act(
         &a,
         &op_b,
         json!({"alarm_key": west, "action": "shelve", "shelved_until": until.to_rfc3339(), "comment": "travaux programmés"}),
-    )?;
+    ).await?;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(items(&a, "/api/v1/alarms?state=shelved")?.len(), 1);
-    let (status, answer) = act(&a, &op_b, json!({"alarm_key": west, "action": "acknowledge"}))?;
+    assert_eq!(items(&a, "/api/v1/alarms?state=shelved").await?.len(), 1);
+    let (status, answer) = act(&a, &op_b, json!({"alarm_key": west, "action": "acknowledge"})).await?;
     assert_eq!((status, &answer["alarm"]["acknowledged_by"]), (200, &json!("op-b")));
 
     // Replica B follows: its WebSocket clients see the steps, its REST answers the same state.
     let frames = live_b.until(|f| f["alarm"]["key"] == west && f["alarm"]["acknowledged"] == true).await?;
     assert!(frames.iter().any(|f| f["alarm"]["assignee"] == "op-b" && f["event"]["domain"] == "ops"));
-    let on_b = items(&b, "/api/v1/alarms?commune=34172")?;
-    let on_a = items(&a, "/api/v1/alarms?commune=34172")?;
+    let on_b = items(&b, "/api/v1/alarms?commune=34172").await?;
+    let on_a = items(&a, "/api/v1/alarms?commune=34172").await?;
     assert_eq!(on_b, on_a, "replicas converge");
 
     // Resolved on B: it leaves A's view too.
     let (status, answer) =
-        act(&b, &op_c, json!({"alarm_key": east, "action": "resolve", "comment": "lampe remplacée"}))?;
+        act(&b, &op_c, json!({"alarm_key": east, "action": "resolve", "comment": "lampe remplacée"})).await?;
     assert_eq!((status, &answer["alarm"]), (200, &Value::Null), "{answer}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while items(&a, "/api/v1/alarms?commune=34129")?.len() == 1 {
+    while items(&a, "/api/v1/alarms?commune=34129").await?.len() == 1 {
         anyhow::ensure!(std::time::Instant::now() < deadline, "gateway A still shows the resolved alarm");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The audit log, on both replicas.
-    let by_op_b = items(&a, "/api/v1/audit?actor=op-b")?;
+    let by_op_b = items(&a, "/api/v1/audit?actor=op-b").await?;
     let actions: Vec<&str> = by_op_b.iter().filter_map(|e| e["action"].as_str()).collect();
     assert_eq!(actions, ["acknowledge", "shelve", "comment"], "newest first");
-    assert_eq!(items(&b, "/api/v1/audit?actor=op-b")?, by_op_b);
-    let assigns = items(&b, "/api/v1/audit?action=assign")?;
+    assert_eq!(items(&b, "/api/v1/audit?actor=op-b").await?, by_op_b);
+    let assigns = items(&b, "/api/v1/audit?action=assign").await?;
     assert_eq!(
         (assigns.len(), &assigns[0]["actor"], &assigns[0]["details"]["assignee"]),
         (1, &json!("op-a"), &json!("op-b"))
     );
-    let east_log = items(&a, "/api/v1/audit?commune=34129")?;
+    let east_log = items(&a, "/api/v1/audit?commune=34129").await?;
     assert_eq!(east_log.len(), 1);
     assert_eq!((&east_log[0]["action"], &east_log[0]["target"]), (&json!("resolve"), &json!(east)));
     let future = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
-    assert!(items(&a, &format!("/api/v1/audit?from={}", future.replace('+', "%2B")))?.is_empty());
-    assert_eq!(items(&a, "/api/v1/audit?limit=2")?.len(), 2);
+    assert!(items(&a, &format!("/api/v1/audit?from={}", future.replace('+', "%2B"))).await?.is_empty());
+    assert_eq!(items(&a, "/api/v1/audit?limit=2").await?.len(), 2);
 
     // Bad requests: clear errors, and the gateway carries on.
     let bad_actions = [
@@ -190,12 +190,13 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         (json!({"alarm_key": west, "action": "comment", "comment": "x".repeat(1001)}), 400, "at most 1000"),
     ];
     for (body, status, message) in bad_actions {
-        let (got, answer) = act(&a, &op_a, body.clone())?;
+        let (got, answer) = act(&a, &op_a, body.clone()).await?;
         assert_eq!(got, status, "{body}: {answer}");
         let text = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(text.contains(message), "{body}: {text:?} should mention {message:?}");
     }
-    let (status, _) = act(&a, &op_a, json!({"alarm_key": west, "action": "comment", "comment": "x".repeat(70_000)}))?;
+    let (status, _) =
+        act(&a, &op_a, json!({"alarm_key": west, "action": "comment", "comment": "x".repeat(70_000)})).await?;
     assert_eq!(status, 413);
     // A flood acknowledged at once: one request, one event and one log book entry per alarm;
     // what the caller cannot act on is said, not hidden.
@@ -208,7 +209,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     client.stream_telemetry(futures::stream::iter(vec![repaired])).await?;
     client.stream_telemetry(futures::stream::iter(vec![lamp_failure("EP-E")])).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !items(&a, "/api/v1/alarms?commune=34129")?.iter().any(|x| x["key"] == east) {
+    while !items(&a, "/api/v1/alarms?commune=34129").await?.iter().any(|x| x["key"] == east) {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the east alarm was not raised again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -217,14 +218,15 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/alarms/actions/bulk",
         &json!({"alarm_keys": [west, east, east, "lighting/lamp_failure/EP-X", "bad key!"], "action": "resolve"}),
         Some(&op_c),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 200, "{answer}");
     let done: Vec<&str> =
         answer["done"].as_array().into_iter().flatten().filter_map(|d| d["alarm_key"].as_str()).collect();
     assert_eq!(done, [west, east], "each alarm once: {answer}");
     assert_eq!(answer["refused"].as_array().map(Vec::len), Some(2), "{answer}");
-    assert!(items(&a, "/api/v1/alarms")?.is_empty(), "both resolved");
-    let resolved_by_c: Vec<Value> = items(&b, "/api/v1/audit?actor=op-c&action=resolve")?;
+    assert!(items(&a, "/api/v1/alarms").await?.is_empty(), "both resolved");
+    let resolved_by_c: Vec<Value> = items(&b, "/api/v1/audit?actor=op-c&action=resolve").await?;
     assert_eq!(resolved_by_c.len(), 3, "one entry per alarm (and the earlier one): {resolved_by_c:?}");
     for (body, message) in [
         (json!({"alarm_keys": [], "action": "acknowledge"}), "1 to 1000"),
@@ -235,17 +237,18 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
             "comment is required",
         ),
     ] {
-        let (status, answer) = http_post_json_as(&a, "/api/v1/alarms/actions/bulk", &body, Some(&op_c))?;
+        let (status, answer) = http_post_json_as(&a, "/api/v1/alarms/actions/bulk", &body, Some(&op_c)).await?;
         assert_eq!(status, 400, "{body}: {answer}");
         assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(message)), "{body}: {answer}");
     }
-    let viewer = slice.add_operator("watcher", "viewer", &communes)?;
+    let viewer = slice.add_operator("watcher", "viewer", &communes).await?;
     let (status, _) = http_post_json_as(
         &a,
         "/api/v1/alarms/actions/bulk",
         &json!({"alarm_keys": [west], "action": "acknowledge"}),
         Some(&viewer),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 403, "a viewer acts on nothing");
 
     for path in [
@@ -255,11 +258,11 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/audit?from=yesterday",
         "/api/v1/alarms?colour=red",
     ] {
-        let (status, body) = http_get_json(&a, path)?;
+        let (status, body) = http_get_json(&a, path).await?;
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"]["message"].is_string(), "{path}: {body}");
     }
-    let (status, doc) = http_get_json(&a, "/api/v1/openapi.json")?;
+    let (status, doc) = http_get_json(&a, "/api/v1/openapi.json").await?;
     assert_eq!((status, &doc["openapi"]), (200, &json!("3.1.0")));
     for path in [
         "/api/v1/assets",
@@ -288,7 +291,8 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/commands/lighting",
         &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 0.5}, "reason": "essai"}),
         Some(&op_a),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 201, "{answer}");
     let command = &answer["commands"][0];
     assert_eq!(
@@ -302,15 +306,16 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/commands/lighting",
         &json!({"target": {"streetlight_id": "EP-E"}, "action": {"switch_on": false}, "reason": "essai", "commune": "34172"}),
         Some(&op_a),
-    )?;
+    ).await?;
     assert_eq!(status, 404, "EP-E is in 34129, not in the commune named: {answer}");
-    let west_only = slice.add_operator("op-west-only", "operator", &["34172"])?;
+    let west_only = slice.add_operator("op-west-only", "operator", &["34172"]).await?;
     let (status, answer) = http_post_json_as(
         &a,
         "/api/v1/commands/lighting",
         &json!({"target": {"street": "Rue X"}, "action": {"switch_on": false}, "reason": "essai", "commune": "34129"}),
         Some(&west_only),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 403, "{answer}");
     // Not a commune at all: said so, even to a supervisor of every commune.
     let (status, answer) = http_post_json_as(
@@ -318,40 +323,44 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/commands/lighting",
         &json!({"target": {"street": "Rue X"}, "action": {"switch_on": false}, "commune": "34.>"}),
         Some(&supervisor),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"]["message"].as_str().is_some_and(|m| m.starts_with("commune:")), "{answer}");
     let (status, answer) = http_post_json(
         &a,
         "/api/v1/commands/lighting",
         &json!({"target": {"streetlight_id": "EP-W"}, "action": {"dim_level": 2.0}}),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"]["message"].as_str().is_some_and(|m| m.starts_with("lighting:")), "{answer}");
     let (status, answer) = http_post_json(
         &a,
         "/api/v1/commands/lighting",
         &json!({"target": {"streetlight_id": "EP-NOPE"}, "action": {"switch_on": true}}),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 404, "{answer}");
-    let (status, _) = http_post_json(&a, "/api/v1/commands/valve", &json!({"link_id": "p1", "action": "close"}))?;
+    let (status, _) =
+        http_post_json(&a, "/api/v1/commands/valve", &json!({"link_id": "p1", "action": "close"})).await?;
     assert_eq!(status, 503, "no water service configured");
-    let (status, _) = http_post_json(&a, "/api/v1/commands/valve", &json!({"link_id": "p1", "action": "shut"}))?;
+    let (status, _) = http_post_json(&a, "/api/v1/commands/valve", &json!({"link_id": "p1", "action": "shut"})).await?;
     assert_eq!(status, 400);
     let (status, _) =
-        http_post_json(&a, "/api/v1/reports/status", &json!({"service_request_id": "1", "status": "fixed"}))?;
+        http_post_json(&a, "/api/v1/reports/status", &json!({"service_request_id": "1", "status": "fixed"})).await?;
     assert_eq!(status, 503, "no reports service configured");
     let command_id = command["id"].as_str().context("command id")?.to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let logged = items(&a, "/api/v1/audit?action=command")?;
+        let logged = items(&a, "/api/v1/audit?action=command").await?;
         if logged.iter().any(|e| e["target"] == command_id.as_str() && e["actor"] == "op-a") {
             break;
         }
         anyhow::ensure!(std::time::Instant::now() < deadline, "the command never reached the audit log: {logged:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(items(&b, "/api/v1/commands?domain=lighting")?.iter().any(|c| c["id"] == command_id.as_str()));
+    assert!(items(&b, "/api/v1/commands?domain=lighting").await?.iter().any(|c| c["id"] == command_id.as_str()));
 
     // The gRPC face of replica B: the same queries and the same live stream.
     let b_grpc = replica.wait_for_addr("gRPC listening", 0)?;
@@ -361,7 +370,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         .await?
         .into_inner();
     let over_grpc: Value = serde_json::from_str(&answer.json)?;
-    assert_eq!(over_grpc["items"], json!(items(&b, "/api/v1/alarms?commune=34172")?));
+    assert_eq!(over_grpc["items"], json!(items(&b, "/api/v1/alarms?commune=34172").await?));
     let answer = ops
         .query_audit(authed(proto::ops::AuditRequest { actor: "op-b".into(), ..Default::default() }, &supervisor)?)
         .await?
@@ -429,15 +438,15 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let c = fresh.wait_for_addr("HTTP listening", 0)?;
     tests::use_token(&c, &supervisor);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while items(&c, "/api/v1/audit")? != items(&b, "/api/v1/audit")? {
+    while items(&c, "/api/v1/audit").await? != items(&b, "/api/v1/audit").await? {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the fresh replica never caught up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(items(&c, "/api/v1/alarms")?, items(&b, "/api/v1/alarms")?);
-    assert_eq!(items(&c, "/api/v1/assets")?, items(&b, "/api/v1/assets")?);
+    assert_eq!(items(&c, "/api/v1/alarms").await?, items(&b, "/api/v1/alarms").await?);
+    assert_eq!(items(&c, "/api/v1/assets").await?, items(&b, "/api/v1/assets").await?);
 
     // Prometheus metrics: the gateway's on its HTTP address, the lighting service's on its own.
-    let (status, text) = tests::http_get(&a, "/metrics")?;
+    let (status, text) = tests::http_get(&a, "/metrics").await?;
     assert_eq!(status, 200);
     let value = |text: &str, name: &str| -> Option<f64> {
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -447,24 +456,24 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     assert!(value(&text, "vigie_gateway_consumer_pending").is_some(), "{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text");
     let lighting_metrics = slice.lighting.wait_for_addr("metrics listening", 0)?;
-    let (status, text) = tests::http_get(&lighting_metrics, "/metrics")?;
+    let (status, text) = tests::http_get(&lighting_metrics, "/metrics").await?;
     assert_eq!(status, 200);
     assert!(value(&text, "vigie_outbox_published_total").is_some_and(|n| n >= 2.0), "{text}");
     assert_eq!(value(&text, "vigie_ingest_accepted_total"), Some(4.0), "the lamp faults streamed: {text}");
     assert!(value(&text, "vigie_outbox_depth").is_some(), "{text}");
 
     // A restarted replica has the same view and audit log.
-    let audit_before = items(&a, "/api/v1/audit")?;
+    let audit_before = items(&a, "/api/v1/audit").await?;
     slice.gateway.kill()?;
     let from = slice.gateway.restart()?;
     let a = slice.gateway.wait_for_addr("HTTP listening", from)?;
     tests::use_token(&a, &supervisor);
     // What the SIGKILL cut from its store comes back from the stream.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while items(&a, "/api/v1/audit")? != audit_before {
+    while items(&a, "/api/v1/audit").await? != audit_before {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the restarted replica's audit log differs");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(items(&a, "/api/v1/alarms")?, items(&b, "/api/v1/alarms")?);
+    assert_eq!(items(&a, "/api/v1/alarms").await?, items(&b, "/api/v1/alarms").await?);
     Ok(())
 }

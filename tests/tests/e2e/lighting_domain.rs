@@ -242,7 +242,8 @@ async fn a_feeder_failure_raises_exactly_one_cluster_alarm_which_survives_a_rest
         &slice.gateway_addr,
         "/api/v1/alarms/actions",
         &serde_json::json!({"alarm_key": key, "action": "acknowledge"}),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["alarm"], serde_json::Value::Null, "acknowledged once cleared: closed");
     let frames = read_until(&mut late, |f| f["alarm"]["key"] == key.as_str()).await?;

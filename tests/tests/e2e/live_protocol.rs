@@ -43,7 +43,7 @@ async fn subscriptions_resume_heartbeats_and_slow_clients() -> Result<()> {
     lighting.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
     // The registrations are applied (acknowledged writes reach the view a moment later).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tests::http_get_json(&slice.gateway_addr, "/health")?.1["assets"] != 2 {
+    while tests::http_get_json(&slice.gateway_addr, "/health").await?.1["assets"] != 2 {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the registrations never reached the view");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -32,7 +32,7 @@ fn report(id: &str, power_w: f64) -> ReportStatusRequest {
 async fn wait_assets(gateway: &str, n: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, health) = http_get_json(gateway, "/health")?;
+        let (_, health) = http_get_json(gateway, "/health").await?;
         if health["assets"].as_u64() == Some(n) {
             return Ok(());
         }
@@ -62,7 +62,7 @@ async fn a_lamp_power_no_store_can_hold_is_refused_and_the_gateway_restarts() ->
     // The commune's KPI: a finite number, the sum of what was accepted.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, kpis) = http_get_json(&slice.gateway_addr, "/api/v1/kpis?domain=lighting")?;
+        let (_, kpis) = http_get_json(&slice.gateway_addr, "/api/v1/kpis?domain=lighting").await?;
         let power = kpis["items"]
             .as_array()
             .into_iter()
@@ -78,7 +78,7 @@ async fn a_lamp_power_no_store_can_hold_is_refused_and_the_gateway_restarts() ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     slice.gateway.kill()?;
-    slice.restart_gateway()?;
+    slice.restart_gateway().await?;
     wait_assets(&slice.gateway_addr, 2).await
 }
 
@@ -104,15 +104,15 @@ async fn an_unreadable_record_of_the_view_is_rebuilt_from_the_stream() -> Result
         db.open_tree("assets")?.insert("lighting/EP1", br#"{"domain":"ligh"#.as_slice())?;
         db.flush()?;
     }
-    let from = slice.restart_gateway()?;
+    let from = slice.restart_gateway().await?;
     slice.gateway.wait_for_log("the stored view cannot be read", from)?;
     wait_assets(&slice.gateway_addr, 2).await?;
-    let (status, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting")?;
+    let (status, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting").await?;
     assert_eq!(status, 200, "{assets}");
     let asset = assets["items"].as_array().into_iter().flatten().find(|a| a["id"] == "EP1").context("EP1")?;
     assert_eq!(asset["details"]["power_consumption_w"], 70.0, "rebuilt from the stream: {asset}");
     // The operators were not part of what was forgotten (restart_gateway logged one in).
-    let (_, metrics) = tests::http_get(&slice.gateway_addr, "/metrics")?;
+    let (_, metrics) = tests::http_get(&slice.gateway_addr, "/metrics").await?;
     assert!(metrics.contains("vigie_gateway_view_records_unreadable_total 1"), "not counted: {metrics}");
     Ok(())
 }
@@ -140,7 +140,7 @@ async fn an_event_nats_can_never_take_is_set_aside_and_the_outbox_goes_on() -> R
     reports.process.wait_for_log("can never be published", 0)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=reports")?;
+        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=reports").await?;
         let ids: Vec<&str> =
             assets["items"].as_array().into_iter().flatten().filter_map(|a| a["id"].as_str()).collect();
         // A report's asset id is `report-<service_request_id>`.
@@ -167,7 +167,7 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     let mut client = slice.lighting_client().await?;
     client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp("EP1")] }).await?;
     wait_assets(&slice.gateway_addr, 1).await?;
-    let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+    let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
     assert_eq!((status, health["status"].as_str()), (200, Some("live")), "{health}");
 
     // The gateway's store moves onto a small file system of its own.
@@ -179,7 +179,7 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
         );
         return Ok(());
     };
-    slice.restart_gateway()?;
+    slice.restart_gateway().await?;
     wait_assets(&slice.gateway_addr, 1).await?;
 
     disk.fill()?;
@@ -187,7 +187,7 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     let mut written = Vec::new();
     for k in 0..6_000 {
         written.push(client.report_status(report("EP1", f64::from(k % 100))).await?.into_inner().event_id);
-        if k % 250 == 249 && http_get_json(&slice.gateway_addr, "/health")?.0 == 503 {
+        if k % 250 == 249 && http_get_json(&slice.gateway_addr, "/health").await?.0 == 503 {
             break;
         }
     }
@@ -197,7 +197,7 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     let mut live = slice.live_client().await?;
     let stale = live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "stale").await;
     assert!(stale.is_ok(), "no heartbeat said stale while the gateway could not store: {:?}", stale.err());
-    let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+    let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["status"], "stale", "{health}");
     assert_eq!(health["nats"], "connected", "{health}");
@@ -207,12 +207,12 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     disk.free()?;
     let exit = slice.gateway.wait_exit()?;
     assert_eq!(exit.code(), Some(runtime::store_fault::EXIT_STORE_RECOVERED), "{exit:?}");
-    slice.restart_gateway()?;
+    slice.restart_gateway().await?;
     // The last write is in the view.
     let expected = ((written.len() - 1) % 100) as f64;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting")?;
+        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting").await?;
         let ep1 = assets["items"].as_array().into_iter().flatten().find(|a| a["id"] == "EP1").cloned();
         if ep1.as_ref().and_then(|a| a["details"]["power_consumption_w"].as_f64()) == Some(expected) {
             break;
@@ -222,7 +222,7 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+    let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
     assert_eq!((status, health["status"].as_str()), (200, Some("live")), "{health}");
     drop(disk);
     Ok(())
@@ -236,8 +236,8 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
 async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Result<()> {
     let mut slice = Slice::start().await?;
     let note = |text: &str| serde_json::json!({"commune": "34172", "text": text});
-    let notes = |slice: &Slice| -> Result<Vec<String>> {
-        let (_, audit) = http_get_json(&slice.gateway_addr, "/api/v1/audit?action=note")?;
+    let notes = async |slice: &Slice| -> Result<Vec<String>> {
+        let (_, audit) = http_get_json(&slice.gateway_addr, "/api/v1/audit?action=note").await?;
         Ok(audit["items"]
             .as_array()
             .into_iter()
@@ -246,7 +246,7 @@ async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Resul
             .collect())
     };
     for text in ["avant 1", "avant 2"] {
-        let (status, answer) = tests::http_post_json(&slice.gateway_addr, "/api/v1/logbook", &note(text))?;
+        let (status, answer) = tests::http_post_json(&slice.gateway_addr, "/api/v1/logbook", &note(text)).await?;
         assert_eq!(status, 200, "{answer}");
     }
     slice.nats.restart_without_streams()?;
@@ -254,7 +254,7 @@ async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Resul
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // Posted once the gateway is back on the new stream (it answers once applied).
-        let (status, _) = tests::http_post_json(&slice.gateway_addr, "/api/v1/logbook", &note("après"))?;
+        let (status, _) = tests::http_post_json(&slice.gateway_addr, "/api/v1/logbook", &note("après")).await?;
         if status == 200 {
             break;
         }
@@ -263,13 +263,13 @@ async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Resul
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(notes(&slice)?, ["après", "avant 2", "avant 1"], "newest first, none lost nor overwritten");
+    assert_eq!(notes(&slice).await?, ["après", "avant 2", "avant 1"], "newest first, none lost nor overwritten");
     // The audit log survives a restart too (its keys carry the stream's epoch).
     slice.gateway.kill()?;
-    slice.restart_gateway()?;
-    assert_eq!(notes(&slice)?, ["après", "avant 2", "avant 1"]);
+    slice.restart_gateway().await?;
+    assert_eq!(notes(&slice).await?, ["après", "avant 2", "avant 1"]);
     // The operators are told the view was rebuilt (what the old stream held is not in it).
-    let (_, answer) = http_get_json(&slice.gateway_addr, "/api/v1/notices")?;
+    let (_, answer) = http_get_json(&slice.gateway_addr, "/api/v1/notices").await?;
     let kinds: Vec<&str> =
         answer["items"].as_array().into_iter().flatten().filter_map(|n| n["kind"].as_str()).collect();
     assert_eq!(kinds, ["stream_recreated"], "{answer}");
@@ -333,7 +333,7 @@ async fn a_publish_whose_acknowledgement_was_lost_is_not_stored_twice_after_the_
     // is empty (nothing waits to be published a second time).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, health) = http_get_json(&slice.gateway_addr, "/health")?;
+        let (_, health) = http_get_json(&slice.gateway_addr, "/health").await?;
         let last = stream_last(&slice).await?;
         if health["applied_seq"].as_u64() == Some(last) {
             break;
@@ -380,7 +380,7 @@ async fn events_lost_in_flight_to_the_gateway_are_read_again() -> Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting")?;
+        let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting").await?;
         let power = |id: &str| {
             assets["items"]
                 .as_array()
@@ -418,7 +418,7 @@ async fn events_dropped_by_retention_before_the_view_applied_them_are_announced(
     let mut client = slice.lighting_client().await?;
     client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp("EP1")] }).await?;
     wait_assets(&slice.gateway_addr, 1).await?;
-    let operator = slice.add_operator("op-ouest", "operator", &["34172"])?;
+    let operator = slice.add_operator("op-ouest", "operator", &["34172"]).await?;
 
     slice.gateway.kill()?;
     for k in 0..5 {
@@ -436,19 +436,19 @@ async fn events_dropped_by_retention_before_the_view_applied_them_are_announced(
         anyhow::ensure!(Instant::now() < deadline, "retention never emptied the stream: {state:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    slice.restart_gateway()?;
+    slice.restart_gateway().await?;
 
     // Live again, past the gap.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, health) = http_get_json(&slice.gateway_addr, "/health")?;
+        let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
         if status == 200 && health["status"] == "live" {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "the gateway never became live past the gap: {health}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, answer) = http_get_json(&slice.gateway_addr, "/api/v1/notices")?;
+    let (status, answer) = http_get_json(&slice.gateway_addr, "/api/v1/notices").await?;
     assert_eq!(status, 200, "{answer}");
     let items = answer["items"].as_array().cloned().unwrap_or_default();
     assert_eq!(items.len(), 1, "{answer}");
@@ -460,16 +460,16 @@ async fn events_dropped_by_retention_before_the_view_applied_them_are_announced(
 
     // A commune's operator is told data may be missing, not the stream's volume; only a
     // supervisor acknowledges.
-    let (status, answer) = tests::http_get_json_as(&slice.gateway_addr, "/api/v1/notices", Some(&operator))?;
+    let (status, answer) = tests::http_get_json_as(&slice.gateway_addr, "/api/v1/notices", Some(&operator)).await?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["items"][0]["kind"], "events_lost_to_retention", "{answer}");
     assert!(answer["items"][0].get("from_seq").is_none(), "{answer}");
     let id = items[0]["id"].as_u64().context("notice id")?;
     let body = serde_json::json!({"up_to": id});
     let (status, _) =
-        tests::http_post_json_as(&slice.gateway_addr, "/api/v1/notices/acknowledge", &body, Some(&operator))?;
+        tests::http_post_json_as(&slice.gateway_addr, "/api/v1/notices/acknowledge", &body, Some(&operator)).await?;
     assert_eq!(status, 403);
-    let (status, answer) = tests::http_post_json(&slice.gateway_addr, "/api/v1/notices/acknowledge", &body)?;
+    let (status, answer) = tests::http_post_json(&slice.gateway_addr, "/api/v1/notices/acknowledge", &body).await?;
     assert_eq!((status, answer["acknowledged"].as_u64()), (200, Some(1)), "{answer}");
     live.until(|f| f["type"] == "heartbeat" && f.get("notices").is_none()).await?;
     Ok(())

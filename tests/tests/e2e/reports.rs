@@ -139,7 +139,7 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
         "created, two duplicates linked, then the operator's two steps"
     );
     assert!(request.contact.is_none(), "the contact is not published over gRPC either");
-    let (status, body) = http_get(&reports.http_addr, &format!("/open311/v2/requests/{first}.json"))?;
+    let (status, body) = http_get(&reports.http_addr, &format!("/open311/v2/requests/{first}.json")).await?;
     let open311: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(status, 200);
     assert_eq!(open311[0]["status"], "closed");
@@ -171,7 +171,8 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
     // A client posting too fast gets 429, in the Open311 error format; others are not affected.
     let mut throttled = false;
     for _ in 0..60 {
-        let (status, body) = http_post_form(&reports.http_addr, "/open311/v2/requests.json", "service_code=eau-fuite")?;
+        let (status, body) =
+            http_post_form(&reports.http_addr, "/open311/v2/requests.json", "service_code=eau-fuite").await?;
         if status == 429 {
             assert!(body.contains("\"code\":429"), "{body}");
             throttled = true;
@@ -180,7 +181,7 @@ async fn open311_clients_report_and_operators_follow_up() -> Result<()> {
         assert_eq!(status, 400, "{body}");
     }
     assert!(throttled, "40 per minute, then 429");
-    let (status, _) = http_get(&reports.http_addr, "/open311/v2/services.json")?;
+    let (status, _) = http_get(&reports.http_addr, "/open311/v2/services.json").await?;
     assert_eq!(status, 200, "reading is not limited");
     Ok(())
 }

@@ -56,9 +56,9 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
     let grpc_addr = format!("127.0.0.1:{grpc_port}");
     let slice = Slice::start_full(test_territory()?, &[], &["--grpc-addr", &grpc_addr]).await?;
     let gateway = slice.gateway_addr.clone();
-    let ouest = slice.add_operator("op-ouest", "operator", &["34172"])?;
-    let est = slice.add_operator("op-est", "operator", &["34129"])?;
-    let viewer = slice.add_operator("lecteur-est", "viewer", &["34129"])?;
+    let ouest = slice.add_operator("op-ouest", "operator", &["34172"]).await?;
+    let est = slice.add_operator("op-est", "operator", &["34129"]).await?;
+    let viewer = slice.add_operator("lecteur-est", "viewer", &["34129"]).await?;
 
     // Operator Est listens before anything happens: WebSocket and gRPC stream.
     let mut est_ws = LiveClient::connect_as(&format!("ws://{gateway}/ws?coalesce=false"), Some(&est), None).await?;
@@ -81,14 +81,16 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
         "/api/v1/commands/lighting",
         &json!({"target": {"streetlight_id": CANARY}, "action": {"dim_level": 0.4}, "reason": "CANARYW7"}),
         Some(&ouest),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 201, "{answer}");
     let (status, answer) = http_post_json_as(
         &gateway,
         "/api/v1/logbook",
         &json!({"commune": "34172", "text": "note CANARYW7"}),
         Some(&ouest),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 200, "{answer}");
     // Then a sentinel in 34129: once Est has it, Est has had everything before it.
     lighting.report_status(failing("EP-EST")).await?;
@@ -114,7 +116,7 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
     for path in
         ["/api/v1/assets", "/api/v1/alarms", "/api/v1/kpis", "/api/v1/commands", "/api/v1/audit", "/api/v1/territory"]
     {
-        let (status, body) = http_get_as(&gateway, path, Some(&est))?;
+        let (status, body) = http_get_as(&gateway, path, Some(&est)).await?;
         assert_eq!(status, 200, "{path}: {body}");
         assert!(!body.contains(CANARY) && !body.contains("34172"), "{path} shows 34172 to 34129's operator: {body}");
     }
@@ -123,9 +125,9 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
     let answer = ops.list_assets(authed(proto::ops::ListRequest::default(), &est)?).await?.into_inner();
     assert!(!answer.json.contains(CANARY) && answer.json.contains("EP-EST"), "gRPC assets: {}", answer.json);
     // Asking for 34172 outright is refused, on every path.
-    let (status, _) = http_get_as(&gateway, "/api/v1/alarms?commune=34172", Some(&est))?;
+    let (status, _) = http_get_as(&gateway, "/api/v1/alarms?commune=34172", Some(&est)).await?;
     assert_eq!(status, 403);
-    let (status, _) = http_get_as(&gateway, "/api/v1/audit?commune=34172", Some(&est))?;
+    let (status, _) = http_get_as(&gateway, "/api/v1/audit?commune=34172", Some(&est)).await?;
     assert_eq!(status, 403);
     let refused = ops
         .list_alarms(authed(proto::ops::ListRequest { commune: "34172".into(), ..Default::default() }, &est)?)
@@ -137,7 +139,8 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
     let error = late.until(|f| f["type"] == "error").await?;
     assert_eq!(error.last().map(|f| f["code"].clone()), Some(json!("bad_filter")));
     // The supervisor sees the canary (it is there, and the filter is what hides it).
-    let (_, body) = http_get_as(&gateway, "/api/v1/alarms", Some(&tests::login_token(&gateway, tests::SUPERVISOR)?))?;
+    let supervisor = tests::login_token(&gateway, tests::SUPERVISOR).await?;
+    let (_, body) = http_get_as(&gateway, "/api/v1/alarms", Some(&supervisor)).await?;
     assert!(body.contains(CANARY));
 
     // Acting outside the commune: refused.
@@ -147,17 +150,19 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
         "/api/v1/alarms/actions",
         &json!({"alarm_key": key, "action": "acknowledge"}),
         Some(&est),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 404, "another commune's alarm is not there for this operator");
     let (status, _) =
-        http_post_json_as(&gateway, "/api/v1/logbook", &json!({"commune": "34172", "text": "x"}), Some(&est))?;
+        http_post_json_as(&gateway, "/api/v1/logbook", &json!({"commune": "34172", "text": "x"}), Some(&est)).await?;
     assert_eq!(status, 403);
     let (status, answer) = http_post_json_as(
         &gateway,
         "/api/v1/commands/lighting",
         &json!({"target": {"commune": "34172"}, "action": {"switch_on": false}}),
         Some(&est),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 403, "{answer}");
     // The viewer reads, never acts; the administrator administers, never reads operations.
     let (status, _) = http_post_json_as(
@@ -165,16 +170,17 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
         "/api/v1/alarms/actions",
         &json!({"alarm_key": "lighting/lamp_failure/EP-EST", "action": "acknowledge"}),
         Some(&viewer),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 403);
-    let (status, _) = http_get_as(&gateway, "/api/v1/alarms", Some(&viewer))?;
+    let (status, _) = http_get_as(&gateway, "/api/v1/alarms", Some(&viewer)).await?;
     assert_eq!(status, 200);
-    let admin = tests::login_token(&gateway, tests::ADMIN)?;
-    let (status, _) = http_get_as(&gateway, "/api/v1/alarms", Some(&admin))?;
+    let admin = tests::login_token(&gateway, tests::ADMIN).await?;
+    let (status, _) = http_get_as(&gateway, "/api/v1/alarms", Some(&admin)).await?;
     assert_eq!(status, 403);
-    let (status, _) = http_get_as(&gateway, "/api/v1/admin/operators", Some(&est))?;
+    let (status, _) = http_get_as(&gateway, "/api/v1/admin/operators", Some(&est)).await?;
     assert_eq!(status, 403);
-    let (status, operators) = http_get_json_as(&gateway, "/api/v1/admin/operators", Some(&admin))?;
+    let (status, operators) = http_get_json_as(&gateway, "/api/v1/admin/operators", Some(&admin)).await?;
     assert_eq!(status, 200);
     assert!(!operators.to_string().contains("argon2"), "no password hash leaves the gateway");
 
@@ -185,7 +191,8 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
         "/api/v1/admin/integrators",
         &json!({"login": "sig-est", "communes": ["34129"], "domains": ["lighting"]}),
         Some(&admin),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 201, "{issued}");
     let credential = issued["token"].as_str().context("token")?.to_owned();
     let answer = ops.list_alarms(authed(proto::ops::ListRequest::default(), &credential)?).await?.into_inner();
@@ -195,7 +202,8 @@ async fn one_communes_data_never_reaches_another_communes_operator() -> Result<(
         "/api/v1/alarms/actions",
         &json!({"alarm_key": "lighting/lamp_failure/EP-EST", "action": "acknowledge"}),
         Some(&credential),
-    )?;
+    )
+    .await?;
     assert_eq!(status, 403, "an integrator does not act as an operator");
     // Removing it revokes the credential at once.
     let (status, _) = http_delete_as(&gateway, "/api/v1/admin/operators/sig-est", &admin)?;
@@ -214,7 +222,7 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
 
     // No token, a bad one: 401 everywhere.
     for token in [None, Some("not-a-token"), Some("a.b.c")] {
-        let (status, _) = http_get_as(&gateway, "/api/v1/alarms", token)?;
+        let (status, _) = http_get_as(&gateway, "/api/v1/alarms", token).await?;
         assert_eq!(status, 401, "{token:?}");
         assert!(LiveClient::connect_as(&ws, token, None).await.is_err(), "{token:?}");
     }
@@ -226,7 +234,8 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
             "/api/v1/auth/login",
             &json!({"login": tests::SUPERVISOR, "password": "wrong"}),
             None,
-        )?;
+        )
+        .await?;
         assert_eq!(status, 401);
     }
     let (status, _) = http_post_json_as(
@@ -234,14 +243,15 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
         "/api/v1/auth/login",
         &json!({"login": tests::SUPERVISOR, "password": TEST_PASSWORD}),
         None,
-    )?;
+    )
+    .await?;
     assert_eq!(status, 429, "slowed down after three failures from here");
     let right = json!({"login": tests::SUPERVISOR, "password": TEST_PASSWORD});
     let (status, answer) = tests::http_post_json_from("127.0.0.2", &gateway, "/api/v1/auth/login", &right).await?;
     assert_eq!(status, 200, "the owner, elsewhere, is not locked out: {answer}");
 
     // Origins: the gateway's own, or none (not a browser); never another site.
-    let token = slice.add_operator("op", "operator", &[])?;
+    let token = slice.add_operator("op", "operator", &[]).await?;
     assert!(LiveClient::connect_as(&ws, Some(&token), Some("http://evil.example")).await.is_err());
     let mut same_site = LiveClient::connect_as(&ws, Some(&token), Some(&format!("http://{gateway}"))).await?;
     assert_eq!(same_site.next().await?["type"], "snapshot");
@@ -256,43 +266,44 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
 
     // Logout closes the session's sockets (4003) and its tokens stop working.
     let body = json!({"login": "op", "password": TEST_PASSWORD});
-    let (_, session) = http_post_json_as(&gateway, "/api/v1/auth/login", &body, None)?;
+    let (_, session) = http_post_json_as(&gateway, "/api/v1/auth/login", &body, None).await?;
     let access = session["access_token"].as_str().context("access")?.to_owned();
     let refresh = session["refresh_token"].as_str().context("refresh")?.to_owned();
     let mut socket = LiveClient::connect_as(&ws, Some(&access), None).await?;
     assert_eq!(socket.next().await?["type"], "snapshot");
     // Refreshing rotates the refresh token; the old one, used again, closes the session.
     let (status, renewed) =
-        http_post_json_as(&gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh}), None)?;
+        http_post_json_as(&gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh}), None).await?;
     assert_eq!(status, 200, "{renewed}");
     let renewed_access = renewed["access_token"].as_str().context("access")?.to_owned();
-    assert_eq!(http_get_as(&gateway, "/api/v1/alarms", Some(&renewed_access))?.0, 200);
-    let (status, _) = http_post_json_as(&gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh}), None)?;
+    assert_eq!(http_get_as(&gateway, "/api/v1/alarms", Some(&renewed_access)).await?.0, 200);
+    let (status, _) =
+        http_post_json_as(&gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh}), None).await?;
     assert_eq!(status, 401, "a refresh token is good once");
     assert_eq!(socket.close_code().await?, 4003, "the replayed refresh closed the session");
-    assert_eq!(http_get_as(&gateway, "/api/v1/alarms", Some(&renewed_access))?.0, 401);
-    let (_, session) = http_post_json_as(&gateway, "/api/v1/auth/login", &body, None)?;
+    assert_eq!(http_get_as(&gateway, "/api/v1/alarms", Some(&renewed_access)).await?.0, 401);
+    let (_, session) = http_post_json_as(&gateway, "/api/v1/auth/login", &body, None).await?;
     let access = session["access_token"].as_str().context("access")?.to_owned();
     let mut socket = LiveClient::connect_as(&ws, Some(&access), None).await?;
     assert_eq!(socket.next().await?["type"], "snapshot");
-    let (status, _) = http_post_json_as(&gateway, "/api/v1/auth/logout", &json!({}), Some(&access))?;
+    let (status, _) = http_post_json_as(&gateway, "/api/v1/auth/logout", &json!({}), Some(&access)).await?;
     assert_eq!(status, 204);
     assert_eq!(socket.close_code().await?, 4003);
-    assert_eq!(http_get_as(&gateway, "/api/v1/alarms", Some(&access))?.0, 401);
+    assert_eq!(http_get_as(&gateway, "/api/v1/alarms", Some(&access)).await?.0, 401);
 
     // An access token expires (here after 10 s): its socket is closed with 4001, and the API
     // refuses it; a refresh gives a new one.
-    let (_, session) = http_post_json_as(&gateway, "/api/v1/auth/login", &body, None)?;
+    let (_, session) = http_post_json_as(&gateway, "/api/v1/auth/login", &body, None).await?;
     let access = session["access_token"].as_str().context("access")?.to_owned();
     let refresh = session["refresh_token"].as_str().context("refresh")?.to_owned();
     let mut socket = LiveClient::connect_as(&ws, Some(&access), None).await?;
     assert_eq!(socket.next().await?["type"], "snapshot");
     assert_eq!(socket.close_code().await?, 4001);
-    let (status, error) = http_get_json_as(&gateway, "/api/v1/alarms", Some(&access))?;
+    let (status, error) = http_get_json_as(&gateway, "/api/v1/alarms", Some(&access)).await?;
     assert_eq!(status, 401);
     assert_eq!(error["error"]["message"], "the token has expired");
     let (status, renewed) =
-        http_post_json_as(&gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh}), None)?;
+        http_post_json_as(&gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh}), None).await?;
     assert_eq!(status, 200, "{renewed}");
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
@@ -448,15 +459,15 @@ async fn an_integrators_credential_writes_only_its_communes_and_domains() -> Res
     slice.lighting_client().await?.register_streetlights(RegisterStreetlightsRequest { streetlights: lamps }).await?;
 
     // The lighting contractor of commune 34129, and the citizen app of the same commune.
-    let admin = tests::login_token(&gateway, tests::ADMIN)?;
-    let issue = |login: &str, domains: &[&str]| -> Result<String> {
+    let admin = tests::login_token(&gateway, tests::ADMIN).await?;
+    let issue = async |login: &str, domains: &[&str]| -> Result<String> {
         let body = json!({"login": login, "communes": ["34129"], "domains": domains});
-        let (status, issued) = http_post_json_as(&gateway, "/api/v1/admin/integrators", &body, Some(&admin))?;
+        let (status, issued) = http_post_json_as(&gateway, "/api/v1/admin/integrators", &body, Some(&admin)).await?;
         assert_eq!(status, 201, "{issued}");
         Ok(issued["token"].as_str().context("token")?.to_owned())
     };
-    let contractor = issue("eclairage-est", &["lighting"])?;
-    let app = issue("appli-est", &["reports"])?;
+    let contractor = issue("eclairage-est", &["lighting"]).await?;
+    let app = issue("appli-est", &["reports"]).await?;
     let mut lighting = LightingServiceClient::new(as_credential(&slice.lighting_addr, &contractor).await?);
 
     // Its commune's lamp: accepted. The other commune's: refused, and nothing recorded.
@@ -490,7 +501,7 @@ async fn an_integrators_credential_writes_only_its_communes_and_domains() -> Res
     let refused = wrong_domain.create_request(CreateRequestRequest::default()).await.expect_err("not its domain");
     assert_eq!(refused.code(), Code::PermissionDenied);
     // An operator's token is for the gateway, not the services.
-    let operator = slice.add_operator("op-est", "operator", &["34129"])?;
+    let operator = slice.add_operator("op-est", "operator", &["34129"]).await?;
     let mut with_operator = LightingServiceClient::new(as_credential(&slice.lighting_addr, &operator).await?);
     let refused = with_operator.report_status(failing("EP-EST")).await.expect_err("operator token");
     assert_eq!(refused.code(), Code::PermissionDenied);

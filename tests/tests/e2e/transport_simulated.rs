@@ -75,8 +75,8 @@ fn write_feed(territory: &std::path::Path) -> Result<()> {
     tests::write_gtfs_zip(territory, &files)
 }
 
-fn feed(http_addr: &str, name: &str) -> Result<serde_json::Value> {
-    let (status, body) = http_get_bytes(http_addr, &format!("/gtfs-rt/{name}"))?;
+async fn feed(http_addr: &str, name: &str) -> Result<serde_json::Value> {
+    let (status, body) = http_get_bytes(http_addr, &format!("/gtfs-rt/{name}")).await?;
     if status != 200 {
         bail!("GET /gtfs-rt/{name}: {status}");
     }
@@ -167,7 +167,7 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     simulator.kill()?;
     let mut client = transport.transport_client().await?;
     let vehicles = client.list_vehicles(ListVehiclesRequest::default()).await?.into_inner().vehicles;
-    let positions = feed(&transport.http_addr, "vehicle-positions")?;
+    let positions = feed(&transport.http_addr, "vehicle-positions").await?;
     assert_eq!(positions["header"]["gtfs_realtime_version"], "2.0");
     let in_feed = entities(&positions);
     let running: Vec<_> = vehicles.iter().filter(|v| !v.trip_finished).collect();
@@ -194,7 +194,7 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
         assert_eq!(v["timestamp"].as_str().and_then(|t| t.parse::<i64>().ok()), p.timestamp.map(|t| t.seconds));
     }
     // Trip updates: one per running vehicle with its delay, and the same arrivals as the query.
-    let updates = feed(&transport.http_addr, "trip-updates")?;
+    let updates = feed(&transport.http_addr, "trip-updates").await?;
     let update = entities(&updates).into_iter().next().context("a trip update")?;
     let trip_id = update["trip_update"]["trip"]["trip_id"].as_str().unwrap_or_default().to_owned();
     let arrivals = client.get_trip_arrivals(GetTripArrivalsRequest { trip_id: trip_id.clone() }).await?.into_inner();
@@ -240,7 +240,7 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
     let mut client = transport.transport_client().await?;
     let restored = client.list_vehicles(ListVehiclesRequest::default()).await?.into_inner().vehicles;
     assert_eq!(restored, vehicles, "the vehicles are restored as they were");
-    let alerts = feed(&transport.http_addr, "alerts")?;
+    let alerts = feed(&transport.http_addr, "alerts").await?;
     let alert = &entities(&alerts)[0]["alert"];
     assert_eq!(alert["cause"], "CONSTRUCTION");
     assert_eq!(alert["effect"], "DETOUR");
@@ -253,6 +253,6 @@ async fn simulated_vehicles_move_bunch_and_recover_and_the_gtfs_rt_feed_agrees()
         })
         .await?;
     assert!(client.list_service_alerts(ListServiceAlertsRequest {}).await?.into_inner().alerts.is_empty());
-    assert!(entities(&feed(&transport.http_addr, "alerts")?).is_empty());
+    assert!(entities(&feed(&transport.http_addr, "alerts").await?).is_empty());
     Ok(())
 }

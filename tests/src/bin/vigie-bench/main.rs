@@ -280,7 +280,7 @@ async fn main() -> Result<()> {
     let channel = tests::channel_with_token(&slice.lighting_addr, Some(&slice.service_token)).await?;
     let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(channel.clone());
     let lamps = load::register(&mut lighting, scale.lamps).await?;
-    let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR)?;
+    let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR).await?;
     let ws = format!("ws://{}/ws", slice.gateway_addr);
     let mut bench =
         Bench { slice, channel, view_assets: lamps.len(), lamps, next: 0, ws, token, scale, report, smoke: args.smoke };
@@ -616,7 +616,7 @@ async fn s6(bench: &mut Bench) -> Result<()> {
     let empty = gateway.pid().map(rss).transpose()?.unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(600);
     let elapsed = loop {
-        let (_, metrics) = tests::http_get(&addr, "/metrics")?;
+        let (_, metrics) = tests::http_get(&addr, "/metrics").await?;
         let applied = metrics
             .lines()
             .find_map(|l| l.strip_prefix("vigie_gateway_applied_seq "))
