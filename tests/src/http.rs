@@ -104,6 +104,12 @@ pub async fn http_get_json_as(host_port: &str, path: &str, token: Option<&str>) 
     Ok((status, json(&body)))
 }
 
+/// A DELETE with this token: (status, body).
+pub async fn http_delete_as(host_port: &str, path: &str, token: &str) -> Result<(u16, String)> {
+    let (status, body) = send(client().delete(url(host_port, path)), Some(token)).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// POSTs a form: (status, body).
 pub async fn http_post_form(host_port: &str, path: &str, form: &str) -> Result<(u16, String)> {
     let request = client()

@@ -715,24 +715,14 @@ impl Slice {
     /// Waits until the lighting service answers SERVING on the standard health service.
     pub async fn wait_lighting_serving(&self) -> Result<()> {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let attempt = async {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.lighting_addr))?
-                    .connect()
-                    .await?;
-                let mut client = HealthClient::new(channel);
-                let request = HealthCheckRequest { service: "vigie.lighting.v1.LightingService".into() };
-                Ok::<_, anyhow::Error>(client.check(request).await?.into_inner().status)
-            };
-            if let Ok(1) = attempt.await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the lighting service never reported SERVING");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the lighting service SERVING", WAIT, || async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.lighting_addr))?.connect().await?;
+            let request = HealthCheckRequest { service: "vigie.lighting.v1.LightingService".into() };
+            let status = HealthClient::new(channel).check(request).await?.into_inner().status;
+            Ok((status == 1).then_some(()))
+        })
+        .await
     }
 
     /// Starts the gateway again (it must have been killed or terminated): waits for its new

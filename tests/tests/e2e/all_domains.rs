@@ -11,7 +11,7 @@ use proto::lighting::{
 use proto::reports::CreateRequestRequest;
 use proto::water::{Reading, RegisterSensorsRequest, Sensor};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tests::{Slice, http_get_json, http_post_json, repo_root, test_territory};
 
 use crate::transport::{position, write_feed};
@@ -24,15 +24,11 @@ async fn items(gateway: &str, path: &str) -> Result<Vec<Value>> {
 
 /// Polls a REST list until `done` holds for it.
 async fn wait_for(gateway: &str, path: &str, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    tests::eventually(&format!("{path} to satisfy the condition"), Duration::from_secs(30), || async {
         let list = items(gateway, path).await?;
-        if done(&list) {
-            return Ok(list);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{path} never satisfied the condition: {list:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done(&list) { Ok(Some(list)) } else { Err(anyhow::anyhow!("{path}: {list:?}")) }
+    })
+    .await
 }
 
 #[tokio::test]

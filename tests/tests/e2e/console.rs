@@ -16,7 +16,7 @@ use proto::lighting::{
 use proto::reports::CreateRequestRequest;
 use serde_json::{Value, json};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tests::{Process, ServiceProcess, Slice, free_port, http_get_json, real_territory, repo_root, test_territory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -192,16 +192,12 @@ async fn control(system: &mut System, mut stream: tokio::net::TcpStream) -> Resu
 
 /// Waits until the gateway's view holds at least `n` assets.
 async fn wait_assets(gateway: &str, n: u64) -> Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
+    tests::eventually(&format!("{n} assets in the view"), Duration::from_secs(180), || async {
         let (_, health) = http_get_json(gateway, "/health").await?;
         let assets = health["assets"].as_u64().unwrap_or(0);
-        if assets >= n {
-            return Ok(assets);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the view has {assets} assets, fewer than {n}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if assets >= n { Ok(Some(assets)) } else { Err(anyhow::anyhow!("the view has {assets} assets")) }
+    })
+    .await
 }
 
 #[tokio::test]

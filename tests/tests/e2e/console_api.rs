@@ -136,17 +136,17 @@ async fn an_assets_history_is_read_from_its_subject_within_the_callers_communes(
     lighting.report_status(report("EP1", 0, 0.0, proto::lighting::LampStatus::DefectiveLamp as i32)).await?;
 
     // The trend: EP1's reports only, in order, and its failure's alarm.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let history = loop {
+    let history = tests::eventually("EP1's failure in its history", Duration::from_secs(10), || async {
         let (status, history) = http_get_json(&gateway, "/api/v1/assets/lighting/EP1/history").await?;
         assert_eq!(status, 200, "{history}");
         // (By day a lamp lit also raises `lamp_on_in_daytime`: its failure is the one awaited.)
         if history["alarms"].as_array().is_some_and(|a| a.iter().any(|m| m["alarm_type"] == "lamp_failure")) {
-            break history;
+            Ok(Some(history))
+        } else {
+            Err(anyhow::anyhow!("EP1's history: {history}"))
         }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "no alarm in EP1's history: {history}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await?;
     let series = history["series"].as_array().cloned().unwrap_or_default();
     let level = series.iter().find(|s| s["name"] == "illuminance_level").cloned().unwrap_or_default();
     assert_eq!(level["unit"], "%");

@@ -98,11 +98,10 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         })
         .await?;
     // Both replicas' views, filtered by commune.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while items(&a, "/api/v1/alarms").await?.len() < 2 {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "gateway A never showed both alarms");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tests::eventually("both alarms on gateway A", Duration::from_secs(10), || async {
+        Ok((items(&a, "/api/v1/alarms").await?.len() >= 2).then_some(()))
+    })
+    .await?;
     let in_west = items(&a, "/api/v1/alarms?commune=34172").await?;
     assert_eq!(in_west.len(), 1);
     assert_eq!(in_west[0]["key"], west);
@@ -138,11 +137,10 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let (status, answer) =
         act(&b, &op_c, json!({"alarm_key": east, "action": "resolve", "comment": "lampe remplacée"})).await?;
     assert_eq!((status, &answer["alarm"]), (200, &Value::Null), "{answer}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while items(&a, "/api/v1/alarms?commune=34129").await?.len() == 1 {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "gateway A still shows the resolved alarm");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tests::eventually("the resolved alarm gone from gateway A", Duration::from_secs(10), || async {
+        Ok((items(&a, "/api/v1/alarms?commune=34129").await?.len() != 1).then_some(()))
+    })
+    .await?;
 
     // The audit log, on both replicas.
     let by_op_b = items(&a, "/api/v1/audit?actor=op-b").await?;
@@ -208,11 +206,10 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     // Two calls: the rules settle after each, and within one a repair and a failure cancel out.
     client.stream_telemetry(futures::stream::iter(vec![repaired])).await?;
     client.stream_telemetry(futures::stream::iter(vec![lamp_failure("EP-E")])).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !items(&a, "/api/v1/alarms?commune=34129").await?.iter().any(|x| x["key"] == east) {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the east alarm was not raised again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tests::eventually("the east alarm raised again", Duration::from_secs(10), || async {
+        Ok(items(&a, "/api/v1/alarms?commune=34129").await?.iter().any(|x| x["key"] == east).then_some(()))
+    })
+    .await?;
     let (status, answer) = http_post_json_as(
         &a,
         "/api/v1/alarms/actions/bulk",
@@ -351,15 +348,12 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         http_post_json(&a, "/api/v1/reports/status", &json!({"service_request_id": "1", "status": "fixed"})).await?;
     assert_eq!(status, 503, "no reports service configured");
     let command_id = command["id"].as_str().context("command id")?.to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    tests::eventually("the command in the audit log", Duration::from_secs(10), || async {
         let logged = items(&a, "/api/v1/audit?action=command").await?;
-        if logged.iter().any(|e| e["target"] == command_id.as_str() && e["actor"] == "op-a") {
-            break;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the command never reached the audit log: {logged:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let found = logged.iter().any(|e| e["target"] == command_id.as_str() && e["actor"] == "op-a");
+        if found { Ok(Some(())) } else { Err(anyhow::anyhow!("the audit log: {logged:?}")) }
+    })
+    .await?;
     assert!(items(&b, "/api/v1/commands?domain=lighting").await?.iter().any(|c| c["id"] == command_id.as_str()));
 
     // The gRPC face of replica B: the same queries and the same live stream.
@@ -393,7 +387,9 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         .into_inner();
     let first: Value = serde_json::from_str(&stream.message().await?.context("a first frame")?.json)?;
     assert_eq!(first["type"], "snapshot");
-    assert!(first["assets"].as_array().is_some_and(|a| a.iter().all(|x| x["commune"] == "34172")), "{first}");
+    // Not empty (an `all` over nothing would pass): the Ouest lamp is there, and only Ouest's.
+    let assets = first["assets"].as_array().context("the snapshot's assets")?;
+    assert!(!assets.is_empty() && assets.iter().all(|x| x["commune"] == "34172"), "{first}");
     let sentinel = client.report_status(proto::lighting::ReportStatusRequest {
         report: Some(proto::lighting::StatusReport {
             streetlight_id: "EP-W".into(),
@@ -437,11 +433,10 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     )?;
     let c = fresh.wait_for_addr("HTTP listening", 0)?;
     tests::use_token(&c, &supervisor);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while items(&c, "/api/v1/audit").await? != items(&b, "/api/v1/audit").await? {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the fresh replica never caught up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tests::eventually("the fresh replica's audit log to catch up", Duration::from_secs(15), || async {
+        Ok((items(&c, "/api/v1/audit").await? == items(&b, "/api/v1/audit").await?).then_some(()))
+    })
+    .await?;
     assert_eq!(items(&c, "/api/v1/alarms").await?, items(&b, "/api/v1/alarms").await?);
     assert_eq!(items(&c, "/api/v1/assets").await?, items(&b, "/api/v1/assets").await?);
 
@@ -469,11 +464,10 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     let a = slice.gateway.wait_for_addr("HTTP listening", from)?;
     tests::use_token(&a, &supervisor);
     // What the SIGKILL cut from its store comes back from the stream.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while items(&a, "/api/v1/audit").await? != audit_before {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the restarted replica's audit log differs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tests::eventually("the restarted replica's audit log as before", Duration::from_secs(15), || async {
+        Ok((items(&a, "/api/v1/audit").await? == audit_before).then_some(()))
+    })
+    .await?;
     assert_eq!(items(&a, "/api/v1/alarms").await?, items(&b, "/api/v1/alarms").await?);
     Ok(())
 }

@@ -42,11 +42,10 @@ async fn subscriptions_resume_heartbeats_and_slow_clients() -> Result<()> {
     ];
     lighting.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
     // The registrations are applied (acknowledged writes reach the view a moment later).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tests::http_get_json(&slice.gateway_addr, "/health").await?.1["assets"] != 2 {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the registrations never reached the view");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    tests::eventually("the registrations in the view", std::time::Duration::from_secs(10), || async {
+        Ok((tests::http_get_json(&slice.gateway_addr, "/health").await?.1["assets"] == 2).then_some(()))
+    })
+    .await?;
     let url = format!("ws://{}/ws", slice.gateway_addr);
 
     // A commune's subscription: its snapshot, then only its deltas.

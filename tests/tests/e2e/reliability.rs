@@ -2,12 +2,12 @@
 //! silently stale", each reproduced against the real processes (see the fault suite for the
 //! seeded fault schedules).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use proto::lighting::{
     LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
 };
 use proto::reports::CreateRequestRequest;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tests::{NatsServer, Slice, http_get_json, test_territory};
 
 fn lamp(id: &str) -> Streetlight {
@@ -30,17 +30,14 @@ fn report(id: &str, power_w: f64) -> ReportStatusRequest {
 
 /// Waits until the gateway's view holds `n` assets.
 async fn wait_assets(gateway: &str, n: u64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    tests::eventually("the view to hold the assets", Duration::from_secs(30), || async {
         let (_, health) = http_get_json(gateway, "/health").await?;
         if health["assets"].as_u64() == Some(n) {
-            return Ok(());
+            return Ok(Some(()));
         }
-        if Instant::now() > deadline {
-            bail!("the view never held {n} assets: {health}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(anyhow::anyhow!("the view never held {n} assets: {health}"))
+    })
+    .await
 }
 
 /// Two reports of 1e308 W (accepted once: only "finite and >= 0" was checked) made the commune's
@@ -60,8 +57,7 @@ async fn a_lamp_power_no_store_can_hold_is_refused_and_the_gateway_restarts() ->
         client.report_status(report(id, 70.0)).await?;
     }
     // The commune's KPI: a finite number, the sum of what was accepted.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    tests::eventually("140 W in the lighting KPI of 34172", Duration::from_secs(20), || async {
         let (_, kpis) = http_get_json(&slice.gateway_addr, "/api/v1/kpis?domain=lighting").await?;
         let power = kpis["items"]
             .as_array()
@@ -70,13 +66,11 @@ async fn a_lamp_power_no_store_can_hold_is_refused_and_the_gateway_restarts() ->
             .find(|k| k["commune"] == "34172")
             .and_then(|k| k["values"]["power_w"].as_f64());
         if power == Some(140.0) {
-            break;
+            return Ok(Some(()));
         }
-        if Instant::now() > deadline {
-            bail!("the lighting KPI of 34172 never showed 140 W: {kpis}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(anyhow::anyhow!("the lighting KPI of 34172 never showed 140 W: {kpis}"))
+    })
+    .await?;
     slice.gateway.kill()?;
     slice.restart_gateway().await?;
     wait_assets(&slice.gateway_addr, 2).await
@@ -138,8 +132,7 @@ async fn an_event_nats_can_never_take_is_set_aside_and_the_outbox_goes_on() -> R
         client.create_request(report("é".repeat(4_000), 43.6)).await?.into_inner().request.context("a request")?;
     let light = client.create_request(report("Trou".into(), 43.65)).await?.into_inner().request.context("a request")?;
     reports.process.wait_for_log("can never be published", 0)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    tests::eventually("the report behind the refused event in the view", Duration::from_secs(20), || async {
         let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=reports").await?;
         let ids: Vec<&str> =
             assets["items"].as_array().into_iter().flatten().filter_map(|a| a["id"].as_str()).collect();
@@ -147,13 +140,11 @@ async fn an_event_nats_can_never_take_is_set_aside_and_the_outbox_goes_on() -> R
         let id = |r: &proto::reports::ServiceRequest| format!("report-{}", r.service_request_id);
         if ids.contains(&id(&light).as_str()) {
             assert!(!ids.contains(&id(&heavy).as_str()), "the refused event cannot have arrived");
-            return Ok(());
+            return Ok(Some(()));
         }
-        if Instant::now() > deadline {
-            bail!("the report behind the refused event never reached the view: {ids:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(anyhow::anyhow!("the report behind the refused event never reached the view: {ids:?}"))
+    })
+    .await
 }
 
 /// A gateway whose consumer cannot progress while its NATS link is up (here: the disk under its
@@ -210,18 +201,15 @@ async fn a_gateway_on_a_full_disk_is_not_live_and_loses_nothing() -> Result<()> 
     slice.restart_gateway().await?;
     // The last write is in the view.
     let expected = ((written.len() - 1) % 100) as f64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    tests::eventually("the last write in the view", Duration::from_secs(30), || async {
         let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting").await?;
         let ep1 = assets["items"].as_array().into_iter().flatten().find(|a| a["id"] == "EP1").cloned();
         if ep1.as_ref().and_then(|a| a["details"]["power_consumption_w"].as_f64()) == Some(expected) {
-            break;
+            return Ok(Some(()));
         }
-        if Instant::now() > deadline {
-            bail!("the last write never reached the view: {ep1:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(anyhow::anyhow!("the last write never reached the view: {ep1:?}"))
+    })
+    .await?;
     let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
     assert_eq!((status, health["status"].as_str()), (200, Some("live")), "{health}");
     drop(disk);
@@ -251,18 +239,15 @@ async fn a_recreated_stream_rebuilds_the_view_and_keeps_the_audit_log() -> Resul
     }
     slice.nats.restart_without_streams()?;
     slice.gateway.wait_for_log("recreated", 0)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    tests::eventually("a log book entry taken on the new stream", Duration::from_secs(30), || async {
         // Posted once the gateway is back on the new stream (it answers once applied).
         let (status, _) = tests::http_post_json(&slice.gateway_addr, "/api/v1/logbook", &note("après")).await?;
         if status == 200 {
-            break;
+            return Ok(Some(()));
         }
-        if Instant::now() > deadline {
-            bail!("the gateway never took a log book entry on the new stream");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(anyhow::anyhow!("the gateway never took a log book entry on the new stream"))
+    })
+    .await?;
     assert_eq!(notes(&slice).await?, ["après", "avant 2", "avant 1"], "newest first, none lost nor overwritten");
     // The audit log survives a restart too (its keys carry the stream's epoch).
     slice.gateway.kill()?;
@@ -283,17 +268,14 @@ async fn stream_last(slice: &Slice) -> Result<u64> {
 
 /// Waits until `id` is in the stream; returns what the stream holds then.
 async fn wait_in_stream(slice: &Slice, id: &str) -> Result<tests::StreamContent> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    tests::eventually("the event in the stream", Duration::from_secs(60), || async {
         let content = tests::read_events_stream(&slice.nats).await?;
         if content.ids.contains_key(id) {
-            return Ok(content);
+            return Ok(Some(content));
         }
-        if Instant::now() > deadline {
-            bail!("event {id} never reached the stream (last sequence {})", content.last);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(anyhow::anyhow!("event {id} never reached the stream (last sequence {})", content.last))
+    })
+    .await
 }
 
 /// Outbox entries JetStream stored but whose acknowledgements never came back (a link that
@@ -331,18 +313,15 @@ async fn a_publish_whose_acknowledgement_was_lost_is_not_stored_twice_after_the_
     assert!(doubled.is_empty(), "{} of 20 events not stored exactly once: {doubled:?}", doubled.len());
     // The gateway applied each once: its view is at the stream's end, and the service's outbox
     // is empty (nothing waits to be published a second time).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    tests::eventually("the gateway at the stream's end", Duration::from_secs(30), || async {
         let (_, health) = http_get_json(&slice.gateway_addr, "/health").await?;
         let last = stream_last(&slice).await?;
         if health["applied_seq"].as_u64() == Some(last) {
-            break;
+            return Ok(Some(()));
         }
-        if Instant::now() > deadline {
-            bail!("the gateway never reached the stream's end ({last}): {health}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(anyhow::anyhow!("the gateway never reached the stream's end ({last}): {health}"))
+    })
+    .await?;
     let content = tests::read_events_stream(&slice.nats).await?;
     let total: usize = written.iter().map(|id| content.ids.get(id).copied().unwrap_or(0)).sum();
     assert_eq!(total, 20, "each write stored once, and nothing published again since");
@@ -378,8 +357,7 @@ async fn events_lost_in_flight_to_the_gateway_are_read_again() -> Result<()> {
     let marker = client.report_status(report("EP1", 77.0)).await?.into_inner().event_id;
     wait_in_stream(&slice, &marker).await?;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    tests::eventually("the events lost in flight in the view", Duration::from_secs(60), || async {
         let (_, assets) = http_get_json(&slice.gateway_addr, "/api/v1/assets?domain=lighting").await?;
         let power = |id: &str| {
             assets["items"]
@@ -394,13 +372,11 @@ async fn events_lost_in_flight_to_the_gateway_are_read_again() -> Result<()> {
             .map(|i| format!("EP{i}"))
             .collect();
         if missing.is_empty() && power("EP1") == Some(77.0) {
-            break;
+            return Ok(Some(()));
         }
-        if Instant::now() > deadline {
-            bail!("events lost in flight never reached the view: {missing:?}, EP1 {:?}", power("EP1"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(anyhow::anyhow!("events lost in flight never reached the view: {missing:?}, EP1 {:?}", power("EP1")))
+    })
+    .await?;
     Ok(())
 }
 
@@ -426,28 +402,26 @@ async fn events_dropped_by_retention_before_the_view_applied_them_are_announced(
     }
     // The stream's retention drops them (and everything else) before the gateway is back.
     let js = async_nats::jetstream::new(slice.nats.client_as("reports").await?);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    tests::eventually("retention to empty the stream", Duration::from_secs(30), || async {
         let mut events = js.get_stream(proto::subject::EVENTS_STREAM).await?;
         let state = events.info().await?.state.clone();
         if state.messages == 0 && state.last_sequence > 0 {
-            break;
+            return Ok(Some(()));
         }
-        anyhow::ensure!(Instant::now() < deadline, "retention never emptied the stream: {state:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(anyhow::anyhow!("retention never emptied the stream: {state:?}"))
+    })
+    .await?;
     slice.restart_gateway().await?;
 
     // Live again, past the gap.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    tests::eventually("the gateway live past the gap", Duration::from_secs(30), || async {
         let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
         if status == 200 && health["status"] == "live" {
-            break;
+            return Ok(Some(()));
         }
-        anyhow::ensure!(Instant::now() < deadline, "the gateway never became live past the gap: {health}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(anyhow::anyhow!("the gateway never became live past the gap: {health}"))
+    })
+    .await?;
     let (status, answer) = http_get_json(&slice.gateway_addr, "/api/v1/notices").await?;
     assert_eq!(status, 200, "{answer}");
     let items = answer["items"].as_array().cloned().unwrap_or_default();

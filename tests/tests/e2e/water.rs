@@ -6,7 +6,7 @@
 //! alarm clears; the chlorine breach is raised and cleared; a night's flow is learned; after a
 //! SIGKILL the service restores its sensors, the night's baseline, its commands and an open alarm.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use proto::water::{
     GetValveCommandRequest, GetWaterKpisRequest, ListDmasRequest, ListSensorsRequest, Reading, RegisterSensorsRequest,
     SendValveCommandRequest, Sensor, ValveAction, ValveCommandStatus,
@@ -260,17 +260,11 @@ async fn a_burst_is_seen_live_and_isolated_by_a_valve() -> Result<()> {
     let night_flow = |kpis: &proto::water::GetWaterKpisResponse| {
         kpis.kpis.iter().flat_map(|k| &k.zones).find(|z| z.zone == "DMA-1").map(|z| (z.night_of.clone(), z.night_flow))
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let learned = loop {
-        let kpis = client.get_kpis(GetWaterKpisRequest::default()).await?.into_inner();
-        if let Some(n) = night_flow(&kpis) {
-            break n;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("no night flow for DMA-1 after the replay: {kpis:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let learned = tests::eventually("DMA-1's night flow after the replay", Duration::from_secs(120), || async {
+        let kpis = client.clone().get_kpis(GetWaterKpisRequest::default()).await?.into_inner();
+        night_flow(&kpis).map(Some).ok_or_else(|| anyhow::anyhow!("no night flow for DMA-1: {kpis:?}"))
+    })
+    .await?;
     assert!(learned.1 > 50.0 && learned.1 < 300.0, "night flow {learned:?}");
     let dmas = client.list_dmas(ListDmasRequest {}).await?.into_inner();
     let zones: Vec<(&str, &str)> = dmas.dmas.iter().map(|d| (d.id.as_str(), d.zone.as_str())).collect();
