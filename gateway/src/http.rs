@@ -14,20 +14,15 @@ use proto::live::{
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authority, Principal};
-use crate::live::{Delta, Demand, Live, Start, upstream};
+use crate::auth::Principal;
+use crate::live::upstream;
+use crate::subscription::{End, Feed, Next, Refused, Subscription};
 
 #[derive(Clone)]
 pub struct AppState {
-    pub live: Arc<Live>,
-    pub nats: async_nats::Client,
-    pub shutdown: CancellationToken,
-    /// How often each session gets a heartbeat (and a WebSocket ping).
-    pub heartbeat: Duration,
-    pub authority: Arc<Authority>,
+    /// What every live subscription reads from (the view, heartbeats, revocations, shutdown).
+    pub feed: Feed,
     /// Origins a browser may open `/ws` from (`scheme://host[:port]`); empty: the gateway's own.
     pub allowed_origins: Arc<Vec<String>>,
 }
@@ -98,9 +93,9 @@ async fn console_missing() -> impl IntoResponse {
 /// view current within `live::max_lag`; 503
 /// and `stale` with the reason otherwise (the process is up, and what it serves is getting old).
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let nats = matches!(state.nats.connection_state(), async_nats::connection::State::Connected);
-    let live = upstream(&state.nats, &state.live) == Upstream::Live;
-    let consumer = match state.live.consumer_health() {
+    let nats = matches!(state.feed.nats.connection_state(), async_nats::connection::State::Connected);
+    let live = upstream(&state.feed.nats, &state.feed.live) == Upstream::Live;
+    let consumer = match state.feed.live.consumer_health() {
         crate::live::ConsumerHealth::Starting => serde_json::json!({"state": "starting"}),
         crate::live::ConsumerHealth::Progressing => serde_json::json!({"state": "progressing"}),
         crate::live::ConsumerHealth::Failing(reason) => serde_json::json!({"state": "failing", "reason": reason}),
@@ -112,10 +107,10 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "status": if live { "live" } else { "stale" },
             "nats": if nats { "connected" } else { "disconnected" },
             "consumer": consumer,
-            "applied_seq": state.live.applied_seq(),
+            "applied_seq": state.feed.live.applied_seq(),
             // How long since the consumer last proved the view current (null: never yet).
-            "lag_ms": state.live.lag().map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)),
-            "assets": state.live.asset_count(),
+            "lag_ms": state.feed.live.lag().map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)),
+            "assets": state.feed.live.asset_count(),
         })),
     )
 }
@@ -144,7 +139,7 @@ async fn websocket(
         tracing::warn!(origin = ?headers.get(axum::http::header::ORIGIN), "WebSocket from an origin not allowed");
         return (StatusCode::FORBIDDEN, "this origin may not open the live stream\n").into_response();
     }
-    let principal = match subprotocol_token(&headers).map(|t| state.authority.principal(&t)) {
+    let principal = match subprotocol_token(&headers).map(|t| state.feed.authority.principal(&t)) {
         None => {
             let message = "offer the subprotocols vigie.v1 and bearer.<access token> (POST /api/v1/auth/login)\n";
             return (StatusCode::UNAUTHORIZED, message).into_response();
@@ -181,16 +176,6 @@ fn frame(message: ServerMessage) -> Message {
     Message::Text(json.into())
 }
 
-/// Deltas are sent in batches: at once when a batch holds an alarm or a command (never held
-/// back), else at most this often; within a batch an asset's successive updates are coalesced
-/// (the latest wins), so each asset changes at most about 10 times a second per client.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Deltas taken from the broadcast in one batch.
-const MAX_BATCH: usize = 10_000;
-/// A client not heard from (any frame, or the pong to our pings) for this many heartbeats is
-/// closed.
-const HEARTBEATS_BEFORE_DEAD: u32 = 6;
-
 /// The sending half of a session. A send waits at most `limit` for a client that does not read:
 /// past it the client is dead (a full socket buffer cannot even carry a close frame).
 struct Out {
@@ -225,95 +210,81 @@ impl Out {
     }
 }
 
-/// Sends how a session starts; false when the client is gone.
-async fn send_start(out: &mut Out, start: Start) -> bool {
-    out.frames(start.frames()).await
-}
-
-/// One client: a snapshot (or a resume), then deltas, under the session's filter; heartbeats both
-/// ways. A client that falls more than the broadcast buffer behind gets a fresh snapshot rather
-/// than a gap; one that stays silent is closed.
+/// One client: its subscription (a snapshot or a resume, then deltas, heartbeats: see
+/// `subscription`), carried as WebSocket text frames; what the client sends (a new filter, a
+/// ping) answered. A client that does not read, or from which nothing is heard for
+/// `HEARTBEATS_BEFORE_DEAD` heartbeats, is closed.
 async fn session(
     socket: WebSocket,
     state: AppState,
     principal: Principal,
-    mut filter: Filter,
+    filter: Filter,
     resume_from: Option<u64>,
-    mut coalescing: bool,
+    coalescing: bool,
 ) {
     let _counted = crate::metrics::SessionGuard::start();
-    // Listening for revocations before anything is sent: a logout right after the snapshot
-    // must not slip between the two.
-    let mut revocations = state.authority.revocations.subscribe();
     let (sink, mut incoming) = socket.split();
-    let mut out = Out { sink, limit: state.heartbeat * HEARTBEATS_BEFORE_DEAD };
-    if state.authority.is_revoked(&principal.sid) {
-        out.close(access_close::REVOKED, "the session was closed; log in again").await;
-        return;
-    }
-    let (start, mut deltas) =
-        match state.live.start(&principal.login, &filter, resume_from, Demand::Asked, coalescing).await {
+    let mut out = Out { sink, limit: state.feed.send_limit() };
+    let (mut subscription, start) =
+        match Subscription::start(&state.feed, &principal, filter, resume_from, coalescing).await {
             Ok(started) => started,
-            Err(limited) => {
+            Err(Refused::Revoked) => {
+                out.close(access_close::REVOKED, "the session was closed; log in again").await;
+                return;
+            }
+            Err(Refused::Limited(limited)) => {
                 tracing::warn!(login = %principal.login, "refusing a snapshot: too many for this login");
                 out.close_owned(close_code::TOO_MANY_SNAPSHOTS, limited.close_reason()).await;
                 return;
             }
         };
-    if !send_start(&mut out, start).await {
+    if !out.frames(start).await {
         return;
     }
-    let mut batch: Vec<Arc<Delta>> = Vec::new();
-    let mut last_flush = Instant::now();
+    let mut coalescing = coalescing;
     let mut heard = Instant::now();
-    let mut heartbeat = tokio::time::interval(state.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.tick().await;
-    let expires_at = crate::auth::deadline(principal.expires_at);
     // Client frames in the current second, for the rate limit.
     let (mut window, mut frames_in_window) = (Instant::now(), 0u32);
     loop {
-        let urgent = !coalescing || batch.len() >= MAX_BATCH || batch.iter().any(|d| d.asset_key().is_none());
-        let flush_at = if batch.is_empty() {
-            None
-        } else if urgent {
-            Some(Instant::now())
-        } else {
-            Some(last_flush + FLUSH_EVERY)
-        };
         tokio::select! {
-            delta = deltas.recv() => match delta {
-                Ok(delta) => {
-                    batch.push(delta);
-                    while batch.len() < MAX_BATCH {
-                        match deltas.try_recv() {
-                            Ok(delta) => batch.push(delta),
-                            Err(TryRecvError::Lagged(missed)) => {
-                                batch.clear();
-                                if !resync(&mut out, &state, &principal.login, &filter, coalescing, &mut deltas, missed).await {
-                                    return;
-                                }
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    batch.clear();
-                    if !resync(&mut out, &state, &principal.login, &filter, coalescing, &mut deltas, missed).await {
+            next = subscription.next() => match next {
+                Next::Frames(frames) => {
+                    if !out.frames(frames).await {
                         return;
                     }
                 }
-                Err(RecvError::Closed) => return,
-            },
-            _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()).await }, if flush_at.is_some() => {
-                let frames = crate::live::coalesce(std::mem::take(&mut batch), &filter, coalescing);
-                if !out.frames(frames.into_iter()).await {
+                Next::Heartbeat(beat) => {
+                    if heard.elapsed() > state.feed.send_limit() {
+                        tracing::info!("closing a silent client");
+                        crate::metrics::get().clients_closed_silent.inc();
+                        out.close(close_code::NO_HEARTBEAT, "nothing heard from the client; reconnect and resume").await;
+                        return;
+                    }
+                    if !out.send(Message::Text(beat)).await || !out.send(Message::Ping(Default::default())).await {
+                        return;
+                    }
+                }
+                Next::FellBehind(missed) => match subscription.restart(missed).await {
+                    Ok(start) => {
+                        if !out.frames(start).await {
+                            return;
+                        }
+                    }
+                    Err(limited) => {
+                        out.close_owned(close_code::TOO_MANY_SNAPSHOTS, limited.close_reason()).await;
+                        return;
+                    }
+                },
+                Next::Ended(end) => {
+                    let (code, reason) = match end {
+                        End::TokenExpired => (access_close::TOKEN_EXPIRED, "the token has expired; refresh it and reconnect"),
+                        End::Revoked => (access_close::REVOKED, "the session was closed; log in again"),
+                        End::ShuttingDown | End::Closed => (axum::extract::ws::close_code::AWAY, "gateway shutting down"),
+                    };
+                    out.close(code, reason).await;
                     return;
                 }
-                last_flush = Instant::now();
-            }
+            },
             message = incoming.next() => {
                 heard = Instant::now();
                 if window.elapsed() >= Duration::from_secs(1) {
@@ -345,22 +316,19 @@ async fn session(
                                 }
                             }
                             let coalescing_wanted = coalesce.unwrap_or(coalescing);
-                            let (start, receiver) = match state.live.start(&principal.login, &wanted, resume_from, Demand::Asked, coalescing_wanted).await {
-                                Ok(started) => started,
+                            match subscription.change(wanted, resume_from, coalescing_wanted).await {
+                                Ok(start) => {
+                                    coalescing = coalescing_wanted;
+                                    if !out.frames(start).await {
+                                        return;
+                                    }
+                                }
                                 Err(limited) => {
                                     let error = ServerMessage::Error { code: ErrorCode::RateLimited, message: limited.to_string() };
                                     if !out.send(frame(error)).await {
                                         return;
                                     }
-                                    continue;
                                 }
-                            };
-                            filter = wanted;
-                            coalescing = coalescing_wanted;
-                            batch.clear();
-                            deltas = receiver;
-                            if !send_start(&mut out, start).await {
-                                return;
                             }
                         }
                     },
@@ -378,65 +346,8 @@ async fn session(
                     }
                 }
             }
-            _ = heartbeat.tick() => {
-                if heard.elapsed() > state.heartbeat * HEARTBEATS_BEFORE_DEAD {
-                    tracing::info!("closing a silent client");
-                    crate::metrics::get().clients_closed_silent.inc();
-                    out.close(close_code::NO_HEARTBEAT, "nothing heard from the client; reconnect and resume").await;
-                    return;
-                }
-                let beat = frame(ServerMessage::Heartbeat {
-                    seq: state.live.applied_seq(),
-                    upstream: upstream(&state.nats, &state.live),
-                    notices: state.live.notices(),
-                });
-                if !out.send(beat).await || !out.send(Message::Ping(Default::default())).await {
-                    return;
-                }
-            }
-            _ = tokio::time::sleep_until(expires_at) => {
-                out.close(access_close::TOKEN_EXPIRED, "the token has expired; refresh it and reconnect").await;
-                return;
-            }
-            // Any revocation (or missed ones, if this session lagged): is it this session's?
-            _ = revocations.recv() => {
-                if state.authority.is_revoked(&principal.sid) {
-                    out.close(access_close::REVOKED, "the session was closed; log in again").await;
-                    return;
-                }
-            }
-            _ = state.shutdown.cancelled() => {
-                out.close(axum::extract::ws::close_code::AWAY, "gateway shutting down").await;
-                return;
-            }
         }
     }
-}
-
-/// The session fell too far behind: a fresh snapshot under its filter (nothing is lost: the
-/// snapshot holds every current alarm and asset).
-async fn resync(
-    out: &mut Out,
-    state: &AppState,
-    login: &str,
-    filter: &Filter,
-    coalescing: bool,
-    deltas: &mut tokio::sync::broadcast::Receiver<Arc<Delta>>,
-    missed: u64,
-) -> bool {
-    tracing::info!(missed, "client fell behind; sending a fresh snapshot");
-    crate::metrics::get().resyncs.inc();
-    let (start, receiver) = match state.live.start(login, filter, None, Demand::FellBehind, coalescing).await {
-        Ok(started) => started,
-        // Too slow for the deltas, and its login out of snapshots: closed (it reconnects later).
-        Err(limited) => {
-            tracing::warn!(login, "a session fell behind past its login's snapshot budget; closing it");
-            out.close_owned(close_code::TOO_MANY_SNAPSHOTS, limited.close_reason()).await;
-            return false;
-        }
-    };
-    *deltas = receiver;
-    send_start(out, start).await
 }
 
 enum Request {

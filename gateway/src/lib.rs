@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod opsview;
 pub mod snapshots;
 pub mod store;
+pub mod subscription;
 pub mod targets;
 pub mod throttle;
 pub mod view;
@@ -334,18 +335,20 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     if config.heartbeat < std::time::Duration::from_millis(100) {
         anyhow::bail!("--heartbeat must be at least 100ms");
     }
+    let feed = subscription::Feed {
+        live: live.clone(),
+        nats: nats.clone(),
+        authority: authority.clone(),
+        heartbeat: config.heartbeat,
+        shutdown: shutdown.clone(),
+    };
     let grpc = match config.grpc_addr {
         Some(addr) => {
             use proto::ops::ops_view_server::OpsViewServer;
             use tonic::server::NamedService;
             let listener = tokio::net::TcpListener::bind(addr).await.context("binding --grpc-addr")?;
             tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
-            let ops = opsview::OpsViewApi {
-                api: api.clone(),
-                nats: nats.clone(),
-                heartbeat: config.heartbeat,
-                authority: authority.clone(),
-            };
+            let ops = opsview::OpsViewApi { api: api.clone(), feed: feed.clone() };
             let routes = tonic::service::Routes::new(OpsViewServer::new(ops));
             // The OpsView checks its callers' tokens itself (scope filter, invariant 20).
             let security = runtime::grpc::Security {
@@ -376,14 +379,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     )?;
     let scraped = live.clone();
     let history = history::HistoryState::new(live.clone(), jetstream::new(nats.clone()));
-    let state = http::AppState {
-        live,
-        nats: nats.clone(),
-        shutdown: shutdown.clone(),
-        heartbeat: config.heartbeat,
-        authority,
-        allowed_origins: Arc::new(config.allowed_origins.clone()),
-    };
+    let state = http::AppState { feed, allowed_origins: Arc::new(config.allowed_origins.clone()) };
     let app = api::router(api, access.clone())
         .merge(history::router(history, access.clone()))
         .merge(commands::router(services, access.clone()))

@@ -1,19 +1,17 @@
 //! The gRPC face of the operations view (`vigie.ops.v1.OpsView`), for integrating systems: the
 //! same live stream as the WebSocket (frames as JSON text) and the same queries as the REST API.
 
-use proto::live::{Filter, ServerFrame, ServerMessage};
+use proto::live::Filter;
 use proto::ops::ops_view_server::OpsView;
 use proto::ops::{AuditRequest, JsonAnswer, ListRequest, LiveFrame, SubscribeRequest};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::api::{self, ApiError, ApiState, AuditParams, ListQuery};
-use crate::auth::{Authority, Principal};
-use crate::live::{Delta, Demand, Start, upstream};
+use crate::auth::Principal;
+use crate::subscription::{End, Feed, Next, Refused, Subscription};
+use axum::extract::ws::Utf8Bytes;
 
 /// Frames buffered per stream; a stream that does not keep up falls behind the broadcast and
 /// gets a fresh snapshot.
@@ -21,9 +19,8 @@ const STREAM_BUFFER: usize = 1024;
 
 pub struct OpsViewApi {
     pub api: ApiState,
-    pub nats: async_nats::Client,
-    pub heartbeat: Duration,
-    pub authority: Arc<Authority>,
+    /// What the live stream reads from, as the WebSocket's sessions do.
+    pub feed: Feed,
 }
 
 impl OpsViewApi {
@@ -36,7 +33,8 @@ impl OpsViewApi {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("this needs authorization: Bearer <token> metadata"))?;
-        let principal = self.authority.principal(token.trim()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let principal =
+            self.feed.authority.principal(token.trim()).map_err(|e| Status::unauthenticated(e.to_string()))?;
         crate::access::reader(&principal)?;
         Ok(principal)
     }
@@ -73,10 +71,6 @@ fn list_query(r: ListRequest) -> ListQuery {
     }
 }
 
-fn frame(message: ServerMessage) -> LiveFrame {
-    LiveFrame { json: serde_json::to_string(&ServerFrame::new(message)).unwrap_or_default() }
-}
-
 type FrameStream = Pin<Box<dyn futures::Stream<Item = Result<LiveFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -96,94 +90,63 @@ impl OpsView for OpsViewApi {
         // The caller's communes: the scope filter every outgoing path goes through.
         filter.communes =
             principal.scope.narrow(&filter.communes).map_err(|e| Status::permission_denied(e.to_string()))?;
-        let mut revocations = self.authority.revocations.subscribe();
-        let authority = self.authority.clone();
-        let expires_at = crate::auth::deadline(principal.expires_at);
-        let coalescing = !r.every_update;
-        let live = self.api.live.clone();
-        let (start, mut deltas) = live
-            .start(&principal.login, &filter, r.resume_from, Demand::Asked, coalescing)
-            .await
-            .map_err(|limited| Status::resource_exhausted(limited.to_string()))?;
+        let (mut subscription, start) =
+            Subscription::start(&self.feed, &principal, filter, r.resume_from, !r.every_update).await.map_err(
+                |refused| match refused {
+                    Refused::Revoked => Status::unauthenticated("the session was closed"),
+                    Refused::Limited(limited) => Status::resource_exhausted(limited.to_string()),
+                },
+            )?;
         let (sender, receiver) = mpsc::channel::<Result<LiveFrame, Status>>(STREAM_BUFFER);
-        let (nats, every) = (self.nats.clone(), self.heartbeat);
+        let limit = self.feed.send_limit();
         tokio::spawn(async move {
-            let send_start = |start: Start| -> Vec<LiveFrame> {
-                start.frames().iter().map(|json| LiveFrame { json: json.to_string() }).collect()
+            // A client that takes nothing for `limit` is dead (or reads too slowly to be live).
+            let send = |frames: Vec<Utf8Bytes>| {
+                let sender = sender.clone();
+                async move {
+                    for json in frames {
+                        let frame = Ok(LiveFrame { json: json.to_string() });
+                        if !matches!(tokio::time::timeout(limit, sender.send(frame)).await, Ok(Ok(()))) {
+                            return false;
+                        }
+                    }
+                    true
+                }
             };
-            for f in send_start(start) {
-                if sender.send(Ok(f)).await.is_err() {
-                    return;
-                }
+            if !send(start).await {
+                return;
             }
-            let mut heartbeat = tokio::time::interval(every);
-            heartbeat.tick().await;
             loop {
-                let mut batch: Vec<Arc<Delta>> = Vec::new();
-                let mut lagged = false;
-                tokio::select! {
-                    delta = deltas.recv() => match delta {
-                        Ok(d) => {
-                            batch.push(d);
-                            loop {
-                                match deltas.try_recv() {
-                                    Ok(d) => batch.push(d),
-                                    Err(TryRecvError::Lagged(_)) => { lagged = true; break; }
-                                    Err(_) => break,
-                                }
+                let frames = tokio::select! {
+                    next = subscription.next() => match next {
+                        Next::Frames(frames) => frames,
+                        Next::Heartbeat(beat) => vec![beat],
+                        Next::FellBehind(missed) => match subscription.restart(missed).await {
+                            Ok(start) => start,
+                            // Too slow for the deltas, and its login out of snapshots: ended.
+                            Err(limited) => {
+                                let _ = sender.send(Err(Status::resource_exhausted(limited.to_string()))).await;
+                                return;
                             }
+                        },
+                        Next::Ended(end) => {
+                            let status = match end {
+                                End::TokenExpired => Status::unauthenticated("the token has expired"),
+                                End::Revoked => Status::unauthenticated("the session was closed"),
+                                End::ShuttingDown | End::Closed => {
+                                    Status::unavailable("the gateway is shutting down; subscribe again with resume_from")
+                                }
+                            };
+                            let _ = tokio::time::timeout(limit, sender.send(Err(status))).await;
+                            return;
                         }
-                        Err(RecvError::Lagged(_)) => lagged = true,
-                        Err(RecvError::Closed) => return,
                     },
-                    _ = heartbeat.tick() => {
-                        let beat = frame(ServerMessage::Heartbeat {
-                            seq: live.applied_seq(),
-                            upstream: upstream(&nats, &live),
-                            notices: live.notices(),
-                        });
-                        if sender.send(Ok(beat)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
                     _ = sender.closed() => return,
-                    _ = tokio::time::sleep_until(expires_at) => {
-                        let _ = sender.send(Err(Status::unauthenticated("the token has expired"))).await;
-                        return;
-                    }
-                    // Any revocation (or missed ones, if this stream lagged): is it this one's?
-                    _ = revocations.recv() => {
-                        if authority.is_revoked(&principal.sid) {
-                            let _ = sender.send(Err(Status::unauthenticated("the session was closed"))).await;
-                            return;
-                        }
-                        continue;
-                    }
-                }
-                if lagged {
-                    crate::metrics::get().resyncs.inc();
-                    let started = live.start(&principal.login, &filter, None, Demand::FellBehind, coalescing).await;
-                    let (start, receiver) = match started {
-                        Ok(started) => started,
-                        // Too slow for the deltas, and its login out of snapshots: ended.
-                        Err(limited) => {
-                            let _ = sender.send(Err(Status::resource_exhausted(limited.to_string()))).await;
-                            return;
-                        }
-                    };
-                    deltas = receiver;
-                    for f in send_start(start) {
-                        if sender.send(Ok(f)).await.is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                for frame in crate::live::coalesce(batch, &filter, coalescing) {
-                    if sender.send(Ok(LiveFrame { json: frame.to_string() })).await.is_err() {
-                        return;
-                    }
+                };
+                if !send(frames).await {
+                    tracing::info!(login = %subscription.login(), "closing an OpsView stream whose client does not read");
+                    crate::metrics::get().clients_closed_silent.inc();
+                    return;
                 }
             }
         });

@@ -206,3 +206,33 @@ async fn subscriptions_resume_heartbeats_and_slow_clients() -> Result<()> {
     slice.gateway.wait_for_log("closing a silent client", 0)?;
     Ok(())
 }
+
+/// The gRPC OpsView stream is the WebSocket's subscription carried otherwise: it ends cleanly when
+/// the gateway shuts down (a status saying so, not a cut connection), as a WebSocket gets its
+/// close frame.
+#[tokio::test]
+async fn an_opsview_stream_is_told_when_the_gateway_shuts_down() -> Result<()> {
+    let mut slice = Slice::start_full(test_territory()?, &[], &["--grpc-addr", "127.0.0.1:0"]).await?;
+    let grpc = slice.gateway.wait_for_addr("gRPC listening", 0)?;
+    let supervisor = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR).await?;
+    let mut ops = proto::ops::ops_view_client::OpsViewClient::connect(format!("http://{grpc}")).await?;
+    let mut request = tonic::Request::new(proto::ops::SubscribeRequest::default());
+    request.metadata_mut().insert("authorization", format!("Bearer {supervisor}").parse()?);
+    let mut stream = ops.subscribe(request).await?.into_inner();
+    let first: Value = serde_json::from_str(&stream.message().await?.context("a first frame")?.json)?;
+    assert_eq!(first["type"], "snapshot");
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(anyhow::anyhow!("the stream ended without saying why")),
+                Err(status) => return Ok(status),
+            }
+        }
+    });
+    slice.gateway.terminate()?;
+    let status = tokio::time::timeout(Duration::from_secs(30), reader).await???;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    Ok(())
+}
