@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::api::{ApiError, MAX_BODY_BYTES};
 use crate::auth::{
     Authority, MIN_PASSWORD_CHARS, OperatorRecord, Principal, Role, SessionRecord, TokenType, check_login,
     hash_password, new_sid, now_s, password_matches,
 };
+use crate::rest::{ApiError, MAX_BODY_BYTES};
 use crate::store::Store;
 
 /// An integrator's credential lives this long unless revoked.

@@ -19,8 +19,8 @@ use runtime::grpc_auth::{AuthChannel, BearerToken};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Access, actor, reader, require_principal};
-use crate::api::{ApiError, MAX_BODY_BYTES};
 use crate::auth::Principal;
+use crate::rest::{ApiError, MAX_BODY_BYTES};
 use axum::Extension;
 
 /// The domain services' gRPC endpoints (connected lazily: a service down gives a 503, not a

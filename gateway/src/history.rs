@@ -29,9 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::access::{Access, reader, require_principal};
-use crate::api::ApiError;
 use crate::auth::{Principal, Scope};
 use crate::live::Live;
+use crate::rest::ApiError;
 
 /// The window asked by default, and the longest one.
 const DEFAULT_HOURS: u32 = 24;

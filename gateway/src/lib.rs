@@ -4,18 +4,18 @@
 //! - [`store`]: the view persisted in sled with the stream sequence it is current at.
 //! - [`consumer`]: the ordered JetStream consumer that feeds the view, exactly once, from the
 //!   view's stored sequence.
-//! - [`live`]: the view shared with WebSocket sessions, and the broadcast of deltas.
+//! - [`live`]: the view shared with sessions, and the broadcast of deltas; [`subscription`]: one
+//!   live subscription, carried by the WebSocket (`http`) and the gRPC stream (`opsview`).
 //! - [`opsview`]: the gRPC face (`vigie.ops.v1.OpsView`): the live stream and the queries.
 //! - [`metrics`]: the gateway's Prometheus metrics (served at `/metrics` with the common ones).
 //! - [`http`]: `/health`, `/ws` (live protocol v1, see `proto::live`), the console's files.
 //! - [`auth`]: roles, scopes ([`auth::Scope::narrow`], the one scope filter), passwords and
 //!   signed tokens; [`access`]: login, refresh, logout, the admin API and the middleware.
 //! - [`basemap`]: the territory for the console (communes, offline basemap as GeoJSON).
-//! - [`api`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
+//! - [`rest`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
 //!   document; [`commands`]: operators' commands over REST, routed to the services over gRPC.
 
 pub mod access;
-pub mod api;
 pub mod auth;
 pub mod basemap;
 pub mod commands;
@@ -25,6 +25,7 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod opsview;
+pub mod rest;
 pub mod snapshots;
 pub mod store;
 pub mod subscription;
@@ -326,7 +327,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         communes: Arc::new(std::sync::RwLock::new(communes)),
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
     };
-    let api = api::ApiState {
+    let api = rest::ApiState {
         live: live.clone(),
         store: store.clone(),
         js: jetstream::new(nats.clone()),
@@ -380,7 +381,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let scraped = live.clone();
     let history = history::HistoryState::new(live.clone(), jetstream::new(nats.clone()));
     let state = http::AppState { feed, allowed_origins: Arc::new(config.allowed_origins.clone()) };
-    let app = api::router(api, access.clone())
+    let app = rest::router(api, access.clone())
         .merge(history::router(history, access.clone()))
         .merge(commands::router(services, access.clone()))
         .merge(basemap::router(

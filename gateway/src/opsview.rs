@@ -8,8 +8,8 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::api::{self, ApiError, ApiState, AuditParams, ListQuery};
 use crate::auth::Principal;
+use crate::rest::{self, ApiError, ApiState, AuditParams, ListQuery};
 use crate::subscription::{End, Feed, Next, Refused, Subscription};
 use axum::extract::ws::Utf8Bytes;
 
@@ -155,22 +155,22 @@ impl OpsView for OpsViewApi {
 
     async fn list_assets(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
         let principal = self.principal(&request)?;
-        json(&api::list_assets(&self.api, list_query(request.into_inner()), &principal)?)
+        json(&rest::list_assets(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn list_alarms(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
         let principal = self.principal(&request)?;
-        json(&api::list_alarms(&self.api, list_query(request.into_inner()), &principal)?)
+        json(&rest::list_alarms(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn list_kpis(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
         let principal = self.principal(&request)?;
-        json(&api::list_kpis(&self.api, list_query(request.into_inner()), &principal)?)
+        json(&rest::list_kpis(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn list_commands(&self, request: Request<ListRequest>) -> Result<Response<JsonAnswer>, Status> {
         let principal = self.principal(&request)?;
-        json(&api::list_commands(&self.api, list_query(request.into_inner()), &principal)?)
+        json(&rest::list_commands(&self.api, list_query(request.into_inner()), &principal)?)
     }
 
     async fn query_audit(&self, request: Request<AuditRequest>) -> Result<Response<JsonAnswer>, Status> {
@@ -184,6 +184,6 @@ impl OpsView for OpsViewApi {
             to: some(r.to),
             limit: (r.limit > 0).then_some(r.limit as usize),
         };
-        json(&api::query_audit(&self.api, params, &principal)?)
+        json(&rest::query_audit(&self.api, params, &principal)?)
     }
 }
