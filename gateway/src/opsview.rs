@@ -125,7 +125,8 @@ impl OpsView for OpsViewApi {
                             Ok(start) => start,
                             // Too slow for the deltas, and its login out of snapshots: ended.
                             Err(limited) => {
-                                let _ = sender.send(Err(Status::resource_exhausted(limited.to_string()))).await;
+                                let ended = Err(Status::resource_exhausted(limited.to_string()));
+                                let _ = tokio::time::timeout(limit, sender.send(ended)).await;
                                 return;
                             }
                         },

@@ -19,12 +19,14 @@ fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         reqwest::Client::builder()
+            // Loopback only: never through a proxy the environment names.
+            .no_proxy()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             // A gateway killed and started again on its port leaves pooled connections dead.
             .pool_max_idle_per_host(0)
             .build()
-            .unwrap_or_default()
+            .expect("the tests' HTTP client")
     })
 }
 
@@ -145,7 +147,7 @@ pub async fn http_post_json_from(
     body: &serde_json::Value,
 ) -> Result<(u16, serde_json::Value)> {
     let from: std::net::IpAddr = local_ip.parse()?;
-    let client = reqwest::Client::builder().local_address(from).timeout(Duration::from_secs(30)).build()?;
+    let client = reqwest::Client::builder().no_proxy().local_address(from).timeout(Duration::from_secs(30)).build()?;
     let (status, answer) = send(client.post(url(host_port, path)).json(body), None).await?;
     Ok((status, json(&answer)))
 }

@@ -4,7 +4,7 @@
 //! same records, so a restart restores the desk).
 
 use proto::lighting::{CommandResult, CommandStatus, ControllerInstruction, LightingCommand};
-use runtime::controller::Desk;
+use runtime::controller::{Desk, Settled};
 use std::collections::BTreeSet;
 
 use crate::store::CommandRecord;
@@ -53,11 +53,11 @@ pub fn track(desk: &CommandDesk, record: CommandRecord) {
 }
 
 /// Applies what a controller reports; returns the updated record when something changed (and
-/// stops tracking the command once no lamp is left to confirm).
+/// stops tracking the command, in the same step, once no lamp is left to confirm).
 pub fn apply_result(desk: &CommandDesk, result: &CommandResult, now: prost_types::Timestamp) -> Option<CommandRecord> {
-    let record = desk.update(&result.command_id, |record| {
+    let (record, finished) = desk.settle(&result.command_id, |record| {
         let mut remaining: BTreeSet<String> = record.remaining.iter().cloned().collect();
-        let command = record.command.as_mut()?;
+        let Some(command) = record.command.as_mut() else { return Settled::Unchanged };
         let mut changed = false;
         for lamp in &result.applied {
             if remaining.remove(lamp) {
@@ -75,17 +75,13 @@ pub fn apply_result(desk: &CommandDesk, result: &CommandResult, now: prost_types
             }
         }
         if !changed {
-            return None;
+            return Settled::Unchanged;
         }
         command.updated_at = Some(now);
         record.remaining = remaining.into_iter().collect();
-        Some(record.clone())
-    })??;
-    if record.remaining.is_empty() {
-        desk.take(&result.command_id);
-        return Some(finish(record));
-    }
-    Some(record)
+        if record.remaining.is_empty() { Settled::Finished } else { Settled::Changed }
+    })?;
+    Some(if finished { finish(record) } else { record })
 }
 
 /// The deadline passed: lamps not confirmed count as failed. `None` when already finished.

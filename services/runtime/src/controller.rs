@@ -36,6 +36,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a change did to a pending command (see [`Desk::settle`]).
+pub enum Settled {
+    Unchanged,
+    Changed,
+    Finished,
+}
+
 /// Pending commands (`C`) and the controllers that receive their instructions (`I`).
 pub struct Desk<C, I> {
     /// Names the controllers in logs and in expiry reasons ("lighting controller").
@@ -76,9 +83,18 @@ impl<C: Clone, I: Clone> Desk<C, I> {
         lock(&self.pending).values().cloned().collect()
     }
 
-    /// Changes a pending command in place; `None` when it is not pending.
-    pub fn update<T>(&self, id: &str, change: impl FnOnce(&mut C) -> T) -> Option<T> {
-        lock(&self.pending).get_mut(id).map(change)
+    /// Changes a pending command in place under the desk's lock; a command `change` says is
+    /// finished leaves the desk in the same step, so that its deadline cannot finish it too.
+    /// Returns the command as changed and whether it finished; `None` when it is not pending or
+    /// `change` changed nothing.
+    pub fn settle(&self, id: &str, change: impl FnOnce(&mut C) -> Settled) -> Option<(C, bool)> {
+        let mut pending = lock(&self.pending);
+        let command = pending.get_mut(id)?;
+        match change(command) {
+            Settled::Unchanged => None,
+            Settled::Changed => Some((command.clone(), false)),
+            Settled::Finished => pending.remove(id).map(|c| (c, true)),
+        }
     }
 
     /// Stops tracking a command (finished, or expired); `None` when it was not pending.
@@ -99,7 +115,8 @@ impl<C: Clone, I: Clone> Desk<C, I> {
     }
 
     /// A controller connected: it gets every pending instruction, then the new ones. The pending
-    /// list is held while it joins, so that a command tracked meanwhile reaches it once.
+    /// list is held while it joins, so that a command tracked meanwhile is not missed (it may
+    /// reach it twice: a controller applies an instruction it already applied as a no-op).
     pub fn connect(&self, sender: InstructionSender<I>) -> u64 {
         let id = self.next_controller.fetch_add(1, Ordering::Relaxed);
         let pending = lock(&self.pending);
@@ -232,7 +249,15 @@ mod tests {
         assert!(rx.try_recv().is_err(), "a command with nothing left sends nothing");
         desk.track("b".into(), ("b".into(), 2));
         assert_eq!(rx.try_recv().expect("new").expect("ok"), "b");
-        assert_eq!(desk.update("b", |c| c.1 -= 1), Some(()));
+        let step = |c: &mut (String, u32)| {
+            c.1 -= 1;
+            if c.1 == 0 { Settled::Finished } else { Settled::Changed }
+        };
+        assert_eq!(desk.settle("b", step), Some((("b".to_owned(), 1), false)));
+        assert_eq!(desk.settle("b", |_| Settled::Unchanged), None, "nothing changed");
+        assert_eq!(desk.settle("b", step), Some((("b".to_owned(), 0), true)));
+        assert_eq!(desk.settle("b", step), None, "a finished command left the desk");
+        desk.track("b".into(), ("b".into(), 1));
         assert_eq!(desk.take("b"), Some(("b".to_owned(), 1)));
         assert_eq!(desk.take("b"), None, "a command is finished once");
         assert!(desk.late_reason().starts_with("not confirmed by the test controller"));

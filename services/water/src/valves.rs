@@ -20,6 +20,9 @@ use crate::store::WriteBatch;
 /// Pending valve commands and the controllers that receive them.
 pub type ValveDesk = Desk<ValveCommand, ValveInstruction>;
 
+/// A settled command whose save failed goes back on the desk; it expires no sooner than this.
+const RETRY_AFTER_FAILED_SAVE: Duration = Duration::from_secs(5);
+
 pub fn new_desk() -> ValveDesk {
     Desk::new("valve controller", |command: &ValveCommand| {
         Some(ValveInstruction {
@@ -100,22 +103,28 @@ impl Water {
     }
 
     /// Saves a command that is no longer pending. The desk let go of it first (so that a result
-    /// and the deadline cannot both settle it); it takes it back when the save fails, and the
-    /// controller's retry or the deadline settles it then.
-    async fn save_settled(&self, command: ValveCommand, link: Option<(String, bool)>) -> Result<(), Status> {
+    /// and the deadline cannot both settle it); when the save fails it takes it back, with its
+    /// deadline again, and the controller's retry or the deadline settles it then. (A store
+    /// that failed keeps failing until the process restarts: see `runtime::store_fault`.)
+    async fn save_settled(self: &Arc<Self>, command: ValveCommand, link: Option<(String, bool)>) -> Result<(), Status> {
         let saved = self.save_command(&command, link).await;
         if saved.is_err() {
             let mut pending = command;
             pending.status = ValveCommandStatus::Pending as i32;
             pending.failure.clear();
             pending.applied_by.clear();
+            // Its deadline again, not sooner than a few seconds: a store that refuses every write
+            // must not be asked again in a loop.
+            let retry = SystemTime::now() + RETRY_AFTER_FAILED_SAVE;
+            let at = pending.deadline.and_then(|d| SystemTime::try_from(d).ok()).map_or(retry, |d| d.max(retry));
+            self.clone().expire_at(pending.id.clone(), Some(event::timestamp(at)));
             self.desk.restore([(pending.id.clone(), pending)]);
         }
         saved
     }
 
     /// What a controller reports. A result for a command no longer pending is ignored.
-    pub async fn valve_result(&self, controller: &str, result: &ValveResult) -> Result<(), Status> {
+    pub async fn valve_result(self: &Arc<Self>, controller: &str, result: &ValveResult) -> Result<(), Status> {
         let id =
             AssetId::parse_as("command id", &result.command_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let Some(mut command) = self.desk.take(id.as_str()) else {
@@ -140,9 +149,13 @@ impl Water {
     }
 
     pub(crate) fn expire_at_deadline(self: Arc<Self>, command: &ValveCommand) {
-        let id = command.id.clone();
+        self.expire_at(command.id.clone(), command.deadline);
+    }
+
+    /// Fails the command at `at` if it is still pending then.
+    fn expire_at(self: Arc<Self>, id: String, at: Option<prost_types::Timestamp>) {
         let stop = self.shutdown.clone();
-        runtime::controller::at_deadline(command.deadline, stop, async move {
+        runtime::controller::at_deadline(at, stop, async move {
             let reason = self.desk.late_reason();
             let Some(mut command) = self.desk.take(&id) else { return };
             command.status = ValveCommandStatus::Failed as i32;
