@@ -80,7 +80,7 @@ impl LightingService for LightingApi {
         let record = |message: TelemetryMessage| match message.message {
             Some(Telemetry::Status(report)) => core.record_status(Some(&report), caller).map(drop),
             Some(Telemetry::Fault(fault)) => core.record_fault(Some(&fault), caller).map(drop),
-            None => Err(Status::invalid_argument("empty telemetry message: status or fault expected")),
+            None => Err(runtime::error::Error::invalid("empty telemetry message: status or fault expected")),
         };
         // Alarms are settled once per group: a feeder failure reported lamp by lamp is one alarm.
         let commit = || async {

@@ -9,13 +9,13 @@ use proto::lighting::{
 };
 use proto::v1::Position;
 use proto::v1::event::Payload;
+use runtime::error::Error;
 use runtime::grpc_auth::{Caller, covers};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use territory::Territory;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::commands::{self, CommandDesk, command_of};
 use crate::domain::{self, Invalid, MAX_STREETLIGHTS_PER_CALL};
@@ -34,9 +34,9 @@ pub struct Lighting {
     shutdown: CancellationToken,
 }
 
-impl From<Invalid> for Status {
-    fn from(e: Invalid) -> Status {
-        Status::invalid_argument(e.0)
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Error {
+        Error::Invalid(e.0)
     }
 }
 
@@ -51,7 +51,7 @@ impl Lighting {
         territory: Arc<Territory>,
         config: RulesConfig,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Lighting>, Status> {
+    ) -> Result<Arc<Lighting>, Error> {
         let mut rules = Rules::new(config);
         for light in store.all_streetlights()? {
             if let Some((id, place)) = place_of(&light) {
@@ -147,12 +147,12 @@ impl Lighting {
     }
 
     /// Publishes the KPIs of every commune and saves the energy counted so far.
-    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Status> {
+    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Error> {
         let kpis = self.kpis(None, now);
         let mut batch = WriteBatch::default();
         for kpi in kpis {
-            let commune = CommuneId::parse(&kpi.commune).map_err(|e| Status::internal(e.to_string()))?;
-            let asset = AssetId::parse(&kpi.commune).map_err(|e| Status::internal(e.to_string()))?;
+            let commune = CommuneId::parse(&kpi.commune).map_err(|e| Error::internal(e.to_string()))?;
+            let asset = AssetId::parse(&kpi.commune).map_err(|e| Error::internal(e.to_string()))?;
             batch.events.push(event::check(event::new_event(
                 &commune,
                 &asset,
@@ -172,17 +172,17 @@ impl Lighting {
         self.flush().await
     }
 
-    pub async fn flush(&self) -> Result<(), Status> {
+    pub async fn flush(&self) -> Result<(), Error> {
         Ok(self.store.flush().await?)
     }
 
     /// Registers or updates streetlights (all or nothing). Returns (registered, unchanged).
-    pub fn register(&self, lights: &[Streetlight]) -> Result<(u32, u32), Status> {
+    pub fn register(&self, lights: &[Streetlight]) -> Result<(u32, u32), Error> {
         if lights.is_empty() {
-            return Err(Status::invalid_argument("no streetlights in the request"));
+            return Err(Error::invalid("no streetlights in the request"));
         }
         if lights.len() > MAX_STREETLIGHTS_PER_CALL {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "{} streetlights in one call; at most {MAX_STREETLIGHTS_PER_CALL}",
                 lights.len()
             )));
@@ -196,7 +196,7 @@ impl Lighting {
         for light in lights {
             let valid = domain::validate_streetlight(light, &self.territory)?;
             if !seen.insert(valid.id.clone()) {
-                return Err(Status::invalid_argument(format!("streetlight {} appears twice in the request", valid.id)));
+                return Err(Error::invalid(format!("streetlight {} appears twice in the request", valid.id)));
             }
             let mut stored = valid.to_proto();
             let existing = self.store.streetlight(valid.id.as_str())?;
@@ -240,7 +240,7 @@ impl Lighting {
 
     /// Records a status report (not yet committed); returns its event id. `caller`: a lamp of a
     /// commune its credential does not cover is not found.
-    pub fn record_status(&self, report: Option<&StatusReport>, caller: Option<&Caller>) -> Result<String, Status> {
+    pub fn record_status(&self, report: Option<&StatusReport>, caller: Option<&Caller>) -> Result<String, Error> {
         let valid = domain::validate_report(report, SystemTime::now())?;
         let id = valid.streetlight_id;
         let mut rules = self.rules();
@@ -279,9 +279,9 @@ impl Lighting {
 
     /// Records a TALQ fault report (not yet committed); returns its event id. `caller`: as for
     /// [`Self::record_status`].
-    pub fn record_fault(&self, fault: Option<&FaultReport>, caller: Option<&Caller>) -> Result<String, Status> {
+    pub fn record_fault(&self, fault: Option<&FaultReport>, caller: Option<&Caller>) -> Result<String, Error> {
         let (id, observed_at, kind) = domain::validate_fault(fault, SystemTime::now())?;
-        let Some(fault) = fault else { return Err(Status::invalid_argument("fault is missing")) };
+        let Some(fault) = fault else { return Err(Error::invalid("fault is missing")) };
         let mut rules = self.rules();
         let (place, mut state) = self.known_locked(&rules, &id, caller)?;
         rules.observe_fault(&id, kind, fault.active);
@@ -304,7 +304,7 @@ impl Lighting {
 
     /// Evaluates the rules on everything recorded since the last settle, and writes the alarm
     /// changes with their events (not yet committed).
-    pub fn settle(&self) -> Result<(), Status> {
+    pub fn settle(&self) -> Result<(), Error> {
         let mut rules = self.rules();
         let changes = rules.settle();
         if changes.is_empty() {
@@ -323,18 +323,18 @@ impl Lighting {
         rules: &Rules,
         id: &AssetId,
         caller: Option<&Caller>,
-    ) -> Result<(LampPlace, LampState), Status> {
+    ) -> Result<(LampPlace, LampState), Error> {
         let place = rules
             .place(id)
             .filter(|place| covers(caller, place.commune.as_str()))
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("streetlight {id} is not registered")))?;
+            .ok_or_else(|| Error::not_found(format!("streetlight {id} is not registered")))?;
         let state = self.store.lamp_state(id.as_str())?.unwrap_or_default();
         Ok((place, state))
     }
 
     /// Periodic re-evaluation (dusk ends "on in daytime").
-    pub async fn tick(&self, now: SystemTime) -> Result<(), Status> {
+    pub async fn tick(&self, now: SystemTime) -> Result<(), Error> {
         {
             let mut rules = self.rules();
             let changes = rules.tick(now);
@@ -360,14 +360,14 @@ impl Lighting {
         &self,
         mut schedule: DimmingSchedule,
         requested_by: &str,
-    ) -> Result<DimmingSchedule, Status> {
+    ) -> Result<DimmingSchedule, Error> {
         let by = requested_by.trim();
         if by.is_empty() || by.chars().count() > 64 {
-            return Err(Status::invalid_argument("requested_by is required (at most 64 characters)"));
+            return Err(Error::invalid("requested_by is required (at most 64 characters)"));
         }
         let name = schedule.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(Status::invalid_argument("name is required: 1 to 100 characters of text"));
+            return Err(Error::invalid("name is required: 1 to 100 characters of text"));
         }
         // The target is checked as a command's would be.
         let probe = SendCommandRequest {
@@ -381,12 +381,12 @@ impl Lighting {
         domain::validate_command(&probe, &self.territory)?;
         schedule::validate_steps(&schedule.steps, "steps")?;
         if schedule.overrides.len() > schedule::MAX_OVERRIDES {
-            return Err(Status::invalid_argument(format!("at most {} overrides", schedule::MAX_OVERRIDES)));
+            return Err(Error::invalid(format!("at most {} overrides", schedule::MAX_OVERRIDES)));
         }
         for o in &schedule.overrides {
             schedule::parse_night(&o.night_of)?;
             if o.reason.chars().count() > domain::MAX_REASON_CHARS || o.reason.chars().any(char::is_control) {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid(format!(
                     "override of {}: reason must be at most {} characters of text",
                     o.night_of,
                     domain::MAX_REASON_CHARS
@@ -397,9 +397,9 @@ impl Lighting {
         if schedule.id.is_empty() {
             schedule.id = uuid::Uuid::now_v7().to_string();
         } else {
-            AssetId::parse_as("schedule id", &schedule.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            AssetId::parse_as("schedule id", &schedule.id).map_err(|e| Error::invalid(e.to_string()))?;
             if !self.store.schedules()?.iter().any(|s| s.id == schedule.id) {
-                return Err(Status::not_found(format!("schedule {} does not exist", schedule.id)));
+                return Err(Error::not_found(format!("schedule {} does not exist", schedule.id)));
             }
         }
         schedule.name = name;
@@ -412,23 +412,23 @@ impl Lighting {
         Ok(schedule)
     }
 
-    pub fn schedules(&self) -> Result<Vec<DimmingSchedule>, Status> {
+    pub fn schedules(&self) -> Result<Vec<DimmingSchedule>, Error> {
         Ok(self.store.schedules()?)
     }
 
-    pub async fn delete_schedule(&self, id: &str, requested_by: &str) -> Result<(), Status> {
+    pub async fn delete_schedule(&self, id: &str, requested_by: &str) -> Result<(), Error> {
         if requested_by.trim().is_empty() {
-            return Err(Status::invalid_argument("requested_by is required"));
+            return Err(Error::invalid("requested_by is required"));
         }
         if !self.store.delete_schedule(id).await? {
-            return Err(Status::not_found(format!("schedule {id} does not exist")));
+            return Err(Error::not_found(format!("schedule {id} does not exist")));
         }
         tracing::info!(schedule = %id, by = requested_by.trim(), "dimming schedule deleted");
         Ok(())
     }
 
     /// Sends a command for every enabled schedule whose level changed.
-    pub async fn run_schedules(self: &Arc<Self>, now: SystemTime) -> Result<(), Status> {
+    pub async fn run_schedules(self: &Arc<Self>, now: SystemTime) -> Result<(), Error> {
         for mut schedule in self.store.schedules()?.into_iter().filter(|s| s.enabled) {
             let overrides: Vec<_> = schedule
                 .overrides
@@ -462,7 +462,7 @@ impl Lighting {
     }
 
     /// Centre of the lamps a target addresses (where its sun rises and sets).
-    fn centroid(&self, request: &SendCommandRequest) -> Result<Option<(f64, f64)>, Status> {
+    fn centroid(&self, request: &SendCommandRequest) -> Result<Option<(f64, f64)>, Error> {
         let mut probe = request.clone();
         probe.requested_by = "schedule".into();
         probe.action = Some(proto::lighting::CommandAction {
@@ -481,7 +481,7 @@ impl Lighting {
     }
 
     /// Creates the commands (one per commune of the target), stores and dispatches them.
-    pub async fn send_command(self: &Arc<Self>, request: &SendCommandRequest) -> Result<Vec<LightingCommand>, Status> {
+    pub async fn send_command(self: &Arc<Self>, request: &SendCommandRequest) -> Result<Vec<LightingCommand>, Error> {
         let valid = domain::validate_command(request, &self.territory)?;
         // Lamps outside the requester's communes are, to the requester, not there: a target
         // reaches only the lamps of its communes, and one that reaches none of them gets the
@@ -498,7 +498,7 @@ impl Lighting {
             }
         }
         if by_commune.is_empty() {
-            return Err(Status::not_found("no registered streetlight matches the target"));
+            return Err(Error::not_found("no registered streetlight matches the target"));
         }
         let now = SystemTime::now();
         let deadline = event::timestamp(now + valid.timeout);
@@ -537,14 +537,14 @@ impl Lighting {
     }
 
     /// A controller's result; persisted when it changes the command.
-    pub async fn command_result(&self, result: &CommandResult) -> Result<(), Status> {
+    pub async fn command_result(&self, result: &CommandResult) -> Result<(), Error> {
         if let Some(record) = commands::apply_result(&self.desk, result, now_ts()) {
             self.save_command(record).await?;
         }
         Ok(())
     }
 
-    async fn save_command(&self, record: CommandRecord) -> Result<(), Status> {
+    async fn save_command(&self, record: CommandRecord) -> Result<(), Error> {
         let command = command_of(&record);
         if command.status != CommandStatus::Pending as i32 {
             tracing::info!(command = %command.id, status = ?CommandStatus::try_from(command.status), applied = command.lamps_applied, failed = command.lamps_failed, "command finished");
@@ -573,9 +573,9 @@ fn place_of(light: &Streetlight) -> Option<(AssetId, LampPlace)> {
     Some((id, LampPlace { commune, lat: light.lat, lon: light.lon, street: light.street.clone() }))
 }
 
-fn command_event(command: &LightingCommand) -> Result<CheckedEvent, Status> {
-    let commune = CommuneId::parse(&command.commune).map_err(|e| Status::internal(e.to_string()))?;
-    let asset = AssetId::parse(&command.id).map_err(|e| Status::internal(e.to_string()))?;
+fn command_event(command: &LightingCommand) -> Result<CheckedEvent, Error> {
+    let commune = CommuneId::parse(&command.commune).map_err(|e| Error::internal(e.to_string()))?;
+    let asset = AssetId::parse(&command.id).map_err(|e| Error::internal(e.to_string()))?;
     event::check(event::new_event(
         &commune,
         &asset,
@@ -583,7 +583,7 @@ fn command_event(command: &LightingCommand) -> Result<CheckedEvent, Status> {
         None,
         Payload::LightingCommand(command.clone()),
     ))
-    .map_err(Status::from)
+    .map_err(Error::from)
 }
 
 /// The lighting domain's alarm events.
@@ -595,7 +595,7 @@ fn add_alarm_changes(
     batch: &mut WriteBatch,
     changes: Vec<AlarmChange>,
     at: prost_types::Timestamp,
-) -> Result<(), Status> {
+) -> Result<(), Error> {
     runtime::alarms::announce(changes, &ALARM_PAYLOADS, at, &mut batch.events, &mut batch.alarms)
-        .map_err(|e| Status::internal(format!("built an invalid event: {e}")))
+        .map_err(|e| Error::internal(format!("built an invalid event: {e}")))
 }

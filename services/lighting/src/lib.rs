@@ -118,8 +118,8 @@ async fn import_inventory(core: &Arc<core::Lighting>, territory: &territory::Ter
     }
     let (mut registered, mut unchanged) = (0, 0);
     for chunk in valid.chunks(domain::MAX_STREETLIGHTS_PER_CALL) {
-        let (r, u) = core.register(chunk).map_err(|s| anyhow::anyhow!("importing streetlights: {}", s.message()))?;
-        core.flush().await.map_err(|s| anyhow::anyhow!("importing streetlights: {}", s.message()))?;
+        let (r, u) = core.register(chunk).map_err(|e| anyhow::anyhow!("importing streetlights: {e}"))?;
+        core.flush().await.map_err(|e| anyhow::anyhow!("importing streetlights: {e}"))?;
         registered += r;
         unchanged += u;
     }
@@ -187,7 +187,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let territory = Arc::new(territory);
     let core = core::Lighting::open(store.clone(), territory.clone(), rules, service.background())
         .await
-        .map_err(|status| anyhow::anyhow!("restoring the lighting state: {}", status.message()))?;
+        .map_err(|e| anyhow::anyhow!("restoring the lighting state: {e}"))?;
     tracing::info!(streetlights = store.streetlight_count(), outbox = store.outbox().depth(), "store opened");
     if config.import_inventory {
         import_inventory(&core, &territory).await?;

@@ -20,6 +20,7 @@ use territory::streets::{StreetIndex, normalize};
 use crate::catalogue::Catalogue;
 use crate::domain::{self, DUPLICATE_RADIUS_M};
 use crate::store::{Store, StoreError};
+use runtime::error::Error;
 
 /// Requests listed without ids or dates cover this much (GeoReport v2 suggests 90 days).
 pub const DEFAULT_LIST_WINDOW: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -27,35 +28,6 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1_000;
 /// `service_request_id`s one query may list (each is looked up by its key).
 pub const MAX_IDS_PER_QUERY: usize = 100;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// The client's fault: 400.
-    #[error("{0}")]
-    Invalid(String),
-    /// 404.
-    #[error("{0}")]
-    NotFound(String),
-    /// The caller's credential does not cover this commune: 403.
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("the reports store could not complete the write: {0}")]
-    Store(#[from] StoreError),
-    #[error("built an invalid event: {0}")]
-    Event(String),
-}
-
-impl From<ReportError> for tonic::Status {
-    fn from(e: ReportError) -> tonic::Status {
-        match e {
-            ReportError::Invalid(m) => tonic::Status::invalid_argument(m),
-            ReportError::NotFound(m) => tonic::Status::not_found(m),
-            ReportError::Forbidden(m) => tonic::Status::permission_denied(m),
-            ReportError::Store(e) => tonic::Status::from(e),
-            ReportError::Event(m) => tonic::Status::internal(m),
-        }
-    }
-}
 
 /// A lighting alarm the service heard of: where, and in which commune.
 #[derive(Debug, Clone)]
@@ -78,15 +50,15 @@ pub struct Reports {
     catalogue: Catalogue,
     /// Services whose reports are about a lamp (linked to lighting alarms nearby).
     lighting_services: Vec<String>,
-    state: tokio::sync::Mutex<State>,
+    state: Mutex<State>,
     /// Lighting alarms by key: the stream sequence of the latest event about each, and the
     /// alarm while it is raised (raised and cleared alarms arrive on two consumers, whose order
     /// between them is not the stream's: the later sequence wins).
     lamp_alarms: Mutex<HashMap<String, (u64, Option<LampAlarm>)>>,
 }
 
-fn invalid(m: impl Into<String>) -> ReportError {
-    ReportError::Invalid(m.into())
+fn invalid(m: impl Into<String>) -> Error {
+    Error::invalid(m)
 }
 
 /// A request as anyone may see it: without its reporter's contact.
@@ -95,6 +67,10 @@ pub fn public(r: &ServiceRequest) -> ServiceRequest {
 }
 
 impl Reports {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn open(
         store: Store,
         territory: Arc<Territory>,
@@ -116,7 +92,7 @@ impl Reports {
             streets,
             catalogue,
             lighting_services,
-            state: tokio::sync::Mutex::new(State { requests, tokens, next_id }),
+            state: Mutex::new(State { requests, tokens, next_id }),
             lamp_alarms: Mutex::new(HashMap::new()),
         })
     }
@@ -126,23 +102,23 @@ impl Reports {
     }
 
     /// The services of a commune (all communes share them unless configured otherwise).
-    pub fn services(&self, commune: &str) -> Result<&[ServiceDefinition], ReportError> {
+    pub fn services(&self, commune: &str) -> Result<&[ServiceDefinition], Error> {
         if !commune.is_empty() {
             self.commune(commune)?;
         }
         Ok(self.catalogue.services(commune))
     }
 
-    fn commune(&self, id: &str) -> Result<&territory::Commune, ReportError> {
+    fn commune(&self, id: &str) -> Result<&territory::Commune, Error> {
         CommuneId::parse(id)
             .ok()
             .and_then(|c| self.territory.commune(&c))
-            .ok_or_else(|| ReportError::NotFound(format!("jurisdiction_id {id:?} is not a commune of this territory")))
+            .ok_or_else(|| Error::NotFound(format!("jurisdiction_id {id:?} is not a commune of this territory")))
     }
 
     /// Places an address on the territory's streets: the street it names, in the commune it names
     /// (or `commune`, or the only one the street runs through).
-    fn geocode(&self, address: &str, commune: &str) -> Result<(f64, f64), ReportError> {
+    fn geocode(&self, address: &str, commune: &str) -> Result<(f64, f64), Error> {
         let streets = self.streets.as_ref().ok_or_else(|| {
             invalid("this territory has no street layer to place an address_string: give lat and long")
         })?;
@@ -196,12 +172,12 @@ impl Reports {
         input: CreateRequestRequest,
         caller: Option<&Caller>,
         now: SystemTime,
-    ) -> Result<CreateRequestResponse, ReportError> {
+    ) -> Result<CreateRequestResponse, Error> {
         if input.service_code.is_empty() {
             return Err(invalid("service_code is required"));
         }
         if !self.catalogue.knows(&input.service_code) {
-            return Err(ReportError::NotFound(format!(
+            return Err(Error::NotFound(format!(
                 "service_code {:?} is not a service of this territory",
                 input.service_code
             )));
@@ -229,12 +205,9 @@ impl Reports {
                 commune.id, commune.name, input.commune
             )));
         }
-        check_commune(caller, commune.id.as_str()).map_err(|s| ReportError::Forbidden(s.message().to_owned()))?;
+        check_commune(caller, commune.id.as_str()).map_err(|s| Error::Forbidden(s.message().to_owned()))?;
         let service = self.catalogue.service(commune.id.as_str(), &input.service_code).ok_or_else(|| {
-            ReportError::NotFound(format!(
-                "service_code {:?} is not offered in commune {}",
-                input.service_code, commune.id
-            ))
+            Error::NotFound(format!("service_code {:?} is not offered in commune {}", input.service_code, commune.id))
         })?;
         let description =
             domain::clean_text("description", &input.description, domain::MAX_DESCRIPTION_CHARS).map_err(invalid)?;
@@ -252,107 +225,112 @@ impl Reports {
         if linked_alarm_key.is_some() {
             notices.push("La panne de ce lampadaire est déjà connue de nos équipes.".to_owned());
         }
-        let mut state = self.state.lock().await;
-        let id = state.next_id;
-        let original =
-            domain::find_duplicate(state.requests.values(), commune.id.as_str(), &service.service_code, (lat, lon))
-                .cloned();
-        let status = if original.is_some() { ReportStatus::Duplicate } else { ReportStatus::Open };
-        let mut request = ServiceRequest {
-            service_request_id: id.to_string(),
-            token: uuid::Uuid::now_v7().to_string(),
-            service_code: service.service_code.clone(),
-            service_name: service.service_name.clone(),
-            commune: commune.id.to_string(),
-            agency_responsible: commune.name.clone(),
-            status: status as i32,
-            status_notes: String::new(),
-            description,
-            lat,
-            lon,
-            address,
-            media_url,
-            attributes,
-            requested_datetime: Some(at),
-            updated_datetime: Some(at),
-            duplicate_of: String::new(),
-            duplicate_count: 0,
-            linked_alarm_key: linked_alarm_key.unwrap_or_default(),
-            history: vec![StatusChange {
-                at: Some(at),
-                actor: "citizen".into(),
-                from: ReportStatus::Unspecified as i32,
-                to: status as i32,
-                note: String::new(),
-            }],
-            contact: Some(contact),
-        };
-        let mut changed = Vec::new();
-        let mut events = Vec::new();
-        if let Some(mut original) = original {
-            request.duplicate_of = original.service_request_id.clone();
-            request.status_notes = format!("Doublon de la demande {}.", original.service_request_id);
-            notices.insert(
+        // Ids are given and written in order under the lock; the flush is shared, after it.
+        let (request, id) = {
+            let mut state = self.state();
+            let id = state.next_id;
+            let original =
+                domain::find_duplicate(state.requests.values(), commune.id.as_str(), &service.service_code, (lat, lon))
+                    .cloned();
+            let status = if original.is_some() { ReportStatus::Duplicate } else { ReportStatus::Open };
+            let mut request = ServiceRequest {
+                service_request_id: id.to_string(),
+                token: uuid::Uuid::now_v7().to_string(),
+                service_code: service.service_code.clone(),
+                service_name: service.service_name.clone(),
+                commune: commune.id.to_string(),
+                agency_responsible: commune.name.clone(),
+                status: status as i32,
+                status_notes: String::new(),
+                description,
+                lat,
+                lon,
+                address,
+                media_url,
+                attributes,
+                requested_datetime: Some(at),
+                updated_datetime: Some(at),
+                duplicate_of: String::new(),
+                duplicate_count: 0,
+                linked_alarm_key: linked_alarm_key.unwrap_or_default(),
+                history: vec![StatusChange {
+                    at: Some(at),
+                    actor: "citizen".into(),
+                    from: ReportStatus::Unspecified as i32,
+                    to: status as i32,
+                    note: String::new(),
+                }],
+                contact: Some(contact),
+            };
+            let mut changed = Vec::new();
+            let mut events = Vec::new();
+            if let Some(mut original) = original {
+                request.duplicate_of = original.service_request_id.clone();
+                request.status_notes = format!("Doublon de la demande {}.", original.service_request_id);
+                notices.insert(
                 0,
                 format!(
                     "Ce problème a déjà été signalé (demande {}, à moins de {DUPLICATE_RADIUS_M:.0} m) : votre signalement y est rattaché.",
                     original.service_request_id
                 ),
             );
-            original.duplicate_count += 1;
-            original.updated_datetime = Some(at);
-            let change = StatusChange {
-                at: Some(at),
-                actor: "system".into(),
-                from: original.status,
-                to: original.status,
-                note: format!("doublon {id} rattaché"),
-            };
-            domain::record_change(&mut original.history, change.clone());
-            events.push(self.event(
-                &original,
-                Payload::ReportUpdated(ReportUpdated { request: Some(public(&original)), change: Some(change) }),
-                now,
-            )?);
-            changed.push(original);
-        }
-        events.insert(
-            0,
-            self.event(&request, Payload::ReportCreated(ReportCreated { request: Some(public(&request)) }), now)?,
-        );
-        changed.insert(0, request.clone());
-        self.store.write(&changed, &events).await?;
-        for r in changed {
-            if let Ok(n) = r.service_request_id.parse::<u64>() {
-                state.tokens.insert(r.token.clone(), n);
-                state.requests.insert(n, r);
+                original.duplicate_count += 1;
+                original.updated_datetime = Some(at);
+                let change = StatusChange {
+                    at: Some(at),
+                    actor: "system".into(),
+                    from: original.status,
+                    to: original.status,
+                    note: format!("doublon {id} rattaché"),
+                };
+                domain::record_change(&mut original.history, change.clone());
+                events.push(self.event(
+                    &original,
+                    Payload::ReportUpdated(ReportUpdated { request: Some(public(&original)), change: Some(change) }),
+                    now,
+                )?);
+                changed.push(original);
             }
-        }
-        state.next_id = id + 1;
+            events.insert(
+                0,
+                self.event(&request, Payload::ReportCreated(ReportCreated { request: Some(public(&request)) }), now)?,
+            );
+            changed.insert(0, request.clone());
+            self.store.write(&changed, &events)?;
+            for r in changed {
+                if let Ok(n) = r.service_request_id.parse::<u64>() {
+                    state.tokens.insert(r.token.clone(), n);
+                    state.requests.insert(n, r);
+                }
+            }
+            state.next_id = id + 1;
+            (request, id)
+        };
+        self.store.flush().await?;
         tracing::info!(id, commune = %request.commune, service = %request.service_code, duplicate_of = %request.duplicate_of, "report accepted");
         Ok(CreateRequestResponse { request: Some(public(&request)), service_notice: notices.join(" ") })
     }
 
     /// Publishes every commune's KPIs (see [`crate::kpi`]).
-    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), ReportError> {
-        let kpis = crate::kpi::per_commune(self.state.lock().await.requests.values(), now);
+    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Error> {
+        let kpis = crate::kpi::per_commune(self.state().requests.values(), now);
         let mut events = Vec::with_capacity(kpis.len());
         for kpi in kpis {
-            let commune = CommuneId::parse(&kpi.commune).map_err(|e| ReportError::Event(e.to_string()))?;
-            let asset = AssetId::parse(&kpi.commune).map_err(|e| ReportError::Event(e.to_string()))?;
+            let commune = CommuneId::parse(&kpi.commune).map_err(Error::internal)?;
+            let asset = AssetId::parse(&kpi.commune).map_err(Error::internal)?;
             let e = event::new_event(&commune, &asset, event::timestamp(now), None, Payload::ReportsKpi(kpi));
-            events.push(event::check(e).map_err(|e| ReportError::Event(e.to_string()))?);
+            events.push(event::check(e)?);
         }
         if !events.is_empty() {
-            self.store.write(&[], &events).await?;
+            self.store.write(&[], &events)?;
+            self.store.flush().await?;
         }
         Ok(())
     }
 
-    fn event(&self, r: &ServiceRequest, payload: Payload, now: SystemTime) -> Result<CheckedEvent, ReportError> {
-        let commune = CommuneId::parse(&r.commune).map_err(|e| ReportError::Event(e.to_string()))?;
-        let asset = AssetId::parse(&format!("report-{}", r.service_request_id))
-            .map_err(|e| ReportError::Event(e.to_string()))?;
+    fn event(&self, r: &ServiceRequest, payload: Payload, now: SystemTime) -> Result<CheckedEvent, Error> {
+        let commune = CommuneId::parse(&r.commune).map_err(Error::internal)?;
+        let asset = AssetId::parse(&format!("report-{}", r.service_request_id)).map_err(Error::internal)?;
         let e = event::new_event(
             &commune,
             &asset,
@@ -360,27 +338,23 @@ impl Reports {
             Some(Position { lat: r.lat, lon: r.lon }),
             payload,
         );
-        event::check(e).map_err(|e| ReportError::Event(e.to_string()))
+        event::check(e).map_err(Error::from)
     }
 
-    pub async fn get(&self, id: &str) -> Result<ServiceRequest, ReportError> {
-        let n = id.parse::<u64>().map_err(|_| ReportError::NotFound(format!("no service request {id:?}")))?;
-        let state = self.state.lock().await;
-        state.requests.get(&n).map(public).ok_or_else(|| ReportError::NotFound(format!("no service request {id:?}")))
+    pub async fn get(&self, id: &str) -> Result<ServiceRequest, Error> {
+        let n = id.parse::<u64>().map_err(|_| Error::NotFound(format!("no service request {id:?}")))?;
+        let state = self.state();
+        state.requests.get(&n).map(public).ok_or_else(|| Error::NotFound(format!("no service request {id:?}")))
     }
 
     /// The request id a creation token stands for.
-    pub async fn token(&self, token: &str) -> Result<String, ReportError> {
-        let state = self.state.lock().await;
-        state
-            .tokens
-            .get(token)
-            .map(ToString::to_string)
-            .ok_or_else(|| ReportError::NotFound(format!("no token {token:?}")))
+    pub async fn token(&self, token: &str) -> Result<String, Error> {
+        let state = self.state();
+        state.tokens.get(token).map(ToString::to_string).ok_or_else(|| Error::NotFound(format!("no token {token:?}")))
     }
 
     /// Requests matching a query, newest first, one page.
-    pub async fn list(&self, q: &ListRequestsRequest, now: SystemTime) -> Result<Vec<ServiceRequest>, ReportError> {
+    pub async fn list(&self, q: &ListRequestsRequest, now: SystemTime) -> Result<Vec<ServiceRequest>, Error> {
         if !q.commune.is_empty() {
             self.commune(&q.commune)?;
         }
@@ -407,7 +381,7 @@ impl Reports {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         ids.dedup();
         let codes: Vec<&str> = q.service_code.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
-        let state = self.state.lock().await;
+        let state = self.state();
         let wanted = |r: &&ServiceRequest| {
             let requested = r.requested_datetime.map(|t| t.seconds).unwrap_or(0);
             let status = ReportStatus::try_from(r.status).unwrap_or(ReportStatus::Unspecified);
@@ -442,7 +416,7 @@ impl Reports {
         actor: &str,
         allowed_communes: &[String],
         now: SystemTime,
-    ) -> Result<ServiceRequest, ReportError> {
+    ) -> Result<ServiceRequest, Error> {
         if status == ReportStatus::Unspecified {
             return Err(invalid("status is required"));
         }
@@ -451,35 +425,37 @@ impl Reports {
             return Err(invalid("actor (who changes the status) is required"));
         }
         let note = domain::clean_text("note", note, domain::MAX_NOTE_CHARS).map_err(invalid)?;
-        let n = id.parse::<u64>().map_err(|_| ReportError::NotFound(format!("no service request {id:?}")))?;
-        let mut state = self.state.lock().await;
-        let mut request = state
-            .requests
-            .get(&n)
-            .cloned()
-            .ok_or_else(|| ReportError::NotFound(format!("no service request {id:?}")))?;
-        // Another commune's request is, to this operator, not there.
-        if !allowed_communes.is_empty() && !allowed_communes.contains(&request.commune) {
-            return Err(ReportError::NotFound(format!("no service request {id:?}")));
-        }
-        if request.status == status as i32 && note.is_empty() {
-            return Err(invalid(format!("request {id} is {} already", status.token())));
-        }
-        let at = event::timestamp(now);
-        let change = StatusChange { at: Some(at), actor, from: request.status, to: status as i32, note: note.clone() };
-        request.status = status as i32;
-        if !note.is_empty() {
-            request.status_notes = note;
-        }
-        request.updated_datetime = Some(at);
-        domain::record_change(&mut request.history, change.clone());
-        let e = self.event(
-            &request,
-            Payload::ReportUpdated(ReportUpdated { request: Some(public(&request)), change: Some(change) }),
-            now,
-        )?;
-        self.store.write(std::slice::from_ref(&request), &[e]).await?;
-        state.requests.insert(n, request.clone());
+        let n = id.parse::<u64>().map_err(|_| Error::NotFound(format!("no service request {id:?}")))?;
+        let request = {
+            let mut state = self.state();
+            let mut request =
+                state.requests.get(&n).cloned().ok_or_else(|| Error::NotFound(format!("no service request {id:?}")))?;
+            // Another commune's request is, to this operator, not there.
+            if !allowed_communes.is_empty() && !allowed_communes.contains(&request.commune) {
+                return Err(Error::NotFound(format!("no service request {id:?}")));
+            }
+            if request.status == status as i32 && note.is_empty() {
+                return Err(invalid(format!("request {id} is {} already", status.token())));
+            }
+            let at = event::timestamp(now);
+            let change =
+                StatusChange { at: Some(at), actor, from: request.status, to: status as i32, note: note.clone() };
+            request.status = status as i32;
+            if !note.is_empty() {
+                request.status_notes = note;
+            }
+            request.updated_datetime = Some(at);
+            domain::record_change(&mut request.history, change.clone());
+            let e = self.event(
+                &request,
+                Payload::ReportUpdated(ReportUpdated { request: Some(public(&request)), change: Some(change) }),
+                now,
+            )?;
+            self.store.write(std::slice::from_ref(&request), &[e])?;
+            state.requests.insert(n, request.clone());
+            request
+        };
+        self.store.flush().await?;
         Ok(public(&request))
     }
 

@@ -23,7 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use crate::core::{ReportError, Reports};
+use crate::core::Reports;
+use runtime::error::Error;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -91,11 +92,11 @@ fn error(format: Format, status: StatusCode, description: &str) -> Response {
     render(format, status, "errors", "error", &body)
 }
 
-fn report_error(format: Format, e: ReportError) -> Response {
+fn report_error(format: Format, e: Error) -> Response {
     match e {
-        ReportError::Invalid(m) => error(format, StatusCode::BAD_REQUEST, &m),
-        ReportError::NotFound(m) => error(format, StatusCode::NOT_FOUND, &m),
-        ReportError::Forbidden(m) => error(format, StatusCode::FORBIDDEN, &m),
+        Error::Invalid(m) => error(format, StatusCode::BAD_REQUEST, &m),
+        Error::NotFound(m) => error(format, StatusCode::NOT_FOUND, &m),
+        Error::Forbidden(m) => error(format, StatusCode::FORBIDDEN, &m),
         other => {
             tracing::error!(error = %other, "Open311 request failed");
             error(format, StatusCode::INTERNAL_SERVER_ERROR, &other.to_string())

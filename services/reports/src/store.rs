@@ -35,8 +35,9 @@ impl Store {
         runtime::store::all(&self.requests, "request")
     }
 
-    /// Writes requests (whole) and their events in one transaction, then flushes: durable on return.
-    pub async fn write(&self, requests: &[ServiceRequest], events: &[CheckedEvent]) -> Result<(), StoreError> {
+    /// Writes requests (whole) and their events in one transaction (durable at the next
+    /// [`Store::flush`]).
+    pub fn write(&self, requests: &[ServiceRequest], events: &[CheckedEvent]) -> Result<(), StoreError> {
         let entries: Vec<PreparedEntry> =
             events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
         let encoded: Vec<(Vec<u8>, Vec<u8>)> =
@@ -50,6 +51,11 @@ impl Store {
             }
             Ok::<(), ConflictableTransactionError<StoreError>>(())
         })?;
+        Ok(())
+    }
+
+    /// Makes what was written durable (and wakes the outbox relay). Before answering.
+    pub async fn flush(&self) -> Result<(), StoreError> {
         self.outbox.flush().await?;
         Ok(())
     }

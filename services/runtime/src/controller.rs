@@ -177,7 +177,7 @@ pub enum FromController<R> {
 /// Serves one controller's session: the first message must be a hello naming the controller;
 /// every later one a result, handed to `on_result` with the controller's id. The first refused
 /// message ends the session with its error; the controller leaves the desk when its stream ends.
-pub async fn session<M, C, I, R, H, F>(
+pub async fn session<M, C, I, R, H, F, E>(
     mut inbound: Streaming<M>,
     desk: Arc<Desk<C, I>>,
     read: fn(M) -> FromController<R>,
@@ -189,7 +189,8 @@ where
     I: Clone + Send + 'static,
     R: Send + 'static,
     H: Fn(String, R) -> F + Send + 'static,
-    F: Future<Output = Result<(), Status>> + Send,
+    F: Future<Output = Result<(), E>> + Send,
+    E: Into<Status>,
 {
     let controller_id = match inbound.message().await?.map(read) {
         Some(FromController::Hello { controller_id })
@@ -211,7 +212,9 @@ where
     tokio::spawn(async move {
         while let Some(message) = inbound.next().await {
             let outcome = match message.map(read) {
-                Ok(FromController::Result(result)) => on_result(controller_id.clone(), result).await,
+                Ok(FromController::Result(result)) => {
+                    on_result(controller_id.clone(), result).await.map_err(Into::into)
+                }
                 Ok(_) => Err(Status::invalid_argument("only results are expected after the hello")),
                 Err(status) => {
                     tracing::info!(controller = %controller_id, error = %status, "controller stream ended");

@@ -13,6 +13,9 @@ pub enum Error {
     /// What the request names does not exist (or is not the caller's to know of).
     #[error("{0}")]
     NotFound(String),
+    /// The caller's credential does not cover what it asks (its commune).
+    #[error("{0}")]
+    Forbidden(String),
     /// A bound the service keeps was reached (try again later, or ask for less).
     #[error("{0}")]
     Exhausted(String),
@@ -36,6 +39,10 @@ impl Error {
         Error::NotFound(message.into())
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Error {
+        Error::Forbidden(message.into())
+    }
+
     pub fn exhausted(message: impl Into<String>) -> Error {
         Error::Exhausted(message.into())
     }
@@ -50,6 +57,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Invalid(m) => tonic::Status::invalid_argument(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
+            Error::Forbidden(m) => tonic::Status::permission_denied(m),
             Error::Exhausted(m) => tonic::Status::resource_exhausted(m),
             Error::Store(e) => e.into(),
             Error::Event(e) => e.into(),
@@ -68,6 +76,7 @@ mod tests {
         assert_eq!(code(Error::invalid("x")), tonic::Code::InvalidArgument);
         assert_eq!(code(Error::not_found("x")), tonic::Code::NotFound);
         assert_eq!(code(Error::exhausted("x")), tonic::Code::ResourceExhausted);
+        assert_eq!(code(Error::forbidden("x")), tonic::Code::PermissionDenied);
         assert_eq!(code(Error::internal("x")), tonic::Code::Internal);
         assert_eq!(code(Error::Event(EventError::NoPayload)), tonic::Code::Internal);
         let corrupt = StoreError::Corrupt { what: "lamp", key: "EP1".into(), message: "bad".into() };

@@ -58,17 +58,19 @@ pub const MAX_LISTED_REFUSALS: usize = 100;
 /// whenever no further message has arrived yet (so a quiet stream's data is not held back waiting
 /// for a group to fill, while a busy one still shares each flush), and at the end. The summary is returned only after the last commit, so `accepted` counts only
 /// what is durable. A broken stream (undecodable, cut) ends the loop; what was accepted stays.
-pub async fn ingest<M, R, C, F>(
+pub async fn ingest<M, R, C, F, E>(
     mut stream: tonic::Streaming<M>,
     mut record: R,
     group: u64,
     commit: C,
 ) -> Result<proto::v1::StreamSummary, tonic::Status>
 where
-    R: FnMut(M) -> Result<(), tonic::Status>,
+    R: FnMut(M) -> Result<(), E>,
     C: Fn() -> F,
-    F: std::future::Future<Output = Result<(), tonic::Status>>,
+    F: std::future::Future<Output = Result<(), E>>,
+    E: Into<tonic::Status>,
 {
+    let commit = || async { commit().await.map_err(Into::<tonic::Status>::into) };
     let mut summary = proto::v1::StreamSummary::default();
     let refuse = |summary: &mut proto::v1::StreamSummary, index: u64, message: String| {
         summary.refused += 1;
@@ -104,8 +106,9 @@ where
                 uncommitted += 1;
                 crate::metrics::global().ingest_accepted.inc();
             }
-            Err(status) => {
+            Err(refused) => {
                 crate::metrics::global().ingest_refused.inc();
+                let status: tonic::Status = refused.into();
                 refuse(&mut summary, index, status.message().to_owned());
             }
         }

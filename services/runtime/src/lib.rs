@@ -11,6 +11,7 @@
 //! - [`grpc_auth`]: who may call a domain service's gRPC API (tokens, integrators' scopes,
 //!   revocations), and the credential a client sends.
 //! - [`alarms`]: active alarms, their changes, how they are stored and announced.
+//! - [`error`]: why a service's core refuses or fails a use case, and its gRPC status.
 //! - [`store`]: opening a service's sled database, the store's error, reading records back.
 //! - [`service`]: the start and the end of every domain service's `run`.
 //! - [`controller`]: field controllers' sessions and the desk of commands they wait for.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod controller;
+pub mod error;
 pub mod grpc;
 pub mod grpc_auth;
 pub mod metrics;

@@ -14,11 +14,11 @@ use proto::transport::{ServiceAlert, ServiceAlertPublished, ServiceAlertWithdraw
 use proto::transport::{VehicleMoved, VehiclePosition, VehicleState};
 use proto::v1::Position;
 use proto::v1::event::Payload;
+use runtime::error::Error;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use territory::Territory;
-use tonic::Status;
 
 use crate::alerts::{self, Coverage};
 use crate::gtfs_rt::{self, Feed};
@@ -133,7 +133,7 @@ impl Transport {
         lock(&self.tracker)
     }
 
-    pub async fn flush(&self) -> Result<(), Status> {
+    pub async fn flush(&self) -> Result<(), Error> {
         Ok(self.store.flush().await?)
     }
 
@@ -152,15 +152,15 @@ impl Transport {
     }
 
     /// Records one position (not yet committed).
-    pub fn record(&self, position: &VehiclePosition) -> Result<(), Status> {
-        let at = validate(position, SystemTime::now()).map_err(Status::invalid_argument)?;
+    pub fn record(&self, position: &VehiclePosition) -> Result<(), Error> {
+        let at = validate(position, SystemTime::now()).map_err(Error::invalid)?;
         let trip = self
             .network
             .trips
             .get(&position.trip_id)
-            .ok_or_else(|| Status::not_found(format!("trip {:?} is not in the timetable", position.trip_id)))?;
-        let vehicle = AssetId::parse_as("vehicle id", &position.vehicle_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .ok_or_else(|| Error::not_found(format!("trip {:?} is not in the timetable", position.trip_id)))?;
+        let vehicle =
+            AssetId::parse_as("vehicle id", &position.vehicle_id).map_err(|e| Error::invalid(e.to_string()))?;
         // The clock follows the AVL, and the timetable day with it at once: a replay of another
         // day than the wall clock's is matched against its own timetable from its first position.
         self.heard(at);
@@ -174,7 +174,7 @@ impl Transport {
                 .vehicle(vehicle.as_str())
                 .and_then(|v| CommuneId::parse(&v.state.commune).ok())
                 .ok_or_else(|| {
-                    Status::invalid_argument(format!(
+                    Error::invalid(format!(
                         "vehicle {vehicle}: position lat {}, lon {} is outside every commune of the territory",
                         position.lat, position.lon
                     ))
@@ -183,9 +183,8 @@ impl Transport {
         let first_departure = trip.stop_times.first().map(|s| s.departure_s).unwrap_or(0);
         let service_s = self.service_seconds(at, first_departure);
         let unix_s = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let (tracked, changes) = tracker
-            .observe(&self.network, position, &commune, service_s, unix_s)
-            .map_err(|e| Status::invalid_argument(e.0))?;
+        let (tracked, changes) =
+            tracker.observe(&self.network, position, &commune, service_s, unix_s).map_err(|e| Error::invalid(e.0))?;
         let moved = event::check(event::new_event(
             &commune,
             &vehicle,
@@ -200,7 +199,7 @@ impl Transport {
     }
 
     /// Raises `not_reporting` for vehicles gone silent (in the service's clock), and commits.
-    pub async fn check_silence(&self) -> Result<(), Status> {
+    pub async fn check_silence(&self) -> Result<(), Error> {
         let now_unix = self.now_unix();
         let now = UNIX_EPOCH + Duration::from_secs_f64(now_unix.max(0.0));
         {
@@ -233,12 +232,12 @@ impl Transport {
     }
 
     /// The arrivals of a trip at its stops still ahead (see [`predict::arrivals`]).
-    pub fn trip_arrivals(&self, trip_id: &str) -> Result<TripArrivals, Status> {
+    pub fn trip_arrivals(&self, trip_id: &str) -> Result<TripArrivals, Error> {
         let trip = self
             .network
             .trips
             .get(trip_id)
-            .ok_or_else(|| Status::not_found(format!("trip {trip_id:?} is not in the timetable")))?;
+            .ok_or_else(|| Error::not_found(format!("trip {trip_id:?} is not in the timetable")))?;
         let vehicle = self
             .tracker()
             .vehicles()
@@ -274,7 +273,7 @@ impl Transport {
 
     /// Publishes the KPIs of every commune with vehicles in service (and zeros for a commune that
     /// had some at the last publication), as events.
-    pub async fn publish_kpis(&self) -> Result<(), Status> {
+    pub async fn publish_kpis(&self) -> Result<(), Error> {
         let now_unix = self.now_unix();
         let at = UNIX_EPOCH + Duration::from_secs_f64(now_unix.max(0.0));
         let mut kpis = crate::kpi::per_commune(self.tracker().vehicles(), now_unix as u64);
@@ -291,8 +290,8 @@ impl Transport {
         }
         let mut events = Vec::new();
         for (commune, kpi) in kpis {
-            let commune = CommuneId::parse(&commune).map_err(|e| Status::internal(e.to_string()))?;
-            let asset = AssetId::parse(&format!("kpi-{commune}")).map_err(|e| Status::internal(e.to_string()))?;
+            let commune = CommuneId::parse(&commune).map_err(|e| Error::internal(e.to_string()))?;
+            let asset = AssetId::parse(&format!("kpi-{commune}")).map_err(|e| Error::internal(e.to_string()))?;
             events.push(event::check(event::new_event(
                 &commune,
                 &asset,
@@ -324,17 +323,17 @@ impl Transport {
 
     /// Publishes (or replaces) a service alert: stored with one event per commune it concerns
     /// (and a withdrawal for the communes a replaced version concerned and this one does not).
-    pub async fn publish_alert(&self, alert: ServiceAlert) -> Result<ServiceAlert, Status> {
+    pub async fn publish_alert(&self, alert: ServiceAlert) -> Result<ServiceAlert, Error> {
         let now = SystemTime::now();
-        let alert = alerts::validate(alert, &self.network, &self.coverage, now).map_err(Status::invalid_argument)?;
+        let alert = alerts::validate(alert, &self.network, &self.coverage, now).map_err(Error::invalid)?;
         if alerts::has_ended(&alert, now) {
-            return Err(Status::invalid_argument(format!("alert {}: every active period has ended", alert.id)));
+            return Err(Error::invalid(format!("alert {}: every active period has ended", alert.id)));
         }
         {
             let mut all = lock(&self.service_alerts);
             let previous = all.get(&alert.id);
             if previous.is_none() && all.len() >= MAX_SERVICE_ALERTS {
-                return Err(Status::resource_exhausted(format!(
+                return Err(Error::exhausted(format!(
                     "{MAX_SERVICE_ALERTS} service alerts are published already; withdraw some first"
                 )));
             }
@@ -365,7 +364,7 @@ impl Transport {
     }
 
     /// Withdraws a service alert (not committed: the caller commits).
-    fn withdraw(&self, id: &str, reason: &str, now: SystemTime) -> Result<bool, Status> {
+    fn withdraw(&self, id: &str, reason: &str, now: SystemTime) -> Result<bool, Error> {
         let mut all = lock(&self.service_alerts);
         let Some(alert) = all.get(id) else { return Ok(false) };
         let events = alert
@@ -384,11 +383,11 @@ impl Transport {
         Ok(true)
     }
 
-    pub async fn withdraw_alert(&self, id: &str, reason: &str) -> Result<(), Status> {
-        alerts::check_reason(reason).map_err(Status::invalid_argument)?;
+    pub async fn withdraw_alert(&self, id: &str, reason: &str) -> Result<(), Error> {
+        alerts::check_reason(reason).map_err(Error::invalid)?;
         let reason = if reason.trim().is_empty() { "withdrawn" } else { reason.trim() };
         if !self.withdraw(id, reason, SystemTime::now())? {
-            return Err(Status::not_found(format!("no service alert {id:?}")));
+            return Err(Error::not_found(format!("no service alert {id:?}")));
         }
         self.flush().await?;
         tracing::info!(%id, %reason, "service alert withdrawn");
@@ -396,7 +395,7 @@ impl Transport {
     }
 
     /// Withdraws the alerts whose every period has ended.
-    pub async fn expire_alerts(&self) -> Result<(), Status> {
+    pub async fn expire_alerts(&self) -> Result<(), Error> {
         let now = UNIX_EPOCH + Duration::from_secs_f64(self.now_unix().max(0.0));
         let ended: Vec<String> =
             lock(&self.service_alerts).values().filter(|a| alerts::has_ended(a, now)).map(|a| a.id.clone()).collect();
@@ -415,10 +414,10 @@ impl Transport {
         lock(&self.service_alerts).values().cloned().collect()
     }
 
-    fn alert_event(&self, commune: &str, id: &str, at: SystemTime, payload: Payload) -> Result<CheckedEvent, Status> {
-        let commune = CommuneId::parse(commune).map_err(|e| Status::internal(e.to_string()))?;
-        let asset = AssetId::parse(id).map_err(|e| Status::internal(e.to_string()))?;
-        event::check(event::new_event(&commune, &asset, event::timestamp(at), None, payload)).map_err(Status::from)
+    fn alert_event(&self, commune: &str, id: &str, at: SystemTime, payload: Payload) -> Result<CheckedEvent, Error> {
+        let commune = CommuneId::parse(commune).map_err(|e| Error::internal(e.to_string()))?;
+        let asset = AssetId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+        event::check(event::new_event(&commune, &asset, event::timestamp(at), None, payload)).map_err(Error::from)
     }
 
     /// The vehicles (of a route, or all), sorted by id.
@@ -454,9 +453,9 @@ fn add_alarm_changes(
     batch: &mut WriteBatch,
     changes: Vec<AlarmChange>,
     at: prost_types::Timestamp,
-) -> Result<(), Status> {
+) -> Result<(), Error> {
     runtime::alarms::announce(changes, &ALARM_PAYLOADS, at, &mut batch.events, &mut batch.alarms)
-        .map_err(|e| Status::internal(format!("built an invalid event: {e}")))
+        .map_err(|e| Error::internal(format!("built an invalid event: {e}")))
 }
 
 /// Checks a position's fields; returns when it was measured.

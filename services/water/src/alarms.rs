@@ -7,7 +7,7 @@ use proto::ids::{AssetId, CommuneId};
 use proto::v1::{AlarmCleared, AlarmRaised, Position, Severity};
 use proto::water::Sensor;
 use runtime::alarms::{ActiveAlarm, AlarmChange};
-use tonic::Status;
+use runtime::error::Error;
 
 use crate::core::{State, WaterConfig, internal, zone_commune};
 use crate::domain::series_key;
@@ -17,7 +17,7 @@ use crate::rules::{self, TankState};
 use crate::zones::{self, BurstState};
 
 /// A tank's level against its range: low (major) or high (minor), with hysteresis.
-pub(crate) fn tank_level(state: &State, sensor: &Sensor, value: f64) -> Result<Vec<AlarmChange>, Status> {
+pub(crate) fn tank_level(state: &State, sensor: &Sensor, value: f64) -> Result<Vec<AlarmChange>, Error> {
     let mut changes = Vec::new();
     let range = state.model.network.node(&sensor.element_id).and_then(|n| n.tank_levels_m);
     if let Some(range) = range {
@@ -59,7 +59,7 @@ pub(crate) fn drinking_water_quality(
     sensor: &Sensor,
     measure: Measure,
     value: f64,
-) -> Result<Vec<AlarmChange>, Status> {
+) -> Result<Vec<AlarmChange>, Error> {
     let mut changes = Vec::new();
     let key = alarm_key("quality_breach", &series_key(&sensor.id, measure));
     let breached = state.alarms.contains_key(&key);
@@ -89,7 +89,7 @@ pub(crate) fn burst(
     state: &mut State,
     k: usize,
     config: &WaterConfig,
-) -> Result<Option<(i64, Vec<AlarmChange>)>, Status> {
+) -> Result<Option<(i64, Vec<AlarmChange>)>, Error> {
     let window = config.burst_window_s;
     let c = &config.burst;
     let zone = &state.zones[k];
@@ -161,7 +161,7 @@ pub(crate) fn raise(
     alarm_type: &str,
     severity: Severity,
     details: &[(&str, String)],
-) -> Result<AlarmChange, Status> {
+) -> Result<AlarmChange, Error> {
     Ok(AlarmChange::Raised(ActiveAlarm {
         commune: CommuneId::parse(&sensor.commune).map_err(internal)?,
         asset: AssetId::parse(&sensor.id).map_err(internal)?,
@@ -189,7 +189,7 @@ pub(crate) fn flag_alarms(
     sensor: &Sensor,
     measure: Measure,
     changes: Vec<FlagChange>,
-) -> Result<Vec<AlarmChange>, Status> {
+) -> Result<Vec<AlarmChange>, Error> {
     let mut out = Vec::new();
     for change in changes {
         match change {
@@ -218,7 +218,7 @@ pub(crate) fn leak_change(
     k: usize,
     night: &crate::zones::NightFlow,
     signal: LeakSignal,
-) -> Result<Vec<AlarmChange>, Status> {
+) -> Result<Vec<AlarmChange>, Error> {
     let zone = &state.zones[k];
     let key = alarm_key("leak_suspected", &zone.def.id);
     match signal {

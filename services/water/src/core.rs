@@ -11,11 +11,11 @@ use proto::water::{
     WaterReadingObserved,
 };
 use runtime::alarms::{ActiveAlarm, AlarmChange, AlarmOp, AlarmPayloads};
+use runtime::error::Error;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::alarms;
 use crate::domain::{self, MAX_SENSORS_PER_CALL, metered_links, series_key};
@@ -45,8 +45,8 @@ pub struct WaterConfig {
     pub burst_window_s: i64,
 }
 
-pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+pub(crate) fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(e)
 }
 
 fn wall_seconds() -> u64 {
@@ -144,7 +144,7 @@ impl Water {
             shutdown,
         });
         if !initial_sensors.is_empty() {
-            let answer = core.register(&initial_sensors).await.map_err(|s| anyhow::anyhow!(s.message().to_owned()))?;
+            let answer = core.register(&initial_sensors).await?;
             tracing::info!(registered = answer.registered, unchanged = answer.unchanged, "sensors of the layout file");
         }
         for command in pending {
@@ -162,17 +162,17 @@ impl Water {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn flush(&self) -> Result<(), Status> {
+    pub async fn flush(&self) -> Result<(), Error> {
         Ok(self.store.flush().await?)
     }
 
     /// Registers or updates sensors (all or nothing). New flow sensors re-cut the areas.
-    pub async fn register(&self, sensors: &[Sensor]) -> Result<RegisterSensorsResponse, Status> {
+    pub async fn register(&self, sensors: &[Sensor]) -> Result<RegisterSensorsResponse, Error> {
         if sensors.is_empty() {
-            return Err(Status::invalid_argument("no sensors in the request"));
+            return Err(Error::invalid("no sensors in the request"));
         }
         if sensors.len() > MAX_SENSORS_PER_CALL {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "{} sensors in one call; at most {MAX_SENSORS_PER_CALL}",
                 sensors.len()
             )));
@@ -185,9 +185,9 @@ impl Water {
             let mut changed = Vec::new();
             for sensor in sensors {
                 // Placing checks the id first (its length among the rest).
-                let placed = state.model.place_sensor(sensor).map_err(Status::invalid_argument)?;
+                let placed = state.model.place_sensor(sensor).map_err(Error::invalid)?;
                 if !seen.insert(sensor.id.clone()) {
-                    return Err(Status::invalid_argument(format!("sensor {} appears twice in the request", sensor.id)));
+                    return Err(Error::invalid(format!("sensor {} appears twice in the request", sensor.id)));
                 }
                 if state.sensors.get(&placed.id).and_then(|s| s.sensor.as_ref()) == Some(&placed) {
                     response.unchanged += 1;
@@ -211,7 +211,7 @@ impl Water {
                     .iter()
                     .map(|s| state.model.place_sensor(s))
                     .collect::<Result<_, _>>()
-                    .map_err(Status::invalid_argument)?;
+                    .map_err(Error::invalid)?;
                 changed = replaced;
                 let mut moved = Vec::new();
                 for entry in state.sensors.values() {
@@ -219,7 +219,7 @@ impl Water {
                     if changed.iter().any(|c| c.id == known.id) {
                         continue;
                     }
-                    let placed = state.model.place_sensor(known).map_err(Status::invalid_argument)?;
+                    let placed = state.model.place_sensor(known).map_err(Error::invalid)?;
                     if &placed != known {
                         moved.push(placed);
                     }
@@ -247,9 +247,9 @@ impl Water {
     }
 
     /// Cuts the areas again for a new set of meters; zones keep their memory by id.
-    fn recut(&self, state: &mut State, metered: Vec<String>) -> Result<(), Status> {
+    fn recut(&self, state: &mut State, metered: Vec<String>) -> Result<(), Error> {
         state.model = NetworkModel::build(state.model.network.clone(), state.model.placed.clone(), metered)
-            .map_err(Status::invalid_argument)?;
+            .map_err(Error::invalid)?;
         let mut memories: HashMap<String, ZoneMemory> =
             std::mem::take(&mut state.zones).into_iter().map(|z| (z.def.id.clone(), z.memory)).collect();
         state.zones = state
@@ -287,8 +287,8 @@ impl Water {
     }
 
     /// Records one reading (not yet committed).
-    pub fn record_reading(&self, reading: Reading) -> Result<(), Status> {
-        let checked = domain::check_reading(&reading, SystemTime::now()).map_err(Status::invalid_argument)?;
+    pub fn record_reading(&self, reading: Reading) -> Result<(), Error> {
+        let checked = domain::check_reading(&reading, SystemTime::now()).map_err(Error::invalid)?;
         let (measure, observed) = (checked.measure, checked.observed_at);
         // Echoed in refusals: never more than an id's length.
         let shown: String = reading.sensor_id.chars().take(proto::ids::AssetId::MAX_LEN).collect();
@@ -299,10 +299,10 @@ impl Water {
             .sensors
             .get(&reading.sensor_id)
             .cloned()
-            .ok_or_else(|| Status::invalid_argument(format!("unknown sensor {shown:?}")))?;
+            .ok_or_else(|| Error::invalid(format!("unknown sensor {shown:?}")))?;
         let sensor = entry.sensor.clone().unwrap_or_default();
         if !sensor.measures.contains(&reading.measure) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "sensor {} does not read {} (it reads {})",
                 sensor.id,
                 reading.measure,
@@ -365,7 +365,7 @@ impl Water {
         value: f64,
         at: i64,
         batch: &mut WriteBatch,
-    ) -> Result<Vec<AlarmChange>, Status> {
+    ) -> Result<Vec<AlarmChange>, Error> {
         let mut changes = Vec::new();
         match measure {
             Measure::Pressure => {
@@ -413,7 +413,7 @@ impl Water {
         changes: Vec<AlarmChange>,
         at: prost_types::Timestamp,
         batch: &mut WriteBatch,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Error> {
         for change in &changes {
             match change {
                 AlarmChange::Raised(a) => {
@@ -434,7 +434,7 @@ impl Water {
 
     /// The burst rule over the zones that got new samples, then a commit. Called after each group
     /// of readings.
-    pub async fn settle(&self) -> Result<(), Status> {
+    pub async fn settle(&self) -> Result<(), Error> {
         {
             let mut state = self.state();
             let state = &mut *state;
@@ -457,7 +457,7 @@ impl Water {
     }
 
     /// Periodic work: sensors gone silent (nothing received for too long).
-    pub async fn tick(&self) -> Result<(), Status> {
+    pub async fn tick(&self) -> Result<(), Error> {
         {
             let mut state = self.state();
             let state = &mut *state;

@@ -5,9 +5,9 @@ use proto::event;
 use proto::ids::{AssetId, CommuneId};
 use proto::v1::event::Payload;
 use proto::water::{WaterKpi, ZoneNightFlow};
+use runtime::error::Error;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
-use tonic::Status;
 
 use crate::core::{Water, internal, sensor_flags, zone_commune};
 use crate::store::WriteBatch;
@@ -73,7 +73,7 @@ impl Water {
     }
 
     /// Publishes every commune's KPIs.
-    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Status> {
+    pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         for kpi in self.kpis(None, now) {
             let commune = CommuneId::parse(&kpi.commune).map_err(internal)?;

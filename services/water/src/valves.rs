@@ -9,9 +9,9 @@ use proto::water::{
     SendValveCommandRequest, ValveAction, ValveCommand, ValveCommandStatus, ValveInstruction, ValveResult,
 };
 use runtime::controller::Desk;
+use runtime::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tonic::Status;
 
 use crate::core::{Water, internal};
 use crate::domain::{self, MAX_REASON_CHARS};
@@ -39,8 +39,8 @@ impl Water {
     pub async fn send_valve_command(
         self: &Arc<Self>,
         request: &SendValveCommandRequest,
-    ) -> Result<ValveCommand, Status> {
-        let valid = domain::valve_request(request).map_err(Status::invalid_argument)?;
+    ) -> Result<ValveCommand, Error> {
+        let valid = domain::valve_request(request).map_err(Error::invalid)?;
         let command = {
             let state = self.state();
             // A link outside the requester's communes is, to the requester, not in the network:
@@ -49,10 +49,10 @@ impl Water {
                 !request.allowed_communes.is_empty() && !request.allowed_communes.iter().any(|a| a == commune.as_str())
             });
             if outside {
-                return Err(Status::invalid_argument(crate::model::not_in_network(&request.link_id)));
+                return Err(Error::invalid(crate::model::not_in_network(&request.link_id)));
             }
-            state.model.operable(&request.link_id).map_err(Status::invalid_argument)?;
-            let (commune, _, dma) = state.model.place_element(&request.link_id).map_err(Status::invalid_argument)?;
+            state.model.operable(&request.link_id).map_err(Error::invalid)?;
+            let (commune, _, dma) = state.model.place_element(&request.link_id).map_err(Error::invalid)?;
             let now = SystemTime::now();
             ValveCommand {
                 id: uuid::Uuid::now_v7().to_string(),
@@ -77,15 +77,11 @@ impl Water {
         Ok(command)
     }
 
-    pub fn command(&self, id: &str) -> Result<ValveCommand, Status> {
-        self.store.command(id)?.ok_or_else(|| Status::not_found(format!("valve command {id} does not exist")))
+    pub fn command(&self, id: &str) -> Result<ValveCommand, Error> {
+        self.store.command(id)?.ok_or_else(|| Error::not_found(format!("valve command {id} does not exist")))
     }
 
-    pub(crate) async fn save_command(
-        &self,
-        command: &ValveCommand,
-        link: Option<(String, bool)>,
-    ) -> Result<(), Status> {
+    pub(crate) async fn save_command(&self, command: &ValveCommand, link: Option<(String, bool)>) -> Result<(), Error> {
         let commune = CommuneId::parse(&command.commune).map_err(internal)?;
         let asset = AssetId::parse(&command.id).map_err(internal)?;
         let mut batch = WriteBatch::default();
@@ -106,7 +102,7 @@ impl Water {
     /// and the deadline cannot both settle it); when the save fails it takes it back, with its
     /// deadline again, and the controller's retry or the deadline settles it then. (A store
     /// that failed keeps failing until the process restarts: see `runtime::store_fault`.)
-    async fn save_settled(self: &Arc<Self>, command: ValveCommand, link: Option<(String, bool)>) -> Result<(), Status> {
+    async fn save_settled(self: &Arc<Self>, command: ValveCommand, link: Option<(String, bool)>) -> Result<(), Error> {
         let saved = self.save_command(&command, link).await;
         if saved.is_err() {
             let mut pending = command;
@@ -124,13 +120,12 @@ impl Water {
     }
 
     /// What a controller reports. A result for a command no longer pending is ignored.
-    pub async fn valve_result(self: &Arc<Self>, controller: &str, result: &ValveResult) -> Result<(), Status> {
-        let id =
-            AssetId::parse_as("command id", &result.command_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    pub async fn valve_result(self: &Arc<Self>, controller: &str, result: &ValveResult) -> Result<(), Error> {
+        let id = AssetId::parse_as("command id", &result.command_id).map_err(|e| Error::invalid(e.to_string()))?;
         let Some(mut command) = self.desk.take(id.as_str()) else {
             return match self.store.command(id.as_str())? {
                 Some(_) => Ok(()),
-                None => Err(Status::not_found(format!("valve command {id} does not exist"))),
+                None => Err(Error::not_found(format!("valve command {id} does not exist"))),
             };
         };
         command.updated_at = Some(event::timestamp(SystemTime::now()));
