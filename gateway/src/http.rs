@@ -32,8 +32,11 @@ pub struct AppState {
 /// a token in the URL would end up in logs).
 pub const SUBPROTOCOL: &str = "vigie.v1";
 const BEARER_PREFIX: &str = "bearer.";
-/// Client frames allowed per second; past it the client is closed (1008).
-const MAX_CLIENT_FRAMES_PER_S: u32 = 20;
+/// Client frames allowed per second on average; past it the client is closed (1008).
+const MAX_CLIENT_FRAMES_PER_S: f64 = 20.0;
+/// Client frames allowed at once: frames a client sent while its session was busy (building its
+/// snapshot) arrive together, and a client within the rate is not closed for that.
+const MAX_CLIENT_FRAME_BURST: f64 = 40.0;
 
 /// Close codes for access (besides `close_code::NO_HEARTBEAT`).
 pub mod access_close {
@@ -243,8 +246,9 @@ async fn session(
     }
     let mut coalescing = coalescing;
     let mut heard = Instant::now();
-    // Client frames in the current second, for the rate limit.
-    let (mut window, mut frames_in_window) = (Instant::now(), 0u32);
+    // The client's frame allowance (a token bucket: `MAX_CLIENT_FRAME_BURST` at most, refilled at
+    // `MAX_CLIENT_FRAMES_PER_S`), and when it was last refilled.
+    let (mut allowance, mut refilled) = (MAX_CLIENT_FRAME_BURST, Instant::now());
     loop {
         tokio::select! {
             next = subscription.next() => match next {
@@ -287,11 +291,10 @@ async fn session(
             },
             message = incoming.next() => {
                 heard = Instant::now();
-                if window.elapsed() >= Duration::from_secs(1) {
-                    (window, frames_in_window) = (Instant::now(), 0);
-                }
-                frames_in_window += 1;
-                if frames_in_window > MAX_CLIENT_FRAMES_PER_S {
+                allowance = (allowance + refilled.elapsed().as_secs_f64() * MAX_CLIENT_FRAMES_PER_S).min(MAX_CLIENT_FRAME_BURST);
+                refilled = Instant::now();
+                allowance -= 1.0;
+                if allowance < 0.0 {
                     tracing::warn!(login = %principal.login, "closing a client that sends too many frames");
                     out.close(axum::extract::ws::close_code::POLICY, "too many messages: at most 20 a second").await;
                     return;

@@ -25,20 +25,10 @@ pub struct Delta {
     pub seq: u64,
     /// The frame, serialised once; every session sends these same bytes (a clone is a reference).
     pub json: Utf8Bytes,
-    pub object: Object,
+    pub change: Change,
     /// Where the asset or alarm stood before, when the event moved it (see `view::Applied`): the
     /// sessions whose scope it leaves get a `removed` frame.
     pub left: Option<Place>,
-}
-
-#[derive(Debug)]
-pub enum Object {
-    Asset(String, AssetState),
-    Alarm(AlarmState),
-    Command(CommandState),
-    Kpi(KpiState),
-    /// An asset that left the view (its frame is a `removed`), where it stood.
-    Removed(Place),
 }
 
 impl Delta {
@@ -53,9 +43,9 @@ impl Delta {
         }
         // Rare (an object leaving a scope): made for the sessions that need it. Nothing of where
         // the object went is in it.
-        let (asset, alarm) = match &self.object {
-            Object::Asset(_, a) => (Some(proto::live::AssetRef { domain: a.domain.clone(), id: a.id.clone() }), None),
-            Object::Alarm(a) => (None, Some(a.key.clone())),
+        let (asset, alarm) = match &self.change {
+            Change::Asset(_, a) => (Some(proto::live::AssetRef { domain: a.domain.clone(), id: a.id.clone() }), None),
+            Change::Alarm(_, a) => (None, Some(a.key.clone())),
             _ => return None,
         };
         let removed = ServerFrame::new(ServerMessage::Removed { seq: self.seq, asset, alarm });
@@ -63,19 +53,19 @@ impl Delta {
     }
 
     pub fn allowed_by(&self, filter: &Filter) -> bool {
-        match &self.object {
-            Object::Asset(_, a) => filter.allows_asset(a),
-            Object::Alarm(a) => filter.allows_alarm(a),
-            Object::Command(c) => filter.allows_command(c),
-            Object::Kpi(k) => filter.allows_kpi(k),
-            Object::Removed(place) => place.allowed_by(filter),
+        match &self.change {
+            Change::Asset(_, a) => filter.allows_asset(a),
+            Change::Alarm(_, a) => filter.allows_alarm(a),
+            Change::Command(_, c, _) => filter.allows_command(c),
+            Change::Kpi(_, k) => filter.allows_kpi(k),
+            Change::Removed(place) => place.allowed_by(filter),
         }
     }
 
     /// The asset key when the delta only updates an asset (later updates supersede it).
     pub fn asset_key(&self) -> Option<&str> {
-        match &self.object {
-            Object::Asset(key, _) => Some(key),
+        match &self.change {
+            Change::Asset(key, _) => Some(key),
             _ => None,
         }
     }
@@ -338,7 +328,7 @@ impl Live {
                             Ok(json) => deltas.push(Arc::new(Delta {
                                 seq,
                                 json: Utf8Bytes::from(json),
-                                object: Object::Removed(Place::of_asset(&gone)),
+                                change: Change::Removed(Place::of_asset(&gone)),
                                 left: None,
                             })),
                             Err(e) => tracing::error!(error = %e, seq, "cannot serialise a removal"),
@@ -346,29 +336,28 @@ impl Live {
                     }
                     if let Some(applied) = inner.view.apply(&event, seq) {
                         let (mut asset, mut alarm, mut command, mut kpi) = (None, None, None, None);
-                        let object = match applied.change {
+                        let change = applied.change;
+                        // The change, once for the store and once in the frame; the delta keeps it.
+                        match &change {
                             Change::Asset(key, state) => {
                                 asset = Some(Box::new(state.clone()));
                                 persist.assets.insert(key.clone(), Some(state.clone()));
-                                Object::Asset(key, state)
                             }
                             Change::Alarm(key, state) => {
                                 alarm = Some(Box::new(state.clone()));
-                                persist.alarms.insert(key, (!state.closed).then_some(state.clone()));
-                                Object::Alarm(state)
+                                persist.alarms.insert(key.clone(), (!state.closed).then(|| state.clone()));
                             }
                             Change::Command(key, state, evicted) => {
                                 command = Some(Box::new(state.clone()));
-                                persist.commands.insert(key, Some(state.clone()));
-                                persist.commands.extend(evicted.into_iter().map(|k| (k, None)));
-                                Object::Command(state)
+                                persist.commands.insert(key.clone(), Some(state.clone()));
+                                persist.commands.extend(evicted.iter().map(|k| (k.clone(), None)));
                             }
                             Change::Kpi(key, state) => {
                                 kpi = Some(Box::new(state.clone()));
-                                persist.kpis.insert(key, state.clone());
-                                Object::Kpi(state)
+                                persist.kpis.insert(key.clone(), state.clone());
                             }
-                        };
+                            Change::Removed(_) => {}
+                        }
                         let frame = ServerFrame::new(ServerMessage::Delta {
                             seq,
                             event: applied.event,
@@ -379,7 +368,7 @@ impl Live {
                         });
                         let left = applied.before;
                         match serde_json::to_string(&frame) {
-                            Ok(json) => deltas.push(Arc::new(Delta { seq, json: Utf8Bytes::from(json), object, left })),
+                            Ok(json) => deltas.push(Arc::new(Delta { seq, json: Utf8Bytes::from(json), change, left })),
                             Err(e) => tracing::error!(error = %e, seq, "cannot serialise a delta"),
                         }
                     }

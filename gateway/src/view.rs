@@ -54,7 +54,8 @@ pub struct OperationsView {
 /// Closed reports that leave the view at one event at most.
 pub const MAX_EXPIRED_AT_ONCE: usize = 256;
 
-/// What applying one event changed.
+/// What applying one event changed: the one description of a change that the store persists
+/// and the sessions receive (see `live::Delta`).
 #[derive(Debug, Clone)]
 pub enum Change {
     Asset(String, AssetState),
@@ -63,6 +64,8 @@ pub enum Change {
     /// A command created or updated; `evicted` finished commands left the view to make room.
     Command(String, CommandState, Vec<String>),
     Kpi(String, KpiState),
+    /// An asset that left the view (a closed report whose time passed), where it stood.
+    Removed(Place),
 }
 
 pub struct Applied {

@@ -126,6 +126,15 @@ impl Process {
         self.spawn()?;
         Ok(from)
     }
+
+    /// From now on the process starts with `flag value` (the last such flag is replaced): a
+    /// process started on port 0 comes back on the address it first took, where its clients are.
+    pub fn pin_arg(&mut self, flag: &str, value: &str) {
+        match self.args.iter().rposition(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.to_owned(),
+            _ => self.args.extend([flag.to_owned(), value.to_owned()]),
+        }
+    }
 }
 
 impl Drop for Process {

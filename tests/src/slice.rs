@@ -105,17 +105,19 @@ impl Slice {
         let integrator_token = mint_token(&key, runtime::auth::TokenType::Integrator)?;
         let mut args = common("lighting");
         args.extend(["--auth-public-key".into(), gateway::auth::public_key_path(&key).display().to_string()]);
-        // A test that restarts the service under the gateway gives it a fixed port.
+        // On the port it takes at first, for good (pinned below): the gateway's commands find it
+        // there after a restart.
         if !lighting_flags.contains(&"--grpc-addr") {
             args.extend(["--grpc-addr".into(), "127.0.0.1:0".into()]);
         }
         args.extend(["--territory".into(), territory.path().display().to_string()]);
         args.extend(lighting_flags.iter().map(|s| s.to_string()));
-        let lighting = Process::start("vigie-lighting", &args)?;
+        let mut lighting = Process::start("vigie-lighting", &args)?;
         let lighting_addr = lighting.wait_for_addr("gRPC listening", 0)?;
+        lighting.pin_arg("--grpc-addr", &lighting_addr);
         let mut args = common("gateway");
         let ui = repo_root().join("ui-client/dist").display().to_string();
-        // A test that restarts the gateway under a browser gives it a fixed port.
+        // On the port it takes at first, for good (pinned below): a browser reconnects there.
         if !gateway_flags.contains(&"--http-addr") {
             args.extend(["--http-addr".into(), "127.0.0.1:0".into()]);
         }
@@ -130,8 +132,9 @@ impl Slice {
         // The slice's operator: the metropolitan supervisor, logged in once the gateway is up.
         add_operator(&stores.path().join("gateway"), territory.path(), SUPERVISOR, "supervisor", &[])?;
         add_operator(&stores.path().join("gateway"), territory.path(), ADMIN, "admin", &[])?;
-        let gateway = Process::start("vigie-gateway", &args)?;
+        let mut gateway = Process::start("vigie-gateway", &args)?;
         let gateway_addr = gateway.wait_for_addr("HTTP listening", 0)?;
+        gateway.pin_arg("--http-addr", &gateway_addr);
         login(&gateway_addr, SUPERVISOR).await?;
         let slice = Slice {
             nats,

@@ -97,6 +97,12 @@ fn report_error(format: Format, e: Error) -> Response {
         Error::Invalid(m) => error(format, StatusCode::BAD_REQUEST, &m),
         Error::NotFound(m) => error(format, StatusCode::NOT_FOUND, &m),
         Error::Forbidden(m) => error(format, StatusCode::FORBIDDEN, &m),
+        Error::Exhausted(m) => error(format, StatusCode::TOO_MANY_REQUESTS, &m),
+        // Nothing was acknowledged: the client may send it again (as gRPC's UNAVAILABLE says).
+        Error::Store(e) => {
+            e.report();
+            error(format, StatusCode::SERVICE_UNAVAILABLE, &format!("the store could not complete the write: {e}"))
+        }
         other => {
             tracing::error!(error = %other, "Open311 request failed");
             error(format, StatusCode::INTERNAL_SERVER_ERROR, &other.to_string())

@@ -29,12 +29,19 @@ impl From<TransactionError<StoreError>> for StoreError {
 
 /// A failed write acknowledges nothing: the caller may retry (`UNAVAILABLE`). A disk that fails
 /// is reported once, so that the process restarts once it has room again.
-impl From<StoreError> for tonic::Status {
-    fn from(e: StoreError) -> tonic::Status {
-        tracing::error!(error = %e, "store failure");
-        if let StoreError::Sled(e) = &e {
+impl StoreError {
+    /// Logs the failure; a failing disk starts the store-fault probe (see `store_fault`).
+    pub fn report(&self) {
+        tracing::error!(error = %self, "store failure");
+        if let StoreError::Sled(e) = self {
             crate::store_fault::report(e);
         }
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> tonic::Status {
+        e.report();
         tonic::Status::unavailable(format!("the store could not complete the operation: {e}"))
     }
 }

@@ -229,23 +229,16 @@ async fn console_in_a_browser() -> Result<()> {
         }
     };
     let territory_path = territory.path().display().to_string();
-    let gateway_addr = format!("127.0.0.1:{}", free_port()?);
+    // The gateway is told where the water and reports services will be before they start: those
+    // two addresses are chosen here (the gateway's own it takes, and keeps across restarts).
     let (water_addr, reports_addr) = (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
     let (water_url, reports_url) = (format!("http://{water_addr}"), format!("http://{reports_addr}"));
-    let mut gateway_flags = vec![
-        "--http-addr",
-        &gateway_addr,
-        "--heartbeat",
-        "1s",
-        "--territory",
-        &territory_path,
-        "--reports-url",
-        &reports_url,
-    ];
+    let mut gateway_flags = vec!["--heartbeat", "1s", "--territory", &territory_path, "--reports-url", &reports_url];
     if real_data {
         gateway_flags.extend(["--water-url", water_url.as_str()]);
     }
     let slice = Slice::start_full(territory, &["--kpi-interval", "2s"], &gateway_flags).await?;
+    let gateway_addr = slice.gateway_addr.clone();
     let reports = slice.start_reports(&["--grpc-addr", &reports_addr, "--kpi-interval", "2s"]).await?;
     let mut services = Vec::new();
     let mut water = None;

@@ -325,12 +325,11 @@ fn link(slice: &Slice, part: Part) -> Result<&tests::Link> {
 
 async fn run_schedule(seed: u64) -> Result<Outcome> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let grpc_addr = format!("127.0.0.1:{}", tests::free_port()?);
     let heartbeat = format!("{}s", HEARTBEAT.as_secs());
     let mut slice = Slice::start_linked(
         NatsServer::start()?,
         tests::test_territory()?,
-        &["--grpc-addr", &grpc_addr, "--stream-duplicate-window", DUPLICATE_WINDOW],
+        &["--stream-duplicate-window", DUPLICATE_WINDOW],
         &["--stream-duplicate-window", DUPLICATE_WINDOW, "--heartbeat", &heartbeat],
     )
     .await?;

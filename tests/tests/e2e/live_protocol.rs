@@ -236,3 +236,36 @@ async fn an_opsview_stream_is_told_when_the_gateway_shuts_down() -> Result<()> {
     assert!(status.message().contains("shutting down"), "{status:?}");
     Ok(())
 }
+
+/// A client that floods frames is closed (1008); one that stays within 20 a second on average is
+/// not, even when frames it sent while its session was busy arrive together.
+#[tokio::test]
+async fn a_client_flooding_frames_is_closed_and_a_steady_one_is_not() -> Result<()> {
+    let slice = Slice::start().await?;
+    let url = format!("ws://{}/ws", slice.gateway_addr);
+    let mut steady = LiveClient::connect(&url).await?;
+    assert_eq!(steady.next().await?["type"], "snapshot");
+    // A burst of 30 (within the allowance), then pongs come back for each.
+    for _ in 0..30 {
+        steady.send_text(r#"{"v":1,"type":"ping"}"#).await?;
+    }
+    let mut pongs = 0;
+    steady
+        .until(|f| {
+            pongs += usize::from(f["type"] == "pong");
+            pongs == 30
+        })
+        .await?;
+    let mut flood = LiveClient::connect(&url).await?;
+    assert_eq!(flood.next().await?["type"], "snapshot");
+    for _ in 0..200 {
+        if flood.send_text(r#"{"v":1,"type":"ping"}"#).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(flood.close_code().await?, 1008, "a flood of 200 frames at once");
+    // The steady client is still served.
+    steady.send_text(r#"{"v":1,"type":"ping"}"#).await?;
+    steady.until(|f| f["type"] == "pong").await?;
+    Ok(())
+}

@@ -12,9 +12,7 @@ use proto::lighting::{
 };
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
-use tests::{
-    LiveClient, Slice, TEST_PASSWORD, free_port, http_get_as, http_get_json_as, http_post_json_as, test_territory,
-};
+use tests::{LiveClient, Slice, TEST_PASSWORD, http_get_as, http_get_json_as, http_post_json_as, test_territory};
 
 const CANARY: &str = "CANARYW7";
 
@@ -38,9 +36,8 @@ fn authed<T>(message: T, token: &str) -> Result<tonic::Request<T>> {
 
 #[tokio::test]
 async fn one_communes_data_never_reaches_another_communes_operator() -> Result<()> {
-    let grpc_port = free_port()?;
-    let grpc_addr = format!("127.0.0.1:{grpc_port}");
-    let slice = Slice::start_full(test_territory()?, &[], &["--grpc-addr", &grpc_addr]).await?;
+    let slice = Slice::start_full(test_territory()?, &[], &["--grpc-addr", "127.0.0.1:0"]).await?;
+    let grpc_addr = slice.gateway.wait_for_addr("gRPC listening", 0)?;
     let gateway = slice.gateway_addr.clone();
     let ouest = slice.add_operator("op-ouest", "operator", &["34172"]).await?;
     let est = slice.add_operator("op-est", "operator", &["34129"]).await?;
