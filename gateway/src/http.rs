@@ -36,7 +36,7 @@ const BEARER_PREFIX: &str = "bearer.";
 const MAX_CLIENT_FRAMES_PER_S: f64 = 20.0;
 /// Client frames allowed at once: frames a client sent while its session was busy (building its
 /// snapshot) arrive together, and a client within the rate is not closed for that.
-const MAX_CLIENT_FRAME_BURST: f64 = 40.0;
+const MAX_CLIENT_FRAME_BURST: f64 = 30.0;
 
 /// Close codes for access (besides `close_code::NO_HEARTBEAT`).
 pub mod access_close {
