@@ -237,15 +237,17 @@ async fn an_opsview_stream_is_told_when_the_gateway_shuts_down() -> Result<()> {
     Ok(())
 }
 
-/// A client that floods frames is closed (1008); one that stays within 20 a second on average is
-/// not, even when frames it sent while its session was busy arrive together.
+/// A client within 20 frames a second on average is not closed when its frames arrive together
+/// (frames it sent while its session was busy building a snapshot): the old one-second window
+/// closed a client for 21 at once. (A flood is closed with 1008: see
+/// `tenancy::tokens_expire_sessions_close_and_origins_are_checked`.)
 #[tokio::test]
-async fn a_client_flooding_frames_is_closed_and_a_steady_one_is_not() -> Result<()> {
+async fn frames_arriving_together_within_the_allowance_do_not_close_a_client() -> Result<()> {
     let slice = Slice::start().await?;
     let url = format!("ws://{}/ws", slice.gateway_addr);
     let mut steady = LiveClient::connect(&url).await?;
     assert_eq!(steady.next().await?["type"], "snapshot");
-    // A burst of 25 (within the allowance of 30 at once), then pongs come back for each.
+    // 25 at once (within the allowance of 30), then a pong comes back for each.
     for _ in 0..25 {
         steady.send_text(r#"{"v":1,"type":"ping"}"#).await?;
     }
@@ -256,15 +258,7 @@ async fn a_client_flooding_frames_is_closed_and_a_steady_one_is_not() -> Result<
             pongs == 25
         })
         .await?;
-    let mut flood = LiveClient::connect(&url).await?;
-    assert_eq!(flood.next().await?["type"], "snapshot");
-    for _ in 0..200 {
-        if flood.send_text(r#"{"v":1,"type":"ping"}"#).await.is_err() {
-            break;
-        }
-    }
-    assert_eq!(flood.close_code().await?, 1008, "a flood of 200 frames at once");
-    // The steady client is still served.
+    // Still served.
     steady.send_text(r#"{"v":1,"type":"ping"}"#).await?;
     steady.until(|f| f["type"] == "pong").await?;
     Ok(())
