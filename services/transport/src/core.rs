@@ -454,8 +454,7 @@ fn add_alarm_changes(
     changes: Vec<AlarmChange>,
     at: prost_types::Timestamp,
 ) -> Result<(), Error> {
-    runtime::alarms::announce(changes, &ALARM_PAYLOADS, at, &mut batch.events, &mut batch.alarms)
-        .map_err(|e| Error::internal(format!("built an invalid event: {e}")))
+    runtime::alarms::announce(changes, &ALARM_PAYLOADS, at, &mut batch.events, &mut batch.alarms).map_err(Error::from)
 }
 
 /// Checks a position's fields; returns when it was measured.

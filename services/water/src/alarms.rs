@@ -9,7 +9,7 @@ use proto::water::Sensor;
 use runtime::alarms::{ActiveAlarm, AlarmChange};
 use runtime::error::Error;
 
-use crate::core::{State, WaterConfig, internal, zone_commune};
+use crate::core::{State, WaterConfig, zone_commune};
 use crate::domain::series_key;
 use crate::leaks::LeakSignal;
 use crate::quality::{FlagChange, Measure};
@@ -163,8 +163,8 @@ pub(crate) fn raise(
     details: &[(&str, String)],
 ) -> Result<AlarmChange, Error> {
     Ok(AlarmChange::Raised(ActiveAlarm {
-        commune: CommuneId::parse(&sensor.commune).map_err(internal)?,
-        asset: AssetId::parse(&sensor.id).map_err(internal)?,
+        commune: CommuneId::parse(&sensor.commune).map_err(Error::internal)?,
+        asset: AssetId::parse(&sensor.id).map_err(Error::internal)?,
         position: sensor.position,
         raised: AlarmRaised {
             key: key.to_owned(),
@@ -233,7 +233,7 @@ pub(crate) fn leak_change(
             });
             Ok(vec![AlarmChange::Raised(ActiveAlarm {
                 commune,
-                asset: AssetId::parse(&zone.def.id).map_err(internal)?,
+                asset: AssetId::parse(&zone.def.id).map_err(Error::internal)?,
                 position,
                 raised: AlarmRaised {
                     key,

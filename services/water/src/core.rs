@@ -45,10 +45,6 @@ pub struct WaterConfig {
     pub burst_window_s: i64,
 }
 
-pub(crate) fn internal(e: impl std::fmt::Display) -> Error {
-    Error::internal(e)
-}
-
 fn wall_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -336,8 +332,8 @@ impl Water {
         entry.flags = Vec::new();
         state.sensors.insert(sensor.id.clone(), entry.clone());
         let flags = sensor_flags(state, &entry);
-        let commune = CommuneId::parse(&sensor.commune).map_err(internal)?;
-        let asset = AssetId::parse(&sensor.id).map_err(internal)?;
+        let commune = CommuneId::parse(&sensor.commune).map_err(Error::internal)?;
+        let asset = AssetId::parse(&sensor.id).map_err(Error::internal)?;
         batch.events.push(event::check(event::new_event(
             &commune,
             &asset,
@@ -427,7 +423,7 @@ impl Water {
             }
         }
         let mut ops: Vec<AlarmOp> = Vec::new();
-        runtime::alarms::announce(changes, &PAYLOADS, at, &mut batch.events, &mut ops).map_err(internal)?;
+        runtime::alarms::announce(changes, &PAYLOADS, at, &mut batch.events, &mut ops)?;
         batch.alarms.extend(ops);
         Ok(())
     }

@@ -9,7 +9,7 @@ use runtime::error::Error;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::core::{Water, internal, sensor_flags, zone_commune};
+use crate::core::{Water, sensor_flags, zone_commune};
 use crate::store::WriteBatch;
 
 impl Water {
@@ -76,8 +76,8 @@ impl Water {
     pub async fn publish_kpis(&self, now: SystemTime) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         for kpi in self.kpis(None, now) {
-            let commune = CommuneId::parse(&kpi.commune).map_err(internal)?;
-            let asset = AssetId::parse(&kpi.commune).map_err(internal)?;
+            let commune = CommuneId::parse(&kpi.commune).map_err(Error::internal)?;
+            let asset = AssetId::parse(&kpi.commune).map_err(Error::internal)?;
             batch.events.push(event::check(event::new_event(
                 &commune,
                 &asset,

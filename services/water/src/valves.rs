@@ -13,7 +13,7 @@ use runtime::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::core::{Water, internal};
+use crate::core::Water;
 use crate::domain::{self, MAX_REASON_CHARS};
 use crate::store::WriteBatch;
 
@@ -82,8 +82,8 @@ impl Water {
     }
 
     pub(crate) async fn save_command(&self, command: &ValveCommand, link: Option<(String, bool)>) -> Result<(), Error> {
-        let commune = CommuneId::parse(&command.commune).map_err(internal)?;
-        let asset = AssetId::parse(&command.id).map_err(internal)?;
+        let commune = CommuneId::parse(&command.commune).map_err(Error::internal)?;
+        let asset = AssetId::parse(&command.id).map_err(Error::internal)?;
         let mut batch = WriteBatch::default();
         batch.events.push(event::check(event::new_event(
             &commune,
