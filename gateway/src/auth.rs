@@ -337,17 +337,18 @@ pub async fn announce_revocations(
     nats: async_nats::Client,
     revoked_now: impl Fn() -> Vec<String>,
     mut revocations: tokio::sync::broadcast::Receiver<String>,
+    replicas: u8,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let js = async_nats::jetstream::new(nats);
+    let js = runtime::bus::jetstream(&nats);
     let pause = || async {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => true,
             _ = stop.cancelled() => false,
         }
     };
-    while let Err(e) = runtime::grpc_auth::ensure_revocations_stream(&js).await {
+    while let Err(e) = runtime::grpc_auth::ensure_revocations_stream(&js, replicas).await {
         tracing::warn!(error = format!("{e:#}"), "cannot set up the revocations stream; retrying");
         if !pause().await {
             return;

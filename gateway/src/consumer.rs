@@ -60,7 +60,9 @@ impl Consumer {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            // Short: a try against a NATS that does not answer already waits its timeout, and on
+            // a cluster the stream answers again as soon as its copies have elected a leader.
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 

@@ -34,7 +34,6 @@ pub mod throttle;
 pub mod view;
 
 use anyhow::Context;
-use async_nats::jetstream;
 use runtime::config::CommonConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -289,7 +288,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
 
     let nats = runtime::bus::connect(&config.common, "vigie-gateway").await?;
     let consumer = consumer::Consumer {
-        js: jetstream::new(nats.clone()),
+        js: runtime::bus::jetstream(&nats),
         live: live.clone(),
         store: store.clone(),
         stream: config.common.stream.clone(),
@@ -312,6 +311,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         nats.clone(),
         revoked_now,
         authority.revocations.subscribe(),
+        config.common.stream.replicas,
         shutdown.clone(),
     ));
     let mut communes = basemap.commune_names();
@@ -330,7 +330,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let api = rest::ApiState {
         live: live.clone(),
         store: store.clone(),
-        js: jetstream::new(nats.clone()),
+        js: runtime::bus::jetstream(&nats),
         max_shelve: config.max_shelve,
     };
     if config.heartbeat < std::time::Duration::from_millis(100) {
@@ -379,7 +379,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         },
     )?;
     let scraped = live.clone();
-    let history = history::HistoryState::new(live.clone(), jetstream::new(nats.clone()));
+    let history = history::HistoryState::new(live.clone(), runtime::bus::jetstream(&nats));
     let state = http::AppState { feed, allowed_origins: Arc::new(config.allowed_origins.clone()) };
     let app = rest::router(api, access.clone())
         .merge(history::router(history, access.clone()))

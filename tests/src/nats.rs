@@ -1,5 +1,6 @@
 //! A real `nats-server` with JetStream on an ephemeral port (learnt from its ports file, so
-//! without a race), per-process users, stopped and restarted on the same port and store.
+//! without a race), per-process users, stopped and restarted on the same port and store; or a
+//! cluster of them, whose nodes a test kills and starts again one by one.
 
 use super::*;
 
@@ -7,17 +8,27 @@ use super::*;
 pub const NATS_USERS: [&str; 5] = ["lighting", "transport", "water", "reports", "gateway"];
 
 /// A real nats-server with JetStream, on loopback, with the deployment's users and subject
-/// permissions (deploy/nats/authorization.conf), each with a password of this server's own.
+/// permissions (deploy/nats/authorization.conf), each with a password of this server's own; or a
+/// cluster of such nodes ([`NatsServer::start_cluster`]), which processes reach by the list of
+/// every node's URL.
 pub struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
     passwords: BTreeMap<&'static str, String>,
     /// With the deployment's users and permissions (every test's server), or open (the
     /// benchmark's baselines).
     authorization: bool,
-    /// Lines added to the server's configuration (e.g. a smaller `max_payload`).
+    /// Lines added to each node's configuration (e.g. a smaller `max_payload`).
     extra_config: String,
+}
+
+/// One nats-server process: its ports (kept across restarts), its store and its log.
+struct Node {
+    child: Option<Child>,
+    port: u16,
+    /// The port its cluster routes listen on (0: not a cluster, or not started yet).
+    cluster_port: u16,
+    monitor: String,
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -27,27 +38,41 @@ impl NatsServer {
 
     /// A server with the deployment's users and these lines added to its configuration.
     pub fn start_with(extra_config: &str) -> Result<NatsServer> {
-        let dir = tempfile::tempdir()?;
-        let passwords = NATS_USERS.iter().map(|u| (*u, format!("v{:032x}", rand::random::<u128>()))).collect();
-        let extra_config = extra_config.to_owned();
-        let mut server = NatsServer { child: None, port: 0, dir, passwords, authorization: true, extra_config };
-        server.spawn(None)?;
+        let mut server = NatsServer::new(1, true, extra_config)?;
+        server.spawn(0)?;
         Ok(server)
     }
 
     /// A server without users: anyone may do anything (the benchmark's raw baselines).
     pub fn start_open() -> Result<NatsServer> {
-        let dir = tempfile::tempdir()?;
-        let mut server = NatsServer {
-            child: None,
-            port: 0,
-            dir,
-            passwords: BTreeMap::new(),
-            authorization: false,
-            extra_config: String::new(),
-        };
-        server.spawn(None)?;
+        let mut server = NatsServer::new(1, false, "")?;
+        server.spawn(0)?;
         Ok(server)
+    }
+
+    /// A cluster of `nodes` servers with JetStream on each (routes between them, as
+    /// deploy/nats/cluster/ configures), once its JetStream meta group has a leader.
+    pub fn start_cluster(nodes: usize) -> Result<NatsServer> {
+        let mut cluster = NatsServer::new(nodes, true, "")?;
+        for node in 0..nodes {
+            cluster.spawn(node)?;
+        }
+        cluster.wait_jetstream_cluster()?;
+        Ok(cluster)
+    }
+
+    fn new(nodes: usize, authorization: bool, extra_config: &str) -> Result<NatsServer> {
+        let passwords = if authorization {
+            NATS_USERS.iter().map(|u| (*u, format!("v{:032x}", rand::random::<u128>()))).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let nodes = (0..nodes)
+            .map(|_| {
+                Ok(Node { child: None, port: 0, cluster_port: 0, monitor: String::new(), dir: tempfile::tempdir()? })
+            })
+            .collect::<Result<Vec<Node>>>()?;
+        Ok(NatsServer { nodes, passwords, authorization, extra_config: extra_config.to_owned() })
     }
 
     /// The flags a process connects as `user` with (`--nats-url`, `--nats-user`, `--nats-password`).
@@ -65,34 +90,58 @@ impl NatsServer {
     /// A client connected as `user`, as that process would be.
     pub async fn client_as(&self, user: &str) -> Result<async_nats::Client> {
         let password = self.passwords.get(user).cloned().ok_or_else(|| anyhow!("no NATS user {user}"))?;
+        let servers: Vec<async_nats::ServerAddr> =
+            self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port).parse()).collect::<Result<_, _>>()?;
         Ok(async_nats::ConnectOptions::with_user_and_password(user.into(), password)
             .custom_inbox_prefix(proto::subject::inbox_prefix(user))
-            .connect(self.url())
+            .connect(servers)
             .await?)
     }
 
-    fn spawn(&mut self, port: Option<u16>) -> Result<()> {
-        let ports_dir = self.dir.path().join("ports");
+    fn spawn(&mut self, index: usize) -> Result<()> {
+        let clustered = self.nodes.len() > 1;
+        // Routes to every other node whose cluster port is known. The first node, started before
+        // the others' ports exist, gets a route nobody answers (nats-server starts clustered
+        // JetStream only with a route configured): the others route to it, and it learns them.
+        let mut routes: Vec<String> = (self.nodes.iter().enumerate())
+            .filter(|(i, n)| *i != index && n.cluster_port != 0)
+            .map(|(_, n)| format!("\"nats-route://127.0.0.1:{}\"", n.cluster_port))
+            .collect();
+        if routes.is_empty() {
+            routes.push("\"nats-route://127.0.0.1:1\"".to_owned());
+        }
+        let node = &mut self.nodes[index];
+        let dir = node.dir.path().to_owned();
+        let ports_dir = dir.join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir)?;
         // The deployment's authorization (copied: nats-server includes files relative to the
         // config), and this server's ports and store.
-        std::fs::copy(repo_root().join("deploy/nats/authorization.conf"), self.dir.path().join("authorization.conf"))?;
+        std::fs::copy(repo_root().join("deploy/nats/authorization.conf"), dir.join("authorization.conf"))?;
         let include = if self.authorization { "include \"./authorization.conf\"\n" } else { "" };
+        let cluster = if clustered {
+            format!(
+                "server_name: n{index}\ncluster {{ name: vigie-test, listen: \"127.0.0.1:{}\", routes: [{}] }}\n",
+                if node.cluster_port == 0 { -1 } else { i64::from(node.cluster_port) },
+                routes.join(", "),
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
-            "{include}host: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n{}\n",
-            port.map(i64::from).unwrap_or(-1),
+            "{include}{cluster}host: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n{}\n",
+            if node.port == 0 { -1 } else { i64::from(node.port) },
             ports_dir.display().to_string(),
-            self.dir.path().join("jetstream").display().to_string(),
+            dir.join("jetstream").display().to_string(),
             self.extra_config,
         );
-        let config_path = self.dir.path().join("nats.conf");
+        let config_path = dir.join("nats.conf");
         std::fs::write(&config_path, config)?;
         let mut command = Command::new(nats_server_binary()?);
         for (user, password) in &self.passwords {
             command.env(format!("VIGIE_NATS_{}_PASSWORD", user.to_uppercase()), password);
         }
-        let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("nats.log"))?;
         let child = command
             .arg("-c")
             .arg(&config_path)
@@ -101,10 +150,10 @@ impl NatsServer {
             .spawn()
             .context("starting nats-server")?;
         let pid = child.id();
-        self.child = Some(child);
+        node.child = Some(child);
         // Named after the executable and its pid: <name>_<pid>.ports.
         let suffix = format!("_{pid}.ports");
-        let log = self.dir.path().join("nats.log");
+        let log = dir.join("nats.log");
         let text = poll("nats-server ports file", WAIT, || {
             let entry = std::fs::read_dir(&ports_dir)
                 .ok()?
@@ -118,31 +167,50 @@ impl NatsServer {
             anyhow!("{e}; nats-server said: {tail:?}")
         })?;
         let ports: serde_json::Value = serde_json::from_str(&text)?;
-        let url = ports["nats"][0].as_str().ok_or_else(|| anyhow!("no client port in {text}"))?;
-        self.port = url.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow!("bad url {url}"))?;
+        let port_of = |key: &str| -> Option<u16> { ports[key][0].as_str()?.rsplit(':').next()?.parse().ok() };
+        node.port = port_of("nats").ok_or_else(|| anyhow!("no client port in {text}"))?;
+        if clustered {
+            node.cluster_port = port_of("cluster").ok_or_else(|| anyhow!("no cluster port in {text}"))?;
+        }
         // The ports file is written once the listeners are up; JetStream is ready when the
         // monitoring endpoint says so.
-        let monitor = ports["monitoring"][0].as_str().unwrap_or_default().trim_start_matches("http://").to_owned();
+        node.monitor = ports["monitoring"][0].as_str().unwrap_or_default().trim_start_matches("http://").to_owned();
+        let monitor = node.monitor.clone();
         block_on(eventually("JetStream ready", WAIT, || async {
             Ok(http_get(&monitor, "/healthz?js-enabled-only=true").await?.0 == 200).map(|ready| ready.then_some(()))
         }))?;
         Ok(())
     }
 
+    /// Waits until every running node says JetStream is healthy: on a cluster, the meta group
+    /// has a leader and every stream its quorum.
+    fn wait_jetstream_cluster(&self) -> Result<()> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            block_on(eventually("the JetStream cluster healthy", Duration::from_secs(30), || async {
+                Ok((http_get(&node.monitor, "/healthz").await?.0 == 200).then_some(()))
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// Every node's URL, comma-separated (what `--nats-url` takes).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let urls: Vec<String> = self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect();
+        urls.join(",")
     }
 
-    /// The server's process id.
+    /// The (first) server's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.nodes[0].child.as_ref().map(Child::id)
     }
 
-    /// Stops the server gracefully (its JetStream store stays).
+    /// Stops every node gracefully (their JetStream stores stay).
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, nix::sys::signal::Signal::SIGTERM)?;
-            wait_exit(&mut child, "nats-server to stop")?;
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                signal(&child, nix::sys::signal::Signal::SIGTERM)?;
+                wait_exit(&mut child, "nats-server to stop")?;
+            }
         }
         Ok(())
     }
@@ -151,22 +219,93 @@ impl NatsServer {
     /// on the same port: the processes recreate the events stream, which begins at 1 again.
     pub fn restart_without_streams(&mut self) -> Result<()> {
         self.stop()?;
-        std::fs::remove_dir_all(self.dir.path().join("jetstream"))?;
-        self.spawn(Some(self.port))
+        for node in &self.nodes {
+            std::fs::remove_dir_all(node.dir.path().join("jetstream"))?;
+        }
+        self.start_stopped()
     }
 
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        self.spawn(Some(self.port))
+        self.start_stopped()
+    }
+
+    fn start_stopped(&mut self) -> Result<()> {
+        for index in 0..self.nodes.len() {
+            self.spawn(index)?;
+        }
+        if self.nodes.len() > 1 {
+            self.wait_jetstream_cluster()?;
+        }
+        Ok(())
+    }
+
+    /// Kills node `index` of a cluster (SIGKILL: a machine lost).
+    pub fn kill_node(&mut self, index: usize) -> Result<()> {
+        let node = self.nodes.get_mut(index).ok_or_else(|| anyhow!("no NATS node {index}"))?;
+        if let Some(mut child) = node.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `index` again on its ports with its store; returns once it has rejoined the
+    /// cluster and every node says JetStream is healthy (its copies of the streams caught up).
+    pub fn start_node(&mut self, index: usize) -> Result<()> {
+        self.spawn(index)?;
+        self.wait_jetstream_cluster()
+    }
+
+    /// The node a client named `client_name` is connected to, from each node's `/connz`.
+    pub async fn node_of(&self, client_name: &str) -> Result<Option<usize>> {
+        for (index, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.child.is_some()) {
+            let (status, body) = http_get(&node.monitor, "/connz?limit=1024").await?;
+            if status != 200 {
+                continue;
+            }
+            let connz: serde_json::Value = serde_json::from_str(&body)?;
+            let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+            if connections.iter().any(|c| c["name"] == client_name) {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The last `lines` lines of each node's log (for a test's failure message).
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            let log = std::fs::read_to_string(node.dir.path().join("nats.log")).unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- NATS node {index}\n{}\n", all[all.len().saturating_sub(lines)..].join("\n")));
+        }
+        out
+    }
+
+    /// The last sequence of `stream` in node `index`'s copy (`/jsz`), if it has one.
+    pub async fn stream_last_seq(&self, index: usize, stream: &str) -> Result<Option<u64>> {
+        let node = &self.nodes[index];
+        let (_, body) = http_get(&node.monitor, "/jsz?streams=true").await?;
+        let jsz: serde_json::Value = serde_json::from_str(&body)?;
+        let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
+        Ok(accounts
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == stream)
+            .and_then(|s| s["state"]["last_seq"].as_u64()))
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -197,8 +197,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let server = LightingServiceServer::new(api::LightingApi::new(core))
         .max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let names = [<LightingServiceServer<api::LightingApi> as NamedService>::NAME];
-    let security =
-        config.security.security(service.nats(), "lighting", names[0], METHODS, service.background()).await?;
+    let security = config.security.security(&service, "lighting", names[0], METHODS).await?;
     service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
 }
 

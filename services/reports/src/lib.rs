@@ -140,7 +140,7 @@ pub async fn run(
     let server =
         ReportsServiceServer::new(api::ReportsApi::new(core)).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let names = [<ReportsServiceServer<api::ReportsApi> as NamedService>::NAME];
-    let security = config.security.security(service.nats(), "reports", names[0], METHODS, service.background()).await?;
+    let security = config.security.security(&service, "reports", names[0], METHODS).await?;
     service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
 }
 
@@ -180,7 +180,7 @@ async fn follow_lighting_alarms_once(
     common: &CommonConfig,
 ) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-    let js = async_nats::jetstream::new(nats);
+    let js = runtime::bus::jetstream(&nats);
     runtime::bus::ensure_events_stream(&js, &common.stream).await?;
     let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
     // One consumer per kind, each named and with a single filter: both are then in the API

@@ -4,12 +4,27 @@ use crate::config::StreamSettings;
 use async_nats::jetstream::{self, stream};
 use proto::subject;
 
-/// Connects to NATS. The client connects in the background and reconnects forever, so a process
-/// starts (and a service accepts writes into its outbox) while NATS is down.
-pub async fn connect(
-    common: &crate::config::CommonConfig,
-    client_name: &str,
-) -> Result<async_nats::Client, async_nats::ConnectError> {
+/// The servers of `--nats-url`: one URL, or a cluster's, comma-separated. (async-nats parses a
+/// string as one address: a list must be split here.)
+pub fn server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| url.parse().map_err(|e| anyhow::anyhow!("the NATS URL {url:?} is not valid: {e}")))
+        .collect::<anyhow::Result<Vec<async_nats::ServerAddr>>>()?;
+    if addrs.is_empty() {
+        anyhow::bail!("--nats-url names no server");
+    }
+    Ok(addrs)
+}
+
+/// Connects to NATS: to one of the servers of `--nats-url`, and on a cluster to any other node
+/// when that one fails (the nodes a server announces are tried too). The client connects in the
+/// background and reconnects forever, so a process starts (and a service accepts writes into its
+/// outbox) while NATS is down.
+pub async fn connect(common: &crate::config::CommonConfig, client_name: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = server_addrs(&common.nats_url)?;
     let options = match (&common.nats_user, &common.nats_password) {
         // Replies (JetStream acknowledgements, API answers, what a consumer delivers) come to an
         // inbox of this user's own: NATS lets no other process subscribe there.
@@ -30,8 +45,23 @@ pub async fn connect(
                 other => tracing::info!(event = %other, "NATS event"),
             }
         })
-        .connect(&common.nats_url)
+        .connect(servers)
         .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", common.nats_url))
+}
+
+/// How long a JetStream request (an API call, a publish's acknowledgement) is waited for before
+/// it is given up and tried again. On a cluster, a stream whose leader was lost answers nothing
+/// until its copies elect another (4 to 9 s): a shorter wait retries sooner once it has. A
+/// publish given up is published again under the same id, which JetStream drops if it was
+/// stored after all.
+pub const JETSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The JetStream context every process uses on `nats` (requests wait [`JETSTREAM_TIMEOUT`]).
+pub fn jetstream(nats: &async_nats::Client) -> jetstream::Context {
+    let mut js = jetstream::new(nats.clone());
+    js.set_timeout(JETSTREAM_TIMEOUT);
+    js
 }
 
 /// The configuration of the events stream for these settings.
@@ -102,5 +132,21 @@ where
             _ = stop.cancelled() => return,
         }
         pause = (pause * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod server_list_tests {
+    use super::server_addrs;
+
+    #[test]
+    fn one_url_or_a_comma_separated_list() {
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let cluster = server_addrs("nats://10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3:4222").unwrap();
+        let ports: Vec<String> = cluster.iter().map(|a| format!("{}:{}", a.host(), a.port())).collect();
+        assert_eq!(ports, ["10.0.0.1:4222", "10.0.0.2:4222", "10.0.0.3:4222"]);
+        assert!(server_addrs("").unwrap_err().to_string().contains("no server"));
+        assert!(server_addrs(" , ").is_err());
+        assert!(server_addrs("nats://127.0.0.1:4222,nats://[bad").unwrap_err().to_string().contains("[bad"));
     }
 }

@@ -268,23 +268,23 @@ pub struct ServiceSecurityConfig {
 
 impl ServiceSecurityConfig {
     /// The security of `service` (its full gRPC name) of `domain`; follows the revoked credentials
-    /// on `nats` until `stop`. Waits a few seconds for the list to load, so that integrators are
+    /// on the `running` service's NATS connection until its background work stops. Waits a few seconds for the list to load, so that integrators are
     /// not turned away at start; with NATS down the service starts anyway (its outbox takes the
     /// gateway's writes) and integrators get UNAVAILABLE until the list is loaded.
     pub async fn security(
         &self,
-        nats: &async_nats::Client,
+        running: &crate::service::Service,
         domain: &'static str,
         service: &str,
         methods: &'static [(&'static str, Access)],
-        stop: CancellationToken,
     ) -> anyhow::Result<crate::grpc::Security> {
         let tls = self.tls.server_config()?;
         let auth = match &self.auth_public_key {
             Some(path) => {
                 let verifier = TokenVerifier::from_pem_file(path)?;
                 let revocations = Arc::new(Revocations::default());
-                tokio::spawn(follow_revocations(nats.clone(), revocations.clone(), stop));
+                let (nats, replicas, stop) = (running.nats().clone(), running.stream_replicas(), running.background());
+                tokio::spawn(follow_revocations(nats, revocations.clone(), replicas, stop));
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 while !revocations.is_loaded() && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -304,8 +304,9 @@ impl ServiceSecurityConfig {
     }
 }
 
-/// The stream of revoked credentials (created by whichever process comes first).
-fn revocations_stream_config() -> async_nats::jetstream::stream::Config {
+/// The stream of revoked credentials (created by whichever process comes first), with
+/// `replicas` copies (3 on a NATS cluster, as the events stream).
+fn revocations_stream_config(replicas: u8) -> async_nats::jetstream::stream::Config {
     use async_nats::jetstream::stream;
     stream::Config {
         name: proto::subject::REVOCATIONS_STREAM.to_owned(),
@@ -315,13 +316,14 @@ fn revocations_stream_config() -> async_nats::jetstream::stream::Config {
         max_messages_per_subject: 1,
         // Longer than the longest credential (an integrator's, a year).
         max_age: Duration::from_secs(400 * 86_400),
+        num_replicas: usize::from(replicas),
         ..Default::default()
     }
 }
 
 /// Creates the revocations stream if it does not exist.
-pub async fn ensure_revocations_stream(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
-    js.get_or_create_stream(revocations_stream_config())
+pub async fn ensure_revocations_stream(js: &async_nats::jetstream::Context, replicas: u8) -> anyhow::Result<()> {
+    js.get_or_create_stream(revocations_stream_config(replicas))
         .await
         .map_err(|e| anyhow::anyhow!("cannot get or create stream {}: {e}", proto::subject::REVOCATIONS_STREAM))?;
     Ok(())
@@ -329,18 +331,27 @@ pub async fn ensure_revocations_stream(js: &async_nats::jetstream::Context) -> a
 
 /// Follows the revoked credentials from the stream's start for as long as the process runs. A
 /// failure (NATS down) starts it over after a pause growing to 30 s; what was loaded stays.
-pub async fn follow_revocations(nats: async_nats::Client, revocations: Arc<Revocations>, stop: CancellationToken) {
+pub async fn follow_revocations(
+    nats: async_nats::Client,
+    revocations: Arc<Revocations>,
+    replicas: u8,
+    stop: CancellationToken,
+) {
     crate::bus::follow_forever("following revoked credentials", stop, || {
-        follow_revocations_once(nats.clone(), &revocations)
+        follow_revocations_once(nats.clone(), &revocations, replicas)
     })
     .await
 }
 
-async fn follow_revocations_once(nats: async_nats::Client, revocations: &Revocations) -> anyhow::Result<()> {
+async fn follow_revocations_once(
+    nats: async_nats::Client,
+    revocations: &Revocations,
+    replicas: u8,
+) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     use futures::StreamExt;
-    let js = async_nats::jetstream::new(nats);
-    ensure_revocations_stream(&js).await?;
+    let js = crate::bus::jetstream(&nats);
+    ensure_revocations_stream(&js, replicas).await?;
     let stream = js.get_stream(proto::subject::REVOCATIONS_STREAM).await?;
     let mut consumer =
         stream.create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() }).await?;

@@ -223,13 +223,15 @@ fn entry_key(key: &[u8]) -> u64 {
 pub struct RelaySettings {
     /// Entries published before waiting for their acknowledgements.
     pub batch: usize,
-    /// Longest pause between retries while NATS is unreachable.
+    /// Longest pause between retries while NATS is unreachable. Short: a try against a NATS
+    /// that does not answer already waits [`crate::bus::JETSTREAM_TIMEOUT`], and on a cluster the
+    /// stream answers again as soon as its copies have elected a leader.
     pub max_backoff: Duration,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
-        RelaySettings { batch: 512, max_backoff: Duration::from_secs(2) }
+        RelaySettings { batch: 512, max_backoff: Duration::from_millis(500) }
     }
 }
 
@@ -239,15 +241,15 @@ pub struct RelayHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the relay of `outbox` on this NATS connection (publish acks wait at most 5 s).
+/// Starts the relay of `outbox` on this NATS connection (publish acks wait at most
+/// [`crate::bus::JETSTREAM_TIMEOUT`]).
 pub fn spawn_relay(
     outbox: &Outbox,
     nats: &async_nats::Client,
     stream: &StreamSettings,
     drain_timeout: Duration,
 ) -> RelayHandle {
-    let mut js = jetstream::new(nats.clone());
-    js.set_timeout(Duration::from_secs(5));
+    let js = crate::bus::jetstream(nats);
     let stop = CancellationToken::new();
     let task =
         tokio::spawn(relay(outbox.clone(), js, stream.clone(), RelaySettings::default(), stop.clone(), drain_timeout));
@@ -324,7 +326,12 @@ async fn run(
                     _ = stop.cancelled() => {}
                 }
             }
-            Ok(_) => backoff = Duration::from_millis(50),
+            Ok(_) => {
+                if backoff > Duration::from_millis(50) {
+                    tracing::info!(pending = outbox.depth(), "outbox publishing again");
+                }
+                backoff = Duration::from_millis(50);
+            }
             Err(e) => {
                 crate::metrics::global().publish_failures.inc();
                 if let Some(e) = e.downcast_ref::<sled::Error>() {

@@ -20,6 +20,7 @@ pub struct Service {
     background: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     timeout: Duration,
+    stream_replicas: u8,
 }
 
 impl Service {
@@ -41,11 +42,17 @@ impl Service {
             background: CancellationToken::new(),
             tasks: Vec::new(),
             timeout: common.shutdown_timeout,
+            stream_replicas: common.stream.replicas,
         })
     }
 
     pub fn nats(&self) -> &async_nats::Client {
         &self.nats
+    }
+
+    /// The copies each stream this service creates keeps (`--stream-replicas`).
+    pub fn stream_replicas(&self) -> u8 {
+        self.stream_replicas
     }
 
     /// Cancelled once no call is in flight any more: the service's own timers and tasks stop then

@@ -190,8 +190,7 @@ pub async fn run(
     let server = TransportServiceServer::new(api::TransportApi::new(core))
         .max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let names = [<TransportServiceServer<api::TransportApi> as NamedService>::NAME];
-    let security =
-        config.security.security(service.nats(), "transport", names[0], METHODS, service.background()).await?;
+    let security = config.security.security(&service, "transport", names[0], METHODS).await?;
     service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
 }
 

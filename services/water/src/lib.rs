@@ -206,7 +206,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let server =
         WaterServiceServer::new(api::WaterApi::new(core)).max_decoding_message_size(proto::MAX_GRPC_MESSAGE_BYTES);
     let names = [<WaterServiceServer<api::WaterApi> as NamedService>::NAME];
-    let security = config.security.security(service.nats(), "water", names[0], METHODS, service.background()).await?;
+    let security = config.security.security(&service, "water", names[0], METHODS).await?;
     service.serve_grpc(listener, tonic::service::Routes::new(server), &names, security, shutdown).await
 }
 

@@ -5,6 +5,7 @@ mod abuse;
 mod all_domains;
 mod bench_smoke;
 mod clock;
+mod cluster;
 mod console;
 mod console_api;
 mod faults;
