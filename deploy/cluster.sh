@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole system on a 3-node NATS JetStream cluster, on this machine (loopback): what
+# deploy/run.sh runs, with three nats-server nodes (deploy/nats/cluster/node-{1,2,3}.conf, client
+# ports 4222-4224, monitoring 8222-8224) instead of one. Every process is given the three URLs and
+# fails over between them; the events and revocations streams keep a copy on each node, so that a
+# node lost (try: kill one nats-server) loses nothing acknowledged, and the supervision starts it
+# again. State lives in var/cluster/ (apart from the single node's var/), logs in var/cluster/logs/.
+#
+# Not yet here (issue 22): a standby of each service and a second gateway replica; each process
+# runs once, and is started again when it dies.
+#
+# Environment: as deploy/run.sh's (VIGIE_TERRITORY, VIGIE_PROFILE, VIGIE_HTTP_PORT, VIGIE_SIM_*).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export VIGIE_NATS_NODES=3
+export VIGIE_STATE_DIR="${VIGIE_STATE_DIR:-var/cluster}"
+exec "$root/deploy/run.sh" "$@"
