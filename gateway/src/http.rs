@@ -38,14 +38,6 @@ const MAX_CLIENT_FRAMES_PER_S: f64 = 20.0;
 /// snapshot) arrive together, and a client within the rate is not closed for that.
 const MAX_CLIENT_FRAME_BURST: f64 = 30.0;
 
-/// Close codes for access (besides `close_code::NO_HEARTBEAT`).
-pub mod access_close {
-    /// The token expired: refresh it and reconnect (with `resume_from`).
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The session was closed (logout, or the operator removed): log in again.
-    pub const REVOKED: u16 = 4003;
-}
-
 /// The token a WebSocket client offered as a subprotocol.
 fn subprotocol_token(headers: &axum::http::HeaderMap) -> Option<String> {
     headers
@@ -232,7 +224,7 @@ async fn session(
         match Subscription::start(&state.feed, &principal, filter, resume_from, coalescing).await {
             Ok(started) => started,
             Err(Refused::Revoked) => {
-                out.close(access_close::REVOKED, "the session was closed; log in again").await;
+                out.close(close_code::REVOKED, "the session was closed; log in again").await;
                 return;
             }
             Err(Refused::Limited(limited)) => {
@@ -281,8 +273,8 @@ async fn session(
                 },
                 Next::Ended(end) => {
                     let (code, reason) = match end {
-                        End::TokenExpired => (access_close::TOKEN_EXPIRED, "the token has expired; refresh it and reconnect"),
-                        End::Revoked => (access_close::REVOKED, "the session was closed; log in again"),
+                        End::TokenExpired => (close_code::TOKEN_EXPIRED, "the token has expired; refresh it and reconnect"),
+                        End::Revoked => (close_code::REVOKED, "the session was closed; log in again"),
                         End::ShuttingDown | End::Closed => (axum::extract::ws::close_code::AWAY, "gateway shutting down"),
                     };
                     out.close(code, reason).await;

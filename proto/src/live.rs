@@ -6,8 +6,10 @@
 //! sequence of the event, so it only grows, also across gateway restarts.
 
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 
 pub mod from_proto;
+pub mod typescript;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -15,7 +17,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
 
 /// Every server frame: `{"v": 1, "type": ..., ...}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct ServerFrame {
     pub v: u32,
     #[serde(flatten)]
@@ -28,7 +30,7 @@ impl ServerFrame {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The whole view, current as of `seq`: every asset, the active alarms, the recent commands,
@@ -83,7 +85,7 @@ pub enum ServerMessage {
     Error { code: ErrorCode, message: String },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not JSON, or not a message of this protocol.
@@ -99,7 +101,7 @@ pub enum ErrorCode {
 }
 
 /// Which asset: its domain and id.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct AssetRef {
     pub domain: String,
     pub id: String,
@@ -111,7 +113,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// Something the gateway could not do for its view, that operators must know: data the view may
 /// lack. Kept until a supervisor acknowledges it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct SystemNotice {
     pub id: u64,
     pub kind: NoticeKind,
@@ -125,7 +127,7 @@ pub struct SystemNotice {
     pub to_seq: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// The stream's retention dropped events the view never applied: what they changed is missing
@@ -138,7 +140,7 @@ pub enum NoticeKind {
     ViewNearBudget,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum Upstream {
     Live,
@@ -147,15 +149,19 @@ pub enum Upstream {
 
 /// Close codes the gateway uses (besides 1001 going away and 1009 message too big).
 pub mod close_code {
+    /// The token expired: refresh it and reconnect (with `resume_from`).
+    pub const TOKEN_EXPIRED: u16 = 4001;
     /// Nothing heard from the client (not even a WebSocket pong) for too long.
     pub const NO_HEARTBEAT: u16 = 4002;
+    /// The session was closed (logout, or the operator removed): log in again.
+    pub const REVOKED: u16 = 4003;
     /// The session would start with a snapshot, and its login asked for too many of them
     /// (the reason says when to retry); a resume is not counted.
     pub const TOO_MANY_SNAPSHOTS: u16 = 4029;
 }
 
 /// What a session receives: everything when empty. Each non-empty list narrows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, TS)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     /// INSEE codes.
@@ -269,14 +275,14 @@ impl Filter {
 }
 
 /// Every client frame: `{"v": 1, "type": ...}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct ClientFrame {
     pub v: u32,
     #[serde(flatten)]
     pub message: ClientMessage,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     Ping,
@@ -295,7 +301,7 @@ pub enum ClientMessage {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct EventSummary {
     pub id: String,
     pub domain: String,
@@ -307,14 +313,14 @@ pub struct EventSummary {
     pub recorded_at: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, TS)]
 pub struct LatLon {
     pub lat: f64,
     pub lon: f64,
 }
 
 /// The latest known state of one asset.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct AssetState {
     pub domain: String,
     pub id: String,
@@ -328,7 +334,7 @@ pub struct AssetState {
 }
 
 /// Domain-specific attributes, tagged by asset type. More types come with each domain.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AssetDetails {
@@ -339,7 +345,7 @@ pub enum AssetDetails {
 }
 
 /// A water network sensor: its latest value of each measure, and its data-quality flags.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, TS)]
 pub struct WaterSensorDetails {
     /// The network node or link it sits on.
     pub element_id: String,
@@ -353,7 +359,7 @@ pub struct WaterSensorDetails {
     pub flags: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, TS)]
 pub struct MeasureReading {
     pub value: f64,
     pub unit: String,
@@ -362,7 +368,7 @@ pub struct MeasureReading {
 }
 
 /// A citizen report (Open311 service request), without its reporter's contact.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, TS)]
 pub struct ReportDetails {
     pub service_request_id: String,
     pub service_code: String,
@@ -386,7 +392,7 @@ pub struct ReportDetails {
 }
 
 /// A vehicle in service (GTFS-Realtime VehiclePosition, plus what the service derives).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, TS)]
 pub struct VehicleDetails {
     pub label: String,
     pub trip_id: String,
@@ -405,7 +411,7 @@ pub struct VehicleDetails {
 
 /// NGSI-LD `Streetlight` attributes; values use the NGSI-LD vocabulary
 /// (`ok`, `defectiveLamp`, `brokenLantern`, `columnIssue`; `on`, `off`, `low`, `bootingUp`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, TS)]
 pub struct StreetlightDetails {
     pub lamp_type: String,
     /// The street the inventory places it in (a command can target it); empty when unknown.
@@ -432,7 +438,7 @@ pub struct StreetlightDetails {
 /// not). Raising the same key again updates it (`raise_count`, `last_raised_at`) and makes it
 /// active again. A cleared alarm stays until an operator acknowledges it; it is then sent once
 /// with `closed: true` and leaves the view, as does an alarm an operator resolves.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct AlarmState {
     pub key: String,
     pub domain: String,
@@ -472,7 +478,7 @@ pub struct AlarmState {
     pub resolved_by: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct AlarmComment {
     pub by: String,
     /// RFC 3339.
@@ -482,7 +488,7 @@ pub struct AlarmComment {
 
 /// One entry of the audit log: an operator action (on an alarm, a command, a report), as the
 /// stream recorded it. Queryable over REST (`/api/v1/audit`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct AuditEntry {
     /// The stream sequence of the event that recorded it (entries are in this order).
     pub seq: u64,
@@ -503,7 +509,7 @@ pub struct AuditEntry {
 
 /// The latest KPIs of one domain in one commune. Lighting: `lamps_total`, `lamps_dark`,
 /// `availability` (0..1), `power_w`, `energy_wh_current_hour`, `energy_wh_previous_hour`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct KpiState {
     pub domain: String,
     pub commune: String,
@@ -514,14 +520,14 @@ pub struct KpiState {
     pub history: Vec<KpiSample>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct KpiSample {
     pub at: String,
     pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// An operator command to a domain service, from pending to its outcome.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct CommandState {
     pub id: String,
     pub domain: String,
@@ -541,7 +547,7 @@ pub struct CommandState {
     pub failures: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CommandTarget {
     Streetlight {
@@ -563,7 +569,7 @@ pub enum CommandTarget {
     Unknown,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CommandAction {
     Switch {

@@ -2,12 +2,13 @@
 // of counts, ratios of sums; a median does not add up, so it is shown for one commune only).
 // Pure, tested in tests/unit.
 
-import type { Kpi } from "./protocol";
+import type { Kpi, KPI_TILES } from "./protocol";
 import type { KpiBand, KpiTargets } from "./api";
 import { t, type Key } from "./i18n.svelte";
 
 export type Tile = {
-  id: string;
+  /// One of the contract's KPI tiles (proto::live::KPI_TILES), in their order.
+  id: (typeof KPI_TILES)[number];
   label: Key;
   domain: string;
   /// The value for a set of communes' KPI values (one object per commune), or null.

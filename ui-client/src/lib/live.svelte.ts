@@ -9,7 +9,7 @@
 
 import type { Alarm, Asset, Command, Kpi, ServerFrame, Upstream } from "./protocol";
 import { end, refresh, token } from "./auth.svelte";
-import { assetKey } from "./protocol";
+import { assetKey, CLOSE_CODES, DOMAINS } from "./protocol";
 import { GAPS_KEPT, heartbeatInterval } from "./heartbeat";
 
 export type Link = "connecting" | "live" | "stale" | "reconnecting";
@@ -19,11 +19,9 @@ const RENDER_EVERY_MS = 250;
 const DEFAULT_HEARTBEAT_MS = 5_000;
 const MISSED_HEARTBEATS_BEFORE_STALE = 3;
 const MISSED_HEARTBEATS_BEFORE_RECONNECT = 6;
-/// The gateway's close codes for access (gateway/src/http.rs).
-const CLOSE_TOKEN_EXPIRED = 4001;
-const CLOSE_REVOKED = 4003;
-/// Too many snapshots for this login: the reason says when to retry ("retry in N s").
-const CLOSE_TOO_MANY_SNAPSHOTS = 4029;
+/// The gateway's close codes (proto::live::close_code): a token expired, a session revoked, too
+/// many snapshots for this login (the reason says when to retry: "retry in N s").
+const { TOKEN_EXPIRED: CLOSE_TOKEN_EXPIRED, REVOKED: CLOSE_REVOKED, TOO_MANY_SNAPSHOTS: CLOSE_TOO_MANY_SNAPSHOTS } = CLOSE_CODES;
 
 /// How long a close asks the client to wait, in ms (none: not said).
 export function retryAfterMs(code: number, reason: string): number | null {
@@ -155,7 +153,7 @@ export class LiveState {
         for (const a of frame.alarms) if (!a.closed) this.alarms.set(a.key, a);
         for (const k of frame.kpis ?? []) this.kpis.set(`${k.domain}/${k.commune}`, k);
         for (const c of frame.commands ?? []) this.commands.set(c.id, c);
-        for (const d of ["transport", "lighting", "water", "reports"]) this.dirtyDomains.add(d);
+        for (const d of DOMAINS) this.dirtyDomains.add(d);
         this.seq = frame.seq;
         this.#snapshotSeen = true;
         this.#retryMs = 250;

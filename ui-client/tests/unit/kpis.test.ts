@@ -1,6 +1,7 @@
 // KPI tiles (src/lib/kpis.ts): the territory's figures from the communes'.
 import { test } from "vitest";
 import assert from "node:assert/strict";
+import { KPI_TILES } from "../../src/lib/protocol.generated.ts";
 import { TILES, bandOf, bandState, latest, series, sparkRange, vehiclesInService, FEW_VEHICLES } from "../../src/lib/kpis.ts";
 import type { Kpi } from "../../src/lib/protocol.ts";
 
@@ -106,4 +107,8 @@ test("a commune publishing several times a minute counts once in that minute", (
   const [xs, ys] = series(kpis, tile("reports_open"));
   assert.equal(xs.length, 1);
   assert.deepEqual(ys, [8], "34172's latest of the minute (3) and 34129's (5)");
+});
+
+test("the tiles are the contract's, in its order", () => {
+  assert.deepEqual(TILES.map((t) => t.id), [...KPI_TILES]);
 });
