@@ -10,6 +10,7 @@
 //! Each part runs when the territory has its layer. Lighting follows the wall clock (the real sun);
 //! transport follows a [`transport::SimClock`] that may replay the recent past faster.
 
+mod field_controller;
 pub mod lighting;
 pub mod reports;
 pub mod transport;
@@ -489,52 +490,21 @@ fn fault(light: &Streetlight, fault: TalqFault, active: bool, at: SystemTime) ->
 
 /// The lighting controller: receives the service's instructions, applies them to the simulated
 /// lamps after a realistic delay (some lamps do not answer), and reports the results.
-async fn controller(mut client: Client, field: Arc<Field>, config: Config, shutdown: CancellationToken) {
+async fn controller(client: Client, field: Arc<Field>, config: Config, shutdown: CancellationToken) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(1));
-    loop {
-        let (to_service, outbound) = tokio::sync::mpsc::channel::<ControllerMessage>(64);
-        let hello = ControllerMessage {
-            message: Some(ToService::Hello(ControllerHello { controller_id: "vigie-simulator".into() })),
-        };
-        if to_service.send(hello).await.is_err() {
-            return;
-        }
-        let session = client.controller_session(tokio_stream::wrappers::ReceiverStream::new(outbound));
-        let mut instructions = tokio::select! {
-            r = session => match r {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    tracing::warn!(message = status.message(), "controller session refused; retrying");
-                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = shutdown.cancelled() => return }
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        tracing::info!("controller session open");
-        loop {
-            let instruction = tokio::select! {
-                m = instructions.message() => m,
-                _ = shutdown.cancelled() => return,
-            };
-            match instruction {
-                Ok(Some(instruction)) => {
-                    let delay = Duration::from_millis(rng.random_range(100..800));
-                    let result = apply(&field, &instruction, &mut rng, config.command_failure);
-                    tokio::time::sleep(delay).await;
-                    let message = ControllerMessage { message: Some(ToService::Result(result)) };
-                    if to_service.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::warn!(message = status.message(), "controller session ended");
-                    break;
-                }
-            }
-        }
-        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => return }
-    }
+    let hello = || ControllerMessage {
+        message: Some(ToService::Hello(ControllerHello { controller_id: "vigie-simulator".into() })),
+    };
+    let open = |outbound| {
+        let mut client = client.clone();
+        async move { client.controller_session(outbound).await }
+    };
+    let answer = |instruction: ControllerInstruction| {
+        let delay = Duration::from_millis(rng.random_range(100..800));
+        let result = apply(&field, &instruction, &mut rng, config.command_failure);
+        (delay, ControllerMessage { message: Some(ToService::Result(result)) })
+    };
+    field_controller::run("controller", hello, open, answer, shutdown).await
 }
 
 fn apply(field: &Field, instruction: &ControllerInstruction, rng: &mut impl Rng, failure: f64) -> CommandResult {

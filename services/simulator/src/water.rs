@@ -436,60 +436,30 @@ pub async fn run(
     Ok(())
 }
 
-/// The valve controller: operates the valves the service asks for, after a realistic delay, and
-/// reports. An unknown link or a pump is refused.
+/// The valve controller: operates the valves the service asks for, and reports after a realistic
+/// delay. An unknown link or a pump is refused.
 async fn controller(
-    mut client: Client,
+    client: Client,
     links: Arc<BTreeMap<String, LinkKind>>,
     closed: Arc<Mutex<HashSet<String>>>,
     seed: u64,
     shutdown: CancellationToken,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(11));
-    loop {
-        let (to_service, outbound) = tokio::sync::mpsc::channel::<ValveControllerMessage>(64);
-        let hello = ValveControllerMessage {
-            message: Some(ToService::Hello(ValveControllerHello { controller_id: "vigie-simulator".into() })),
-        };
-        if to_service.send(hello).await.is_err() {
-            return;
-        }
-        let session = client.valve_controller_session(tokio_stream::wrappers::ReceiverStream::new(outbound));
-        let mut instructions = tokio::select! {
-            r = session => match r {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    tracing::warn!(message = status.message(), "valve controller session refused; retrying");
-                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = shutdown.cancelled() => return }
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        tracing::info!("valve controller session open");
-        loop {
-            let instruction = tokio::select! {
-                m = instructions.message() => m,
-                _ = shutdown.cancelled() => return,
-            };
-            match instruction {
-                Ok(Some(instruction)) => {
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
-                    let result = operate(&links, &closed, &instruction);
-                    tracing::info!(link = %instruction.link_id, applied = result.applied, "valve operated");
-                    let message = ValveControllerMessage { message: Some(ToService::Result(result)) };
-                    if to_service.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::warn!(message = status.message(), "valve controller session ended");
-                    break;
-                }
-            }
-        }
-        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = shutdown.cancelled() => return }
-    }
+    let hello = || ValveControllerMessage {
+        message: Some(ToService::Hello(ValveControllerHello { controller_id: "vigie-simulator".into() })),
+    };
+    let open = |outbound| {
+        let mut client = client.clone();
+        async move { client.valve_controller_session(outbound).await }
+    };
+    let answer = |instruction: ValveInstruction| {
+        let delay = Duration::from_millis(rng.random_range(300..1200));
+        let result = operate(&links, &closed, &instruction);
+        tracing::info!(link = %instruction.link_id, applied = result.applied, "valve operated");
+        (delay, ValveControllerMessage { message: Some(ToService::Result(result)) })
+    };
+    crate::field_controller::run("valve controller", hello, open, answer, shutdown).await
 }
 
 fn operate(links: &BTreeMap<String, LinkKind>, closed: &Mutex<HashSet<String>>, i: &ValveInstruction) -> ValveResult {

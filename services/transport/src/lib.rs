@@ -96,7 +96,6 @@ pub struct Config {
     pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
-/// Runs the service on its two listeners (gRPC, HTTP) until `shutdown`.
 /// Who may call each method (see `runtime::grpc_auth`). A transit network crosses communes: its
 /// feeds need a credential for every commune.
 const METHODS: &[(&str, Access)] = &[
@@ -108,6 +107,7 @@ const METHODS: &[(&str, Access)] = &[
     ("ListServiceAlerts", Access::Read),
 ];
 
+/// Runs the service on its two listeners (gRPC, HTTP) until `shutdown`.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
