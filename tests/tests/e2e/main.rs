@@ -8,6 +8,7 @@ mod clock;
 mod cluster;
 mod console;
 mod console_api;
+mod deploy_manifests;
 mod faults;
 mod gateway_ops;
 mod lighting_domain;
