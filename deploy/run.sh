@@ -79,27 +79,30 @@ cargo build --profile "$profile" --bins --quiet
 mkdir -p "$state/logs"
 pids=()
 stop_all() {
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
   echo "stopping" >&2
   # Reverse order: the simulator first, NATS last.
   for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -TERM "${pids[$i]}" 2>/dev/null || true; wait "${pids[$i]}" 2>/dev/null || true; done
 }
-trap stop_all EXIT INT TERM
+trap stop_all EXIT INT TERM HUP
 
 # supervise NAME COMMAND...: runs the command (its output in $state/logs/NAME.log) and starts it
 # again whenever it exits, after a pause of 1 s doubling to 30 s while it keeps dying (back to 1 s
-# once it has run a minute). TERM stops the command, then the supervision.
+# once it has run a minute). TERM, INT or HUP stops the command, then the supervision. COMMAND
+# may be one of the functions below, which put secrets in the environment (never in argv).
 supervise() {
   local name="$1"; shift
   (
+    set +e  # a failed log line must not end the supervision
     child=""
-    trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; [ -n "$child" ] && wait "$child"; exit 0' TERM INT
+    trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null && wait "$child"; exit 0' TERM INT HUP
     pause=1
     while true; do
       "$@" >>"$state/logs/$name.log" 2>&1 &
       child=$!
       started=$SECONDS
-      code=0; wait "$child" || code=$?
+      wait "$child"; code=$?
+      child=""
       if (( SECONDS - started >= 60 )); then pause=1; fi
       echo "$(date -Is) $name exited (status $code); starting it again in ${pause} s" | tee -a "$state/logs/$name.log" >&2
       sleep "$pause" & wait $!
@@ -151,14 +154,22 @@ if [ ! -f "$nats_credentials" ]; then
     echo "VIGIE_NATS_${user}_PASSWORD=v$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   done > "$nats_credentials")
 fi
-# Each process gets its own password only; nats-server gets them all.
-as_nats_user() { # user: the environment a process connects to NATS with
-  local var="VIGIE_NATS_$(echo "$1" | tr '[:lower:]' '[:upper:]')_PASSWORD"
-  echo "VIGIE_NATS_USER=$1 VIGIE_NATS_PASSWORD=$(sed -n "s/^${var}=//p" "$nats_credentials")"
+# Each process gets its own password only; nats-server gets them all (in the environment).
+as_nats_user() { # USER COMMAND...: runs the command as that NATS user
+  local user="$1"; shift
+  local var="VIGIE_NATS_$(echo "$user" | tr '[:lower:]' '[:upper:]')_PASSWORD"
+  VIGIE_NATS_USER="$user" VIGIE_NATS_PASSWORD="$(sed -n "s/^${var}=//p" "$nats_credentials")" exec "$@"
+}
+with_nats_passwords() { # COMMAND...: runs the command with every NATS user's password
+  set -a; . "$nats_credentials"; set +a
+  exec "$@"
+}
+with_simulator_token() { # COMMAND...: runs the command with the simulator's credential
+  VIGIE_SIM_TOKEN="$(cat "$simulator_token")" exec "$@"
 }
 
 if [ "$nats_nodes" = 1 ]; then
-  supervise nats env $(cat "$nats_credentials") "$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 \
+  supervise nats with_nats_passwords "$nats_server" -c deploy/nats/single-node.conf -a 127.0.0.1 \
     -p "$nats_port" -m "$nats_monitor_port" -sd "$state/nats"
   wait_for "nats-server" "http://127.0.0.1:${nats_monitor_port}/healthz?js-enabled-only=true"
   export VIGIE_NATS_URL="nats://127.0.0.1:${nats_port}"
@@ -167,7 +178,7 @@ else
   # each with its own store; the processes get every node's URL and fail over between them, and
   # the streams they create keep a copy on each node.
   for node in 1 2 3; do
-    supervise "nats-$node" env $(cat "$nats_credentials") "$nats_server" -c "deploy/nats/cluster/node-$node.conf" \
+    supervise "nats-$node" with_nats_passwords "$nats_server" -c "deploy/nats/cluster/node-$node.conf" \
       -sd "$state/nats-$node"
   done
   for node in 1 2 3; do wait_for "nats-server node $node" "http://127.0.0.1:$((8221 + node))/healthz"; done
@@ -177,20 +188,20 @@ fi
 
 export VIGIE_TERRITORY="$territory"
 
-supervise lighting env $(as_nats_user lighting) "$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store "$state/lighting" \
+supervise lighting as_nats_user lighting "$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store "$state/lighting" \
   --metrics-addr 127.0.0.1:9161
-supervise transport env $(as_nats_user transport) "$bin"/vigie-transport --grpc-addr "$transport_addr" \
+supervise transport as_nats_user transport "$bin"/vigie-transport --grpc-addr "$transport_addr" \
   --http-addr "$transport_http_addr" --store "$state/transport" --metrics-addr 127.0.0.1:9162
-supervise reports env $(as_nats_user reports) "$bin"/vigie-reports --grpc-addr "$reports_addr" \
+supervise reports as_nats_user reports "$bin"/vigie-reports --grpc-addr "$reports_addr" \
   --http-addr "$reports_http_addr" --store "$state/reports" --metrics-addr 127.0.0.1:9164
-supervise water env $(as_nats_user water) "$bin"/vigie-water --grpc-addr "$water_addr" --store "$state/water" \
+supervise water as_nats_user water "$bin"/vigie-water --grpc-addr "$water_addr" --store "$state/water" \
   --metrics-addr 127.0.0.1:9163
-supervise gateway env $(as_nats_user gateway) "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" \
+supervise gateway as_nats_user gateway "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" \
   --store "$state/gateway" --ui-dir ui-client/dist --lighting-url "http://${lighting_addr}" \
   --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" --grpc-addr 127.0.0.1:50060
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
 
-supervise simulator env VIGIE_SIM_TOKEN="$(cat "$simulator_token")" "$bin"/vigie-simulator \
+supervise simulator with_simulator_token "$bin"/vigie-simulator \
   --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
   --reports-url "http://${reports_addr}" --water-url "http://${water_addr}"
 

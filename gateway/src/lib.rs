@@ -379,7 +379,12 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         },
     )?;
     let scraped = live.clone();
-    let history = history::HistoryState::new(live.clone(), runtime::bus::jetstream(&nats));
+    let history = history::HistoryState::new(
+        live.clone(),
+        // The library's own timeout (10 s), not the 2 s of the view's requests: an asset's history
+        // is a consumer from a start time, which a large stream takes longer to place.
+        async_nats::jetstream::new(nats.clone()),
+    );
     let state = http::AppState { feed, allowed_origins: Arc::new(config.allowed_origins.clone()) };
     let app = rest::router(api, access.clone())
         .merge(history::router(history, access.clone()))

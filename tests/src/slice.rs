@@ -80,6 +80,7 @@ impl Slice {
         linked: bool,
     ) -> Result<Slice> {
         let stores = tempfile::tempdir()?;
+        anyhow::ensure!(!linked || !nats.url().contains(','), "a linked slice runs on one NATS node, not a cluster");
         let target = nats.url().trim_start_matches("nats://").to_owned();
         let lighting_link = linked.then(|| Link::to(&target)).transpose()?;
         let gateway_link = linked.then(|| Link::to(&target)).transpose()?;

@@ -38,6 +38,10 @@ pub async fn connect(common: &crate::config::CommonConfig, client_name: &str) ->
         .name(client_name)
         .retry_on_initial_connect()
         .max_reconnects(None)
+        // A server that went silent (its machine lost, not its process killed: no TCP reset) is
+        // noticed after two unanswered pings, and another node of a cluster tried; the default
+        // (a minute) would leave the process talking to nobody for two.
+        .ping_interval(std::time::Duration::from_secs(5))
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),

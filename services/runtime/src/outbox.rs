@@ -526,6 +526,9 @@ async fn published_since(
             ack_policy: AckPolicy::None,
             headers_only: true,
             inactive_threshold: Duration::from_secs(30),
+            // Read once and deleted: one copy in memory, also on a cluster (quick to create).
+            num_replicas: 1,
+            memory_storage: true,
             ..Default::default()
         })
         .await?;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs sessions until `shutdown`. `open` opens one with the stream of what the controller sends
-/// (a tonic client call); `answer` applies an instruction to the simulated field and says how
-/// long the field took and what to report.
+/// (a tonic client call); `answer` takes an instruction and says how long the field takes to carry
+/// it out, and what it does at the end of that time (apply it, if not done at once) and reports.
 pub async fn run<Out, In, Open, Opened>(
     name: &str,
     hello: impl Fn() -> Out,
     mut open: Open,
-    mut answer: impl FnMut(In) -> (Duration, Out),
+    mut answer: impl FnMut(In) -> (Duration, Box<dyn FnOnce() -> Out + Send>),
     shutdown: CancellationToken,
 ) where
     Open: FnMut(tokio_stream::wrappers::ReceiverStream<Out>) -> Opened,
@@ -49,9 +49,9 @@ pub async fn run<Out, In, Open, Opened>(
             };
             match instruction {
                 Ok(Some(instruction)) => {
-                    let (delay, result) = answer(instruction);
+                    let (delay, done) = answer(instruction);
                     tokio::time::sleep(delay).await;
-                    if to_service.send(result).await.is_err() {
+                    if to_service.send(done()).await.is_err() {
                         break;
                     }
                 }

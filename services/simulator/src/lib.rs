@@ -499,10 +499,13 @@ async fn controller(client: Client, field: Arc<Field>, config: Config, shutdown:
         let mut client = client.clone();
         async move { client.controller_session(outbound).await }
     };
+    // Applied at once, reported after the field's delay.
     let answer = |instruction: ControllerInstruction| {
         let delay = Duration::from_millis(rng.random_range(100..800));
         let result = apply(&field, &instruction, &mut rng, config.command_failure);
-        (delay, ControllerMessage { message: Some(ToService::Result(result)) })
+        let report: Box<dyn FnOnce() -> ControllerMessage + Send> =
+            Box::new(move || ControllerMessage { message: Some(ToService::Result(result)) });
+        (delay, report)
     };
     field_controller::run("controller", hello, open, answer, shutdown).await
 }

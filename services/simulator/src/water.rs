@@ -436,8 +436,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The valve controller: operates the valves the service asks for, and reports after a realistic
-/// delay. An unknown link or a pump is refused.
+/// The valve controller: operates the valves the service asks for after a realistic delay, and
+/// reports. An unknown link or a pump is refused.
 async fn controller(
     client: Client,
     links: Arc<BTreeMap<String, LinkKind>>,
@@ -453,11 +453,17 @@ async fn controller(
         let mut client = client.clone();
         async move { client.valve_controller_session(outbound).await }
     };
+    // The valve moves after the field's delay (at ×2000, a second is half an hour of the
+    // network's time: the burst must not look isolated before the command is applied).
     let answer = |instruction: ValveInstruction| {
         let delay = Duration::from_millis(rng.random_range(300..1200));
-        let result = operate(&links, &closed, &instruction);
-        tracing::info!(link = %instruction.link_id, applied = result.applied, "valve operated");
-        (delay, ValveControllerMessage { message: Some(ToService::Result(result)) })
+        let (links, closed) = (links.clone(), closed.clone());
+        let operated: Box<dyn FnOnce() -> ValveControllerMessage + Send> = Box::new(move || {
+            let result = operate(&links, &closed, &instruction);
+            tracing::info!(link = %instruction.link_id, applied = result.applied, "valve operated");
+            ValveControllerMessage { message: Some(ToService::Result(result)) }
+        });
+        (delay, operated)
     };
     crate::field_controller::run("valve controller", hello, open, answer, shutdown).await
 }

@@ -47,8 +47,12 @@ async fn read_until(
     Ok(start.elapsed())
 }
 
-#[tokio::test]
+/// Multi-threaded: the writer goes on writing while the test waits for a node to rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_lost_during_ingest_loses_nothing_and_the_flow_resumes() -> Result<()> {
+    // Not next to the browser test, the fault suite or the benchmark: elections under a
+    // saturated machine would measure the machine.
+    let _alone = tests::HEAVY.lock().await;
     let cluster = NatsServer::start_cluster(3)?;
     let r3 = ["--stream-replicas", "3"];
     let mut slice = Slice::start_on(cluster, tests::test_territory()?, &r3, &r3).await?;
@@ -110,11 +114,12 @@ async fn a_nats_node_lost_during_ingest_loses_nothing_and_the_flow_resumes() -> 
                 .await?;
         slice.nats.kill_node(node)?;
         // Writes go on being accepted (the writer counts any refused), and the view converges: a
-        // write made once the node is gone reaches the console within 15 s. (The streams whose
-        // leader was on the node answer nothing until the two copies left elect another, 4 to 9 s
-        // in nats-server; the processes then need a try or two.)
+        // write made once the node is gone reaches the console. (The streams whose leader was on
+        // the node answer nothing until the two copies left elect another, 4 to 9 s in
+        // nats-server; the processes then need a try or two: 3 ms to 9.4 s measured on an idle
+        // machine, printed below; 20 s allowed on a loaded one.)
         let probe = client.report_status(report(0.5)).await?.into_inner().event_id;
-        let resumed = read_until(&mut live, &mut delivered, Duration::from_secs(15), "the view converges", |ids| {
+        let resumed = read_until(&mut live, &mut delivered, Duration::from_secs(20), "the view converges", |ids| {
             ids.contains(&probe)
         })
         .await
