@@ -199,6 +199,11 @@ impl NatsServer {
         urls.join(",")
     }
 
+    /// Node `index`'s URL.
+    pub fn node_url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[index].port)
+    }
+
     /// The (first) server's process id.
     pub fn pid(&self) -> Option<u32> {
         self.nodes[0].child.as_ref().map(Child::id)

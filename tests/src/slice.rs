@@ -80,8 +80,8 @@ impl Slice {
         linked: bool,
     ) -> Result<Slice> {
         let stores = tempfile::tempdir()?;
-        anyhow::ensure!(!linked || !nats.url().contains(','), "a linked slice runs on one NATS node, not a cluster");
-        let target = nats.url().trim_start_matches("nats://").to_owned();
+        // On a cluster, the links go to its first node: the processes learn the others from it.
+        let target = nats.node_url(0).trim_start_matches("nats://").to_owned();
         let lighting_link = linked.then(|| Link::to(&target)).transpose()?;
         let gateway_link = linked.then(|| Link::to(&target)).transpose()?;
         let common = |store: &str| {

@@ -171,6 +171,50 @@ async fn a_nats_node_lost_during_ingest_loses_nothing_and_the_flow_resumes() -> 
     Ok(())
 }
 
+/// A NATS machine lost without a word (a power cut, a network gone: no TCP reset reaches the
+/// client): the processes notice within two unanswered pings (5 s apart) and move to the nodes
+/// the cluster told them of. With the client library's default (a ping a minute) they would
+/// talk to nobody for two minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_gone_silent_is_left_for_another() -> Result<()> {
+    let _alone = tests::HEAVY.lock().await;
+    let cluster = NatsServer::start_cluster(3)?;
+    let r3 = ["--stream-replicas", "3"];
+    // The lighting service and the gateway reach the first node through links of the test's;
+    // they know the two others only from what the cluster announces.
+    let slice = Slice::start_linked(cluster, tests::test_territory()?, &r3, &r3).await?;
+    let mut client = slice.lighting_client().await?;
+    let lamp = Streetlight {
+        id: "EP00001".into(),
+        commune: "34172".into(),
+        lat: 43.6,
+        lon: 3.85,
+        lamp_type: "LANTERNE".into(),
+        street: String::new(),
+    };
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp] }).await?;
+    let mut live = slice.live_client().await?;
+    let mut delivered = Vec::new();
+    let before = client.report_status(report(0.2)).await?.into_inner().event_id;
+    read_until(&mut live, &mut delivered, Duration::from_secs(15), "a first write", |ids| ids.contains(&before))
+        .await?;
+
+    // Both links go silent: what the processes send waits, nothing comes back, nothing closes.
+    for link in [&slice.lighting_link, &slice.gateway_link] {
+        link.as_ref().context("a linked slice")?.set(tests::LinkState::Stalled);
+    }
+    let probe = client.report_status(report(0.7)).await?.into_inner().event_id;
+    let moved = read_until(&mut live, &mut delivered, Duration::from_secs(45), "the processes move", |ids| {
+        ids.contains(&probe)
+    })
+    .await
+    .with_context(|| slice.nats.log_tails(20))?;
+    eprintln!("[cluster] node 0 silent: a write made then reached the console in {moved:?}");
+    let doubled = delivered.iter().filter(|id| **id == probe || **id == before).count();
+    assert_eq!(doubled, 2, "each write delivered once: {delivered:?}");
+    Ok(())
+}
+
 /// The deployment's cluster configuration (deploy/nats/cluster/) is one nats-server accepts.
 #[test]
 fn the_deployment_cluster_configuration_is_valid() -> Result<()> {
