@@ -116,7 +116,7 @@ async fn a_nats_node_lost_during_ingest_loses_nothing_and_the_flow_resumes() -> 
         // Writes go on being accepted (the writer counts any refused), and the view converges: a
         // write made once the node is gone reaches the console. (The streams whose leader was on
         // the node answer nothing until the two copies left elect another, 4 to 9 s in
-        // nats-server; the processes then need a try or two: 3 ms to 9.4 s measured on an idle
+        // nats-server; the processes then need a try or two: 3 ms to 9.5 s measured on an idle
         // machine, printed below; 20 s allowed on a loaded one.)
         let probe = client.report_status(report(0.5)).await?.into_inner().event_id;
         let resumed = read_until(&mut live, &mut delivered, Duration::from_secs(20), "the view converges", |ids| {
