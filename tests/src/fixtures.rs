@@ -100,3 +100,19 @@ pub fn decode_gtfs_rt_officially(bytes: &[u8]) -> Result<serde_json::Value> {
     }
     Ok(serde_json::from_slice(&output.stdout)?)
 }
+
+/// A lamp working normally, on, at `level` (0 to 1), as its controller reports it now.
+pub fn lamp_report(id: &str, level: f64) -> proto::lighting::ReportStatusRequest {
+    use proto::lighting::{LampStatus, PowerState, StatusReport};
+    proto::lighting::ReportStatusRequest {
+        report: Some(StatusReport {
+            streetlight_id: id.into(),
+            observed_at: Some(std::time::SystemTime::now().into()),
+            status: LampStatus::Ok as i32,
+            power_state: PowerState::On as i32,
+            illuminance_level: level,
+            power_consumption_w: 70.0,
+            voltage_v: Some(231.0),
+        }),
+    }
+}

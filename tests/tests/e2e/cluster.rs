@@ -3,27 +3,30 @@
 //! the flow of events only for the time the client takes to reach another node.
 
 use anyhow::{Context, Result, bail};
-use proto::lighting::{
-    LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
-};
+use proto::lighting::{RegisterStreetlightsRequest, Streetlight};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tests::{LiveClient, NatsServer, Slice, eventually, nats_server_binary, read_events_stream, repo_root};
 
-fn report(level: f64) -> ReportStatusRequest {
-    ReportStatusRequest {
-        report: Some(StatusReport {
-            streetlight_id: "EP00001".into(),
-            observed_at: Some(SystemTime::now().into()),
-            status: LampStatus::Ok as i32,
-            power_state: PowerState::On as i32,
-            illuminance_level: level,
-            power_consumption_w: 70.0,
-            voltage_v: Some(231.0),
-        }),
-    }
+/// A report on the test's lamp.
+fn report(level: f64) -> proto::lighting::ReportStatusRequest {
+    tests::lamp_report("EP00001", level)
+}
+
+/// Registers the lamp the writes report on (EP00001, in 34172).
+async fn register_lamp(client: &mut tests::LightingClient) -> Result<()> {
+    let lamp = Streetlight {
+        id: "EP00001".into(),
+        commune: "34172".into(),
+        lat: 43.6,
+        lon: 3.85,
+        lamp_type: "LANTERNE".into(),
+        street: String::new(),
+    };
+    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp] }).await?;
+    Ok(())
 }
 
 /// Reads the live stream until `done`, adding the id of every lamp status delta to `delivered`;
@@ -57,15 +60,7 @@ async fn a_nats_node_lost_during_ingest_loses_nothing_and_the_flow_resumes() -> 
     let r3 = ["--stream-replicas", "3"];
     let mut slice = Slice::start_on(cluster, tests::test_territory()?, &r3, &r3).await?;
     let mut client = slice.lighting_client().await?;
-    let lamp = Streetlight {
-        id: "EP00001".into(),
-        commune: "34172".into(),
-        lat: 43.6,
-        lon: 3.85,
-        lamp_type: "LANTERNE".into(),
-        street: String::new(),
-    };
-    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp] }).await?;
+    register_lamp(&mut client).await?;
     let mut live = slice.live_client().await?;
 
     // The events and revocations streams keep a copy on each node.
@@ -184,15 +179,7 @@ async fn a_nats_node_gone_silent_is_left_for_another() -> Result<()> {
     // they know the two others only from what the cluster announces.
     let slice = Slice::start_linked(cluster, tests::test_territory()?, &r3, &r3).await?;
     let mut client = slice.lighting_client().await?;
-    let lamp = Streetlight {
-        id: "EP00001".into(),
-        commune: "34172".into(),
-        lat: 43.6,
-        lon: 3.85,
-        lamp_type: "LANTERNE".into(),
-        street: String::new(),
-    };
-    client.register_streetlights(RegisterStreetlightsRequest { streetlights: vec![lamp] }).await?;
+    register_lamp(&mut client).await?;
     let mut live = slice.live_client().await?;
     let mut delivered = Vec::new();
     let before = client.report_status(report(0.2)).await?.into_inner().event_id;

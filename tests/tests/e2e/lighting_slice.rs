@@ -2,12 +2,9 @@
 //! the gateway, through the outbox and JetStream, exactly once, whatever fails in between.
 
 use anyhow::Result;
-use proto::lighting::{
-    LampStatus, PowerState, RegisterStreetlightsRequest, ReportStatusRequest, StatusReport, Streetlight,
-};
+use proto::lighting::{RegisterStreetlightsRequest, Streetlight};
 use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
-use tests::{LightingClient, Slice};
+use tests::{LightingClient, Slice, lamp_report};
 use tonic::Code;
 
 fn light(id: &str, commune: &str, lat: f64, lon: f64) -> Streetlight {
@@ -18,20 +15,6 @@ fn light(id: &str, commune: &str, lat: f64, lon: f64) -> Streetlight {
         lon,
         lamp_type: "LANTERNE".into(),
         street: String::new(),
-    }
-}
-
-fn report(id: &str, level: f64) -> ReportStatusRequest {
-    ReportStatusRequest {
-        report: Some(StatusReport {
-            streetlight_id: id.into(),
-            observed_at: Some(SystemTime::now().into()),
-            status: LampStatus::Ok as i32,
-            power_state: PowerState::On as i32,
-            illuminance_level: level,
-            power_consumption_w: 70.0,
-            voltage_v: Some(231.0),
-        }),
     }
 }
 
@@ -47,7 +30,7 @@ async fn send_reports(client: &mut LightingClient, n: usize) -> Result<Vec<Strin
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let level = (i % 10) as f64 / 10.0;
-        ids.push(client.report_status(report("EP00001", level)).await?.into_inner().event_id);
+        ids.push(client.report_status(lamp_report("EP00001", level)).await?.into_inner().event_id);
     }
     Ok(ids)
 }
@@ -74,7 +57,7 @@ async fn a_report_reaches_connected_clients_and_later_snapshots() -> Result<()> 
     let snapshot_seq = snapshot["seq"].as_u64().expect("snapshot seq");
 
     register_two(&mut client).await?;
-    let event_id = client.report_status(report("EP00001", 0.4)).await?.into_inner().event_id;
+    let event_id = client.report_status(lamp_report("EP00001", 0.4)).await?.into_inner().event_id;
 
     // The connected client sees the registrations, then the report, in increasing sequence.
     let frames = early.until(|f| f["event"]["id"] == event_id.as_str()).await?;
@@ -147,7 +130,7 @@ async fn nats_outage_and_sigkill_lose_nothing_and_double_nothing() -> Result<()>
         tokio::spawn(async move {
             let mut acked = Vec::new();
             loop {
-                match client.report_status(report("EP00001", 0.5)).await {
+                match client.report_status(lamp_report("EP00001", 0.5)).await {
                     Ok(reply) => acked.push(reply.into_inner().event_id),
                     Err(_) => return acked,
                 }
@@ -209,10 +192,10 @@ async fn bad_requests_get_clear_errors_and_the_service_stays_up() -> Result<()> 
         assert!(status.message().contains(expected), "{lights:?}: {:?} should mention {expected:?}", status.message());
     }
 
-    let status = client.report_status(report("EP00001", 1.5)).await.unwrap_err();
+    let status = client.report_status(lamp_report("EP00001", 1.5)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("illuminance_level"), "{}", status.message());
-    let status = client.report_status(report("EP4242", 0.5)).await.unwrap_err();
+    let status = client.report_status(lamp_report("EP4242", 0.5)).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains("EP4242 is not registered"), "{}", status.message());
 
@@ -240,7 +223,7 @@ async fn bad_requests_get_clear_errors_and_the_service_stays_up() -> Result<()> 
     // Still up and working.
     assert!(slice.lighting.is_running());
     let mut client = slice.lighting_client().await?;
-    client.report_status(report("EP00001", 0.1)).await?;
+    client.report_status(lamp_report("EP00001", 0.1)).await?;
     Ok(())
 }
 
