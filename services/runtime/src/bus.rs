@@ -11,12 +11,21 @@ pub fn server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
         .split(',')
         .map(str::trim)
         .filter(|url| !url.is_empty())
-        .map(|url| url.parse().map_err(|e| anyhow::anyhow!("the NATS URL {url:?} is not valid: {e}")))
+        .map(|url| url.parse().map_err(|e| anyhow::anyhow!("the NATS URL {:?} is not valid: {e}", redacted(url))))
         .collect::<anyhow::Result<Vec<async_nats::ServerAddr>>>()?;
     if addrs.is_empty() {
         anyhow::bail!("--nats-url names no server");
     }
     Ok(addrs)
+}
+
+/// `url` with any `user:password@` replaced by `***@`: URLs go into errors and logs.
+fn redacted(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..after_scheme], &url[after_scheme + at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Connects to NATS: to one of the servers of `--nats-url`, and on a cluster to any other node
@@ -51,7 +60,10 @@ pub async fn connect(common: &crate::config::CommonConfig, client_name: &str) ->
         })
         .connect(servers)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", common.nats_url))
+        .map_err(|e| {
+            let urls: Vec<String> = common.nats_url.split(',').map(|u| redacted(u.trim())).collect();
+            anyhow::anyhow!("cannot connect to NATS at {}: {e}", urls.join(","))
+        })
 }
 
 /// How long a JetStream request (an API call, a publish's acknowledgement) is waited for before
@@ -152,5 +164,8 @@ mod server_list_tests {
         assert!(server_addrs("").unwrap_err().to_string().contains("no server"));
         assert!(server_addrs(" , ").is_err());
         assert!(server_addrs("nats://127.0.0.1:4222,nats://[bad").unwrap_err().to_string().contains("[bad"));
+        // A password in a URL never reaches an error.
+        let refused = server_addrs("nats://lighting:s3cret@[bad").unwrap_err().to_string();
+        assert!(refused.contains("nats://***@[bad") && !refused.contains("s3cret"), "{refused}");
     }
 }
