@@ -18,8 +18,8 @@ use crate::auth::{
     Authority, MIN_PASSWORD_CHARS, OperatorRecord, Principal, Role, SessionRecord, TokenType, check_login,
     hash_password, new_sid, now_s, password_matches,
 };
+use crate::directory::Directory;
 use crate::rest::{ApiError, MAX_BODY_BYTES};
-use crate::store::Store;
 
 /// An integrator's credential lives this long unless revoked.
 const INTEGRATOR_TTL: Duration = Duration::from_secs(365 * 86_400);
@@ -30,7 +30,8 @@ pub type Communes = Arc<RwLock<BTreeMap<String, String>>>;
 #[derive(Clone)]
 pub struct Access {
     pub authority: Arc<Authority>,
-    pub store: Store,
+    /// Operators, sessions, credentials and communes, shared by every replica.
+    pub directory: Directory,
     pub communes: Communes,
     /// Reverse proxies whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub trusted_proxies: Arc<Vec<std::net::IpAddr>>,
@@ -173,8 +174,8 @@ struct Tokens {
 }
 
 fn store_error(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "access store");
-    ApiError::unavailable("the operators' store cannot be read or written; retry")
+    tracing::error!(error = %e, "access directory");
+    ApiError::unavailable("the operators' directory cannot be read or written; retry")
 }
 
 fn tokens(access: &Access, operator: &OperatorRecord, session: &SessionRecord) -> Tokens {
@@ -242,7 +243,7 @@ async fn login(
     if let Err(wait) = logins.may_try(&request.login, address) {
         return Ok(too_many_attempts(&request.login, address, wait));
     }
-    let operator = access.store.operator(&request.login).map_err(store_error)?;
+    let operator = access.directory.operator(&request.login).await.map_err(store_error)?;
     let hash = operator.as_ref().map_or(decoy_hash(), |o| o.password_hash.as_str()).to_owned();
     let password = request.password.clone();
     let matches = tokio::task::spawn_blocking(move || {
@@ -268,7 +269,7 @@ async fn login(
         expires_at: now_s() + access.authority.session_ttl.as_secs(),
         revoked: false,
     };
-    access.store.put_session(&session).map_err(store_error)?;
+    access.directory.create_session(&session).await.map_err(store_error)?;
     tracing::info!(login = %operator.login, role = operator.role.as_str(), "login");
     Ok(Json(tokens(&access, &operator, &session)).into_response())
 }
@@ -287,42 +288,48 @@ async fn refresh(State(access): State<Access>, body: Body<RefreshRequest>) -> Re
         Ok(_) => return refused("this is not a refresh token"),
         Err(e) => return refused(&e.to_string()),
     };
-    let Some(mut session) = access.store.session(&claims.sid).map_err(store_error)? else {
-        return refused("no such session");
+    /// What a refresh finds in the session, decided on the bucket's record (compare-and-set).
+    enum Found {
+        Revoked,
+        Reused,
+        Current,
+    }
+    let updated = access
+        .directory
+        .update_session(&claims.sid, |session| {
+            if session.revoked {
+                (None, Found::Revoked)
+            } else if claims.generation != session.generation {
+                // An old refresh token: someone kept a copy (or two replicas were asked to
+                // refresh the same token at once). The session is closed for everyone.
+                (Some(SessionRecord { revoked: true, ..session.clone() }), Found::Reused)
+            } else {
+                (Some(SessionRecord { generation: session.generation + 1, ..session.clone() }), Found::Current)
+            }
+        })
+        .await
+        .map_err(store_error)?;
+    let session = match updated {
+        None => return refused("no such session"),
+        Some((_, Found::Revoked)) => return refused("the session was closed: log in again"),
+        Some((session, Found::Reused)) => {
+            access.authority.revoke(&session.sid);
+            tracing::warn!(login = %session.login, "a refresh token was used twice: session closed");
+            return refused("this refresh token was already used: the session is closed, log in again");
+        }
+        Some((session, Found::Current)) => session,
     };
-    if session.revoked {
-        return refused("the session was closed: log in again");
-    }
-    if claims.generation != session.generation {
-        // An old refresh token: someone kept a copy. The session is closed for everyone.
-        session.revoked = true;
-        access.store.put_session(&session).map_err(store_error)?;
-        access.authority.revoke(&session.sid);
-        tracing::warn!(login = %session.login, "a refresh token was used twice: session closed");
-        return refused("this refresh token was already used: the session is closed, log in again");
-    }
-    let Some(operator) = access.store.operator(&session.login).map_err(store_error)? else {
+    let Some(operator) = access.directory.operator(&session.login).await.map_err(store_error)? else {
         return refused("this operator no longer exists");
     };
-    session.generation += 1;
-    access.store.put_session(&session).map_err(store_error)?;
     // The operator's role and scope as they are now: a change takes effect at the next refresh.
     Ok(Json(tokens(&access, &operator, &session)).into_response())
 }
 
 async fn logout(State(access): State<Access>, Extension(p): Extension<Principal>) -> Result<StatusCode, ApiError> {
-    revoke_session(&access, &p.sid)?;
+    access.directory.revoke_session(&p.sid).await.map_err(store_error)?;
     tracing::info!(login = %p.login, "logout");
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn revoke_session(access: &Access, sid: &str) -> Result<(), ApiError> {
-    if let Some(mut session) = access.store.session(sid).map_err(store_error)? {
-        session.revoked = true;
-        access.store.put_session(&session).map_err(store_error)?;
-    }
-    access.authority.revoke(sid);
-    Ok(())
 }
 
 async fn me(Extension(p): Extension<Principal>) -> Json<serde_json::Value> {
@@ -411,7 +418,7 @@ async fn add_operator(
         .filter(|r| *r != Role::Integrator)
         .ok_or_else(|| ApiError::bad_request("role is one of supervisor, operator, viewer, admin"))?;
     check_password(&request.password).map_err(ApiError::bad_request)?;
-    if access.store.operator(&request.login).map_err(store_error)?.is_some() {
+    if access.directory.operator(&request.login).await.map_err(store_error)?.is_some() {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "this login exists already"));
     }
     let password = request.password.clone();
@@ -422,7 +429,9 @@ async fn add_operator(
     let communes = access.communes.read().map(|c| c.clone()).unwrap_or_default();
     let operator = new_operator(&communes, &request.login, hash, role, request.all_communes, &request.communes, &[])
         .map_err(ApiError::bad_request)?;
-    access.store.put_operator(&operator).map_err(store_error)?;
+    if !access.directory.create_operator(&operator).await.map_err(store_error)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "this login exists already"));
+    }
     tracing::info!(by = %p.login, login = %operator.login, role = role.as_str(), "operator added");
     Ok((StatusCode::CREATED, Json(OperatorView::from(&operator))).into_response())
 }
@@ -432,7 +441,8 @@ async fn list_operators(
     Extension(p): Extension<Principal>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&p)?;
-    let operators: Vec<OperatorView> = access.store.operators().map_err(store_error)?.iter().map(Into::into).collect();
+    let operators: Vec<OperatorView> =
+        access.directory.operators().map_err(store_error)?.iter().map(Into::into).collect();
     Ok(Json(serde_json::json!({ "items": operators })))
 }
 
@@ -443,12 +453,12 @@ async fn remove_operator(
     Path(login): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     admin(&p)?;
-    if !access.store.remove_operator(&login).map_err(store_error)? {
+    if !access.directory.remove_operator(&login).await.map_err(store_error)? {
         return Err(ApiError::not_found("no such login"));
     }
-    for session in access.store.sessions().map_err(store_error)? {
+    for session in access.directory.sessions().map_err(store_error)? {
         if session.login == login && !session.revoked {
-            revoke_session(&access, &session.sid)?;
+            access.directory.revoke_session(&session.sid).await.map_err(store_error)?;
         }
     }
     tracing::info!(by = %p.login, login = %login, "operator removed");
@@ -468,13 +478,8 @@ struct NewIntegrator {
     domains: Vec<String>,
 }
 
-/// Stores an integrator and its credential (a session of a year); returns the credential.
-pub fn issue_integrator(
-    store: &Store,
-    authority: &Authority,
-    record: &OperatorRecord,
-) -> Result<(SessionRecord, String), crate::store::StoreError> {
-    store.put_operator(record)?;
+/// An integrator's credential (a session of a year) and its token; the caller stores both.
+pub fn integrator_credential(authority: &Authority, record: &OperatorRecord) -> (SessionRecord, String) {
     let session = SessionRecord {
         sid: new_sid(),
         login: record.login.clone(),
@@ -482,9 +487,8 @@ pub fn issue_integrator(
         expires_at: now_s() + INTEGRATOR_TTL.as_secs(),
         revoked: false,
     };
-    store.put_session(&session)?;
     let token = authority.keys.sign(&authority.claims(record, &session, TokenType::Integrator));
-    Ok((session, token))
+    (session, token)
 }
 
 /// An integrating system's credential: a token it sends as `authorization: Bearer` metadata
@@ -496,9 +500,6 @@ async fn add_integrator(
 ) -> Result<Response, ApiError> {
     admin(&p)?;
     let Json(request) = body.map_err(ApiError::from_json)?;
-    if access.store.operator(&request.login).map_err(store_error)?.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "this login exists already"));
-    }
     let communes = access.communes.read().map(|c| c.clone()).unwrap_or_default();
     let record = new_operator(
         &communes,
@@ -510,7 +511,11 @@ async fn add_integrator(
         &request.domains,
     )
     .map_err(ApiError::bad_request)?;
-    let (session, token) = issue_integrator(&access.store, &access.authority, &record).map_err(store_error)?;
+    if !access.directory.create_operator(&record).await.map_err(store_error)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "this login exists already"));
+    }
+    let (session, token) = integrator_credential(&access.authority, &record);
+    access.directory.create_session(&session).await.map_err(store_error)?;
     tracing::info!(by = %p.login, login = %record.login, "integrator credential issued");
     let body = serde_json::json!({"token": token, "expires_at": session.expires_at, "integrator": OperatorView::from(&record)});
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -535,10 +540,7 @@ async fn add_commune(
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request("name: 1 to 100 characters of text"));
     }
-    access.store.put_tenant(id.as_str(), name).map_err(store_error)?;
-    if let Ok(mut communes) = access.communes.write() {
-        communes.insert(id.to_string(), name.to_owned());
-    }
+    access.directory.put_commune(id.as_str(), name).await.map_err(store_error)?;
     tracing::info!(by = %p.login, commune = %id, "commune added");
     Ok((StatusCode::CREATED, Json(serde_json::json!({"id": id.as_str(), "name": name}))).into_response())
 }

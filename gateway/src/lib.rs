@@ -20,6 +20,7 @@ pub mod auth;
 pub mod basemap;
 pub mod commands;
 pub mod consumer;
+pub mod directory;
 pub mod history;
 pub mod http;
 pub mod live;
@@ -211,7 +212,7 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
             if name.trim().is_empty() {
                 anyhow::bail!("--name is required");
             }
-            store.put_tenant(id.as_str(), name.trim())?;
+            directory::offline::put_commune(&store, id.as_str(), name.trim())?;
             println!("commune {id} added");
         }
         Command::AddOperator { login, role, communes: scope, all_communes } => {
@@ -228,7 +229,7 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
             let hash = auth::hash_password(password)?;
             let operator = access::new_operator(&communes, login, hash, role, *all_communes, scope, &[])
                 .map_err(anyhow::Error::msg)?;
-            store.put_operator(&operator)?;
+            directory::offline::put_operator(&store, &operator)?;
             println!("operator {login} added ({})", role.as_str());
         }
         Command::AddIntegrator { login, domains, communes: scope, all_communes } => {
@@ -247,7 +248,9 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
             let keys = auth::Keys::load_or_generate(&key_path(config)).context("the signing key (--auth-key)")?;
             let authority = auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, Default::default());
-            let (_, token) = access::issue_integrator(&store, &authority, &record)?;
+            let (session, token) = access::integrator_credential(&authority, &record);
+            directory::offline::put_operator(&store, &record)?;
+            directory::offline::put_session(&store, &session)?;
             println!("{token}");
         }
         Command::ListOperators => {
@@ -316,15 +319,29 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     ));
     let mut communes = basemap.commune_names();
     communes.extend(store.tenants()?);
-    let targets =
-        targets::KpiTargets::load(config.kpi_targets.as_deref(), &communes).context("reading --kpi-targets")?;
-    if store.operators()?.is_empty() {
+    let communes: access::Communes = Arc::new(std::sync::RwLock::new(communes));
+    let directory = directory::Directory::new(store.clone(), authority.clone(), communes.clone());
+    tokio::spawn(directory.clone().follow(
+        runtime::bus::jetstream(&nats),
+        usize::from(config.common.stream.replicas),
+        shutdown.clone(),
+    ));
+    // Serving with a copy the other replicas have moved past would accept a session revoked
+    // meanwhile: wait for it to catch up, unless the bus is away (then the copy serves).
+    if !directory.caught_up(DIRECTORY_CATCH_UP).await {
+        tracing::warn!("the access directory is not reachable: this replica's copy serves until it is");
+    }
+    let targets = {
+        let communes = communes.read().map(|c| c.clone()).unwrap_or_default();
+        targets::KpiTargets::load(config.kpi_targets.as_deref(), &communes).context("reading --kpi-targets")?
+    };
+    if directory.operators()?.is_empty() {
         tracing::warn!("no operator yet: add one with `vigie-gateway --store ... add-operator` (see README)");
     }
     let access = access::Access {
         authority: authority.clone(),
-        store: store.clone(),
-        communes: Arc::new(std::sync::RwLock::new(communes)),
+        directory,
+        communes,
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
     };
     let api = rest::ApiState {
@@ -423,6 +440,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     tracing::info!("stopped");
     served
 }
+
+/// How long a start waits for its copy of the access directory to catch up with the bus.
+const DIRECTORY_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often the view's size is checked against its budget.
 const VIEW_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);

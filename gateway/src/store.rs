@@ -47,6 +47,9 @@ pub struct Store {
     sessions: sled::Tree,
     /// Commune id -> name: communes an administrator added beyond the territory's.
     tenants: sled::Tree,
+    /// Keys of the access directory (see `directory`) written here by the command line while
+    /// the gateway was stopped, not yet in the shared directory: uploaded at the next start.
+    directory_pending: sled::Tree,
     /// Notice id -> system notice (events the view could never apply), until acknowledged. Not
     /// part of the view: kept when it is forgotten.
     notices: sled::Tree,
@@ -109,6 +112,7 @@ impl Store {
             operators: db.open_tree("operators")?,
             sessions: db.open_tree("sessions")?,
             tenants: db.open_tree("tenants")?,
+            directory_pending: db.open_tree("directory_pending")?,
             notices: db.open_tree("notices")?,
             db,
         })
@@ -305,18 +309,15 @@ impl Store {
             .collect())
     }
 
-    /// Writes an operator, durably (flushed) before it returns.
+    /// Writes an operator to this replica's copy of the access directory (the directory's bucket
+    /// is the durable record; the command line's writes are flushed by `mark_pending`).
     pub fn put_operator(&self, operator: &OperatorRecord) -> Result<(), StoreError> {
-        write_one(&self.operators, &operator.login, operator)?;
-        self.db.flush()?;
-        Ok(())
+        write_one(&self.operators, &operator.login, operator)
     }
 
     /// Removes an operator; their sessions are revoked by the caller.
     pub fn remove_operator(&self, login: &str) -> Result<bool, StoreError> {
-        let removed = self.operators.remove(login.as_bytes())?.is_some();
-        self.db.flush()?;
-        Ok(removed)
+        Ok(self.operators.remove(login.as_bytes())?.is_some())
     }
 
     pub fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -330,11 +331,9 @@ impl Store {
             .collect())
     }
 
-    /// Writes a session, durably: a logout is not undone by a crash.
+    /// Writes a session to this replica's copy (see `put_operator`).
     pub fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        write_one(&self.sessions, &session.sid, session)?;
-        self.db.flush()?;
-        Ok(())
+        write_one(&self.sessions, &session.sid, session)
     }
 
     /// Sessions long expired are forgotten (a revoked one is kept until its expiry, so that its
@@ -350,14 +349,36 @@ impl Store {
         Ok(n)
     }
 
+    /// Removes a session from this replica's copy (the directory purged it).
+    pub fn remove_session(&self, sid: &str) -> Result<(), StoreError> {
+        self.sessions.remove(sid.as_bytes())?;
+        Ok(())
+    }
+
+    /// Marks a directory key as written here and not yet uploaded (see `directory`).
+    pub fn mark_pending(&self, directory_key: &str) -> Result<(), StoreError> {
+        self.directory_pending.insert(directory_key.as_bytes(), &[])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The directory keys written here and not yet uploaded.
+    pub fn pending(&self) -> Result<Vec<String>, StoreError> {
+        self.directory_pending.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
+    }
+
+    pub fn uploaded(&self, directory_key: &str) -> Result<(), StoreError> {
+        self.directory_pending.remove(directory_key.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     pub fn tenants(&self) -> Result<Vec<(String, String)>, StoreError> {
         read_all(&self.tenants)
     }
 
     pub fn put_tenant(&self, id: &str, name: &str) -> Result<(), StoreError> {
-        write_one(&self.tenants, id, &name.to_owned())?;
-        self.db.flush()?;
-        Ok(())
+        write_one(&self.tenants, id, &name.to_owned())
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {

@@ -208,6 +208,38 @@ impl Slice {
         self.stores.path().join("gateway").join("auth-key.pem")
     }
 
+    /// Starts another replica of the gateway on the slice's stream: its own store (`store`), the
+    /// installation's key (a token of one replica is good at the other), the same territory and
+    /// lighting service. Returns it with its HTTP address, once it consumes.
+    pub fn start_gateway_replica(&self, store: &Path, extra: &[&str]) -> Result<(Process, String)> {
+        let mut args = self.nats.credentials("gateway");
+        args.extend(
+            [
+                "--store",
+                &store.display().to_string(),
+                "--http-addr",
+                "127.0.0.1:0",
+                "--ui-dir",
+                &repo_root().join("ui-client/dist").display().to_string(),
+                "--auth-key",
+                &self.auth_key().display().to_string(),
+                "--territory",
+                &self.territory.path().display().to_string(),
+                "--lighting-url",
+                &format!("http://{}", self.lighting_addr),
+                "--shutdown-timeout",
+                "10s",
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut replica = Process::start("vigie-gateway", &args)?;
+        let addr = replica.wait_for_addr("HTTP listening", 0)?;
+        replica.pin_arg("--http-addr", &addr);
+        replica.wait_for_log("consuming events", 0)?;
+        Ok((replica, addr))
+    }
+
     /// Adds an operator through the admin API (`communes` empty: every commune) and logs them in;
     /// returns their access token.
     pub async fn add_operator(&self, login: &str, role: &str, communes: &[&str]) -> Result<String> {

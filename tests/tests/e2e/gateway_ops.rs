@@ -8,7 +8,7 @@ use proto::lighting::telemetry_message::Message as Telemetry;
 use proto::lighting::{FaultReport, RegisterStreetlightsRequest, Streetlight, TalqFault, TelemetryMessage};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
-use tests::{Process, Slice, http_get_json, http_post_json, http_post_json_as, repo_root};
+use tests::{Process, Slice, http_get_json, http_post_json, http_post_json_as};
 
 fn lamp_failure(id: &str) -> TelemetryMessage {
     TelemetryMessage {
@@ -51,28 +51,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     client.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
     // A second replica of the gateway: its own store and consumer, the same stream.
     let replica_store = tempfile::tempdir()?;
-    let replica = Process::start(
-        "vigie-gateway",
-        &[
-            slice.nats.credentials("gateway"),
-            vec![
-                "--store".into(),
-                replica_store.path().display().to_string(),
-                "--grpc-addr".into(),
-                "127.0.0.1:0".into(),
-                "--http-addr".into(),
-                "127.0.0.1:0".into(),
-                "--ui-dir".into(),
-                repo_root().join("ui-client/dist").display().to_string(),
-                // Replicas share the installation's key: a token of one is good at the other.
-                "--auth-key".into(),
-                slice.auth_key().display().to_string(),
-            ],
-        ]
-        .concat(),
-    )?;
-    let b = replica.wait_for_addr("HTTP listening", 0)?;
-    replica.wait_for_log("consuming events", 0)?;
+    let (replica, b) = slice.start_gateway_replica(replica_store.path(), &["--grpc-addr", "127.0.0.1:0"])?;
     let a = slice.gateway_addr.clone();
     let supervisor = tests::login(&a, tests::SUPERVISOR).await?;
     tests::use_token(&b, &supervisor);

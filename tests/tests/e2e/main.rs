@@ -11,6 +11,7 @@ mod console_api;
 mod deploy_manifests;
 mod faults;
 mod gateway_ops;
+mod gateway_replicas;
 mod lighting_domain;
 mod lighting_slice;
 mod live_protocol;

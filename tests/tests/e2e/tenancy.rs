@@ -412,6 +412,36 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
             .with_context(|| format!("reports follow the lighting alarms ({filter})"))?;
     }
 
+    // The access directory (password hashes, sessions) is the gateway's alone: no service may
+    // read its bucket, write it or create it.
+    let gateway = jetstream::new(nats.client_as("gateway").await?);
+    let directory = gateway
+        .create_key_value(jetstream::kv::Config {
+            bucket: gateway::directory::BUCKET.into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .context("the gateway creates its access directory")?;
+    directory.put("operator.61", "{}".into()).await.context("the gateway writes it")?;
+    for user in ["lighting", "transport", "water", "reports"] {
+        let js = jetstream::new(nats.client_as(user).await?);
+        let attempt = tokio::time::timeout(Duration::from_secs(3), async {
+            let bucket = js.get_key_value(gateway::directory::BUCKET).await?;
+            let read = bucket.get("operator.61").await?;
+            Ok::<_, anyhow::Error>(read)
+        })
+        .await;
+        assert!(!matches!(attempt, Ok(Ok(_))), "{user} read the access directory: {attempt:?}");
+        let write = tokio::time::timeout(Duration::from_secs(3), async {
+            js.publish(format!("$KV.{}.operator.62", gateway::directory::BUCKET), "{}".into()).await?.await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await;
+        assert!(!matches!(write, Ok(Ok(()))), "{user} wrote the access directory");
+    }
+    assert_eq!(directory.get("operator.62").await?, None, "nothing refused reached the bucket");
+
     // A wrong password does not connect.
     let wrong =
         async_nats::ConnectOptions::with_user_and_password("lighting".into(), "guess".into()).connect(nats.url()).await;

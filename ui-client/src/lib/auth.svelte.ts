@@ -89,6 +89,8 @@ export function refresh(): Promise<boolean> {
         return true;
       }
       if (response.status === 401) end(await message(response));
+      // Anything else (a replica whose bus is away answers 503): the session stands, retried.
+      else scheduleRefresh();
       return false;
     } catch {
       // The gateway is unreachable: keep the session, the next attempt may succeed.

@@ -1,0 +1,499 @@
+//! The access directory: operators, sessions (refresh generations and revocations), integrator
+//! credentials and added communes, shared by every gateway replica in a JetStream key-value
+//! bucket ([`BUCKET`], as many replicas as the events stream). The bucket is the truth; each
+//! replica keeps a copy in its sled store, followed by a watch, which serves listings, the
+//! revocation announcements and a start while NATS is away.
+//!
+//! - Writes go to the bucket first and then to the copy: a write another replica did not see yet
+//!   does not exist. Creating a login or a session is a create (refused if the key exists), and a
+//!   session changes by compare-and-set on its revision: two replicas refreshing the same token at
+//!   once cannot both succeed (the second sees a newer generation, and the session is closed as
+//!   a reused token would be).
+//! - A login reads its operator from the bucket (an operator created at another replica logs in
+//!   at once), and from the copy only when the bus cannot answer.
+//! - A session revoked anywhere reaches every replica through the watch: its sockets close there
+//!   too (`Authority::revoke`).
+//! - The command line (`add-operator`, …) runs while the gateway is stopped, without the bus: it
+//!   writes the copy and marks the keys pending, and the next start uploads them. A bucket found
+//!   empty (a first start, or a stream lost) is filled from the copy the same way.
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::Communes;
+use crate::auth::{Authority, OperatorRecord, SessionRecord};
+use crate::store::{Store, StoreError};
+
+/// The bucket's name (its stream is `KV_VIGIE_ACCESS`; only the gateway's NATS user may touch it).
+pub const BUCKET: &str = "VIGIE_ACCESS";
+/// How often each replica purges the sessions expired for a day (idempotent: every replica may).
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Compare-and-set attempts on one session before giving up (each loss means another replica
+/// changed it meanwhile).
+const CAS_ATTEMPTS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("the access directory is not reachable yet (NATS)")]
+    NotReady,
+    #[error("the access directory (NATS bucket {BUCKET}): {0}")]
+    Bus(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a directory record cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("the session changed at another replica {CAS_ATTEMPTS} times while it was being updated")]
+    Contended,
+}
+
+fn bus(e: impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::Bus(e.to_string())
+}
+
+/// A key of the bucket: what it names.
+#[derive(Debug, PartialEq)]
+pub enum Key {
+    /// A login (hex-encoded in the key: a login may hold `@`, which a key may not).
+    Operator(String),
+    Session(String),
+    Commune(String),
+}
+
+impl Key {
+    pub fn encode(&self) -> Result<String, DirectoryError> {
+        match self {
+            Key::Operator(login) => Ok(format!("operator.{}", hex(login))),
+            Key::Session(sid) => {
+                let valid = !sid.is_empty()
+                    && sid.len() <= 64
+                    && sid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if valid {
+                    Ok(format!("session.{sid}"))
+                } else {
+                    Err(DirectoryError::InvalidKey("a session id is 1 to 64 letters, digits, '-' or '_'".into()))
+                }
+            }
+            Key::Commune(id) => proto::ids::CommuneId::parse(id)
+                .map(|id| format!("commune.{id}"))
+                .map_err(|e| DirectoryError::InvalidKey(e.to_string())),
+        }
+    }
+
+    pub fn decode(key: &str) -> Option<Key> {
+        let (kind, rest) = key.split_once('.')?;
+        let key = match kind {
+            "operator" => Key::Operator(unhex(rest)?),
+            "session" => Key::Session(rest.to_owned()),
+            "commune" => Key::Commune(rest.to_owned()),
+            _ => return None,
+        };
+        // Only the canonical spelling: a key written by anything else is not ours.
+        (key.encode().ok()?.as_str() == format!("{kind}.{rest}")).then_some(key)
+    }
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<String> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The directory of one replica: the shared bucket (once reached) and the local copy.
+#[derive(Clone)]
+pub struct Directory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    authority: Arc<Authority>,
+    communes: Communes,
+    bucket: tokio::sync::OnceCell<kv::Store>,
+    /// True once the copy has caught up with the bucket (at each start).
+    caught_up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Directory {
+    pub fn new(store: Store, authority: Arc<Authority>, communes: Communes) -> Directory {
+        Directory {
+            inner: Arc::new(Inner {
+                store,
+                authority,
+                communes,
+                bucket: tokio::sync::OnceCell::new(),
+                caught_up: tokio::sync::watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Waits until the local copy has caught up with the bucket, at most `limit` (then the
+    /// replica serves from its copy, which the watch brings up to date when the bus answers).
+    pub async fn caught_up(&self, limit: Duration) -> bool {
+        let mut caught_up = self.inner.caught_up.subscribe();
+        tokio::time::timeout(limit, caught_up.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    fn bucket(&self) -> Result<&kv::Store, DirectoryError> {
+        self.inner.bucket.get().ok_or(DirectoryError::NotReady)
+    }
+
+    /// An operator (or integrator), from the bucket; from the copy when the bus cannot answer.
+    pub async fn operator(&self, login: &str) -> Result<Option<OperatorRecord>, DirectoryError> {
+        let key = Key::Operator(login.to_owned()).encode()?;
+        match self.bucket().map(|b| b.get(key)) {
+            Ok(get) => match get.await {
+                Ok(Some(value)) => Ok(Some(serde_json::from_slice(&value)?)),
+                Ok(None) => Ok(None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the access directory cannot be read; this replica's copy answers");
+                    Ok(self.inner.store.operator(login)?)
+                }
+            },
+            Err(_) => Ok(self.inner.store.operator(login)?),
+        }
+    }
+
+    /// Every operator and integrator, from the copy.
+    pub fn operators(&self) -> Result<Vec<OperatorRecord>, DirectoryError> {
+        Ok(self.inner.store.operators()?)
+    }
+
+    /// Every session and credential, from the copy.
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>, DirectoryError> {
+        Ok(self.inner.store.sessions()?)
+    }
+
+    /// Adds an operator or integrator; false if the login exists already (at any replica).
+    pub async fn create_operator(&self, operator: &OperatorRecord) -> Result<bool, DirectoryError> {
+        let key = Key::Operator(operator.login.clone()).encode()?;
+        match self.bucket()?.create(key, serde_json::to_vec(operator)?.into()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(bus(e)),
+        }
+        self.inner.store.put_operator(operator)?;
+        Ok(true)
+    }
+
+    /// Removes a login; false if there was none.
+    pub async fn remove_operator(&self, login: &str) -> Result<bool, DirectoryError> {
+        let key = Key::Operator(login.to_owned()).encode()?;
+        let bucket = self.bucket()?;
+        let exists = bucket.get(key.as_str()).await.map_err(bus)?.is_some();
+        if exists {
+            bucket.delete(key).await.map_err(bus)?;
+        }
+        self.inner.store.remove_operator(login)?;
+        Ok(exists)
+    }
+
+    /// A new session or credential.
+    pub async fn create_session(&self, session: &SessionRecord) -> Result<(), DirectoryError> {
+        let key = Key::Session(session.sid.clone()).encode()?;
+        self.bucket()?.create(key, serde_json::to_vec(session)?.into()).await.map_err(bus)?;
+        self.inner.store.put_session(session)?;
+        Ok(())
+    }
+
+    /// Changes a session by compare-and-set: `change` sees the session as the bucket has it and
+    /// returns what to write (or `None` to leave it); retried when another replica changed it
+    /// in between. Returns the session as it is afterwards (`None`: there is no such session).
+    pub async fn update_session<T>(
+        &self,
+        sid: &str,
+        mut change: impl FnMut(&SessionRecord) -> (Option<SessionRecord>, T),
+    ) -> Result<Option<(SessionRecord, T)>, DirectoryError> {
+        let key = Key::Session(sid.to_owned()).encode()?;
+        let bucket = self.bucket()?;
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = bucket.entry(key.as_str()).await.map_err(bus)?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                return Ok(None);
+            };
+            let current: SessionRecord = serde_json::from_slice(&entry.value)?;
+            let (next, outcome) = change(&current);
+            let Some(next) = next else {
+                return Ok(Some((current, outcome)));
+            };
+            match bucket.update(key.as_str(), serde_json::to_vec(&next)?.into(), entry.revision).await {
+                Ok(_) => {
+                    self.inner.store.put_session(&next)?;
+                    return Ok(Some((next, outcome)));
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(bus(e)),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    /// Revokes a session everywhere: in the bucket, and at once at this replica (its sockets
+    /// close); the other replicas revoke it when their watch delivers it.
+    pub async fn revoke_session(&self, sid: &str) -> Result<(), DirectoryError> {
+        self.update_session(sid, |s| {
+            let next = (!s.revoked).then(|| SessionRecord { revoked: true, ..s.clone() });
+            (next, ())
+        })
+        .await?;
+        self.inner.authority.revoke(sid);
+        Ok(())
+    }
+
+    /// Adds (or renames) a commune of the deployment.
+    pub async fn put_commune(&self, id: &str, name: &str) -> Result<(), DirectoryError> {
+        let key = Key::Commune(id.to_owned()).encode()?;
+        self.bucket()?.put(key, serde_json::to_vec(name)?.into()).await.map_err(bus)?;
+        self.copy_commune(id, name)?;
+        Ok(())
+    }
+
+    fn copy_commune(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        self.inner.store.put_tenant(id, name)?;
+        if let Ok(mut communes) = self.inner.communes.write() {
+            communes.insert(id.to_owned(), name.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Follows the bucket until `stop`: creates it if missing, uploads what the command line
+    /// wrote meanwhile, then applies every entry to the copy. Reconnects after any failure.
+    pub async fn follow(self, js: async_nats::jetstream::Context, replicas: usize, stop: CancellationToken) {
+        loop {
+            match self.follow_once(&js, replicas, &stop).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "following the access directory failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn follow_once(
+        &self,
+        js: &async_nats::jetstream::Context,
+        replicas: usize,
+        stop: &CancellationToken,
+    ) -> Result<(), DirectoryError> {
+        let bucket = match js.get_key_value(BUCKET).await {
+            Ok(bucket) => bucket,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.into(),
+                    description: "Vigie's operators, sessions, credentials and communes (the gateway's)".into(),
+                    history: 1,
+                    num_replicas: replicas.max(1),
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    max_value_size: 64 * 1024,
+                    ..Default::default()
+                })
+                .await
+                .map_err(bus)?,
+        };
+        let empty = bucket.status().await.map_err(bus)?.info.state.messages == 0;
+        let bucket = self.inner.bucket.get_or_init(|| async { bucket }).await;
+        if empty {
+            self.mark_copy_pending()?;
+        }
+        self.upload_pending(bucket).await?;
+        let mut watch = bucket.watch_with_history(">").await.map_err(bus)?;
+        if empty {
+            self.inner.caught_up.send_replace(true);
+        }
+        let mut purge = tokio::time::interval(PURGE_EVERY);
+        loop {
+            tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        if let Err(e) = self.apply(&entry) {
+                            tracing::warn!(key = %entry.key, error = %e, "an access directory entry cannot be applied; skipped");
+                        }
+                        if entry.delta == 0 && !*self.inner.caught_up.borrow() {
+                            tracing::info!("the access directory's copy is up to date");
+                            self.inner.caught_up.send_replace(true);
+                        }
+                    }
+                    Some(Err(e)) => return Err(bus(e)),
+                    None => return Err(DirectoryError::Bus("the watch ended".into())),
+                },
+                _ = purge.tick() => self.purge_expired(bucket).await,
+                _ = stop.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Marks every record of the copy for upload (the bucket was found empty).
+    fn mark_copy_pending(&self) -> Result<(), DirectoryError> {
+        let store = &self.inner.store;
+        let mut keys = Vec::new();
+        for o in store.operators()? {
+            keys.push(Key::Operator(o.login).encode()?);
+        }
+        for s in store.sessions()? {
+            keys.push(Key::Session(s.sid).encode()?);
+        }
+        for (id, _) in store.tenants()? {
+            keys.push(Key::Commune(id).encode()?);
+        }
+        if !keys.is_empty() {
+            tracing::info!(records = keys.len(), "the access directory is empty: filled from this replica's copy");
+        }
+        for key in keys {
+            store.mark_pending(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Uploads what the command line wrote to the copy (or the copy of an empty bucket). A login
+    /// that exists in the bucket already keeps the bucket's record.
+    async fn upload_pending(&self, bucket: &kv::Store) -> Result<(), DirectoryError> {
+        let store = &self.inner.store;
+        for key in store.pending()? {
+            let value = match Key::decode(&key) {
+                Some(Key::Operator(login)) => store.operator(&login)?.map(|o| serde_json::to_vec(&o)).transpose()?,
+                Some(Key::Session(sid)) => store.session(&sid)?.map(|s| serde_json::to_vec(&s)).transpose()?,
+                Some(Key::Commune(id)) => store
+                    .tenants()?
+                    .into_iter()
+                    .find(|(c, _)| *c == id)
+                    .map(|(_, name)| serde_json::to_vec(&name))
+                    .transpose()?,
+                None => None,
+            };
+            if let Some(value) = value {
+                match bucket.create(key.as_str(), value.into()).await {
+                    Ok(_) => tracing::info!(key, "uploaded to the access directory"),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        tracing::warn!(
+                            key,
+                            "in the access directory already (added at another replica): its record is kept"
+                        )
+                    }
+                    Err(e) => return Err(bus(e)),
+                }
+            }
+            store.uploaded(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one entry of the bucket to the copy (a value that does not decode is refused).
+    fn apply(&self, entry: &kv::Entry) -> Result<(), DirectoryError> {
+        let store = &self.inner.store;
+        let put = entry.operation == kv::Operation::Put;
+        match Key::decode(&entry.key) {
+            Some(Key::Operator(login)) if put => {
+                let operator: OperatorRecord = serde_json::from_slice(&entry.value)?;
+                if operator.login != login {
+                    return Err(DirectoryError::InvalidKey("an operator under another login's key".into()));
+                }
+                store.put_operator(&operator)?;
+            }
+            Some(Key::Operator(login)) => {
+                store.remove_operator(&login)?;
+            }
+            Some(Key::Session(sid)) if put => {
+                let session: SessionRecord = serde_json::from_slice(&entry.value)?;
+                if session.sid != sid {
+                    return Err(DirectoryError::InvalidKey("a session under another session's key".into()));
+                }
+                store.put_session(&session)?;
+                if session.revoked && !self.inner.authority.is_revoked(&sid) {
+                    // Revoked at another replica: its sockets here close too.
+                    self.inner.authority.revoke(&sid);
+                }
+            }
+            Some(Key::Session(sid)) => store.remove_session(&sid)?,
+            Some(Key::Commune(id)) if put => {
+                let name: String = serde_json::from_slice(&entry.value)?;
+                if name.trim().is_empty() || name.chars().count() > 100 {
+                    return Err(DirectoryError::InvalidKey("a commune's name is 1 to 100 characters".into()));
+                }
+                self.copy_commune(&id, &name)?;
+            }
+            // Communes are never removed (events and operators name them).
+            Some(Key::Commune(_)) => {}
+            None => return Err(DirectoryError::InvalidKey("not a key of the access directory".into())),
+        }
+        Ok(())
+    }
+
+    /// Purges the sessions expired for a day (a revoked one is kept until then, so that its
+    /// tokens stay refused).
+    async fn purge_expired(&self, bucket: &kv::Store) {
+        let horizon = crate::auth::now_s().saturating_sub(86_400);
+        let Ok(sessions) = self.inner.store.sessions() else { return };
+        for session in sessions.into_iter().filter(|s| s.expires_at < horizon) {
+            let Ok(key) = Key::Session(session.sid.clone()).encode() else { continue };
+            if let Err(e) = bucket.purge(key).await {
+                tracing::warn!(error = %e, "purging an expired session failed; next time");
+                return;
+            }
+            let _ = self.inner.store.remove_session(&session.sid);
+        }
+    }
+}
+
+/// The command line's writes (the gateway stopped, no bus): to the copy, marked for upload at
+/// the next start.
+pub mod offline {
+    use super::{DirectoryError, Key};
+    use crate::auth::{OperatorRecord, SessionRecord};
+    use crate::store::Store;
+
+    pub fn put_operator(store: &Store, operator: &OperatorRecord) -> Result<(), DirectoryError> {
+        store.put_operator(operator)?;
+        store.mark_pending(&Key::Operator(operator.login.clone()).encode()?)?;
+        Ok(())
+    }
+
+    pub fn put_session(store: &Store, session: &SessionRecord) -> Result<(), DirectoryError> {
+        store.put_session(session)?;
+        store.mark_pending(&Key::Session(session.sid.clone()).encode()?)?;
+        Ok(())
+    }
+
+    pub fn put_commune(store: &Store, id: &str, name: &str) -> Result<(), DirectoryError> {
+        store.put_tenant(id, name)?;
+        store.mark_pending(&Key::Commune(id.to_owned()).encode()?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Key;
+
+    #[test]
+    fn keys_round_trip_and_refuse_what_is_not_ours() {
+        for key in [
+            Key::Operator("jean.dupont@ville.fr".into()),
+            Key::Session("AbC-_09xyz".into()),
+            Key::Commune("34172".into()),
+            Key::Commune("2A004".into()),
+        ] {
+            let encoded = key.encode().expect("encodes");
+            assert!(encoded.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{encoded}");
+            assert_eq!(Key::decode(&encoded), Some(key));
+        }
+        assert!(Key::Session("a.b".into()).encode().is_err(), "a dot would make two tokens");
+        assert!(Key::Session(String::new()).encode().is_err());
+        assert!(Key::Commune("3417".into()).encode().is_err());
+        for foreign in ["operator.zz", "operator.414", "session.", "commune.abc", "other.x", "operator.4A"] {
+            assert_eq!(Key::decode(foreign), None, "{foreign}");
+        }
+    }
+}

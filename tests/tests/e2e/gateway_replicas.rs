@@ -1,0 +1,202 @@
+//! Two gateway replicas on one stream agree (issue 22): operators, sessions and credentials live
+//! in the shared access directory (a JetStream key-value bucket), so an operator created at one
+//! logs in at the other at once, a logout at one closes the session's sockets at the other, a
+//! refresh token is good once across both; the live view's sequences are the stream's, so a
+//! console that loses its replica resumes at the other with exactly what it missed; and alarm
+//! actions taken at both at once converge.
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tests::{LiveClient, Slice, TEST_PASSWORD, http_get_as, http_post_json_as};
+
+/// Logs in with the harness's password; returns (access token, refresh token).
+async fn session(gateway: &str, login: &str) -> Result<(String, String)> {
+    let body = json!({"login": login, "password": TEST_PASSWORD});
+    let (status, answer) = http_post_json_as(gateway, "/api/v1/auth/login", &body, None).await?;
+    anyhow::ensure!(status == 200, "login {login} at {gateway}: {status} {answer}");
+    let token = |name: &str| answer[name].as_str().map(str::to_owned).context("token");
+    Ok((token("access_token")?, token("refresh_token")?))
+}
+
+async fn refresh(gateway: &str, refresh_token: &str) -> Result<(u16, Value)> {
+    http_post_json_as(gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh_token}), None).await
+}
+
+/// Every delta of a live socket until `done`: (event id, seq) in the order received.
+async fn deltas_until(
+    live: &mut LiveClient,
+    mut done: impl FnMut(&[(String, u64)]) -> bool,
+) -> Result<Vec<(String, u64)>> {
+    let mut seen = Vec::new();
+    live.until(|f| {
+        if f["type"] == "delta" {
+            let id = f["event"]["id"].as_str().unwrap_or_default().to_owned();
+            seen.push((id, f["seq"].as_u64().unwrap_or_default()));
+        }
+        done(&seen)
+    })
+    .await?;
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateway_replicas_share_the_access_directory_and_the_stream() -> Result<()> {
+    let mut slice = Slice::start().await?;
+    let mut lighting = slice.lighting_client().await?;
+    lighting
+        .register_streetlights(proto::lighting::RegisterStreetlightsRequest {
+            streetlights: vec![
+                proto::lighting::Streetlight { id: "EP-W".into(), lat: 43.6, lon: 3.85, ..Default::default() },
+                proto::lighting::Streetlight { id: "EP-E".into(), lat: 43.6, lon: 3.95, ..Default::default() },
+            ],
+        })
+        .await?;
+    // Replica B's store gets an operator from the command line while B is stopped (as
+    // deploy/run.sh adds its first operators): B's start carries it to the directory.
+    let b_store = tempfile::tempdir()?;
+    tests::add_operator(b_store.path(), slice.territory.path(), "veilleur", "viewer", &["34172"])?;
+    let (mut b_process, b) = slice.start_gateway_replica(b_store.path(), &[])?;
+    let a = slice.gateway_addr.clone();
+    tests::use_token(&b, &tests::login_token(&b, tests::SUPERVISOR).await?);
+    session(&a, "veilleur").await.context("the command line's operator, added at B's store, logs in at A")?;
+
+    // An operator created at A logs in at B at once (no wait).
+    let admin = tests::login_token(&a, tests::ADMIN).await?;
+    let body = json!({"login": "op-nord", "password": TEST_PASSWORD, "role": "operator", "communes": ["34172"]});
+    let (status, answer) = http_post_json_as(&a, "/api/v1/admin/operators", &body, Some(&admin)).await?;
+    assert_eq!(status, 201, "{answer}");
+    let (access_b, _) = session(&b, "op-nord").await.context("an operator created at A logs in at B at once")?;
+    // A login cannot be created twice, even at two replicas.
+    let (status, answer) = http_post_json_as(&b, "/api/v1/admin/operators", &body, Some(&admin)).await?;
+    assert_eq!(status, 409, "{answer}");
+
+    // A logout at A closes the same session's sockets at B within 2 s, and B refuses its token.
+    let (access, _) = session(&a, "op-nord").await?;
+    let mut at_b = LiveClient::connect_as(&format!("ws://{b}/ws"), Some(&access), None).await?;
+    assert_eq!(at_b.next().await?["type"], "snapshot");
+    let logged_out = Instant::now();
+    let (status, _) = http_post_json_as(&a, "/api/v1/auth/logout", &json!({}), Some(&access)).await?;
+    assert_eq!(status, 204);
+    let code = tokio::time::timeout(Duration::from_secs(2), at_b.close_code())
+        .await
+        .context("the socket at B must close within 2 s of the logout at A")??;
+    assert_eq!(code, proto::live::close_code::REVOKED);
+    println!("logout at A closed the socket at B in {} ms", logged_out.elapsed().as_millis());
+    assert_eq!(http_get_as(&b, "/api/v1/alarms", Some(&access)).await?.0, 401);
+    assert_eq!(http_get_as(&b, "/api/v1/alarms", Some(&access_b)).await?.0, 200, "another session stands");
+
+    // A refresh token asked at both replicas at once: one answer, and the session is closed for
+    // the other (as a reused token): the winner's tokens stop working everywhere.
+    let (_, refresh_token) = session(&a, "op-nord").await?;
+    let (at_a, at_b) = tokio::join!(refresh(&a, &refresh_token), refresh(&b, &refresh_token));
+    let answers = [at_a?, at_b?];
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert!(statuses.contains(&200) && statuses.contains(&401), "one refresh wins, one is refused: {statuses:?}");
+    let winner = &answers.iter().find(|(s, _)| *s == 200).context("winner")?.1;
+    let renewed = winner["refresh_token"].as_str().context("refresh token")?;
+    for gateway in [&a, &b] {
+        assert_eq!(refresh(gateway, renewed).await?.0, 401, "the session was closed at {gateway}");
+    }
+    // Refreshed at A, then the same (now old) token at B: refused, the session closed.
+    let (_, refresh_token) = session(&a, "op-nord").await?;
+    let (status, renewed) = refresh(&a, &refresh_token).await?;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(refresh(&b, &refresh_token).await?.0, 401, "a refresh token is good once, across replicas");
+    let renewed_access = renewed["access_token"].as_str().context("access")?;
+    tests::eventually("the reused session's token refused at A", Duration::from_secs(2), || async {
+        Ok((http_get_as(&a, "/api/v1/alarms", Some(renewed_access)).await?.0 == 401).then_some(()))
+    })
+    .await?;
+
+    // Alarm actions taken at both replicas at once converge to one state on both.
+    let supervisor = tests::login_token(&a, tests::SUPERVISOR).await?;
+    let mut watch_a = LiveClient::connect(&format!("ws://{a}/ws?coalesce=false")).await?;
+    let mut watch_b = LiveClient::connect(&format!("ws://{b}/ws?coalesce=false")).await?;
+    assert_eq!(watch_a.next().await?["type"], "snapshot");
+    assert_eq!(watch_b.next().await?["type"], "snapshot");
+    let failure = proto::lighting::TelemetryMessage {
+        message: Some(proto::lighting::telemetry_message::Message::Fault(proto::lighting::FaultReport {
+            streetlight_id: "EP-W".into(),
+            observed_at: Some(std::time::SystemTime::now().into()),
+            fault: proto::lighting::TalqFault::LampFailure as i32,
+            active: true,
+        })),
+    };
+    lighting.stream_telemetry(futures::stream::iter(vec![failure])).await?;
+    let key = "lighting/lamp_failure/EP-W";
+    for gateway in [&a, &b] {
+        tests::eventually("the alarm in both views", Duration::from_secs(10), || async {
+            let (_, body) = tests::http_get_json_as(gateway, "/api/v1/alarms", Some(&supervisor)).await?;
+            Ok(body["items"].as_array().is_some_and(|items| items.iter().any(|i| i["key"] == key)).then_some(()))
+        })
+        .await?;
+    }
+    let act = |gateway: String, body: Value| {
+        let token = supervisor.clone();
+        async move { http_post_json_as(&gateway, "/api/v1/alarms/actions", &body, Some(&token)).await }
+    };
+    let (first, second, third) = tokio::join!(
+        act(a.clone(), json!({"alarm_key": key, "action": "assign", "assignee": "op-nord"})),
+        act(b.clone(), json!({"alarm_key": key, "action": "comment", "comment": "vu depuis B"})),
+        act(b.clone(), json!({"alarm_key": key, "action": "acknowledge"})),
+    );
+    for (status, answer) in [first?, second?, third?] {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let alarm_at = |gateway: String| {
+        let token = supervisor.clone();
+        async move {
+            let (_, body) = tests::http_get_json_as(&gateway, "/api/v1/alarms?commune=34172", Some(&token)).await?;
+            Ok::<Value, anyhow::Error>(body["items"].clone())
+        }
+    };
+    tests::eventually("both replicas agree on the alarm", Duration::from_secs(10), || async {
+        let (on_a, on_b) = (alarm_at(a.clone()).await?, alarm_at(b.clone()).await?);
+        let done = on_a == on_b
+            && on_a[0]["acknowledged"] == true
+            && on_a[0]["assignee"] == "op-nord"
+            && on_a[0]["comments"].as_array().is_some_and(|c| c.len() == 1);
+        Ok(done.then_some(()))
+    })
+    .await?;
+
+    // Sequences are the stream's: the same event has the same seq at both replicas.
+    let mut reports = Vec::new();
+    for i in 0..10 {
+        let lamp = if i % 2 == 0 { "EP-W" } else { "EP-E" };
+        reports
+            .push(lighting.report_status(tests::lamp_report(lamp, f64::from(i) / 10.0)).await?.into_inner().event_id);
+    }
+    let last = reports.last().cloned().context("reports")?;
+    let done = |seen: &[(String, u64)]| seen.iter().any(|(id, _)| *id == last);
+    let on_a: HashMap<String, u64> = deltas_until(&mut watch_a, done).await?.into_iter().collect();
+    let on_b: HashMap<String, u64> = deltas_until(&mut watch_b, done).await?.into_iter().collect();
+    for id in &reports {
+        assert_eq!(on_a.get(id), on_b.get(id), "event {id}: one seq at both replicas");
+        assert!(on_a.contains_key(id), "event {id} reached A");
+    }
+
+    // A console at A that loses A (killed) resumes at B from its last seq: exactly the deltas it
+    // missed, in order, none twice.
+    let last_seq = on_a.values().copied().max().context("seq")?;
+    slice.gateway.kill()?;
+    let mut missed = Vec::new();
+    for i in 0..20 {
+        let lamp = if i % 2 == 0 { "EP-W" } else { "EP-E" };
+        missed.push(lighting.report_status(tests::lamp_report(lamp, f64::from(i) / 20.0)).await?.into_inner().event_id);
+    }
+    let mut resumed = LiveClient::connect(&format!("ws://{b}/ws?coalesce=false&resume_from={last_seq}")).await?;
+    let first = resumed.next().await?;
+    assert_eq!((&first["type"], &first["from"]), (&json!("resumed"), &json!(last_seq)), "{first}");
+    let wanted: HashSet<&str> = missed.iter().map(String::as_str).collect();
+    let got = deltas_until(&mut resumed, |seen| wanted.iter().all(|w| seen.iter().any(|(id, _)| id == w))).await?;
+    let seqs: Vec<u64> = got.iter().map(|(_, s)| *s).collect();
+    assert_eq!(seqs.first().copied(), Some(last_seq + 1), "from the next seq: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no gap, nothing twice: {seqs:?}");
+    let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).filter(|id| wanted.contains(id)).collect();
+    assert_eq!(ids, missed.iter().map(String::as_str).collect::<Vec<_>>(), "the missed reports, in order");
+    b_process.terminate()?;
+    Ok(())
+}
