@@ -6,12 +6,17 @@
 # node lost (try: kill one nats-server) loses nothing acknowledged, and the supervision starts it
 # again. State lives in var/cluster/ (apart from the single node's var/), logs in var/cluster/logs/.
 #
-# Not yet here (issue 22): a standby of each service and a second gateway replica; each process
-# runs once, and is started again when it dies.
+# Two gateway replicas (ports 8080 and 8081) share the operators and sessions (a NATS key-value
+# bucket): log in at one, carry on at the other; kill one and the console reconnects to it once it
+# is started again, or open the other.
+#
+# Not yet here (issue 22): a standby of each service; each service runs once, and is started
+# again when it dies.
 #
 # Environment: as deploy/run.sh's (VIGIE_TERRITORY, VIGIE_PROFILE, VIGIE_HTTP_PORT, VIGIE_SIM_*).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export VIGIE_NATS_NODES=3
 export VIGIE_STATE_DIR="${VIGIE_STATE_DIR:-var/cluster}"
+export VIGIE_GATEWAY_REPLICAS="${VIGIE_GATEWAY_REPLICAS:-2}"
 exec "$root/deploy/run.sh" "$@"

@@ -14,7 +14,15 @@
 # Environment (all optional):
 #   VIGIE_TERRITORY          territory folder (default ../shared/data/montpellier-mediterranee-metropole)
 #   VIGIE_PROFILE            cargo profile: release (default) or dev (quicker to build, slower)
-#   VIGIE_HTTP_PORT          console and WebSocket port (default 8080)
+#   VIGIE_BUILD              0: run what is built already (the console in ui-client/dist, the
+#                            binaries of the profile), without building
+#   VIGIE_HTTP_PORT          console and WebSocket port (default 8080; replica N of the gateway
+#                            on the next ones)
+#   VIGIE_GATEWAY_REPLICAS   gateway replicas (default 1; deploy/cluster.sh: 2), sharing the
+#                            operators and sessions
+#   VIGIE_GATEWAY_GRPC_PORT  the gateway's gRPC face (default 50060; replica N 10 further each)
+#   VIGIE_LIGHTING_PORT, VIGIE_TRANSPORT_PORT, VIGIE_WATER_PORT, VIGIE_REPORTS_PORT  the
+#                            services' gRPC ports (default 50061-50064)
 #   VIGIE_NATS_PORT          NATS client port (default 4222); monitoring on VIGIE_NATS_MONITOR_PORT (8222)
 #   VIGIE_NATS_NODES         1 (default) or 3: a NATS cluster (deploy/nats/cluster/, client ports
 #                            4222-4224, monitoring 8222-8224), every stream with 3 replicas
@@ -48,6 +56,7 @@ case "$nats_nodes" in
   *) echo "VIGIE_NATS_NODES is 1 or 3, not $nats_nodes" >&2; exit 2 ;;
 esac
 http_port="${VIGIE_HTTP_PORT:-8080}"
+gateway_grpc_port="${VIGIE_GATEWAY_GRPC_PORT:-50060}"
 nats_port="${VIGIE_NATS_PORT:-4222}"
 nats_monitor_port="${VIGIE_NATS_MONITOR_PORT:-8222}"
 lighting_addr="127.0.0.1:${VIGIE_LIGHTING_PORT:-50061}"
@@ -64,8 +73,11 @@ export VIGIE_SIM_WATER_BURST_AFTER="${VIGIE_SIM_WATER_BURST_AFTER:-234h}"
 
 nats_server="$(deploy/install-tools.sh | tail -n 1)"
 
-echo "building the console" >&2
-(cd ui-client && npm ci --no-fund --no-audit --loglevel=error && npm run build --silent) >&2
+build="${VIGIE_BUILD:-1}"
+if [ "$build" = 1 ]; then
+  echo "building the console" >&2
+  (cd ui-client && npm ci --no-fund --no-audit --loglevel=error && npm run build --silent) >&2
+fi
 
 profile="${VIGIE_PROFILE:-release}"
 case "$profile" in
@@ -73,8 +85,10 @@ case "$profile" in
   dev) bin=target/debug ;;
   *) echo "VIGIE_PROFILE is release or dev, not $profile" >&2; exit 2 ;;
 esac
-echo "building the services ($profile)" >&2
-cargo build --profile "$profile" --bins --quiet
+if [ "$build" = 1 ]; then
+  echo "building the services ($profile)" >&2
+  cargo build --profile "$profile" --bins --quiet
+fi
 
 mkdir -p "$state/logs"
 pids=()
@@ -95,7 +109,8 @@ supervise() {
   (
     set +e  # a failed log line must not end the supervision
     child=""
-    trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null && wait "$child"; exit 0' TERM INT HUP
+    sleeper=""
+    trap '[ -n "$sleeper" ] && kill "$sleeper" 2>/dev/null; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null && wait "$child"; exit 0' TERM INT HUP
     pause=1
     while true; do
       "$@" >>"$state/logs/$name.log" 2>&1 &
@@ -105,7 +120,8 @@ supervise() {
       child=""
       if (( SECONDS - started >= 60 )); then pause=1; fi
       echo "$(date -Is) $name exited (status $code); starting it again in ${pause} s" | tee -a "$state/logs/$name.log" >&2
-      sleep "$pause" & wait $!
+      sleep "$pause" & sleeper=$!
+      wait "$sleeper"; sleeper=""
       pause=$(( pause * 2 > 30 ? 30 : pause * 2 ))
     done
   ) &
@@ -198,8 +214,19 @@ supervise water as_nats_user water "$bin"/vigie-water --grpc-addr "$water_addr" 
   --metrics-addr 127.0.0.1:9163
 supervise gateway as_nats_user gateway "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" \
   --store "$state/gateway" --ui-dir ui-client/dist --lighting-url "http://${lighting_addr}" \
-  --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" --grpc-addr 127.0.0.1:50060
+  --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" --grpc-addr "127.0.0.1:${gateway_grpc_port}"
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
+# More gateway replicas (deploy/cluster.sh runs two): each with its own view (built from the
+# stream), the installation's key, and the operators and sessions of the shared access directory
+# (a NATS key-value bucket): log in at one, carry on at another.
+gateway_replicas="${VIGIE_GATEWAY_REPLICAS:-1}"
+for replica in $(seq 2 "$gateway_replicas"); do
+  supervise "gateway-$replica" as_nats_user gateway "$bin"/vigie-gateway \
+    --http-addr "127.0.0.1:$((http_port + replica - 1))" --store "$state/gateway-$replica" \
+    --auth-key "$state/gateway/auth-key.pem" --ui-dir ui-client/dist --lighting-url "http://${lighting_addr}" \
+    --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" --grpc-addr "127.0.0.1:$((gateway_grpc_port + 10 * (replica - 1)))"
+  wait_for "gateway replica $replica" "http://127.0.0.1:$((http_port + replica - 1))/health"
+done
 
 supervise simulator with_simulator_token "$bin"/vigie-simulator \
   --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
@@ -207,7 +234,10 @@ supervise simulator with_simulator_token "$bin"/vigie-simulator \
 
 cat <<MSG
 
-  Vigie is running. Open the console:  http://127.0.0.1:${http_port}/
+  Vigie is running. Open the console:  http://127.0.0.1:${http_port}/$(
+  for replica in $(seq 2 "$gateway_replicas"); do
+    printf '\n  Gateway replica %s (same operators and sessions):  http://127.0.0.1:%s/' "$replica" "$((http_port + replica - 1))"
+  done)
   Log in as:     $(head -n 1 "$credentials")   (login and password; all in ${credentials})
   GTFS-Realtime: http://${transport_http_addr}/gtfs-rt/vehicle-positions (also trip-updates, alerts; .json)
   Open311:       http://${reports_http_addr}/open311/v2/services.json

@@ -268,6 +268,7 @@ async fn login(
         generation: 0,
         expires_at: now_s() + access.authority.session_ttl.as_secs(),
         revoked: false,
+        rotation: 0,
     };
     access.directory.create_session(&session).await.map_err(store_error)?;
     tracing::info!(login = %operator.login, role = operator.role.as_str(), "login");
@@ -296,7 +297,7 @@ async fn refresh(State(access): State<Access>, body: Body<RefreshRequest>) -> Re
     }
     let updated = access
         .directory
-        .update_session(&claims.sid, |session| {
+        .update_session(&claims.sub, &claims.sid, crate::directory::PATIENCE, |session| {
             if session.revoked {
                 (None, Found::Revoked)
             } else if claims.generation != session.generation {
@@ -311,7 +312,11 @@ async fn refresh(State(access): State<Access>, body: Body<RefreshRequest>) -> Re
         .map_err(store_error)?;
     let session = match updated {
         None => return refused("no such session"),
-        Some((_, Found::Revoked)) => return refused("the session was closed: log in again"),
+        Some((session, Found::Revoked)) => {
+            // Revoked at another replica, and not yet seen here: from now on.
+            access.authority.revoke(&session.sid);
+            return refused("the session was closed: log in again");
+        }
         Some((session, Found::Reused)) => {
             access.authority.revoke(&session.sid);
             tracing::warn!(login = %session.login, "a refresh token was used twice: session closed");
@@ -327,7 +332,7 @@ async fn refresh(State(access): State<Access>, body: Body<RefreshRequest>) -> Re
 }
 
 async fn logout(State(access): State<Access>, Extension(p): Extension<Principal>) -> Result<StatusCode, ApiError> {
-    access.directory.revoke_session(&p.sid).await.map_err(store_error)?;
+    access.directory.revoke_session(&p.login, &p.sid).await.map_err(store_error)?;
     tracing::info!(login = %p.login, "logout");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -453,13 +458,9 @@ async fn remove_operator(
     Path(login): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     admin(&p)?;
+    // Their sessions and credentials are revoked first (see `Directory::remove_operator`).
     if !access.directory.remove_operator(&login).await.map_err(store_error)? {
         return Err(ApiError::not_found("no such login"));
-    }
-    for session in access.directory.sessions().map_err(store_error)? {
-        if session.login == login && !session.revoked {
-            access.directory.revoke_session(&session.sid).await.map_err(store_error)?;
-        }
     }
     tracing::info!(by = %p.login, login = %login, "operator removed");
     Ok(StatusCode::NO_CONTENT)
@@ -486,6 +487,7 @@ pub fn integrator_credential(authority: &Authority, record: &OperatorRecord) -> 
         generation: 0,
         expires_at: now_s() + INTEGRATOR_TTL.as_secs(),
         revoked: false,
+        rotation: 0,
     };
     let token = authority.keys.sign(&authority.claims(record, &session, TokenType::Integrator));
     (session, token)

@@ -197,6 +197,10 @@ pub struct SessionRecord {
     pub generation: u32,
     pub expires_at: u64,
     pub revoked: bool,
+    /// A random number of each write to the access directory: a write whose answer was lost
+    /// (a timeout during a NATS election) is recognised as ours when read back.
+    #[serde(default)]
+    pub rotation: u64,
 }
 
 /// The gateway's authority: keys, the sessions revoked, login throttling.

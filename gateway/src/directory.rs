@@ -12,7 +12,12 @@
 //! - A login reads its operator from the bucket (an operator created at another replica logs in
 //!   at once), and from the copy only when the bus cannot answer.
 //! - A session revoked anywhere reaches every replica through the watch: its sockets close there
-//!   too (`Authority::revoke`).
+//!   too (`Authority::revoke`). A revocation is also written to this replica's copy first (and
+//!   flushed): a logout while the bus is away is kept, and uploaded when it is back. The copy
+//!   merges sessions monotonically (revoked stays revoked, the generation only grows), so a late
+//!   entry of the watch never undoes a newer write.
+//! - A write whose answer is lost (a timeout while the NATS cluster elects a leader) is retried for
+//!   [`PATIENCE`], and recognised when read back (each session write carries a random `rotation`).
 //! - The command line (`add-operator`, …) runs while the gateway is stopped, without the bus: it
 //!   writes the copy and marks the keys pending, and the next start uploads them. A bucket found
 //!   empty (a first start, or a stream lost) is filled from the copy the same way.
@@ -34,6 +39,15 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Compare-and-set attempts on one session before giving up (each loss means another replica
 /// changed it meanwhile).
 const CAS_ATTEMPTS: usize = 8;
+/// How long a write keeps trying through the bus's failures (a NATS leader election takes up to
+/// about 9 s, measured in the cluster tests).
+pub const PATIENCE: Duration = Duration::from_secs(10);
+/// How long a logout tries the bus before it is kept here and uploaded later.
+const LOGOUT_PATIENCE: Duration = Duration::from_secs(3);
+/// Pause between two tries of a failed write.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How often the follower uploads what was kept here while the bus failed.
+const UPLOAD_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -60,7 +74,11 @@ fn bus(e: impl std::fmt::Display) -> DirectoryError {
 pub enum Key {
     /// A login (hex-encoded in the key: a login may hold `@`, which a key may not).
     Operator(String),
-    Session(String),
+    /// A session under its login, so that removing a login finds every session of theirs.
+    Session {
+        login: String,
+        sid: String,
+    },
     Commune(String),
 }
 
@@ -68,12 +86,12 @@ impl Key {
     pub fn encode(&self) -> Result<String, DirectoryError> {
         match self {
             Key::Operator(login) => Ok(format!("operator.{}", hex(login))),
-            Key::Session(sid) => {
+            Key::Session { login, sid } => {
                 let valid = !sid.is_empty()
                     && sid.len() <= 64
                     && sid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
                 if valid {
-                    Ok(format!("session.{sid}"))
+                    Ok(format!("session.{}.{sid}", hex(login)))
                 } else {
                     Err(DirectoryError::InvalidKey("a session id is 1 to 64 letters, digits, '-' or '_'".into()))
                 }
@@ -88,7 +106,10 @@ impl Key {
         let (kind, rest) = key.split_once('.')?;
         let key = match kind {
             "operator" => Key::Operator(unhex(rest)?),
-            "session" => Key::Session(rest.to_owned()),
+            "session" => {
+                let (login, sid) = rest.split_once('.')?;
+                Key::Session { login: unhex(login)?, sid: sid.to_owned() }
+            }
             "commune" => Key::Commune(rest.to_owned()),
             _ => return None,
         };
@@ -175,23 +196,59 @@ impl Directory {
         Ok(self.inner.store.sessions()?)
     }
 
+    /// Creates `value` under `key` unless the key exists: true if created, or found holding
+    /// exactly `value` (our own write, whose answer was lost); false if it holds another value.
+    /// Retried through the bus's failures for [`PATIENCE`].
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<bool, DirectoryError> {
+        let bucket = self.bucket()?;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let failure = match bucket.create(key, value.clone().into()).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match bucket.get(key).await {
+                    Ok(held) => return Ok(held.is_some_and(|held| held == value)),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE > deadline {
+                return Err(DirectoryError::Bus(failure));
+            }
+            tracing::debug!(key, error = failure, "a write to the access directory failed; retrying");
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
     /// Adds an operator or integrator; false if the login exists already (at any replica).
     pub async fn create_operator(&self, operator: &OperatorRecord) -> Result<bool, DirectoryError> {
         let key = Key::Operator(operator.login.clone()).encode()?;
-        match self.bucket()?.create(key, serde_json::to_vec(operator)?.into()).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(bus(e)),
+        if !self.create(&key, serde_json::to_vec(operator)?).await? {
+            return Ok(false);
         }
         self.inner.store.put_operator(operator)?;
         Ok(true)
     }
 
-    /// Removes a login; false if there was none.
+    /// Removes a login; false if there was none. Every session of theirs is revoked first, from
+    /// the bucket's list (not this replica's copy, which may not have them all yet): a failure
+    /// leaves the login in place, and the administrator's retry finishes the work.
     pub async fn remove_operator(&self, login: &str) -> Result<bool, DirectoryError> {
         let key = Key::Operator(login.to_owned()).encode()?;
         let bucket = self.bucket()?;
         let exists = bucket.get(key.as_str()).await.map_err(bus)?.is_some();
+        let mut sids: std::collections::BTreeSet<String> =
+            self.inner.store.sessions()?.into_iter().filter(|s| s.login == login).map(|s| s.sid).collect();
+        let filter = format!("{}session.{}.*", bucket.prefix, hex(login));
+        let mut subjects = bucket.stream.info_with_subjects(filter).await.map_err(bus)?;
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(bus)?;
+            if let Some(Key::Session { sid, .. }) = subject.strip_prefix(bucket.prefix.as_str()).and_then(Key::decode) {
+                sids.insert(sid);
+            }
+        }
+        for sid in &sids {
+            self.revoke_session_with(login, sid, PATIENCE).await?;
+        }
         if exists {
             bucket.delete(key).await.map_err(bus)?;
         }
@@ -201,53 +258,125 @@ impl Directory {
 
     /// A new session or credential.
     pub async fn create_session(&self, session: &SessionRecord) -> Result<(), DirectoryError> {
-        let key = Key::Session(session.sid.clone()).encode()?;
-        self.bucket()?.create(key, serde_json::to_vec(session)?.into()).await.map_err(bus)?;
-        self.inner.store.put_session(session)?;
+        let key = Key::Session { login: session.login.clone(), sid: session.sid.clone() }.encode()?;
+        let session = SessionRecord { rotation: rand::random(), ..session.clone() };
+        if !self.create(&key, serde_json::to_vec(&session)?).await? {
+            return Err(DirectoryError::Bus("a session id was drawn twice".into()));
+        }
+        self.copy_session(&session)?;
         Ok(())
     }
 
     /// Changes a session by compare-and-set: `change` sees the session as the bucket has it and
     /// returns what to write (or `None` to leave it); retried when another replica changed it
-    /// in between. Returns the session as it is afterwards (`None`: there is no such session).
+    /// in between, and through the bus's failures for `patience`. Returns the session as it is
+    /// afterwards (`None`: there is no such session).
     pub async fn update_session<T>(
         &self,
+        login: &str,
         sid: &str,
+        patience: Duration,
         mut change: impl FnMut(&SessionRecord) -> (Option<SessionRecord>, T),
     ) -> Result<Option<(SessionRecord, T)>, DirectoryError> {
-        let key = Key::Session(sid.to_owned()).encode()?;
+        let key = Key::Session { login: login.to_owned(), sid: sid.to_owned() }.encode()?;
         let bucket = self.bucket()?;
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = bucket.entry(key.as_str()).await.map_err(bus)?;
-            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-                return Ok(None);
-            };
-            let current: SessionRecord = serde_json::from_slice(&entry.value)?;
-            let (next, outcome) = change(&current);
-            let Some(next) = next else {
-                return Ok(Some((current, outcome)));
-            };
-            match bucket.update(key.as_str(), serde_json::to_vec(&next)?.into(), entry.revision).await {
-                Ok(_) => {
-                    self.inner.store.put_session(&next)?;
-                    return Ok(Some((next, outcome)));
+        let deadline = tokio::time::Instant::now() + patience;
+        // A write whose answer was lost: the session it wrote, and what it meant.
+        let mut unanswered: Option<(SessionRecord, T)> = None;
+        let mut conflicts = 0;
+        loop {
+            let failure = match bucket.entry(key.as_str()).await {
+                Ok(entry) => {
+                    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                        return Ok(None);
+                    };
+                    let current: SessionRecord = serde_json::from_slice(&entry.value)?;
+                    if let Some((written, outcome)) = unanswered.take()
+                        && written == current
+                    {
+                        self.copy_session(&current)?;
+                        return Ok(Some((current, outcome)));
+                    }
+                    let (next, outcome) = change(&current);
+                    let Some(next) = next else {
+                        self.copy_session(&current)?;
+                        return Ok(Some((current, outcome)));
+                    };
+                    let next = SessionRecord { rotation: rand::random(), ..next };
+                    match bucket.update(key.as_str(), serde_json::to_vec(&next)?.into(), entry.revision).await {
+                        Ok(_) => {
+                            self.copy_session(&next)?;
+                            return Ok(Some((next, outcome)));
+                        }
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            conflicts += 1;
+                            if conflicts >= CAS_ATTEMPTS {
+                                return Err(DirectoryError::Contended);
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            unanswered = Some((next, outcome));
+                            e.to_string()
+                        }
+                    }
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(bus(e)),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE > deadline {
+                return Err(DirectoryError::Bus(failure));
             }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
-        Err(DirectoryError::Contended)
     }
 
-    /// Revokes a session everywhere: in the bucket, and at once at this replica (its sockets
-    /// close); the other replicas revoke it when their watch delivers it.
-    pub async fn revoke_session(&self, sid: &str) -> Result<(), DirectoryError> {
-        self.update_session(sid, |s| {
+    /// Revokes a session everywhere. At once and durably at this replica (its sockets close, the
+    /// copy says so after a crash), then in the bucket, where the other replicas' watch finds
+    /// it; when the bus cannot take it, it is kept here and uploaded when it can.
+    pub async fn revoke_session(&self, login: &str, sid: &str) -> Result<(), DirectoryError> {
+        self.inner.authority.revoke(sid);
+        if let Some(session) = self.inner.store.session(sid)? {
+            self.copy_session(&SessionRecord { revoked: true, ..session })?;
+            self.inner.store.flush_now()?;
+        }
+        match self.revoke_session_with(login, sid, LOGOUT_PATIENCE).await {
+            Ok(()) => Ok(()),
+            Err(e) if self.inner.store.session(sid)?.is_some() => {
+                tracing::warn!(error = %e, "a revocation is kept here until the access directory takes it");
+                self.inner
+                    .store
+                    .mark_pending(&Key::Session { login: login.to_owned(), sid: sid.to_owned() }.encode()?)?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn revoke_session_with(&self, login: &str, sid: &str, patience: Duration) -> Result<(), DirectoryError> {
+        self.update_session(login, sid, patience, |s| {
             let next = (!s.revoked).then(|| SessionRecord { revoked: true, ..s.clone() });
             (next, ())
         })
         .await?;
         self.inner.authority.revoke(sid);
+        Ok(())
+    }
+
+    /// Writes a session to the copy, merged with what the copy has: revoked stays revoked and
+    /// the generation never goes back (an entry of the watch may arrive after a newer write).
+    fn copy_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let merged = match self.inner.store.session(&session.sid)? {
+            Some(held) => SessionRecord {
+                revoked: session.revoked || held.revoked,
+                generation: session.generation.max(held.generation),
+                ..session.clone()
+            },
+            None => session.clone(),
+        };
+        self.inner.store.put_session(&merged)?;
+        if merged.revoked && !self.inner.authority.is_revoked(&merged.sid) {
+            self.inner.authority.revoke(&merged.sid);
+        }
         Ok(())
     }
 
@@ -314,6 +443,7 @@ impl Directory {
             self.inner.caught_up.send_replace(true);
         }
         let mut purge = tokio::time::interval(PURGE_EVERY);
+        let mut upload = tokio::time::interval(UPLOAD_EVERY);
         loop {
             tokio::select! {
                 entry = watch.next() => match entry {
@@ -329,13 +459,15 @@ impl Directory {
                     Some(Err(e)) => return Err(bus(e)),
                     None => return Err(DirectoryError::Bus("the watch ended".into())),
                 },
+                _ = upload.tick() => self.upload_pending(bucket).await?,
                 _ = purge.tick() => self.purge_expired(bucket).await,
                 _ = stop.cancelled() => return Ok(()),
             }
         }
     }
 
-    /// Marks every record of the copy for upload (the bucket was found empty).
+    /// Marks every record of the copy for upload (the bucket was found empty: a first start, or
+    /// its stream lost). Sessions merge with what another replica may have uploaded meanwhile.
     fn mark_copy_pending(&self) -> Result<(), DirectoryError> {
         let store = &self.inner.store;
         let mut keys = Vec::new();
@@ -343,13 +475,13 @@ impl Directory {
             keys.push(Key::Operator(o.login).encode()?);
         }
         for s in store.sessions()? {
-            keys.push(Key::Session(s.sid).encode()?);
+            keys.push(Key::Session { login: s.login, sid: s.sid }.encode()?);
         }
         for (id, _) in store.tenants()? {
             keys.push(Key::Commune(id).encode()?);
         }
         if !keys.is_empty() {
-            tracing::info!(records = keys.len(), "the access directory is empty: filled from this replica's copy");
+            tracing::warn!(records = keys.len(), "the access directory is empty: filled from this replica's copy");
         }
         for key in keys {
             store.mark_pending(&key)?;
@@ -357,36 +489,78 @@ impl Directory {
         Ok(())
     }
 
-    /// Uploads what the command line wrote to the copy (or the copy of an empty bucket). A login
-    /// that exists in the bucket already keeps the bucket's record.
+    /// Uploads what was kept here: the command line's writes, revocations the bus could not
+    /// take, or the copy of an empty bucket. A login that exists in the bucket with another
+    /// record keeps the bucket's, and the sessions written here for it are revoked, never
+    /// uploaded (a credential must not attach to someone else's login). A session merges with
+    /// the bucket's (revoked stays revoked).
     async fn upload_pending(&self, bucket: &kv::Store) -> Result<(), DirectoryError> {
         let store = &self.inner.store;
-        for key in store.pending()? {
-            let value = match Key::decode(&key) {
-                Some(Key::Operator(login)) => store.operator(&login)?.map(|o| serde_json::to_vec(&o)).transpose()?,
-                Some(Key::Session(sid)) => store.session(&sid)?.map(|s| serde_json::to_vec(&s)).transpose()?,
-                Some(Key::Commune(id)) => store
-                    .tenants()?
-                    .into_iter()
-                    .find(|(c, _)| *c == id)
-                    .map(|(_, name)| serde_json::to_vec(&name))
-                    .transpose()?,
-                None => None,
-            };
-            if let Some(value) = value {
-                match bucket.create(key.as_str(), value.into()).await {
-                    Ok(_) => tracing::info!(key, "uploaded to the access directory"),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        tracing::warn!(
-                            key,
-                            "in the access directory already (added at another replica): its record is kept"
-                        )
+        let mut pending: Vec<(String, Key)> =
+            store.pending()?.into_iter().filter_map(|k| Key::decode(&k).map(|key| (k, key))).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Operators first: their sessions depend on them.
+        pending.sort_by_key(|(_, key)| !matches!(key, Key::Operator(_)));
+        let mut conflicting = std::collections::BTreeSet::new();
+        for (encoded, key) in pending {
+            match key {
+                Key::Operator(login) => {
+                    if let Some(operator) = store.operator(&login)?
+                        && !self.create(&encoded, serde_json::to_vec(&operator)?).await?
+                    {
+                        tracing::error!(
+                            login,
+                            "this login exists in the access directory with another record: the directory's is kept, and the sessions written here for it are revoked"
+                        );
+                        conflicting.insert(login);
                     }
-                    Err(e) => return Err(bus(e)),
+                }
+                Key::Session { login, sid } => {
+                    if let Some(session) = store.session(&sid)? {
+                        if conflicting.contains(&login) {
+                            self.copy_session(&SessionRecord { revoked: true, ..session })?;
+                        } else {
+                            self.upload_session(bucket, &encoded, session).await?;
+                        }
+                    }
+                }
+                Key::Commune(id) => {
+                    if let Some((_, name)) = store.tenants()?.into_iter().find(|(c, _)| *c == id) {
+                        bucket.put(encoded.as_str(), serde_json::to_vec(&name)?.into()).await.map_err(bus)?;
+                    }
                 }
             }
-            store.uploaded(&key)?;
+            store.uploaded(&encoded)?;
+            tracing::info!(key = encoded, "uploaded to the access directory");
         }
+        Ok(())
+    }
+
+    /// Writes a session kept here into the bucket, merged with the bucket's.
+    async fn upload_session(
+        &self,
+        bucket: &kv::Store,
+        key: &str,
+        session: SessionRecord,
+    ) -> Result<(), DirectoryError> {
+        if bucket.entry(key).await.map_err(bus)?.is_none_or(|e| e.operation != kv::Operation::Put)
+            && self.create(key, serde_json::to_vec(&session)?).await?
+        {
+            return Ok(());
+        }
+        let revoked = session.revoked;
+        let generation = session.generation;
+        self.update_session(&session.login, &session.sid, PATIENCE, |held| {
+            let merged = SessionRecord {
+                revoked: held.revoked || revoked,
+                generation: held.generation.max(generation),
+                ..held.clone()
+            };
+            ((merged != *held).then_some(merged), ())
+        })
+        .await?;
         Ok(())
     }
 
@@ -405,22 +579,19 @@ impl Directory {
             Some(Key::Operator(login)) => {
                 store.remove_operator(&login)?;
             }
-            Some(Key::Session(sid)) if put => {
+            Some(Key::Session { login, sid }) if put => {
                 let session: SessionRecord = serde_json::from_slice(&entry.value)?;
-                if session.sid != sid {
+                if session.sid != sid || session.login != login {
                     return Err(DirectoryError::InvalidKey("a session under another session's key".into()));
                 }
-                store.put_session(&session)?;
-                if session.revoked && !self.inner.authority.is_revoked(&sid) {
-                    // Revoked at another replica: its sockets here close too.
-                    self.inner.authority.revoke(&sid);
-                }
+                // Revoked at another replica: its sockets here close too (in `copy_session`).
+                self.copy_session(&session)?;
             }
-            Some(Key::Session(sid)) => store.remove_session(&sid)?,
+            Some(Key::Session { sid, .. }) => store.remove_session(&sid)?,
             Some(Key::Commune(id)) if put => {
                 let name: String = serde_json::from_slice(&entry.value)?;
-                if name.trim().is_empty() || name.chars().count() > 100 {
-                    return Err(DirectoryError::InvalidKey("a commune's name is 1 to 100 characters".into()));
+                if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+                    return Err(DirectoryError::InvalidKey("a commune's name is 1 to 100 characters of text".into()));
                 }
                 self.copy_commune(&id, &name)?;
             }
@@ -437,7 +608,9 @@ impl Directory {
         let horizon = crate::auth::now_s().saturating_sub(86_400);
         let Ok(sessions) = self.inner.store.sessions() else { return };
         for session in sessions.into_iter().filter(|s| s.expires_at < horizon) {
-            let Ok(key) = Key::Session(session.sid.clone()).encode() else { continue };
+            let Ok(key) = (Key::Session { login: session.login.clone(), sid: session.sid.clone() }).encode() else {
+                continue;
+            };
             if let Err(e) = bucket.purge(key).await {
                 tracing::warn!(error = %e, "purging an expired session failed; next time");
                 return;
@@ -462,7 +635,7 @@ pub mod offline {
 
     pub fn put_session(store: &Store, session: &SessionRecord) -> Result<(), DirectoryError> {
         store.put_session(session)?;
-        store.mark_pending(&Key::Session(session.sid.clone()).encode()?)?;
+        store.mark_pending(&Key::Session { login: session.login.clone(), sid: session.sid.clone() }.encode()?)?;
         Ok(())
     }
 
@@ -481,7 +654,7 @@ mod tests {
     fn keys_round_trip_and_refuse_what_is_not_ours() {
         for key in [
             Key::Operator("jean.dupont@ville.fr".into()),
-            Key::Session("AbC-_09xyz".into()),
+            Key::Session { login: "jean.dupont@ville.fr".into(), sid: "AbC-_09xyz".into() },
             Key::Commune("34172".into()),
             Key::Commune("2A004".into()),
         ] {
@@ -489,10 +662,20 @@ mod tests {
             assert!(encoded.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{encoded}");
             assert_eq!(Key::decode(&encoded), Some(key));
         }
-        assert!(Key::Session("a.b".into()).encode().is_err(), "a dot would make two tokens");
-        assert!(Key::Session(String::new()).encode().is_err());
-        assert!(Key::Commune("3417".into()).encode().is_err());
-        for foreign in ["operator.zz", "operator.414", "session.", "commune.abc", "other.x", "operator.4A"] {
+        let session = |sid: &str| Key::Session { login: "op".into(), sid: sid.into() };
+        assert!(session("a.b").encode().is_err(), "a dot would make two tokens");
+        assert!(session("").encode().is_err());
+        assert!(Key::Commune("abc".into()).encode().is_err());
+        for foreign in [
+            "operator.zz",
+            "operator.414",
+            "session.",
+            "session.abc",
+            "session.6f70",
+            "commune.abc",
+            "other.x",
+            "operator.4A",
+        ] {
             assert_eq!(Key::decode(foreign), None, "{foreign}");
         }
     }

@@ -381,6 +381,12 @@ impl Store {
         write_one(&self.tenants, id, &name.to_owned())
     }
 
+    /// Flushes now (a revocation must survive a crash of this replica).
+    pub fn flush_now(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())

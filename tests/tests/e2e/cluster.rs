@@ -222,3 +222,161 @@ fn the_deployment_cluster_configuration_is_valid() -> Result<()> {
     }
     Ok(())
 }
+
+/// `deploy/cluster.sh` as documented, from this checkout: kills every process it started when
+/// dropped, whatever the test's outcome.
+struct ClusterScript {
+    script: std::process::Child,
+    state: tempfile::TempDir,
+}
+
+impl ClusterScript {
+    fn kill_matching(&self, pattern: &str) -> Result<()> {
+        let status = std::process::Command::new("pkill").args(["-KILL", "-f", "--", pattern]).status()?;
+        anyhow::ensure!(status.success(), "no process matches {pattern}");
+        Ok(())
+    }
+
+    fn running(&self) -> bool {
+        let state = self.state.path().display().to_string();
+        std::process::Command::new("pgrep")
+            .args(["-f", "--", &state])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for ClusterScript {
+    fn drop(&mut self) {
+        // The script and everything it started (its own process group; the simulator's command
+        // line does not name the state folder).
+        let group = format!("-{}", self.script.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.script.kill();
+        let state = self.state.path().display().to_string();
+        let _ = std::process::Command::new("pkill").args(["-KILL", "-f", "--", &state]).status();
+    }
+}
+
+async fn healthy(url: &str) -> bool {
+    matches!(reqwest::get(url).await, Ok(r) if r.status().is_success())
+}
+
+/// The documented cluster command (deploy/cluster.sh, on the built debug binaries): three NATS
+/// nodes, the services, two gateway replicas sharing the operators and sessions, the simulator;
+/// a NATS node or a gateway replica killed is started again while the rest serves; TERM stops
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_cluster_sh_runs_three_nodes_and_two_gateway_replicas_and_restarts_the_dead() -> Result<()> {
+    let _alone = tests::HEAVY.lock().await;
+    let state = tempfile::tempdir()?;
+    let territory = tests::test_territory()?;
+    let (http, grpc) = (tests::free_port()?, tests::free_port()?);
+    // Above 8080 and 50060 the script takes the next ports for replica 2: ports of its own.
+    let http2 = http + 1;
+    anyhow::ensure!(std::net::TcpListener::bind(("127.0.0.1", http2)).is_ok(), "port {http2} is taken; run again");
+    let mut command = std::process::Command::new("bash");
+    command.arg(repo_root().join("deploy/cluster.sh")).current_dir(repo_root());
+    // The binaries and the console the test run built (a build here would rewrite the console's
+    // files under the other tests' gateways).
+    command.env("VIGIE_STATE_DIR", state.path()).env("VIGIE_PROFILE", "dev").env("VIGIE_BUILD", "0");
+    command.env("VIGIE_TERRITORY", territory.path()).env("VIGIE_HTTP_PORT", http.to_string());
+    command.env("VIGIE_GATEWAY_GRPC_PORT", grpc.to_string());
+    for name in ["LIGHTING", "TRANSPORT", "WATER", "REPORTS", "TRANSPORT_HTTP", "REPORTS_HTTP"] {
+        command.env(format!("VIGIE_{name}_PORT"), tests::free_port()?.to_string());
+    }
+    let log = std::fs::File::create(state.path().join("cluster-sh.log"))?;
+    command.stdout(std::process::Stdio::piped()).stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut script = command.spawn()?;
+    let stdout = script.stdout.take().context("stdout")?;
+    let mut script = ClusterScript { script, state };
+    let state = script.state.path().to_owned();
+    let started = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("Vigie is running"))
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(600), started).await;
+    if !matches!(ready, Ok(Ok(Some(_)))) {
+        let log = std::fs::read_to_string(state.join("cluster-sh.log")).unwrap_or_default();
+        bail!("deploy/cluster.sh did not start: {}", log.lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+    }
+    let credentials = std::fs::read_to_string(state.join("credentials.txt"))?;
+    let password = credentials
+        .lines()
+        .find_map(|l| l.strip_prefix("superviseur "))
+        .context("the supervisor's password in credentials.txt")?
+        .to_owned();
+    let (a, b) = (format!("127.0.0.1:{http}"), format!("127.0.0.1:{http2}"));
+    let login = |gateway: String| {
+        let password = password.clone();
+        async move {
+            let body = serde_json::json!({"login": "superviseur", "password": password});
+            let (status, answer) = tests::http_post_json_as(&gateway, "/api/v1/auth/login", &body, None).await?;
+            anyhow::ensure!(status == 200, "login at {gateway}: {status} {answer}");
+            answer["access_token"].as_str().map(str::to_owned).context("access token")
+        }
+    };
+    // One operator, two replicas: logged in at A, live at B with A's token.
+    let token = login(a.clone()).await?;
+    login(b.clone()).await?;
+    let mut live = LiveClient::connect_as(&format!("ws://{b}/ws"), Some(&token), None).await?;
+    assert_eq!(live.next().await?["type"], "snapshot");
+    // The streams and the access directory keep a copy on each node.
+    let jsz =
+        reqwest::get("http://127.0.0.1:8222/jsz?streams=true&config=true").await?.json::<serde_json::Value>().await?;
+    let streams: Vec<(String, u64)> = jsz["account_details"][0]["stream_detail"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|s| {
+                    (s["name"].as_str().unwrap_or("").to_owned(), s["config"]["num_replicas"].as_u64().unwrap_or(0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in ["VIGIE_EVENTS", "VIGIE_REVOCATIONS", "KV_VIGIE_ACCESS"] {
+        assert!(streams.contains(&(name.to_owned(), 3)), "{name} with 3 replicas on node 1: {streams:?}");
+    }
+
+    // A NATS node killed is started again by the supervision; the gateways serve meanwhile.
+    script.kill_matching(&format!("-sd {}/nats-2", state.display()))?;
+    login(a.clone()).await.context("a login while a NATS node is down")?;
+    eventually("NATS node 2 back", Duration::from_secs(60), || async {
+        Ok(healthy("http://127.0.0.1:8223/healthz").await.then_some(()))
+    })
+    .await?;
+    // A gateway replica killed: the other serves, and it comes back.
+    script.kill_matching(&format!("--store {}/gateway --ui-dir", state.display()))?;
+    login(b.clone()).await.context("a login at B while A is down")?;
+    eventually("gateway replica A back", Duration::from_secs(60), || async {
+        Ok(healthy(&format!("http://{a}/health")).await.then_some(()))
+    })
+    .await?;
+    login(a.clone()).await.context("a login at A once it is back")?;
+
+    // TERM stops everything it started.
+    let pid = script.script.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
+    let group = format!("-{pid}");
+    let group_alive = || {
+        std::process::Command::new("kill")
+            .args(["-0", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stopped = false;
+    while Instant::now() < deadline && !stopped {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Reaped first: an exited script not waited for would still count in its group.
+        stopped = script.script.try_wait()?.is_some() && !script.running() && !group_alive();
+    }
+    if !stopped {
+        let left = std::process::Command::new("ps").args(["-o", "pid,cmd", "-g", &pid]).output()?;
+        bail!("left running after TERM:\n{}", String::from_utf8_lossy(&left.stdout));
+    }
+    Ok(())
+}

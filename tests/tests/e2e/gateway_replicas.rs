@@ -87,6 +87,37 @@ async fn two_gateway_replicas_share_the_access_directory_and_the_stream() -> Res
     assert_eq!(http_get_as(&b, "/api/v1/alarms", Some(&access)).await?.0, 401);
     assert_eq!(http_get_as(&b, "/api/v1/alarms", Some(&access_b)).await?.0, 200, "another session stands");
 
+    // The replicas' watch keeps up past the bus's flow control (JetStream pauses a push consumer
+    // that does not answer it, about every 2 MiB): 4 MiB of other sessions written meanwhile.
+    let js = async_nats::jetstream::new(slice.nats.client_as("gateway").await?);
+    let bucket = js.get_key_value(gateway::directory::BUCKET).await?;
+    let mut acks = Vec::new();
+    for i in 0..10_000 {
+        let sid = format!("flood{i}");
+        let key = gateway::directory::Key::Session { login: "flood".into(), sid: sid.clone() }.encode()?;
+        let record = json!({"sid": sid, "login": "flood", "generation": 0, "expires_at": 4_000_000_000u64,
+            "revoked": false, "padding": "x".repeat(300)});
+        acks.push(js.publish(format!("{}{key}", bucket.prefix), serde_json::to_vec(&record)?.into()).await?);
+        // The client holds a bounded number of unanswered publishes.
+        if acks.len() == 200 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let (access, _) = session(&a, "op-nord").await?;
+    let mut at_b = LiveClient::connect_as(&format!("ws://{b}/ws"), Some(&access), None).await?;
+    assert_eq!(at_b.next().await?["type"], "snapshot");
+    let (status, _) = http_post_json_as(&a, "/api/v1/auth/logout", &json!({}), Some(&access)).await?;
+    assert_eq!(status, 204);
+    let code = tokio::time::timeout(Duration::from_secs(5), at_b.close_code())
+        .await
+        .context("after 4 MiB of directory writes, a logout at A must still close the socket at B")??;
+    assert_eq!(code, proto::live::close_code::REVOKED);
+
     // A refresh token asked at both replicas at once: one answer, and the session is closed for
     // the other (as a reused token): the winner's tokens stop working everywhere.
     let (_, refresh_token) = session(&a, "op-nord").await?;
@@ -198,5 +229,55 @@ async fn two_gateway_replicas_share_the_access_directory_and_the_stream() -> Res
     let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).filter(|id| wanted.contains(id)).collect();
     assert_eq!(ids, missed.iter().map(String::as_str).collect::<Vec<_>>(), "the missed reports, in order");
     b_process.terminate()?;
+    Ok(())
+}
+
+/// A logout while the bus is away is kept by the replica that took it (durably: across its own
+/// crash) and reaches the other replica when the bus is back; removing a login at one replica
+/// revokes every credential of theirs, wherever it was issued.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logout_without_the_bus_is_kept_and_a_removed_login_loses_its_credentials_everywhere() -> Result<()> {
+    let mut slice = Slice::start().await?;
+    let b_store = tempfile::tempdir()?;
+    let (_b_process, b) = slice.start_gateway_replica(b_store.path(), &[])?;
+    let a = slice.gateway_addr.clone();
+    let admin = tests::login_token(&a, tests::ADMIN).await?;
+
+    // An integrator's credential issued at A, its login removed at B: refused at both.
+    let body = json!({"login": "sig-externe", "domains": ["lighting"], "all_communes": true});
+    let (status, answer) = http_post_json_as(&a, "/api/v1/admin/integrators", &body, Some(&admin)).await?;
+    assert_eq!(status, 201, "{answer}");
+    let credential = answer["token"].as_str().context("token")?.to_owned();
+    assert_eq!(http_get_as(&b, "/api/v1/auth/me", Some(&credential)).await?.0, 200);
+    let (status, answer) = tests::http_delete_as(&b, "/api/v1/admin/operators/sig-externe", &admin).await?;
+    assert_eq!(status, 204, "{answer}");
+    for gateway in [&a, &b] {
+        tests::eventually("the removed login's credential refused", Duration::from_secs(2), || async {
+            Ok((http_get_as(gateway, "/api/v1/auth/me", Some(&credential)).await?.0 == 401).then_some(()))
+        })
+        .await?;
+    }
+
+    // A logout at A while NATS is stopped: taken (204), the token refused at A at once, and
+    // still after A is killed and started again without the bus.
+    let body = json!({"login": "op-sud", "password": TEST_PASSWORD, "role": "operator", "communes": ["34129"]});
+    let (status, answer) = http_post_json_as(&a, "/api/v1/admin/operators", &body, Some(&admin)).await?;
+    assert_eq!(status, 201, "{answer}");
+    let (access, _) = session(&a, "op-sud").await?;
+    assert_eq!(http_get_as(&b, "/api/v1/auth/me", Some(&access)).await?.0, 200);
+    slice.nats.stop()?;
+    let (status, answer) = http_post_json_as(&a, "/api/v1/auth/logout", &json!({}), Some(&access)).await?;
+    assert_eq!(status, 204, "a logout without the bus is taken: {answer}");
+    assert_eq!(http_get_as(&a, "/api/v1/auth/me", Some(&access)).await?.0, 401);
+    slice.gateway.kill()?;
+    let from = slice.gateway.restart()?;
+    let a = slice.gateway.wait_for_addr("HTTP listening", from)?;
+    assert_eq!(http_get_as(&a, "/api/v1/auth/me", Some(&access)).await?.0, 401, "the logout survived A's crash");
+    // The bus back, B learns of it.
+    slice.nats.restart()?;
+    tests::eventually("the logout taken without the bus reaches B", Duration::from_secs(20), || async {
+        Ok((http_get_as(&b, "/api/v1/auth/me", Some(&access)).await?.0 == 401).then_some(()))
+    })
+    .await?;
     Ok(())
 }
