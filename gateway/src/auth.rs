@@ -103,7 +103,20 @@ impl Keys {
     /// Reads the key at `path`, or generates one there (and its public half at `<path>.pub`)
     /// when the file does not exist.
     pub fn load_or_generate(path: &Path) -> anyhow::Result<Keys> {
+        Keys::load_or(path, true)
+    }
+
+    /// Reads the key at `path`, which must exist (an administration command of a running
+    /// deployment never makes a key of its own).
+    pub fn load(path: &Path) -> anyhow::Result<Keys> {
+        Keys::load_or(path, false)
+    }
+
+    fn load_or(path: &Path, generate: bool) -> anyhow::Result<Keys> {
         use anyhow::Context;
+        if !generate && !path.exists() {
+            anyhow::bail!("no signing key at {} (--auth-key)", path.display());
+        }
         let signing = if path.exists() {
             let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             SigningKey::from_pkcs8_pem(&pem)
@@ -120,7 +133,11 @@ impl Keys {
         };
         let verifying = signing.verifying_key();
         let public = verifying.to_public_key_pem(Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        std::fs::write(public_key_path(path), public)?;
+        // Written unless it is there already (a mounted Secret is read-only and holds both).
+        let public_path = public_key_path(path);
+        if std::fs::read_to_string(&public_path).ok().as_deref() != Some(public.as_str()) {
+            std::fs::write(&public_path, public).with_context(|| format!("writing {}", public_path.display()))?;
+        }
         Ok(Keys { signing, verifier: TokenVerifier::new(verifying) })
     }
 

@@ -139,7 +139,8 @@ pub struct Directory {
 
 struct Inner {
     store: Store,
-    authority: Arc<Authority>,
+    /// None for an administration command (no sessions of its own to close).
+    authority: Option<Arc<Authority>>,
     communes: Communes,
     bucket: tokio::sync::OnceCell<kv::Store>,
     /// True once the copy has caught up with the bucket (at each start).
@@ -147,7 +148,7 @@ struct Inner {
 }
 
 impl Directory {
-    pub fn new(store: Store, authority: Arc<Authority>, communes: Communes) -> Directory {
+    pub fn new(store: Store, authority: Option<Arc<Authority>>, communes: Communes) -> Directory {
         Directory {
             inner: Arc::new(Inner {
                 store,
@@ -334,7 +335,7 @@ impl Directory {
     /// copy says so after a crash), then in the bucket, where the other replicas' watch finds
     /// it; when the bus cannot take it, it is kept here and uploaded when it can.
     pub async fn revoke_session(&self, login: &str, sid: &str) -> Result<(), DirectoryError> {
-        self.inner.authority.revoke(sid);
+        self.revoke_here(sid);
         if let Some(session) = self.inner.store.session(sid)? {
             self.copy_session(&SessionRecord { revoked: true, ..session })?;
             self.inner.store.flush_now()?;
@@ -358,8 +359,17 @@ impl Directory {
             (next, ())
         })
         .await?;
-        self.inner.authority.revoke(sid);
+        self.revoke_here(sid);
         Ok(())
+    }
+
+    /// Closes a session's sockets and refuses its tokens at this replica.
+    fn revoke_here(&self, sid: &str) {
+        if let Some(authority) = &self.inner.authority
+            && !authority.is_revoked(sid)
+        {
+            authority.revoke(sid);
+        }
     }
 
     /// Writes a session to the copy, merged with what the copy has: revoked stays revoked and
@@ -374,8 +384,8 @@ impl Directory {
             None => session.clone(),
         };
         self.inner.store.put_session(&merged)?;
-        if merged.revoked && !self.inner.authority.is_revoked(&merged.sid) {
-            self.inner.authority.revoke(&merged.sid);
+        if merged.revoked {
+            self.revoke_here(&merged.sid);
         }
         Ok(())
     }

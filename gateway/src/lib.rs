@@ -144,6 +144,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub snapshots_per_login: u32,
 
+    /// Administration commands (add-operator, …) write to the running deployment's access
+    /// directory over NATS (`--nats-url`, the gateway's NATS user), not to a stopped gateway's
+    /// store: for a gateway that runs, e.g. in its pod.
+    #[arg(long, global = true)]
+    pub online: bool,
+
     #[command(flatten)]
     pub common: CommonConfig,
 
@@ -151,8 +157,9 @@ pub struct Config {
     pub command: Option<Command>,
 }
 
-/// Administration on the gateway's store, while the gateway is stopped (sled allows one process;
-/// while it runs, use the admin API `/api/v1/admin/...`).
+/// Administration on the gateway's store, while the gateway is stopped (sled allows one process):
+/// the next start uploads it to the shared access directory. With `--online`, on the running
+/// deployment's directory over NATS instead (or use the admin API `/api/v1/admin/...`).
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Adds a commune to the deployment (one the territory does not have yet).
@@ -200,8 +207,12 @@ fn key_path(config: &Config) -> std::path::PathBuf {
     config.auth_key.clone().unwrap_or_else(|| config.store.join("auth-key.pem"))
 }
 
-/// Runs an administration command on the store (see [`Command`]).
-pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
+/// Runs an administration command on the store, or with `--online` on the access directory
+/// (see [`Command`]).
+pub async fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
+    if config.online {
+        return administer_online(config, command).await;
+    }
     let store = store::Store::open(&config.store)
         .with_context(|| format!("opening the store {} (is the gateway running?)", config.store.display()))?;
     let mut communes = basemap::Basemap::load(config.territory.as_deref())?.commune_names();
@@ -222,11 +233,7 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
             if store.operator(login)?.is_some() {
                 anyhow::bail!("operator {login} exists already");
             }
-            let mut password = String::new();
-            std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
-            let password = password.trim_end_matches(['\n', '\r']);
-            access::check_password(password).map_err(anyhow::Error::msg)?;
-            let hash = auth::hash_password(password)?;
+            let hash = password_from_stdin()?;
             let operator = access::new_operator(&communes, login, hash, role, *all_communes, scope, &[])
                 .map_err(anyhow::Error::msg)?;
             directory::offline::put_operator(&store, &operator)?;
@@ -261,6 +268,94 @@ pub fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads an operator's password from standard input (one line) and hashes it.
+fn password_from_stdin() -> anyhow::Result<String> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    access::check_password(password).map_err(anyhow::Error::msg)?;
+    auth::hash_password(password)
+}
+
+/// An administration command on the running deployment's access directory, over NATS. Its copy
+/// of the directory lives in a scratch store under `--store`, removed after.
+async fn administer_online(config: &Config, command: &Command) -> anyhow::Result<()> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+    let nats = tokio::time::timeout(PATIENCE, runtime::bus::connect(&config.common, "vigie-gateway-admin"))
+        .await
+        .context("NATS did not answer within 10 s (--nats-url)")??;
+    let scratch = config.store.join(format!("admin-{}", std::process::id()));
+    let result = async {
+        let store = store::Store::open(&scratch)?;
+        let mut communes = basemap::Basemap::load(config.territory.as_deref())?.commune_names();
+        communes.extend(store.tenants()?);
+        let communes: access::Communes = Arc::new(std::sync::RwLock::new(communes));
+        let directory = directory::Directory::new(store, None, communes.clone());
+        let stop = CancellationToken::new();
+        let following = tokio::spawn(directory.clone().follow(
+            runtime::bus::jetstream(&nats),
+            usize::from(config.common.stream.replicas),
+            stop.clone(),
+        ));
+        let done = async {
+            anyhow::ensure!(directory.caught_up(PATIENCE).await, "the access directory did not answer within 10 s");
+            let communes = communes.read().map(|c| c.clone()).unwrap_or_default();
+            match command {
+                Command::AddCommune { id, name } => {
+                    let id = proto::ids::CommuneId::parse(id)?;
+                    anyhow::ensure!(!name.trim().is_empty(), "--name is required");
+                    directory.put_commune(id.as_str(), name.trim()).await?;
+                    println!("commune {id} added");
+                }
+                Command::AddOperator { login, role, communes: scope, all_communes } => {
+                    let role = auth::Role::parse(role)
+                        .filter(|r| *r != auth::Role::Integrator)
+                        .ok_or_else(|| anyhow::anyhow!("--role is supervisor, operator, viewer or admin"))?;
+                    let hash = password_from_stdin()?;
+                    let operator = access::new_operator(&communes, login, hash, role, *all_communes, scope, &[])
+                        .map_err(anyhow::Error::msg)?;
+                    anyhow::ensure!(directory.create_operator(&operator).await?, "login {login} exists already");
+                    println!("operator {login} added ({})", role.as_str());
+                }
+                Command::AddIntegrator { login, domains, communes: scope, all_communes } => {
+                    let record = access::new_operator(
+                        &communes,
+                        login,
+                        String::new(),
+                        auth::Role::Integrator,
+                        *all_communes,
+                        scope,
+                        domains,
+                    )
+                    .map_err(anyhow::Error::msg)?;
+                    let keys = auth::Keys::load(&key_path(config)).context("the signing key (--auth-key)")?;
+                    let authority =
+                        auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, Default::default());
+                    anyhow::ensure!(directory.create_operator(&record).await?, "login {login} exists already");
+                    let (session, token) = access::integrator_credential(&authority, &record);
+                    directory.create_session(&session).await?;
+                    println!("{token}");
+                }
+                Command::ListOperators => {
+                    for o in directory.operators()? {
+                        let scope = if o.all_communes { "all communes".to_owned() } else { o.communes.join(",") };
+                        println!("{}\t{}\t{scope}", o.login, o.role.as_str());
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        stop.cancel();
+        let _ = following.await;
+        done
+    }
+    .await;
+    let _ = nats.flush().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }
 
 pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -320,7 +415,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let mut communes = basemap.commune_names();
     communes.extend(store.tenants()?);
     let communes: access::Communes = Arc::new(std::sync::RwLock::new(communes));
-    let directory = directory::Directory::new(store.clone(), authority.clone(), communes.clone());
+    let directory = directory::Directory::new(store.clone(), Some(authority.clone()), communes.clone());
     tokio::spawn(directory.clone().follow(
         runtime::bus::jetstream(&nats),
         usize::from(config.common.stream.replicas),

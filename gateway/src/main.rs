@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     let config = gateway::Config::parse();
     runtime::telemetry::init(&config.common.log_format);
     if let Some(command) = &config.command {
-        return match gateway::administer(&config, command) {
+        return match gateway::administer(&config, command).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vigie-gateway: {e:#}");

@@ -42,6 +42,13 @@ fn validate(overlay: &str, rendered: &str) -> Result<()> {
     Ok(())
 }
 
+/// The rendered gateway Deployment.
+fn gateway(rendered: &str) -> Option<&str> {
+    rendered
+        .split("\n---\n")
+        .find(|doc| doc.starts_with("apiVersion: apps/v1\nkind: Deployment\n") && doc.contains("\n  name: gateway\n"))
+}
+
 #[test]
 fn the_kubernetes_overlays_render_and_validate() -> Result<()> {
     let Some(single) = render("single-node")? else {
@@ -57,7 +64,7 @@ fn the_kubernetes_overlays_render_and_validate() -> Result<()> {
     // Every object, each overlay: the NATS StatefulSet, the four services and the gateway, their
     // Services, the policies.
     for (overlay, rendered) in [("single-node", &single), ("cluster", &cluster)] {
-        for name in ["nats", "lighting", "transport", "water", "reports", "gateway"] {
+        for name in ["nats", "lighting", "transport", "water", "reports"] {
             anyhow::ensure!(
                 rendered.contains(&format!(
                     "kind: StatefulSet\nmetadata:\n  labels:\n    app.kubernetes.io/part-of: vigie\n  name: {name}\n"
@@ -65,6 +72,8 @@ fn the_kubernetes_overlays_render_and_validate() -> Result<()> {
                 "{overlay}: no StatefulSet {name}"
             );
         }
+        // The gateway's replicas are interchangeable (the access directory is shared).
+        anyhow::ensure!(gateway(rendered).is_some(), "{overlay}: no Deployment gateway");
         anyhow::ensure!(rendered.matches("kind: NetworkPolicy").count() >= 5, "{overlay}: its network policies");
         // NATS's users and permissions are the single machine's file, as it is.
         let authorization = std::fs::read_to_string(repo_root().join("deploy/nats/authorization.conf"))?;
@@ -85,6 +94,16 @@ fn the_kubernetes_overlays_render_and_validate() -> Result<()> {
     for node in 0..3 {
         assert!(cluster.contains(&format!("nats-route://nats-{node}.nats:6222")), "cluster: a route to nats-{node}");
     }
-    assert!(cluster.contains("kind: PodDisruptionBudget"), "cluster: a disruption budget for NATS");
+    for (name, available) in [("nats", 2), ("gateway", 1)] {
+        assert!(
+            cluster.contains(&format!("  name: {name}\n  namespace: vigie\nspec:\n  minAvailable: {available}\n")),
+            "cluster: a disruption budget for {name}, in the deployment's namespace"
+        );
+    }
+    fn replicas(rendered: &str) -> Option<&str> {
+        gateway(rendered)?.lines().find(|l| l.trim().starts_with("replicas:"))
+    }
+    assert_eq!(replicas(&single).map(str::trim), Some("replicas: 1"), "single-node: one gateway");
+    assert_eq!(replicas(&cluster).map(str::trim), Some("replicas: 2"), "cluster: two gateway replicas");
     Ok(())
 }

@@ -258,6 +258,27 @@ async fn a_logout_without_the_bus_is_kept_and_a_removed_login_loses_its_credenti
         .await?;
     }
 
+    // The command line on a running deployment (`--online`, as in a gateway's pod): at once at
+    // both replicas, with no store of a gateway touched.
+    let scratch = tempfile::tempdir()?;
+    let mut args = slice.nats.credentials("gateway");
+    args.extend(["--store".to_owned(), scratch.path().display().to_string(), "--online".to_owned()]);
+    args.extend(["--territory".to_owned(), slice.territory.path().display().to_string()]);
+    args.extend(["add-operator", "--login", "astreinte", "--role", "viewer", "--communes", "34172"].map(String::from));
+    let mut child = std::process::Command::new(tests::vigie_binary("vigie-gateway")?)
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    child.stdin.take().context("stdin")?.write_all(format!("{TEST_PASSWORD}\n").as_bytes())?;
+    let output = child.wait_with_output()?;
+    assert!(output.status.success(), "add-operator --online: {}", String::from_utf8_lossy(&output.stderr));
+    session(&b, "astreinte").await.context("an operator added online logs in at B")?;
+    session(&a, "astreinte").await.context("and at A")?;
+    assert_eq!(std::fs::read_dir(scratch.path())?.count(), 0, "the command's scratch copy is removed");
+
     // A logout at A while NATS is stopped: taken (204), the token refused at A at once, and
     // still after A is killed and started again without the bus.
     let body = json!({"login": "op-sud", "password": TEST_PASSWORD, "role": "operator", "communes": ["34129"]});
