@@ -19,6 +19,9 @@ pub struct NatsServer {
     authorization: bool,
     /// Lines added to each node's configuration (e.g. a smaller `max_payload`).
     extra_config: String,
+    /// A cluster whose routes pass through links ([`NatsServer::start_cluster_partitionable`]):
+    /// `route_links[i][j]` carries node i's route to node j (none for i == j).
+    route_links: Vec<Vec<Option<Link>>>,
 }
 
 /// One nats-server process: its ports (kept across restarts), its store and its log.
@@ -61,6 +64,51 @@ impl NatsServer {
         Ok(cluster)
     }
 
+    /// A cluster whose every route (each pair, each way) passes through a [`Link`], so that a
+    /// test cuts one node off from the others ([`NatsServer::isolate_node`]) while its clients
+    /// stay connected to it: a network partition. The nodes advertise no route address, so that
+    /// none learns a way round the links.
+    pub fn start_cluster_partitionable(nodes: usize) -> Result<NatsServer> {
+        let mut cluster = NatsServer::new(nodes, true, "")?;
+        for node in &mut cluster.nodes {
+            node.cluster_port = crate::free_port()?;
+        }
+        let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.cluster_port).collect();
+        cluster.route_links = (0..nodes)
+            .map(|i| {
+                (0..nodes)
+                    .map(|j| (i != j).then(|| Link::to(&format!("127.0.0.1:{}", ports[j]))).transpose())
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        for node in 0..nodes {
+            cluster.spawn(node)?;
+        }
+        cluster.wait_jetstream_cluster()?;
+        Ok(cluster)
+    }
+
+    /// Cuts every route of node `index` (both ways): its clients stay connected to it, it reaches
+    /// no other node.
+    pub fn isolate_node(&self, index: usize) {
+        self.set_routes_of(index, LinkState::Cut);
+    }
+
+    /// Opens node `index`'s routes again.
+    pub fn heal_node(&self, index: usize) {
+        self.set_routes_of(index, LinkState::Open);
+    }
+
+    fn set_routes_of(&self, index: usize, state: LinkState) {
+        for (i, links) in self.route_links.iter().enumerate() {
+            for (j, link) in links.iter().enumerate() {
+                if let Some(link) = link.as_ref().filter(|_| i == index || j == index) {
+                    link.set(state);
+                }
+            }
+        }
+    }
+
     fn new(nodes: usize, authorization: bool, extra_config: &str) -> Result<NatsServer> {
         let passwords = if authorization {
             NATS_USERS.iter().map(|u| (*u, format!("v{:032x}", rand::random::<u128>()))).collect()
@@ -72,7 +120,13 @@ impl NatsServer {
                 Ok(Node { child: None, port: 0, cluster_port: 0, monitor: String::new(), dir: tempfile::tempdir()? })
             })
             .collect::<Result<Vec<Node>>>()?;
-        Ok(NatsServer { nodes, passwords, authorization, extra_config: extra_config.to_owned() })
+        Ok(NatsServer {
+            nodes,
+            passwords,
+            authorization,
+            extra_config: extra_config.to_owned(),
+            route_links: Vec::new(),
+        })
     }
 
     /// The flags a process connects as `user` with (`--nats-url`, `--nats-user`, `--nats-password`).
@@ -103,10 +157,19 @@ impl NatsServer {
         // Routes to every other node whose cluster port is known. The first node, started before
         // the others' ports exist, gets a route nobody answers (nats-server starts clustered
         // JetStream only with a route configured): the others route to it, and it learns them.
-        let mut routes: Vec<String> = (self.nodes.iter().enumerate())
-            .filter(|(i, n)| *i != index && n.cluster_port != 0)
-            .map(|(_, n)| format!("\"nats-route://127.0.0.1:{}\"", n.cluster_port))
-            .collect();
+        let mut routes: Vec<String> = match self.route_links.get(index) {
+            Some(links) => {
+                links.iter().flatten().map(|l| format!("\"{}\"", l.url().replace("nats://", "nats-route://"))).collect()
+            }
+            None => (self.nodes.iter().enumerate())
+                .filter(|(i, n)| *i != index && n.cluster_port != 0)
+                .map(|(_, n)| format!("\"nats-route://127.0.0.1:{}\"", n.cluster_port))
+                .collect(),
+        };
+        // Through links, a node must not tell the others its own address (they would route to
+        // it directly, round the links).
+        let advertise =
+            if self.route_links.is_empty() { "" } else { ", no_advertise: true, advertise: \"127.0.0.1:1\"" };
         if routes.is_empty() {
             routes.push("\"nats-route://127.0.0.1:1\"".to_owned());
         }
@@ -121,7 +184,7 @@ impl NatsServer {
         let include = if self.authorization { "include \"./authorization.conf\"\n" } else { "" };
         let cluster = if clustered {
             format!(
-                "server_name: n{index}\ncluster {{ name: vigie-test, listen: \"127.0.0.1:{}\", routes: [{}] }}\n",
+                "server_name: n{index}\ncluster {{ name: vigie-test, listen: \"127.0.0.1:{}\", routes: [{}]{advertise} }}\n",
                 if node.cluster_port == 0 { -1 } else { i64::from(node.cluster_port) },
                 routes.join(", "),
             )
@@ -291,10 +354,15 @@ impl NatsServer {
     }
 
     /// The last sequence of `stream` in node `index`'s copy (`/jsz`), if it has one.
-    pub async fn stream_last_seq(&self, index: usize, stream: &str) -> Result<Option<u64>> {
+    /// Node `index`'s `/jsz?streams=true` (its streams, their state and leaders).
+    pub async fn jsz(&self, index: usize) -> Result<serde_json::Value> {
         let node = &self.nodes[index];
         let (_, body) = http_get(&node.monitor, "/jsz?streams=true").await?;
-        let jsz: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    pub async fn stream_last_seq(&self, index: usize, stream: &str) -> Result<Option<u64>> {
+        let jsz = self.jsz(index).await?;
         let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
         Ok(accounts
             .iter()

@@ -380,3 +380,86 @@ async fn deploy_cluster_sh_runs_three_nodes_and_two_gateway_replicas_and_restart
     }
     Ok(())
 }
+
+/// The leader of a stream as node `index` reports it (`/jsz`), if any.
+async fn stream_leader(cluster: &NatsServer, index: usize, stream: &str) -> Result<Option<String>> {
+    let jsz = cluster.jsz(index).await?;
+    let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
+    Ok(accounts
+        .iter()
+        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == stream)
+        .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned)))
+}
+
+/// A network partition: node 0 cut off from the two others (its routes cut by the harness's
+/// links), while the lighting service and the gateway stay connected to it. The majority elects
+/// its own leaders; the writes the lighting service acknowledges meanwhile wait in its outbox
+/// (the isolated node cannot commit them: no quorum), and reach the stream once the partition
+/// heals. Nothing acknowledged is lost or doubled, and the three nodes end with one history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_cut_off_from_the_others_acknowledges_nothing_it_then_loses() -> Result<()> {
+    let _alone = tests::HEAVY.lock().await;
+    let cluster = NatsServer::start_cluster_partitionable(3)?;
+    let r3 = ["--stream-replicas", "3"];
+    let slice = Slice::start_linked(cluster, tests::test_territory()?, &r3, &r3).await?;
+    let mut lighting = slice.lighting_client().await?;
+    register_lamp(&mut lighting).await?;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        acknowledged.push(lighting.report_status(report(f64::from(i) / 100.0)).await?.into_inner().event_id);
+    }
+    let (lighting_node, gateway_node) =
+        (slice.nats.node_of("vigie-lighting").await?, slice.nats.node_of("vigie-gateway").await?);
+    assert_eq!((lighting_node, gateway_node), (Some(0), Some(0)), "both processes reach NATS through node 0");
+
+    slice.nats.isolate_node(0);
+    let isolated = Instant::now();
+    // The majority goes on: the events stream gets a leader on node 1 or 2.
+    eventually("a leader of the events stream on the majority", Duration::from_secs(20), || async {
+        let leader = stream_leader(&slice.nats, 1, proto::subject::EVENTS_STREAM).await?;
+        Ok(leader.filter(|l| l != "n0"))
+    })
+    .await?;
+    println!("the majority elected a leader {} ms after the cut", isolated.elapsed().as_millis());
+    // Writes taken by the lighting service while its node is cut off: acknowledged to the caller
+    // (its outbox keeps them), not stored by the stream yet.
+    for i in 20..60 {
+        acknowledged.push(lighting.report_status(report(f64::from(i) / 100.0)).await?.into_inner().event_id);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored_on_majority = slice.nats.stream_last_seq(1, proto::subject::EVENTS_STREAM).await?;
+    slice.nats.heal_node(0);
+    let healed = Instant::now();
+
+    // Every acknowledged write reaches the stream, once; the three nodes agree.
+    let last = acknowledged.last().cloned().context("writes")?;
+    let content = eventually("every acknowledged write in the stream", Duration::from_secs(60), || async {
+        let content = read_events_stream(&slice.nats).await?;
+        Ok(content.ids.contains_key(&last).then_some(content))
+    })
+    .await?;
+    println!("the outbox's writes reached the stream {} ms after the heal", healed.elapsed().as_millis());
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !content.ids.contains_key(*id)).collect();
+    let doubled: Vec<(&String, &usize)> = content.ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    assert!(
+        stored_on_majority.unwrap_or(0) < content.last,
+        "the writes made during the partition were stored after it healed"
+    );
+    eventually("the three nodes agree on the events stream", Duration::from_secs(30), || async {
+        let mut seqs = Vec::new();
+        for node in 0..3 {
+            seqs.push(slice.nats.stream_last_seq(node, proto::subject::EVENTS_STREAM).await?);
+        }
+        Ok(seqs.iter().all(|s| *s == Some(content.last)).then_some(()))
+    })
+    .await?;
+    // And the console's view is current with the whole stream, live.
+    let mut live = slice.live_client().await?;
+    live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "live" && f["seq"].as_u64() >= Some(content.last))
+        .await
+        .context("the gateway live at the stream's last sequence")?;
+    Ok(())
+}
