@@ -89,9 +89,11 @@ impl Consumer {
         }
         self.store.set_stream_created(created)?;
         let applied = self.live.applied_seq();
-        if applied > 0 && state.messages == 0 && state.last_sequence > applied {
+        if state.messages == 0 && state.last_sequence > applied {
             // The stream is empty and ahead of the view: retention dropped every event the view
-            // had not applied. Nothing will arrive to show the gap; the view moves past it.
+            // had not applied (all of them, for a view that has none: a new replica, or one whose
+            // store lost what it had not flushed). Nothing will arrive to show the gap; the view
+            // moves past it.
             let (from, to) = (applied + 1, state.last_sequence);
             self.lost_to_retention(from, to)?;
             let store = &self.store;

@@ -289,6 +289,17 @@ async fn session(
                 if allowance < 0.0 {
                     tracing::warn!(login = %principal.login, "closing a client that sends too many frames");
                     out.close(axum::extract::ws::close_code::POLICY, "too many messages: at most 20 a second").await;
+                    // What it sent meanwhile is read (for a second at most) before the socket is
+                    // dropped: closing over unread bytes resets the connection, and the client
+                    // would lose the close frame and its reason.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(message)) = incoming.next().await {
+                            if matches!(message, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                     return;
                 }
                 match message {

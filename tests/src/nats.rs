@@ -319,6 +319,17 @@ impl NatsServer {
         Ok(())
     }
 
+    /// Stops node `index` gracefully (SIGTERM: a maintenance) and starts it again on its ports
+    /// with its store; returns once it has rejoined the cluster and every node is healthy.
+    pub fn restart_node(&mut self, index: usize) -> Result<()> {
+        let node = self.nodes.get_mut(index).ok_or_else(|| anyhow!("no NATS node {index}"))?;
+        if let Some(mut child) = node.child.take() {
+            signal(&child, nix::sys::signal::Signal::SIGTERM)?;
+            wait_exit(&mut child, "nats-server node to stop")?;
+        }
+        self.start_node(index)
+    }
+
     /// Starts node `index` again on its ports with its store; returns once it has rejoined the
     /// cluster and every node says JetStream is healthy (its copies of the streams caught up).
     pub fn start_node(&mut self, index: usize) -> Result<()> {

@@ -463,3 +463,163 @@ async fn a_nats_node_cut_off_from_the_others_acknowledges_nothing_it_then_loses(
         .context("the gateway live at the stream's last sequence")?;
     Ok(())
 }
+
+/// What a console saw through a rolling restart: the lamp writes delivered as deltas, in order,
+/// and how it got back after each break.
+struct ConsoleLog {
+    delivered: Vec<String>,
+    reconnections: usize,
+    /// Snapshots after the first one: a resume the gateway could not serve.
+    snapshots_after_resume: usize,
+}
+
+/// A console following the live view through gateway replicas' restarts: it reads all along, and
+/// when its replica goes it reconnects to the other with `resume_from` its last sequence.
+async fn roaming_console(gateways: [String; 2], running: Arc<AtomicBool>) -> Result<ConsoleLog> {
+    let mut log = ConsoleLog { delivered: Vec::new(), reconnections: 0, snapshots_after_resume: 0 };
+    let (mut current, mut last_seq) = (0usize, 0u64);
+    'connections: while running.load(Ordering::Relaxed) {
+        let resume = if last_seq == 0 { String::new() } else { format!("&resume_from={last_seq}") };
+        let url = format!("ws://{}/ws?coalesce=false{resume}", gateways[current]);
+        let Ok(mut live) = LiveClient::connect(&url).await else {
+            current = 1 - current;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        loop {
+            let frame = match tokio::time::timeout(Duration::from_secs(1), live.next()).await {
+                Err(_) if running.load(Ordering::Relaxed) => continue,
+                Err(_) => break 'connections,
+                Ok(Err(_)) => {
+                    log.reconnections += 1;
+                    current = 1 - current;
+                    continue 'connections;
+                }
+                Ok(Ok(frame)) => frame,
+            };
+            let seq = frame["seq"].as_u64();
+            match frame["type"].as_str() {
+                Some("snapshot") => {
+                    if last_seq != 0 {
+                        log.snapshots_after_resume += 1;
+                    }
+                    last_seq = seq.unwrap_or(last_seq);
+                }
+                Some("delta") => {
+                    if frame["event"]["kind"] == "streetlight_status" {
+                        log.delivered.push(frame["event"]["id"].as_str().context("event id")?.to_owned());
+                    }
+                    last_seq = last_seq.max(seq.unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(log)
+}
+
+/// A rolling restart of everything under steady writes: the three NATS nodes one by one
+/// (gracefully, as a maintenance does), the lighting service, then each gateway replica, while a
+/// console moves from the replica being restarted to the other with `resume_from`. Every
+/// acknowledged write reaches the stream once and the console once, with no snapshot to start
+/// over; the three nodes and both replicas end at the stream's last sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_everything_under_load_loses_nothing_and_the_console_follows() -> Result<()> {
+    let _alone = tests::HEAVY.lock().await;
+    let cluster = NatsServer::start_cluster(3)?;
+    let r3 = ["--stream-replicas", "3"];
+    let mut slice = Slice::start_on(cluster, tests::test_territory()?, &r3, &r3).await?;
+    let mut client = slice.lighting_client().await?;
+    register_lamp(&mut client).await?;
+    let b_store = tempfile::tempdir()?;
+    let (mut b_process, b) = slice.start_gateway_replica(b_store.path(), &r3)?;
+    let a = slice.gateway_addr.clone();
+    let token = tests::login(&a, tests::SUPERVISOR).await?;
+    tests::use_token(&b, &token);
+
+    let (running, following) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+    let console = tokio::spawn(roaming_console([a.clone(), b.clone()], following.clone()));
+    let writer = {
+        let (mut client, running) = (client.clone(), running.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), 0usize);
+            let mut pace = tokio::time::interval(Duration::from_millis(20));
+            for i in 0.. {
+                pace.tick().await;
+                if !running.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.report_status(report(f64::from(i % 10) / 10.0)).await {
+                    Ok(reply) => acked.push(reply.into_inner().event_id),
+                    Err(_) => failed += 1,
+                }
+            }
+            (acked, failed)
+        })
+    };
+    let pause = || tokio::time::sleep(Duration::from_millis(700));
+    pause().await;
+    for node in 0..3 {
+        slice.nats.restart_node(node)?;
+        pause().await;
+    }
+    slice.lighting.terminate()?;
+    let from = slice.lighting.restart()?;
+    slice.lighting.wait_for_addr("gRPC listening", from)?;
+    pause().await;
+    slice.gateway.terminate()?;
+    let from = slice.gateway.restart()?;
+    slice.gateway.wait_for_log("consuming events", from)?;
+    pause().await;
+    b_process.terminate()?;
+    let from = b_process.restart()?;
+    b_process.wait_for_log("consuming events", from)?;
+    pause().await;
+    let last = client.report_status(report(0.9)).await?.into_inner().event_id;
+    running.store(false, Ordering::Relaxed);
+    let (mut acked, failed) = writer.await?;
+    acked.push(last);
+
+    let content = eventually("every acknowledged write in the stream", Duration::from_secs(30), || async {
+        let content = read_events_stream(&slice.nats).await?;
+        Ok(acked.iter().all(|id| content.ids.contains_key(id)).then_some(content))
+    })
+    .await?;
+    let doubled: Vec<_> = content.ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    // The console: stopped once the stream holds everything, after a last look at both replicas.
+    for gateway in [&a, &b] {
+        let mut live = LiveClient::connect(&format!("ws://{gateway}/ws")).await?;
+        live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "live" && f["seq"].as_u64() >= Some(content.last))
+            .await
+            .with_context(|| format!("replica {gateway} live at the stream's last sequence"))?;
+    }
+    following.store(false, Ordering::Relaxed);
+    let log = console.await??;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &log.delivered {
+        *counts.entry(id).or_default() += 1;
+    }
+    let missed: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(id.as_str())).collect();
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "[rolling] {} writes acknowledged, {failed} refused while the lighting service restarted; the console reconnected {} times",
+        acked.len(),
+        log.reconnections
+    );
+    assert!(log.reconnections >= 2, "the console moved with each replica's restart");
+    assert_eq!(log.snapshots_after_resume, 0, "every reconnection resumed, none started over");
+    assert!(missed.is_empty(), "acknowledged writes the console never received: {missed:?}");
+    assert!(twice.is_empty(), "deltas received twice: {twice:?}");
+    let copies = eventually("every node's copy at the stream's end", Duration::from_secs(15), || async {
+        let mut copies = Vec::new();
+        for node in 0..3 {
+            copies.push(slice.nats.stream_last_seq(node, proto::subject::EVENTS_STREAM).await?);
+        }
+        Ok(copies.iter().all(|c| *c == Some(content.last)).then_some(copies))
+    })
+    .await?;
+    eprintln!("[rolling] the three copies end at {copies:?}");
+    b_process.terminate()?;
+    Ok(())
+}
