@@ -118,6 +118,13 @@ impl Key {
     }
 }
 
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    match (serde_json::from_slice::<serde_json::Value>(a), serde_json::from_slice::<serde_json::Value>(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -207,7 +214,11 @@ impl Directory {
             let failure = match bucket.create(key, value.clone().into()).await {
                 Ok(_) => return Ok(true),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match bucket.get(key).await {
-                    Ok(held) => return Ok(held.is_some_and(|held| held == value)),
+                    // The same record (compared as JSON values: another version may spell it
+                    // with other spacing or order).
+                    Ok(Some(held)) => return Ok(same_json(&held, &value)),
+                    // A follower that has not seen the key yet: asked again.
+                    Ok(None) => "the key exists but was not read back".to_owned(),
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
@@ -237,6 +248,18 @@ impl Directory {
         let key = Key::Operator(login.to_owned()).encode()?;
         let bucket = self.bucket()?;
         let exists = bucket.get(key.as_str()).await.map_err(bus)?.is_some();
+        self.revoke_every_session_of(bucket, login).await?;
+        if exists {
+            bucket.delete(key).await.map_err(bus)?;
+        }
+        // Again: a login at another replica between the first listing and the delete.
+        self.revoke_every_session_of(bucket, login).await?;
+        self.inner.store.remove_operator(login)?;
+        Ok(exists)
+    }
+
+    /// Revokes every session of `login` the bucket or this copy has.
+    async fn revoke_every_session_of(&self, bucket: &kv::Store, login: &str) -> Result<(), DirectoryError> {
         let mut sids: std::collections::BTreeSet<String> =
             self.inner.store.sessions()?.into_iter().filter(|s| s.login == login).map(|s| s.sid).collect();
         let filter = format!("{}session.{}.*", bucket.prefix, hex(login));
@@ -250,11 +273,7 @@ impl Directory {
         for sid in &sids {
             self.revoke_session_with(login, sid, PATIENCE).await?;
         }
-        if exists {
-            bucket.delete(key).await.map_err(bus)?;
-        }
-        self.inner.store.remove_operator(login)?;
-        Ok(exists)
+        Ok(())
     }
 
     /// A new session or credential.
@@ -282,8 +301,9 @@ impl Directory {
         let key = Key::Session { login: login.to_owned(), sid: sid.to_owned() }.encode()?;
         let bucket = self.bucket()?;
         let deadline = tokio::time::Instant::now() + patience;
-        // A write whose answer was lost: the session it wrote, and what it meant.
-        let mut unanswered: Option<(SessionRecord, T)> = None;
+        // The writes whose answer was lost: the session each wrote, and what it meant. One may
+        // land late, or be read from a follower that has not seen it yet: all are remembered.
+        let mut unanswered: Vec<(SessionRecord, T)> = Vec::new();
         let mut conflicts = 0;
         loop {
             let failure = match bucket.entry(key.as_str()).await {
@@ -292,9 +312,8 @@ impl Directory {
                         return Ok(None);
                     };
                     let current: SessionRecord = serde_json::from_slice(&entry.value)?;
-                    if let Some((written, outcome)) = unanswered.take()
-                        && written == current
-                    {
+                    if let Some(ours) = unanswered.iter().position(|(written, _)| *written == current) {
+                        let (_, outcome) = unanswered.swap_remove(ours);
                         self.copy_session(&current)?;
                         return Ok(Some((current, outcome)));
                     }
@@ -317,7 +336,7 @@ impl Directory {
                             continue;
                         }
                         Err(e) => {
-                            unanswered = Some((next, outcome));
+                            unanswered.push((next, outcome));
                             e.to_string()
                         }
                     }
@@ -336,17 +355,26 @@ impl Directory {
     /// it; when the bus cannot take it, it is kept here and uploaded when it can.
     pub async fn revoke_session(&self, login: &str, sid: &str) -> Result<(), DirectoryError> {
         self.revoke_here(sid);
-        if let Some(session) = self.inner.store.session(sid)? {
-            self.copy_session(&SessionRecord { revoked: true, ..session })?;
-            self.inner.store.flush_now()?;
-        }
+        let key = Key::Session { login: login.to_owned(), sid: sid.to_owned() }.encode()?;
+        // Kept here and marked for upload before the bus is tried (`mark_pending` flushes): a
+        // crash meanwhile does not lose it.
+        let kept = match self.inner.store.session(sid)? {
+            Some(session) => {
+                self.copy_session(&SessionRecord { revoked: true, ..session })?;
+                self.inner.store.mark_pending(&key)?;
+                true
+            }
+            None => false,
+        };
         match self.revoke_session_with(login, sid, LOGOUT_PATIENCE).await {
-            Ok(()) => Ok(()),
-            Err(e) if self.inner.store.session(sid)?.is_some() => {
+            Ok(()) => {
+                if kept {
+                    self.inner.store.uploaded(&key)?;
+                }
+                Ok(())
+            }
+            Err(e) if kept => {
                 tracing::warn!(error = %e, "a revocation is kept here until the access directory takes it");
-                self.inner
-                    .store
-                    .mark_pending(&Key::Session { login: login.to_owned(), sid: sid.to_owned() }.encode()?)?;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -447,7 +475,7 @@ impl Directory {
         if empty {
             self.mark_copy_pending()?;
         }
-        self.upload_pending(bucket).await?;
+        self.upload_pending(bucket).await;
         let mut watch = bucket.watch_with_history(">").await.map_err(bus)?;
         if empty {
             self.inner.caught_up.send_replace(true);
@@ -469,7 +497,7 @@ impl Directory {
                     Some(Err(e)) => return Err(bus(e)),
                     None => return Err(DirectoryError::Bus("the watch ended".into())),
                 },
-                _ = upload.tick() => self.upload_pending(bucket).await?,
+                _ = upload.tick() => self.upload_pending(bucket).await,
                 _ = purge.tick() => self.purge_expired(bucket).await,
                 _ = stop.cancelled() => return Ok(()),
             }
@@ -504,46 +532,70 @@ impl Directory {
     /// record keeps the bucket's, and the sessions written here for it are revoked, never
     /// uploaded (a credential must not attach to someone else's login). A session merges with
     /// the bucket's (revoked stays revoked).
-    async fn upload_pending(&self, bucket: &kv::Store) -> Result<(), DirectoryError> {
-        let store = &self.inner.store;
+    async fn upload_pending(&self, bucket: &kv::Store) {
+        let pending = match self.inner.store.pending() {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::error!(error = %e, "the keys kept for the access directory cannot be read");
+                return;
+            }
+        };
         let mut pending: Vec<(String, Key)> =
-            store.pending()?.into_iter().filter_map(|k| Key::decode(&k).map(|key| (k, key))).collect();
-        if pending.is_empty() {
-            return Ok(());
-        }
+            pending.into_iter().filter_map(|k| Key::decode(&k).map(|key| (k, key))).collect();
         // Operators first: their sessions depend on them.
         pending.sort_by_key(|(_, key)| !matches!(key, Key::Operator(_)));
-        let mut conflicting = std::collections::BTreeSet::new();
+        // Logins whose operator could not be uploaded this round: their sessions wait for it (it
+        // decides whether they may be uploaded live).
+        let mut unsettled = std::collections::BTreeSet::new();
         for (encoded, key) in pending {
-            match key {
-                Key::Operator(login) => {
-                    if let Some(operator) = store.operator(&login)?
-                        && !self.create(&encoded, serde_json::to_vec(&operator)?).await?
-                    {
-                        tracing::error!(
-                            login,
-                            "this login exists in the access directory with another record: the directory's is kept, and the sessions written here for it are revoked"
-                        );
-                        conflicting.insert(login);
-                    }
-                }
-                Key::Session { login, sid } => {
-                    if let Some(session) = store.session(&sid)? {
-                        if conflicting.contains(&login) {
-                            self.copy_session(&SessionRecord { revoked: true, ..session })?;
-                        } else {
-                            self.upload_session(bucket, &encoded, session).await?;
-                        }
-                    }
-                }
-                Key::Commune(id) => {
-                    if let Some((_, name)) = store.tenants()?.into_iter().find(|(c, _)| *c == id) {
-                        bucket.put(encoded.as_str(), serde_json::to_vec(&name)?.into()).await.map_err(bus)?;
-                    }
+            let login = match &key {
+                Key::Operator(login) => Some(login.clone()),
+                Key::Session { login, .. } if unsettled.contains(login) => continue,
+                _ => None,
+            };
+            // A key that fails stays kept, and is tried again at the next round; the others go on.
+            match self.upload_one(bucket, &encoded, key).await {
+                Ok(()) => match self.inner.store.uploaded(&encoded) {
+                    Ok(()) => tracing::info!(key = encoded, "uploaded to the access directory"),
+                    Err(e) => tracing::error!(key = encoded, error = %e, "cannot mark an upload done"),
+                },
+                Err(e) => {
+                    tracing::warn!(key = encoded, error = %e, "uploading to the access directory failed; later");
+                    unsettled.extend(login);
                 }
             }
-            store.uploaded(&encoded)?;
-            tracing::info!(key = encoded, "uploaded to the access directory");
+        }
+    }
+
+    async fn upload_one(&self, bucket: &kv::Store, encoded: &str, key: Key) -> Result<(), DirectoryError> {
+        let store = &self.inner.store;
+        match key {
+            Key::Operator(login) => {
+                if let Some(operator) = store.operator(&login)?
+                    && !self.create(encoded, serde_json::to_vec(&operator)?).await?
+                {
+                    tracing::error!(
+                        login,
+                        "this login exists in the access directory with another record: the directory's is kept, and the sessions written here for it are revoked"
+                    );
+                    // Revoked in the copy first (durably): whenever they are uploaded, they
+                    // are uploaded revoked, and never attach to someone else's login.
+                    for session in store.sessions()?.into_iter().filter(|s| s.login == login) {
+                        self.copy_session(&SessionRecord { revoked: true, ..session })?;
+                    }
+                    store.flush_now()?;
+                }
+            }
+            Key::Session { sid, .. } => {
+                if let Some(session) = store.session(&sid)? {
+                    self.upload_session(bucket, encoded, session).await?;
+                }
+            }
+            Key::Commune(id) => {
+                if let Some((_, name)) = store.tenants()?.into_iter().find(|(c, _)| *c == id) {
+                    bucket.put(encoded, serde_json::to_vec(&name)?.into()).await.map_err(bus)?;
+                }
+            }
         }
         Ok(())
     }

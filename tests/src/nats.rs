@@ -66,8 +66,8 @@ impl NatsServer {
 
     /// A cluster whose every route (each pair, each way) passes through a [`Link`], so that a
     /// test cuts one node off from the others ([`NatsServer::isolate_node`]) while its clients
-    /// stay connected to it: a network partition. The nodes advertise no route address, so that
-    /// none learns a way round the links.
+    /// stay connected to it: a network partition. The nodes advertise a route address nobody
+    /// answers, so that none learns a way round the links.
     pub fn start_cluster_partitionable(nodes: usize) -> Result<NatsServer> {
         let mut cluster = NatsServer::new(nodes, true, "")?;
         for node in &mut cluster.nodes {
@@ -168,8 +168,7 @@ impl NatsServer {
         };
         // Through links, a node must not tell the others its own address (they would route to
         // it directly, round the links).
-        let advertise =
-            if self.route_links.is_empty() { "" } else { ", no_advertise: true, advertise: \"127.0.0.1:1\"" };
+        let advertise = if self.route_links.is_empty() { "" } else { ", advertise: \"127.0.0.1:1\"" };
         if routes.is_empty() {
             routes.push("\"nats-route://127.0.0.1:1\"".to_owned());
         }

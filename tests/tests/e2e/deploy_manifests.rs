@@ -104,6 +104,14 @@ fn the_kubernetes_overlays_render_and_validate() -> Result<()> {
         gateway(rendered)?.lines().find(|l| l.trim().starts_with("replicas:"))
     }
     assert_eq!(replicas(&single).map(str::trim), Some("replicas: 1"), "single-node: one gateway");
+    assert!(
+        gateway(&single).is_some_and(|d| d.contains("claimName: gateway-data")),
+        "single-node: the gateway keeps its store on a volume"
+    );
+    assert!(
+        gateway(&cluster).is_some_and(|d| d.contains("emptyDir:") && !d.contains("gateway-data")),
+        "cluster: each replica rebuilds its view into scratch space"
+    );
     assert_eq!(replicas(&cluster).map(str::trim), Some("replicas: 2"), "cluster: two gateway replicas");
     Ok(())
 }
