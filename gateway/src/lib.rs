@@ -207,6 +207,86 @@ fn key_path(config: &Config) -> std::path::PathBuf {
     config.auth_key.clone().unwrap_or_else(|| config.store.join("auth-key.pem"))
 }
 
+impl Command {
+    /// The login an operator or integrator command adds.
+    fn login(&self) -> Option<&str> {
+        match self {
+            Command::AddOperator { login, .. } | Command::AddIntegrator { login, .. } => Some(login),
+            Command::AddCommune { .. } | Command::ListOperators => None,
+        }
+    }
+}
+
+/// What an administration command does, its input checked: the same whether it goes to a stopped
+/// gateway's store or, with `--online`, to the access directory.
+enum Change {
+    Commune {
+        id: proto::ids::CommuneId,
+        name: String,
+    },
+    Operator(auth::OperatorRecord),
+    /// An integrator, its credential, and the credential's token (printed).
+    Integrator(auth::OperatorRecord, auth::SessionRecord, String),
+    List,
+}
+
+impl Change {
+    /// Checks the command against the deployment's communes (an operator's password is read
+    /// from standard input); `keys` gives the signing key an integrator's credential is signed
+    /// with.
+    fn of(
+        config: &Config,
+        command: &Command,
+        communes: &std::collections::BTreeMap<String, String>,
+        keys: impl FnOnce() -> anyhow::Result<auth::Keys>,
+    ) -> anyhow::Result<Change> {
+        Ok(match command {
+            Command::AddCommune { id, name } => {
+                let id = proto::ids::CommuneId::parse(id)?;
+                anyhow::ensure!(!name.trim().is_empty(), "--name is required");
+                Change::Commune { id, name: name.trim().to_owned() }
+            }
+            Command::AddOperator { login, role, communes: scope, all_communes } => {
+                let role = auth::Role::parse(role)
+                    .filter(|r| *r != auth::Role::Integrator)
+                    .ok_or_else(|| anyhow::anyhow!("--role is supervisor, operator, viewer or admin"))?;
+                let hash = password_from_stdin()?;
+                let operator = access::new_operator(communes, login, hash, role, *all_communes, scope, &[])
+                    .map_err(anyhow::Error::msg)?;
+                Change::Operator(operator)
+            }
+            Command::AddIntegrator { login, domains, communes: scope, all_communes } => {
+                let record = access::new_operator(
+                    communes,
+                    login,
+                    String::new(),
+                    auth::Role::Integrator,
+                    *all_communes,
+                    scope,
+                    domains,
+                )
+                .map_err(anyhow::Error::msg)?;
+                let authority = auth::Authority::new(
+                    keys().context("the signing key (--auth-key)")?,
+                    config.access_token_ttl,
+                    config.session_ttl,
+                    Default::default(),
+                );
+                let (session, token) = access::integrator_credential(&authority, &record);
+                Change::Integrator(record, session, token)
+            }
+            Command::ListOperators => Change::List,
+        })
+    }
+}
+
+fn print_operators(operators: &[auth::OperatorRecord]) {
+    for o in operators {
+        let scope = if o.all_communes { "all communes".to_owned() } else { o.communes.join(",") };
+        println!("{}\t{}\t{scope}", o.login, o.role.as_str());
+    }
+}
+
 /// Runs an administration command on the store, or with `--online` on the access directory
 /// (see [`Command`]).
 pub async fn administer(config: &Config, command: &Command) -> anyhow::Result<()> {
@@ -217,55 +297,27 @@ pub async fn administer(config: &Config, command: &Command) -> anyhow::Result<()
         .with_context(|| format!("opening the store {} (is the gateway running?)", config.store.display()))?;
     let mut communes = basemap::Basemap::load(config.territory.as_deref())?.commune_names();
     communes.extend(store.tenants()?);
-    match command {
-        Command::AddCommune { id, name } => {
-            let id = proto::ids::CommuneId::parse(id)?;
-            if name.trim().is_empty() {
-                anyhow::bail!("--name is required");
-            }
-            directory::offline::put_commune(&store, id.as_str(), name.trim())?;
+    // Before the password is asked for.
+    if let Some(login) = command.login()
+        && store.operator(login)?.is_some()
+    {
+        anyhow::bail!("login {login} exists already");
+    }
+    match Change::of(config, command, &communes, || auth::Keys::load_or_generate(&key_path(config)))? {
+        Change::Commune { id, name } => {
+            directory::offline::put_commune(&store, id.as_str(), &name)?;
             println!("commune {id} added");
         }
-        Command::AddOperator { login, role, communes: scope, all_communes } => {
-            let role = auth::Role::parse(role)
-                .filter(|r| *r != auth::Role::Integrator)
-                .ok_or_else(|| anyhow::anyhow!("--role is supervisor, operator, viewer or admin"))?;
-            if store.operator(login)?.is_some() {
-                anyhow::bail!("operator {login} exists already");
-            }
-            let hash = password_from_stdin()?;
-            let operator = access::new_operator(&communes, login, hash, role, *all_communes, scope, &[])
-                .map_err(anyhow::Error::msg)?;
+        Change::Operator(operator) => {
             directory::offline::put_operator(&store, &operator)?;
-            println!("operator {login} added ({})", role.as_str());
+            println!("operator {} added ({})", operator.login, operator.role.as_str());
         }
-        Command::AddIntegrator { login, domains, communes: scope, all_communes } => {
-            if store.operator(login)?.is_some() {
-                anyhow::bail!("login {login} exists already");
-            }
-            let record = access::new_operator(
-                &communes,
-                login,
-                String::new(),
-                auth::Role::Integrator,
-                *all_communes,
-                scope,
-                domains,
-            )
-            .map_err(anyhow::Error::msg)?;
-            let keys = auth::Keys::load_or_generate(&key_path(config)).context("the signing key (--auth-key)")?;
-            let authority = auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, Default::default());
-            let (session, token) = access::integrator_credential(&authority, &record);
+        Change::Integrator(record, session, token) => {
             directory::offline::put_operator(&store, &record)?;
             directory::offline::put_session(&store, &session)?;
             println!("{token}");
         }
-        Command::ListOperators => {
-            for o in store.operators()? {
-                let scope = if o.all_communes { "all communes".to_owned() } else { o.communes.join(",") };
-                println!("{}\t{}\t{scope}", o.login, o.role.as_str());
-            }
-        }
+        Change::List => print_operators(&store.operators()?),
     }
     Ok(())
 }
@@ -289,8 +341,7 @@ async fn administer_online(config: &Config, command: &Command) -> anyhow::Result
     let scratch = config.store.join(format!("admin-{}", std::process::id()));
     let result = async {
         let store = store::Store::open(&scratch)?;
-        let mut communes = basemap::Basemap::load(config.territory.as_deref())?.commune_names();
-        communes.extend(store.tenants()?);
+        let communes = basemap::Basemap::load(config.territory.as_deref())?.commune_names();
         let communes: access::Communes = Arc::new(std::sync::RwLock::new(communes));
         let directory = directory::Directory::new(store, None, communes.clone());
         let stop = CancellationToken::new();
@@ -301,49 +352,28 @@ async fn administer_online(config: &Config, command: &Command) -> anyhow::Result
         ));
         let done = async {
             anyhow::ensure!(directory.caught_up(PATIENCE).await, "the access directory did not answer within 10 s");
+            // The territory's communes and those the directory holds (its copy, caught up).
             let communes = communes.read().map(|c| c.clone()).unwrap_or_default();
-            match command {
-                Command::AddCommune { id, name } => {
-                    let id = proto::ids::CommuneId::parse(id)?;
-                    anyhow::ensure!(!name.trim().is_empty(), "--name is required");
-                    directory.put_commune(id.as_str(), name.trim()).await?;
+            let exists = |login: &str| anyhow::anyhow!("login {login} exists already");
+            match Change::of(config, command, &communes, || auth::Keys::load(&key_path(config)))? {
+                Change::Commune { id, name } => {
+                    directory.put_commune(id.as_str(), &name).await?;
                     println!("commune {id} added");
                 }
-                Command::AddOperator { login, role, communes: scope, all_communes } => {
-                    let role = auth::Role::parse(role)
-                        .filter(|r| *r != auth::Role::Integrator)
-                        .ok_or_else(|| anyhow::anyhow!("--role is supervisor, operator, viewer or admin"))?;
-                    let hash = password_from_stdin()?;
-                    let operator = access::new_operator(&communes, login, hash, role, *all_communes, scope, &[])
-                        .map_err(anyhow::Error::msg)?;
-                    anyhow::ensure!(directory.create_operator(&operator).await?, "login {login} exists already");
-                    println!("operator {login} added ({})", role.as_str());
+                Change::Operator(operator) => {
+                    if !directory.create_operator(&operator).await? {
+                        return Err(exists(&operator.login));
+                    }
+                    println!("operator {} added ({})", operator.login, operator.role.as_str());
                 }
-                Command::AddIntegrator { login, domains, communes: scope, all_communes } => {
-                    let record = access::new_operator(
-                        &communes,
-                        login,
-                        String::new(),
-                        auth::Role::Integrator,
-                        *all_communes,
-                        scope,
-                        domains,
-                    )
-                    .map_err(anyhow::Error::msg)?;
-                    let keys = auth::Keys::load(&key_path(config)).context("the signing key (--auth-key)")?;
-                    let authority =
-                        auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, Default::default());
-                    anyhow::ensure!(directory.create_operator(&record).await?, "login {login} exists already");
-                    let (session, token) = access::integrator_credential(&authority, &record);
+                Change::Integrator(record, session, token) => {
+                    if !directory.create_operator(&record).await? {
+                        return Err(exists(&record.login));
+                    }
                     directory.create_session(&session).await?;
                     println!("{token}");
                 }
-                Command::ListOperators => {
-                    for o in directory.operators()? {
-                        let scope = if o.all_communes { "all communes".to_owned() } else { o.communes.join(",") };
-                        println!("{}\t{}\t{scope}", o.login, o.role.as_str());
-                    }
-                }
+                Change::List => print_operators(&directory.operators()?),
             }
             Ok(())
         }

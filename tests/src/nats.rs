@@ -364,21 +364,20 @@ impl NatsServer {
     }
 
     /// The last sequence of `stream` in node `index`'s copy (`/jsz`), if it has one.
-    /// Node `index`'s `/jsz?streams=true` (its streams, their state and leaders).
-    pub async fn jsz(&self, index: usize) -> Result<serde_json::Value> {
+    /// A stream as node `index` reports it (`/jsz?streams=true`: its state, its leader).
+    pub async fn stream_detail(&self, index: usize, stream: &str) -> Result<Option<serde_json::Value>> {
         let node = &self.nodes[index];
         let (_, body) = http_get(&node.monitor, "/jsz?streams=true").await?;
-        Ok(serde_json::from_str(&body)?)
-    }
-
-    pub async fn stream_last_seq(&self, index: usize, stream: &str) -> Result<Option<u64>> {
-        let jsz = self.jsz(index).await?;
+        let jsz: serde_json::Value = serde_json::from_str(&body)?;
         let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
         Ok(accounts
             .iter()
             .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
-            .find(|s| s["name"] == stream)
-            .and_then(|s| s["state"]["last_seq"].as_u64()))
+            .find(|s| s["name"] == stream))
+    }
+
+    pub async fn stream_last_seq(&self, index: usize, stream: &str) -> Result<Option<u64>> {
+        Ok(self.stream_detail(index, stream).await?.and_then(|s| s["state"]["last_seq"].as_u64()))
     }
 }
 

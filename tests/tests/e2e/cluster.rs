@@ -29,6 +29,30 @@ async fn register_lamp(client: &mut tests::LightingClient) -> Result<()> {
     Ok(())
 }
 
+/// A writer on the test's lamp, sequential, one write every `every` while `running`: the ids of
+/// the writes acknowledged, and how many were refused.
+fn steady_writer(
+    mut client: tests::LightingClient,
+    every: Duration,
+    running: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    tokio::spawn(async move {
+        let (mut acked, mut failed) = (Vec::new(), 0usize);
+        let mut pace = tokio::time::interval(every);
+        for i in 0.. {
+            pace.tick().await;
+            if !running.load(Ordering::Relaxed) {
+                break;
+            }
+            match client.report_status(report(f64::from(i % 10) / 10.0)).await {
+                Ok(reply) => acked.push(reply.into_inner().event_id),
+                Err(_) => failed += 1,
+            }
+        }
+        (acked, failed)
+    })
+}
+
 /// Reads the live stream until `done`, adding the id of every lamp status delta to `delivered`;
 /// fails after `within`.
 async fn read_until(
@@ -80,24 +104,7 @@ async fn a_nats_node_lost_during_ingest_loses_nothing_and_the_flow_resumes() -> 
     // the simulated field's rate; an unpaced writer would measure how fast a backlog drains on
     // two cores, not the failover): every acknowledged write must arrive once.
     let writing = Arc::new(AtomicBool::new(true));
-    let writer = {
-        let (mut client, writing) = (client.clone(), writing.clone());
-        tokio::spawn(async move {
-            let (mut acked, mut failed) = (Vec::new(), 0usize);
-            let mut pace = tokio::time::interval(Duration::from_millis(10));
-            for i in 0.. {
-                pace.tick().await;
-                if !writing.load(Ordering::Relaxed) {
-                    break;
-                }
-                match client.report_status(report(f64::from(i % 10) / 10.0)).await {
-                    Ok(reply) => acked.push(reply.into_inner().event_id),
-                    Err(_) => failed += 1,
-                }
-            }
-            (acked, failed)
-        })
-    };
+    let writer = steady_writer(client.clone(), Duration::from_millis(10), writing.clone());
 
     let (mut delivered, mut probes) = (Vec::new(), Vec::new());
     // The machine of the lighting service's NATS node is lost, then the gateway's: each
@@ -252,7 +259,10 @@ impl Drop for ClusterScript {
         // The script and everything it started (its own process group; the simulator's command
         // line does not name the state folder).
         let group = format!("-{}", self.script.id());
-        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = self.script.kill();
         let state = self.state.path().display().to_string();
         let _ = std::process::Command::new("pkill").args(["-KILL", "-f", "--", &state]).status();
@@ -383,13 +393,8 @@ async fn deploy_cluster_sh_runs_three_nodes_and_two_gateway_replicas_and_restart
 
 /// The leader of a stream as node `index` reports it (`/jsz`), if any.
 async fn stream_leader(cluster: &NatsServer, index: usize, stream: &str) -> Result<Option<String>> {
-    let jsz = cluster.jsz(index).await?;
-    let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
-    Ok(accounts
-        .iter()
-        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
-        .find(|s| s["name"] == stream)
-        .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned)))
+    let detail = cluster.stream_detail(index, stream).await?;
+    Ok(detail.and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned)))
 }
 
 /// A network partition: node 0 cut off from the two others (its routes cut by the harness's
@@ -539,24 +544,7 @@ async fn a_rolling_restart_of_everything_under_load_loses_nothing_and_the_consol
 
     let (running, following) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
     let console = tokio::spawn(roaming_console([a.clone(), b.clone()], following.clone()));
-    let writer = {
-        let (mut client, running) = (client.clone(), running.clone());
-        tokio::spawn(async move {
-            let (mut acked, mut failed) = (Vec::new(), 0usize);
-            let mut pace = tokio::time::interval(Duration::from_millis(20));
-            for i in 0.. {
-                pace.tick().await;
-                if !running.load(Ordering::Relaxed) {
-                    break;
-                }
-                match client.report_status(report(f64::from(i % 10) / 10.0)).await {
-                    Ok(reply) => acked.push(reply.into_inner().event_id),
-                    Err(_) => failed += 1,
-                }
-            }
-            (acked, failed)
-        })
-    };
+    let writer = steady_writer(client.clone(), Duration::from_millis(20), running.clone());
     let pause = || tokio::time::sleep(Duration::from_millis(700));
     pause().await;
     for node in 0..3 {

@@ -292,6 +292,11 @@ async fn tokens_expire_sessions_close_and_origins_are_checked() -> Result<()> {
     Ok(())
 }
 
+/// How long a request NATS refuses is waited for: a request the permissions refuse gets no
+/// answer at all (the server drops it and tells the client asynchronously), so each refusal costs
+/// this wait; an allowed one answers within milliseconds on loopback.
+const REFUSED_WITHIN: Duration = Duration::from_secs(2);
+
 /// NATS enforces who publishes what (deploy/nats/authorization.conf, the harness runs with it):
 /// a service publishes only its own domain's subjects, only the gateway publishes operators'
 /// events, and no service reads another's subjects directly.
@@ -363,7 +368,7 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
         .await?;
     drop(consumer);
     let deleted = tokio::time::timeout(
-        Duration::from_secs(6),
+        REFUSED_WITHIN,
         reports.get_stream(proto::subject::EVENTS_STREAM).await?.delete_consumer("vue"),
     )
     .await;
@@ -382,7 +387,7 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     let events_for_reports = reports.get_stream(proto::subject::EVENTS_STREAM).await?;
     for filter in ["ops.>", "water.>", ">", "lighting.*.streetlight_status.*", "lighting.*.streetlight_status"] {
         let created = tokio::time::timeout(
-            Duration::from_secs(6),
+            REFUSED_WITHIN,
             events_for_reports.create_consumer(jetstream::consumer::pull::OrderedConfig {
                 name: Some("reports-spy".into()),
                 filter_subject: filter.into(),
@@ -392,7 +397,7 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
         .await;
         assert!(!matches!(created, Ok(Ok(_))), "reports created a consumer on {filter}");
         let unnamed = tokio::time::timeout(
-            Duration::from_secs(6),
+            REFUSED_WITHIN,
             events_for_reports.create_consumer(jetstream::consumer::pull::OrderedConfig {
                 filter_subject: filter.into(),
                 ..Default::default()
@@ -426,14 +431,14 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     directory.put("operator.61", "{}".into()).await.context("the gateway writes it")?;
     for user in ["lighting", "transport", "water", "reports"] {
         let js = jetstream::new(nats.client_as(user).await?);
-        let attempt = tokio::time::timeout(Duration::from_secs(3), async {
+        let attempt = tokio::time::timeout(REFUSED_WITHIN, async {
             let bucket = js.get_key_value(gateway::directory::BUCKET).await?;
             let read = bucket.get("operator.61").await?;
             Ok::<_, anyhow::Error>(read)
         })
         .await;
         assert!(!matches!(attempt, Ok(Ok(_))), "{user} read the access directory: {attempt:?}");
-        let write = tokio::time::timeout(Duration::from_secs(3), async {
+        let write = tokio::time::timeout(REFUSED_WITHIN, async {
             js.publish(format!("$KV.{}.operator.62", gateway::directory::BUCKET), "{}".into()).await?.await?;
             Ok::<_, anyhow::Error>(())
         })
