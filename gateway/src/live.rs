@@ -185,6 +185,9 @@ pub enum Received {
     Refused,
 }
 
+/// How long a resume ahead of the view waits for it (see `Live::start`).
+const RESUME_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Live {
     /// `snapshot_burst`: the snapshots a login may ask for at once (see `snapshots`);
     /// `closed_reports_kept`: how long a closed citizen report stays in the view.
@@ -413,8 +416,17 @@ impl Live {
         demand: Demand,
         coalescing: bool,
     ) -> Result<(Start, broadcast::Receiver<Arc<Delta>>), RateLimited> {
-        if let Some(resumed) = resume_from.and_then(|from| self.resumed(from, filter)) {
-            return Ok(resumed);
+        if let Some(from) = resume_from {
+            // A client ahead of this view (it comes from another replica, or this one has just
+            // started again and is catching up) waits a moment for the view to reach it: the
+            // deltas it missed, not a whole snapshot. A sequence the view never reaches (another
+            // stream's) gets the snapshot after the wait.
+            if from > self.applied_seq() {
+                self.wait_applied(from, RESUME_CATCH_UP).await;
+            }
+            if let Some(resumed) = self.resumed(from, filter) {
+                return Ok(resumed);
+            }
         }
         self.snapshots.take(login)?;
         let key = serde_json::to_string(filter).unwrap_or_default();
