@@ -405,6 +405,16 @@ pub fn new_operator(
     })
 }
 
+/// A commune's name, trimmed: 1 to 100 characters of text (the admin API, the command line and
+/// the access directory's entries alike).
+pub fn commune_name(name: &str) -> Result<&str, &'static str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err("1 to 100 characters of text");
+    }
+    Ok(name)
+}
+
 pub fn check_password(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_CHARS || password.len() > 1024 {
         return Err(format!("a password has {MIN_PASSWORD_CHARS} to 1024 characters"));
@@ -538,10 +548,7 @@ async fn add_commune(
     admin(&p)?;
     let Json(request) = body.map_err(ApiError::from_json)?;
     let id = CommuneId::parse(&request.id).map_err(|e| ApiError::bad_request(format!("id: {e}")))?;
-    let name = request.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("name: 1 to 100 characters of text"));
-    }
+    let name = commune_name(&request.name).map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
     access.directory.put_commune(id.as_str(), name).await.map_err(store_error)?;
     tracing::info!(by = %p.login, commune = %id, "commune added");
     Ok((StatusCode::CREATED, Json(serde_json::json!({"id": id.as_str(), "name": name}))).into_response())

@@ -59,8 +59,9 @@ pub enum DirectoryError {
     Store(#[from] StoreError),
     #[error("a directory record cannot be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A key or a record that is not the directory's (a bad key, a record under another's key).
     #[error("{0}")]
-    InvalidKey(String),
+    Invalid(String),
     #[error("the session changed at another replica {CAS_ATTEMPTS} times while it was being updated")]
     Contended,
 }
@@ -93,12 +94,12 @@ impl Key {
                 if valid {
                     Ok(format!("session.{}.{sid}", hex(login)))
                 } else {
-                    Err(DirectoryError::InvalidKey("a session id is 1 to 64 letters, digits, '-' or '_'".into()))
+                    Err(DirectoryError::Invalid("a session id is 1 to 64 letters, digits, '-' or '_'".into()))
                 }
             }
             Key::Commune(id) => proto::ids::CommuneId::parse(id)
                 .map(|id| format!("commune.{id}"))
-                .map_err(|e| DirectoryError::InvalidKey(e.to_string())),
+                .map_err(|e| DirectoryError::Invalid(e.to_string())),
         }
     }
 
@@ -197,11 +198,6 @@ impl Directory {
     /// Every operator and integrator, from the copy.
     pub fn operators(&self) -> Result<Vec<OperatorRecord>, DirectoryError> {
         Ok(self.inner.store.operators()?)
-    }
-
-    /// Every session and credential, from the copy.
-    pub fn sessions(&self) -> Result<Vec<SessionRecord>, DirectoryError> {
-        Ok(self.inner.store.sessions()?)
     }
 
     /// Creates `value` under `key` unless the key exists: true if created, or found holding
@@ -634,7 +630,7 @@ impl Directory {
             Some(Key::Operator(login)) if put => {
                 let operator: OperatorRecord = serde_json::from_slice(&entry.value)?;
                 if operator.login != login {
-                    return Err(DirectoryError::InvalidKey("an operator under another login's key".into()));
+                    return Err(DirectoryError::Invalid("an operator under another login's key".into()));
                 }
                 store.put_operator(&operator)?;
             }
@@ -644,7 +640,7 @@ impl Directory {
             Some(Key::Session { login, sid }) if put => {
                 let session: SessionRecord = serde_json::from_slice(&entry.value)?;
                 if session.sid != sid || session.login != login {
-                    return Err(DirectoryError::InvalidKey("a session under another session's key".into()));
+                    return Err(DirectoryError::Invalid("a session under another session's key".into()));
                 }
                 // Revoked at another replica: its sockets here close too (in `copy_session`).
                 self.copy_session(&session)?;
@@ -652,14 +648,13 @@ impl Directory {
             Some(Key::Session { sid, .. }) => store.remove_session(&sid)?,
             Some(Key::Commune(id)) if put => {
                 let name: String = serde_json::from_slice(&entry.value)?;
-                if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-                    return Err(DirectoryError::InvalidKey("a commune's name is 1 to 100 characters of text".into()));
-                }
-                self.copy_commune(&id, &name)?;
+                let name = crate::access::commune_name(&name)
+                    .map_err(|e| DirectoryError::Invalid(format!("a commune's name: {e}")))?;
+                self.copy_commune(&id, name)?;
             }
             // Communes are never removed (events and operators name them).
             Some(Key::Commune(_)) => {}
-            None => return Err(DirectoryError::InvalidKey("not a key of the access directory".into())),
+            None => return Err(DirectoryError::Invalid("not a key of the access directory".into())),
         }
         Ok(())
     }

@@ -243,8 +243,8 @@ impl Change {
         Ok(match command {
             Command::AddCommune { id, name } => {
                 let id = proto::ids::CommuneId::parse(id)?;
-                anyhow::ensure!(!name.trim().is_empty(), "--name is required");
-                Change::Commune { id, name: name.trim().to_owned() }
+                let name = access::commune_name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+                Change::Commune { id, name: name.to_owned() }
             }
             Command::AddOperator { login, role, communes: scope, all_communes } => {
                 let role = auth::Role::parse(role)
@@ -334,7 +334,7 @@ fn password_from_stdin() -> anyhow::Result<String> {
 /// An administration command on the running deployment's access directory, over NATS. Its copy
 /// of the directory lives in a scratch store under `--store`, removed after.
 async fn administer_online(config: &Config, command: &Command) -> anyhow::Result<()> {
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+    use directory::PATIENCE;
     let nats = tokio::time::timeout(PATIENCE, runtime::bus::connect(&config.common, "vigie-gateway-admin"))
         .await
         .context("NATS did not answer within 10 s (--nats-url)")??;
@@ -424,7 +424,6 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
 
     let keys = auth::Keys::load_or_generate(&key_path(&config)).context("the signing key (--auth-key)")?;
-    store.forget_sessions_expired_before(auth::now_s().saturating_sub(86_400))?;
     let revoked = store.sessions()?.into_iter().filter(|s| s.revoked).map(|s| s.sid).collect();
     let authority = Arc::new(auth::Authority::new(keys, config.access_token_ttl, config.session_ttl, revoked));
     let revoked_now = {
@@ -452,8 +451,8 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         shutdown.clone(),
     ));
     // Serving with a copy the other replicas have moved past would accept a session revoked
-    // meanwhile: wait for it to catch up, unless the bus is away (then the copy serves).
-    if !directory.caught_up(DIRECTORY_CATCH_UP).await {
+    // meanwhile: wait for it to catch up, unless the bus is away (then the copy serves at once).
+    if !directory_caught_up(&directory, &nats).await {
         tracing::warn!("the access directory is not reachable: this replica's copy serves until it is");
     }
     let targets = {
@@ -568,6 +567,23 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
 
 /// How long a start waits for its copy of the access directory to catch up with the bus.
 const DIRECTORY_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits for the directory's copy to catch up, at most [`DIRECTORY_CATCH_UP`], and no longer
+/// than half a second once the client is seen not connected (a start while NATS is away would
+/// otherwise wait the whole time for nothing).
+async fn directory_caught_up(directory: &directory::Directory, nats: &async_nats::Client) -> bool {
+    const STEP: std::time::Duration = std::time::Duration::from_millis(250);
+    let started = tokio::time::Instant::now();
+    loop {
+        if directory.caught_up(STEP).await {
+            return true;
+        }
+        let away = nats.connection_state() != async_nats::connection::State::Connected;
+        if started.elapsed() >= DIRECTORY_CATCH_UP || (away && started.elapsed() >= 2 * STEP) {
+            return false;
+        }
+    }
+}
 
 /// How often the view's size is checked against its budget.
 const VIEW_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);

@@ -336,19 +336,6 @@ impl Store {
         write_one(&self.sessions, &session.sid, session)
     }
 
-    /// Sessions long expired are forgotten (a revoked one is kept until its expiry, so that its
-    /// tokens stay refused).
-    pub fn forget_sessions_expired_before(&self, t: u64) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for session in self.sessions()? {
-            if session.expires_at < t {
-                self.sessions.remove(session.sid.as_bytes())?;
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
     /// Removes a session from this replica's copy (the directory purged it).
     pub fn remove_session(&self, sid: &str) -> Result<(), StoreError> {
         self.sessions.remove(sid.as_bytes())?;

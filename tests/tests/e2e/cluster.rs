@@ -53,6 +53,35 @@ fn steady_writer(
     })
 }
 
+/// Checks the stream holds every acknowledged write, each once.
+fn assert_each_stored_once(content: &tests::StreamContent, acknowledged: &[String]) {
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !content.ids.contains_key(*id)).collect();
+    let doubled: Vec<_> = content.ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(lost.is_empty(), "acknowledged and missing from the stream: {lost:?}");
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+}
+
+/// Waits until every node's copy of the events stream ends at `last`; returns the copies' ends.
+async fn copies_end_at(nats: &NatsServer, last: u64, within: Duration) -> Result<Vec<Option<u64>>> {
+    eventually("every node's copy of the events stream at its end", within, || async {
+        let mut copies = Vec::new();
+        for node in 0..3 {
+            copies.push(nats.stream_last_seq(node, proto::subject::EVENTS_STREAM).await?);
+        }
+        Ok(copies.iter().all(|c| *c == Some(last)).then_some(copies))
+    })
+    .await
+}
+
+/// Waits until a gateway says it is live at `seq` or later (a heartbeat of a new session).
+async fn live_at(gateway: &str, seq: u64) -> Result<()> {
+    let mut live = LiveClient::connect(&format!("ws://{gateway}/ws")).await?;
+    live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "live" && f["seq"].as_u64() >= Some(seq))
+        .await
+        .with_context(|| format!("gateway {gateway} live at the stream's sequence {seq}"))?;
+    Ok(())
+}
+
 /// Reads the live stream until `done`, adding the id of every lamp status delta to `delivered`;
 /// fails after `within`.
 async fn read_until(
@@ -154,18 +183,8 @@ async fn a_nats_node_lost_during_ingest_loses_nothing_and_the_flow_resumes() -> 
 
     // The stream holds each once, and every node's copy ends at the same sequence.
     let content = read_events_stream(&slice.nats).await?;
-    let stored_twice: Vec<_> = content.ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(stored_twice.is_empty(), "events stored twice: {stored_twice:?}");
-    let missing = accepted.iter().filter(|id| !content.ids.contains_key(*id)).count();
-    assert_eq!(missing, 0, "acknowledged events missing from the stream");
-    let copies = eventually("every node's copy of the stream at its end", Duration::from_secs(15), || async {
-        let mut copies = Vec::new();
-        for node in 0..3 {
-            copies.push(slice.nats.stream_last_seq(node, proto::subject::EVENTS_STREAM).await?);
-        }
-        Ok(copies.iter().all(|c| *c == Some(content.last)).then_some(copies))
-    })
-    .await?;
+    assert_each_stored_once(&content, &accepted);
+    let copies = copies_end_at(&slice.nats, content.last, Duration::from_secs(15)).await?;
     eprintln!(
         "[cluster] {} writes acknowledged, all delivered once ({converged:?} after the last); the three copies end at {copies:?}",
         accepted.len()
@@ -445,27 +464,14 @@ async fn a_nats_node_cut_off_from_the_others_acknowledges_nothing_it_then_loses(
     })
     .await?;
     println!("the outbox's writes reached the stream {} ms after the heal", healed.elapsed().as_millis());
-    let lost: Vec<&String> = acknowledged.iter().filter(|id| !content.ids.contains_key(*id)).collect();
-    let doubled: Vec<(&String, &usize)> = content.ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
-    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    assert_each_stored_once(&content, &acknowledged);
     assert!(
         stored_on_majority.unwrap_or(0) < content.last,
         "the writes made during the partition were stored after it healed"
     );
-    eventually("the three nodes agree on the events stream", Duration::from_secs(30), || async {
-        let mut seqs = Vec::new();
-        for node in 0..3 {
-            seqs.push(slice.nats.stream_last_seq(node, proto::subject::EVENTS_STREAM).await?);
-        }
-        Ok(seqs.iter().all(|s| *s == Some(content.last)).then_some(()))
-    })
-    .await?;
+    copies_end_at(&slice.nats, content.last, Duration::from_secs(30)).await?;
     // And the console's view is current with the whole stream, live.
-    let mut live = slice.live_client().await?;
-    live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "live" && f["seq"].as_u64() >= Some(content.last))
-        .await
-        .context("the gateway live at the stream's last sequence")?;
+    live_at(&slice.gateway_addr, content.last).await?;
     Ok(())
 }
 
@@ -573,14 +579,10 @@ async fn a_rolling_restart_of_everything_under_load_loses_nothing_and_the_consol
         Ok(acked.iter().all(|id| content.ids.contains_key(id)).then_some(content))
     })
     .await?;
-    let doubled: Vec<_> = content.ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    assert_each_stored_once(&content, &acked);
     // The console: stopped once the stream holds everything, after a last look at both replicas.
     for gateway in [&a, &b] {
-        let mut live = LiveClient::connect(&format!("ws://{gateway}/ws")).await?;
-        live.until(|f| f["type"] == "heartbeat" && f["upstream"] == "live" && f["seq"].as_u64() >= Some(content.last))
-            .await
-            .with_context(|| format!("replica {gateway} live at the stream's last sequence"))?;
+        live_at(gateway, content.last).await?;
     }
     following.store(false, Ordering::Relaxed);
     let log = console.await??;
@@ -599,14 +601,7 @@ async fn a_rolling_restart_of_everything_under_load_loses_nothing_and_the_consol
     assert_eq!(log.snapshots_after_resume, 0, "every reconnection resumed, none started over");
     assert!(missed.is_empty(), "acknowledged writes the console never received: {missed:?}");
     assert!(twice.is_empty(), "deltas received twice: {twice:?}");
-    let copies = eventually("every node's copy at the stream's end", Duration::from_secs(15), || async {
-        let mut copies = Vec::new();
-        for node in 0..3 {
-            copies.push(slice.nats.stream_last_seq(node, proto::subject::EVENTS_STREAM).await?);
-        }
-        Ok(copies.iter().all(|c| *c == Some(content.last)).then_some(copies))
-    })
-    .await?;
+    let copies = copies_end_at(&slice.nats, content.last, Duration::from_secs(15)).await?;
     eprintln!("[rolling] the three copies end at {copies:?}");
     b_process.terminate()?;
     Ok(())

@@ -24,6 +24,19 @@ async fn refresh(gateway: &str, refresh_token: &str) -> Result<(u16, Value)> {
     http_post_json_as(gateway, "/api/v1/auth/refresh", &json!({"refresh_token": refresh_token}), None).await
 }
 
+/// Opens a socket at `b` with `access`, logs the session out at `a`, and waits (at most
+/// `within`) for `b` to close the socket as revoked; returns how long that took.
+async fn logout_closes_socket(a: &str, b: &str, access: &str, within: Duration) -> Result<Duration> {
+    let mut at_b = LiveClient::connect_as(&format!("ws://{b}/ws"), Some(access), None).await?;
+    assert_eq!(at_b.next().await?["type"], "snapshot");
+    let logged_out = Instant::now();
+    let (status, _) = http_post_json_as(a, "/api/v1/auth/logout", &json!({}), Some(access)).await?;
+    assert_eq!(status, 204);
+    let code = tokio::time::timeout(within, at_b.close_code()).await??;
+    assert_eq!(code, proto::live::close_code::REVOKED);
+    Ok(logged_out.elapsed())
+}
+
 /// Every delta of a live socket until `done`: (event id, seq) in the order received.
 async fn deltas_until(
     live: &mut LiveClient,
@@ -74,16 +87,10 @@ async fn two_gateway_replicas_share_the_access_directory_and_the_stream() -> Res
 
     // A logout at A closes the same session's sockets at B within 2 s, and B refuses its token.
     let (access, _) = session(&a, "op-nord").await?;
-    let mut at_b = LiveClient::connect_as(&format!("ws://{b}/ws"), Some(&access), None).await?;
-    assert_eq!(at_b.next().await?["type"], "snapshot");
-    let logged_out = Instant::now();
-    let (status, _) = http_post_json_as(&a, "/api/v1/auth/logout", &json!({}), Some(&access)).await?;
-    assert_eq!(status, 204);
-    let code = tokio::time::timeout(Duration::from_secs(2), at_b.close_code())
+    let took = logout_closes_socket(&a, &b, &access, Duration::from_secs(2))
         .await
-        .context("the socket at B must close within 2 s of the logout at A")??;
-    assert_eq!(code, proto::live::close_code::REVOKED);
-    println!("logout at A closed the socket at B in {} ms", logged_out.elapsed().as_millis());
+        .context("the socket at B must close within 2 s of the logout at A")?;
+    println!("logout at A closed the socket at B in {} ms", took.as_millis());
     assert_eq!(http_get_as(&b, "/api/v1/alarms", Some(&access)).await?.0, 401);
     assert_eq!(http_get_as(&b, "/api/v1/alarms", Some(&access_b)).await?.0, 200, "another session stands");
 
@@ -109,14 +116,9 @@ async fn two_gateway_replicas_share_the_access_directory_and_the_stream() -> Res
         ack.await?;
     }
     let (access, _) = session(&a, "op-nord").await?;
-    let mut at_b = LiveClient::connect_as(&format!("ws://{b}/ws"), Some(&access), None).await?;
-    assert_eq!(at_b.next().await?["type"], "snapshot");
-    let (status, _) = http_post_json_as(&a, "/api/v1/auth/logout", &json!({}), Some(&access)).await?;
-    assert_eq!(status, 204);
-    let code = tokio::time::timeout(Duration::from_secs(5), at_b.close_code())
+    logout_closes_socket(&a, &b, &access, Duration::from_secs(5))
         .await
-        .context("after 4 MiB of directory writes, a logout at A must still close the socket at B")??;
-    assert_eq!(code, proto::live::close_code::REVOKED);
+        .context("after 4 MiB of directory writes, a logout at A must still close the socket at B")?;
 
     // A refresh token asked at both replicas at once: one answer, and the session is closed for
     // the other (as a reused token): the winner's tokens stop working everywhere.
