@@ -245,6 +245,25 @@ async fn a_logout_without_the_bus_is_kept_and_a_removed_login_loses_its_credenti
     let a = slice.gateway_addr.clone();
     let admin = tests::login_token(&a, tests::ADMIN).await?;
 
+    // A commune added at A is one of the deployment's at B: an operator of it can be added there.
+    let body = json!({"id": "34999", "name": "Commune nouvelle"});
+    let (status, answer) = http_post_json_as(&a, "/api/v1/admin/communes", &body, Some(&admin)).await?;
+    assert_eq!(status, 201, "{answer}");
+    let bad = json!({"id": "34998", "name": "nom\u{7}"});
+    assert_eq!(http_post_json_as(&a, "/api/v1/admin/communes", &bad, Some(&admin)).await?.0, 400);
+    let body = json!({"login": "op-nouvelle", "password": TEST_PASSWORD, "role": "operator", "communes": ["34999"]});
+    tests::eventually("the commune added at A known at B", Duration::from_secs(5), || async {
+        let (status, answer) = http_post_json_as(&b, "/api/v1/admin/operators", &body, Some(&admin)).await?;
+        Ok((status == 201).then_some(()).or_else(|| {
+            eprintln!("not yet: {status} {answer}");
+            None
+        }))
+    })
+    .await?;
+    let (_, communes) = tests::http_get_json_as(&b, "/api/v1/admin/communes", Some(&admin)).await?;
+    let listed = communes["items"].as_array().is_some_and(|items| items.iter().any(|c| c["id"] == "34999"));
+    assert!(listed, "B lists the commune added at A: {communes}");
+
     // An integrator's credential issued at A, its login removed at B: refused at both.
     let body = json!({"login": "sig-externe", "domains": ["lighting"], "all_communes": true});
     let (status, answer) = http_post_json_as(&a, "/api/v1/admin/integrators", &body, Some(&admin)).await?;
