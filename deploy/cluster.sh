@@ -10,8 +10,10 @@
 # bucket): log in at one, carry on at the other; kill one and the console reconnects to it once it
 # is started again, or open the other.
 #
-# Not yet here (issue 22): a standby of each service; each service runs once, and is started
-# again when it dies.
+# Each domain service runs twice (VIGIE_SERVICE_STANDBYS=1): an active instance and a standby on
+# the ports 100 further (50161-50164), which follows the active one's state (a NATS key-value
+# bucket) and takes over when it dies (try: kill the active vigie-lighting; the other logs "this
+# instance is the active one" about 10 s later). The gateway and the simulator are given both.
 #
 # Environment: as deploy/run.sh's (VIGIE_TERRITORY, VIGIE_PROFILE, VIGIE_HTTP_PORT, VIGIE_SIM_*).
 set -euo pipefail
@@ -19,4 +21,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export VIGIE_NATS_NODES=3
 export VIGIE_STATE_DIR="${VIGIE_STATE_DIR:-var/cluster}"
 export VIGIE_GATEWAY_REPLICAS="${VIGIE_GATEWAY_REPLICAS:-2}"
+export VIGIE_SERVICE_STANDBYS="${VIGIE_SERVICE_STANDBYS:-1}"
 exec "$root/deploy/run.sh" "$@"

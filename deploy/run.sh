@@ -20,6 +20,8 @@
 #                            on the next ones)
 #   VIGIE_GATEWAY_REPLICAS   gateway replicas (default 1; deploy/cluster.sh: 2), sharing the
 #                            operators and sessions
+#   VIGIE_SERVICE_STANDBYS   1: a standby of each domain service (deploy/cluster.sh: 1), on the
+#                            ports 100 further, taking over when the active one dies
 #   VIGIE_GATEWAY_GRPC_PORT  the gateway's gRPC face (default 50060; replica N 10 further each)
 #   VIGIE_LIGHTING_PORT, VIGIE_TRANSPORT_PORT, VIGIE_WATER_PORT, VIGIE_REPORTS_PORT  the
 #                            services' gRPC ports (default 50061-50064)
@@ -204,17 +206,44 @@ fi
 
 export VIGIE_TERRITORY="$territory"
 
-supervise lighting as_nats_user lighting "$bin"/vigie-lighting --grpc-addr "$lighting_addr" --store "$state/lighting" \
-  --metrics-addr 127.0.0.1:9161
-supervise transport as_nats_user transport "$bin"/vigie-transport --grpc-addr "$transport_addr" \
-  --http-addr "$transport_http_addr" --store "$state/transport" --metrics-addr 127.0.0.1:9162
-supervise reports as_nats_user reports "$bin"/vigie-reports --grpc-addr "$reports_addr" \
-  --http-addr "$reports_http_addr" --store "$state/reports" --metrics-addr 127.0.0.1:9164
-supervise water as_nats_user water "$bin"/vigie-water --grpc-addr "$water_addr" --store "$state/water" \
-  --metrics-addr 127.0.0.1:9163
+# Each domain service, and with VIGIE_SERVICE_STANDBYS=1 a standby of it (--standby: a lease
+# says which instance is active; the standby follows its state and takes over when it dies), on
+# the ports 100 further. Callers are given both URLs and reach the active one.
+standbys="${VIGIE_SERVICE_STANDBYS:-0}"
+case "$standbys" in
+  0|1) ;;
+  *) echo "VIGIE_SERVICE_STANDBYS is 0 or 1, not $standbys" >&2; exit 2 ;;
+esac
+further() { echo "${1%:*}:$((${1##*:} + 100))"; }
+# service NAME ADDR [FLAGS...]: the service's instance(s); its URL(s) in NAME_urls.
+service() {
+  local name="$1" addr="$2"; shift 2
+  local mode=()
+  [ "$standbys" = 1 ] && mode=(--standby)
+  supervise "$name" as_nats_user "$name" "$bin/vigie-$name" --grpc-addr "$addr" --store "$state/$name" "$@" "${mode[@]}"
+  printf -v "${name}_urls" 'http://%s' "$addr"
+  if [ "$standbys" = 1 ]; then
+    local flags=() arg
+    # The standby's HTTP and metrics addresses are 100 further too.
+    while [ $# -gt 0 ]; do
+      arg="$1"; shift
+      case "$arg" in
+        --http-addr|--metrics-addr) flags+=("$arg" "$(further "$1")"); shift ;;
+        *) flags+=("$arg") ;;
+      esac
+    done
+    supervise "$name-standby" as_nats_user "$name" "$bin/vigie-$name" --grpc-addr "$(further "$addr")" \
+      --store "$state/$name-standby" "${flags[@]}" --standby
+    printf -v "${name}_urls" 'http://%s,http://%s' "$addr" "$(further "$addr")"
+  fi
+}
+service lighting "$lighting_addr" --metrics-addr 127.0.0.1:9161
+service transport "$transport_addr" --http-addr "$transport_http_addr" --metrics-addr 127.0.0.1:9162
+service reports "$reports_addr" --http-addr "$reports_http_addr" --metrics-addr 127.0.0.1:9164
+service water "$water_addr" --metrics-addr 127.0.0.1:9163
 supervise gateway as_nats_user gateway "$bin"/vigie-gateway --http-addr "127.0.0.1:${http_port}" \
-  --store "$state/gateway" --ui-dir ui-client/dist --lighting-url "http://${lighting_addr}" \
-  --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" --grpc-addr "127.0.0.1:${gateway_grpc_port}"
+  --store "$state/gateway" --ui-dir ui-client/dist --lighting-url "$lighting_urls" \
+  --water-url "$water_urls" --reports-url "$reports_urls" --grpc-addr "127.0.0.1:${gateway_grpc_port}"
 wait_for "the gateway" "http://127.0.0.1:${http_port}/health"
 # More gateway replicas (deploy/cluster.sh runs two): each with its own view (built from the
 # stream), the installation's key, and the operators and sessions of the shared access directory
@@ -223,14 +252,14 @@ gateway_replicas="${VIGIE_GATEWAY_REPLICAS:-1}"
 for replica in $(seq 2 "$gateway_replicas"); do
   supervise "gateway-$replica" as_nats_user gateway "$bin"/vigie-gateway \
     --http-addr "127.0.0.1:$((http_port + replica - 1))" --store "$state/gateway-$replica" \
-    --auth-key "$state/gateway/auth-key.pem" --ui-dir ui-client/dist --lighting-url "http://${lighting_addr}" \
-    --water-url "http://${water_addr}" --reports-url "http://${reports_addr}" --grpc-addr "127.0.0.1:$((gateway_grpc_port + 10 * (replica - 1)))"
+    --auth-key "$state/gateway/auth-key.pem" --ui-dir ui-client/dist --lighting-url "$lighting_urls" \
+    --water-url "$water_urls" --reports-url "$reports_urls" --grpc-addr "127.0.0.1:$((gateway_grpc_port + 10 * (replica - 1)))"
   wait_for "gateway replica $replica" "http://127.0.0.1:$((http_port + replica - 1))/health"
 done
 
 supervise simulator with_simulator_token "$bin"/vigie-simulator \
-  --lighting-url "http://${lighting_addr}" --transport-url "http://${transport_addr}" \
-  --reports-url "http://${reports_addr}" --water-url "http://${water_addr}"
+  --lighting-url "$lighting_urls" --transport-url "$transport_urls" \
+  --reports-url "$reports_urls" --water-url "$water_urls"
 
 cat <<MSG
 

@@ -42,10 +42,10 @@ impl Services {
         tls: &runtime::config::GrpcClientTls,
         token: BearerToken,
     ) -> anyhow::Result<Services> {
-        let lazy = |url: Option<&str>, flag: &str| -> anyhow::Result<Option<AuthChannel>> {
-            url.map(|u| {
-                tls.endpoint(u)
-                    .map(|e| e.connect_timeout(std::time::Duration::from_secs(2)).connect_lazy())
+        // Several URLs (comma-separated): the instances of a service run with a standby.
+        let lazy = |urls: Option<&str>, flag: &str| -> anyhow::Result<Option<AuthChannel>> {
+            urls.map(|u| {
+                tls.channel(u)
                     .map(|channel| runtime::grpc_auth::with_token(channel, token.clone()))
                     .map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))
             })

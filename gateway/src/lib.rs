@@ -53,14 +53,15 @@ pub struct Config {
     pub store: PathBuf,
 
     /// gRPC endpoint of the lighting service, for operators' commands (none: refused with 503).
+    /// Comma-separated: the instances of a service run with a standby (`--standby`).
     #[arg(long, env = "VIGIE_GATEWAY_LIGHTING_URL")]
     pub lighting_url: Option<String>,
 
-    /// gRPC endpoint of the water service, for valve commands.
+    /// gRPC endpoint(s) of the water service, for valve commands.
     #[arg(long, env = "VIGIE_GATEWAY_WATER_URL")]
     pub water_url: Option<String>,
 
-    /// gRPC endpoint of the reports service, for report status changes.
+    /// gRPC endpoint(s) of the reports service, for report status changes.
     #[arg(long, env = "VIGIE_GATEWAY_REPORTS_URL")]
     pub reports_url: Option<String>,
 

@@ -37,6 +37,17 @@ pub fn revoked_sid(subject: &str) -> Option<&str> {
     subject.strip_prefix("auth.revoked.").filter(|sid| revoked_credential(sid).is_some())
 }
 
+/// The key-value bucket that holds a domain service's state for its standby instances (its
+/// stream is `KV_<bucket>`; keys `<tree>.k<hex key>`): `VIGIE_STATE_LIGHTING` and so on. Only
+/// that service's NATS user may touch it (deploy/nats/authorization.conf).
+pub fn state_bucket(domain: Domain) -> String {
+    format!("VIGIE_STATE_{}", domain.token().to_ascii_uppercase())
+}
+
+/// The key-value bucket of the domain services' leases: which instance of each is active (key:
+/// the domain's token). Its `max_age` is the lease's time to live.
+pub const LEASES_BUCKET: &str = "VIGIE_LEASES";
+
 /// The inbox prefix of a NATS user: replies to its requests (JetStream acknowledgements, API
 /// answers, what its consumers deliver) come under `<prefix>.>`, where NATS lets only that user
 /// subscribe (deploy/nats/authorization.conf).

@@ -128,7 +128,9 @@ impl Slice {
             args.extend(["--territory".into(), territory.path().display().to_string()]);
         }
         // Operators' lighting commands go through the gateway to this slice's lighting service.
-        args.extend(["--lighting-url".into(), format!("http://{lighting_addr}")]);
+        if !gateway_flags.contains(&"--lighting-url") {
+            args.extend(["--lighting-url".into(), format!("http://{lighting_addr}")]);
+        }
         args.extend(gateway_flags.iter().map(|s| s.to_string()));
         // The slice's operator: the metropolitan supervisor, logged in once the gateway is up.
         add_operator(&stores.path().join("gateway"), territory.path(), SUPERVISOR, "supervisor", &[])?;
@@ -252,6 +254,42 @@ impl Slice {
             bail!("adding operator {login}: {status} {answer}");
         }
         login_token(&self.gateway_addr, login).await
+    }
+
+    /// Starts another instance of the lighting service on the slice's NATS and territory, with
+    /// its own store (e.g. a standby: `--standby`); it logs "gRPC listening" once active.
+    pub fn start_lighting_instance(&self, store: &Path, extra: &[&str]) -> Result<Process> {
+        let mut args = self.nats.credentials("lighting");
+        // A NATS URL of its own (one node of a cluster) instead of every node's.
+        let mut extra = extra.to_vec();
+        if let Some(i) = extra.iter().position(|a| *a == "--nats-url")
+            && i + 1 < extra.len()
+        {
+            args[1] = extra[i + 1].to_owned();
+            extra.drain(i..=i + 1);
+        }
+        args.extend([
+            "--store".to_owned(),
+            store.display().to_string(),
+            "--shutdown-timeout".to_owned(),
+            "10s".to_owned(),
+        ]);
+        args.extend([
+            "--auth-public-key".into(),
+            gateway::auth::public_key_path(&self.auth_key()).display().to_string(),
+        ]);
+        args.extend(["--territory".into(), self.territory.path().display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Process::start("vigie-lighting", &args)
+    }
+
+    /// A client of the lighting service that calls whichever of `addrs` answers (the instances
+    /// of a service run with a standby), as the gateway does.
+    pub fn lighting_client_of(&self, addrs: &[&str]) -> Result<LightingClient> {
+        let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let channel = runtime::config::GrpcClientTls::default().channel(&urls.join(","))?;
+        let token = runtime::grpc_auth::BearerToken::fixed(Some(self.service_token.clone()));
+        Ok(LightingClient::new(runtime::grpc_auth::with_token(channel, token)))
     }
 
     pub async fn lighting_client(&self) -> Result<LightingClient> {

@@ -161,14 +161,17 @@ impl Lighting {
                 Payload::LightingKpi(kpi),
             ))?);
         }
-        // Two days of hours are kept.
-        let keep_from = kpi::hour_start(now).saturating_sub(48 * 3600);
-        batch.energy_hours =
-            self.energy().hours(keep_from).iter().map(|((c, h), wh)| (c.to_string(), *h, *wh)).collect();
         if batch.events.is_empty() {
             return Ok(());
         }
-        self.store.write(batch)?;
+        // Two days of hours are kept; those changed since the last write are written.
+        let keep_from = kpi::hour_start(now).saturating_sub(48 * 3600);
+        let changed = self.energy().take_changed(keep_from);
+        batch.energy_hours = changed.iter().map(|((c, h), wh)| (c.to_string(), *h, *wh)).collect();
+        if let Err(e) = self.store.write(batch) {
+            self.energy().untake(changed.into_iter().map(|(key, _)| key));
+            return Err(e.into());
+        }
         self.flush().await
     }
 

@@ -20,6 +20,8 @@ pub struct EnergyMeter {
     lamps: HashMap<AssetId, (CommuneId, Meter)>,
     /// (commune, hour start in Unix seconds) -> Wh.
     hours: BTreeMap<(CommuneId, u64), f64>,
+    /// Hours changed since the store last took them ([`EnergyMeter::take_changed`]).
+    changed: std::collections::BTreeSet<(CommuneId, u64)>,
 }
 
 pub fn hour_start(at: SystemTime) -> u64 {
@@ -59,6 +61,7 @@ impl EnergyMeter {
             let to = until.min(hour_end);
             let hours = to.duration_since(from).map(|d| d.as_secs_f64() / 3600.0).unwrap_or(0.0);
             *self.hours.entry((commune.clone(), hour)).or_default() += meter.power_w * hours;
+            self.changed.insert((commune.clone(), hour));
             from = to;
         }
     }
@@ -79,10 +82,18 @@ impl EnergyMeter {
         self.lamps.values().filter(|(c, _)| c == commune).map(|(_, m)| m.power_w).sum()
     }
 
-    /// Closed hours, for the store; hours older than `keep_from` are forgotten.
-    pub fn hours(&mut self, keep_from: u64) -> &BTreeMap<(CommuneId, u64), f64> {
+    /// The closed hours changed since the last call, for the store (written again only when
+    /// they change: with a standby, every write is published); hours older than `keep_from` are
+    /// forgotten.
+    pub fn take_changed(&mut self, keep_from: u64) -> Vec<((CommuneId, u64), f64)> {
         self.hours.retain(|(_, hour), _| *hour >= keep_from);
-        &self.hours
+        let changed = std::mem::take(&mut self.changed);
+        changed.into_iter().filter_map(|key| self.hours.get(&key).map(|wh| (key, *wh))).collect()
+    }
+
+    /// Hours the store did not take after all (its write failed): taken again next time.
+    pub fn untake(&mut self, hours: impl IntoIterator<Item = (CommuneId, u64)>) {
+        self.changed.extend(hours);
     }
 }
 

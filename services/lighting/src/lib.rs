@@ -70,6 +70,9 @@ pub struct Config {
     pub common: CommonConfig,
 
     #[command(flatten)]
+    pub standby: runtime::replica::StandbyConfig,
+
+    #[command(flatten)]
     pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
@@ -167,7 +170,7 @@ const METHODS: &[(&str, Access)] = &[
 /// Runs the service on `listener` until `shutdown` is cancelled; then stops accepting calls,
 /// finishes those in flight, drains the outbox and NATS, and flushes the store, all within
 /// `shutdown_timeout`.
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let territory = territory::Territory::load(&config.territory).context("loading the territory")?;
     territory.log_summary();
     let store =
@@ -183,7 +186,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     if rules.cluster_min_lamps < 2 || !(rules.cluster_radius_m.is_finite() && rules.cluster_radius_m > 0.0) {
         anyhow::bail!("--cluster-min-lamps must be at least 2 and --cluster-radius-m a positive number");
     }
-    let mut service = Service::start("vigie-lighting", &config.common, store.outbox(), &shutdown).await?;
+    let Some(mut service) =
+        Service::start("vigie-lighting", &config.common, &config.standby, store.database(), &shutdown).await?
+    else {
+        return Ok(());
+    };
+    // Bound once this instance is the active one: a standby answers no call.
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let territory = Arc::new(territory);
     let core = core::Lighting::open(store.clone(), territory.clone(), rules, service.background())
         .await

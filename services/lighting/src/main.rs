@@ -13,8 +13,7 @@ async fn main() -> ExitCode {
     runtime::telemetry::init(&config.common.log_format);
     let result = async {
         let shutdown = runtime::shutdown::on_signal()?;
-        let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-        lighting::run(config, listener, shutdown).await
+        lighting::run(config, shutdown).await
     };
     match result.await {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,14 +6,12 @@
 use prost::Message;
 use proto::event::CheckedEvent;
 use proto::lighting::{DimmingSchedule, LightingCommand, StatusReport, Streetlight};
-use runtime::outbox::{Outbox, PreparedEntry};
+use runtime::outbox::Outbox;
 pub use runtime::store::StoreError;
-use runtime::store::{all, all_keyed, get};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use runtime::store::{Database, Writes, all, all_keyed, get};
 
 use crate::rules::LampCondition;
-use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
+use runtime::alarms::{ActiveAlarm, AlarmOp};
 
 /// What the service knows of one lamp beyond its inventory entry.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -66,34 +64,41 @@ pub struct WriteBatch {
     pub events: Vec<CheckedEvent>,
 }
 
+/// The trees of the lighting service's state.
+const TREES: &[&str] = &["streetlights", "lamp_states", "alarms", "commands", "energy_hours", "schedules"];
+
 #[derive(Clone)]
 pub struct Store {
+    db: Database,
     streetlights: sled::Tree,
     lamp_states: sled::Tree,
     alarms: sled::Tree,
     commands: sled::Tree,
     energy_hours: sled::Tree,
     schedules: sled::Tree,
-    outbox: Outbox,
 }
 
 impl Store {
     /// Opens the service's database in `path` (created if missing).
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        let db = runtime::store::open_database(path)?;
+        let db = Database::open(path, proto::v1::Domain::Lighting, TREES)?;
         Ok(Store {
-            streetlights: db.open_tree("streetlights")?,
-            lamp_states: db.open_tree("lamp_states")?,
-            alarms: db.open_tree("alarms")?,
-            commands: db.open_tree("commands")?,
-            energy_hours: db.open_tree("energy_hours")?,
-            schedules: db.open_tree("schedules")?,
-            outbox: Outbox::open(&db, proto::v1::Domain::Lighting)?,
+            streetlights: db.tree("streetlights")?.clone(),
+            lamp_states: db.tree("lamp_states")?.clone(),
+            alarms: db.tree("alarms")?.clone(),
+            commands: db.tree("commands")?.clone(),
+            energy_hours: db.tree("energy_hours")?.clone(),
+            schedules: db.tree("schedules")?.clone(),
+            db,
         })
     }
 
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn outbox(&self) -> &Outbox {
-        &self.outbox
+        self.db.outbox()
     }
 
     pub fn streetlight(&self, id: &str) -> Result<Option<Streetlight>, StoreError> {
@@ -146,15 +151,19 @@ impl Store {
 
     /// Saves a schedule (durably: schedules change rarely).
     pub async fn put_schedule(&self, schedule: &DimmingSchedule) -> Result<(), StoreError> {
-        self.schedules.insert(schedule.id.as_bytes(), schedule.encode_to_vec())?;
-        self.outbox.flush().await?;
-        Ok(())
+        let mut writes = Writes::new();
+        writes.put("schedules", schedule.id.as_bytes(), schedule.encode_to_vec());
+        self.db.commit(&writes, &[])?;
+        self.db.flush().await
     }
 
     /// Removes a schedule; false when there was none.
     pub async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
-        let existed = self.schedules.remove(id.as_bytes())?.is_some();
-        self.outbox.flush().await?;
+        let existed = self.schedules.contains_key(id.as_bytes())?;
+        let mut writes = Writes::new();
+        writes.remove("schedules", id.as_bytes());
+        self.db.commit(&writes, &[])?;
+        self.db.flush().await?;
         Ok(existed)
     }
 
@@ -166,52 +175,29 @@ impl Store {
 
     /// Writes a batch and its events in one transaction (not yet flushed: see [`Store::flush`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let entries: Vec<PreparedEntry> =
-            batch.events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
-        let lights: Vec<(Vec<u8>, Vec<u8>)> =
-            batch.streetlights.iter().map(|l| (l.id.as_bytes().to_vec(), l.encode_to_vec())).collect();
-        let states: Vec<(Vec<u8>, Vec<u8>)> =
-            batch.lamp_states.iter().map(|(id, s)| (id.as_bytes().to_vec(), s.encode_to_vec())).collect();
+        let mut writes = Writes::new();
+        for (commune, hour, wh) in &batch.energy_hours {
+            writes.put("energy_hours", format!("{commune}/{hour}"), wh.to_be_bytes());
+        }
+        for light in &batch.streetlights {
+            writes.put("streetlights", light.id.as_bytes(), light.encode_to_vec());
+        }
+        for (id, state) in &batch.lamp_states {
+            writes.put("lamp_states", id.as_bytes(), state.encode_to_vec());
+        }
         // Raises and clears, in order.
-        let alarms: Vec<EncodedOp> = batch.alarms.iter().map(AlarmOp::encode).collect();
-        let commands: Vec<(Vec<u8>, Vec<u8>)> = batch
-            .commands
-            .iter()
-            .map(|c| (c.command.as_ref().map(|c| c.id.clone()).unwrap_or_default().into_bytes(), c.encode_to_vec()))
-            .collect();
-        let energy: Vec<(Vec<u8>, [u8; 8])> = batch
-            .energy_hours
-            .iter()
-            .map(|(commune, hour, wh)| (format!("{commune}/{hour}").into_bytes(), wh.to_be_bytes()))
-            .collect();
-        (&self.streetlights, &self.lamp_states, &self.alarms, &self.commands, &self.energy_hours, self.outbox.tree())
-            .transaction(|(t_lights, t_states, t_alarms, t_commands, t_energy, t_outbox)| {
-            for (k, v) in &energy {
-                t_energy.insert(k.as_slice(), &v[..])?;
-            }
-            for (k, v) in &lights {
-                t_lights.insert(k.as_slice(), v.as_slice())?;
-            }
-            for (k, v) in &states {
-                t_states.insert(k.as_slice(), v.as_slice())?;
-            }
-            for op in &alarms {
-                op.stage(t_alarms)?;
-            }
-            for (k, v) in &commands {
-                t_commands.insert(k.as_slice(), v.as_slice())?;
-            }
-            for entry in &entries {
-                entry.stage(t_outbox)?;
-            }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(())
+        for op in &batch.alarms {
+            op.write("alarms", &mut writes);
+        }
+        for record in &batch.commands {
+            let id = record.command.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+            writes.put("commands", id, record.encode_to_vec());
+        }
+        self.db.commit(&writes, &batch.events)
     }
 
     /// Makes every written batch durable and wakes the outbox relay.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.outbox.flush().await?;
-        Ok(())
+        self.db.flush().await
     }
 }

@@ -75,6 +75,9 @@ pub struct Config {
     pub common: CommonConfig,
 
     #[command(flatten)]
+    pub standby: runtime::replica::StandbyConfig,
+
+    #[command(flatten)]
     pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
@@ -88,12 +91,7 @@ const METHODS: &[(&str, Access)] = &[
     ("ChangeStatus", Access::Act),
 ];
 
-pub async fn run(
-    config: Config,
-    listener: tokio::net::TcpListener,
-    http_listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     if config.rate_per_minute == 0 || config.read_rate_per_minute == 0 {
         anyhow::bail!("--rate-per-minute and --read-rate-per-minute must be at least 1");
     }
@@ -112,7 +110,14 @@ pub async fn run(
     if config.kpi_interval.is_zero() {
         anyhow::bail!("--kpi-interval must be more than 0");
     }
-    let mut service = Service::start("vigie-reports", &config.common, store.outbox(), &shutdown).await?;
+    let Some(mut service) =
+        Service::start("vigie-reports", &config.common, &config.standby, store.database(), &shutdown).await?
+    else {
+        return Ok(());
+    };
+    // Bound once this instance is the active one: a standby answers no call.
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let core = Arc::new(core::Reports::open(
         store,
         Arc::new(territory),

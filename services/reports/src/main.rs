@@ -13,9 +13,7 @@ async fn main() -> ExitCode {
     runtime::telemetry::init(&config.common.log_format);
     let result = async {
         let shutdown = runtime::shutdown::on_signal()?;
-        let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-        let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-        reports::run(config, listener, http_listener, shutdown).await
+        reports::run(config, shutdown).await
     };
     match result.await {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,15 +4,14 @@
 use prost::Message;
 use proto::event::CheckedEvent;
 use proto::reports::ServiceRequest;
-use runtime::outbox::{Outbox, PreparedEntry};
+use runtime::outbox::Outbox;
 pub use runtime::store::StoreError;
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use runtime::store::{Database, Writes};
 
 #[derive(Clone)]
 pub struct Store {
+    db: Database,
     requests: sled::Tree,
-    outbox: Outbox,
 }
 
 /// Request ids are decimal numbers; keys are big-endian so that the tree iterates in id order.
@@ -23,12 +22,16 @@ fn key(id: &str) -> Vec<u8> {
 impl Store {
     /// Opens the service's database in `path` (created if missing).
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        let db = runtime::store::open_database(path)?;
-        Ok(Store { requests: db.open_tree("requests")?, outbox: Outbox::open(&db, proto::v1::Domain::Reports)? })
+        let db = Database::open(path, proto::v1::Domain::Reports, &["requests"])?;
+        Ok(Store { requests: db.tree("requests")?.clone(), db })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     pub fn outbox(&self) -> &Outbox {
-        &self.outbox
+        self.db.outbox()
     }
 
     pub fn requests(&self) -> Result<Vec<ServiceRequest>, StoreError> {
@@ -38,25 +41,15 @@ impl Store {
     /// Writes requests (whole) and their events in one transaction (durable at the next
     /// [`Store::flush`]).
     pub fn write(&self, requests: &[ServiceRequest], events: &[CheckedEvent]) -> Result<(), StoreError> {
-        let entries: Vec<PreparedEntry> =
-            events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> =
-            requests.iter().map(|r| (key(&r.service_request_id), r.encode_to_vec())).collect();
-        (&self.requests, self.outbox.tree()).transaction(|(t_requests, t_outbox)| {
-            for (k, v) in &encoded {
-                t_requests.insert(k.as_slice(), v.as_slice())?;
-            }
-            for entry in &entries {
-                entry.stage(t_outbox)?;
-            }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(())
+        let mut writes = Writes::new();
+        for request in requests {
+            writes.put("requests", key(&request.service_request_id), request.encode_to_vec());
+        }
+        self.db.commit(&writes, events)
     }
 
     /// Makes what was written durable (and wakes the outbox relay). Before answering.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.outbox.flush().await?;
-        Ok(())
+        self.db.flush().await
     }
 }

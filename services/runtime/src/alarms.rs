@@ -1,13 +1,12 @@
 //! Alarm bookkeeping that every domain service does the same way: the active alarms a service
 //! keeps, the changes its rules produce, how they are stored, and the events that announce them.
 
-use crate::store::StoreError;
+use crate::store::{StoreError, Writes};
 use prost::Message;
 use proto::event::{self, CheckedEvent, EventError};
 use proto::ids::{AssetId, CommuneId};
 use proto::v1::event::Payload;
 use proto::v1::{AlarmCleared, AlarmRaised, Position};
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 /// An active alarm as a service keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,14 +83,9 @@ struct AlarmRecord {
     raised: Option<AlarmRaised>,
 }
 
-/// An [`AlarmOp`] encoded for a sled transaction (encode outside, stage inside).
-pub struct EncodedOp {
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-}
-
 impl AlarmOp {
-    pub fn encode(&self) -> EncodedOp {
+    /// Adds this raise or clear to `writes`, in the alarm tree `tree`.
+    pub fn write(&self, tree: &str, writes: &mut Writes) {
         match self {
             AlarmOp::Raise(a) => {
                 let record = AlarmRecord {
@@ -100,20 +94,10 @@ impl AlarmOp {
                     position: a.position,
                     raised: Some(a.raised.clone()),
                 };
-                EncodedOp { key: a.raised.key.clone().into_bytes(), value: Some(record.encode_to_vec()) }
+                writes.put(tree, a.raised.key.clone(), record.encode_to_vec());
             }
-            AlarmOp::Clear(key) => EncodedOp { key: key.clone().into_bytes(), value: None },
+            AlarmOp::Clear(key) => writes.remove(tree, key.clone()),
         }
-    }
-}
-
-impl EncodedOp {
-    pub fn stage(&self, alarms: &TransactionalTree) -> Result<(), UnabortableTransactionError> {
-        match &self.value {
-            Some(v) => alarms.insert(self.key.as_slice(), v.as_slice())?,
-            None => alarms.remove(self.key.as_slice())?,
-        };
-        Ok(())
     }
 }
 
@@ -144,8 +128,8 @@ mod tests {
 
     #[test]
     fn alarms_round_trip_through_a_tree() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("alarms").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::Database::open(dir.path(), proto::v1::Domain::Lighting, &["alarms"]).unwrap();
         let alarm = ActiveAlarm {
             commune: CommuneId::parse("34172").unwrap(),
             asset: AssetId::parse("EP1").unwrap(),
@@ -156,19 +140,13 @@ mod tests {
                 ..Default::default()
             },
         };
-        let raise = AlarmOp::Raise(alarm.clone()).encode();
-        tree.transaction(|t| {
-            raise.stage(t)?;
-            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-        })
-        .unwrap();
-        assert_eq!(read_all(&tree).unwrap(), [alarm]);
-        let clear = AlarmOp::Clear("lighting/lamp_failure/EP1".into()).encode();
-        tree.transaction(|t| {
-            clear.stage(t)?;
-            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-        })
-        .unwrap();
-        assert!(read_all(&tree).unwrap().is_empty());
+        let mut writes = Writes::new();
+        AlarmOp::Raise(alarm.clone()).write("alarms", &mut writes);
+        db.commit(&writes, &[]).unwrap();
+        assert_eq!(read_all(db.tree("alarms").unwrap()).unwrap(), [alarm]);
+        let mut writes = Writes::new();
+        AlarmOp::Clear("lighting/lamp_failure/EP1".into()).write("alarms", &mut writes);
+        db.commit(&writes, &[]).unwrap();
+        assert!(read_all(db.tree("alarms").unwrap()).unwrap().is_empty());
     }
 }

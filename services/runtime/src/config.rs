@@ -101,6 +101,65 @@ impl GrpcClientTls {
     }
 }
 
+impl GrpcClientTls {
+    /// The endpoints of a comma-separated list of URLs (the instances of a service run with a
+    /// standby, or one URL).
+    pub fn endpoints(&self, urls: &str) -> anyhow::Result<Vec<tonic::transport::Endpoint>> {
+        let endpoints = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| self.endpoint(u).map(|e| e.connect_timeout(std::time::Duration::from_secs(2))))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!endpoints.is_empty(), "no URL in {urls:?}");
+        Ok(endpoints)
+    }
+
+    /// A channel to a service, connected at its first call: to its one URL, or to whichever of
+    /// its instances listens (a standby does not listen until it is the active one; see
+    /// [`follow_instances`]). Call within a Tokio runtime.
+    pub fn channel(&self, urls: &str) -> anyhow::Result<tonic::transport::Channel> {
+        let mut endpoints = self.endpoints(urls)?;
+        if endpoints.len() == 1 {
+            return Ok(endpoints.remove(0).connect_lazy());
+        }
+        let (channel, changes) = tonic::transport::Channel::balance_channel(endpoints.len());
+        tokio::spawn(follow_instances(endpoints, changes));
+        Ok(channel)
+    }
+}
+
+/// Keeps in a balanced channel only the instances that accept a connection, checked every
+/// 500 ms, until the channel is dropped. (tonic's own list keeps an endpoint whose connection
+/// fails, and sends it every other call.)
+async fn follow_instances(
+    endpoints: Vec<tonic::transport::Endpoint>,
+    changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<usize, tonic::transport::Endpoint>>,
+) {
+    use tonic::transport::channel::Change;
+    let mut listening = vec![false; endpoints.len()];
+    loop {
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let uri = endpoint.uri();
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            let addr = format!("{}:{port}", uri.host().unwrap_or_default());
+            let connect = tokio::net::TcpStream::connect(addr);
+            let up = matches!(tokio::time::timeout(std::time::Duration::from_secs(1), connect).await, Ok(Ok(_)));
+            if up != listening[i] {
+                let change = if up { Change::Insert(i, endpoint.clone()) } else { Change::Remove(i) };
+                if changes.send(change).await.is_err() {
+                    return;
+                }
+                listening[i] = up;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = changes.closed() => return,
+        }
+    }
+}
+
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }

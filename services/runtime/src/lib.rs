@@ -12,7 +12,10 @@
 //!   revocations), and the credential a client sends.
 //! - [`alarms`]: active alarms, their changes, how they are stored and announced.
 //! - [`error`]: why a service's core refuses or fails a use case, and its gRPC status.
-//! - [`store`]: opening a service's sled database, the store's error, reading records back.
+//! - [`store`]: a service's sled database (its trees and outbox), the one way it is written, the
+//!   store's error, reading records back.
+//! - [`replica`]: a service run as an active instance and standbys (the state bucket).
+//! - [`lease`]: which instance is active (a lease in a key-value bucket), and its fence.
 //! - [`service`]: the start and the end of every domain service's `run`.
 //! - [`controller`]: field controllers' sessions and the desk of commands they wait for.
 //! - [`metrics`]: the process's Prometheus metrics and their `/metrics` route.
@@ -25,8 +28,10 @@ pub mod controller;
 pub mod error;
 pub mod grpc;
 pub mod grpc_auth;
+pub mod lease;
 pub mod metrics;
 pub mod outbox;
+pub mod replica;
 pub mod service;
 pub mod shutdown;
 pub mod store;

@@ -40,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus;
 use crate::config::StreamSettings;
+use crate::lease::Fence;
+use crate::replica;
+use crate::store::{Change, StoreError};
 
 /// How an entry is stored: everything the relay needs, so it never decodes the event itself.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -50,6 +53,10 @@ struct OutboxRecord {
     msg_id: String,
     #[prost(bytes = "vec", tag = "3")]
     payload: Vec<u8>,
+    /// An entry of state changes (no subject, no event): an operation's changes, published to
+    /// the service's state bucket after its events when the service runs with a standby.
+    #[prost(message, repeated, tag = "4")]
+    changes: Vec<Change>,
 }
 
 /// The entries of the batch being published, and the stream sequence they come after: what
@@ -69,6 +76,7 @@ pub const ENTRY_HEADER: &str = "Vigie-Outbox-Entry";
 
 const PUBLISHER_KEY: &[u8] = b"publisher";
 const IN_FLIGHT_KEY: &[u8] = b"in_flight";
+const STATE_SEQ_KEY: &[u8] = b"state_seq";
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -78,6 +86,7 @@ pub struct Outbox {
     /// The relay's own records: this outbox's identity, the batch in flight.
     meta: sled::Tree,
     publisher: String,
+    domain: proto::v1::Domain,
     /// The subjects this outbox publishes on (its domain's).
     filter: String,
     /// The name of the consumer that reads them back (one per domain: NATS permits this name
@@ -85,6 +94,21 @@ pub struct Outbox {
     reader: String,
     wake: Arc<Notify>,
     flushes: Arc<Flushes>,
+    /// Set when the service runs with a standby (see [`Outbox::replicate`]).
+    replication: Arc<std::sync::OnceLock<Replication>>,
+    /// Notified each time the relay has removed published entries.
+    published: Arc<Notify>,
+}
+
+/// How an outbox of a service with a standby publishes its state, and when it answers.
+#[derive(Clone)]
+pub struct Replication {
+    /// How long a write waits for its state to be in the bucket before it is refused.
+    pub ack_timeout: Duration,
+    /// The lease this instance holds: nothing is published once it may have lapsed.
+    pub fence: Fence,
+    /// The state bucket's last sequence, as this instance wrote it (see [`replica::Publisher`]).
+    pub tail: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Commits share flushes: a commit waits for a flush that began after it was asked for, rather
@@ -132,11 +156,51 @@ impl Outbox {
             dead: db.open_tree("outbox_dead_letters")?,
             meta,
             publisher,
+            domain,
             filter: proto::subject::domain_events(domain),
             reader: format!("outbox-{}", domain.token()),
             wake: Arc::new(Notify::new()),
             flushes: Arc::default(),
+            replication: Arc::default(),
+            published: Arc::new(Notify::new()),
         })
+    }
+
+    /// From now on, every operation's state changes go to the state bucket with its events, and
+    /// a write is acknowledged once both are in JetStream (see [`crate::replica`]). Once only.
+    pub fn replicate(&self, replication: Replication) {
+        if self.replication.set(replication).is_err() {
+            tracing::warn!("the outbox was already replicated");
+        }
+    }
+
+    /// This outbox's identity (kept in the store): also the instance's in the leases bucket.
+    pub fn publisher(&self) -> &str {
+        &self.publisher
+    }
+
+    /// Whether state changes are published (the service runs with a standby).
+    pub fn is_replicated(&self) -> bool {
+        self.replication.get().is_some()
+    }
+
+    /// The entry that carries an operation's state changes, when they are published.
+    pub fn prepare_changes(&self, changes: &[Change]) -> sled::Result<Option<PreparedEntry>> {
+        if changes.is_empty() || !self.is_replicated() {
+            return Ok(None);
+        }
+        let key = self.db.generate_id()?.to_be_bytes();
+        let record = OutboxRecord { changes: changes.to_vec(), ..Default::default() };
+        Ok(Some(PreparedEntry { key, value: record.encode_to_vec() }))
+    }
+
+    /// Forgets every entry (a standby's outbox: what it holds was never acknowledged, see
+    /// [`crate::replica`]).
+    pub fn discard(&self) -> sled::Result<usize> {
+        let n = self.tree.len();
+        self.tree.clear()?;
+        self.meta.remove(IN_FLIGHT_KEY)?;
+        Ok(n)
     }
 
     /// The tree to include in the caller's transaction.
@@ -151,15 +215,43 @@ impl Outbox {
             subject: event.subject(),
             msg_id: event.event.id.clone(),
             payload: event.event.encode_to_vec(),
+            changes: Vec::new(),
         };
         Ok(PreparedEntry { key, value: record.encode_to_vec() })
     }
 
     /// Makes committed transactions durable, then wakes the relay. Call before acknowledging.
-    pub async fn flush(&self) -> sled::Result<()> {
+    /// With a standby, also waits until the relay has published them (events and state): what
+    /// is acknowledged then survives the loss of this machine.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        // Every entry committed before this call has a smaller key.
+        let ticket = match self.replication.get() {
+            Some(_) => Some(self.db.generate_id()?),
+            None => None,
+        };
         self.sync().await?;
         self.wake.notify_one();
-        Ok(())
+        let (Some(ticket), Some(replication)) = (ticket, self.replication.get()) else { return Ok(()) };
+        let deadline = tokio::time::Instant::now() + replication.ack_timeout;
+        loop {
+            let published = self.published.notified();
+            let first = self.tree.first()?.map(|(key, _)| entry_key(&key));
+            if first.is_none_or(|key| key > ticket) {
+                return Ok(());
+            }
+            if !replication.fence.holds() {
+                return Err(StoreError::Fenced);
+            }
+            let wait = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)));
+            tokio::select! {
+                _ = published => {}
+                _ = wait => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StoreError::NotReplicated(replication.ack_timeout));
+                    }
+                }
+            }
+        }
     }
 
     /// Makes every transaction committed before the call durable (sharing a flush with
@@ -208,6 +300,17 @@ impl Outbox {
     fn record_in_flight(&self, keys: Vec<u64>, after_seq: u64) -> sled::Result<()> {
         self.meta.insert(IN_FLIGHT_KEY, InFlight { keys, after_seq }.encode_to_vec())?;
         Ok(())
+    }
+
+    /// Records the state bucket's sequence this store's state is at (published or applied).
+    pub fn record_state_seq(&self, seq: u64) -> sled::Result<()> {
+        self.meta.insert(STATE_SEQ_KEY, &seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The state bucket's sequence this store's state is at (0: none recorded).
+    pub fn state_seq(&self) -> sled::Result<u64> {
+        Ok(self.meta.get(STATE_SEQ_KEY)?.map(|v| entry_key(&v)).unwrap_or(0))
     }
 
     fn in_flight(&self) -> sled::Result<Option<InFlight>> {
@@ -332,6 +435,13 @@ async fn run(
                 }
                 backoff = Duration::from_millis(50);
             }
+            Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Fenced)) => {
+                tracing::error!(
+                    pending = outbox.depth(),
+                    "this instance may have lost its lease: the outbox publishes nothing more"
+                );
+                return;
+            }
             Err(e) => {
                 crate::metrics::global().publish_failures.inc();
                 if let Some(e) = e.downcast_ref::<sled::Error>() {
@@ -380,6 +490,10 @@ async fn publish_batch(
     if entries.is_empty() {
         return Ok(settled);
     }
+    let replication = outbox.replication.get();
+    if replication.is_some_and(|r| !r.fence.holds()) {
+        return Err(StoreError::Fenced.into());
+    }
     let after_seq = match state.after_seq {
         Some(seq) => seq,
         None => last_sequence(js).await?,
@@ -389,6 +503,7 @@ async fn publish_batch(
     // record of the batch in flight is made durable by the same flush.)
     outbox.sync().await?;
     let mut in_flight = Vec::with_capacity(entries.len());
+    let mut states: Vec<(sled::IVec, Vec<Change>)> = Vec::new();
     let mut set_aside = 0;
     for (key, value) in entries {
         let record = match OutboxRecord::decode(value.as_ref()) {
@@ -400,6 +515,11 @@ async fn publish_batch(
                 continue;
             }
         };
+        if !record.changes.is_empty() {
+            // Published after the events of the batch (an operation's events come first).
+            states.push((key, record.changes));
+            continue;
+        }
         let publish = PublishMessage::build()
             .message_id(&record.msg_id)
             .header(PUBLISHER_HEADER, outbox.publisher.as_str())
@@ -421,7 +541,13 @@ async fn publish_batch(
     }
     let mut acknowledged = 0;
     let mut outcome = Ok(());
+    // The first event entry not acknowledged: the state entries after it wait with it.
+    let mut held_back: Option<u64> = None;
     for (key, value, ack) in in_flight {
+        if outcome.is_err() {
+            held_back = held_back.or(Some(entry_key(&key)));
+            continue;
+        }
         match ack.await {
             Ok(ack) if ack.stream != proto::subject::EVENTS_STREAM => {
                 outcome = Err(anyhow::anyhow!(
@@ -429,7 +555,7 @@ async fn publish_batch(
                     ack.stream,
                     proto::subject::EVENTS_STREAM
                 ));
-                break;
+                held_back = Some(entry_key(&key));
             }
             Ok(ack) => {
                 if ack.duplicate {
@@ -448,7 +574,46 @@ async fn publish_batch(
             }
             Err(e) => {
                 outcome = Err(e.into());
-                break;
+                held_back = Some(entry_key(&key));
+            }
+        }
+    }
+    // Events not even sent (the send loop stopped) come after every state entry read: the
+    // state entries read are all before them.
+    let states: Vec<(sled::IVec, Vec<Change>)> =
+        states.into_iter().take_while(|(key, _)| held_back.is_none_or(|k| entry_key(key) < k)).collect();
+    if !states.is_empty() {
+        match replication {
+            // Run without a standby now: nobody follows the state bucket.
+            None => {
+                for (key, _) in &states {
+                    outbox.tree.remove(key)?;
+                }
+                acknowledged += states.len();
+            }
+            Some(_) if outcome.is_err() => {}
+            Some(r) if !r.fence.holds() => outcome = Err(StoreError::Fenced.into()),
+            Some(r) => {
+                let groups: Vec<&[Change]> = states.iter().map(|(_, changes)| changes.as_slice()).collect();
+                let client = js.client();
+                let publisher = replica::Publisher {
+                    client: &client,
+                    js,
+                    domain: outbox.domain,
+                    instance: &outbox.publisher,
+                    tail: &r.tail,
+                    fence: &r.fence,
+                };
+                match replica::publish_changes(&publisher, &groups).await {
+                    Ok(seq) => {
+                        for (key, _) in &states {
+                            outbox.tree.remove(key)?;
+                        }
+                        outbox.record_state_seq(seq)?;
+                        acknowledged += states.len();
+                    }
+                    Err(e) => outcome = Err(e),
+                }
             }
         }
     }
@@ -456,6 +621,7 @@ async fn publish_batch(
     // published again once the duplicate window has passed.
     if acknowledged + set_aside > 0 {
         outbox.sync().await?;
+        outbox.published.notify_waiters();
     }
     outcome.map(|()| settled + acknowledged + set_aside)
 }

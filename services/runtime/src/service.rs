@@ -1,13 +1,19 @@
-//! The start and the end of every domain service's `run`, written once: connect to NATS, start
+//! The start and the end of every domain service's `run`, written once: connect to NATS (with
+//! `--standby`, stand by until this instance holds the lease, see [`crate::replica`]), start
 //! the outbox relay and the metrics endpoint; then, once the gRPC server has stopped, stop the
-//! background work, publish what the outbox still holds, drain NATS and flush the store, all
-//! within the shutdown timeout. What lies between (the domain, its core, its API) is the
-//! service's own.
+//! background work, publish what the outbox still holds, drain NATS, flush the store and release
+//! the lease, all within the shutdown timeout. What lies between (the domain, its core, its API)
+//! is the service's own.
 
 use crate::config::CommonConfig;
+use crate::lease::{self, Fence};
 use crate::outbox::{self, Outbox, RelayHandle};
+use crate::replica::{self, StandbyConfig};
+use crate::store::Database;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,20 +27,40 @@ pub struct Service {
     tasks: Vec<JoinHandle<()>>,
     timeout: Duration,
     stream_replicas: u8,
+    /// With `--standby`: the lease this instance holds, and what releases it at the end.
+    lease: Option<(Fence, CancellationToken, JoinHandle<()>)>,
 }
 
 impl Service {
-    /// Connects to NATS as `client_name`, and starts publishing `outbox` and serving metrics.
+    /// Connects to NATS as `client_name`, stands by while another instance is active (with
+    /// `--standby`), and starts publishing the outbox and serving metrics. `None`: `shutdown`
+    /// came while standing by.
     pub async fn start(
         client_name: &str,
         common: &CommonConfig,
-        outbox: &Outbox,
+        standby: &StandbyConfig,
+        database: &Database,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Service> {
+    ) -> anyhow::Result<Option<Service>> {
         let nats = crate::bus::connect(common, client_name).await?;
+        let outbox = database.outbox();
+        let lease = if standby.standby {
+            let Some(fence) = become_active(database, &nats, common, standby, shutdown).await? else {
+                crate::bus::drain(&nats, common.shutdown_timeout).await;
+                return Ok(None);
+            };
+            outbox.replicate(outbox::Replication {
+                ack_timeout: standby.replication_timeout,
+                fence: fence.0.clone(),
+                tail: fence.3.clone(),
+            });
+            Some((fence.0, fence.1, fence.2))
+        } else {
+            None
+        };
         let relay = outbox::spawn_relay(outbox, &nats, &common.stream, common.shutdown_timeout);
         let metrics = crate::metrics::serve_service(common.metrics_addr, outbox, shutdown.clone()).await?;
-        Ok(Service {
+        Ok(Some(Service {
             nats,
             outbox: outbox.clone(),
             relay,
@@ -43,7 +69,8 @@ impl Service {
             tasks: Vec::new(),
             timeout: common.shutdown_timeout,
             stream_replicas: common.stream.replicas,
-        })
+            lease,
+        }))
     }
 
     pub fn nats(&self) -> &async_nats::Client {
@@ -99,12 +126,165 @@ impl Service {
         if let Some(metrics) = self.metrics {
             let _ = metrics.await;
         }
+        let synced = self.outbox.sync().await;
+        let lost = self.lease.as_ref().is_some_and(|(fence, _, _)| fence.lost().is_cancelled());
+        if let Some((_, release, keeper)) = self.lease {
+            // What the relay sent is at the server before the lease goes.
+            let _ = tokio::time::timeout(self.timeout, self.nats.flush()).await;
+            release.cancel();
+            let _ = keeper.await;
+        }
         crate::bus::drain(&self.nats, self.timeout).await;
-        if let Err(e) = self.outbox.flush().await {
+        if let Err(e) = synced {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
             return Err(anyhow::anyhow!("flushing the store: {e}"));
         }
         tracing::info!(outbox = self.outbox.depth(), "stopped");
+        if lost {
+            anyhow::bail!("this instance lost its lease: another one is active");
+        }
         served
+    }
+}
+
+/// What an active instance holds: its lease's fence, what releases the lease, the task that
+/// keeps it, and the state bucket's last sequence as this instance wrote it.
+type Active = (Fence, CancellationToken, JoinHandle<()>, Arc<AtomicU64>);
+
+/// Stands by until this instance holds the service's lease, following the state bucket; then
+/// brings the store to the bucket's end and marks the bucket as its own. `None` if `shutdown`
+/// came first.
+async fn become_active(
+    database: &Database,
+    nats: &async_nats::Client,
+    common: &CommonConfig,
+    standby: &StandbyConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Active>> {
+    let js = crate::bus::jetstream(nats);
+    let domain = database.domain();
+    let replicas = common.stream.replicas;
+    if standby.lease_ttl < Duration::from_secs(2) {
+        anyhow::bail!("--lease-ttl must be at least 2s");
+    }
+    // The buckets, once NATS answers (a standby may start before the cluster has a leader).
+    let leases = loop {
+        let made = async {
+            replica::ensure_state_bucket(&js, domain, replicas).await?;
+            lease::bucket(&js, standby.lease_ttl, replicas).await
+        };
+        match made.await {
+            Ok(leases) => break leases,
+            Err(e) => tracing::warn!(error = %e, "the state and leases buckets are not reachable yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+    };
+    let key = domain.token();
+    let instance = database.outbox().publisher().to_owned();
+    let mut follower: Option<replica::Follower> = None;
+    // An instance with nothing in its store leaves a bucket that was never written to another
+    // one for a while: started together, the instance with the state must be the one to seed.
+    let empty_store = database.state_trees().all(|(_, tree)| tree.is_empty());
+    let started = tokio::time::Instant::now();
+    let lease = loop {
+        let yielding = empty_store
+            && started.elapsed() < standby.lease_ttl
+            && replica::last_seq(&js, domain).await.unwrap_or(0) == 0;
+        if yielding {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = shutdown.cancelled() => return Ok(None),
+            }
+        }
+        match lease::try_acquire(&leases, key, &instance, standby.lease_ttl).await {
+            Ok(Some(lease)) => break lease,
+            Ok(None) => {
+                if follower.as_ref().is_none_or(|f| f.has_stopped()) {
+                    if follower.is_none() {
+                        tracing::info!(key, "another instance is active: standing by");
+                    }
+                    match replica::follow(database, &js, domain).await {
+                        Ok(f) => follower = Some(f),
+                        Err(e) => tracing::warn!(error = %e, "following the state bucket failed; retrying"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the lease could not be tried; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+    };
+    let fence = lease.fence();
+    let release = CancellationToken::new();
+    let keeper = tokio::spawn(lease.keep(release.clone()));
+    // Losing the lease stops the service (the supervisor starts it again, as a standby).
+    let (lost, stop) = (fence.lost(), shutdown.clone());
+    tokio::spawn(async move {
+        lost.cancelled().await;
+        stop.cancel();
+    });
+    tracing::info!(key, "this instance holds the lease: catching up with the state bucket");
+    const CATCH_UP: Duration = Duration::from_secs(300);
+    // The bucket's stream may be electing a leader (its node lost): tried again while the
+    // lease holds.
+    let mut last = patiently("reading the state bucket's end", &fence, || replica::last_seq(&js, domain)).await?;
+    let local = database.outbox().state_seq()?;
+    let tail = Arc::new(AtomicU64::new(0));
+    let publisher =
+        replica::Publisher { client: nats, js: &js, domain, instance: &instance, tail: &tail, fence: &fence };
+    let read_anew = || async { replica::follow(database, &js, domain).await?.catch_up(last, CATCH_UP).await };
+    match follower {
+        // A follower whose consumer was on a node now lost may take long to recover: read anew.
+        Some(follower) => {
+            if let Err(e) = follower.catch_up(last, Duration::from_secs(10)).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "the standby's copy did not catch up: reading the state bucket anew"
+                );
+                patiently("reading the state bucket", &fence, read_anew).await?;
+            }
+        }
+        None if last == 0 => {
+            // A bucket that never held anything: this store's state is the first.
+            last = patiently("seeding the state bucket", &fence, || replica::seed(database, &publisher)).await?;
+        }
+        // This instance was the active one, and nothing was published since: its store (and
+        // what its outbox still holds) goes on.
+        None if local == last => {}
+        None => patiently("reading the state bucket", &fence, read_anew).await?,
+    }
+    // From here on, a batch of another instance's is refused by the server, and this one's
+    // would be if another took over (see `replica::Publisher::tail`).
+    tail.store(last, Ordering::Release);
+    let marked = patiently("taking the state bucket over", &fence, || replica::take_over(&publisher)).await?;
+    database.outbox().record_state_seq(marked)?;
+    database.outbox().sync().await?;
+    if !fence.holds() {
+        anyhow::bail!("the lease lapsed while this instance caught up with the state bucket");
+    }
+    tracing::info!(key, publisher = %instance, state_seq = database.outbox().state_seq()?, "this instance is the active one");
+    Ok(Some((fence, release, keeper, tail)))
+}
+
+/// Runs `attempt` until it succeeds, once a second, while this instance holds its lease.
+async fn patiently<T, F, Fut>(what: &str, fence: &Fence, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if !fence.holds() || matches!(e.downcast_ref(), Some(crate::store::StoreError::Fenced)) => {
+                return Err(e.context(format!("{what}: the lease was lost meanwhile")));
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "{what} failed; trying again"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -1,12 +1,149 @@
-//! What every domain service's store shares: opening its sled database (watched for a failing
-//! disk, see [`crate::store_fault`]), the one error a store returns, and reading protobuf records
-//! back. Each service's own `store` module stays the only one of its modules that sees sled; it
-//! builds on these functions.
+//! What every domain service's store shares: its database ([`Database`]: its named trees and
+//! its outbox, opened on a disk watched for failure, see [`crate::store_fault`]), the one way a
+//! change is written ([`Writes`], committed with the events that announce it in one transaction),
+//! the one error a store returns, and reading protobuf records back. Each service's own `store`
+//! module stays the only one of its modules that sees sled; it builds on these.
+//!
+//! Every change goes through [`Database::commit`], so that a service run as an active instance
+//! with a standby (see [`crate::replica`]) hands every change of its state to the outbox as well:
+//! the relay publishes it to the service's state bucket, which the standby follows.
 
 use prost::Message;
-use proto::event::EventError;
-use sled::transaction::TransactionError;
+use proto::event::{CheckedEvent, EventError};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::outbox::{Outbox, PreparedEntry};
+
+/// One change to a tree: a record put, or removed (`value` absent).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Change {
+    #[prost(string, tag = "1")]
+    pub tree: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// The changes one operation makes, applied in order by [`Database::commit`].
+#[derive(Debug, Default)]
+pub struct Writes {
+    changes: Vec<Change>,
+}
+
+impl Writes {
+    pub fn new() -> Writes {
+        Writes::default()
+    }
+
+    pub fn put(&mut self, tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.changes.push(Change { tree: tree.to_owned(), key: key.into(), value: Some(value.into()) });
+    }
+
+    pub fn remove(&mut self, tree: &str, key: impl Into<Vec<u8>>) {
+        self.changes.push(Change { tree: tree.to_owned(), key: key.into(), value: None });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+}
+
+/// A service's database: the trees that hold its state, by name, and its outbox.
+#[derive(Clone)]
+pub struct Database {
+    db: sled::Db,
+    domain: proto::v1::Domain,
+    names: Vec<&'static str>,
+    /// The state's trees, in `names`' order, then the outbox's tree (one transaction spans all).
+    trees: Vec<sled::Tree>,
+    outbox: Outbox,
+    /// Commits one at a time: outbox keys are taken before the transaction, and the relay
+    /// publishes in key order, so two commits must not overlap (with a standby, the state
+    /// bucket would otherwise end with another value than the store).
+    commits: Arc<std::sync::Mutex<()>>,
+}
+
+impl Database {
+    /// Opens (or creates) the database in `path` with these state trees, and `domain`'s outbox.
+    pub fn open(path: &Path, domain: proto::v1::Domain, names: &[&'static str]) -> Result<Database, StoreError> {
+        let db = open_database(path)?;
+        let outbox = Outbox::open(&db, domain)?;
+        let mut trees = names.iter().map(|name| db.open_tree(name)).collect::<Result<Vec<_>, _>>()?;
+        trees.push(outbox.tree().clone());
+        Ok(Database { db, domain, names: names.to_vec(), trees, outbox, commits: Arc::default() })
+    }
+
+    /// The state tree `name` (one of those given at open).
+    pub fn tree(&self, name: &str) -> Result<&sled::Tree, StoreError> {
+        self.index(name).map(|i| &self.trees[i])
+    }
+
+    /// The state's trees with their names.
+    pub fn state_trees(&self) -> impl Iterator<Item = (&'static str, &sled::Tree)> {
+        self.names.iter().copied().zip(self.trees.iter())
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn domain(&self) -> proto::v1::Domain {
+        self.domain
+    }
+
+    pub fn sled(&self) -> &sled::Db {
+        &self.db
+    }
+
+    fn index(&self, name: &str) -> Result<usize, StoreError> {
+        self.names.iter().position(|n| *n == name).ok_or_else(|| StoreError::UnknownTree(name.to_owned()))
+    }
+
+    /// Writes `writes` and the events that announce them in one transaction (durable at the
+    /// next [`Database::flush`]). With a standby, the changes go to the outbox too.
+    pub fn commit(&self, writes: &Writes, events: &[CheckedEvent]) -> Result<(), StoreError> {
+        if writes.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries: Vec<PreparedEntry> =
+            events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
+        // After the events: the relay publishes an operation's events before its state.
+        if let Some(state) = self.outbox.prepare_changes(&writes.changes)? {
+            entries.push(state);
+        }
+        let staged =
+            writes.changes.iter().map(|c| Ok((self.index(&c.tree)?, c))).collect::<Result<Vec<_>, StoreError>>()?;
+        let outbox = self.trees.len() - 1;
+        self.trees[..].transaction(|trees| {
+            for (i, change) in &staged {
+                match &change.value {
+                    Some(value) => trees[*i].insert(change.key.as_slice(), value.as_slice())?,
+                    None => trees[*i].remove(change.key.as_slice())?,
+                };
+            }
+            for entry in &entries {
+                entry.stage(&trees[outbox])?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Makes every committed write durable (and, with a standby, published) before the caller
+    /// answers.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.outbox.flush().await
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -16,6 +153,17 @@ pub enum StoreError {
     Corrupt { what: &'static str, key: String, message: String },
     #[error("event: {0}")]
     Event(#[from] EventError),
+    /// A write to a tree the database was not opened with (a programming error, refused).
+    #[error("store: no tree named {0:?}")]
+    UnknownTree(String),
+    /// Written here, and not yet in the state bucket the standby follows: not acknowledged. The
+    /// write may still be applied (the relay goes on publishing it) unless this instance loses
+    /// its lease first.
+    #[error("written, but not replicated within {0:?}: the write may still be applied")]
+    NotReplicated(std::time::Duration),
+    /// This instance lost its lease: another one is active (or about to be).
+    #[error("this instance is no longer the active one")]
+    Fenced,
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -42,7 +190,14 @@ impl StoreError {
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> tonic::Status {
         e.report();
-        tonic::Status::unavailable(format!("the store could not complete the operation: {e}"))
+        match e {
+            // Written here and perhaps published later: the outcome is not known (as for a
+            // call whose deadline passed), so a retry may apply the write twice.
+            StoreError::NotReplicated(_) | StoreError::Fenced => {
+                tonic::Status::deadline_exceeded(format!("the write's outcome is not known: {e}"))
+            }
+            _ => tonic::Status::unavailable(format!("the store could not complete the operation: {e}")),
+        }
     }
 }
 

@@ -576,8 +576,14 @@ async fn connect(
     access: &GrpcAccess,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<runtime::grpc_auth::AuthChannel> {
-    let endpoint = access.tls.endpoint(url).with_context(|| format!("--{what}-url"))?;
     let token = runtime::grpc_auth::BearerToken::fixed(access.token.clone());
+    let mut endpoints = access.tls.endpoints(url).with_context(|| format!("--{what}-url"))?;
+    if endpoints.len() > 1 {
+        // The instances of a service run with a standby: calls go to the active one.
+        let channel = access.tls.channel(url).with_context(|| format!("--{what}-url"))?;
+        return Ok(runtime::grpc_auth::with_token(channel, token));
+    }
+    let endpoint = endpoints.remove(0);
     loop {
         match endpoint.connect().await {
             Ok(channel) => return Ok(runtime::grpc_auth::with_token(channel, token)),

@@ -93,6 +93,9 @@ pub struct Config {
     pub common: CommonConfig,
 
     #[command(flatten)]
+    pub standby: runtime::replica::StandbyConfig,
+
+    #[command(flatten)]
     pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
@@ -108,12 +111,7 @@ const METHODS: &[(&str, Access)] = &[
 ];
 
 /// Runs the service on its two listeners (gRPC, HTTP) until `shutdown`.
-pub async fn run(
-    config: Config,
-    listener: tokio::net::TcpListener,
-    http_listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     if !(config.late_s.is_finite() && config.late_s > 60.0) {
         anyhow::bail!("--late-s must be more than 60");
     }
@@ -172,7 +170,14 @@ pub async fn run(
     let day = core::TimetableDay { calendar: today, timetable, fixed: config.service_day.is_some() };
     tracing::info!(calendar = %today, %timetable, fixed = day.fixed, "timetable day");
     let tracker = tracking::Tracker::new(tracker_config, &network, timetable);
-    let mut service = Service::start("vigie-transport", &config.common, store.outbox(), &shutdown).await?;
+    let Some(mut service) =
+        Service::start("vigie-transport", &config.common, &config.standby, store.database(), &shutdown).await?
+    else {
+        return Ok(());
+    };
+    // Bound once this instance is the active one: a standby answers no call.
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let core = Arc::new(core::Transport::open(
         store.clone(),
         Arc::new(territory),

@@ -4,13 +4,12 @@
 use prost::Message;
 use proto::event::CheckedEvent;
 use proto::transport::{ServiceAlert, VehicleState};
-use runtime::outbox::{Outbox, PreparedEntry};
+use runtime::outbox::Outbox;
 pub use runtime::store::StoreError;
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use runtime::store::{Database, Writes};
 
 use crate::tracking::Tracked;
-use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
+use runtime::alarms::{ActiveAlarm, AlarmOp};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct VehicleRecord {
@@ -33,10 +32,10 @@ pub struct WriteBatch {
 
 #[derive(Clone)]
 pub struct Store {
+    db: Database,
     vehicles: sled::Tree,
     alarms: sled::Tree,
     service_alerts: sled::Tree,
-    outbox: Outbox,
 }
 
 fn vehicle_key(t: &Tracked) -> Vec<u8> {
@@ -46,17 +45,21 @@ fn vehicle_key(t: &Tracked) -> Vec<u8> {
 impl Store {
     /// Opens the service's database in `path` (created if missing).
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        let db = runtime::store::open_database(path)?;
+        let db = Database::open(path, proto::v1::Domain::Transport, &["vehicles", "alarms", "service_alerts"])?;
         Ok(Store {
-            vehicles: db.open_tree("vehicles")?,
-            alarms: db.open_tree("alarms")?,
-            service_alerts: db.open_tree("service_alerts")?,
-            outbox: Outbox::open(&db, proto::v1::Domain::Transport)?,
+            vehicles: db.tree("vehicles")?.clone(),
+            alarms: db.tree("alarms")?.clone(),
+            service_alerts: db.tree("service_alerts")?.clone(),
+            db,
         })
     }
 
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn outbox(&self) -> &Outbox {
-        &self.outbox
+        self.db.outbox()
     }
 
     pub fn vehicles(&self) -> Result<Vec<Tracked>, StoreError> {
@@ -77,44 +80,25 @@ impl Store {
 
     /// Writes a batch and its events in one transaction (durable at the next [`Store::flush`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let entries: Vec<PreparedEntry> =
-            batch.events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
-        let vehicles: Vec<(Vec<u8>, Vec<u8>)> = batch
-            .vehicles
-            .iter()
-            .map(|t| {
-                let record =
-                    VehicleRecord { state: Some(t.state.clone()), service_s: t.service_s, seen_unix_s: t.seen_unix_s };
-                (vehicle_key(t), record.encode_to_vec())
-            })
-            .collect();
-        let alarms: Vec<EncodedOp> = batch.alarms.iter().map(AlarmOp::encode).collect();
-        let service_alerts: Vec<(&str, Option<Vec<u8>>)> =
-            batch.service_alerts.iter().map(|(id, a)| (id.as_str(), a.as_ref().map(Message::encode_to_vec))).collect();
-        let trees = (&self.vehicles, &self.alarms, &self.service_alerts, self.outbox.tree());
-        trees.transaction(|(t_vehicles, t_alarms, t_service_alerts, t_outbox)| {
-            for (k, v) in &vehicles {
-                t_vehicles.insert(k.as_slice(), v.as_slice())?;
+        let mut writes = Writes::new();
+        for t in &batch.vehicles {
+            let record =
+                VehicleRecord { state: Some(t.state.clone()), service_s: t.service_s, seen_unix_s: t.seen_unix_s };
+            writes.put("vehicles", vehicle_key(t), record.encode_to_vec());
+        }
+        for op in &batch.alarms {
+            op.write("alarms", &mut writes);
+        }
+        for (id, alert) in &batch.service_alerts {
+            match alert {
+                Some(alert) => writes.put("service_alerts", id.as_bytes(), alert.encode_to_vec()),
+                None => writes.remove("service_alerts", id.as_bytes()),
             }
-            for op in &alarms {
-                op.stage(t_alarms)?;
-            }
-            for (id, alert) in &service_alerts {
-                match alert {
-                    Some(bytes) => t_service_alerts.insert(id.as_bytes(), bytes.as_slice())?,
-                    None => t_service_alerts.remove(id.as_bytes())?,
-                };
-            }
-            for entry in &entries {
-                entry.stage(t_outbox)?;
-            }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(())
+        }
+        self.db.commit(&writes, &batch.events)
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.outbox.flush().await?;
-        Ok(())
+        self.db.flush().await
     }
 }

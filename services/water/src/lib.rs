@@ -124,6 +124,9 @@ pub struct Config {
     pub common: CommonConfig,
 
     #[command(flatten)]
+    pub standby: runtime::replica::StandbyConfig,
+
+    #[command(flatten)]
     pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
@@ -167,7 +170,7 @@ const METHODS: &[(&str, Access)] = &[
     ("SendValveCommand", Access::Act),
 ];
 
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let water_config = config.water_config()?;
     let territory = territory::Territory::load(&config.territory).context("loading the territory")?;
     territory.log_summary();
@@ -197,7 +200,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     };
     let store =
         store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
-    let mut service = Service::start("vigie-water", &config.common, store.outbox(), &shutdown).await?;
+    let Some(mut service) =
+        Service::start("vigie-water", &config.common, &config.standby, store.database(), &shutdown).await?
+    else {
+        return Ok(());
+    };
+    // Bound once this instance is the active one: a standby answers no call.
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let core = core::Water::open(store, network, placed, initial_sensors, water_config, service.background())
         .await
         .context("restoring the water state")?;

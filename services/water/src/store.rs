@@ -6,11 +6,10 @@
 use prost::Message;
 use proto::event::CheckedEvent;
 use proto::water::{SensorState, ValveCommand};
-use runtime::alarms::{ActiveAlarm, AlarmOp, EncodedOp};
-use runtime::outbox::{Outbox, PreparedEntry};
+use runtime::alarms::{ActiveAlarm, AlarmOp};
+use runtime::outbox::Outbox;
 pub use runtime::store::StoreError;
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
+use runtime::store::{Database, Writes};
 
 use crate::zones::ZoneMemory;
 
@@ -37,34 +36,40 @@ impl WriteBatch {
     }
 }
 
+/// The trees of the water service's state.
+/// `closed_links`: links whose valve a command closed (the network's state as operated), written
+/// with the commands; nothing reads it yet (a network-state query comes with the console's water
+/// layer).
+const TREES: &[&str] = &["sensors", "alarms", "commands", "closed_links", "zones"];
+
 #[derive(Clone)]
 pub struct Store {
+    db: Database,
     sensors: sled::Tree,
     alarms: sled::Tree,
     commands: sled::Tree,
-    /// Links whose valve a command closed (the network's state as operated). Written with the
-    /// commands; nothing reads it yet (a network-state query comes with the console's water layer).
-    closed_links: sled::Tree,
     zones: sled::Tree,
-    outbox: Outbox,
 }
 
 impl Store {
     /// Opens the service's database in `path` (created if missing).
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        let db = runtime::store::open_database(path)?;
+        let db = Database::open(path, proto::v1::Domain::Water, TREES)?;
         Ok(Store {
-            sensors: db.open_tree("sensors")?,
-            alarms: db.open_tree("alarms")?,
-            commands: db.open_tree("commands")?,
-            closed_links: db.open_tree("closed_links")?,
-            zones: db.open_tree("zones")?,
-            outbox: Outbox::open(&db, proto::v1::Domain::Water)?,
+            sensors: db.tree("sensors")?.clone(),
+            alarms: db.tree("alarms")?.clone(),
+            commands: db.tree("commands")?.clone(),
+            zones: db.tree("zones")?.clone(),
+            db,
         })
     }
 
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn outbox(&self) -> &Outbox {
-        &self.outbox
+        self.db.outbox()
     }
 
     pub fn sensors(&self) -> Result<Vec<SensorState>, StoreError> {
@@ -100,57 +105,38 @@ impl Store {
 
     /// Writes a batch in one transaction (not yet durable: see [`Store::flush`]).
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
+        let mut writes = Writes::new();
+        for s in &batch.sensors {
+            let id = s.sensor.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            writes.put("sensors", id, s.encode_to_vec());
         }
-        let entries: Vec<PreparedEntry> =
-            batch.events.iter().map(|e| self.outbox.prepare(e)).collect::<Result<_, sled::Error>>()?;
-        let sensors: Vec<(Vec<u8>, Vec<u8>)> = batch
-            .sensors
-            .iter()
-            .map(|s| (s.sensor.as_ref().map(|s| s.id.clone()).unwrap_or_default().into_bytes(), s.encode_to_vec()))
-            .collect();
-        let alarms: Vec<EncodedOp> = batch.alarms.iter().map(AlarmOp::encode).collect();
-        let commands: Vec<(Vec<u8>, Vec<u8>)> =
-            batch.commands.iter().map(|c| (c.id.clone().into_bytes(), c.encode_to_vec())).collect();
-        let zones: Vec<(Vec<u8>, Vec<u8>)> = batch
-            .zones
-            .iter()
-            .map(|(id, memory)| (id.clone().into_bytes(), serde_json::to_vec(memory).unwrap_or_default()))
-            .collect();
-        (&self.sensors, &self.alarms, &self.commands, &self.closed_links, &self.zones, self.outbox.tree())
-            .transaction(|(t_sensors, t_alarms, t_commands, t_links, t_zones, t_outbox)| {
-                for (k, v) in &sensors {
-                    t_sensors.insert(k.as_slice(), v.as_slice())?;
-                }
-                for op in &alarms {
-                    op.stage(t_alarms)?;
-                }
-                for (k, v) in &commands {
-                    t_commands.insert(k.as_slice(), v.as_slice())?;
-                }
-                for (link, closed) in &batch.links {
-                    if *closed {
-                        t_links.insert(link.as_bytes(), &[1u8][..])?;
-                    } else {
-                        t_links.remove(link.as_bytes())?;
-                    }
-                }
-                for (k, v) in &zones {
-                    t_zones.insert(k.as_slice(), v.as_slice())?;
-                }
-                for entry in &entries {
-                    entry.stage(t_outbox)?;
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
+        for op in &batch.alarms {
+            op.write("alarms", &mut writes);
+        }
+        for c in &batch.commands {
+            writes.put("commands", c.id.as_bytes(), c.encode_to_vec());
+        }
+        for (link, closed) in &batch.links {
+            if *closed {
+                writes.put("closed_links", link.as_bytes(), [1u8]);
+            } else {
+                writes.remove("closed_links", link.as_bytes());
+            }
+        }
+        for (id, memory) in &batch.zones {
+            let encoded = serde_json::to_vec(memory).map_err(|e| StoreError::Corrupt {
+                what: "zone memory",
+                key: id.clone(),
+                message: e.to_string(),
             })?;
-        Ok(())
+            writes.put("zones", id.as_bytes(), encoded);
+        }
+        self.db.commit(&writes, &batch.events)
     }
 
     /// Makes what was written durable (and wakes the outbox relay).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.outbox.flush().await?;
-        Ok(())
+        self.db.flush().await
     }
 }
 

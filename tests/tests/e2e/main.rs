@@ -9,6 +9,7 @@ mod cluster;
 mod console;
 mod console_api;
 mod deploy_manifests;
+mod failover;
 mod faults;
 mod gateway_ops;
 mod gateway_replicas;
