@@ -12,8 +12,10 @@
 #
 # Each domain service runs twice (VIGIE_SERVICE_STANDBYS=1): an active instance and a standby on
 # the ports 100 further (50161-50164), which follows the active one's state (a NATS key-value
-# bucket) and takes over when it dies (try: kill the active vigie-lighting; the other logs "this
-# instance is the active one" about 10 s later). The gateway and the simulator are given both.
+# bucket) and takes over when it dies (see docs/deploy.md: stop the active vigie-lighting for good,
+# and the other logs "this instance is the active one" about 20 s later; killed only, it is
+# started again at once and takes its own lease back). The gateway and the simulator are given
+# both.
 #
 # Environment: as deploy/run.sh's (VIGIE_TERRITORY, VIGIE_PROFILE, VIGIE_HTTP_PORT, VIGIE_SIM_*).
 set -euo pipefail

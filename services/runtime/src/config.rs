@@ -129,9 +129,10 @@ impl GrpcClientTls {
     }
 }
 
-/// Keeps in a balanced channel only the instances that accept a connection, checked every
-/// 500 ms, until the channel is dropped. (tonic's own list keeps an endpoint whose connection
-/// fails, and sends it every other call.)
+/// Keeps in a balanced channel only the instances that answer SERVING on the standard health
+/// service within a second, checked every 500 ms, until the channel is dropped. (tonic's own list
+/// keeps an endpoint whose connection fails, and sends it every other call; a TCP connection
+/// alone would keep a frozen process, whose kernel still accepts.)
 async fn follow_instances(
     endpoints: Vec<tonic::transport::Endpoint>,
     changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<usize, tonic::transport::Endpoint>>,
@@ -140,11 +141,7 @@ async fn follow_instances(
     let mut listening = vec![false; endpoints.len()];
     loop {
         for (i, endpoint) in endpoints.iter().enumerate() {
-            let uri = endpoint.uri();
-            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-            let addr = format!("{}:{port}", uri.host().unwrap_or_default());
-            let connect = tokio::net::TcpStream::connect(addr);
-            let up = matches!(tokio::time::timeout(std::time::Duration::from_secs(1), connect).await, Ok(Ok(_)));
+            let up = serving(endpoint).await;
             if up != listening[i] {
                 let change = if up { Change::Insert(i, endpoint.clone()) } else { Change::Remove(i) };
                 if changes.send(change).await.is_err() {
@@ -158,6 +155,17 @@ async fn follow_instances(
             _ = changes.closed() => return,
         }
     }
+}
+
+/// Whether the instance at `endpoint` answers SERVING within a second.
+async fn serving(endpoint: &tonic::transport::Endpoint) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let probe = async {
+        let channel = endpoint.connect().await.ok()?;
+        let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.ok()?;
+        Some(answer.into_inner().status == ServingStatus::Serving as i32)
+    };
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(1), probe).await, Ok(Some(true)))
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {

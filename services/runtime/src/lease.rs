@@ -51,6 +51,12 @@ impl Fence {
     }
 
     /// True while the lease is certainly this instance's.
+    /// A fence valid for `duration` from now, renewed by nobody (tests of what the state bucket
+    /// refuses).
+    pub fn holding_for(duration: Duration) -> Fence {
+        Fence::new(Instant::now() + duration)
+    }
+
     /// Once false, false for good: a lease that lapsed, even for a moment, is not taken back by
     /// this process (another instance may have been active meanwhile).
     pub fn holds(&self) -> bool {
@@ -91,10 +97,11 @@ pub async fn bucket(js: &jetstream::Context, ttl: Duration, replicas: u8) -> any
     if let Ok(store) = js.get_key_value(proto::subject::LEASES_BUCKET).await {
         let max_age = store.status().await.map(|s| s.max_age()).unwrap_or(ttl);
         if max_age != ttl {
-            anyhow::bail!(
+            return Err(crate::replica::Misconfigured(format!(
                 "the leases bucket {} has a time to live of {max_age:?}, this instance {ttl:?}: every instance must use the same --lease-ttl",
                 proto::subject::LEASES_BUCKET
-            );
+            ))
+            .into());
         }
         return Ok(store);
     }

@@ -308,6 +308,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether this store's state was ever published to the state bucket or copied from it.
+    pub fn has_replicated(&self) -> sled::Result<bool> {
+        self.meta.contains_key(STATE_SEQ_KEY)
+    }
+
     /// The state bucket's sequence this store's state is at (0: none recorded).
     pub fn state_seq(&self) -> sled::Result<u64> {
         Ok(self.meta.get(STATE_SEQ_KEY)?.map(|v| entry_key(&v)).unwrap_or(0))
@@ -604,16 +609,22 @@ async fn publish_batch(
                     tail: &r.tail,
                     fence: &r.fence,
                 };
-                match replica::publish_changes(&publisher, &groups).await {
-                    Ok(seq) => {
-                        for (key, _) in &states {
-                            outbox.tree.remove(key)?;
-                        }
-                        outbox.record_state_seq(seq)?;
-                        acknowledged += states.len();
+                let (published, seq) = match replica::publish_changes(&publisher, &groups).await {
+                    Ok(seq) => (states.len(), seq),
+                    Err(partial) => {
+                        outcome = Err(partial.error);
+                        (partial.groups, partial.seq)
                     }
-                    Err(e) => outcome = Err(e),
+                };
+                // What is in the bucket leaves the outbox, even when a later batch failed: it
+                // must not be published again after the later ones.
+                for (key, _) in &states[..published] {
+                    outbox.tree.remove(key)?;
                 }
+                if published > 0 {
+                    outbox.record_state_seq(seq)?;
+                }
+                acknowledged += published;
             }
         }
     }

@@ -30,6 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Change, Database, StoreError};
 
+/// A configuration no retry can mend (the instance stops, saying what to change).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Misconfigured(pub String);
+
 /// Changes in one atomic batch: nats-server takes at most 1,000 messages in one.
 pub const MAX_ATOMIC_BATCH: usize = 1000;
 
@@ -50,7 +55,14 @@ pub async fn ensure_state_bucket(
     replicas: u8,
 ) -> anyhow::Result<()> {
     let name = state_stream(domain);
-    if js.get_stream(&name).await.is_ok() {
+    if let Ok(stream) = js.get_stream(&name).await {
+        let config = &stream.cached_info().config;
+        if !config.allow_atomic_publish || config.max_messages_per_subject != 1 {
+            return Err(Misconfigured(format!(
+                "the stream {name} exists without atomic batches or with more than one message per key: delete it (it is rebuilt from the active instance's store)"
+            ))
+            .into());
+        }
         return Ok(());
     }
     js.get_or_create_stream(stream::Config {
@@ -137,30 +149,64 @@ pub struct Publisher<'a> {
     pub fence: &'a crate::lease::Fence,
 }
 
+/// What [`publish_changes`] had done when it failed: the operations (`groups`) wholly in the
+/// bucket, the sequence of the last of them, and why it stopped.
+pub struct Partial {
+    pub groups: usize,
+    pub seq: u64,
+    pub error: anyhow::Error,
+}
+
 /// Publishes operations' changes (`groups`, in order), each operation's in one atomic batch,
 /// several operations per batch up to [`MAX_ATOMIC_BATCH`] changes (an operation with more is
-/// split). Returns the bucket's sequence of the last change. [`StoreError::Fenced`] (as the
-/// error's cause) when another instance wrote to the bucket: this one has lost its lease.
-pub async fn publish_changes(publisher: &Publisher<'_>, groups: &[&[Change]]) -> anyhow::Result<u64> {
-    let mut batch: Vec<&Change> = Vec::new();
-    let mut last = 0;
-    for group in groups {
-        if !batch.is_empty() && batch.len() + group.len() > MAX_ATOMIC_BATCH {
-            last = publish_batch(publisher, &batch).await?;
-            batch.clear();
+/// split). Returns the bucket's sequence of the last change. On failure, says which operations
+/// are in the bucket (the caller must not publish them again after later ones: an older value
+/// would overwrite a newer). [`StoreError::Fenced`] (as the error's cause) when another instance
+/// wrote to the bucket: this one has lost its lease.
+pub async fn publish_changes(publisher: &Publisher<'_>, groups: &[&[Change]]) -> Result<u64, Partial> {
+    let mut pending = Pending { batch: Vec::new(), complete: None, done: 0, last: 0 };
+    for (i, group) in groups.iter().enumerate() {
+        if !pending.batch.is_empty() && pending.batch.len() + group.len() > MAX_ATOMIC_BATCH {
+            pending.commit(publisher).await?;
         }
-        for change in group.iter() {
-            batch.push(change);
-            if batch.len() == MAX_ATOMIC_BATCH {
-                last = publish_batch(publisher, &batch).await?;
-                batch.clear();
+        for (j, change) in group.iter().enumerate() {
+            pending.batch.push(change);
+            if j + 1 == group.len() {
+                pending.complete = Some(i);
+            }
+            if pending.batch.len() == MAX_ATOMIC_BATCH {
+                pending.commit(publisher).await?;
             }
         }
     }
-    if !batch.is_empty() {
-        last = publish_batch(publisher, &batch).await?;
+    if !pending.batch.is_empty() {
+        pending.commit(publisher).await?;
     }
-    Ok(last)
+    Ok(pending.last)
+}
+
+/// The batch being filled, the last operation wholly in it, and what is in the bucket already.
+struct Pending<'c> {
+    batch: Vec<&'c Change>,
+    complete: Option<usize>,
+    done: usize,
+    last: u64,
+}
+
+impl Pending<'_> {
+    async fn commit(&mut self, publisher: &Publisher<'_>) -> Result<(), Partial> {
+        match publish_batch(publisher, &self.batch).await {
+            Ok(seq) => {
+                self.last = seq;
+                if let Some(c) = self.complete.take() {
+                    self.done = c + 1;
+                }
+                self.batch.clear();
+                Ok(())
+            }
+            Err(error) => Err(Partial { groups: self.done, seq: self.last, error }),
+        }
+    }
 }
 
 /// One atomic batch: every message but the last published, the last a request that commits.
@@ -212,21 +258,24 @@ async fn publish_batch(publisher: &Publisher<'_>, changes: &[&Change]) -> anyhow
                 anyhow::bail!("the state bucket did not answer the batch's commit");
             }
         };
-        let ack: BatchAck = serde_json::from_slice(&answer.payload)
-            .map_err(|e| anyhow::anyhow!("the batch's commit was answered with something else: {e}"))?;
+        let Ok(ack) = serde_json::from_slice::<BatchAck>(&answer.payload) else {
+            publisher.tail.store(0, Ordering::Release);
+            anyhow::bail!("the batch's commit was answered with something else");
+        };
         if let Some(error) = ack.error {
             if error.err_code == WRONG_LAST_SEQUENCE {
-                publisher.fence.lose("another instance wrote to the state bucket");
-                return Err(StoreError::Fenced.into());
+                // This instance's own batch, whose answer was lost, may have landed since the
+                // tail was read: fenced only if the bucket's last batch is another instance's.
+                let tail = resolve_tail(publisher).await?;
+                publisher.tail.store(tail, Ordering::Release);
+                anyhow::bail!("the state bucket ended further than this instance knew (its own batch): trying again");
             }
             anyhow::bail!("the state bucket refused the batch: {} ({})", error.description, error.err_code);
         }
-        anyhow::ensure!(
-            ack.seq > tail && ack.stream == state_stream(publisher.domain),
-            "the batch's commit was answered with sequence {} of stream {:?}",
-            ack.seq,
-            ack.stream
-        );
+        if ack.seq <= tail || ack.stream != state_stream(publisher.domain) {
+            publisher.tail.store(0, Ordering::Release);
+            anyhow::bail!("the batch's commit was answered with sequence {} of stream {:?}", ack.seq, ack.stream);
+        }
         publisher.tail.store(ack.seq, Ordering::Release);
         return Ok(ack.seq);
     }
@@ -241,7 +290,8 @@ async fn resolve_tail(publisher: &Publisher<'_>) -> anyhow::Result<u64> {
     if last == 0 {
         return Ok(0);
     }
-    let message = stream.direct_get(last).await?;
+    // From the stream's leader (a follower answering a direct get may lag behind).
+    let message = stream.get_raw_message(last).await?;
     let by = message.headers.get(PUBLISHER_HEADER).map(|v| v.as_str().to_owned());
     if by.as_deref() == Some(publisher.instance) {
         return Ok(last);
@@ -277,6 +327,16 @@ pub async fn follow(
     js: &jetstream::Context,
     domain: proto::v1::Domain,
 ) -> anyhow::Result<Follower> {
+    // A store that was never published (a service that ran alone) is the only copy of its
+    // state: it is never wiped to follow another instance's.
+    let holds_state = database.state_trees().any(|(_, tree)| !tree.is_empty());
+    if holds_state && !database.outbox().has_replicated()? {
+        return Err(Misconfigured(
+            "another instance is active, and this store holds a state that was never published to the state bucket: it is not wiped. Stop the other instance and start this one first (it then publishes its state), or move this store aside".into(),
+        )
+        .into());
+    }
+    database.outbox().record_state_seq(0)?;
     let mut cleared = 0;
     for (_, tree) in database.state_trees() {
         cleared += tree.len();
@@ -391,7 +451,7 @@ pub async fn seed(database: &Database, publisher: &Publisher<'_>) -> anyhow::Res
         return Ok(0);
     }
     let groups: Vec<&[Change]> = changes.chunks(MAX_ATOMIC_BATCH).collect();
-    let seq = publish_changes(publisher, &groups).await?;
+    let seq = publish_changes(publisher, &groups).await.map_err(|partial| partial.error)?;
     tracing::info!(records = changes.len(), "the state bucket was empty: this store's state seeded it");
     Ok(seq)
 }
@@ -433,8 +493,9 @@ pub struct StandbyConfig {
 
     /// How long a lease lives without renewal: a standby takes over this long (and up to a
     /// second more) after the active instance died. The active instance stops acting half of it
-    /// after its last renewal.
-    #[arg(long, env = "VIGIE_LEASE_TTL", default_value = "10s", value_parser = crate::config::parse_duration)]
+    /// after its last renewal: longer than a NATS stream's election (4 to 9 s), so that the loss
+    /// of the leases' leader node does not stop every active instance.
+    #[arg(long, env = "VIGIE_LEASE_TTL", default_value = "20s", value_parser = crate::config::parse_duration)]
     pub lease_ttl: Duration,
 
     /// How long a write waits for JetStream to hold it before it is refused (UNAVAILABLE).

@@ -44,9 +44,14 @@ impl Service {
     ) -> anyhow::Result<Option<Service>> {
         let nats = crate::bus::connect(common, client_name).await?;
         let outbox = database.outbox();
+        // Served by a standby too: its liveness (its gRPC port waits for the lease).
+        let metrics = crate::metrics::serve_service(common.metrics_addr, outbox, shutdown.clone()).await?;
         let lease = if standby.standby {
             let Some(fence) = become_active(database, &nats, common, standby, shutdown).await? else {
                 crate::bus::drain(&nats, common.shutdown_timeout).await;
+                if let Some(metrics) = metrics {
+                    let _ = metrics.await;
+                }
                 return Ok(None);
             };
             outbox.replicate(outbox::Replication {
@@ -59,7 +64,6 @@ impl Service {
             None
         };
         let relay = outbox::spawn_relay(outbox, &nats, &common.stream, common.shutdown_timeout);
-        let metrics = crate::metrics::serve_service(common.metrics_addr, outbox, shutdown.clone()).await?;
         Ok(Some(Service {
             nats,
             outbox: outbox.clone(),
@@ -130,11 +134,17 @@ impl Service {
         let lost = self.lease.as_ref().is_some_and(|(fence, _, _)| fence.lost().is_cancelled());
         if let Some((_, release, keeper)) = self.lease {
             // What the relay sent is at the server before the lease goes.
-            let _ = tokio::time::timeout(self.timeout, self.nats.flush()).await;
+            if !lost {
+                let _ = tokio::time::timeout(self.timeout, self.nats.flush()).await;
+            }
             release.cancel();
             let _ = keeper.await;
         }
-        crate::bus::drain(&self.nats, self.timeout).await;
+        // A fenced instance sends nothing more: what the client still buffers (publishes made
+        // before a disconnection) would reach the stream after another instance took over.
+        if !lost {
+            crate::bus::drain(&self.nats, self.timeout).await;
+        }
         if let Err(e) = synced {
             tracing::error!(error = %e, "flushing the store at shutdown failed");
             return Err(anyhow::anyhow!("flushing the store: {e}"));
@@ -175,6 +185,7 @@ async fn become_active(
         };
         match made.await {
             Ok(leases) => break leases,
+            Err(e) if e.downcast_ref::<replica::Misconfigured>().is_some() => return Err(e),
             Err(e) => tracing::warn!(error = %e, "the state and leases buckets are not reachable yet"),
         }
         tokio::select! {
@@ -208,6 +219,7 @@ async fn become_active(
                     }
                     match replica::follow(database, &js, domain).await {
                         Ok(f) => follower = Some(f),
+                        Err(e) if e.downcast_ref::<replica::Misconfigured>().is_some() => return Err(e),
                         Err(e) => tracing::warn!(error = %e, "following the state bucket failed; retrying"),
                     }
                 }
@@ -232,7 +244,8 @@ async fn become_active(
     const CATCH_UP: Duration = Duration::from_secs(300);
     // The bucket's stream may be electing a leader (its node lost): tried again while the
     // lease holds.
-    let mut last = patiently("reading the state bucket's end", &fence, || replica::last_seq(&js, domain)).await?;
+    let mut last =
+        patiently("reading the state bucket's end", &fence, shutdown, || replica::last_seq(&js, domain)).await?;
     let local = database.outbox().state_seq()?;
     let tail = Arc::new(AtomicU64::new(0));
     let publisher =
@@ -246,22 +259,23 @@ async fn become_active(
                     error = format!("{e:#}"),
                     "the standby's copy did not catch up: reading the state bucket anew"
                 );
-                patiently("reading the state bucket", &fence, read_anew).await?;
+                patiently("reading the state bucket", &fence, shutdown, read_anew).await?;
             }
         }
         None if last == 0 => {
             // A bucket that never held anything: this store's state is the first.
-            last = patiently("seeding the state bucket", &fence, || replica::seed(database, &publisher)).await?;
+            last =
+                patiently("seeding the state bucket", &fence, shutdown, || replica::seed(database, &publisher)).await?;
         }
         // This instance was the active one, and nothing was published since: its store (and
         // what its outbox still holds) goes on.
         None if local == last => {}
-        None => patiently("reading the state bucket", &fence, read_anew).await?,
+        None => patiently("reading the state bucket", &fence, shutdown, read_anew).await?,
     }
     // From here on, a batch of another instance's is refused by the server, and this one's
     // would be if another took over (see `replica::Publisher::tail`).
     tail.store(last, Ordering::Release);
-    let marked = patiently("taking the state bucket over", &fence, || replica::take_over(&publisher)).await?;
+    let marked = patiently("taking the state bucket over", &fence, shutdown, || replica::take_over(&publisher)).await?;
     database.outbox().record_state_seq(marked)?;
     database.outbox().sync().await?;
     if !fence.holds() {
@@ -271,20 +285,41 @@ async fn become_active(
     Ok(Some((fence, release, keeper, tail)))
 }
 
-/// Runs `attempt` until it succeeds, once a second, while this instance holds its lease.
-async fn patiently<T, F, Fut>(what: &str, fence: &Fence, mut attempt: F) -> anyhow::Result<T>
+/// Runs `attempt` until it succeeds, once a second, while this instance holds its lease, for
+/// at most [`PATIENCE`] (then the instance gives the lease up: an error that does not pass must
+/// not keep the service from every instance) and until `shutdown`.
+async fn patiently<T, F, Fut>(
+    what: &str,
+    fence: &Fence,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        match attempt().await {
+        let outcome = tokio::select! {
+            outcome = attempt() => outcome,
+            _ = shutdown.cancelled() => anyhow::bail!("{what}: stopped"),
+        };
+        match outcome {
             Ok(value) => return Ok(value),
             Err(e) if !fence.holds() || matches!(e.downcast_ref(), Some(crate::store::StoreError::Fenced)) => {
                 return Err(e.context(format!("{what}: the lease was lost meanwhile")));
             }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("{what}: still failing after {PATIENCE:?}")));
+            }
             Err(e) => tracing::warn!(error = format!("{e:#}"), "{what} failed; trying again"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => anyhow::bail!("{what}: stopped"),
+        }
     }
 }
+
+/// How long a new active instance tries to catch up and take the bucket over.
+const PATIENCE: Duration = Duration::from_secs(300);

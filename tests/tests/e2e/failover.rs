@@ -202,3 +202,47 @@ async fn publishers_in_stream(nats: &NatsServer) -> Result<Vec<(u64, String)>> {
     }
     Ok(found)
 }
+
+/// The second fence, which does not depend on clocks: once an instance has taken the state bucket
+/// over, the bucket refuses a batch of the instance before it, even one that believes it still
+/// holds its lease (its clock stood still, a host suspended).
+#[tokio::test]
+async fn the_state_bucket_refuses_a_batch_of_an_instance_another_one_took_over_from() -> Result<()> {
+    use proto::v1::Domain;
+    use runtime::replica::{Publisher, ensure_state_bucket, publish_changes, take_over};
+    use runtime::store::{Change, StoreError};
+    use std::sync::atomic::AtomicU64;
+    let nats = NatsServer::start()?;
+    let client = nats.client_as("lighting").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_state_bucket(&js, Domain::Lighting, 1).await?;
+    let change = |value: &str| Change { tree: "lamp_states".into(), key: b"EP1".to_vec(), value: Some(value.into()) };
+    let (fence_a, fence_b) = (
+        runtime::lease::Fence::holding_for(Duration::from_secs(60)),
+        runtime::lease::Fence::holding_for(Duration::from_secs(60)),
+    );
+    let (tail_a, tail_b) = (AtomicU64::new(0), AtomicU64::new(0));
+    let a =
+        Publisher { client: &client, js: &js, domain: Domain::Lighting, instance: "a", tail: &tail_a, fence: &fence_a };
+    let b =
+        Publisher { client: &client, js: &js, domain: Domain::Lighting, instance: "b", tail: &tail_b, fence: &fence_b };
+    let first = [change("a1")];
+    let seq = publish_changes(&a, &[&first]).await.map_err(|p| p.error)?;
+    // B takes over at the bucket's end.
+    tail_b.store(seq, std::sync::atomic::Ordering::Release);
+    take_over(&b).await?;
+    // A, whose fence still holds by its clock, writes again: refused, and A knows it lost.
+    let second = [change("a2")];
+    let refused = publish_changes(&a, &[&second]).await;
+    let error = refused.err().context("the bucket took a batch of the instance taken over from")?.error;
+    assert!(matches!(error.downcast_ref(), Some(StoreError::Fenced)), "refused as fenced: {error:#}");
+    assert!(!fence_a.holds(), "the old instance knows it lost its lease");
+    // The record is still A's first value, and B goes on writing.
+    let stream = js.get_stream("KV_VIGIE_STATE_LIGHTING").await?;
+    let subject = "$KV.VIGIE_STATE_LIGHTING.lamp_states.k455031";
+    assert_eq!(stream.get_last_raw_message_by_subject(subject).await?.payload.as_ref(), b"a1");
+    let third = [change("b1")];
+    publish_changes(&b, &[&third]).await.map_err(|p| p.error)?;
+    assert_eq!(stream.get_last_raw_message_by_subject(subject).await?.payload.as_ref(), b"b1");
+    Ok(())
+}

@@ -447,6 +447,22 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     }
     assert_eq!(directory.get("operator.62").await?, None, "nothing refused reached the bucket");
 
+    // A service's state (what its standby follows) and its lease are its own: another service
+    // can neither write the one nor take the other.
+    let water = jetstream::new(nats.client_as("water").await?);
+    runtime::replica::ensure_state_bucket(&water, proto::v1::Domain::Water, 1).await.context("water's state bucket")?;
+    let leases = runtime::lease::bucket(&water, Duration::from_secs(10), 1).await.context("the leases bucket")?;
+    leases.create("water", "water's".into()).await.context("water takes its lease")?;
+    for subject in ["$KV.VIGIE_STATE_WATER.sensors.k00", "$KV.VIGIE_LEASES.water"] {
+        let write = tokio::time::timeout(REFUSED_WITHIN, async {
+            lighting.publish(subject, "lighting's".into()).await?.await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await;
+        assert!(!matches!(write, Ok(Ok(()))), "lighting wrote {subject}");
+    }
+    assert_eq!(leases.get("water").await?.as_deref(), Some(&b"water's"[..]), "the lease stayed water's");
+
     // A wrong password does not connect.
     let wrong =
         async_nats::ConnectOptions::with_user_and_password("lighting".into(), "guess".into()).connect(nats.url()).await;

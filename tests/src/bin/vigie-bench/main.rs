@@ -29,13 +29,14 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: std::path::PathBuf,
-    /// The scenarios to run (s1, s2 for S2 to S4, s5, s6); all by default. A partial run is for
-    /// profiling: do not commit its report.
-    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s5,s6")]
+    /// The scenarios to run (s1, s2 for S2 to S4, s5, s6, standby); all by default. A partial
+    /// run is for profiling: do not commit its report.
+    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s5,s6,standby")]
     scenarios: Vec<String>,
 }
 
 /// The scale of a run.
+#[derive(Clone)]
 struct Scale {
     lamps: usize,
     b1_messages: usize,
@@ -121,7 +122,22 @@ struct Bench {
     smoke: bool,
 }
 
+/// The gateway's flags: thousands of consoles under one login (each would have its own in a
+/// control room), so the per-login snapshot budget is lifted.
+const GATEWAY_FLAGS: &[&str] =
+    &["--access-token-ttl", "4h", "--session-ttl", "8h", "--heartbeat", "2s", "--snapshots-per-login", "1000000"];
+
 impl Bench {
+    /// The benchmark on a running system: its lamps registered, a console's token.
+    async fn on(slice: Slice, scale: Scale, report: String, smoke: bool) -> Result<Bench> {
+        let channel = tests::channel_with_token(&slice.lighting_addr, Some(&slice.service_token)).await?;
+        let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(channel.clone());
+        let lamps = load::register(&mut lighting, scale.lamps).await?;
+        let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR).await?;
+        let ws = format!("ws://{}/ws", slice.gateway_addr);
+        Ok(Bench { slice, channel, view_assets: lamps.len(), lamps, next: 0, ws, token, scale, report, smoke })
+    }
+
     /// Plays `load` while `roles` clients are connected; what the measuring ones saw.
     async fn run(
         &mut self,
@@ -191,21 +207,8 @@ async fn main() -> Result<()> {
 
     println!("starting the system");
     let territory = tests::test_territory()?;
-    let slice = Slice::start_full(
-        territory,
-        &["--kpi-interval", "60s"],
-        // Thousands of consoles under one login (each would have its own in a control room):
-        // the per-login snapshot budget is lifted.
-        &["--access-token-ttl", "4h", "--session-ttl", "8h", "--heartbeat", "2s", "--snapshots-per-login", "1000000"],
-    )
-    .await?;
-    let channel = tests::channel_with_token(&slice.lighting_addr, Some(&slice.service_token)).await?;
-    let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(channel.clone());
-    let lamps = load::register(&mut lighting, scale.lamps).await?;
-    let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR).await?;
-    let ws = format!("ws://{}/ws", slice.gateway_addr);
-    let mut bench =
-        Bench { slice, channel, view_assets: lamps.len(), lamps, next: 0, ws, token, scale, report, smoke: args.smoke };
+    let slice = Slice::start_full(territory, &["--kpi-interval", "60s"], GATEWAY_FLAGS).await?;
+    let mut bench = Bench::on(slice, scale.clone(), report, args.smoke).await?;
 
     let run = |name: &str| args.scenarios.iter().any(|s| s == name);
     let per_client = if run("s5") { Some(s5_clients(&mut bench).await?) } else { None };
@@ -221,8 +224,12 @@ async fn main() -> Result<()> {
     if run("s6") {
         s6(&mut bench).await?;
     }
-
     let mut report = bench.report;
+    drop(bench.slice);
+    if run("standby") {
+        s1_standby(&scale, args.smoke, &mut report).await?;
+    }
+
     writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64())?;
     writeln!(
         report,
@@ -239,11 +246,92 @@ async fn main() -> Result<()> {
 
 /// S1: the highest rate sustained end to end with nothing lost, as a ladder.
 async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
+    let clients = if bench.smoke { 4 } else { 10 };
+    let (table, best) = ladder(bench, clients).await?;
+    let r = &mut bench.report;
+    writeln!(r, "## S1 · Sustained ingest, end to end\n")?;
+    writeln!(
+        r,
+        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream → gateway (ordered consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
+    )?;
+    writeln!(r, "{table}")?;
+    writeln!(
+        r,
+        "CPU: cores each process kept busy on average over the step, out of {}.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    )?;
+    writeln!(
+        r,
+        "- **B1** raw JetStream (publish acknowledged, ordered consumer, 400-byte messages): **{b1:.0} events/s**."
+    )?;
+    writeln!(
+        r,
+        "- **B3** raw tonic streaming echo (4 bidirectional streams, 120-byte messages, the size of a status report): **{b3:.0} messages/s** echoed."
+    )?;
+    writeln!(
+        r,
+        "- **S1** highest step sustained: **{best:.0} events/s**, {:.1} % of B1 and {:.1} % of B3 (targets: ≥ 50 % of B1 and ≥ 20,000 events/s).\n",
+        100.0 * best / b1,
+        100.0 * best / b3
+    )?;
+    Ok(())
+}
+
+/// What a standby costs: the S1 ladder on a 3-node NATS cluster (every stream with 3 copies),
+/// the lighting service alone, then with `--standby` and its standby running (a write
+/// acknowledged once JetStream holds its events and its state, instead of once the local disk
+/// does). Same cluster, same durability of the events: the ratio is the guarantee's price.
+async fn s1_standby(scale: &Scale, smoke: bool, report: &mut String) -> Result<()> {
+    let clients = if smoke { 4 } else { 10 };
+    let mut runs = Vec::new();
+    for standby in [false, true] {
+        println!("S1 on a 3-node cluster, {}", if standby { "with a standby" } else { "alone" });
+        let mut flags = vec!["--kpi-interval", "60s", "--stream-replicas", "3"];
+        if standby {
+            flags.extend(["--standby", "--grpc-addr", "127.0.0.1:0"]);
+        }
+        let gateway: Vec<&str> = GATEWAY_FLAGS.iter().copied().chain(["--stream-replicas", "3"]).collect();
+        let cluster = tests::NatsServer::start_cluster(3)?;
+        let slice = Slice::start_on(cluster, tests::test_territory()?, &flags, &gateway).await?;
+        let second = if standby {
+            let store = slice.stores.path().join("lighting-standby");
+            let process = slice.start_lighting_instance(
+                &store,
+                &["--kpi-interval", "60s", "--stream-replicas", "3", "--standby", "--grpc-addr", "127.0.0.1:0"],
+            )?;
+            process.wait_for_log("standing by", 0)?;
+            Some(process)
+        } else {
+            None
+        };
+        let mut bench = Bench::on(slice, scale.clone(), String::new(), smoke).await?;
+        runs.push(ladder(&mut bench, clients).await?);
+        drop(second);
+    }
+    let (alone, with) = (&runs[0], &runs[1]);
+    writeln!(report, "## S1 with a standby · what acknowledging after JetStream costs\n")?;
+    writeln!(
+        report,
+        "S1 again on a 3-node NATS cluster (streams with 3 copies), {clients} clients. First the lighting service alone (a write acknowledged once its sled store is flushed), then with `--standby` and its standby following (a write acknowledged once JetStream holds its events and, in the state bucket, its state).\n"
+    )?;
+    writeln!(report, "Alone:\n\n{}", alone.0)?;
+    writeln!(report, "With a standby:\n\n{}", with.0)?;
+    writeln!(
+        report,
+        "- Highest step sustained on the cluster: **{:.0} events/s** alone, **{:.0} events/s** with a standby: **{:.1} %**.\n",
+        alone.1,
+        with.1,
+        if alone.1 > 0.0 { 100.0 * with.1 / alone.1 } else { 0.0 }
+    )?;
+    Ok(())
+}
+
+/// The S1 ladder on `bench`'s system: the table of its steps and the highest step sustained.
+async fn ladder(bench: &mut Bench, clients: usize) -> Result<(String, f64)> {
     let mut table = String::from(
         "| offered (events/s) | sent (events/s) | accepted | delivered to each client | asset update latency | CPU: nats · lighting · gateway · bench |\n|---|---|---|---|---|---|\n",
     );
     let mut best = 0.0f64;
-    let clients = if bench.smoke { 4 } else { 10 };
     for rate in bench.scale.ladder.clone() {
         println!("S1: {rate} events/s");
         let measuring = 2;
@@ -274,33 +362,7 @@ async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
             break;
         }
     }
-    let r = &mut bench.report;
-    writeln!(r, "## S1 · Sustained ingest, end to end\n")?;
-    writeln!(
-        r,
-        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream → gateway (ordered consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
-    )?;
-    writeln!(r, "{table}")?;
-    writeln!(
-        r,
-        "CPU: cores each process kept busy on average over the step, out of {}.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    )?;
-    writeln!(
-        r,
-        "- **B1** raw JetStream (publish acknowledged, ordered consumer, 400-byte messages): **{b1:.0} events/s**."
-    )?;
-    writeln!(
-        r,
-        "- **B3** raw tonic streaming echo (4 bidirectional streams, 120-byte messages, the size of a status report): **{b3:.0} messages/s** echoed."
-    )?;
-    writeln!(
-        r,
-        "- **S1** highest step sustained: **{best:.0} events/s**, {:.1} % of B1 and {:.1} % of B3 (targets: ≥ 50 % of B1 and ≥ 20,000 events/s).\n",
-        100.0 * best / b1,
-        100.0 * best / b3
-    )?;
-    Ok(())
+    Ok((table, best))
 }
 
 /// S2 latencies, S3 fan-out, S4 slow consumers; B2 at the same rates and client counts.
