@@ -224,14 +224,15 @@ impl Outbox {
     /// With a standby, also waits until the relay has published them (events and state): what
     /// is acknowledged then survives the loss of this machine.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        // Every entry committed before this call has a smaller key.
-        let ticket = match self.replication.get() {
-            Some(_) => Some(self.db.generate_id()?),
-            None => None,
+        let Some(replication) = self.replication.get() else {
+            self.sync().await?;
+            self.wake.notify_one();
+            return Ok(());
         };
+        // Every entry committed before this call has a smaller key.
+        let ticket = self.db.generate_id()?;
         self.sync().await?;
         self.wake.notify_one();
-        let (Some(ticket), Some(replication)) = (ticket, self.replication.get()) else { return Ok(()) };
         let deadline = tokio::time::Instant::now() + replication.ack_timeout;
         loop {
             let published = self.published.notified();

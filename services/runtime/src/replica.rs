@@ -24,6 +24,7 @@
 //! it published.
 
 use async_nats::jetstream::{self, stream};
+use std::fmt::Write as _;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +92,7 @@ fn key_subject(prefix: &str, change: &Change) -> String {
     // A token is never empty, even for an empty key.
     subject.push_str(".k");
     for byte in &change.key {
-        subject.push_str(&format!("{byte:02x}"));
+        let _ = write!(subject, "{byte:02x}");
     }
     subject
 }
@@ -130,9 +131,6 @@ struct ApiError {
 /// JetStream's "wrong last sequence": another instance wrote to the bucket since this one's
 /// last batch.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
-
-/// The header naming the instance that committed a batch (on its last message).
-pub const PUBLISHER_HEADER: &str = "Vigie-Publisher";
 
 /// The instance publishing a service's state, and what fences it on the server.
 pub struct Publisher<'a> {
@@ -237,7 +235,7 @@ async fn publish_batch(publisher: &Publisher<'_>, changes: &[&Change]) -> anyhow
             continue;
         }
         headers.insert("Nats-Batch-Commit", "1");
-        headers.insert(PUBLISHER_HEADER, publisher.instance);
+        headers.insert(crate::outbox::PUBLISHER_HEADER, publisher.instance);
         if !publisher.fence.holds() {
             return Err(StoreError::Fenced.into());
         }
@@ -285,14 +283,14 @@ async fn publish_batch(publisher: &Publisher<'_>, changes: &[&Change]) -> anyhow
 /// The bucket's last sequence when its last batch is this instance's; otherwise another
 /// instance wrote since: [`StoreError::Fenced`].
 async fn resolve_tail(publisher: &Publisher<'_>) -> anyhow::Result<u64> {
-    let mut stream = publisher.js.get_stream(state_stream(publisher.domain)).await?;
-    let last = stream.info().await?.state.last_sequence;
+    let stream = publisher.js.get_stream(state_stream(publisher.domain)).await?;
+    let last = stream.cached_info().state.last_sequence;
     if last == 0 {
         return Ok(0);
     }
     // From the stream's leader (a follower answering a direct get may lag behind).
     let message = stream.get_raw_message(last).await?;
-    let by = message.headers.get(PUBLISHER_HEADER).map(|v| v.as_str().to_owned());
+    let by = message.headers.get(crate::outbox::PUBLISHER_HEADER).map(|v| v.as_str().to_owned());
     if by.as_deref() == Some(publisher.instance) {
         return Ok(last);
     }
@@ -458,8 +456,8 @@ pub async fn seed(database: &Database, publisher: &Publisher<'_>) -> anyhow::Res
 
 /// The last sequence of `domain`'s state bucket.
 pub async fn last_seq(js: &jetstream::Context, domain: proto::v1::Domain) -> anyhow::Result<u64> {
-    let mut stream = js.get_stream(state_stream(domain)).await?;
-    Ok(stream.info().await?.state.last_sequence)
+    // Fetching the stream reads its info: its last sequence is in it.
+    Ok(js.get_stream(state_stream(domain)).await?.cached_info().state.last_sequence)
 }
 
 #[cfg(test)]

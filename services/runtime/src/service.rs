@@ -174,8 +174,11 @@ async fn become_active(
     let js = crate::bus::jetstream(nats);
     let domain = database.domain();
     let replicas = common.stream.replicas;
-    if standby.lease_ttl < Duration::from_secs(2) {
-        anyhow::bail!("--lease-ttl must be at least 2s");
+    if standby.lease_ttl < Duration::from_secs(2) || standby.lease_ttl > Duration::from_secs(600) {
+        anyhow::bail!("--lease-ttl must be between 2s and 10m");
+    }
+    if standby.replication_timeout.is_zero() {
+        anyhow::bail!("--replication-timeout must be more than 0");
     }
     // The buckets, once NATS answers (a standby may start before the cluster has a leader).
     let leases = loop {
