@@ -21,15 +21,19 @@ use serde::{Deserialize, Serialize};
 use crate::access::{Access, actor, reader, require_principal};
 use crate::auth::Principal;
 use crate::rest::{ApiError, MAX_BODY_BYTES};
+use crate::routes::{Routes, ShardRoute};
 use axum::Extension;
 
 /// The domain services' gRPC endpoints (connected lazily: a service down gives a 503, not a
 /// gateway that cannot start).
 #[derive(Clone, Default)]
 pub struct Services {
-    pub lighting: Option<AuthChannel>,
+    /// The lighting service may be sharded by commune (see [`Routes`]).
+    pub lighting: Routes,
     pub water: Option<AuthChannel>,
     pub reports: Option<AuthChannel>,
+    /// The water and reports services' URLs, as integrators are told them.
+    pub urls: Vec<(&'static str, String)>,
 }
 
 impl Services {
@@ -37,25 +41,31 @@ impl Services {
     /// https:// URLs use `tls`.
     pub fn connect(
         lighting: Option<&str>,
+        lighting_shards: &[ShardRoute],
         water: Option<&str>,
         reports: Option<&str>,
         tls: &runtime::config::GrpcClientTls,
         token: BearerToken,
     ) -> anyhow::Result<Services> {
         // Several URLs (comma-separated): the instances of a service run with a standby.
-        let lazy = |urls: Option<&str>, flag: &str| -> anyhow::Result<Option<AuthChannel>> {
-            urls.map(|u| {
-                tls.channel(u)
-                    .map(|channel| runtime::grpc_auth::with_token(channel, token.clone()))
-                    .map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))
-            })
-            .transpose()
+        let connect = |urls: &str| -> anyhow::Result<AuthChannel> {
+            Ok(runtime::grpc_auth::with_token(tls.channel(urls)?, token.clone()))
         };
-        Ok(Services {
-            lighting: lazy(lighting, "--lighting-url")?,
-            water: lazy(water, "--water-url")?,
-            reports: lazy(reports, "--reports-url")?,
-        })
+        let lazy = |urls: Option<&str>, flag: &str| -> anyhow::Result<Option<AuthChannel>> {
+            urls.map(|u| connect(u).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))).transpose()
+        };
+        let lighting = match (lighting, lighting_shards.is_empty()) {
+            (Some(urls), _) => Routes::whole(urls, connect).map_err(|e| anyhow::anyhow!("--lighting-url: {e:#}"))?,
+            (None, false) => {
+                Routes::sharded(lighting_shards, connect).map_err(|e| anyhow::anyhow!("--lighting-shard: {e:#}"))?
+            }
+            (None, true) => Routes::default(),
+        };
+        let urls = [("water", water), ("reports", reports)]
+            .into_iter()
+            .filter_map(|(domain, urls)| urls.map(|u| (domain, u.to_owned())))
+            .collect();
+        Ok(Services { lighting, water: lazy(water, "--water-url")?, reports: lazy(reports, "--reports-url")?, urls })
     }
 }
 
@@ -65,6 +75,7 @@ pub fn router(services: Services, access: Access) -> Router {
         .route("/api/v1/commands/valve", post(valve))
         .route("/api/v1/reports/status", post(report_status))
         .route("/api/v1/water/dmas", axum::routing::get(water_dmas))
+        .route("/api/v1/endpoints", axum::routing::get(endpoints))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(access, require_principal))
         .with_state(services)
@@ -132,6 +143,16 @@ pub struct LightingCommandRequest {
 struct Commands {
     /// One command per commune the target spans.
     commands: Vec<CommandState>,
+    /// With a sharded service: the shards that did not take their part of the command, and
+    /// why (the others did; retry for these communes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unreached: Vec<Unreached>,
+}
+
+#[derive(Serialize)]
+struct Unreached {
+    communes: Vec<String>,
+    error: String,
 }
 
 async fn lighting(
@@ -173,21 +194,66 @@ async fn lighting(
         LightingAction::SwitchOn(on) => command_action::Action::SwitchOn(on),
         LightingAction::DimLevel(level) => command_action::Action::DimLevel(level),
     };
-    let mut client = LightingServiceClient::new(channel(&services.lighting, "lighting")?);
-    let answer = client
-        .send_command(SendCommandRequest {
-            target: Some(CommandTarget { target: Some(target) }),
+    if !services.lighting.is_configured() {
+        return Err(ApiError::unavailable("this gateway has no lighting service configured"));
+    }
+    // Sharded: each shard serving some of those communes gets the command for its part of them.
+    let units = services.lighting.reaching(&allowed_communes);
+    let calls = units.into_iter().map(|(channel, communes)| {
+        let request = SendCommandRequest {
+            target: Some(CommandTarget { target: Some(target.clone()) }),
             action: Some(CommandAction { action: Some(action) }),
             requested_by: p.login.clone(),
-            reason: request.reason,
+            reason: request.reason.clone(),
             timeout_s: request.timeout_s,
-            allowed_communes,
-        })
-        .await
-        .map_err(|s| refused("lighting", s))?
-        .into_inner();
-    let commands = answer.commands.iter().map(|c| proto::live::from_proto::lighting_command("lighting", c)).collect();
-    Ok((StatusCode::CREATED, Json(Commands { commands })).into_response())
+            allowed_communes: communes.clone(),
+        };
+        async move { (communes, LightingServiceClient::new(channel).send_command(request).await) }
+    });
+    let (mut commands, mut unreached, mut refusals) = (Vec::new(), Vec::new(), Vec::new());
+    for (communes, outcome) in futures::future::join_all(calls).await {
+        match outcome {
+            Ok(answer) => commands.extend(
+                answer.into_inner().commands.iter().map(|c| proto::live::from_proto::lighting_command("lighting", c)),
+            ),
+            Err(status) => {
+                if status.code() != tonic::Code::NotFound {
+                    unreached
+                        .push(Unreached { communes, error: refused("lighting", status.clone()).message().to_owned() });
+                }
+                refusals.push(status);
+            }
+        }
+    }
+    if commands.is_empty() {
+        // No shard took it: the most telling refusal (one that is not "not found", when a shard
+        // gave one), else the target is unknown in every commune it may reach.
+        let status = match refusals.iter().position(|s| s.code() != tonic::Code::NotFound) {
+            Some(i) => refusals.swap_remove(i),
+            None => refusals.pop().unwrap_or_else(|| {
+                tonic::Status::not_found("no lighting shard serves the communes this command may reach")
+            }),
+        };
+        return Err(refused("lighting", status));
+    }
+    Ok((StatusCode::CREATED, Json(Commands { commands, unreached })).into_response())
+}
+
+/// `GET /api/v1/endpoints`: the gRPC endpoints that serve the caller's communes, per domain (a
+/// sharded service has one per shard). Integrators write field data there.
+async fn endpoints(State(services): State<Services>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
+    reader(&p)?;
+    let everything = matches!(p.scope, crate::auth::Scope::All);
+    let mut answer = serde_json::Map::new();
+    let lighting = services.lighting.endpoints(|c| p.scope.allows(c), everything);
+    if !lighting.is_empty() {
+        answer.insert("lighting".into(), serde_json::json!(lighting));
+    }
+    for (domain, urls) in &services.urls {
+        let urls: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        answer.insert((*domain).into(), serde_json::json!([{ "urls": urls }]));
+    }
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,7 +295,7 @@ async fn valve(
         .map_err(|s| refused("water", s))?
         .into_inner();
     let commands = vec![proto::live::from_proto::valve_command("water", &command)];
-    Ok((StatusCode::CREATED, Json(Commands { commands })).into_response())
+    Ok((StatusCode::CREATED, Json(Commands { commands, unreached: Vec::new() })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

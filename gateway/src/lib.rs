@@ -27,6 +27,7 @@ pub mod live;
 pub mod metrics;
 pub mod opsview;
 pub mod rest;
+pub mod routes;
 pub mod snapshots;
 pub mod store;
 pub mod subscription;
@@ -54,8 +55,15 @@ pub struct Config {
 
     /// gRPC endpoint of the lighting service, for operators' commands (none: refused with 503).
     /// Comma-separated: the instances of a service run with a standby (`--standby`).
-    #[arg(long, env = "VIGIE_GATEWAY_LIGHTING_URL")]
+    #[arg(long, env = "VIGIE_GATEWAY_LIGHTING_URL", conflicts_with = "lighting_shards")]
     pub lighting_url: Option<String>,
+
+    /// The lighting service's shards instead (`--shard`/`--communes` at the service), one flag
+    /// each: `<communes>=<urls>`, e.g. `34172,34057=http://a:50061,http://a2:50061`. Commands go
+    /// to the shards of the communes they may reach; `GET /api/v1/endpoints` tells integrators.
+    /// In the environment: shards separated by `;`.
+    #[arg(long = "lighting-shard", env = "VIGIE_GATEWAY_LIGHTING_SHARDS", value_delimiter = ';', value_parser = routes::parse_shard)]
+    pub lighting_shards: Vec<routes::ShardRoute>,
 
     /// gRPC endpoint(s) of the water service, for valve commands.
     #[arg(long, env = "VIGIE_GATEWAY_WATER_URL")]
@@ -512,6 +520,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
     };
     let services = commands::Services::connect(
         config.lighting_url.as_deref(),
+        &config.lighting_shards,
         config.water_url.as_deref(),
         config.reports_url.as_deref(),
         &config.grpc_client,

@@ -41,7 +41,49 @@ pub fn revoked_sid(subject: &str) -> Option<&str> {
 /// stream is `KV_<bucket>`; keys `<tree>.k<hex key>`): `VIGIE_STATE_LIGHTING` and so on. Only
 /// that service's NATS user may touch it (deploy/nats/authorization.conf).
 pub fn state_bucket(domain: Domain) -> String {
-    format!("VIGIE_STATE_{}", domain.token().to_ascii_uppercase())
+    Unit::whole(domain).state_bucket()
+}
+
+/// What one domain service instance (with its standbys) serves: its whole domain, or a shard of
+/// it, a named set of communes (`--shard`). The unit's name spells everything the instances of
+/// one unit share and the instances of two units must not: the lease key, the state bucket, the
+/// outbox's reader consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Unit {
+    pub domain: Domain,
+    /// `None`: the whole domain.
+    pub shard: Option<String>,
+}
+
+/// A shard's name: 1 to 16 lowercase ASCII letters and digits (it becomes part of a consumer's,
+/// a key's and a stream's name, where `-`, `_` and `.` already mean something).
+pub fn check_shard_name(name: &str) -> Result<(), String> {
+    let ok = (1..=16).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok { Ok(()) } else { Err(format!("shard name {name:?}: 1 to 16 lowercase letters and digits")) }
+}
+
+impl Unit {
+    pub fn whole(domain: Domain) -> Unit {
+        Unit { domain, shard: None }
+    }
+
+    /// `lighting`, or `lighting-est` for the shard `est`: the key of its lease.
+    pub fn name(&self) -> String {
+        match &self.shard {
+            None => self.domain.token().to_owned(),
+            Some(shard) => format!("{}-{shard}", self.domain.token()),
+        }
+    }
+
+    /// `VIGIE_STATE_LIGHTING`, or `VIGIE_STATE_LIGHTING_EST` for a shard.
+    pub fn state_bucket(&self) -> String {
+        format!("VIGIE_STATE_{}", self.name().replace('-', "_").to_ascii_uppercase())
+    }
+
+    /// The durable name of the consumer with which its outbox reads back what it published.
+    pub fn outbox_reader(&self) -> String {
+        format!("outbox-{}", self.name())
+    }
 }
 
 /// The key-value bucket of the domain services' leases: which instance of each is active (key:
@@ -134,6 +176,21 @@ pub fn asset_events(domain: Domain, asset: &AssetId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_names_its_own_lease_bucket_and_reader() {
+        let whole = Unit::whole(Domain::Lighting);
+        assert_eq!((whole.name(), whole.state_bucket()), ("lighting".into(), "VIGIE_STATE_LIGHTING".into()));
+        assert_eq!(whole.outbox_reader(), "outbox-lighting");
+        let est = Unit { domain: Domain::Lighting, shard: Some("est2".into()) };
+        assert_eq!(est.name(), "lighting-est2");
+        assert_eq!(est.state_bucket(), "VIGIE_STATE_LIGHTING_EST2");
+        assert_eq!(est.outbox_reader(), "outbox-lighting-est2");
+        for bad in ["", "Est", "e-st", "e.st", "e_st", "abcdefghijklmnopq"] {
+            assert!(check_shard_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_shard_name("nord2").is_ok());
+    }
 
     #[test]
     fn scheme() {

@@ -13,7 +13,10 @@ pub const NATS_USERS: [&str; 5] = ["lighting", "transport", "water", "reports", 
 /// every node's URL.
 pub struct NatsServer {
     nodes: Vec<Node>,
-    passwords: BTreeMap<&'static str, String>,
+    passwords: BTreeMap<String, String>,
+    /// Shards of domain services with a NATS user each (`<domain>:<shard>:<communes>`, see
+    /// deploy/nats/shard-users.py).
+    shards: Vec<String>,
     /// With the deployment's users and permissions (every test's server), or open (the
     /// benchmark's baselines).
     authorization: bool,
@@ -42,6 +45,22 @@ impl NatsServer {
     /// A server with the deployment's users and these lines added to its configuration.
     pub fn start_with(extra_config: &str) -> Result<NatsServer> {
         let mut server = NatsServer::new(1, true, extra_config)?;
+        server.spawn(0)?;
+        Ok(server)
+    }
+
+    /// A server with the deployment's users and a user per shard of a domain service
+    /// (`<domain>:<shard>:<communes>`, e.g. `lighting:est:34129`; the user is `lighting-est`).
+    pub fn start_sharded(shards: &[&str]) -> Result<NatsServer> {
+        let mut server = NatsServer::new(1, true, "")?;
+        for spec in shards {
+            let mut parts = spec.split(':');
+            let (Some(domain), Some(shard)) = (parts.next(), parts.next()) else {
+                bail!("{spec:?} is not <domain>:<shard>:<communes>");
+            };
+            server.passwords.insert(format!("{domain}-{shard}"), format!("v{:032x}", rand::random::<u128>()));
+            server.shards.push(spec.to_string());
+        }
         server.spawn(0)?;
         Ok(server)
     }
@@ -111,7 +130,7 @@ impl NatsServer {
 
     fn new(nodes: usize, authorization: bool, extra_config: &str) -> Result<NatsServer> {
         let passwords = if authorization {
-            NATS_USERS.iter().map(|u| (*u, format!("v{:032x}", rand::random::<u128>()))).collect()
+            NATS_USERS.iter().map(|u| (u.to_string(), format!("v{:032x}", rand::random::<u128>()))).collect()
         } else {
             BTreeMap::new()
         };
@@ -123,6 +142,7 @@ impl NatsServer {
         Ok(NatsServer {
             nodes,
             passwords,
+            shards: Vec::new(),
             authorization,
             extra_config: extra_config.to_owned(),
             route_links: Vec::new(),
@@ -179,7 +199,18 @@ impl NatsServer {
         std::fs::create_dir_all(&ports_dir)?;
         // The deployment's authorization (copied: nats-server includes files relative to the
         // config), and this server's ports and store.
-        std::fs::copy(repo_root().join("deploy/nats/authorization.conf"), dir.join("authorization.conf"))?;
+        let authorization = repo_root().join("deploy/nats/authorization.conf");
+        if self.shards.is_empty() {
+            std::fs::copy(&authorization, dir.join("authorization.conf"))?;
+        } else {
+            // With a user per shard, as a sharded deployment generates it.
+            let script = repo_root().join("deploy/nats/shard-users.py");
+            let out = Command::new("python3").arg(script).arg(&authorization).args(&self.shards).output()?;
+            if !out.status.success() {
+                bail!("shard-users.py: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::write(dir.join("authorization.conf"), out.stdout)?;
+        }
         let include = if self.authorization { "include \"./authorization.conf\"\n" } else { "" };
         let cluster = if clustered {
             format!(
@@ -201,7 +232,7 @@ impl NatsServer {
         std::fs::write(&config_path, config)?;
         let mut command = Command::new(nats_server_binary()?);
         for (user, password) in &self.passwords {
-            command.env(format!("VIGIE_NATS_{}_PASSWORD", user.to_uppercase()), password);
+            command.env(format!("VIGIE_NATS_{}_PASSWORD", user.to_uppercase().replace('-', "_")), password);
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("nats.log"))?;
         let child = command

@@ -104,7 +104,14 @@ impl Slice {
         let key = stores.path().join("gateway").join("auth-key.pem");
         let service_token = mint_token(&key, runtime::auth::TokenType::Service)?;
         let integrator_token = mint_token(&key, runtime::auth::TokenType::Integrator)?;
+        let (credentials, lighting_flags) = lighting_credentials(&nats, lighting_flags);
         let mut args = common("lighting");
+        // As the lighting user, or the one the flags name (a shard's); through its link, if any.
+        args[3] = credentials[3].clone();
+        args[5] = credentials[5].clone();
+        if lighting_link.is_none() {
+            args[1] = credentials[1].clone();
+        }
         args.extend(["--auth-public-key".into(), gateway::auth::public_key_path(&key).display().to_string()]);
         // On the port it takes at first, for good (pinned below): the gateway's commands find it
         // there after a restart.
@@ -128,7 +135,7 @@ impl Slice {
             args.extend(["--territory".into(), territory.path().display().to_string()]);
         }
         // Operators' lighting commands go through the gateway to this slice's lighting service.
-        if !gateway_flags.contains(&"--lighting-url") {
+        if !gateway_flags.contains(&"--lighting-url") && !gateway_flags.contains(&"--lighting-shard") {
             args.extend(["--lighting-url".into(), format!("http://{lighting_addr}")]);
         }
         args.extend(gateway_flags.iter().map(|s| s.to_string()));
@@ -259,15 +266,7 @@ impl Slice {
     /// Starts another instance of the lighting service on the slice's NATS and territory, with
     /// its own store (e.g. a standby: `--standby`); it logs "gRPC listening" once active.
     pub fn start_lighting_instance(&self, store: &Path, extra: &[&str]) -> Result<Process> {
-        let mut args = self.nats.credentials("lighting");
-        // A NATS URL of its own (one node of a cluster) instead of every node's.
-        let mut extra = extra.to_vec();
-        if let Some(i) = extra.iter().position(|a| *a == "--nats-url")
-            && i + 1 < extra.len()
-        {
-            args[1] = extra[i + 1].to_owned();
-            extra.drain(i..=i + 1);
-        }
+        let (mut args, extra) = lighting_credentials(&self.nats, extra);
         args.extend([
             "--store".to_owned(),
             store.display().to_string(),
@@ -396,6 +395,26 @@ pub type LightingClient = proto::lighting::lighting_service_client::LightingServ
 pub use runtime::grpc_auth::AuthChannel;
 
 /// A channel to `addr` (host:port) whose calls carry `token`.
+/// The flags a lighting instance connects to NATS with, and the rest of `extra`: the lighting
+/// user, unless `extra` names another (`--nats-user lighting-est`, a shard's), on every node,
+/// unless `extra` names one (`--nats-url`, one node of a cluster).
+fn lighting_credentials<'a>(nats: &NatsServer, extra: &[&'a str]) -> (Vec<String>, Vec<&'a str>) {
+    let mut extra = extra.to_vec();
+    let mut take = |flag: &str| {
+        let i = extra.iter().position(|a| *a == flag).filter(|i| i + 1 < extra.len())?;
+        let value = extra[i + 1];
+        extra.drain(i..=i + 1);
+        Some(value)
+    };
+    let user = take("--nats-user").unwrap_or("lighting");
+    let url = take("--nats-url");
+    let mut args = nats.credentials(user);
+    if let Some(url) = url {
+        args[1] = url.to_owned();
+    }
+    (args, extra)
+}
+
 pub async fn channel_with_token(addr: &str, token: Option<&str>) -> Result<AuthChannel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
     Ok(runtime::grpc_auth::with_token(channel, runtime::grpc_auth::BearerToken::fixed(token.map(str::to_owned))))

@@ -348,3 +348,78 @@ async fn publish(js: &jetstream::Context, event: &proto::event::CheckedEvent) ->
         Err(_) => Err(ApiError::unavailable("the event bus did not answer in time; retry")),
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ACTIONS: [&str; 6] = ["acknowledge", "assign", "comment", "shelve", "unshelve", "resolve"];
+
+    fn action() -> impl Strategy<Value = String> {
+        prop_oneof![prop::sample::select(ACTIONS.map(str::to_owned).to_vec()), any::<String>()]
+    }
+
+    /// A shelve's end: RFC 3339 times from an hour ago to a day ahead, or any text.
+    fn until() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            (-3_600i64..86_400).prop_map(|ahead| (chrono::Utc::now() + chrono::Duration::seconds(ahead)).to_rfc3339()),
+            any::<String>(),
+        ])
+    }
+
+    fn json_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            (action(), any::<String>(), prop::collection::vec(any::<String>(), 0..4), any::<u64>()).prop_map(
+                |(action, text, keys, n)| {
+                    serde_json::json!({ "alarm_key": text, "alarm_keys": keys, "action": action, "comment": text,
+                        "commune": text, "text": text, "up_to": n })
+                    .to_string()
+                    .into_bytes()
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        /// Any body decodes into a request or a refusal; none panics.
+        #[test]
+        fn random_bodies_never_panic(bytes in json_bytes()) {
+            let _ = serde_json::from_slice::<AlarmActionRequest>(&bytes);
+            let _ = serde_json::from_slice::<BulkAlarmActionRequest>(&bytes);
+            let _ = serde_json::from_slice::<LogbookRequest>(&bytes);
+            let _ = serde_json::from_slice::<AcknowledgeNotices>(&bytes);
+        }
+
+        /// What the check accepts is a known action with bounded text, and a shelve that ends
+        /// within --max-shelve (and only a shelve has an end).
+        #[test]
+        fn accepted_actions_are_bounded(
+            action in action(),
+            assignee in any::<String>(),
+            comment in prop_oneof![any::<String>(), "[a-z \n]{0,40}"],
+            until in until(),
+        ) {
+            let max_shelve = Duration::from_secs(8 * 3600);
+            let Ok(checked) = CheckedAlarmAction::parse(&action, &assignee, &comment, until.as_deref(), max_shelve)
+            else {
+                return Ok(());
+            };
+            prop_assert!(ACTIONS.contains(&action.as_str()));
+            let text_ok = |t: &str, max: usize| t.chars().count() <= max && !t.chars().any(|c| c.is_control() && c != '\n');
+            prop_assert!(text_ok(&checked.assignee, 64) && text_ok(&checked.comment, MAX_COMMENT_CHARS));
+            if matches!(checked.kind, AlarmActionKind::Comment | AlarmActionKind::Shelve) {
+                prop_assert!(!checked.comment.trim().is_empty());
+            }
+            match checked.shelved_until {
+                Some(end) => {
+                    prop_assert_eq!(checked.kind, AlarmActionKind::Shelve);
+                    let end = SystemTime::try_from(end).expect("a valid time");
+                    prop_assert!(end <= SystemTime::now() + max_shelve + SHELVE_SLACK);
+                }
+                None => prop_assert!(checked.kind != AlarmActionKind::Shelve),
+            }
+        }
+    }
+}

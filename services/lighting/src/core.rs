@@ -197,6 +197,12 @@ impl Lighting {
         let mut rules = self.rules();
         let mut places = Vec::new();
         for light in lights {
+            if let Some(commune) = domain::served_elsewhere(light, &self.territory) {
+                return Err(Error::NotFound(format!(
+                    "streetlight {}: commune {commune} is served by another shard of the lighting service",
+                    light.id.chars().take(proto::ids::AssetId::MAX_LEN).collect::<String>()
+                )));
+            }
             let valid = domain::validate_streetlight(light, &self.territory)?;
             if !seen.insert(valid.id.clone()) {
                 return Err(Error::invalid(format!("streetlight {} appears twice in the request", valid.id)));
@@ -381,7 +387,7 @@ impl Lighting {
             requested_by: by.to_owned(),
             ..Default::default()
         };
-        domain::validate_command(&probe, &self.territory)?;
+        self.validate_command(&probe)?;
         schedule::validate_steps(&schedule.steps, "steps")?;
         if schedule.overrides.len() > schedule::MAX_OVERRIDES {
             return Err(Error::invalid(format!("at most {} overrides", schedule::MAX_OVERRIDES)));
@@ -464,6 +470,20 @@ impl Lighting {
         Ok(())
     }
 
+    /// Checks a command; a commune another shard serves is not this instance's to command.
+    fn validate_command(&self, request: &SendCommandRequest) -> Result<domain::ValidCommand, Error> {
+        use proto::lighting::command_target::Target;
+        if let Some(Target::Commune(c)) = request.target.as_ref().and_then(|t| t.target.as_ref())
+            && let Ok(commune) = CommuneId::parse(c)
+            && self.territory.is_served_elsewhere(&commune)
+        {
+            return Err(Error::NotFound(format!(
+                "commune {commune} is served by another shard of the lighting service"
+            )));
+        }
+        Ok(domain::validate_command(request, &self.territory)?)
+    }
+
     /// Centre of the lamps a target addresses (where its sun rises and sets).
     fn centroid(&self, request: &SendCommandRequest) -> Result<Option<(f64, f64)>, Error> {
         let mut probe = request.clone();
@@ -471,7 +491,7 @@ impl Lighting {
         probe.action = Some(proto::lighting::CommandAction {
             action: Some(proto::lighting::command_action::Action::DimLevel(1.0)),
         });
-        let valid = domain::validate_command(&probe, &self.territory)?;
+        let valid = self.validate_command(&probe)?;
         let (mut n, mut lat, mut lon) = (0.0, 0.0, 0.0);
         for (id, place) in self.rules().lamps() {
             if domain::targets(&valid.target, id, &place.commune, place.lat, place.lon, &place.street) {
@@ -485,7 +505,7 @@ impl Lighting {
 
     /// Creates the commands (one per commune of the target), stores and dispatches them.
     pub async fn send_command(self: &Arc<Self>, request: &SendCommandRequest) -> Result<Vec<LightingCommand>, Error> {
-        let valid = domain::validate_command(request, &self.territory)?;
+        let valid = self.validate_command(request)?;
         // Lamps outside the requester's communes are, to the requester, not there: a target
         // reaches only the lamps of its communes, and one that reaches none of them gets the
         // answer an unknown target gets.

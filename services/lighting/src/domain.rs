@@ -55,6 +55,15 @@ impl ValidStreetlight {
     }
 }
 
+/// The commune of the territory, served by another shard, that a streetlight belongs to (by
+/// the commune it names, else by its position): not this instance's to register.
+pub fn served_elsewhere(light: &Streetlight, territory: &Territory) -> Option<CommuneId> {
+    if light.commune.is_empty() {
+        return territory.served_elsewhere(light.lat, light.lon).map(|c| c.id.clone());
+    }
+    CommuneId::parse(&light.commune).ok().filter(|id| territory.is_served_elsewhere(id))
+}
+
 pub fn validate_streetlight(light: &Streetlight, territory: &Territory) -> Result<ValidStreetlight, Invalid> {
     let id = AssetId::parse_as("streetlight id", &light.id).map_err(|e| invalid(e.to_string()))?;
     check_position(light.lat, light.lon).map_err(|e| invalid(format!("streetlight {id}: {e}")))?;

@@ -73,6 +73,9 @@ pub struct Config {
     pub standby: runtime::replica::StandbyConfig,
 
     #[command(flatten)]
+    pub shard: runtime::config::ShardConfig,
+
+    #[command(flatten)]
     pub security: runtime::grpc_auth::ServiceSecurityConfig,
 }
 
@@ -95,9 +98,14 @@ async fn import_inventory(core: &Arc<core::Lighting>, territory: &territory::Ter
         }
         None => None,
     };
-    let (mut skipped, mut with_street) = (0usize, 0usize);
+    let (mut skipped, mut with_street, mut elsewhere) = (0usize, 0usize, 0usize);
     let mut valid = Vec::with_capacity(lights.len());
     for mut light in lights.drain(..) {
+        // A shard imports its communes' lamps; the others are another shard's.
+        if domain::served_elsewhere(&light, territory).is_some() {
+            elsewhere += 1;
+            continue;
+        }
         if let Some(commune) = territory.locate(light.lat, light.lon) {
             light.commune = commune.id.to_string();
         }
@@ -126,7 +134,7 @@ async fn import_inventory(core: &Arc<core::Lighting>, territory: &territory::Ter
         registered += r;
         unchanged += u;
     }
-    tracing::info!(registered, unchanged, skipped, with_street, path = %path.display(), "streetlight inventory imported");
+    tracing::info!(registered, unchanged, skipped, with_street, elsewhere, path = %path.display(), "streetlight inventory imported");
     Ok(())
 }
 
@@ -171,10 +179,15 @@ const METHODS: &[(&str, Access)] = &[
 /// finishes those in flight, drains the outbox and NATS, and flushes the store, all within
 /// `shutdown_timeout`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let territory = territory::Territory::load(&config.territory).context("loading the territory")?;
+    let mut territory = territory::Territory::load(&config.territory).context("loading the territory")?;
     territory.log_summary();
-    let store =
-        store::Store::open(&config.store).with_context(|| format!("opening the store {}", config.store.display()))?;
+    let (unit, communes) = config.shard.unit(proto::v1::Domain::Lighting)?;
+    if let Some(communes) = communes {
+        territory.limit_to(&communes).context("--communes")?;
+        tracing::info!(shard = unit.name(), communes = ?communes, "this instance serves a shard of the territory");
+    }
+    let store = store::Store::open_unit(&config.store, unit)
+        .with_context(|| format!("opening the store {}", config.store.display()))?;
     let rules = rules::RulesConfig {
         cluster_min_lamps: config.cluster_min_lamps,
         cluster_radius_m: config.cluster_radius_m,

@@ -81,7 +81,12 @@ pub struct Store {
 impl Store {
     /// Opens the service's database in `path` (created if missing).
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        let db = Database::open(path, proto::v1::Domain::Lighting, TREES)?;
+        Store::open_unit(path, proto::subject::Unit::whole(proto::v1::Domain::Lighting))
+    }
+
+    /// The same for a shard of the service (its store is its own).
+    pub fn open_unit(path: &std::path::Path, unit: proto::subject::Unit) -> Result<Store, StoreError> {
+        let db = Database::open_unit(path, unit, TREES)?;
         Ok(Store {
             streetlights: db.tree("streetlights")?.clone(),
             lamp_states: db.tree("lamp_states")?.clone(),

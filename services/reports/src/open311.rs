@@ -577,4 +577,72 @@ mod tests {
         assert!(!limiter.allow(ip), "a burst of 2");
         assert!(limiter.allow("127.0.0.2".parse().unwrap()), "per client");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const FIELDS: [&str; 16] = [
+            "jurisdiction_id",
+            "service_code",
+            "lat",
+            "long",
+            "address_string",
+            "address_id",
+            "description",
+            "media_url",
+            "email",
+            "device_id",
+            "account_id",
+            "first_name",
+            "last_name",
+            "phone",
+            "attribute[taille]",
+            "attribute[couleurs][]",
+        ];
+
+        fn pair() -> impl Strategy<Value = (String, String)> {
+            let key = prop_oneof![prop::sample::select(FIELDS.map(str::to_owned).to_vec()), any::<String>()];
+            let value = prop_oneof![any::<String>(), "-?[0-9]{1,3}\\.[0-9]{0,6}", Just(String::new())];
+            (key, value)
+        }
+
+        proptest! {
+            /// Any posted body decodes into a form or a refusal, and any form into a request
+            /// carrying its fields, or a refusal naming the field; none panics.
+            #[test]
+            fn random_forms_never_panic(
+                bytes in prop::collection::vec(any::<u8>(), 0..256),
+                pairs in prop::collection::vec(pair(), 0..12),
+            ) {
+                if let Ok(decoded) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes) {
+                    let _ = form_to_request(&decoded);
+                }
+                match form_to_request(&pairs) {
+                    Ok(r) => {
+                        let last = |name: &str| pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                        prop_assert_eq!(Some(r.description.clone()), last("description").or(Some(String::new())));
+                        prop_assert_eq!(Some(r.service_code.clone()), last("service_code").or(Some(String::new())));
+                        prop_assert!(r.lat.is_none_or(|_| last("lat").is_some()));
+                    }
+                    Err(e) => prop_assert!(
+                        e.starts_with("lat ") || e.starts_with("long ") || e.starts_with("address_id"),
+                        "{e}"
+                    ),
+                }
+            }
+
+            /// Whatever text a report carries, its XML has no markup of the text's making and
+            /// no character XML 1.0 forbids.
+            #[test]
+            fn xml_text_is_escaped(text in any::<String>()) {
+                let xml = xml_element("description", &json!(text));
+                let inner = xml.strip_prefix("<description>").and_then(|x| x.strip_suffix("</description>"));
+                prop_assert!(inner.is_some());
+                let inner = inner.unwrap_or_default();
+                prop_assert!(!inner.contains('<') && !inner.contains('>'));
+                prop_assert!(inner.chars().all(crate::domain::xml_char));
+            }
+        }
+    }
 }

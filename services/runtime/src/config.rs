@@ -1,5 +1,7 @@
 //! Flags shared by every process. Each has an environment variable; flags win over variables.
 
+use proto::ids::CommuneId;
+use proto::subject::Unit;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -245,5 +247,42 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}
+
+/// A shard of a domain service: an instance (with its standbys) limited to some communes, for a
+/// territory too large for one. It accepts only their writes; another commune's asset is
+/// unknown to it (NOT_FOUND, as an unknown id). Each shard has its own store, lease, state
+/// bucket and outbox reader (see [`proto::subject::Unit`]); the gateway routes commands to it
+/// by commune (`--lighting-shard`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ShardConfig {
+    /// This instance's shard: 1 to 16 lowercase letters and digits (with `--communes`).
+    #[arg(long, env = "VIGIE_SHARD", requires = "communes")]
+    pub shard: Option<String>,
+
+    /// The communes (INSEE codes, comma-separated) of `--shard`.
+    #[arg(long, env = "VIGIE_COMMUNES", value_delimiter = ',', requires = "shard")]
+    pub communes: Vec<String>,
+}
+
+impl ShardConfig {
+    /// The unit this instance serves in `domain`, and its communes (`None`: all of them).
+    pub fn unit(&self, domain: proto::v1::Domain) -> anyhow::Result<(Unit, Option<Vec<CommuneId>>)> {
+        let Some(shard) = &self.shard else {
+            return Ok((Unit::whole(domain), None));
+        };
+        proto::subject::check_shard_name(shard).map_err(|e| anyhow::anyhow!("--shard: {e}"))?;
+        let mut communes = Vec::new();
+        for c in &self.communes {
+            let id = CommuneId::parse(c.trim()).map_err(|e| anyhow::anyhow!("--communes: {e}"))?;
+            if !communes.contains(&id) {
+                communes.push(id);
+            }
+        }
+        if communes.is_empty() {
+            anyhow::bail!("--communes: a shard serves at least one commune");
+        }
+        Ok((Unit { domain, shard: Some(shard.clone()) }, Some(communes)))
     }
 }

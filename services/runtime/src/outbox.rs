@@ -75,6 +75,8 @@ pub const PUBLISHER_HEADER: &str = "Vigie-Publisher";
 pub const ENTRY_HEADER: &str = "Vigie-Outbox-Entry";
 
 const PUBLISHER_KEY: &[u8] = b"publisher";
+/// The unit (domain, or shard of it) the store belongs to.
+const UNIT_KEY: &[u8] = b"unit";
 const IN_FLIGHT_KEY: &[u8] = b"in_flight";
 const STATE_SEQ_KEY: &[u8] = b"state_seq";
 
@@ -86,10 +88,10 @@ pub struct Outbox {
     /// The relay's own records: this outbox's identity, the batch in flight.
     meta: sled::Tree,
     publisher: String,
-    domain: proto::v1::Domain,
+    unit: proto::subject::Unit,
     /// The subjects this outbox publishes on (its domain's).
     filter: String,
-    /// The name of the consumer that reads them back (one per domain: NATS permits this name
+    /// The name of the consumer that reads them back (one per unit: NATS permits this name
     /// only, see deploy/nats/authorization.conf).
     reader: String,
     wake: Arc<Notify>,
@@ -138,9 +140,24 @@ impl PreparedEntry {
 }
 
 impl Outbox {
-    /// The outbox of a service publishing `domain`'s events.
-    pub fn open(db: &sled::Db, domain: proto::v1::Domain) -> sled::Result<Outbox> {
+    /// The outbox of a service publishing `unit`'s events. A store belongs to one unit: opened
+    /// as another (another shard, or a shard's store as the whole domain), it is refused, since
+    /// its state and its outbox are that unit's.
+    pub fn open(db: &sled::Db, unit: &proto::subject::Unit) -> Result<Outbox, crate::store::StoreError> {
         let meta = db.open_tree("outbox_meta")?;
+        let name = unit.name();
+        match meta.get(UNIT_KEY)? {
+            Some(owner) if owner.as_ref() != name.as_bytes() => {
+                return Err(crate::store::StoreError::OtherUnit {
+                    store: String::from_utf8_lossy(&owner).into_owned(),
+                    opened_as: name,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(UNIT_KEY, name.as_bytes())?;
+            }
+        }
         let publisher = match meta.get(PUBLISHER_KEY)? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
@@ -156,9 +173,9 @@ impl Outbox {
             dead: db.open_tree("outbox_dead_letters")?,
             meta,
             publisher,
-            domain,
-            filter: proto::subject::domain_events(domain),
-            reader: format!("outbox-{}", domain.token()),
+            unit: unit.clone(),
+            filter: proto::subject::domain_events(unit.domain),
+            reader: unit.outbox_reader(),
             wake: Arc::new(Notify::new()),
             flushes: Arc::default(),
             replication: Arc::default(),
@@ -605,7 +622,7 @@ async fn publish_batch(
                 let publisher = replica::Publisher {
                     client: &client,
                     js,
-                    domain: outbox.domain,
+                    unit: &outbox.unit,
                     instance: &outbox.publisher,
                     tail: &r.tail,
                     fence: &r.fence,

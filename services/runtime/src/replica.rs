@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Change, Database, StoreError};
+use proto::subject::Unit;
 
 /// A configuration no retry can mend (the instance stops, saying what to change).
 #[derive(Debug, thiserror::Error)]
@@ -39,23 +40,19 @@ pub struct Misconfigured(pub String);
 /// Changes in one atomic batch: nats-server takes at most 1,000 messages in one.
 pub const MAX_ATOMIC_BATCH: usize = 1000;
 
-/// The subject prefix of `domain`'s state bucket.
-pub fn state_prefix(domain: proto::v1::Domain) -> String {
-    format!("$KV.{}.", proto::subject::state_bucket(domain))
+/// The subject prefix of `unit`'s state bucket.
+pub fn state_prefix(unit: &Unit) -> String {
+    format!("$KV.{}.", unit.state_bucket())
 }
 
-fn state_stream(domain: proto::v1::Domain) -> String {
-    format!("KV_{}", proto::subject::state_bucket(domain))
+fn state_stream(unit: &Unit) -> String {
+    format!("KV_{}", unit.state_bucket())
 }
 
-/// Creates `domain`'s state bucket if missing: a key-value bucket (the last value of each key,
+/// Creates `unit`'s state bucket if missing: a key-value bucket (the last value of each key,
 /// deletions kept as markers) that takes atomic batches.
-pub async fn ensure_state_bucket(
-    js: &jetstream::Context,
-    domain: proto::v1::Domain,
-    replicas: u8,
-) -> anyhow::Result<()> {
-    let name = state_stream(domain);
+pub async fn ensure_state_bucket(js: &jetstream::Context, unit: &Unit, replicas: u8) -> anyhow::Result<()> {
+    let name = state_stream(unit);
     if let Ok(stream) = js.get_stream(&name).await {
         let config = &stream.cached_info().config;
         if !config.allow_atomic_publish || config.max_messages_per_subject != 1 {
@@ -68,8 +65,8 @@ pub async fn ensure_state_bucket(
     }
     js.get_or_create_stream(stream::Config {
         name: name.clone(),
-        description: Some(format!("The state of Vigie's {} service, for its standby", domain.token())),
-        subjects: vec![format!("{}>", state_prefix(domain))],
+        description: Some(format!("The state of Vigie's {} service, for its standby", unit.name())),
+        subjects: vec![format!("{}>", state_prefix(unit))],
         max_messages_per_subject: 1,
         discard: stream::DiscardPolicy::New,
         allow_rollup: true,
@@ -136,7 +133,7 @@ const WRONG_LAST_SEQUENCE: u64 = 10071;
 pub struct Publisher<'a> {
     pub client: &'a async_nats::Client,
     pub js: &'a jetstream::Context,
-    pub domain: proto::v1::Domain,
+    pub unit: &'a Unit,
     /// This instance's identity (its outbox's).
     pub instance: &'a str,
     /// The bucket's last sequence as this instance knows it: each batch is stored only if the
@@ -215,7 +212,7 @@ async fn publish_batch(publisher: &Publisher<'_>, changes: &[&Change]) -> anyhow
         tail = resolve_tail(publisher).await?;
         publisher.tail.store(tail, Ordering::Release);
     }
-    let prefix = state_prefix(publisher.domain);
+    let prefix = state_prefix(publisher.unit);
     let id = uuid::Uuid::now_v7().simple().to_string();
     let n = changes.len();
     for (i, change) in changes.iter().enumerate() {
@@ -270,7 +267,7 @@ async fn publish_batch(publisher: &Publisher<'_>, changes: &[&Change]) -> anyhow
             }
             anyhow::bail!("the state bucket refused the batch: {} ({})", error.description, error.err_code);
         }
-        if ack.seq <= tail || ack.stream != state_stream(publisher.domain) {
+        if ack.seq <= tail || ack.stream != state_stream(publisher.unit) {
             publisher.tail.store(0, Ordering::Release);
             anyhow::bail!("the batch's commit was answered with sequence {} of stream {:?}", ack.seq, ack.stream);
         }
@@ -283,7 +280,7 @@ async fn publish_batch(publisher: &Publisher<'_>, changes: &[&Change]) -> anyhow
 /// The bucket's last sequence when its last batch is this instance's; otherwise another
 /// instance wrote since: [`StoreError::Fenced`].
 async fn resolve_tail(publisher: &Publisher<'_>) -> anyhow::Result<u64> {
-    let stream = publisher.js.get_stream(state_stream(publisher.domain)).await?;
+    let stream = publisher.js.get_stream(state_stream(publisher.unit)).await?;
     let last = stream.cached_info().state.last_sequence;
     if last == 0 {
         return Ok(0);
@@ -319,12 +316,9 @@ pub struct Follower {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Clears `database`'s trees and outbox, then follows `domain`'s state bucket into them.
-pub async fn follow(
-    database: &Database,
-    js: &jetstream::Context,
-    domain: proto::v1::Domain,
-) -> anyhow::Result<Follower> {
+/// Clears `database`'s trees and outbox, then follows its unit's state bucket into them.
+pub async fn follow(database: &Database, js: &jetstream::Context) -> anyhow::Result<Follower> {
+    let unit = database.unit();
     // A store that was never published (a service that ran alone) is the only copy of its
     // state: it is never wiped to follow another instance's.
     let holds_state = database.state_trees().any(|(_, tree)| !tree.is_empty());
@@ -344,19 +338,19 @@ pub async fn follow(
     database.outbox().record_state_seq(0)?;
     database.outbox().sync().await?;
     tracing::info!(cleared, discarded, "standby: the store follows the state bucket");
-    let stream = js.get_stream(state_stream(domain)).await?;
+    let stream = js.get_stream(state_stream(unit)).await?;
     let consumer = stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
             deliver_subject: js.client().new_inbox(),
             deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            filter_subject: format!("{}>", state_prefix(domain)),
+            filter_subject: format!("{}>", state_prefix(unit)),
             ..Default::default()
         })
         .await?;
     let messages = consumer.messages().await?;
     let (applied_tx, applied) = watch::channel(0);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(apply(database.clone(), state_prefix(domain), messages, applied_tx, stop.clone()));
+    let task = tokio::spawn(apply(database.clone(), state_prefix(unit), messages, applied_tx, stop.clone()));
     Ok(Follower { applied, stop, task })
 }
 
@@ -454,10 +448,10 @@ pub async fn seed(database: &Database, publisher: &Publisher<'_>) -> anyhow::Res
     Ok(seq)
 }
 
-/// The last sequence of `domain`'s state bucket.
-pub async fn last_seq(js: &jetstream::Context, domain: proto::v1::Domain) -> anyhow::Result<u64> {
+/// The last sequence of `unit`'s state bucket.
+pub async fn last_seq(js: &jetstream::Context, unit: &Unit) -> anyhow::Result<u64> {
     // Fetching the stream reads its info: its last sequence is in it.
-    Ok(js.get_stream(state_stream(domain)).await?.cached_info().state.last_sequence)
+    Ok(js.get_stream(state_stream(unit)).await?.cached_info().state.last_sequence)
 }
 
 #[cfg(test)]

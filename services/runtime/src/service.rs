@@ -172,7 +172,7 @@ async fn become_active(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Active>> {
     let js = crate::bus::jetstream(nats);
-    let domain = database.domain();
+    let unit = database.unit();
     let replicas = common.stream.replicas;
     if standby.lease_ttl < Duration::from_secs(2) || standby.lease_ttl > Duration::from_secs(600) {
         anyhow::bail!("--lease-ttl must be between 2s and 10m");
@@ -183,7 +183,7 @@ async fn become_active(
     // The buckets, once NATS answers (a standby may start before the cluster has a leader).
     let leases = loop {
         let made = async {
-            replica::ensure_state_bucket(&js, domain, replicas).await?;
+            replica::ensure_state_bucket(&js, unit, replicas).await?;
             lease::bucket(&js, standby.lease_ttl, replicas).await
         };
         match made.await {
@@ -196,7 +196,8 @@ async fn become_active(
             _ = shutdown.cancelled() => return Ok(None),
         }
     };
-    let key = domain.token();
+    let key = unit.name();
+    let key = key.as_str();
     let instance = database.outbox().publisher().to_owned();
     let mut follower: Option<replica::Follower> = None;
     // An instance with nothing in its store leaves a bucket that was never written to another
@@ -206,7 +207,7 @@ async fn become_active(
     let lease = loop {
         let yielding = empty_store
             && started.elapsed() < standby.lease_ttl
-            && replica::last_seq(&js, domain).await.unwrap_or(0) == 0;
+            && replica::last_seq(&js, unit).await.unwrap_or(0) == 0;
         if yielding {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -220,7 +221,7 @@ async fn become_active(
                     if follower.is_none() {
                         tracing::info!(key, "another instance is active: standing by");
                     }
-                    match replica::follow(database, &js, domain).await {
+                    match replica::follow(database, &js).await {
                         Ok(f) => follower = Some(f),
                         Err(e) if e.downcast_ref::<replica::Misconfigured>().is_some() => return Err(e),
                         Err(e) => tracing::warn!(error = %e, "following the state bucket failed; retrying"),
@@ -248,12 +249,11 @@ async fn become_active(
     // The bucket's stream may be electing a leader (its node lost): tried again while the
     // lease holds.
     let mut last =
-        patiently("reading the state bucket's end", &fence, shutdown, || replica::last_seq(&js, domain)).await?;
+        patiently("reading the state bucket's end", &fence, shutdown, || replica::last_seq(&js, unit)).await?;
     let local = database.outbox().state_seq()?;
     let tail = Arc::new(AtomicU64::new(0));
-    let publisher =
-        replica::Publisher { client: nats, js: &js, domain, instance: &instance, tail: &tail, fence: &fence };
-    let read_anew = || async { replica::follow(database, &js, domain).await?.catch_up(last, CATCH_UP).await };
+    let publisher = replica::Publisher { client: nats, js: &js, unit, instance: &instance, tail: &tail, fence: &fence };
+    let read_anew = || async { replica::follow(database, &js).await?.catch_up(last, CATCH_UP).await };
     match follower {
         // A follower whose consumer was on a node now lost may take long to recover: read anew.
         Some(follower) => {

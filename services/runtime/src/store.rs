@@ -60,7 +60,7 @@ impl Writes {
 #[derive(Clone)]
 pub struct Database {
     db: sled::Db,
-    domain: proto::v1::Domain,
+    unit: proto::subject::Unit,
     names: Vec<&'static str>,
     /// The state's trees, in `names`' order, then the outbox's tree (one transaction spans all).
     trees: Vec<sled::Tree>,
@@ -74,11 +74,16 @@ pub struct Database {
 impl Database {
     /// Opens (or creates) the database in `path` with these state trees, and `domain`'s outbox.
     pub fn open(path: &Path, domain: proto::v1::Domain, names: &[&'static str]) -> Result<Database, StoreError> {
+        Database::open_unit(path, proto::subject::Unit::whole(domain), names)
+    }
+
+    /// The same for one unit of a domain (a shard, see [`crate::config::ShardConfig`]).
+    pub fn open_unit(path: &Path, unit: proto::subject::Unit, names: &[&'static str]) -> Result<Database, StoreError> {
         let db = open_database(path)?;
-        let outbox = Outbox::open(&db, domain)?;
+        let outbox = Outbox::open(&db, &unit)?;
         let mut trees = names.iter().map(|name| db.open_tree(name)).collect::<Result<Vec<_>, _>>()?;
         trees.push(outbox.tree().clone());
-        Ok(Database { db, domain, names: names.to_vec(), trees, outbox, commits: Arc::default() })
+        Ok(Database { db, unit, names: names.to_vec(), trees, outbox, commits: Arc::default() })
     }
 
     /// The state tree `name` (one of those given at open).
@@ -96,7 +101,12 @@ impl Database {
     }
 
     pub fn domain(&self) -> proto::v1::Domain {
-        self.domain
+        self.unit.domain
+    }
+
+    /// What this database's instance serves: the domain, or a shard of it.
+    pub fn unit(&self) -> &proto::subject::Unit {
+        &self.unit
     }
 
     pub fn sled(&self) -> &sled::Db {
@@ -164,6 +174,9 @@ pub enum StoreError {
     /// This instance lost its lease: another one is active (or about to be).
     #[error("this instance is no longer the active one")]
     Fenced,
+    /// The store belongs to another unit (another shard, or the whole domain).
+    #[error("this store belongs to {store}, not to {opened_as}: each shard keeps its own store")]
+    OtherUnit { store: String, opened_as: String },
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -249,6 +262,24 @@ pub fn all_keyed<M: Message + Default>(tree: &sled::Tree, what: &'static str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_belongs_to_one_unit() {
+        use proto::subject::Unit;
+        use proto::v1::Domain;
+        // One sled database opened as units one after the other (a process keeps its store
+        // open until it exits: the outbox's check is what a restart under another unit meets).
+        let db = sled::Config::new().temporary(true).open().expect("a database");
+        let est = Unit { domain: Domain::Lighting, shard: Some("est".into()) };
+        Outbox::open(&db, &est).expect("a new store");
+        Outbox::open(&db, &est).expect("its own shard");
+        let other = Outbox::open(&db, &Unit { domain: Domain::Lighting, shard: Some("ouest".into()) })
+            .err()
+            .expect("another shard");
+        assert!(other.to_string().contains("belongs to lighting-est, not to lighting-ouest"), "{other}");
+        let whole = Outbox::open(&db, &Unit::whole(Domain::Lighting)).err();
+        assert!(matches!(whole, Some(StoreError::OtherUnit { .. })), "the whole domain");
+    }
 
     #[test]
     fn records_read_back_and_an_undecodable_one_names_its_key() {

@@ -64,6 +64,8 @@ pub enum TerritoryError {
     BadFeature { path: PathBuf, index: usize, message: String },
     #[error("{path}: commune {id} appears twice")]
     Duplicate { path: PathBuf, id: CommuneId },
+    #[error("commune {0} is not one of the territory's")]
+    UnknownCommune(String),
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,8 @@ pub struct Territory {
     communes: Vec<Commune>,
     by_id: HashMap<CommuneId, usize>,
     layers: Vec<LayerStatus>,
+    /// The territory's communes another shard serves (see [`Territory::limit_to`]).
+    elsewhere: Vec<Commune>,
 }
 
 impl Territory {
@@ -121,17 +125,44 @@ impl Territory {
         let communes_path = dir.join(Layer::Communes.relative_path());
         let communes = if communes_path.is_file() { read_communes(&communes_path)? } else { Vec::new() };
         let by_id = communes.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
-        Ok(Territory { dir: Some(dir.to_owned()), communes, by_id, layers })
+        Ok(Territory { dir: Some(dir.to_owned()), communes, by_id, layers, elsewhere: Vec::new() })
     }
 
     /// A territory from communes already in memory (tests, tools).
     pub fn from_communes(communes: Vec<Commune>) -> Territory {
         let by_id = communes.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
-        Territory { dir: None, communes, by_id, layers: Vec::new() }
+        Territory { dir: None, communes, by_id, layers: Vec::new(), elsewhere: Vec::new() }
     }
 
+    /// The communes served here (all of the territory's, unless [`Territory::limit_to`]).
     pub fn communes(&self) -> &[Commune] {
         &self.communes
+    }
+
+    /// Limits the territory to `ids` (a shard's communes): the others are no longer its
+    /// communes ([`Territory::communes`], [`Territory::locate`], [`Territory::contains`] ignore
+    /// them), but [`Territory::served_elsewhere`] still tells a place in one of them from a
+    /// place outside the territory. Every id must be one of the territory's communes.
+    pub fn limit_to(&mut self, ids: &[CommuneId]) -> Result<(), TerritoryError> {
+        if let Some(unknown) = ids.iter().find(|id| !self.by_id.contains_key(id)) {
+            return Err(TerritoryError::UnknownCommune(unknown.to_string()));
+        }
+        let (kept, elsewhere): (Vec<Commune>, Vec<Commune>) =
+            std::mem::take(&mut self.communes).into_iter().partition(|c| ids.contains(&c.id));
+        self.by_id = kept.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
+        self.communes = kept;
+        self.elsewhere.extend(elsewhere);
+        Ok(())
+    }
+
+    /// The commune of the territory, served by another shard, whose boundary contains the point.
+    pub fn served_elsewhere(&self, lat: f64, lon: f64) -> Option<&Commune> {
+        self.elsewhere.iter().find(|c| c.contains(lat, lon))
+    }
+
+    /// Whether `id` is a commune of the territory that another shard serves.
+    pub fn is_served_elsewhere(&self, id: &CommuneId) -> bool {
+        self.elsewhere.iter().any(|c| &c.id == id)
     }
 
     pub fn commune(&self, id: &CommuneId) -> Option<&Commune> {
@@ -264,6 +295,22 @@ mod tests {
         assert!(t.contains(&CommuneId::parse("00002").unwrap()));
         assert!(!t.contains(&CommuneId::parse("00003").unwrap()));
         assert_eq!(t.communes()[0].population, Some(10));
+    }
+
+    #[test]
+    fn a_shard_serves_its_communes_and_knows_the_others() {
+        let mut t = Territory::from_communes(parse(TWO_SQUARES).unwrap());
+        let (west, east) = (CommuneId::parse("00001").unwrap(), CommuneId::parse("00002").unwrap());
+        let unknown = CommuneId::parse("00003").unwrap();
+        assert!(t.clone().limit_to(&[unknown]).unwrap_err().to_string().contains("00003"));
+        t.limit_to(std::slice::from_ref(&east)).unwrap();
+        assert_eq!(t.communes().len(), 1);
+        assert!(t.contains(&east) && !t.contains(&west));
+        assert_eq!(t.locate(0.5, 1.5).map(|c| c.id.as_str()), Some("00002"));
+        assert!(t.locate(0.5, 0.5).is_none(), "served elsewhere: not this shard's");
+        assert_eq!(t.served_elsewhere(0.5, 0.5).map(|c| c.id.as_str()), Some("00001"));
+        assert!(t.is_served_elsewhere(&west) && !t.is_served_elsewhere(&east));
+        assert!(t.served_elsewhere(5.0, 0.5).is_none(), "outside the territory");
     }
 
     #[test]

@@ -537,4 +537,59 @@ mod tests {
             assert!(err.contains(expected), "{err:?} should mention {expected:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn coordinate() -> impl Strategy<Value = f64> {
+            prop_oneof![any::<f64>(), -200.0..200.0f64, Just(f64::NAN)]
+        }
+
+        fn optional_f32() -> impl Strategy<Value = Option<f32>> {
+            prop::option::of(prop_oneof![any::<f32>(), -500.0..500.0f32, Just(f32::NAN), Just(f32::INFINITY)])
+        }
+
+        proptest! {
+            /// Whatever bytes a feeder sends, decoding and checking a position answers.
+            #[test]
+            fn random_positions_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                use prost::Message;
+                if let Ok(p) = VehiclePosition::decode(bytes.as_slice()) {
+                    let _ = validate(&p, SystemTime::now());
+                }
+            }
+
+            /// What the check accepts is a vehicle on Earth, moving as a bus or a tram can.
+            #[test]
+            fn accepted_positions_are_physical(
+                lat in coordinate(),
+                lon in coordinate(),
+                bearing in optional_f32(),
+                speed in optional_f32(),
+                status in prop_oneof![any::<i32>(), 0i32..4],
+                sequence in prop_oneof![any::<u32>(), 0u32..200],
+                seconds in prop_oneof![any::<i64>(), 1_700_000_000i64..1_900_000_000],
+            ) {
+                let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+                let p = VehiclePosition {
+                    lat,
+                    lon,
+                    bearing,
+                    speed,
+                    current_status: status,
+                    current_stop_sequence: sequence,
+                    timestamp: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+                    ..position()
+                };
+                if let Ok(at) = validate(&p, now) {
+                    prop_assert!((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon));
+                    prop_assert!(bearing.is_none_or(|b| (0.0..=360.0).contains(&b)));
+                    prop_assert!(speed.is_none_or(|s| (0.0..=100.0).contains(&s)));
+                    prop_assert!(sequence <= 100_000);
+                    prop_assert!(at <= now + MAX_CLOCK_SKEW && at >= UNIX_EPOCH + Duration::from_secs(946_684_800));
+                }
+            }
+        }
+    }
 }

@@ -161,4 +161,66 @@ mod tests {
         ];
         assert_eq!(metered_links(sensors.iter()), ["L1", "L2"]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn measure_name() -> impl Strategy<Value = String> {
+            prop_oneof![prop::sample::select(Measure::ALL.map(|m| m.name().to_owned()).to_vec()), any::<String>()]
+        }
+
+        fn unit_for(measure: &str) -> impl Strategy<Value = String> + use<> {
+            let right = Measure::from_name(measure).map(|m| m.unit().to_owned()).unwrap_or_default();
+            prop_oneof![Just(right), any::<String>()]
+        }
+
+        fn value() -> impl Strategy<Value = f64> {
+            prop_oneof![any::<f64>(), -1e6..1e6f64, Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)]
+        }
+
+        proptest! {
+            /// Whatever bytes a gRPC caller sends, decoding and checking a reading or a valve
+            /// request answers (never panics), and what the check accepts is what an instrument
+            /// or an operator can mean.
+            #[test]
+            fn random_requests_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                use prost::Message;
+                let now = SystemTime::now();
+                if let Ok(reading) = Reading::decode(bytes.as_slice()) {
+                    let _ = check_reading(&reading, now);
+                }
+                if let Ok(request) = SendValveCommandRequest::decode(bytes.as_slice())
+                    && let Ok(valid) = valve_request(&request)
+                {
+                    prop_assert!((1..=MAX_TIMEOUT_S).contains(&valid.timeout_s));
+                    prop_assert!(!valid.requested_by.is_empty());
+                }
+            }
+
+            #[test]
+            fn accepted_readings_are_physical(
+                (measure, unit) in measure_name().prop_flat_map(|m| (Just(m.clone()), unit_for(&m))),
+                value in value(),
+                seconds in prop_oneof![any::<i64>(), 0i64..4_000_000_000],
+                nanos in prop_oneof![any::<i32>(), 0i32..1_000_000_000],
+            ) {
+                let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+                let reading = Reading {
+                    sensor_id: "P-1".into(),
+                    measure,
+                    unit,
+                    value,
+                    observed_at: Some(prost_types::Timestamp { seconds, nanos }),
+                };
+                if let Ok(checked) = check_reading(&reading, now) {
+                    let (low, high) = checked.measure.limits();
+                    prop_assert!(value.is_finite() && (low..=high).contains(&value), "{value} accepted");
+                    prop_assert_eq!(reading.unit.as_str(), checked.measure.unit());
+                    let at = SystemTime::try_from(checked.observed_at).expect("a valid time");
+                    prop_assert!(at <= now + MAX_FUTURE && at >= SystemTime::UNIX_EPOCH + EARLIEST);
+                }
+            }
+        }
+    }
 }

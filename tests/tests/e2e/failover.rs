@@ -215,17 +215,16 @@ async fn the_state_bucket_refuses_a_batch_of_an_instance_another_one_took_over_f
     let nats = NatsServer::start()?;
     let client = nats.client_as("lighting").await?;
     let js = async_nats::jetstream::new(client.clone());
-    ensure_state_bucket(&js, Domain::Lighting, 1).await?;
+    let lighting = proto::subject::Unit::whole(Domain::Lighting);
+    ensure_state_bucket(&js, &lighting, 1).await?;
     let change = |value: &str| Change { tree: "lamp_states".into(), key: b"EP1".to_vec(), value: Some(value.into()) };
     let (fence_a, fence_b) = (
         runtime::lease::Fence::holding_for(Duration::from_secs(60)),
         runtime::lease::Fence::holding_for(Duration::from_secs(60)),
     );
     let (tail_a, tail_b) = (AtomicU64::new(0), AtomicU64::new(0));
-    let a =
-        Publisher { client: &client, js: &js, domain: Domain::Lighting, instance: "a", tail: &tail_a, fence: &fence_a };
-    let b =
-        Publisher { client: &client, js: &js, domain: Domain::Lighting, instance: "b", tail: &tail_b, fence: &fence_b };
+    let a = Publisher { client: &client, js: &js, unit: &lighting, instance: "a", tail: &tail_a, fence: &fence_a };
+    let b = Publisher { client: &client, js: &js, unit: &lighting, instance: "b", tail: &tail_b, fence: &fence_b };
     let first = [change("a1")];
     let seq = publish_changes(&a, &[&first]).await.map_err(|p| p.error)?;
     // B takes over at the bucket's end.

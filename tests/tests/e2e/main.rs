@@ -18,6 +18,7 @@ mod lighting_slice;
 mod live_protocol;
 mod reliability;
 mod reports;
+mod shards;
 mod tenancy;
 mod transport;
 mod transport_simulated;

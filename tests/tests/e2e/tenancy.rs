@@ -450,7 +450,9 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     // A service's state (what its standby follows) and its lease are its own: another service
     // can neither write the one nor take the other.
     let water = jetstream::new(nats.client_as("water").await?);
-    runtime::replica::ensure_state_bucket(&water, proto::v1::Domain::Water, 1).await.context("water's state bucket")?;
+    runtime::replica::ensure_state_bucket(&water, &proto::subject::Unit::whole(proto::v1::Domain::Water), 1)
+        .await
+        .context("water's state bucket")?;
     let leases = runtime::lease::bucket(&water, Duration::from_secs(10), 1).await.context("the leases bucket")?;
     leases.create("water", "water's".into()).await.context("water takes its lease")?;
     for subject in ["$KV.VIGIE_STATE_WATER.sensors.k00", "$KV.VIGIE_LEASES.water"] {
