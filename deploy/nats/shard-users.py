@@ -18,7 +18,8 @@ import re
 import sys
 
 SHARD = re.compile(r"^[a-z0-9]{1,16}$")
-INSEE = re.compile(r"^[0-9][0-9AB][0-9]{3}$")
+# A commune id as proto::ids::CommuneId takes it (an INSEE code, or another territory's code).
+INSEE = re.compile(r"^[A-Z0-9]{1,16}$")
 
 
 def domain_block(conf: str, domain: str) -> str:
@@ -74,7 +75,7 @@ def main() -> None:
             sys.exit(f"shard-users: shard name {shard!r}: 1 to 16 lowercase letters and digits")
         bad = [c for c in communes if not INSEE.match(c)]
         if bad:
-            sys.exit(f"shard-users: {bad[0]!r} is not an INSEE code")
+            sys.exit(f"shard-users: {bad[0]!r} is not a commune id (1 to 16 upper-case letters and digits)")
         block = shard_block(domain_block(conf, domain), domain, shard, communes)
         added.append(f"    # Shard {shard} of {domain} ({', '.join(communes)}), from shard-users.py.\n    {block}\n")
     end = conf.rfind("  ]")

@@ -256,6 +256,7 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
         "/api/v1/basemap/communes.geojson",
         "/api/v1/basemap/streets.geojson",
         "/api/v1/water/dmas",
+        "/api/v1/endpoints",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
