@@ -186,8 +186,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         territory.limit_to(&communes).context("--communes")?;
         tracing::info!(shard = unit.name(), communes = ?communes, "this instance serves a shard of the territory");
     }
+    let sharded = unit.shard.is_some();
     let store = store::Store::open_unit(&config.store, unit)
         .with_context(|| format!("opening the store {}", config.store.display()))?;
+    if sharded {
+        // A shard whose communes changed must not act on lamps it no longer serves (their
+        // events are another shard's to publish, and its NATS user may not).
+        let lamps = store.all_streetlights().map_err(|e| anyhow::anyhow!("reading the store: {e}"))?;
+        let foreign: std::collections::BTreeSet<&str> = lamps
+            .iter()
+            .map(|l| l.commune.as_str())
+            .filter(|c| proto::ids::CommuneId::parse(c).is_ok_and(|c| !territory.contains(&c)))
+            .collect();
+        if !foreign.is_empty() {
+            anyhow::bail!(
+                "the store holds lamps of communes this shard does not serve ({}): put them back in --communes, or move the commune as docs/deploy.md says",
+                foreign.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     let rules = rules::RulesConfig {
         cluster_min_lamps: config.cluster_min_lamps,
         cluster_radius_m: config.cluster_radius_m,

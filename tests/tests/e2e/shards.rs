@@ -46,7 +46,7 @@ async fn shards_serve_their_communes_and_the_gateway_routes_commands_by_commune(
     )
     .await?;
     let stores = slice.stores.path();
-    let est_process = slice
+    let mut est_process = slice
         .start_lighting_instance(&stores.join("lighting-est"), &shard_flags("lighting-est", "est", "34129", &est))?;
     // Each shard holds a lease of its own: both are active at once (one lease for the domain
     // would keep the second standing by). A second instance of a shard stands by for it.
@@ -157,5 +157,15 @@ async fn shards_serve_their_communes_and_the_gateway_routes_commands_by_commune(
     assert!(own.info().await?.state.messages > 0, "Est's state bucket holds Est's state");
     let other = tokio::time::timeout(Duration::from_secs(10), est_js.get_stream("KV_VIGIE_STATE_LIGHTING_OUEST")).await;
     assert!(!matches!(other, Ok(Ok(_))), "Est's shard read Ouest's state bucket");
+
+    // A shard's store holds its communes' lamps: started with other communes, it refuses to act
+    // on lamps it no longer serves, and says which.
+    est_process.kill()?;
+    let mut moved = slice.start_lighting_instance(
+        &stores.join("lighting-est"),
+        &shard_flags("lighting-est", "est", "34172", &addr()?),
+    )?;
+    moved.wait_for_log("does not serve (34129)", 0)?;
+    assert!(!moved.wait_exit()?.success(), "a shard with another commune's lamps stops");
     Ok(())
 }
