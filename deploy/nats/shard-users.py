@@ -48,7 +48,11 @@ def shard_block(block: str, domain: str, shard: str, communes: list[str]) -> str
             f'user: "{unit}", password: $VIGIE_NATS_{env}_PASSWORD',
         ),
         (f'"{domain}.>"', ", ".join(f'"{domain}.{c}.>"' for c in communes)),
-        (f"outbox-{domain}.", f"outbox-{unit}."),
+        # It reads back its own communes' events only: one consumer filter per commune.
+        (
+            f'"$JS.API.CONSUMER.CREATE.VIGIE_EVENTS.outbox-{domain}.{domain}.>"',
+            ", ".join(f'"$JS.API.CONSUMER.CREATE.VIGIE_EVENTS.outbox-{unit}.{domain}.{c}.>"' for c in communes),
+        ),
         (f'outbox-{domain}"', f'outbox-{unit}"'),
         (f"VIGIE_STATE_{domain.upper()}", f"VIGIE_STATE_{env}"),
         (f'$KV.VIGIE_LEASES.{domain}"', f'$KV.VIGIE_LEASES.{unit}"'),
@@ -66,6 +70,7 @@ def main() -> None:
         sys.exit(__doc__)
     conf = open(sys.argv[1], encoding="utf-8").read()
     added = []
+    units, served = set(), {}
     for spec in sys.argv[2:]:
         parts = spec.split(":")
         if len(parts) != 3:
@@ -76,6 +81,13 @@ def main() -> None:
         bad = [c for c in communes if not INSEE.match(c)]
         if bad:
             sys.exit(f"shard-users: {bad[0]!r} is not a commune id (1 to 16 upper-case letters and digits)")
+        if (domain, shard) in units:
+            sys.exit(f"shard-users: shard {shard!r} of {domain} is named twice")
+        units.add((domain, shard))
+        for c in communes:
+            if (domain, c) in served:
+                sys.exit(f"shard-users: commune {c} is in shards {served[(domain, c)]!r} and {shard!r} of {domain}")
+            served[(domain, c)] = shard
         block = shard_block(domain_block(conf, domain), domain, shard, communes)
         added.append(f"    # Shard {shard} of {domain} ({', '.join(communes)}), from shard-users.py.\n    {block}\n")
     end = conf.rfind("  ]")

@@ -179,10 +179,12 @@ async fn lighting(
             ring: ring.into_iter().map(|p| proto::v1::Position { lat: p.lat, lon: p.lon }).collect(),
         }),
     };
-    // The communes the command may reach: the caller's, or the one named (if it is theirs).
-    let allowed_communes = match &request.commune {
-        None => p.scope.allowed_communes(),
-        Some(c) => {
+    // The communes the command may reach: the caller's, or the one named (if it is theirs), or
+    // the commune targeted (checked above; with shards, only its shard is asked).
+    let allowed_communes = match (&target, &request.commune) {
+        (command_target::Target::Commune(c), None) => vec![c.clone()],
+        (_, None) => p.scope.allowed_communes(),
+        (_, Some(c)) => {
             let c = proto::ids::CommuneId::parse(c).map_err(|e| ApiError::bad_request(format!("commune: {e}")))?;
             if !p.scope.allows(c.as_str()) {
                 return Err(crate::access::forbidden(format!("commune {c} is outside your communes")));

@@ -52,7 +52,14 @@ pub fn state_bucket(domain: Domain) -> String {
 pub struct Unit {
     pub domain: Domain,
     /// `None`: the whole domain.
-    pub shard: Option<String>,
+    pub shard: Option<Shard>,
+}
+
+/// A shard of a domain service: its name and its communes (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shard {
+    pub name: String,
+    pub communes: Vec<CommuneId>,
 }
 
 /// A shard's name: 1 to 16 lowercase ASCII letters and digits (it becomes part of a consumer's,
@@ -71,7 +78,16 @@ impl Unit {
     pub fn name(&self) -> String {
         match &self.shard {
             None => self.domain.token().to_owned(),
-            Some(shard) => format!("{}-{shard}", self.domain.token()),
+            Some(shard) => format!("{}-{}", self.domain.token(), shard.name),
+        }
+    }
+
+    /// The subjects of the events it publishes: its domain's, or its communes' of its domain (a
+    /// shard's NATS user may read back only those: one filter each).
+    pub fn event_filters(&self) -> Vec<String> {
+        match &self.shard {
+            None => vec![domain_events(self.domain)],
+            Some(shard) => shard.communes.iter().map(|c| format!("{}.{c}.>", self.domain.token())).collect(),
         }
     }
 
@@ -182,8 +198,11 @@ mod tests {
         let whole = Unit::whole(Domain::Lighting);
         assert_eq!((whole.name(), whole.state_bucket()), ("lighting".into(), "VIGIE_STATE_LIGHTING".into()));
         assert_eq!(whole.outbox_reader(), "outbox-lighting");
-        let est = Unit { domain: Domain::Lighting, shard: Some("est2".into()) };
+        assert_eq!(whole.event_filters(), ["lighting.>"]);
+        let communes = vec![CommuneId::parse("34129").unwrap(), CommuneId::parse("34057").unwrap()];
+        let est = Unit { domain: Domain::Lighting, shard: Some(Shard { name: "est2".into(), communes }) };
         assert_eq!(est.name(), "lighting-est2");
+        assert_eq!(est.event_filters(), ["lighting.34129.>", "lighting.34057.>"]);
         assert_eq!(est.state_bucket(), "VIGIE_STATE_LIGHTING_EST2");
         assert_eq!(est.outbox_reader(), "outbox-lighting-est2");
         for bad in ["", "Est", "e-st", "e.st", "e_st", "abcdefghijklmnopq"] {

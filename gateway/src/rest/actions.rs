@@ -416,7 +416,9 @@ mod properties {
                 Some(end) => {
                     prop_assert_eq!(checked.kind, AlarmActionKind::Shelve);
                     let end = SystemTime::try_from(end).expect("a valid time");
-                    prop_assert!(end <= SystemTime::now() + max_shelve + SHELVE_SLACK);
+                    let now = SystemTime::now();
+                    prop_assert!(end > now - Duration::from_secs(1), "a shelve that ended already");
+                    prop_assert!(end <= now + max_shelve + SHELVE_SLACK);
                 }
                 None => prop_assert!(checked.kind != AlarmActionKind::Shelve),
             }

@@ -40,6 +40,29 @@ impl From<Invalid> for Error {
     }
 }
 
+/// A shard whose store holds records of a commune another shard serves (its `--communes`
+/// changed) must not act on them: their events are the other shard's to publish, and this
+/// shard's NATS user may not. Checked after a takeover too (a standby's store is a copy).
+fn refuse_other_shards_records(store: &Store, territory: &Territory) -> Result<(), Error> {
+    let mut foreign = std::collections::BTreeSet::new();
+    let mut check = |commune: &str| {
+        if CommuneId::parse(commune).is_ok_and(|c| territory.is_served_elsewhere(&c)) {
+            foreign.insert(commune.to_owned());
+        }
+    };
+    store.all_streetlights()?.iter().for_each(|l| check(&l.commune));
+    store.all_alarms()?.iter().for_each(|a| check(a.commune.as_str()));
+    store.all_energy_hours()?.iter().for_each(|(c, _, _)| check(c));
+    store.pending_commands()?.iter().for_each(|r| check(&command_of(r).commune));
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "the store holds records of communes this shard does not serve ({}): put them back in --communes, or move the commune as docs/deploy.md says",
+        foreign.into_iter().collect::<Vec<_>>().join(", ")
+    )))
+}
+
 fn now_ts() -> prost_types::Timestamp {
     event::timestamp(SystemTime::now())
 }
@@ -52,6 +75,7 @@ impl Lighting {
         config: RulesConfig,
         shutdown: CancellationToken,
     ) -> Result<Arc<Lighting>, Error> {
+        refuse_other_shards_records(&store, &territory)?;
         let mut rules = Rules::new(config);
         for light in store.all_streetlights()? {
             if let Some((id, place)) = place_of(&light) {
@@ -438,17 +462,33 @@ impl Lighting {
 
     /// Sends a command for every enabled schedule whose level changed.
     pub async fn run_schedules(self: &Arc<Self>, now: SystemTime) -> Result<(), Error> {
-        for mut schedule in self.store.schedules()?.into_iter().filter(|s| s.enabled) {
+        for schedule in self.store.schedules()?.into_iter().filter(|s| s.enabled) {
+            // One schedule that cannot run (its target gone: a street renamed, a commune moved
+            // to another shard) does not keep the others from running.
+            let id = schedule.id.clone();
+            if let Err(e) = self.run_schedule(schedule, now).await {
+                tracing::warn!(schedule = %id, error = %e, "a dimming schedule could not run");
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_schedule(
+        self: &Arc<Self>,
+        mut schedule: proto::lighting::DimmingSchedule,
+        now: SystemTime,
+    ) -> Result<(), Error> {
+        {
             let overrides: Vec<_> = schedule
                 .overrides
                 .iter()
                 .filter_map(|o| schedule::parse_night(&o.night_of).ok().map(|d| (d, o.steps.clone())))
                 .collect();
             let request = SendCommandRequest { target: schedule.target.clone(), ..Default::default() };
-            let Some((lat, lon)) = self.centroid(&request)? else { continue };
-            let Some(level) = schedule::level_at(&schedule.steps, &overrides, lat, lon, now) else { continue };
+            let Some((lat, lon)) = self.centroid(&request)? else { return Ok(()) };
+            let Some(level) = schedule::level_at(&schedule.steps, &overrides, lat, lon, now) else { return Ok(()) };
             if schedule.last_level == Some(level) {
-                continue;
+                return Ok(());
             }
             let action = if level <= 0.0 {
                 proto::lighting::command_action::Action::SwitchOn(false)

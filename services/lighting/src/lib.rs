@@ -101,8 +101,13 @@ async fn import_inventory(core: &Arc<core::Lighting>, territory: &territory::Ter
     let (mut skipped, mut with_street, mut elsewhere) = (0usize, 0usize, 0usize);
     let mut valid = Vec::with_capacity(lights.len());
     for mut light in lights.drain(..) {
-        // A shard imports its communes' lamps; the others are another shard's.
-        if domain::served_elsewhere(&light, territory).is_some() {
+        // A shard imports its communes' lamps, placed by their position as without shards (the
+        // file's commune only for a lamp outside every commune); the others are another shard's.
+        let here = territory.locate(light.lat, light.lon).is_some();
+        if !here
+            && (territory.served_elsewhere(light.lat, light.lon).is_some()
+                || domain::served_elsewhere(&light, territory).is_some())
+        {
             elsewhere += 1;
             continue;
         }
@@ -181,30 +186,13 @@ const METHODS: &[(&str, Access)] = &[
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut territory = territory::Territory::load(&config.territory).context("loading the territory")?;
     territory.log_summary();
-    let (unit, communes) = config.shard.unit(proto::v1::Domain::Lighting)?;
-    if let Some(communes) = communes {
-        territory.limit_to(&communes).context("--communes")?;
-        tracing::info!(shard = unit.name(), communes = ?communes, "this instance serves a shard of the territory");
+    let unit = config.shard.unit(proto::v1::Domain::Lighting)?;
+    if let Some(shard) = &unit.shard {
+        territory.limit_to(&shard.communes).context("--communes")?;
+        tracing::info!(shard = unit.name(), communes = ?shard.communes, "this instance serves a shard of the territory");
     }
-    let sharded = unit.shard.is_some();
     let store = store::Store::open_unit(&config.store, unit)
         .with_context(|| format!("opening the store {}", config.store.display()))?;
-    if sharded {
-        // A shard whose communes changed must not act on lamps it no longer serves (their
-        // events are another shard's to publish, and its NATS user may not).
-        let lamps = store.all_streetlights().map_err(|e| anyhow::anyhow!("reading the store: {e}"))?;
-        let foreign: std::collections::BTreeSet<&str> = lamps
-            .iter()
-            .map(|l| l.commune.as_str())
-            .filter(|c| proto::ids::CommuneId::parse(c).is_ok_and(|c| !territory.contains(&c)))
-            .collect();
-        if !foreign.is_empty() {
-            anyhow::bail!(
-                "the store holds lamps of communes this shard does not serve ({}): put them back in --communes, or move the commune as docs/deploy.md says",
-                foreign.into_iter().collect::<Vec<_>>().join(", ")
-            );
-        }
-    }
     let rules = rules::RulesConfig {
         cluster_min_lamps: config.cluster_min_lamps,
         cluster_radius_m: config.cluster_radius_m,

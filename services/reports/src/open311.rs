@@ -623,7 +623,9 @@ mod tests {
                         let last = |name: &str| pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
                         prop_assert_eq!(Some(r.description.clone()), last("description").or(Some(String::new())));
                         prop_assert_eq!(Some(r.service_code.clone()), last("service_code").or(Some(String::new())));
-                        prop_assert!(r.lat.is_none_or(|_| last("lat").is_some()));
+                        let number = |v: Option<String>| v.and_then(|v| v.trim().parse::<f64>().ok());
+                        prop_assert_eq!(r.lat.map(f64::to_bits), number(last("lat")).map(f64::to_bits));
+                        prop_assert_eq!(r.lon.map(f64::to_bits), number(last("long")).map(f64::to_bits));
                     }
                     Err(e) => prop_assert!(
                         e.starts_with("lat ") || e.starts_with("long ") || e.starts_with("address_id"),
@@ -642,6 +644,15 @@ mod tests {
                 let inner = inner.unwrap_or_default();
                 prop_assert!(!inner.contains('<') && !inner.contains('>'));
                 prop_assert!(inner.chars().all(crate::domain::xml_char));
+                // Read back as XML reads it, it is the text (less what XML cannot carry).
+                let read = inner
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&quot;", "\"")
+                    .replace("&apos;", "'")
+                    .replace("&amp;", "&");
+                let kept: String = text.chars().filter(|c| crate::domain::xml_char(*c)).collect();
+                prop_assert_eq!(read, kept);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Flags shared by every process. Each has an environment variable; flags win over variables.
 
 use proto::ids::CommuneId;
-use proto::subject::Unit;
+use proto::subject::{Shard, Unit};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -267,10 +267,10 @@ pub struct ShardConfig {
 }
 
 impl ShardConfig {
-    /// The unit this instance serves in `domain`, and its communes (`None`: all of them).
-    pub fn unit(&self, domain: proto::v1::Domain) -> anyhow::Result<(Unit, Option<Vec<CommuneId>>)> {
+    /// The unit this instance serves in `domain`: the whole domain, or its shard's communes.
+    pub fn unit(&self, domain: proto::v1::Domain) -> anyhow::Result<Unit> {
         let Some(shard) = &self.shard else {
-            return Ok((Unit::whole(domain), None));
+            return Ok(Unit::whole(domain));
         };
         proto::subject::check_shard_name(shard).map_err(|e| anyhow::anyhow!("--shard: {e}"))?;
         let mut communes = Vec::new();
@@ -283,6 +283,6 @@ impl ShardConfig {
         if communes.is_empty() {
             anyhow::bail!("--communes: a shard serves at least one commune");
         }
-        Ok((Unit { domain, shard: Some(shard.clone()) }, Some(communes)))
+        Ok(Unit { domain, shard: Some(Shard { name: shard.clone(), communes }) })
     }
 }

@@ -89,8 +89,8 @@ pub struct Outbox {
     meta: sled::Tree,
     publisher: String,
     unit: proto::subject::Unit,
-    /// The subjects this outbox publishes on (its domain's).
-    filter: String,
+    /// The subjects this outbox publishes on (its unit's: its domain's, or its communes').
+    filters: Vec<String>,
     /// The name of the consumer that reads them back (one per unit: NATS permits this name
     /// only, see deploy/nats/authorization.conf).
     reader: String,
@@ -146,15 +146,17 @@ impl Outbox {
     pub fn open(db: &sled::Db, unit: &proto::subject::Unit) -> Result<Outbox, crate::store::StoreError> {
         let meta = db.open_tree("outbox_meta")?;
         let name = unit.name();
-        match meta.get(UNIT_KEY)? {
-            Some(owner) if owner.as_ref() != name.as_bytes() => {
-                return Err(crate::store::StoreError::OtherUnit {
-                    store: String::from_utf8_lossy(&owner).into_owned(),
-                    opened_as: name,
-                });
+        // A store that published before units were recorded was its whole domain's.
+        let owner = match meta.get(UNIT_KEY)? {
+            Some(owner) => Some(String::from_utf8_lossy(&owner).into_owned()),
+            None if meta.get(PUBLISHER_KEY)?.is_some() => Some(unit.domain.token().to_owned()),
+            None => None,
+        };
+        match owner {
+            Some(owner) if owner != name => {
+                return Err(crate::store::StoreError::OtherUnit { store: owner, opened_as: name });
             }
-            Some(_) => {}
-            None => {
+            _ => {
                 meta.insert(UNIT_KEY, name.as_bytes())?;
             }
         }
@@ -174,7 +176,7 @@ impl Outbox {
             meta,
             publisher,
             unit: unit.clone(),
-            filter: proto::subject::domain_events(unit.domain),
+            filters: unit.event_filters(),
             reader: unit.outbox_reader(),
             wake: Arc::new(Notify::new()),
             flushes: Arc::default(),
@@ -700,8 +702,6 @@ async fn published_since(
     outbox: &Outbox,
     after_seq: u64,
 ) -> anyhow::Result<std::collections::HashSet<u64>> {
-    let publisher = outbox.publisher.as_str();
-    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     let mut found = std::collections::HashSet::new();
     let stream = js.get_stream(proto::subject::EVENTS_STREAM).await?;
     let last = stream.cached_info().state.last_sequence;
@@ -711,12 +711,30 @@ async fn published_since(
         // The stream is younger than the record (recreated): whatever it holds is since.
         std::cmp::Ordering::Greater => 1,
     };
+    // One consumer per filter (a shard's NATS user may read only its communes' events, one
+    // filter in each consumer's API subject), one after the other under the same name.
+    for filter in &outbox.filters {
+        read_back(&stream, outbox, filter, start, &mut found).await?;
+    }
+    Ok(found)
+}
+
+/// Adds to `found` the entry keys of this outbox's events on `filter` from `start`.
+async fn read_back(
+    stream: &jetstream::stream::Stream,
+    outbox: &Outbox,
+    filter: &str,
+    start: u64,
+    found: &mut std::collections::HashSet<u64>,
+) -> anyhow::Result<()> {
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let publisher = outbox.publisher.as_str();
     // One left by an attempt that failed half-way is replaced.
     let _ = stream.delete_consumer(&outbox.reader).await;
     let consumer = stream
         .create_consumer(pull::Config {
             name: Some(outbox.reader.clone()),
-            filter_subject: outbox.filter.clone(),
+            filter_subject: filter.to_owned(),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
             ack_policy: AckPolicy::None,
             headers_only: true,
@@ -748,7 +766,7 @@ async fn published_since(
     if let Err(e) = stream.delete_consumer(&outbox.reader).await {
         tracing::debug!(error = %e, "the outbox's reader consumer was not deleted (the server drops it)");
     }
-    Ok(found)
+    Ok(())
 }
 
 /// A publish acknowledgement error that no retry can change: the server answered, and said no to

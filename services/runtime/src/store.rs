@@ -270,12 +270,12 @@ mod tests {
         // One sled database opened as units one after the other (a process keeps its store
         // open until it exits: the outbox's check is what a restart under another unit meets).
         let db = sled::Config::new().temporary(true).open().expect("a database");
-        let est = Unit { domain: Domain::Lighting, shard: Some("est".into()) };
+        let shard = |name: &str| Some(proto::subject::Shard { name: name.into(), communes: Vec::new() });
+        let est = Unit { domain: Domain::Lighting, shard: shard("est") };
         Outbox::open(&db, &est).expect("a new store");
         Outbox::open(&db, &est).expect("its own shard");
-        let other = Outbox::open(&db, &Unit { domain: Domain::Lighting, shard: Some("ouest".into()) })
-            .err()
-            .expect("another shard");
+        let other =
+            Outbox::open(&db, &Unit { domain: Domain::Lighting, shard: shard("ouest") }).err().expect("another shard");
         assert!(other.to_string().contains("belongs to lighting-est, not to lighting-ouest"), "{other}");
         let whole = Outbox::open(&db, &Unit::whole(Domain::Lighting)).err();
         assert!(matches!(whole, Some(StoreError::OtherUnit { .. })), "the whole domain");

@@ -190,11 +190,30 @@ mod tests {
                 if let Ok(reading) = Reading::decode(bytes.as_slice()) {
                     let _ = check_reading(&reading, now);
                 }
-                if let Ok(request) = SendValveCommandRequest::decode(bytes.as_slice())
-                    && let Ok(valid) = valve_request(&request)
-                {
-                    prop_assert!((1..=MAX_TIMEOUT_S).contains(&valid.timeout_s));
-                    prop_assert!(!valid.requested_by.is_empty());
+                if let Ok(request) = SendValveCommandRequest::decode(bytes.as_slice()) {
+                    let _ = valve_request(&request);
+                }
+            }
+
+            /// A valve request is accepted only with an action, someone asking, a reason of
+            /// text and a deadline within a day; what is kept is what was asked.
+            #[test]
+            fn accepted_valve_requests_are_bounded(
+                action in prop_oneof![any::<i32>(), 0i32..4],
+                by in prop_oneof![any::<String>(), "[a-z. ]{0,70}"],
+                reason in prop_oneof![any::<String>(), "[a-z\n]{0,40}"],
+                timeout_s in prop_oneof![any::<u32>(), 0u32..100_000],
+            ) {
+                let request = SendValveCommandRequest { action, requested_by: by.clone(), reason: reason.clone(), timeout_s, ..Default::default() };
+                if let Ok(valid) = valve_request(&request) {
+                    prop_assert!(action == ValveAction::Close as i32 || action == ValveAction::Open as i32);
+                    prop_assert_eq!(valid.action as i32, action);
+                    prop_assert_eq!(valid.requested_by.as_str(), by.trim());
+                    prop_assert!(!valid.requested_by.is_empty() && valid.requested_by.chars().count() <= MAX_REQUESTED_BY_CHARS);
+                    prop_assert!(!valid.requested_by.chars().any(char::is_control));
+                    prop_assert!(!reason.chars().any(|c| c.is_control() && c != '\n'));
+                    prop_assert_eq!(valid.timeout_s, if timeout_s == 0 { DEFAULT_TIMEOUT_S } else { timeout_s });
+                    prop_assert!(valid.timeout_s <= MAX_TIMEOUT_S);
                 }
             }
 

@@ -145,12 +145,27 @@ async fn shards_serve_their_communes_and_the_gateway_routes_commands_by_commune(
             tokio::time::timeout(Duration::from_secs(3), ack).await.map_err(anyhow::Error::from).and_then(|r| r)
         }
     };
+    publish("lighting.34129.streetlight_status.EP-E1").await.context("Est's shard publishes its commune's events")?;
     for subject in [
         "lighting.34172.streetlight_status.EP-O1",
         "$KV.VIGIE_STATE_LIGHTING_OUEST.streetlights.k00",
         "$KV.VIGIE_LEASES.lighting-ouest",
     ] {
         assert!(publish(subject).await.is_err(), "Est's shard published on {subject}");
+    }
+    // It reads back its own commune's events only (its outbox's reader, one filter per commune).
+    let events = est_js.get_stream(proto::subject::EVENTS_STREAM).await?;
+    let reader = |filter: &str| jetstream::consumer::pull::Config {
+        name: Some("outbox-lighting-est".into()),
+        filter_subject: filter.into(),
+        headers_only: true,
+        ..Default::default()
+    };
+    let own = events.create_consumer(reader("lighting.34129.>")).await.context("its commune's read-back")?;
+    drop(own);
+    for filter in ["lighting.34172.>", "lighting.>"] {
+        let read = tokio::time::timeout(Duration::from_secs(10), events.create_consumer(reader(filter))).await;
+        assert!(!matches!(read, Ok(Ok(_))), "Est's shard read {filter}");
     }
     // Its state bucket holds its lamps; Ouest's is not its to read.
     let mut own = est_js.get_stream("KV_VIGIE_STATE_LIGHTING_EST").await?;
