@@ -18,6 +18,12 @@
 //!   resumes after each break) holds what the REST view holds, and never saw `live` in a
 //!   heartbeat while the view missed an event stored more than three heartbeats before.
 //!
+//! The same workload and checker run on a 3-node NATS cluster with the lighting service as an
+//! active instance and a standby (`VIGIE_FAULT_CLUSTER_SCHEDULES`, 1 by default): the active
+//! instance killed (the standby takes over, the old one comes back as the standby) or paused
+//! past its lease (fenced, it exits and the supervisor starts it again), a NATS node killed and
+//! started again, the gateway killed or paused.
+//!
 //! CI runs a short seeded version (`VIGIE_FAULT_SCHEDULES`, 2 by default). The long mode writes
 //! its table into a file: `VIGIE_FAULT_SCHEDULES=20 VIGIE_FAULT_REPORT=docs/reliability.md
 //! cargo test -p tests --test e2e faults -- --nocapture`.
@@ -62,11 +68,28 @@ enum Fault {
     StallLink(Part),
     FullDisk(Part),
     RestartNats,
+    /// On the cluster: a NATS node killed (a machine lost), started again after the pause.
+    KillNatsNode(usize),
 }
+
+/// Where a schedule runs: one nats-server, one instance of each process (every fault above but
+/// the node's); or a 3-node NATS cluster with the lighting service as an active instance and a
+/// standby (`--standby`): a killed or paused active instance is taken over by the standby, and a
+/// NATS node dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    Single,
+    Cluster,
+}
+
+/// The lease's time to live on the cluster (the standby takes over this long after the active
+/// instance's last renewal).
+const LEASE_TTL: &str = "4s";
 
 #[derive(Debug)]
 struct Outcome {
     seed: u64,
+    topology: Topology,
     faults: Vec<Fault>,
     history: History,
     lamp_missing: usize,
@@ -105,12 +128,22 @@ async fn small_disks(slice: &mut Slice) -> Result<Option<(SmallDisk, SmallDisk)>
 
 /// The supervisor's round: starts again a process that exited (a service that stops on a store
 /// error, say). Returns how many it started.
-async fn supervise(slice: &mut Slice, target: &Target) -> Result<usize> {
+async fn supervise(slice: &mut Slice, standby: &mut Option<tests::Process>, target: &Target) -> Result<usize> {
     let mut restarted = 0;
     if !slice.lighting.is_running() {
         eprintln!("[faults] the supervisor starts the lighting service again");
         let from = slice.lighting.restart()?;
-        slice.lighting.wait_for_log("gRPC listening", from)?;
+        // With a standby, it may stand by (the other instance took over).
+        if standby.is_none() {
+            slice.lighting.wait_for_log("gRPC listening", from)?;
+        }
+        restarted += 1;
+    }
+    if let Some(standby) = standby.as_mut()
+        && !standby.is_running()
+    {
+        eprintln!("[faults] the supervisor starts the lighting service's second instance again");
+        standby.restart()?;
         restarted += 1;
     }
     if !slice.gateway.is_running() {
@@ -137,20 +170,69 @@ fn link(slice: &Slice, part: Part) -> Result<&tests::Link> {
     .context("a linked slice")
 }
 
-async fn run_schedule(seed: u64) -> Result<Outcome> {
+/// Which of the lighting service's two instances is the active one (the one whose gRPC port
+/// answers: a standby does not listen).
+async fn active_instance(addrs: &[String; 2]) -> Option<usize> {
+    for (i, addr) in addrs.iter().enumerate() {
+        if tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            .await
+            .is_ok_and(|c| c.is_ok())
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+async fn run_schedule(seed: u64, topology: Topology) -> Result<Outcome> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let heartbeat = format!("{}s", HEARTBEAT.as_secs());
-    let mut slice = Slice::start_linked(
-        NatsServer::start()?,
-        tests::test_territory()?,
-        &["--stream-duplicate-window", DUPLICATE_WINDOW],
-        &["--stream-duplicate-window", DUPLICATE_WINDOW, "--heartbeat", &heartbeat],
-    )
-    .await?;
-    let disks = small_disks(&mut slice).await?;
-    if disks.is_none() {
-        eprintln!("[faults {seed}] no full-disk faults: mounting a tmpfs is not allowed here (run as root)");
-    }
+    let mut standby = None;
+    let instances = [format!("127.0.0.1:{}", tests::free_port()?), format!("127.0.0.1:{}", tests::free_port()?)];
+    let (mut slice, disks) = match topology {
+        Topology::Single => {
+            let mut slice = Slice::start_linked(
+                NatsServer::start()?,
+                tests::test_territory()?,
+                &["--stream-duplicate-window", DUPLICATE_WINDOW],
+                &["--stream-duplicate-window", DUPLICATE_WINDOW, "--heartbeat", &heartbeat],
+            )
+            .await?;
+            let disks = small_disks(&mut slice).await?;
+            if disks.is_none() {
+                eprintln!("[faults {seed}] no full-disk faults: mounting a tmpfs is not allowed here (run as root)");
+            }
+            (slice, disks)
+        }
+        Topology::Cluster => {
+            let lighting = |addr: &str| -> Vec<String> {
+                ["--stream-duplicate-window", DUPLICATE_WINDOW, "--stream-replicas", "3", "--standby"]
+                    .into_iter()
+                    .chain(["--lease-ttl", LEASE_TTL, "--grpc-addr", addr])
+                    .map(String::from)
+                    .collect()
+            };
+            let urls = format!("http://{},http://{}", instances[0], instances[1]);
+            let first = lighting(&instances[0]);
+            let first: Vec<&str> = first.iter().map(String::as_str).collect();
+            let slice = Slice::start_on(
+                NatsServer::start_cluster(3)?,
+                tests::test_territory()?,
+                &first,
+                &["--stream-duplicate-window", DUPLICATE_WINDOW, "--heartbeat", &heartbeat, "--stream-replicas", "3"]
+                    .into_iter()
+                    .chain(["--lighting-url", &urls])
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+            let second = lighting(&instances[1]);
+            let second: Vec<&str> = second.iter().map(String::as_str).collect();
+            let process = slice.start_lighting_instance(&slice.stores.path().join("lighting-b"), &second)?;
+            process.wait_for_log("standing by", 0)?;
+            standby = Some(process);
+            (slice, None)
+        }
+    };
     let lamps = (0..LAMPS)
         .map(|i| Streetlight {
             id: format!("EP{i:02}"),
@@ -161,8 +243,12 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
         })
         .collect();
     slice.lighting_client().await?.register_streetlights(RegisterStreetlightsRequest { streetlights: lamps }).await?;
+    let lighting_addr = match topology {
+        Topology::Single => slice.lighting_addr.clone(),
+        Topology::Cluster => instances.join(","),
+    };
     let target = Arc::new(Target {
-        lighting: Mutex::new(slice.lighting_addr.clone()),
+        lighting: Mutex::new(lighting_addr),
         gateway: Mutex::new(slice.gateway_addr.clone()),
         token: slice.integrator_token.clone(),
     });
@@ -182,19 +268,49 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     let mut restarts_by_supervisor = 0;
     for _ in 0..rng.random_range(3..=5) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+        // A process the last fault stopped later (an active instance fenced once a NATS node's
+        // loss outlasted half its lease) is started again before the next fault.
+        restarts_by_supervisor += supervise(&mut slice, &mut standby, &target).await?;
         let part = if rng.random_bool(0.5) { Part::Lighting } else { Part::Gateway };
-        let fault = match rng.random_range(0..6) {
-            0 => Fault::Kill(part),
-            1 => Fault::Pause(part),
-            2 => Fault::CutLink(part),
-            3 => Fault::StallLink(part),
-            4 if disks.is_some() => Fault::FullDisk(part),
-            _ => Fault::RestartNats,
+        let fault = match (topology, rng.random_range(0..6)) {
+            (Topology::Single, 0) | (Topology::Cluster, 0 | 1) => Fault::Kill(part),
+            (Topology::Single, 1) | (Topology::Cluster, 2) => Fault::Pause(part),
+            (Topology::Single, 2) => Fault::CutLink(part),
+            (Topology::Single, 3) => Fault::StallLink(part),
+            (Topology::Single, 4) if disks.is_some() => Fault::FullDisk(part),
+            (Topology::Single, _) => Fault::RestartNats,
+            (Topology::Cluster, _) => Fault::KillNatsNode(rng.random_range(0..3)),
         };
         let down = Duration::from_millis(rng.random_range(300..5000));
         eprintln!("[faults {seed}] {fault:?} for {down:?}");
         faults.push(fault);
         match fault {
+            Fault::Kill(Part::Lighting) | Fault::Pause(Part::Lighting) if topology == Topology::Cluster => {
+                // The active instance: the standby takes over once the lease lapses; the old
+                // one, started again (killed) or fenced on waking (paused), stands by.
+                let active = active_instance(&instances).await.context("no lighting instance listens")?;
+                let (this, other) = if active == 0 {
+                    (&mut slice.lighting, standby.as_mut().context("the standby")?)
+                } else {
+                    (standby.as_mut().context("the standby")?, &mut slice.lighting)
+                };
+                let from = other.log_len();
+                if matches!(fault, Fault::Kill(_)) {
+                    this.kill()?;
+                    tokio::time::sleep(down).await;
+                    other.wait_for_log("gRPC listening", from).context("the standby takes over")?;
+                    this.restart()?;
+                } else {
+                    this.pause()?;
+                    tokio::time::sleep(down + WRITE_TIMEOUT).await;
+                    this.resume()?;
+                }
+            }
+            Fault::KillNatsNode(node) => {
+                slice.nats.kill_node(node)?;
+                tokio::time::sleep(down).await;
+                slice.nats.start_node(node)?;
+            }
             Fault::Kill(part) => {
                 process(&mut slice, part).kill()?;
                 tokio::time::sleep(down).await;
@@ -239,7 +355,7 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
                 slice.nats.restart()?;
             }
         }
-        restarts_by_supervisor += supervise(&mut slice, &target).await?;
+        restarts_by_supervisor += supervise(&mut slice, &mut standby, &target).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
@@ -252,7 +368,7 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
     let history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
     let started = Instant::now();
     let content = loop {
-        restarts_by_supervisor += supervise(&mut slice, &target).await?;
+        restarts_by_supervisor += supervise(&mut slice, &mut standby, &target).await?;
         let content = tests::read_events_stream(&slice.nats).await?;
         let (status, health) = http_get_json(&slice.gateway_addr, "/health").await?;
         let current = status == 200 && health["applied_seq"].as_u64() == Some(content.last);
@@ -364,10 +480,12 @@ async fn run_schedule(seed: u64) -> Result<Outcome> {
         session_log.resumed,
         session_log.snapshots,
     );
+    drop(standby);
     drop(slice);
     drop(disks);
     Ok(Outcome {
         seed,
+        topology,
         faults,
         history,
         lamp_missing,
@@ -398,13 +516,17 @@ fn nanos(t: SystemTime) -> i128 {
 
 fn table(outcomes: &[Outcome]) -> String {
     let mut text = String::from(
-        "| seed | faults | lamp writes acked / refused / unknown | lost | doubled | unknown that landed | log book acked / unknown | lost | doubled | unknown that landed | commands acked / unknown | lost | doubled | unknown that landed | `live` on stale data / live heartbeats | session differs from view (lamps) | session connections | restarts by supervisor | converged in |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| seed | system | faults | lamp writes acked / refused / unknown | lost | doubled | unknown that landed | log book acked / unknown | lost | doubled | unknown that landed | commands acked / unknown | lost | doubled | unknown that landed | `live` on stale data / live heartbeats | session differs from view (lamps) | session connections | restarts by supervisor | converged in |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         let h = &o.history;
         text.push_str(&format!(
-            "| {} | {} | {} / {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.1} s |\n",
+            "| {} | {} | {} | {} / {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.1} s |\n",
             o.seed,
+            match o.topology {
+                Topology::Single => "one node",
+                Topology::Cluster => "3 nodes, standby",
+            },
             o.faults.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", "),
             h.lamp_acked.len(),
             h.lamp_refused,
@@ -438,16 +560,22 @@ async fn seeded_fault_schedules_lose_nothing_acknowledged_and_double_nothing() -
     let schedules: u64 = std::env::var("VIGIE_FAULT_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let first_seed: u64 = std::env::var("VIGIE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let _alone = tests::HEAVY.lock().await;
+    let cluster_schedules: u64 =
+        std::env::var("VIGIE_FAULT_CLUSTER_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut outcomes = Vec::new();
     for seed in first_seed..first_seed + schedules {
-        outcomes.push(run_schedule(seed).await.with_context(|| format!("schedule {seed}"))?);
+        outcomes.push(run_schedule(seed, Topology::Single).await.with_context(|| format!("schedule {seed}"))?);
+    }
+    for seed in first_seed..first_seed + cluster_schedules {
+        let outcome = run_schedule(seed, Topology::Cluster).await;
+        outcomes.push(outcome.with_context(|| format!("schedule {seed} on the cluster"))?);
     }
     let table = table(&outcomes);
     eprintln!("{table}");
     if let Ok(path) = std::env::var("VIGIE_FAULT_REPORT") {
         let path = tests::repo_root().join(path);
         let text = format!(
-            "# Reliability under faults\n\nWritten by the fault-injection suite (`tests/tests/e2e/faults.rs`, its header says how it works): {schedules} seeded schedules from seed {first_seed}, each on a fresh system (nats-server, the lighting service, the gateway, each process reaching NATS through a link the suite cuts or stalls, their stores on small disks it fills), with a lamp writer over gRPC, an operator writing the log book and sending commands over REST, and a console session, while the faults run. The stream's duplicate window is {DUPLICATE_WINDOW}, shorter than most outages, so it hides nothing; the heartbeat is {} s.\n\n\"Lost\" and \"doubled\" count acknowledged writes and must be 0; an unknown outcome (a timeout, a lost connection, a server error) may or may not have happened, and when it did it is there once. \"`live` on stale data\" counts heartbeats that said `live` while the view missed an event stored more than three heartbeats earlier (must be 0); the session, connected all along (resuming after each break), must hold what the REST view holds.\n\n{table}",
+            "# Reliability under faults\n\nWritten by the fault-injection suite (`tests/tests/e2e/faults.rs`, its header says how it works): {schedules} seeded schedules from seed {first_seed}, each on a fresh system (nats-server, the lighting service, the gateway, each process reaching NATS through a link the suite cuts or stalls, their stores on small disks it fills), and {cluster_schedules} on a 3-node NATS cluster with the lighting service as an active instance and a standby (the active instance killed or paused, a NATS node killed, the gateway killed or paused), with a lamp writer over gRPC, an operator writing the log book and sending commands over REST, and a console session, while the faults run. The stream's duplicate window is {DUPLICATE_WINDOW}, shorter than most outages, so it hides nothing; the heartbeat is {} s.\n\n\"Lost\" and \"doubled\" count acknowledged writes and must be 0; an unknown outcome (a timeout, a lost connection, a server error) may or may not have happened, and when it did it is there once. \"`live` on stale data\" counts heartbeats that said `live` while the view missed an event stored more than three heartbeats earlier (must be 0); the session, connected all along (resuming after each break), must hold what the REST view holds.\n\n{table}",
             HEARTBEAT.as_secs()
         );
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -61,6 +61,17 @@ pub(super) fn lamp_report(k: u64) -> ReportStatusRequest {
     }
 }
 
+/// A channel to the lighting service at `addr`, or, given several addresses (an active
+/// instance and its standby), to whichever answers, as the gateway reaches it.
+async fn lighting_channel(addr: &str, token: &str) -> Result<runtime::grpc_auth::AuthChannel> {
+    if !addr.contains(',') {
+        return channel_with_token(addr, Some(token)).await;
+    }
+    let urls: Vec<String> = addr.split(',').map(|a| format!("http://{a}")).collect();
+    let channel = runtime::config::GrpcClientTls::default().channel(&urls.join(","))?;
+    Ok(runtime::grpc_auth::with_token(channel, runtime::grpc_auth::BearerToken::fixed(Some(token.to_owned()))))
+}
+
 pub(super) async fn lamp_writer(
     target: Arc<Target>,
     stop: tokio_util::sync::CancellationToken,
@@ -71,7 +82,7 @@ pub(super) async fn lamp_writer(
     while !stop.is_cancelled() {
         if client.is_none() {
             let addr = target.lighting.lock().map(|a| a.clone()).unwrap_or_default();
-            match tokio::time::timeout(WRITE_TIMEOUT, channel_with_token(&addr, Some(&target.token))).await {
+            match tokio::time::timeout(WRITE_TIMEOUT, lighting_channel(&addr, &target.token)).await {
                 Ok(Ok(channel)) => client = Some(LightingClient::new(channel)),
                 _ => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
