@@ -182,7 +182,10 @@ async fn lighting(
     // The communes the command may reach: the caller's, or the one named (if it is theirs), or
     // the commune targeted (checked above; with shards, only its shard is asked).
     let allowed_communes = match (&target, &request.commune) {
-        (command_target::Target::Commune(c), None) => vec![c.clone()],
+        (command_target::Target::Commune(c), None) => {
+            let c = proto::ids::CommuneId::parse(c).map_err(|e| ApiError::bad_request(format!("commune: {e}")))?;
+            vec![c.to_string()]
+        }
         (_, None) => p.scope.allowed_communes(),
         (_, Some(c)) => {
             let c = proto::ids::CommuneId::parse(c).map_err(|e| ApiError::bad_request(format!("commune: {e}")))?;

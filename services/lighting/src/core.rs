@@ -43,7 +43,7 @@ impl From<Invalid> for Error {
 /// A shard whose store holds records of a commune another shard serves (its `--communes`
 /// changed) must not act on them: their events are the other shard's to publish, and this
 /// shard's NATS user may not. Checked after a takeover too (a standby's store is a copy).
-fn refuse_other_shards_records(store: &Store, territory: &Territory) -> Result<(), Error> {
+pub fn refuse_other_shards_records(store: &Store, territory: &Territory) -> Result<(), Error> {
     let mut foreign = std::collections::BTreeSet::new();
     let mut check = |commune: &str| {
         if CommuneId::parse(commune).is_ok_and(|c| territory.is_served_elsewhere(&c)) {
@@ -466,8 +466,13 @@ impl Lighting {
             // One schedule that cannot run (its target gone: a street renamed, a commune moved
             // to another shard) does not keep the others from running.
             let id = schedule.id.clone();
-            if let Err(e) = self.run_schedule(schedule, now).await {
-                tracing::warn!(schedule = %id, error = %e, "a dimming schedule could not run");
+            match self.run_schedule(schedule, now).await {
+                Ok(()) => {}
+                Err(e @ (Error::NotFound(_) | Error::Invalid(_))) => {
+                    tracing::warn!(schedule = %id, error = %e, "a dimming schedule could not run");
+                }
+                // The store or the replication failing fails the others too: the tick ends.
+                Err(e) => return Err(e),
             }
         }
         Ok(())

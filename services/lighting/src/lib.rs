@@ -193,6 +193,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let store = store::Store::open_unit(&config.store, unit)
         .with_context(|| format!("opening the store {}", config.store.display()))?;
+    // Before NATS: a misconfigured shard takes no lease and publishes nothing (checked again
+    // once active: a standby's store is the bucket's copy).
+    core::refuse_other_shards_records(&store, &territory).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rules = rules::RulesConfig {
         cluster_min_lamps: config.cluster_min_lamps,
         cluster_radius_m: config.cluster_radius_m,

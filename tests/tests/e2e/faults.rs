@@ -170,18 +170,47 @@ fn link(slice: &Slice, part: Part) -> Result<&tests::Link> {
     .context("a linked slice")
 }
 
-/// Which of the lighting service's two instances is the active one (the one whose gRPC port
-/// answers: a standby does not listen).
-async fn active_instance(addrs: &[String; 2]) -> Option<usize> {
-    for (i, addr) in addrs.iter().enumerate() {
-        if tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-            .await
-            .is_ok_and(|c| c.is_ok())
-        {
-            return Some(i);
+/// Whether the lighting instance at `addr` answers SERVING on the health service within a second
+/// (a standby does not listen; a process that is stopping no longer answers).
+async fn serving(addr: &str) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+        let request = HealthCheckRequest { service: "vigie.lighting.v1.LightingService".into() };
+        anyhow::Ok(HealthClient::new(channel).check(request).await?.into_inner().status == 1)
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), check).await, Ok(Ok(true)))
+}
+
+/// The lighting instance `i` on the cluster (0: the slice's, 1: the second one).
+fn instance<'a>(
+    slice: &'a mut Slice,
+    standby: &'a mut Option<tests::Process>,
+    i: usize,
+) -> Result<&'a mut tests::Process> {
+    if i == 0 { Ok(&mut slice.lighting) } else { standby.as_mut().context("the second lighting instance") }
+}
+
+/// Which of the lighting service's two instances is the active one: waits for one to answer
+/// SERVING (a takeover may be under way), starting again an instance that exited meanwhile.
+async fn active_instance(
+    slice: &mut Slice,
+    standby: &mut Option<tests::Process>,
+    target: &Target,
+    instances: &[String; 2],
+    restarts: &mut usize,
+) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        *restarts += supervise(slice, standby, target).await?;
+        for (i, addr) in instances.iter().enumerate() {
+            if serving(addr).await {
+                return Ok(i);
+            }
         }
+        anyhow::ensure!(Instant::now() < deadline, "no lighting instance active within 45 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    None
 }
 
 async fn run_schedule(seed: u64, topology: Topology) -> Result<Outcome> {
@@ -286,20 +315,17 @@ async fn run_schedule(seed: u64, topology: Topology) -> Result<Outcome> {
         faults.push(fault);
         match fault {
             Fault::Kill(Part::Lighting) | Fault::Pause(Part::Lighting) if topology == Topology::Cluster => {
-                // The active instance: the standby takes over once the lease lapses; the old
-                // one, started again (killed) or fenced on waking (paused), stands by.
-                let active = active_instance(&instances).await.context("no lighting instance listens")?;
-                let (this, other) = if active == 0 {
-                    (&mut slice.lighting, standby.as_mut().context("the standby")?)
-                } else {
-                    (standby.as_mut().context("the standby")?, &mut slice.lighting)
-                };
-                let from = other.log_len();
+                // The active instance: the standby takes over once the lease lapses (or the
+                // killed one, started again, takes its own lease back first); a paused one is
+                // fenced and exits on waking, and the supervisor starts it again.
+                let restarts = &mut restarts_by_supervisor;
+                let active = active_instance(&mut slice, &mut standby, &target, &instances, restarts).await?;
+                let this = instance(&mut slice, &mut standby, active)?;
                 if matches!(fault, Fault::Kill(_)) {
                     this.kill()?;
                     tokio::time::sleep(down).await;
-                    other.wait_for_log("gRPC listening", from).context("the standby takes over")?;
                     this.restart()?;
+                    active_instance(&mut slice, &mut standby, &target, &instances, restarts).await?;
                 } else {
                     this.pause()?;
                     tokio::time::sleep(down + WRITE_TIMEOUT).await;
