@@ -28,12 +28,11 @@ use axum::Extension;
 /// gateway that cannot start).
 #[derive(Clone, Default)]
 pub struct Services {
-    /// The lighting service may be sharded by commune (see [`Routes`]).
+    /// The lighting service may be sharded by commune (see [`Routes`]); water and reports are
+    /// one unit each.
     pub lighting: Routes,
-    pub water: Option<AuthChannel>,
-    pub reports: Option<AuthChannel>,
-    /// The water and reports services' URLs, as integrators are told them.
-    pub urls: Vec<(&'static str, String)>,
+    pub water: Routes,
+    pub reports: Routes,
 }
 
 impl Services {
@@ -51,21 +50,18 @@ impl Services {
         let connect = |urls: &str| -> anyhow::Result<AuthChannel> {
             Ok(runtime::grpc_auth::with_token(tls.channel(urls)?, token.clone()))
         };
-        let lazy = |urls: Option<&str>, flag: &str| -> anyhow::Result<Option<AuthChannel>> {
-            urls.map(|u| connect(u).map_err(|e| anyhow::anyhow!("{flag}: {e:#}"))).transpose()
-        };
-        let lighting = match (lighting, lighting_shards.is_empty()) {
-            (Some(urls), _) => Routes::whole(urls, connect).map_err(|e| anyhow::anyhow!("--lighting-url: {e:#}"))?,
-            (None, false) => {
-                Routes::sharded(lighting_shards, connect).map_err(|e| anyhow::anyhow!("--lighting-shard: {e:#}"))?
+        let whole = |urls: Option<&str>, flag: &str| -> anyhow::Result<Routes> {
+            match urls {
+                Some(urls) => Routes::whole(urls, connect).map_err(|e| anyhow::anyhow!("{flag}: {e:#}")),
+                None => Ok(Routes::default()),
             }
-            (None, true) => Routes::default(),
         };
-        let urls = [("water", water), ("reports", reports)]
-            .into_iter()
-            .filter_map(|(domain, urls)| urls.map(|u| (domain, u.to_owned())))
-            .collect();
-        Ok(Services { lighting, water: lazy(water, "--water-url")?, reports: lazy(reports, "--reports-url")?, urls })
+        let lighting = if lighting_shards.is_empty() {
+            whole(lighting, "--lighting-url")?
+        } else {
+            Routes::sharded(lighting_shards, connect).map_err(|e| anyhow::anyhow!("--lighting-shard: {e:#}"))?
+        };
+        Ok(Services { lighting, water: whole(water, "--water-url")?, reports: whole(reports, "--reports-url")? })
     }
 }
 
@@ -104,8 +100,11 @@ fn refused(service: &str, status: tonic::Status) -> ApiError {
     }
 }
 
-fn channel(channel: &Option<AuthChannel>, service: &str) -> Result<AuthChannel, ApiError> {
-    channel.clone().ok_or_else(|| ApiError::unavailable(format!("this gateway has no {service} service configured")))
+/// The channel of a service that is one unit (water, reports).
+fn channel(routes: &Routes, service: &str) -> Result<AuthChannel, ApiError> {
+    routes
+        .whole_channel()
+        .ok_or_else(|| ApiError::unavailable(format!("this gateway has no {service} service configured")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,15 +247,14 @@ async fn lighting(
 /// sharded service has one per shard). Integrators write field data there.
 async fn endpoints(State(services): State<Services>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
     reader(&p)?;
-    let everything = matches!(p.scope, crate::auth::Scope::All);
     let mut answer = serde_json::Map::new();
-    let lighting = services.lighting.endpoints(|c| p.scope.allows(c), everything);
-    if !lighting.is_empty() {
-        answer.insert("lighting".into(), serde_json::json!(lighting));
-    }
-    for (domain, urls) in &services.urls {
-        let urls: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
-        answer.insert((*domain).into(), serde_json::json!([{ "urls": urls }]));
+    for (domain, routes) in
+        [("lighting", &services.lighting), ("water", &services.water), ("reports", &services.reports)]
+    {
+        let endpoints = routes.endpoints(|c| p.scope.allows(c));
+        if !endpoints.is_empty() {
+            answer.insert(domain.into(), serde_json::json!(endpoints));
+        }
     }
     Ok(Json(answer).into_response())
 }

@@ -92,6 +92,14 @@ impl Routes {
         !self.units.is_empty()
     }
 
+    /// The channel of a domain that is one unit (not sharded).
+    pub fn whole_channel(&self) -> Option<AuthChannel> {
+        match self.units.as_slice() {
+            [Unit { communes: None, channel, .. }] => Some(channel.clone()),
+            _ => None,
+        }
+    }
+
     /// The units a request limited to `allowed` (empty: every commune) reaches, each with the
     /// communes it may reach there (empty: every commune; never empty for a shard).
     pub fn reaching(&self, allowed: &[String]) -> Vec<(AuthChannel, Vec<String>)> {
@@ -108,15 +116,15 @@ impl Routes {
             .collect()
     }
 
-    /// The endpoints serving the communes `allows` lets through (all of each unit's for a
-    /// caller of every commune).
-    pub fn endpoints(&self, allows: impl Fn(&str) -> bool, everything: bool) -> Vec<Endpoint> {
+    /// The endpoints serving the communes `allows` lets through (a unit of every commune: to
+    /// anyone).
+    pub fn endpoints(&self, allows: impl Fn(&str) -> bool) -> Vec<Endpoint> {
         self.units
             .iter()
             .filter_map(|unit| match &unit.communes {
                 None => Some(Endpoint { communes: None, urls: unit.urls.clone() }),
                 Some(served) => {
-                    let mine: Vec<String> = served.iter().filter(|c| everything || allows(c)).cloned().collect();
+                    let mine: Vec<String> = served.iter().filter(|c| allows(c)).cloned().collect();
                     (!mine.is_empty()).then(|| Endpoint { communes: Some(mine), urls: unit.urls.clone() })
                 }
             })
@@ -165,8 +173,8 @@ mod tests {
             Routes::sharded(&[shard(&["00001"], "http://a:1"), shard(&["00001"], "http://b:1")], channel).is_err(),
             "a commune in two shards"
         );
-        let told = routes.endpoints(|c| c == "00002", false);
+        let told = routes.endpoints(|c| c == "00002");
         assert_eq!(told, [Endpoint { communes: Some(vec!["00002".into()]), urls: vec!["http://a:1".into()] }]);
-        assert_eq!(routes.endpoints(|_| false, true).len(), 2);
+        assert_eq!(routes.endpoints(|_| true).len(), 2);
     }
 }

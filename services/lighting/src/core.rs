@@ -44,6 +44,10 @@ impl From<Invalid> for Error {
 /// changed) must not act on them: their events are the other shard's to publish, and this
 /// shard's NATS user may not. Checked after a takeover too (a standby's store is a copy).
 pub fn refuse_other_shards_records(store: &Store, territory: &Territory) -> Result<(), Error> {
+    if !territory.is_limited() {
+        // The whole domain, or a shard of every commune: nothing is another's.
+        return Ok(());
+    }
     let mut foreign = std::collections::BTreeSet::new();
     let mut check = |commune: &str| {
         if CommuneId::parse(commune).is_ok_and(|c| territory.is_served_elsewhere(&c)) {
@@ -483,35 +487,33 @@ impl Lighting {
         mut schedule: proto::lighting::DimmingSchedule,
         now: SystemTime,
     ) -> Result<(), Error> {
-        {
-            let overrides: Vec<_> = schedule
-                .overrides
-                .iter()
-                .filter_map(|o| schedule::parse_night(&o.night_of).ok().map(|d| (d, o.steps.clone())))
-                .collect();
-            let request = SendCommandRequest { target: schedule.target.clone(), ..Default::default() };
-            let Some((lat, lon)) = self.centroid(&request)? else { return Ok(()) };
-            let Some(level) = schedule::level_at(&schedule.steps, &overrides, lat, lon, now) else { return Ok(()) };
-            if schedule.last_level == Some(level) {
-                return Ok(());
-            }
-            let action = if level <= 0.0 {
-                proto::lighting::command_action::Action::SwitchOn(false)
-            } else {
-                proto::lighting::command_action::Action::DimLevel(level)
-            };
-            let command = SendCommandRequest {
-                target: schedule.target.clone(),
-                action: Some(proto::lighting::CommandAction { action: Some(action) }),
-                requested_by: format!("schedule:{}", schedule.id),
-                reason: format!("dimming schedule {}", schedule.name),
-                timeout_s: 120,
-                allowed_communes: Vec::new(),
-            };
-            self.send_command(&command).await?;
-            schedule.last_level = Some(level);
-            self.store.put_schedule(&schedule).await?;
+        let overrides: Vec<_> = schedule
+            .overrides
+            .iter()
+            .filter_map(|o| schedule::parse_night(&o.night_of).ok().map(|d| (d, o.steps.clone())))
+            .collect();
+        let request = SendCommandRequest { target: schedule.target.clone(), ..Default::default() };
+        let Some((lat, lon)) = self.centroid(&request)? else { return Ok(()) };
+        let Some(level) = schedule::level_at(&schedule.steps, &overrides, lat, lon, now) else { return Ok(()) };
+        if schedule.last_level == Some(level) {
+            return Ok(());
         }
+        let action = if level <= 0.0 {
+            proto::lighting::command_action::Action::SwitchOn(false)
+        } else {
+            proto::lighting::command_action::Action::DimLevel(level)
+        };
+        let command = SendCommandRequest {
+            target: schedule.target.clone(),
+            action: Some(proto::lighting::CommandAction { action: Some(action) }),
+            requested_by: format!("schedule:{}", schedule.id),
+            reason: format!("dimming schedule {}", schedule.name),
+            timeout_s: 120,
+            allowed_communes: Vec::new(),
+        };
+        self.send_command(&command).await?;
+        schedule.last_level = Some(level);
+        self.store.put_schedule(&schedule).await?;
         Ok(())
     }
 

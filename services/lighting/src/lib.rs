@@ -106,7 +106,7 @@ async fn import_inventory(core: &Arc<core::Lighting>, territory: &territory::Ter
         let here = territory.locate(light.lat, light.lon).is_some();
         if !here
             && (territory.served_elsewhere(light.lat, light.lon).is_some()
-                || domain::served_elsewhere(&light, territory).is_some())
+                || proto::ids::CommuneId::parse(&light.commune).is_ok_and(|c| territory.is_served_elsewhere(&c)))
         {
             elsewhere += 1;
             continue;

@@ -88,12 +88,10 @@ pub struct Outbox {
     /// The relay's own records: this outbox's identity, the batch in flight.
     meta: sled::Tree,
     publisher: String,
+    /// What it publishes for: its subjects (`Unit::event_filters`) and the name of the consumer
+    /// that reads them back (`Unit::outbox_reader`: one per unit, the name NATS permits, see
+    /// deploy/nats/authorization.conf).
     unit: proto::subject::Unit,
-    /// The subjects this outbox publishes on (its unit's: its domain's, or its communes').
-    filters: Vec<String>,
-    /// The name of the consumer that reads them back (one per unit: NATS permits this name
-    /// only, see deploy/nats/authorization.conf).
-    reader: String,
     wake: Arc<Notify>,
     flushes: Arc<Flushes>,
     /// Set when the service runs with a standby (see [`Outbox::replicate`]).
@@ -147,18 +145,17 @@ impl Outbox {
         let meta = db.open_tree("outbox_meta")?;
         let name = unit.name();
         // A store that published before units were recorded was its whole domain's.
-        let owner = match meta.get(UNIT_KEY)? {
-            Some(owner) => Some(String::from_utf8_lossy(&owner).into_owned()),
+        let recorded = meta.get(UNIT_KEY)?.map(|owner| String::from_utf8_lossy(&owner).into_owned());
+        let owner = match &recorded {
+            Some(owner) => Some(owner.clone()),
             None if meta.get(PUBLISHER_KEY)?.is_some() => Some(unit.domain.token().to_owned()),
             None => None,
         };
-        match owner {
-            Some(owner) if owner != name => {
-                return Err(crate::store::StoreError::OtherUnit { store: owner, opened_as: name });
-            }
-            _ => {
-                meta.insert(UNIT_KEY, name.as_bytes())?;
-            }
+        if let Some(owner) = owner.filter(|owner| *owner != name) {
+            return Err(crate::store::StoreError::OtherUnit { store: owner, opened_as: name });
+        }
+        if recorded.is_none() {
+            meta.insert(UNIT_KEY, name.as_bytes())?;
         }
         let publisher = match meta.get(PUBLISHER_KEY)? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
@@ -176,8 +173,6 @@ impl Outbox {
             meta,
             publisher,
             unit: unit.clone(),
-            filters: unit.event_filters(),
-            reader: unit.outbox_reader(),
             wake: Arc::new(Notify::new()),
             flushes: Arc::default(),
             replication: Arc::default(),
@@ -713,7 +708,7 @@ async fn published_since(
     };
     // One consumer per filter (a shard's NATS user may read only its communes' events, one
     // filter in each consumer's API subject), one after the other under the same name.
-    for filter in &outbox.filters {
+    for filter in &outbox.unit.event_filters() {
         read_back(&stream, outbox, filter, start, &mut found).await?;
     }
     Ok(found)
@@ -730,10 +725,11 @@ async fn read_back(
     use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     let publisher = outbox.publisher.as_str();
     // One left by an attempt that failed half-way is replaced.
-    let _ = stream.delete_consumer(&outbox.reader).await;
+    let reader = outbox.unit.outbox_reader();
+    let _ = stream.delete_consumer(&reader).await;
     let consumer = stream
         .create_consumer(pull::Config {
-            name: Some(outbox.reader.clone()),
+            name: Some(reader.clone()),
             filter_subject: filter.to_owned(),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
             ack_policy: AckPolicy::None,
@@ -763,7 +759,7 @@ async fn read_back(
         }
         anyhow::ensure!(got > 0, "reading the stream back: no answer ({pending} events left to read)");
     }
-    if let Err(e) = stream.delete_consumer(&outbox.reader).await {
+    if let Err(e) = stream.delete_consumer(&reader).await {
         tracing::debug!(error = %e, "the outbox's reader consumer was not deleted (the server drops it)");
     }
     Ok(())

@@ -155,6 +155,11 @@ impl Territory {
         Ok(())
     }
 
+    /// Whether some of the territory's communes are served elsewhere ([`Territory::limit_to`]).
+    pub fn is_limited(&self) -> bool {
+        !self.elsewhere.is_empty()
+    }
+
     /// The commune of the territory, served by another shard, whose boundary contains the point.
     pub fn served_elsewhere(&self, lat: f64, lon: f64) -> Option<&Commune> {
         self.elsewhere.iter().find(|c| c.contains(lat, lon))
@@ -310,6 +315,7 @@ mod tests {
         assert!(t.locate(0.5, 0.5).is_none(), "served elsewhere: not this shard's");
         assert_eq!(t.served_elsewhere(0.5, 0.5).map(|c| c.id.as_str()), Some("00001"));
         assert!(t.is_served_elsewhere(&west) && !t.is_served_elsewhere(&east));
+        assert!(t.is_limited());
         assert!(t.served_elsewhere(5.0, 0.5).is_none(), "outside the territory");
     }
 
