@@ -110,6 +110,9 @@ async fn shards_serve_their_communes_and_the_gateway_routes_commands_by_commune(
         communes.sort();
         communes
     };
+    // A commune that is not a commune id is refused as without shards (400), not "not found".
+    let (status, answer) = post(supervisor.clone(), command(json!({"commune": "34.>"}))).await?;
+    assert_eq!(status, 400, "{answer}");
     let (status, answer) = post(supervisor.clone(), command(json!({"commune": "34129"}))).await?;
     assert_eq!((status, communes_of(&answer)), (201, vec!["34129".to_owned()]), "{answer}");
     let (status, answer) = post(supervisor.clone(), command(json!({"streetlight_id": "EP-O1"}))).await?;
