@@ -27,7 +27,7 @@ echo "== the clock checks: the end-to-end scenarios at night and at midday" >&2
 # directory; the fault suite (kills, cuts and full disks under a write load: its workload has no
 # time rule, and the domains' time rules are the other scenarios'); NATS's permissions and the
 # manifests.
-clock_skips=(--skip bench_smoke --skip cluster:: --skip failover:: --skip gateway_replicas:: --skip faults::
+clock_skips=(--skip bench_smoke --skip shards:: --skip cluster:: --skip failover:: --skip gateway_replicas:: --skip faults::
   --skip tenancy::nats_refuses --skip deploy_manifests)
 tests/at-hour.sh 03:00 "${clock_skips[@]}"
 tests/at-hour.sh 12:00 "${clock_skips[@]}"

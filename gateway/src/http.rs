@@ -32,6 +32,11 @@ pub struct AppState {
 /// a token in the URL would end up in logs).
 pub const SUBPROTOCOL: &str = "vigie.v1";
 const BEARER_PREFIX: &str = "bearer.";
+/// A WebSocket's read buffer (it grows for a larger frame, up to `MAX_CLIENT_FRAME_BYTES`).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Frames wait in the write buffer until it holds this much (or the batch ends), then go out in
+/// one write.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// Client frames allowed per second on average; past it the client is closed (1008).
 const MAX_CLIENT_FRAMES_PER_S: f64 = 20.0;
 /// Client frames allowed at once: frames a client sent while its session was busy (building its
@@ -163,6 +168,11 @@ async fn websocket(
     ws.protocols([SUBPROTOCOL])
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
+        // Per-client buffers, which every connection holds for its life (their defaults are
+        // 128 KiB each): a client sends a few small frames; the server's frames are a snapshot's
+        // (`SNAPSHOT_FRAME_BYTES`) at most, and a batch of deltas goes out in writes of this size.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| session(socket, state, principal, filter, resume_from, coalesce))
 }
 

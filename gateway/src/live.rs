@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
-use crate::snapshots::{RateLimited, Snapshots};
+use crate::snapshots::{RateLimited, SnapshotFrames, Snapshots};
 use crate::view::{Change, OperationsView, Place};
 
 /// Deltas a session may fall behind before it gets a fresh snapshot instead, and deltas kept for
@@ -109,7 +109,7 @@ pub enum ConsumerHealth {
 pub enum Start {
     /// The whole (filtered) view, then the deltas applied since it was serialised (a shared
     /// snapshot serves several sessions: see `snapshots`), then the live ones.
-    Snapshot { json: Utf8Bytes, catch_up: Vec<Utf8Bytes> },
+    Snapshot { frames: SnapshotFrames, catch_up: Vec<Utf8Bytes> },
     /// The deltas the client missed since the sequence it gave (already filtered), then the
     /// live ones.
     Resumed { from: u64, missed: Vec<Utf8Bytes> },
@@ -119,7 +119,7 @@ impl Start {
     /// The frames (JSON text) that start the session, in order, whatever carries them.
     pub fn frames(self) -> Vec<Utf8Bytes> {
         match self {
-            Start::Snapshot { json, catch_up } => std::iter::once(json).chain(catch_up).collect(),
+            Start::Snapshot { frames, catch_up } => frames.iter().cloned().chain(catch_up).collect(),
             Start::Resumed { from, missed } => {
                 let resumed =
                     serde_json::to_string(&ServerFrame::new(ServerMessage::Resumed { from })).unwrap_or_default();
@@ -449,17 +449,14 @@ impl Live {
             (inner.deltas.subscribe(), inner.generation, view.applied_seq(), assets, alarms, commands, kpis)
         };
         // Serialising the whole view is long work: off the runtime's threads.
-        let serialise = move || {
-            let frame = ServerFrame::new(ServerMessage::Snapshot { seq, assets, alarms, commands, kpis });
-            serde_json::to_string(&frame).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot serialise a snapshot");
-                String::new()
-            })
-        };
-        let json = Utf8Bytes::from(tokio::task::spawn_blocking(serialise).await.unwrap_or_default());
+        let serialise = move || snapshot_frames(seq, assets, alarms, commands, kpis);
+        let frames = tokio::task::spawn_blocking(serialise).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot serialise a snapshot");
+            SnapshotFrames::default()
+        });
         crate::metrics::get().snapshots_built.inc();
-        self.snapshots.share(key, generation, seq, json.clone());
-        Ok((Start::Snapshot { json, catch_up: Vec::new() }, receiver))
+        self.snapshots.share(key, generation, seq, frames.clone());
+        Ok((Start::Snapshot { frames, catch_up: Vec::new() }, receiver))
     }
 
     /// The deltas missed since `from`, when they are all at hand.
@@ -486,7 +483,7 @@ impl Live {
         coalescing: bool,
     ) -> Option<(Start, broadcast::Receiver<Arc<Delta>>)> {
         let inner = self.lock();
-        let (seq, json) = self.snapshots.recent(key, inner.generation)?;
+        let (seq, frames) = self.snapshots.recent(key, inner.generation)?;
         let applied = inner.view.applied_seq();
         let usable = match demand {
             Demand::Asked => seq == applied,
@@ -500,8 +497,83 @@ impl Live {
         let since: Vec<Arc<Delta>> = inner.recent.range(first..).cloned().collect();
         drop(inner);
         crate::metrics::get().snapshots_shared.inc();
-        Some((Start::Snapshot { json, catch_up: coalesce(since, filter, coalescing) }, receiver))
+        Some((Start::Snapshot { frames, catch_up: coalesce(since, filter, coalescing) }, receiver))
     }
+}
+
+/// A snapshot's frames aim at this size: the socket's write buffer grows to its largest frame and
+/// keeps that capacity for the connection's life, so one frame of a whole view (megabytes for a
+/// territory) would cost each client as much, idle or not. An item larger than this (none is,
+/// by far) takes a frame of its own.
+pub const SNAPSHOT_FRAME_BYTES: usize = 16 * 1024;
+
+/// The view's states at `seq` as `snapshot` frames of about [`SNAPSHOT_FRAME_BYTES`] each, in
+/// order (every one but the last with `more`); one frame for an empty view.
+pub fn snapshot_frames(
+    seq: u64,
+    assets: Vec<AssetState>,
+    alarms: Vec<AlarmState>,
+    commands: Vec<CommandState>,
+    kpis: Vec<KpiState>,
+) -> SnapshotFrames {
+    /// Counts what serde_json writes, to size an item without keeping its text.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    fn size(item: &impl serde::Serialize) -> usize {
+        let mut counter = Counter(0);
+        // Writing to a counter cannot fail; the states serialise (they are the deltas' too).
+        let _ = serde_json::to_writer(&mut counter, item);
+        counter.0 + 1
+    }
+    let empty = || ServerMessage::Snapshot {
+        seq,
+        assets: Vec::new(),
+        alarms: Vec::new(),
+        commands: Vec::new(),
+        kpis: Vec::new(),
+        more: true,
+    };
+    let mut chunks = vec![empty()];
+    let mut bytes = 0;
+    macro_rules! pack {
+        ($items:expr, $field:ident) => {
+            for item in $items {
+                let item_bytes = size(&item);
+                if bytes > 0 && bytes + item_bytes > SNAPSHOT_FRAME_BYTES {
+                    chunks.push(empty());
+                    bytes = 0;
+                }
+                bytes += item_bytes;
+                if let Some(ServerMessage::Snapshot { $field, .. }) = chunks.last_mut() {
+                    $field.push(item);
+                }
+            }
+        };
+    }
+    pack!(assets, assets);
+    pack!(alarms, alarms);
+    pack!(commands, commands);
+    pack!(kpis, kpis);
+    if let Some(ServerMessage::Snapshot { more, .. }) = chunks.last_mut() {
+        *more = false;
+    }
+    let frames: Vec<Utf8Bytes> = chunks
+        .into_iter()
+        .map(|message| serde_json::to_string(&ServerFrame::new(message)).map(Utf8Bytes::from))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot serialise a snapshot");
+            Vec::new()
+        });
+    SnapshotFrames::from(frames)
 }
 
 /// The frames of a batch this session sends, in order: its deltas and removals (see

@@ -9,7 +9,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Snapshots a login may ask for at once, by default (`--snapshots-per-login`).
@@ -52,11 +52,40 @@ impl std::fmt::Display for RateLimited {
     }
 }
 
+/// A serialised snapshot: its frames, in order (see `live::snapshot_frames`). A clone shares
+/// them; none when its serialisation failed.
+#[derive(Clone, Default)]
+pub struct SnapshotFrames(Arc<[Utf8Bytes]>);
+
+impl SnapshotFrames {
+    pub fn iter(&self) -> impl Iterator<Item = &Utf8Bytes> {
+        self.0.iter()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.0.iter().map(|f| f.len()).sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<Utf8Bytes>> for SnapshotFrames {
+    fn from(frames: Vec<Utf8Bytes>) -> Self {
+        SnapshotFrames(frames.into())
+    }
+}
+
 /// A serialised snapshot, for one filter, current at `seq` of the view's `generation`.
 pub struct Shared {
     generation: u64,
     seq: u64,
-    json: Utf8Bytes,
+    frames: SnapshotFrames,
     built: Instant,
 }
 
@@ -118,13 +147,13 @@ impl Snapshots {
     }
 
     /// The shared snapshot for this filter, if one of this generation of the view is recent
-    /// enough: its sequence and its frame.
-    pub fn recent(&self, filter_key: &str, generation: u64) -> Option<(u64, Utf8Bytes)> {
+    /// enough: its sequence and its frames.
+    pub fn recent(&self, filter_key: &str, generation: u64) -> Option<(u64, SnapshotFrames)> {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared
             .get(filter_key)
             .filter(|s| s.generation == generation && s.built.elapsed() < SHARED_FOR)
-            .map(|s| (s.seq, s.json.clone()))
+            .map(|s| (s.seq, s.frames.clone()))
     }
 
     /// Drops every shared snapshot (the view they were taken from is gone).
@@ -134,19 +163,20 @@ impl Snapshots {
 
     /// Keeps a snapshot for the requests that follow; the expired ones, and the oldest past the
     /// byte budget, leave.
-    pub fn share(&self, filter_key: String, generation: u64, seq: u64, json: Utf8Bytes) {
+    pub fn share(&self, filter_key: String, generation: u64, seq: u64, frames: SnapshotFrames) {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared.retain(|_, s| s.built.elapsed() < SHARED_FOR);
-        if json.is_empty() || json.len() > SHARED_BYTES {
+        let bytes = frames.bytes();
+        if frames.is_empty() || bytes > SHARED_BYTES {
             return;
         }
-        while shared.values().map(|s| s.json.len()).sum::<usize>() + json.len() > SHARED_BYTES {
+        while shared.values().map(|s| s.frames.bytes()).sum::<usize>() + bytes > SHARED_BYTES {
             let Some(oldest) = shared.iter().min_by_key(|(_, s)| s.built).map(|(k, _)| k.clone()) else {
                 break;
             };
             shared.remove(&oldest);
         }
-        shared.insert(filter_key, Shared { generation, seq, json, built: Instant::now() });
+        shared.insert(filter_key, Shared { generation, seq, frames, built: Instant::now() });
     }
 }
 
@@ -170,16 +200,17 @@ mod tests {
     #[test]
     fn shared_snapshots_expire_and_stay_within_their_bytes() {
         let snapshots = Snapshots::new(BURST);
-        snapshots.share("a".into(), 0, 7, Utf8Bytes::from("{}"));
+        let frames = |text: &str| SnapshotFrames::from(vec![Utf8Bytes::from(text)]);
+        snapshots.share("a".into(), 0, 7, frames("{}"));
         assert_eq!(snapshots.recent("a", 0).map(|(seq, _)| seq), Some(7));
         assert!(snapshots.recent("a", 1).is_none(), "another generation of the view");
         assert!(snapshots.recent("b", 0).is_none());
         let big = "x".repeat(SHARED_BYTES / 2 + 1);
-        snapshots.share("b".into(), 0, 8, Utf8Bytes::from(big.clone()));
-        snapshots.share("c".into(), 0, 9, Utf8Bytes::from(big));
+        snapshots.share("b".into(), 0, 8, frames(&big));
+        snapshots.share("c".into(), 0, 9, frames(&big));
         assert!(snapshots.recent("b", 0).is_none(), "the oldest left to make room");
         assert!(snapshots.recent("c", 0).is_some());
-        snapshots.share("d".into(), 0, 10, Utf8Bytes::from(""));
+        snapshots.share("d".into(), 0, 10, SnapshotFrames::default());
         assert!(snapshots.recent("d", 0).is_none(), "a failed serialisation is not shared");
     }
 }

@@ -34,7 +34,10 @@ impl ServerFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The whole view, current as of `seq`: every asset, the active alarms, the recent commands,
-    /// the latest KPIs of each domain and commune.
+    /// the latest KPIs of each domain and commune. A large view comes in several `snapshot`
+    /// frames of the same `seq`, one after the other: every one but the last says `more`. The
+    /// client takes the union of their lists, and replaces what it knew once the last arrives.
+    /// (Frames of a few KiB keep the server's per-client buffers small, whatever the view's size.)
     Snapshot {
         seq: u64,
         assets: Vec<AssetState>,
@@ -42,6 +45,8 @@ pub enum ServerMessage {
         commands: Vec<CommandState>,
         #[serde(default)]
         kpis: Vec<KpiState>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
     },
     /// One event, and what it changed: an asset, an alarm or a command (exactly one of them).
     Delta {
@@ -109,6 +114,10 @@ pub struct AssetRef {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Something the gateway could not do for its view, that operators must know: data the view may

@@ -8,6 +8,8 @@ pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTls
 /// so a change of the wire format shows up here.
 pub struct LiveClient {
     socket: Socket,
+    /// A snapshot whose frames are still coming (kept here: `next` may be cancelled between two).
+    snapshot: Option<serde_json::Value>,
 }
 
 impl LiveClient {
@@ -31,11 +33,48 @@ impl LiveClient {
         }
         let (socket, _) =
             tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
-        Ok(LiveClient { socket })
+        Ok(LiveClient { socket, snapshot: None })
     }
 
-    /// The next text frame as JSON.
+    /// The next server message as JSON: a text frame, or a whole snapshot however many frames
+    /// carried it (their lists joined, `more` gone, and `frames` set to how many there were).
     pub async fn next(&mut self) -> Result<serde_json::Value> {
+        loop {
+            let mut frame = self.next_frame().await?;
+            if frame["type"] != "snapshot" {
+                anyhow::ensure!(self.snapshot.is_none(), "a {} frame in the middle of a snapshot", frame["type"]);
+                return Ok(frame);
+            }
+            let more = frame["more"] == true;
+            let whole = match self.snapshot.take() {
+                None => {
+                    frame["frames"] = 1.into();
+                    frame
+                }
+                Some(mut whole) => {
+                    anyhow::ensure!(whole["seq"] == frame["seq"], "a snapshot's frames of different seq");
+                    for list in ["assets", "alarms", "commands", "kpis"] {
+                        let part = frame[list].as_array().cloned().unwrap_or_default();
+                        whole[list].as_array_mut().context("a snapshot's list")?.extend(part);
+                    }
+                    whole["frames"] = (whole["frames"].as_u64().unwrap_or(0) + 1).into();
+                    whole
+                }
+            };
+            if more {
+                self.snapshot = Some(whole);
+            } else {
+                let mut whole = whole;
+                if let Some(object) = whole.as_object_mut() {
+                    object.remove("more");
+                }
+                return Ok(whole);
+            }
+        }
+    }
+
+    /// The next text frame as JSON, as it came.
+    pub async fn next_frame(&mut self) -> Result<serde_json::Value> {
         loop {
             let message = tokio::time::timeout(WAIT, self.socket.next())
                 .await

@@ -22,6 +22,8 @@ pub struct NatsServer {
     authorization: bool,
     /// Lines added to each node's configuration (e.g. a smaller `max_payload`).
     extra_config: String,
+    /// When JetStream writes reach the disk (see [`JetStreamSync`]).
+    sync: JetStreamSync,
     /// A cluster whose routes pass through links ([`NatsServer::start_cluster_partitionable`]):
     /// `route_links[i][j]` carries node i's route to node j (none for i == j).
     route_links: Vec<Vec<Option<Link>>>,
@@ -35,6 +37,16 @@ struct Node {
     cluster_port: u16,
     monitor: String,
     dir: tempfile::TempDir,
+}
+
+/// When JetStream syncs what it stores to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JetStreamSync {
+    /// Before each acknowledgement (`sync_interval: always`), as the deployment runs it
+    /// (deploy/nats/): an acknowledged event survives a power cut.
+    Always,
+    /// nats-server's default (every 2 minutes): the tests', where nothing cuts the power.
+    Default,
 }
 
 impl NatsServer {
@@ -67,20 +79,40 @@ impl NatsServer {
 
     /// A server without users: anyone may do anything (the benchmark's raw baselines).
     pub fn start_open() -> Result<NatsServer> {
-        let mut server = NatsServer::new(1, false, "")?;
-        server.spawn(0)?;
-        Ok(server)
+        NatsServer::start_open_synced(1, JetStreamSync::Default)
+    }
+
+    /// [`NatsServer::start_open`] (or a cluster of `nodes` such servers), syncing as told.
+    pub fn start_open_synced(nodes: usize, sync: JetStreamSync) -> Result<NatsServer> {
+        NatsServer::started(NatsServer::new(nodes, false, "")?, sync)
+    }
+
+    /// [`NatsServer::start`], syncing as told.
+    pub fn start_synced(sync: JetStreamSync) -> Result<NatsServer> {
+        NatsServer::started(NatsServer::new(1, true, "")?, sync)
     }
 
     /// A cluster of `nodes` servers with JetStream on each (routes between them, as
     /// deploy/nats/cluster/ configures), once its JetStream meta group has a leader.
     pub fn start_cluster(nodes: usize) -> Result<NatsServer> {
-        let mut cluster = NatsServer::new(nodes, true, "")?;
-        for node in 0..nodes {
-            cluster.spawn(node)?;
+        NatsServer::start_cluster_synced(nodes, JetStreamSync::Default)
+    }
+
+    /// [`NatsServer::start_cluster`], syncing as told.
+    pub fn start_cluster_synced(nodes: usize, sync: JetStreamSync) -> Result<NatsServer> {
+        NatsServer::started(NatsServer::new(nodes, true, "")?, sync)
+    }
+
+    /// `server`'s every node started, syncing as told, and its JetStream cluster formed.
+    fn started(mut server: NatsServer, sync: JetStreamSync) -> Result<NatsServer> {
+        server.sync = sync;
+        for node in 0..server.nodes.len() {
+            server.spawn(node)?;
         }
-        cluster.wait_jetstream_cluster()?;
-        Ok(cluster)
+        if server.nodes.len() > 1 {
+            server.wait_jetstream_cluster()?;
+        }
+        Ok(server)
     }
 
     /// A cluster whose every route (each pair, each way) passes through a [`Link`], so that a
@@ -145,6 +177,7 @@ impl NatsServer {
             shards: Vec::new(),
             authorization,
             extra_config: extra_config.to_owned(),
+            sync: JetStreamSync::Default,
             route_links: Vec::new(),
         })
     }
@@ -222,10 +255,11 @@ impl NatsServer {
             String::new()
         };
         let config = format!(
-            "{include}{cluster}host: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?} }}\n{}\n",
+            "{include}{cluster}host: 127.0.0.1\nport: {}\nhttp_port: -1\nports_file_dir: {:?}\njetstream {{ store_dir: {:?}{} }}\n{}\n",
             if node.port == 0 { -1 } else { i64::from(node.port) },
             ports_dir.display().to_string(),
             dir.join("jetstream").display().to_string(),
+            if self.sync == JetStreamSync::Always { ", sync_interval: always" } else { "" },
             self.extra_config,
         );
         let config_path = dir.join("nats.conf");

@@ -309,7 +309,8 @@ async fn a_snapshot_storm_is_limited_per_login_and_does_not_delay_others() -> Re
                         frame = stream.next() => match frame {
                             Some(Ok(Message::Text(text))) => {
                                 let frame: serde_json::Value = serde_json::from_str(&text)?;
-                                if frame["type"] == "snapshot" {
+                                // A snapshot's last frame (the others say `more`).
+                                if frame["type"] == "snapshot" && frame["more"] != true {
                                     snapshots += 1;
                                 } else if frame["type"] == "error" && frame["code"] == "rate_limited" {
                                     limited += 1;

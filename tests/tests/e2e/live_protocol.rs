@@ -263,3 +263,61 @@ async fn frames_arriving_together_within_the_allowance_do_not_close_a_client() -
     steady.until(|f| f["type"] == "pong").await?;
     Ok(())
 }
+
+/// A view's snapshot went out as one frame, however large: each connection's write buffer kept
+/// that size for its life (a territory's snapshot is megabytes, so 1.2 MiB per idle client in the
+/// benchmark). It now comes in frames of about 16 KiB, of one `seq`, every one but the last
+/// saying `more`, which together hold the whole view once; the deltas follow.
+#[tokio::test]
+async fn a_large_snapshot_comes_in_small_frames_that_hold_the_view_once() -> Result<()> {
+    const LAMPS: usize = 1_500;
+    let slice = Slice::start().await?;
+    let mut lighting = slice.lighting_client().await?;
+    let lights: Vec<Streetlight> = (0..LAMPS)
+        .map(|i| Streetlight {
+            id: format!("EP-BIG-{i:05}"),
+            lat: 43.6 + (i % 50) as f64 * 1e-4,
+            lon: 3.86 + (i / 50) as f64 * 1e-3,
+            ..Default::default()
+        })
+        .collect();
+    lighting.register_streetlights(RegisterStreetlightsRequest { streetlights: lights }).await?;
+    tests::eventually("the registrations in the view", Duration::from_secs(30), || async {
+        let (_, health) = tests::http_get_json(&slice.gateway_addr, "/health").await?;
+        Ok((health["assets"].as_u64() >= Some(LAMPS as u64)).then_some(()))
+    })
+    .await?;
+
+    let mut client = LiveClient::connect(&format!("ws://{}/ws", slice.gateway_addr)).await?;
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.next_frame().await?;
+        assert_eq!(frame["type"], "snapshot", "nothing comes between a snapshot's frames");
+        let more = frame["more"] == true;
+        frames.push(frame);
+        if !more {
+            break;
+        }
+    }
+    let seqs: HashSet<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), 1, "one seq for every frame of a snapshot: {seqs:?}");
+    let largest = frames.iter().map(|f| f.to_string().len()).max().unwrap_or(0);
+    assert!(frames.len() >= 10, "{LAMPS} lamps in {} frame(s)", frames.len());
+    assert!(largest <= 20 * 1024, "a snapshot frame of {largest} bytes");
+    let mut ids = HashSet::new();
+    for frame in &frames {
+        for asset in frame["assets"].as_array().context("assets")? {
+            let id = asset["id"].as_str().context("an asset's id")?;
+            assert!(ids.insert(id.to_owned()), "{id} twice in one snapshot");
+        }
+    }
+    let expected: HashSet<String> = (0..LAMPS).map(|i| format!("EP-BIG-{i:05}")).collect();
+    assert_eq!(ids, expected, "the snapshot's frames hold every asset once");
+
+    // The deltas follow, after the snapshot's seq.
+    lighting.report_status(report("EP-BIG-00007", 0.4)).await?;
+    let delta = client.until(|f| f["type"] == "delta").await?.pop().context("a delta")?;
+    assert!(delta["seq"].as_u64() > seqs.iter().next().copied());
+    assert_eq!(delta["asset"]["id"], "EP-BIG-00007");
+    Ok(())
+}

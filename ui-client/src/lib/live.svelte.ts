@@ -12,6 +12,8 @@ import { end, refresh, token } from "./auth.svelte";
 import { assetKey, CLOSE_CODES, DOMAINS } from "./protocol";
 import { GAPS_KEPT, heartbeatInterval } from "./heartbeat";
 
+type SnapshotFrame = Extract<ServerFrame, { type: "snapshot" }>;
+
 export type Link = "connecting" | "live" | "stale" | "reconnecting";
 
 const RENDER_EVERY_MS = 250;
@@ -66,6 +68,8 @@ export class LiveState {
   #gaps: number[] = [];
   #pendingRender = false;
   #snapshotSeen = false;
+  /// A snapshot whose frames are still coming (every one but its last says `more`).
+  #partialSnapshot: SnapshotFrame | null = null;
   #timer: ReturnType<typeof setInterval> | null = null;
   #stopped = false;
 
@@ -105,6 +109,7 @@ export class LiveState {
     // The token goes as a subprotocol: never in the URL (it would end up in logs).
     const socket = new WebSocket(this.#url(), ["vigie.v1", `bearer.${token()}`]);
     this.#socket = socket;
+    this.#partialSnapshot = null;
     // The delay between attempts is reset once the gateway has started the session (a snapshot
     // or a resume), not at the upgrade: an upgrade it then closes (4029) must not loop fast.
     socket.onmessage = (message) => {
@@ -144,7 +149,22 @@ export class LiveState {
     const now = Date.now();
     this.lastHeardAt = now;
     switch (frame.type) {
-      case "snapshot":
+      case "snapshot": {
+        // A large view comes in several frames: gathered, then applied at once.
+        const partial = this.#partialSnapshot;
+        const more = frame.more === true;
+        if (partial && partial.seq === frame.seq) {
+          (partial.assets ??= []).push(...(frame.assets ?? []));
+          (partial.alarms ??= []).push(...(frame.alarms ?? []));
+          (partial.commands ??= []).push(...(frame.commands ?? []));
+          (partial.kpis ??= []).push(...(frame.kpis ?? []));
+          frame = partial;
+        }
+        if (more) {
+          this.#partialSnapshot = frame;
+          break;
+        }
+        this.#partialSnapshot = null;
         this.assets.clear();
         this.alarms.clear();
         this.kpis.clear();
@@ -161,6 +181,7 @@ export class LiveState {
         this.#live();
         this.#render(true);
         break;
+      }
       case "delta":
         this.#applyDelta(frame);
         this.seq = frame.seq;

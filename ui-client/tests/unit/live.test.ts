@@ -168,3 +168,38 @@ test("too many snapshots: the client waits as long as the gateway asks, backing 
   assert.equal(new URL(last().url).searchParams.get("resume_from"), null, "no snapshot yet: nothing to resume");
   live.stop();
 });
+
+test("a snapshot in several frames replaces the view once its last frame arrives", () => {
+  const live = started();
+  last().frame(snapshot(10));
+  assert.deepEqual([...live.assets.keys()].length, 1);
+  // A resync in three frames: nothing changes until the last one.
+  const part = (ids: string[], more: boolean) => ({
+    type: "snapshot",
+    seq: 20,
+    assets: ids.map((id) => lamp(id, 0.3)),
+    alarms: [],
+    commands: [],
+    kpis: [],
+    ...(more ? { more: true } : {}),
+  });
+  last().frame(part(["EP2", "EP3"], true));
+  last().frame(part(["EP4"], true));
+  assert.equal(live.seq, 10, "not applied before its last frame");
+  assert.equal(live.assets.size, 1);
+  last().frame(part(["EP5"], false));
+  assert.equal(live.seq, 20);
+  assert.deepEqual([...live.assets.values()].map((a) => a.id).sort(), ["EP2", "EP3", "EP4", "EP5"]);
+  // Deltas follow as usual.
+  last().frame({ type: "delta", seq: 21, asset: lamp("EP2", 0.9) });
+  assert.equal(live.seq, 21);
+  // A connection lost in the middle of a snapshot: its first frames are forgotten, even when the
+  // next connection's snapshot has the same seq (nothing was applied meanwhile).
+  last().frame(part(["EP6"], true));
+  last().drop(1001);
+  vi.advanceTimersByTime(5_000);
+  assert.equal(FakeSocket.opened.length, 2);
+  last().frame(part(["EP7"], false));
+  assert.deepEqual([...live.assets.values()].map((a) => a.id), ["EP7"]);
+  live.stop();
+});

@@ -14,10 +14,12 @@ use futures::StreamExt;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 
-/// B1: publishes `count` messages of `size` bytes and consumes them; events per second from the
-/// first publish to the last message consumed.
-pub async fn raw_jetstream(url: &str, count: usize, size: usize) -> Result<f64> {
-    let client = async_nats::connect(url).await?;
+/// B1: publishes `count` messages of `size` bytes to a stream of `replicas` copies and consumes
+/// them; events per second from the first publish to the last message consumed.
+pub async fn raw_jetstream(url: &str, count: usize, size: usize, replicas: usize) -> Result<f64> {
+    // One URL, or a cluster's, comma-separated.
+    let servers: Vec<async_nats::ServerAddr> = url.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let client = async_nats::connect(servers).await?;
     let js = jetstream::new(client);
     let _ = js.delete_stream("BENCH_B1").await;
     let stream = js
@@ -25,6 +27,7 @@ pub async fn raw_jetstream(url: &str, count: usize, size: usize) -> Result<f64> 
             name: "BENCH_B1".into(),
             subjects: vec!["bench.>".into()],
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;

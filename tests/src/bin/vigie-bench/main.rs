@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use system::{cpu_seconds, machine, raise_open_files, rss};
-use tests::{AuthChannel, Slice};
+use tests::{AuthChannel, JetStreamSync, NatsServer, Slice};
 
 #[derive(clap::Parser)]
 #[command(name = "vigie-bench", about = "Vigie's end-to-end benchmark against raw baselines")]
@@ -29,9 +29,10 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: std::path::PathBuf,
-    /// The scenarios to run (s1, s2 for S2 to S4, s5, s6, standby); all by default. A partial
-    /// run is for profiling: do not commit its report.
-    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s5,s6,standby")]
+    /// The scenarios to run (s1, s2 for S2 to S4, s5, s6, unsynced for S1 without per-message
+    /// sync, standby for S1 on a cluster); all by default. A partial run is for profiling: do not
+    /// commit its report.
+    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s5,s6,unsynced,standby")]
     scenarios: Vec<String>,
 }
 
@@ -193,27 +194,37 @@ async fn main() -> Result<()> {
         report,
         "Everything shares these cores: nats-server, the lighting service, the gateway, and this benchmark's load generator and WebSocket clients.\n"
     )?;
+    writeln!(
+        report,
+        "**Durability.** The system runs on nats-server as deployed (`deploy/nats/`: `sync_interval: always`, every acknowledged event on disk), and each S1 figure is set beside a B1 measured at the same durability: on one server syncing every message for the system as deployed, on one server with nats-server's default sync (every 2 minutes) for S1 without per-message sync, on a 3-node cluster (3 copies, syncing every message) for S1 on the cluster.\n"
+    )?;
 
     // B1 on a server of its own (open: no users), before the system starts.
-    println!("B1: raw JetStream");
-    let b1 = {
-        let nats = tests::NatsServer::start_open()?;
-        baselines::raw_jetstream(&nats.url(), scale.b1_messages, 400).await?
+    let b1 = |nodes: usize, sync: JetStreamSync| {
+        let messages = scale.b1_messages;
+        async move {
+            println!("B1: raw JetStream, {nodes} node(s), {sync:?} sync");
+            let nats = NatsServer::start_open_synced(nodes, sync)?;
+            let rate = baselines::raw_jetstream(&nats.url(), messages, 400, nodes).await?;
+            println!("B1: {rate:.0} messages/s");
+            anyhow::Ok(rate)
+        }
     };
-    println!("B1: {b1:.0} messages/s");
+    let b1_synced = b1(1, JetStreamSync::Always).await?;
     println!("B3: raw tonic streaming echo");
     let b3 = baselines::raw_tonic_echo(scale.b1_messages, 120, 4).await?;
     println!("B3: {b3:.0} messages/s");
 
     println!("starting the system");
     let territory = tests::test_territory()?;
-    let slice = Slice::start_full(territory, &["--kpi-interval", "60s"], GATEWAY_FLAGS).await?;
+    let nats = NatsServer::start_synced(JetStreamSync::Always)?;
+    let slice = Slice::start_on(nats, territory, &["--kpi-interval", "60s"], GATEWAY_FLAGS).await?;
     let mut bench = Bench::on(slice, scale.clone(), report, args.smoke).await?;
 
     let run = |name: &str| args.scenarios.iter().any(|s| s == name);
     let per_client = if run("s5") { Some(s5_clients(&mut bench).await?) } else { None };
     if run("s1") {
-        s1(&mut bench, b1, b3).await?;
+        s1(&mut bench, b1_synced, b3).await?;
     }
     if run("s2") {
         s2_s3_s4(&mut bench).await?;
@@ -226,8 +237,13 @@ async fn main() -> Result<()> {
     }
     let mut report = bench.report;
     drop(bench.slice);
+    if run("unsynced") {
+        let b1_unsynced = b1(1, JetStreamSync::Default).await?;
+        s1_unsynced(&scale, args.smoke, b1_unsynced, &mut report).await?;
+    }
     if run("standby") {
-        s1_standby(&scale, args.smoke, &mut report).await?;
+        let b1_cluster = b1(3, JetStreamSync::Always).await?;
+        s1_standby(&scale, args.smoke, b1_cluster, &mut report).await?;
     }
 
     writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64())?;
@@ -252,7 +268,7 @@ async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
     writeln!(r, "## S1 · Sustained ingest, end to end\n")?;
     writeln!(
         r,
-        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream → gateway (ordered consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
+        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream (syncing every message, as deployed) → gateway (ordered consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
     )?;
     writeln!(r, "{table}")?;
     writeln!(
@@ -262,7 +278,7 @@ async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
     )?;
     writeln!(
         r,
-        "- **B1** raw JetStream (publish acknowledged, ordered consumer, 400-byte messages): **{b1:.0} events/s**."
+        "- **B1** raw JetStream at the same durability (one server, `sync_interval: always`; publish acknowledged, ordered consumer, 400-byte messages): **{b1:.0} events/s**."
     )?;
     writeln!(
         r,
@@ -277,11 +293,34 @@ async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
     Ok(())
 }
 
+/// S1 on nats-server's default sync (every 2 minutes, not before each acknowledgement): what
+/// per-message sync costs, beside a B1 at that durability.
+async fn s1_unsynced(scale: &Scale, smoke: bool, b1: f64, report: &mut String) -> Result<()> {
+    let clients = if smoke { 4 } else { 10 };
+    println!("S1 without per-message sync");
+    let nats = NatsServer::start_synced(JetStreamSync::Default)?;
+    let slice = Slice::start_on(nats, tests::test_territory()?, &["--kpi-interval", "60s"], GATEWAY_FLAGS).await?;
+    let mut bench = Bench::on(slice, scale.clone(), String::new(), smoke).await?;
+    let (table, best) = ladder(&mut bench, clients).await?;
+    writeln!(report, "## S1 without per-message sync\n")?;
+    writeln!(
+        report,
+        "S1 again, on a nats-server with its default sync (every 2 minutes: an event JetStream acknowledged may be lost with the machine's power, not with the process). The domain service's store is flushed before each acknowledgement all the same.\n"
+    )?;
+    writeln!(report, "{table}")?;
+    writeln!(
+        report,
+        "- **B1** raw JetStream at the same durability (default sync): **{b1:.0} events/s**.\n- Highest step sustained: **{best:.0} events/s**, {:.1} % of B1.\n",
+        100.0 * best / b1
+    )?;
+    Ok(())
+}
+
 /// What a standby costs: the S1 ladder on a 3-node NATS cluster (every stream with 3 copies),
 /// the lighting service alone, then with `--standby` and its standby running (a write
 /// acknowledged once JetStream holds its events and its state, instead of once the local disk
 /// does). Same cluster, same durability of the events: the ratio is the guarantee's price.
-async fn s1_standby(scale: &Scale, smoke: bool, report: &mut String) -> Result<()> {
+async fn s1_standby(scale: &Scale, smoke: bool, b1: f64, report: &mut String) -> Result<()> {
     let clients = if smoke { 4 } else { 10 };
     let mut runs = Vec::new();
     for standby in [false, true] {
@@ -291,7 +330,7 @@ async fn s1_standby(scale: &Scale, smoke: bool, report: &mut String) -> Result<(
             flags.extend(["--standby", "--grpc-addr", "127.0.0.1:0"]);
         }
         let gateway: Vec<&str> = GATEWAY_FLAGS.iter().copied().chain(["--stream-replicas", "3"]).collect();
-        let cluster = tests::NatsServer::start_cluster(3)?;
+        let cluster = NatsServer::start_cluster_synced(3, JetStreamSync::Always)?;
         let slice = Slice::start_on(cluster, tests::test_territory()?, &flags, &gateway).await?;
         let second = if standby {
             let store = slice.stores.path().join("lighting-standby");
@@ -312,15 +351,17 @@ async fn s1_standby(scale: &Scale, smoke: bool, report: &mut String) -> Result<(
     writeln!(report, "## S1 with a standby · what acknowledging after JetStream costs\n")?;
     writeln!(
         report,
-        "S1 again on a 3-node NATS cluster (streams with 3 copies), {clients} clients. First the lighting service alone (a write acknowledged once its sled store is flushed), then with `--standby` and its standby following (a write acknowledged once JetStream holds its events and, in the state bucket, its state).\n"
+        "S1 again on a 3-node NATS cluster (streams with 3 copies, each node syncing every message as deployed), {clients} clients. First the lighting service alone (a write acknowledged once its sled store is flushed), then with `--standby` and its standby following (a write acknowledged once JetStream holds its events and, in the state bucket, its state).\n"
     )?;
     writeln!(report, "Alone:\n\n{}", alone.0)?;
     writeln!(report, "With a standby:\n\n{}", with.0)?;
     writeln!(
         report,
-        "- Highest step sustained on the cluster: **{:.0} events/s** alone, **{:.0} events/s** with a standby: **{:.1} %**.\n",
+        "- **B1** raw JetStream on the same kind of cluster (3 copies, syncing every message): **{b1:.0} events/s**.\n- Highest step sustained on the cluster: **{:.0} events/s** alone ({:.1} % of B1), **{:.0} events/s** with a standby ({:.1} % of B1): the standby keeps **{:.1} %**.\n",
         alone.1,
+        100.0 * alone.1 / b1,
         with.1,
+        100.0 * with.1 / b1,
         if alone.1 > 0.0 { 100.0 * with.1 / alone.1 } else { 0.0 }
     )?;
     Ok(())
