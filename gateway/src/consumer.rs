@@ -39,6 +39,8 @@ pub struct Consumer {
     pub live: Arc<Live>,
     pub store: Store,
     pub stream: StreamSettings,
+    /// Whether a view with nothing applied starts from the latest checkpoint (see `checkpoint`).
+    pub checkpoints: bool,
 }
 
 impl Consumer {
@@ -88,6 +90,11 @@ impl Consumer {
             self.notice(NoticeKind::StreamRecreated, None)?;
         }
         self.store.set_stream_created(created)?;
+        if self.checkpoints && self.live.applied_seq() == 0 && state.last_sequence > 0 {
+            // A new replica (or one that lost its store): from the latest checkpoint, if any.
+            let replicas = usize::from(self.stream.replicas);
+            crate::checkpoint::restore(&self.js, replicas, created, state.last_sequence, &self.store, &self.live).await;
+        }
         let applied = self.live.applied_seq();
         if state.messages == 0 && state.last_sequence > applied {
             // The stream is empty and ahead of the view: retention dropped every event the view

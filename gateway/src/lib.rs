@@ -18,6 +18,7 @@
 pub mod access;
 pub mod auth;
 pub mod basemap;
+pub mod checkpoint;
 pub mod commands;
 pub mod consumer;
 pub mod directory;
@@ -146,6 +147,13 @@ pub struct Config {
     /// system notice tells the supervisors, and `gateway_view_bytes` shows it.
     #[arg(long, env = "VIGIE_GATEWAY_VIEW_BUDGET", default_value = "512MiB", value_parser = runtime::config::parse_bytes)]
     pub view_budget: u64,
+
+    /// A checkpoint of the view (in the object store VIGIE_VIEW, which every replica reads) is
+    /// written once the view has moved this many events past the latest one, and at least every
+    /// hour while it moves; a replica whose store is empty starts from it and replays only the
+    /// events after it. 0: no checkpoint is written or read (a new replica replays the stream).
+    #[arg(long, env = "VIGIE_GATEWAY_VIEW_CHECKPOINT_EVERY", default_value_t = 100_000)]
+    pub view_checkpoint_every: u64,
 
     /// Snapshots one login may ask for at once (over every WebSocket and gRPC stream it opens);
     /// then one every 2 s. A resume after a disconnection is not counted.
@@ -429,8 +437,19 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
         live: live.clone(),
         store: store.clone(),
         stream: config.common.stream.clone(),
+        checkpoints: config.view_checkpoint_every > 0,
     };
     let consuming = tokio::spawn(consumer.run(shutdown.clone()));
+    if config.view_checkpoint_every > 0 {
+        tokio::spawn(checkpoint::keep_writing(
+            runtime::bus::jetstream(&nats),
+            usize::from(config.common.stream.replicas),
+            live.clone(),
+            store.clone(),
+            config.view_checkpoint_every,
+            shutdown.clone(),
+        ));
+    }
 
     let keys = auth::Keys::load_or_generate(&key_path(&config)).context("the signing key (--auth-key)")?;
     let revoked = store.sessions()?.into_iter().filter(|s| s.revoked).map(|s| s.sid).collect();

@@ -285,16 +285,28 @@ impl Live {
 
     /// Replaces the view (after the stream it was built from disappeared).
     pub fn reset(&self) {
+        self.restore(OperationsView::default());
+    }
+
+    /// Replaces the view with `view` (an empty one, or a checkpoint's): no resume from before it
+    /// can be served, and no snapshot of the previous one is shared.
+    pub fn restore(&self, mut view: OperationsView) {
+        let seq = view.applied_seq();
+        view.keep_closed_reports(self.closed_reports_kept);
         let mut inner = self.lock();
-        inner.view = OperationsView::default();
-        inner.view.keep_closed_reports(self.closed_reports_kept);
+        inner.view = view;
         inner.recent.clear();
-        inner.evicted_upto = 0;
+        inner.evicted_upto = seq;
         inner.generation += 1;
         drop(inner);
         self.snapshots.forget();
         *self.current_as_of.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.applied.send_replace(0);
+        self.applied.send_replace(seq);
+    }
+
+    /// What the store persists of the view, copied under the lock (see `checkpoint`).
+    pub fn persisted(&self) -> crate::store::Loaded {
+        self.lock().view.persisted()
     }
 
     /// Applies a batch in stream order, has `save` store what changed with the sequence the view

@@ -27,6 +27,8 @@ pub struct GatewayMetrics {
     pub snapshots_shared: Counter,
     /// Snapshots refused because their login asked for too many.
     pub snapshots_refused: Counter,
+    /// The sequence of the latest view checkpoint this replica wrote or started from.
+    pub checkpoint_seq: Gauge,
 }
 
 pub fn get() -> &'static GatewayMetrics {
@@ -47,6 +49,7 @@ pub fn get() -> &'static GatewayMetrics {
             snapshots_built: Counter::default(),
             snapshots_shared: Counter::default(),
             snapshots_refused: Counter::default(),
+            checkpoint_seq: Gauge::default(),
         };
         let r = runtime::metrics::global();
         r.register("gateway_events_applied", "Events applied to the operations view", m.events_applied.clone());
@@ -68,6 +71,11 @@ pub fn get() -> &'static GatewayMetrics {
             "gateway_snapshots_refused",
             "Snapshots refused because their login asked for more than its budget",
             m.snapshots_refused.clone(),
+        );
+        r.register(
+            "gateway_checkpoint_seq",
+            "Stream sequence of the latest view checkpoint this replica wrote or started from",
+            m.checkpoint_seq.clone(),
         );
         r.register("gateway_resyncs", "Fresh snapshots sent to sessions that fell too far behind", m.resyncs.clone());
         r.register(

@@ -270,6 +270,39 @@ impl Store {
         Ok(removed)
     }
 
+    /// The log book's entries of the current stream up to `seq`, in stream order (see
+    /// `checkpoint`).
+    pub fn audit_upto(&self, seq: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        let epoch = self.audit_epoch.load(std::sync::atomic::Ordering::Acquire);
+        let mut out = Vec::new();
+        for item in self.audit.range(audit_key(epoch, 0)..=audit_key(epoch, seq)) {
+            let (key, value) = item?;
+            out.push(
+                serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Writes a checkpoint's view and log book into this empty store, in one transaction (see
+    /// `checkpoint`).
+    pub fn restore(&self, view: &Loaded, audit: &[AuditEntry]) -> Result<(), StoreError> {
+        let persist = Persist {
+            assets: view.assets.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+            alarms: view.alarms.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+            commands: view.commands.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+            kpis: view.kpis.clone(),
+            audit: audit.to_vec(),
+            applied_seq: view.applied_seq,
+        };
+        self.save(&persist)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Audit entries matching the query, newest first, at most `limit`.
     pub fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let mut out = Vec::new();

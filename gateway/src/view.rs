@@ -128,6 +128,17 @@ impl OperationsView {
         view
     }
 
+    /// What the store persists of the view, copied (see `checkpoint`).
+    pub fn persisted(&self) -> crate::store::Loaded {
+        crate::store::Loaded {
+            assets: self.assets.clone(),
+            alarms: self.alarms.clone(),
+            commands: self.commands.clone(),
+            kpis: self.kpis.clone(),
+            applied_seq: self.applied_seq,
+        }
+    }
+
     /// Closed reports leave the view once `kept` has passed since they closed (by the stream's
     /// clock, so that a view rebuilt from the stream drops the same ones).
     pub fn keep_closed_reports(&mut self, kept: Option<std::time::Duration>) {

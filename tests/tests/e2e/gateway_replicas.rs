@@ -323,3 +323,154 @@ async fn a_logout_without_the_bus_is_kept_and_a_removed_login_loses_its_credenti
     .await?;
     Ok(())
 }
+
+/// A number in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn metrics_of(gateway: &str) -> Result<String> {
+    Ok(tests::http_get(gateway, "/metrics").await?.1)
+}
+
+/// A new replica (or one whose disk was lost) rebuilt its view by replaying the whole events
+/// stream: a million events took 16 to 20 s in the benchmark, and events older than the stream's
+/// retention (7 days) were not there to replay at all. The replicas now keep a checkpoint of the
+/// view in a JetStream object store: a replica with an empty store starts from the latest one
+/// and applies only the events after it, and has the same view and the same log book as the
+/// replica that wrote it. With checkpoints off, a new replica replays every event (the control).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_replica_starts_from_the_latest_checkpoint_and_replays_only_the_events_after_it() -> Result<()> {
+    let slice = Slice::start_full(tests::test_territory()?, &[], &["--view-checkpoint-every", "20"]).await?;
+    let mut lighting = slice.lighting_client().await?;
+    let a = slice.gateway_addr.clone();
+    let supervisor = tests::login_token(&a, tests::SUPERVISOR).await?;
+    let lights: Vec<proto::lighting::Streetlight> = (0..30)
+        .map(|i| proto::lighting::Streetlight {
+            id: format!("EP-CK-{i:02}"),
+            lat: 43.6 + f64::from(i) * 1e-4,
+            lon: 3.87,
+            ..Default::default()
+        })
+        .collect();
+    lighting.register_streetlights(proto::lighting::RegisterStreetlightsRequest { streetlights: lights }).await?;
+    let report = |id: String, level: f64| proto::lighting::ReportStatusRequest {
+        report: Some(proto::lighting::StatusReport {
+            streetlight_id: id,
+            observed_at: Some(std::time::SystemTime::now().into()),
+            status: proto::lighting::LampStatus::Ok as i32,
+            power_state: proto::lighting::PowerState::On as i32,
+            illuminance_level: level,
+            power_consumption_w: 40.0 + level * 10.0,
+            voltage_v: None,
+        }),
+    };
+    for i in 0..30 {
+        lighting.report_status(report(format!("EP-CK-{i:02}"), 0.5)).await?;
+    }
+    // An operator's action: the log book must come across too.
+    let failure = proto::lighting::TelemetryMessage {
+        message: Some(proto::lighting::telemetry_message::Message::Fault(proto::lighting::FaultReport {
+            streetlight_id: "EP-CK-03".into(),
+            observed_at: Some(std::time::SystemTime::now().into()),
+            fault: proto::lighting::TalqFault::LampFailure as i32,
+            active: true,
+        })),
+    };
+    lighting.stream_telemetry(futures::stream::iter(vec![failure])).await?;
+    let key = "lighting/lamp_failure/EP-CK-03";
+    tests::eventually("the alarm in the view", Duration::from_secs(10), || async {
+        let (_, body) = tests::http_get_json_as(&a, "/api/v1/alarms", Some(&supervisor)).await?;
+        Ok(body["items"].as_array().is_some_and(|items| items.iter().any(|i| i["key"] == key)).then_some(()))
+    })
+    .await?;
+    let body = json!({"alarm_key": key, "action": "acknowledge"});
+    let (status, answer) = http_post_json_as(&a, "/api/v1/alarms/actions", &body, Some(&supervisor)).await?;
+    assert_eq!(status, 200, "{answer}");
+    // The writer's checkpoint: every 20 events, checked every 5 s.
+    let checkpoint = tests::eventually("a checkpoint after the acknowledgement", Duration::from_secs(30), || async {
+        let text = metrics_of(&a).await?;
+        let audit = tests::http_get_json_as(&a, "/api/v1/audit?action=acknowledge", Some(&supervisor)).await?.1;
+        let acknowledged_at = audit["items"][0]["seq"].as_u64();
+        let checkpoint = metric(&text, "vigie_gateway_checkpoint_seq").map(|v| v as u64);
+        Ok(checkpoint.filter(|c| acknowledged_at.is_some_and(|at| *c >= at)))
+    })
+    .await?;
+    // The tail: events after the checkpoint, fewer than 20 (no checkpoint holds them).
+    for i in 0..5 {
+        lighting.report_status(report(format!("EP-CK-{i:02}"), 0.9)).await?;
+    }
+    let applied = tests::eventually("the writer current", Duration::from_secs(10), || async {
+        let text = metrics_of(&a).await?;
+        let applied = metric(&text, "vigie_gateway_applied_seq").map(|v| v as u64);
+        Ok(applied.filter(|s| *s >= checkpoint + 5))
+    })
+    .await?;
+    assert!(checkpoint > 30, "the checkpoint holds the registrations and reports (seq {checkpoint})");
+
+    for (checkpoints, name) in [(true, "from the checkpoint"), (false, "replaying the stream")] {
+        let store = tempfile::tempdir()?;
+        let flags: &[&str] = if checkpoints { &[] } else { &["--view-checkpoint-every", "0"] };
+        let (_replica, b) = slice.start_gateway_replica(&store.path().join("gateway"), flags)?;
+        let applied_at_b = tests::eventually("the new replica current", Duration::from_secs(30), || async {
+            let text = metrics_of(&b).await?;
+            Ok(metric(&text, "vigie_gateway_applied_seq").filter(|s| *s as u64 >= applied).map(|_| text))
+        })
+        .await?;
+        let events_applied = metric(&applied_at_b, "vigie_gateway_events_applied_total").unwrap_or(-1.0) as u64;
+        let applied = metric(&applied_at_b, "vigie_gateway_applied_seq").unwrap_or(0.0) as u64;
+        if checkpoints {
+            assert_eq!(
+                metric(&applied_at_b, "vigie_gateway_checkpoint_seq").map(|v| v as u64),
+                Some(checkpoint),
+                "{name}: started from the writer's checkpoint"
+            );
+            assert!(
+                events_applied <= applied - checkpoint,
+                "{name}: {events_applied} events applied, the tail is {}",
+                applied - checkpoint
+            );
+        } else {
+            assert!(events_applied >= checkpoint, "{name}: {events_applied} events applied of {applied}");
+        }
+        // The same view and the same log book as the writer.
+        let view_of = |gateway: String| {
+            let token = supervisor.clone();
+            async move {
+                let mut live = LiveClient::connect_as(&format!("ws://{gateway}/ws"), Some(&token), None).await?;
+                let snapshot = live.next().await?;
+                let mut lamps: Vec<(String, String)> = snapshot["assets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a["domain"] == "lighting")
+                    .map(|a| (a["id"].to_string(), a["details"]["power_consumption_w"].to_string()))
+                    .collect();
+                lamps.sort();
+                let mut alarms: Vec<(String, bool)> = snapshot["alarms"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| (a["key"].to_string(), a["acknowledged"] == true))
+                    .collect();
+                alarms.sort();
+                anyhow::Ok((snapshot["seq"].as_u64(), lamps, alarms))
+            }
+        };
+        let (at_a, at_b) = (view_of(a.clone()).await?, view_of(b.clone()).await?);
+        assert_eq!(at_a.1.len(), 30, "the writer's lamps");
+        assert_eq!(at_a, at_b, "{name}: the same view at the same seq");
+        assert!(at_b.2.iter().any(|(k, acknowledged)| k.contains("EP-CK-03") && *acknowledged));
+        let audit = |gateway: String| {
+            let token = supervisor.clone();
+            async move {
+                let (_, body) = tests::http_get_json_as(&gateway, "/api/v1/audit", Some(&token)).await?;
+                anyhow::Ok(body["items"].clone())
+            }
+        };
+        let (log_a, log_b) = (audit(a.clone()).await?, audit(b.clone()).await?);
+        assert!(log_a.as_array().is_some_and(|l| !l.is_empty()), "{log_a}");
+        assert_eq!(log_a, log_b, "{name}: the same log book");
+    }
+    Ok(())
+}

@@ -447,6 +447,28 @@ async fn nats_refuses_a_publish_outside_a_services_domain() -> Result<()> {
     }
     assert_eq!(directory.get("operator.62").await?, None, "nothing refused reached the bucket");
 
+    // The view's checkpoints hold every commune's data: the gateway's alone.
+    let checkpoints = gateway
+        .create_object_store(jetstream::object_store::Config {
+            bucket: gateway::checkpoint::BUCKET.into(),
+            ..Default::default()
+        })
+        .await
+        .context("the gateway creates its checkpoints' bucket")?;
+    checkpoints.put("view", &mut &b"{}"[..]).await.context("the gateway writes a checkpoint")?;
+    for user in ["lighting", "transport", "water", "reports"] {
+        let js = jetstream::new(nats.client_as(user).await?);
+        let attempt = tokio::time::timeout(REFUSED_WITHIN, async {
+            let bucket = js.get_object_store(gateway::checkpoint::BUCKET).await?;
+            let mut object = bucket.get("view").await?;
+            let mut bytes = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes).await?;
+            Ok::<_, anyhow::Error>(bytes)
+        })
+        .await;
+        assert!(!matches!(attempt, Ok(Ok(_))), "{user} read the view's checkpoint: {attempt:?}");
+    }
+
     // A service's state (what its standby follows) and its lease are its own: another service
     // can neither write the one nor take the other.
     let water = jetstream::new(nats.client_as("water").await?);

@@ -579,7 +579,29 @@ async fn s5(bench: &mut Bench, (per_idle, per_busy): (f64, f64)) -> Result<()> {
     Ok(())
 }
 
-/// S6: how long a fresh gateway takes to rebuild its view from the stream.
+/// A number in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
+}
+
+/// Waits until the gateway at `addr` has applied the stream up to `last`.
+async fn applied_up_to(addr: &str, last: u64, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let applied = match tests::http_get(addr, "/metrics").await {
+            Ok((_, metrics)) => metric(&metrics, "vigie_gateway_applied_seq").unwrap_or(0),
+            Err(_) => 0,
+        };
+        if applied >= last {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the view did not reach {last} within {within:?} ({applied})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// S6: how long a new gateway replica takes to have a current view: replaying the stream, from
+/// the latest checkpoint, and started again on its own store.
 async fn s6(bench: &mut Bench) -> Result<()> {
     use prost::Message as _;
     let target = bench.scale.rebuild_events;
@@ -628,45 +650,88 @@ async fn s6(bench: &mut Bench) -> Result<()> {
     }
     let last = stream.info().await?.state.last_sequence;
     let events = stream.info().await?.state.messages;
-    println!("S6: rebuilding from {events} events");
+    // The running gateway takes them in, and writes its checkpoints as it goes (every 100,000
+    // events by default), as a deployment's replicas would.
+    println!("S6: the running gateway taking in {events} events");
+    applied_up_to(&bench.slice.gateway_addr, last, Duration::from_secs(600)).await?;
+    let (_, metrics) = tests::http_get(&bench.slice.gateway_addr, "/metrics").await?;
+    let checkpoint = metric(&metrics, "vigie_gateway_checkpoint_seq").unwrap_or(0);
+
+    // A new replica three ways: replaying the whole stream (checkpoints off), from the latest
+    // checkpoint, and the same replica started again on its own store.
     let store = tempfile::tempdir()?;
     let mut args = bench.slice.nats.credentials("gateway");
-    args.extend(
-        ["--store", &store.path().join("gateway").display().to_string(), "--http-addr", "127.0.0.1:0"]
-            .map(String::from),
-    );
-    let start = Instant::now();
-    let gateway = tests::Process::start("vigie-gateway", &args)?;
-    let addr = gateway.wait_for_addr("HTTP listening", 0)?;
-    let empty = gateway.pid().map(rss).transpose()?.unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let elapsed = loop {
-        let (_, metrics) = tests::http_get(&addr, "/metrics").await?;
-        let applied = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("vigie_gateway_applied_seq "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if applied >= last {
-            break start.elapsed();
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the rebuild did not finish in 10 minutes ({applied} of {last})");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    args.extend(["--http-addr", "127.0.0.1:0"].map(String::from));
+    let start_on = |store: &std::path::Path, extra: &[&str]| {
+        let mut args = args.clone();
+        args.extend(["--store".to_owned(), store.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tests::Process::start("vigie-gateway", &args)
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rebuilt = gateway.pid().map(rss).transpose()?.unwrap_or(0);
+    println!("S6: a new replica replaying {events} events");
+    let (replay, replay_rss) = {
+        let start = Instant::now();
+        let gateway = start_on(&store.path().join("replay"), &["--view-checkpoint-every", "0"])?;
+        let addr = gateway.wait_for_addr("HTTP listening", 0)?;
+        let empty = gateway.pid().map(rss).transpose()?.unwrap_or(0);
+        applied_up_to(&addr, last, Duration::from_secs(600)).await?;
+        let elapsed = start.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rebuilt = gateway.pid().map(rss).transpose()?.unwrap_or(0);
+        (elapsed, (empty, rebuilt))
+    };
+    println!("S6: a new replica from the checkpoint at {checkpoint}");
+    let fresh_store = store.path().join("from-checkpoint");
+    let (from_checkpoint, used) = {
+        let start = Instant::now();
+        let mut gateway = start_on(&fresh_store, &[])?;
+        let addr = gateway.wait_for_addr("HTTP listening", 0)?;
+        applied_up_to(&addr, last, Duration::from_secs(600)).await?;
+        let elapsed = start.elapsed();
+        let (_, metrics) = tests::http_get(&addr, "/metrics").await?;
+        let used = metric(&metrics, "vigie_gateway_checkpoint_seq").unwrap_or(0);
+        let applied = metric(&metrics, "vigie_gateway_events_applied_total").unwrap_or(0);
+        gateway.terminate()?;
+        (elapsed, (used, applied))
+    };
+    println!("S6: the same replica started again");
+    let restart = {
+        let start = Instant::now();
+        let gateway = start_on(&fresh_store, &[])?;
+        let addr = gateway.wait_for_addr("HTTP listening", 0)?;
+        applied_up_to(&addr, last, Duration::from_secs(600)).await?;
+        start.elapsed()
+    };
     let assets = bench.view_assets;
     let r = &mut bench.report;
     writeln!(r, "## S6 · Rebuilding the view\n")?;
     writeln!(
         r,
-        "A fresh gateway (empty store) started on the stream of {events} events (the run's own, topped up with streetlight reports published directly): **{:.1} s** from its start to its view being current (target ≤ 10 s for 1,000,000 events), {:.0} events/s.\n",
-        elapsed.as_secs_f64(),
-        events as f64 / elapsed.as_secs_f64()
+        "The stream holds {events} events (the run's own, topped up with streetlight reports published directly); the running gateway took them in, writing a checkpoint of its view every 100,000 events (`--view-checkpoint-every`, to the object store every replica reads); its latest was at sequence {checkpoint} of {last}. Then a new gateway replica (empty store), from its start to its view being current (target ≤ 10 s for 1,000,000 events, for a new replica too):\n"
+    )?;
+    writeln!(r, "| new replica | time to current | events applied |\n|---|---|---|")?;
+    writeln!(
+        r,
+        "| replaying the whole stream (checkpoints off: the baseline) | {:.1} s | {events} ({:.0} events/s) |",
+        replay.as_secs_f64(),
+        events as f64 / replay.as_secs_f64()
     )?;
     writeln!(
         r,
-        "Its view holds {assets} streetlights (S5 registered them and reported each once): the gateway's resident memory is {:.1} MiB, {:.1} MiB at its start, so **{:.2} KiB per asset** (view, store cache, everything).\n",
+        "| **from the latest checkpoint** (sequence {}), then the events after it | **{:.1} s** | {} |",
+        used.0,
+        from_checkpoint.as_secs_f64(),
+        used.1
+    )?;
+    writeln!(
+        r,
+        "| the same replica started again (its own store, nothing to replay) | {:.1} s | 0 |\n",
+        restart.as_secs_f64()
+    )?;
+    let (empty, rebuilt) = replay_rss;
+    writeln!(
+        r,
+        "The view holds {assets} streetlights (S5 registered them and reported each once): the replaying gateway's resident memory is {:.1} MiB, {:.1} MiB at its start, so **{:.2} KiB per asset** (view, store cache, everything).\n",
         rebuilt as f64 / (1024.0 * 1024.0),
         empty as f64 / (1024.0 * 1024.0),
         rebuilt.saturating_sub(empty) as f64 / 1024.0 / assets.max(1) as f64
