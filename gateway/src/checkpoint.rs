@@ -31,8 +31,17 @@ pub const BUCKET: &str = "VIGIE_VIEW";
 const OBJECT: &str = "view";
 /// Bumped when the checkpoint's shape changes: a checkpoint of another format is not used.
 const FORMAT: u32 = 1;
-/// A checkpoint larger than this is not read (the view's size budget keeps it far below).
+/// A checkpoint larger than this is not read (the view's size budget, 512 MiB by default, and
+/// the log book's cap keep it below).
 const MAX_BYTES: usize = 2 << 30;
+/// The log book's latest entries a checkpoint holds at most: a new replica's log book goes back
+/// that far (a replay from the stream would go back as far as its retention, 7 days).
+pub const MAX_AUDIT: usize = 100_000;
+/// Chunks of no current object, untouched this long, are another write's leftovers (one that
+/// failed, or lost to a concurrent one): deleted.
+const LEFTOVER_AFTER: Duration = Duration::from_secs(600);
+/// Times a read is tried (another replica's write may remove the chunks being read).
+const READ_TRIES: usize = 3;
 /// How often a replica looks whether a checkpoint is due.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// A view that moved at all is checkpointed at least this often, however few its events: far
@@ -100,13 +109,27 @@ async fn bucket(js: &jetstream::Context, replicas: usize) -> anyhow::Result<obje
 }
 
 /// The latest checkpoint of the stream created at `stream_created`, if there is one (none of
-/// another stream, of another format, or that cannot be read whole).
+/// another stream or of another format). A read that fails (another replica's write replaced
+/// the object under it: its digest does not match) is tried again.
 pub async fn read(
     js: &jetstream::Context,
     replicas: usize,
     stream_created: i128,
 ) -> anyhow::Result<Option<Checkpoint>> {
     let bucket = bucket(js, replicas).await?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match read_once(&bucket, stream_created).await {
+            Err(e) if tries < READ_TRIES => {
+                tracing::info!(error = %format!("{e:#}"), "reading the view checkpoint again");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn read_once(bucket: &object_store::ObjectStore, stream_created: i128) -> anyhow::Result<Option<Checkpoint>> {
     let info = match bucket.info(OBJECT).await {
         Ok(info) => info,
         Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => return Ok(None),
@@ -165,15 +188,16 @@ async fn write(bucket: &object_store::ObjectStore, checkpoint: Checkpoint) -> an
     Ok(size)
 }
 
-/// For a replica whose store is empty: the latest checkpoint of the stream created at
-/// `stream_created`, written to `store` and shown by `live`. Returns the sequence it is current
-/// at (0: none was used, and the stream is replayed from its start). A checkpoint that cannot be
-/// had is never a refusal to start: the replay is the way back.
+/// For a replica whose store is empty (`applied` 0), or behind the stream's retention: the
+/// latest checkpoint of the stream created at `stream_created`, if it is ahead of `applied`,
+/// written to `store` in place of its view and shown by `live`. Returns the sequence it is
+/// current at (0: none was used, and the stream is replayed from where the view is). A
+/// checkpoint that cannot be had is never a refusal to start: the replay is the way back.
 pub async fn restore(
     js: &jetstream::Context,
     replicas: usize,
     stream_created: i128,
-    last_in_stream: u64,
+    (applied, last_in_stream): (u64, u64),
     store: &Store,
     live: &Live,
 ) -> u64 {
@@ -191,16 +215,28 @@ pub async fn restore(
         }
     };
     let seq = checkpoint.applied_seq;
-    if seq == 0 || seq > last_in_stream {
+    if seq > last_in_stream {
         tracing::warn!(seq, last_in_stream, "the view checkpoint is not of this stream's sequences; not used");
+        return 0;
+    }
+    if seq <= applied {
         return 0;
     }
     let (view, audit) = checkpoint.into_parts();
     let assets = view.assets.len();
-    if let Err(e) = store.restore(&view, &audit) {
-        tracing::warn!(error = %e, "the view checkpoint could not be stored; replaying the events stream");
-        return 0;
-    }
+    // The store's writes and flush are blocking work: off the runtime's threads.
+    let writing = store.clone();
+    let view = match tokio::task::spawn_blocking(move || writing.restore(&view, &audit).map(|()| view)).await {
+        Ok(Ok(view)) => view,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the view checkpoint could not be stored; replaying the events stream");
+            return 0;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the view checkpoint could not be stored; replaying the events stream");
+            return 0;
+        }
+    };
     live.restore(crate::view::OperationsView::from(view));
     crate::metrics::get().checkpoint_seq.set(i64::try_from(seq).unwrap_or(i64::MAX));
     tracing::info!(seq, assets, took = ?started.elapsed(), "view restored from a checkpoint; replaying the events after it");
@@ -249,20 +285,35 @@ pub async fn keep_writing(
         if !due {
             continue;
         }
-        let started = std::time::Instant::now();
-        let view = live.persisted();
-        let seq = view.applied_seq;
-        // The view copied is the stream's whose creation was read (it was not replaced since).
-        if seq == 0 || !matches!(store.stream_created(), Ok(Some(c)) if c == created) {
+        // Replicas look at the same moments: a while apart, the others find this one's and skip.
+        let jitter = Duration::from_millis(u64::from(std::process::id()) * 7919 % 4000);
+        tokio::select! {
+            _ = tokio::time::sleep(jitter) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if latest(bucket, created).await.is_some_and(|(seq, _)| live.applied_seq() < seq.saturating_add(every)) {
             continue;
         }
-        let audit = match store.audit_upto(seq) {
-            Ok(audit) => audit,
-            Err(e) => {
+        let started = std::time::Instant::now();
+        // The view's copy (under its lock) and the log book's read are blocking work.
+        let (reading_live, reading_store) = (live.clone(), store.clone());
+        let copied = tokio::task::spawn_blocking(move || {
+            let view = reading_live.persisted();
+            let audit = reading_store.audit_upto(view.applied_seq, MAX_AUDIT);
+            // The view copied is the stream's whose creation was read (not replaced since).
+            let same_stream = matches!(reading_store.stream_created(), Ok(Some(c)) if c == created);
+            (view, audit, same_stream)
+        })
+        .await;
+        let (view, audit) = match copied {
+            Ok((view, Ok(audit), true)) if view.applied_seq > 0 => (view, audit),
+            Ok((_, Err(e), _)) => {
                 tracing::warn!(error = %e, "the log book cannot be read for a view checkpoint");
                 continue;
             }
+            _ => continue,
         };
+        let seq = view.applied_seq;
         match write(bucket, Checkpoint::new(created, view, audit)).await {
             Ok(bytes) => {
                 crate::metrics::get().checkpoint_seq.set(i64::try_from(seq).unwrap_or(i64::MAX));
@@ -270,5 +321,32 @@ pub async fn keep_writing(
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "the view checkpoint could not be written"),
         }
+        if let Err(e) = remove_leftovers(&js, bucket).await {
+            tracing::warn!(error = %format!("{e:#}"), "the view checkpoints' leftovers could not be removed");
+        }
     }
+}
+
+/// Deletes the chunks of writes that never became the current object (a write that failed, or
+/// that a concurrent one replaced before it ended: the object store deletes only the chunks of
+/// the object a write replaces), once untouched for [`LEFTOVER_AFTER`].
+async fn remove_leftovers(js: &jetstream::Context, bucket: &object_store::ObjectStore) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let current = bucket.info(OBJECT).await.ok().map(|i| i.nuid);
+    let stream = js.get_stream(format!("OBJ_{BUCKET}")).await?;
+    let prefix = format!("$O.{BUCKET}.C.");
+    let subjects: Vec<(String, usize)> = stream.info_with_subjects(format!("{prefix}>")).await?.try_collect().await?;
+    for (subject, _) in subjects {
+        if current.as_deref().is_some_and(|nuid| subject.strip_prefix(&prefix) == Some(nuid)) {
+            continue;
+        }
+        let last = stream.get_last_raw_message_by_subject(&subject).await?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let idle = now.saturating_sub(u64::try_from(last.time.unix_timestamp()).unwrap_or(u64::MAX));
+        if idle >= LEFTOVER_AFTER.as_secs() {
+            stream.purge().filter(&subject).await?;
+            tracing::info!(subject, "removed a view checkpoint's leftover chunks");
+        }
+    }
+    Ok(())
 }

@@ -90,10 +90,13 @@ impl Consumer {
             self.notice(NoticeKind::StreamRecreated, None)?;
         }
         self.store.set_stream_created(created)?;
-        if self.checkpoints && self.live.applied_seq() == 0 && state.last_sequence > 0 {
-            // A new replica (or one that lost its store): from the latest checkpoint, if any.
+        let applied = self.live.applied_seq();
+        // A new replica (or one that lost its store), or one whose next events the stream's
+        // retention dropped: from the latest checkpoint ahead of it, if any.
+        if self.checkpoints && state.last_sequence > applied && (applied == 0 || state.first_sequence > applied + 1) {
             let replicas = usize::from(self.stream.replicas);
-            crate::checkpoint::restore(&self.js, replicas, created, state.last_sequence, &self.store, &self.live).await;
+            let seqs = (applied, state.last_sequence);
+            crate::checkpoint::restore(&self.js, replicas, created, seqs, &self.store, &self.live).await;
         }
         let applied = self.live.applied_seq();
         if state.messages == 0 && state.last_sequence > applied {

@@ -125,6 +125,7 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 struct WsParams {
     resume_from: Option<u64>,
     coalesce: Option<bool>,
+    split_snapshots: Option<bool>,
     communes: Option<String>,
 }
 
@@ -150,8 +151,10 @@ async fn websocket(
         }
         Some(Ok(p)) => p,
     };
-    let (resume_from, coalesce, communes) = match params {
-        Ok(axum::extract::Query(p)) => (p.resume_from, p.coalesce.unwrap_or(true), p.communes),
+    let (resume_from, coalesce, split, communes) = match params {
+        Ok(axum::extract::Query(p)) => {
+            (p.resume_from, p.coalesce.unwrap_or(true), p.split_snapshots.unwrap_or(false), p.communes)
+        }
         Err(e) => return (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let mut filter = Filter {
@@ -173,7 +176,7 @@ async fn websocket(
         // (`SNAPSHOT_FRAME_BYTES`) at most, and a batch of deltas goes out in writes of this size.
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| session(socket, state, principal, filter, resume_from, coalesce))
+        .on_upgrade(move |socket| session(socket, state, principal, filter, resume_from, coalesce, split))
 }
 
 fn frame(message: ServerMessage) -> Message {
@@ -226,12 +229,13 @@ async fn session(
     filter: Filter,
     resume_from: Option<u64>,
     coalescing: bool,
+    split_snapshots: bool,
 ) {
     let _counted = crate::metrics::SessionGuard::start();
     let (sink, mut incoming) = socket.split();
     let mut out = Out { sink, limit: state.feed.send_limit() };
     let (mut subscription, start) =
-        match Subscription::start(&state.feed, &principal, filter, resume_from, coalescing).await {
+        match Subscription::start(&state.feed, &principal, filter, resume_from, coalescing, split_snapshots).await {
             Ok(started) => started,
             Err(Refused::Revoked) => {
                 out.close(close_code::REVOKED, "the session was closed; log in again").await;
@@ -285,7 +289,8 @@ async fn session(
                     let (code, reason) = match end {
                         End::TokenExpired => (close_code::TOKEN_EXPIRED, "the token has expired; refresh it and reconnect"),
                         End::Revoked => (close_code::REVOKED, "the session was closed; log in again"),
-                        End::ShuttingDown | End::Closed => (axum::extract::ws::close_code::AWAY, "gateway shutting down"),
+                        End::ShuttingDown => (axum::extract::ws::close_code::AWAY, "gateway shutting down"),
+                        End::Closed => (axum::extract::ws::close_code::RESTART, "the view was rebuilt; reconnect"),
                     };
                     out.close(code, reason).await;
                     return;

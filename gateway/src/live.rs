@@ -289,12 +289,15 @@ impl Live {
     }
 
     /// Replaces the view with `view` (an empty one, or a checkpoint's): no resume from before it
-    /// can be served, and no snapshot of the previous one is shared.
+    /// can be served, and no snapshot of the previous one is shared. The sessions started on the
+    /// previous one end (their broadcast is closed): their snapshot is not of this view, and the
+    /// deltas after it would not make it so. They reconnect and start afresh.
     pub fn restore(&self, mut view: OperationsView) {
         let seq = view.applied_seq();
         view.keep_closed_reports(self.closed_reports_kept);
         let mut inner = self.lock();
         inner.view = view;
+        inner.deltas = broadcast::channel(DELTA_BUFFER).0;
         inner.recent.clear();
         inner.evicted_upto = seq;
         inner.generation += 1;
@@ -419,7 +422,8 @@ impl Live {
     /// be served, else a snapshot (within the login's budget: see `snapshots`); and a receiver of
     /// every delta after it (unfiltered). The consumer never waits for this beyond copying the
     /// view's filtered states, a few sessions at a time.
-    /// `coalescing`: the session's (the deltas after a shared snapshot follow it).
+    /// `coalescing`: the session's (the deltas after a shared snapshot follow it); `split`: a
+    /// snapshot in frames of about [`SNAPSHOT_FRAME_BYTES`] (else one frame).
     pub async fn start(
         &self,
         login: &str,
@@ -427,6 +431,7 @@ impl Live {
         resume_from: Option<u64>,
         demand: Demand,
         coalescing: bool,
+        split: bool,
     ) -> Result<(Start, broadcast::Receiver<Arc<Delta>>), RateLimited> {
         if let Some(from) = resume_from {
             // A client ahead of this view (it comes from another replica, or this one has just
@@ -441,7 +446,9 @@ impl Live {
             }
         }
         self.snapshots.take(login)?;
-        let key = serde_json::to_string(filter).unwrap_or_default();
+        // Shared by the requests for the same filter, split the same way.
+        let key =
+            format!("{}{}", if split { "split:" } else { "whole:" }, serde_json::to_string(filter).unwrap_or_default());
         if let Some(started) = self.start_shared(&key, filter, demand, coalescing) {
             return Ok(started);
         }
@@ -461,7 +468,7 @@ impl Live {
             (inner.deltas.subscribe(), inner.generation, view.applied_seq(), assets, alarms, commands, kpis)
         };
         // Serialising the whole view is long work: off the runtime's threads.
-        let serialise = move || snapshot_frames(seq, assets, alarms, commands, kpis);
+        let serialise = move || snapshot_frames(seq, assets, alarms, commands, kpis, split);
         let frames = tokio::task::spawn_blocking(serialise).await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot serialise a snapshot");
             SnapshotFrames::default()
@@ -519,14 +526,16 @@ impl Live {
 /// by far) takes a frame of its own.
 pub const SNAPSHOT_FRAME_BYTES: usize = 16 * 1024;
 
-/// The view's states at `seq` as `snapshot` frames of about [`SNAPSHOT_FRAME_BYTES`] each, in
-/// order (every one but the last with `more`); one frame for an empty view.
+/// The view's states at `seq` as `snapshot` frames: of about [`SNAPSHOT_FRAME_BYTES`] each, in
+/// order (every one but the last with `more`), when `split`; else one frame (a client of the
+/// protocol that does not gather frames).
 pub fn snapshot_frames(
     seq: u64,
     assets: Vec<AssetState>,
     alarms: Vec<AlarmState>,
     commands: Vec<CommandState>,
     kpis: Vec<KpiState>,
+    split: bool,
 ) -> SnapshotFrames {
     /// Counts what serde_json writes, to size an item without keeping its text.
     struct Counter(usize);
@@ -558,8 +567,8 @@ pub fn snapshot_frames(
     macro_rules! pack {
         ($items:expr, $field:ident) => {
             for item in $items {
-                let item_bytes = size(&item);
-                if bytes > 0 && bytes + item_bytes > SNAPSHOT_FRAME_BYTES {
+                let item_bytes = if split { size(&item) } else { 0 };
+                if split && bytes > 0 && bytes + item_bytes > SNAPSHOT_FRAME_BYTES {
                     chunks.push(empty());
                     bytes = 0;
                 }

@@ -91,12 +91,12 @@ impl OpsView for OpsViewApi {
         filter.communes =
             principal.scope.narrow(&filter.communes).map_err(|e| Status::permission_denied(e.to_string()))?;
         let (mut subscription, start) =
-            Subscription::start(&self.feed, &principal, filter, r.resume_from, !r.every_update).await.map_err(
-                |refused| match refused {
+            Subscription::start(&self.feed, &principal, filter, r.resume_from, !r.every_update, r.split_snapshots)
+                .await
+                .map_err(|refused| match refused {
                     Refused::Revoked => Status::unauthenticated("the session was closed"),
                     Refused::Limited(limited) => Status::resource_exhausted(limited.to_string()),
-                },
-            )?;
+                })?;
         let (sender, receiver) = mpsc::channel::<Result<LiveFrame, Status>>(STREAM_BUFFER);
         let limit = self.feed.send_limit();
         tokio::spawn(async move {
@@ -134,9 +134,10 @@ impl OpsView for OpsViewApi {
                             let status = match end {
                                 End::TokenExpired => Status::unauthenticated("the token has expired"),
                                 End::Revoked => Status::unauthenticated("the session was closed"),
-                                End::ShuttingDown | End::Closed => {
+                                End::ShuttingDown => {
                                     Status::unavailable("the gateway is shutting down; subscribe again with resume_from")
                                 }
+                                End::Closed => Status::unavailable("the view was rebuilt; subscribe again"),
                             };
                             let _ = tokio::time::timeout(limit, sender.send(Err(status))).await;
                             return;

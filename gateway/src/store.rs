@@ -270,12 +270,12 @@ impl Store {
         Ok(removed)
     }
 
-    /// The log book's entries of the current stream up to `seq`, in stream order (see
-    /// `checkpoint`).
-    pub fn audit_upto(&self, seq: u64) -> Result<Vec<AuditEntry>, StoreError> {
+    /// The log book's latest entries (at most `limit`) of the current stream up to `seq`, in
+    /// stream order (see `checkpoint`).
+    pub fn audit_upto(&self, seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let epoch = self.audit_epoch.load(std::sync::atomic::Ordering::Acquire);
         let mut out = Vec::new();
-        for item in self.audit.range(audit_key(epoch, 0)..=audit_key(epoch, seq)) {
+        for item in self.audit.range(audit_key(epoch, 0)..=audit_key(epoch, seq)).rev().take(limit) {
             let (key, value) = item?;
             out.push(
                 serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt {
@@ -284,12 +284,19 @@ impl Store {
                 })?,
             );
         }
+        out.reverse();
         Ok(out)
     }
 
-    /// Writes a checkpoint's view and log book into this empty store, in one transaction (see
-    /// `checkpoint`).
+    /// Puts a checkpoint's view and log book in place of the stored view (see `checkpoint`).
+    /// The stored sequence goes first: a crash in between leaves a view that starts from nothing
+    /// (the checkpoint is then read again), never an old sequence over a partial view.
     pub fn restore(&self, view: &Loaded, audit: &[AuditEntry]) -> Result<(), StoreError> {
+        self.meta.remove(APPLIED_SEQ)?;
+        self.db.flush()?;
+        for tree in [&self.assets, &self.alarms, &self.commands, &self.kpis] {
+            tree.clear()?;
+        }
         let persist = Persist {
             assets: view.assets.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
             alarms: view.alarms.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),

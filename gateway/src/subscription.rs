@@ -71,7 +71,8 @@ pub enum End {
     TokenExpired,
     Revoked,
     ShuttingDown,
-    /// The view's broadcast is gone (the gateway is stopping).
+    /// The view's broadcast is gone: the gateway is stopping, or the view was replaced (from a
+    /// checkpoint, or for a recreated stream) and the client must start again.
     Closed,
 }
 
@@ -81,6 +82,8 @@ pub struct Subscription {
     sid: String,
     filter: Filter,
     coalescing: bool,
+    /// Its snapshots in frames of about 16 KiB (the client said it gathers them).
+    split_snapshots: bool,
     deltas: broadcast::Receiver<Arc<Delta>>,
     revocations: broadcast::Receiver<String>,
     batch: Vec<Arc<Delta>>,
@@ -98,6 +101,7 @@ impl Subscription {
         filter: Filter,
         resume_from: Option<u64>,
         coalescing: bool,
+        split_snapshots: bool,
     ) -> Result<(Subscription, Vec<Utf8Bytes>), Refused> {
         // Listening for revocations before anything is sent: a logout right after the snapshot
         // must not slip between the two.
@@ -107,7 +111,7 @@ impl Subscription {
         }
         let (start, deltas) = feed
             .live
-            .start(&principal.login, &filter, resume_from, Demand::Asked, coalescing)
+            .start(&principal.login, &filter, resume_from, Demand::Asked, coalescing, split_snapshots)
             .await
             .map_err(Refused::Limited)?;
         let mut heartbeat = tokio::time::interval(feed.heartbeat);
@@ -120,6 +124,7 @@ impl Subscription {
             sid: principal.sid.clone(),
             filter,
             coalescing,
+            split_snapshots,
             deltas,
             revocations,
             batch: Vec::new(),
@@ -142,8 +147,11 @@ impl Subscription {
         resume_from: Option<u64>,
         coalescing: bool,
     ) -> Result<Vec<Utf8Bytes>, RateLimited> {
-        let (start, deltas) =
-            self.feed.live.start(&self.login, &filter, resume_from, Demand::Asked, coalescing).await?;
+        let (start, deltas) = self
+            .feed
+            .live
+            .start(&self.login, &filter, resume_from, Demand::Asked, coalescing, self.split_snapshots)
+            .await?;
         self.filter = filter;
         self.coalescing = coalescing;
         self.batch.clear();
@@ -158,7 +166,11 @@ impl Subscription {
         tracing::info!(missed, login = %self.login, "a subscription fell behind; sending a fresh snapshot");
         crate::metrics::get().resyncs.inc();
         self.batch.clear();
-        let started = self.feed.live.start(&self.login, &self.filter, None, Demand::FellBehind, self.coalescing).await;
+        let started = self
+            .feed
+            .live
+            .start(&self.login, &self.filter, None, Demand::FellBehind, self.coalescing, self.split_snapshots)
+            .await;
         let (start, deltas) = started.inspect_err(|_| {
             tracing::warn!(login = %self.login, "a subscription fell behind past its login's snapshot budget; ending it");
         })?;

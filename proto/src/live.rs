@@ -34,10 +34,11 @@ impl ServerFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The whole view, current as of `seq`: every asset, the active alarms, the recent commands,
-    /// the latest KPIs of each domain and commune. A large view comes in several `snapshot`
-    /// frames of the same `seq`, one after the other: every one but the last says `more`. The
-    /// client takes the union of their lists, and replaces what it knew once the last arrives.
-    /// (Frames of a few KiB keep the server's per-client buffers small, whatever the view's size.)
+    /// the latest KPIs of each domain and commune. For a client that asked for split snapshots
+    /// (`split_snapshots=true`), a large view comes in several `snapshot` frames of the same
+    /// `seq`, one after the other: every one but the last says `more`. The client takes the union
+    /// of their lists, and replaces what it knew once the last arrives. (Frames of a few KiB keep
+    /// the server's per-client buffers small, whatever the view's size.)
     Snapshot {
         seq: u64,
         assets: Vec<AssetState>,

@@ -266,8 +266,9 @@ async fn frames_arriving_together_within_the_allowance_do_not_close_a_client() -
 
 /// A view's snapshot went out as one frame, however large: each connection's write buffer kept
 /// that size for its life (a territory's snapshot is megabytes, so 1.2 MiB per idle client in the
-/// benchmark). It now comes in frames of about 16 KiB, of one `seq`, every one but the last
-/// saying `more`, which together hold the whole view once; the deltas follow.
+/// benchmark). To a client that asks (`split_snapshots=true`, as the console does) it now comes
+/// in frames of about 16 KiB, of one `seq`, every one but the last saying `more`, which together
+/// hold the whole view once; the deltas follow. Other clients still get it whole.
 #[tokio::test]
 async fn a_large_snapshot_comes_in_small_frames_that_hold_the_view_once() -> Result<()> {
     const LAMPS: usize = 1_500;
@@ -288,7 +289,14 @@ async fn a_large_snapshot_comes_in_small_frames_that_hold_the_view_once() -> Res
     })
     .await?;
 
-    let mut client = LiveClient::connect(&format!("ws://{}/ws", slice.gateway_addr)).await?;
+    // A client that does not say it gathers frames gets the snapshot whole.
+    let mut whole = LiveClient::connect(&format!("ws://{}/ws", slice.gateway_addr)).await?;
+    let frame = whole.next_frame().await?;
+    assert_eq!(frame["type"], "snapshot");
+    assert!(frame.get("more").is_none(), "one frame");
+    assert_eq!(frame["assets"].as_array().map(Vec::len), Some(LAMPS));
+
+    let mut client = LiveClient::connect(&format!("ws://{}/ws?split_snapshots=true", slice.gateway_addr)).await?;
     let mut frames = Vec::new();
     loop {
         let frame = client.next_frame().await?;

@@ -101,6 +101,8 @@ export class LiveState {
     // After a network loss, ask for what was missed since the last sequence seen.
     if (this.#snapshotSeen && this.seq > 0) url.searchParams.set("resume_from", String(this.seq));
     if (this.#communes.length > 0) url.searchParams.set("communes", this.#communes.join(","));
+    // Snapshots in frames of about 16 KiB (gathered in #receive): the gateway keeps small buffers.
+    url.searchParams.set("split_snapshots", "true");
     return url.toString();
   }
 

@@ -58,7 +58,7 @@ impl Scale {
         Scale {
             lamps: 2_000,
             b1_messages: 200_000,
-            ladder: vec![1_000.0, 2_000.0, 5_000.0, 10_000.0, 20_000.0, 40_000.0],
+            ladder: vec![1_000.0, 2_000.0, 3_000.0, 4_000.0, 5_000.0, 7_500.0, 10_000.0, 15_000.0, 20_000.0, 40_000.0],
             step: Duration::from_secs(10),
             latency_rates: vec![1_000.0, 5_000.0],
             latency_clients: vec![100, 1_000],
@@ -121,7 +121,13 @@ struct Bench {
     scale: Scale,
     report: String,
     smoke: bool,
+    /// The lighting service's `/metrics` address (its outbox's depth).
+    lighting_metrics: String,
 }
+
+/// The lighting service's flags: KPIs rarely (they are not measured), metrics served (the
+/// benchmark waits for its outbox to drain between runs).
+const LIGHTING_FLAGS: &[&str] = &["--kpi-interval", "60s", "--metrics-addr", "127.0.0.1:0"];
 
 /// The gateway's flags: thousands of consoles under one login (each would have its own in a
 /// control room), so the per-login snapshot budget is lifted.
@@ -135,8 +141,45 @@ impl Bench {
         let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(channel.clone());
         let lamps = load::register(&mut lighting, scale.lamps).await?;
         let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR).await?;
-        let ws = format!("ws://{}/ws", slice.gateway_addr);
-        Ok(Bench { slice, channel, view_assets: lamps.len(), lamps, next: 0, ws, token, scale, report, smoke })
+        // The console's kind of client: snapshots in frames of about 16 KiB.
+        let ws = format!("ws://{}/ws?split_snapshots=true", slice.gateway_addr);
+        let lighting_metrics = slice.lighting.wait_for_addr("metrics listening", 0)?;
+        Ok(Bench {
+            slice,
+            channel,
+            view_assets: lamps.len(),
+            lamps,
+            next: 0,
+            ws,
+            token,
+            scale,
+            report,
+            smoke,
+            lighting_metrics,
+        })
+    }
+
+    /// Waits until what earlier runs left is done: the lighting service's outbox empty and the
+    /// gateway's view at the stream's last event (a step that overloaded the system leaves a
+    /// backlog; the next run must not measure it). Returns how long that took.
+    async fn drain(&self) -> Result<Duration> {
+        let start = Instant::now();
+        let js = async_nats::jetstream::new(self.slice.nats.client_as("gateway").await?);
+        loop {
+            let (_, lighting) = tests::http_get(&self.lighting_metrics, "/metrics").await?;
+            let depth = metric(&lighting, "vigie_outbox_depth").unwrap_or(0);
+            let last = js.get_stream(proto::subject::EVENTS_STREAM).await?.info().await?.state.last_sequence;
+            let (_, gateway) = tests::http_get(&self.slice.gateway_addr, "/metrics").await?;
+            let applied = metric(&gateway, "vigie_gateway_applied_seq").unwrap_or(0);
+            if depth == 0 && applied >= last {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(600),
+                "the system did not drain in 10 minutes (outbox {depth}, view at {applied} of {last})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Plays `load` while `roles` clients are connected; what the measuring ones saw.
@@ -147,7 +190,11 @@ impl Bench {
         roles: &[Role],
         coalesce: bool,
     ) -> Result<(load::Sent, Seen, u64)> {
-        let url = if coalesce { self.ws.clone() } else { format!("{}?coalesce=false", self.ws) };
+        let drained = self.drain().await?;
+        if drained > Duration::from_secs(2) {
+            println!("  (waited {:.1} s for the previous run's backlog)", drained.as_secs_f64());
+        }
+        let url = if coalesce { self.ws.clone() } else { format!("{}&coalesce=false", self.ws) };
         let fleet = clients::connect(&url, Some(&self.token), roles).await?;
         // The snapshot each client gets first is not what is measured.
         tokio::time::sleep(Duration::from_millis(500 + fleet.len() as u64)).await;
@@ -198,6 +245,10 @@ async fn main() -> Result<()> {
         report,
         "**Durability.** The system runs on nats-server as deployed (`deploy/nats/`: `sync_interval: always`, every acknowledged event on disk), and each S1 figure is set beside a B1 measured at the same durability: on one server syncing every message for the system as deployed, on one server with nats-server's default sync (every 2 minutes) for S1 without per-message sync, on a 3-node cluster (3 copies, syncing every message) for S1 on the cluster.\n"
     )?;
+    writeln!(
+        report,
+        "**Between runs** the benchmark waits until the lighting service's outbox is empty and the gateway's view has the stream's last event: a step that overloaded the system leaves a backlog, which the next run must not measure.\n"
+    )?;
 
     // B1 on a server of its own (open: no users), before the system starts.
     let b1 = |nodes: usize, sync: JetStreamSync| {
@@ -218,7 +269,7 @@ async fn main() -> Result<()> {
     println!("starting the system");
     let territory = tests::test_territory()?;
     let nats = NatsServer::start_synced(JetStreamSync::Always)?;
-    let slice = Slice::start_on(nats, territory, &["--kpi-interval", "60s"], GATEWAY_FLAGS).await?;
+    let slice = Slice::start_on(nats, territory, LIGHTING_FLAGS, GATEWAY_FLAGS).await?;
     let mut bench = Bench::on(slice, scale.clone(), report, args.smoke).await?;
 
     let run = |name: &str| args.scenarios.iter().any(|s| s == name);
@@ -299,7 +350,7 @@ async fn s1_unsynced(scale: &Scale, smoke: bool, b1: f64, report: &mut String) -
     let clients = if smoke { 4 } else { 10 };
     println!("S1 without per-message sync");
     let nats = NatsServer::start_synced(JetStreamSync::Default)?;
-    let slice = Slice::start_on(nats, tests::test_territory()?, &["--kpi-interval", "60s"], GATEWAY_FLAGS).await?;
+    let slice = Slice::start_on(nats, tests::test_territory()?, LIGHTING_FLAGS, GATEWAY_FLAGS).await?;
     let mut bench = Bench::on(slice, scale.clone(), String::new(), smoke).await?;
     let (table, best) = ladder(&mut bench, clients).await?;
     writeln!(report, "## S1 without per-message sync\n")?;
@@ -325,7 +376,7 @@ async fn s1_standby(scale: &Scale, smoke: bool, b1: f64, report: &mut String) ->
     let mut runs = Vec::new();
     for standby in [false, true] {
         println!("S1 on a 3-node cluster, {}", if standby { "with a standby" } else { "alone" });
-        let mut flags = vec!["--kpi-interval", "60s", "--stream-replicas", "3"];
+        let mut flags: Vec<&str> = LIGHTING_FLAGS.iter().copied().chain(["--stream-replicas", "3"]).collect();
         if standby {
             flags.extend(["--standby", "--grpc-addr", "127.0.0.1:0"]);
         }
@@ -695,12 +746,14 @@ async fn s6(bench: &mut Bench) -> Result<()> {
         (elapsed, (used, applied))
     };
     println!("S6: the same replica started again");
-    let restart = {
+    let (restart, restart_applied) = {
         let start = Instant::now();
         let gateway = start_on(&fresh_store, &[])?;
         let addr = gateway.wait_for_addr("HTTP listening", 0)?;
         applied_up_to(&addr, last, Duration::from_secs(600)).await?;
-        start.elapsed()
+        let elapsed = start.elapsed();
+        let (_, metrics) = tests::http_get(&addr, "/metrics").await?;
+        (elapsed, metric(&metrics, "vigie_gateway_events_applied_total").unwrap_or(0))
     };
     let assets = bench.view_assets;
     let r = &mut bench.report;
@@ -716,16 +769,16 @@ async fn s6(bench: &mut Bench) -> Result<()> {
         replay.as_secs_f64(),
         events as f64 / replay.as_secs_f64()
     )?;
+    let from = if used.0 > 0 { format!("sequence {}", used.0) } else { "NONE USED: it replayed the stream".into() };
     writeln!(
         r,
-        "| **from the latest checkpoint** (sequence {}), then the events after it | **{:.1} s** | {} |",
-        used.0,
+        "| **from the latest checkpoint** ({from}), then the events after it | **{:.1} s** | {} |",
         from_checkpoint.as_secs_f64(),
         used.1
     )?;
     writeln!(
         r,
-        "| the same replica started again (its own store, nothing to replay) | {:.1} s | 0 |\n",
+        "| the same replica started again (its own store) | {:.1} s | {restart_applied} |\n",
         restart.as_secs_f64()
     )?;
     let (empty, rebuilt) = replay_rss;
