@@ -228,12 +228,16 @@ pub async fn restore(
     let writing = store.clone();
     let view = match tokio::task::spawn_blocking(move || writing.restore(&view, &audit).map(|()| view)).await {
         Ok(Ok(view)) => view,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the view checkpoint could not be stored; replaying the events stream");
-            return 0;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the view checkpoint could not be stored; replaying the events stream");
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+                Ok(Ok(_)) => String::new(),
+            };
+            // The store's view may be cleared already: the view in memory follows it, and the
+            // stream is replayed from its start.
+            tracing::warn!(error, "the view checkpoint could not be stored; replaying the events stream");
+            live.reset();
             return 0;
         }
     };
@@ -277,21 +281,23 @@ pub async fn keep_writing(
             }
         }
         let Some(bucket) = &bucket_handle else { continue };
-        // The latest checkpoint, whichever replica wrote it.
-        let due = match latest(bucket, created).await {
+        // The latest checkpoint, whichever replica wrote it: one is due after `every` events, or
+        // after MAX_AGE if the view moved at all.
+        let due = |latest: Option<(u64, Duration)>, applied: u64| match latest {
             None => true,
             Some((seq, age)) => applied >= seq.saturating_add(every) || (applied > seq && age >= MAX_AGE),
         };
-        if !due {
+        if !due(latest(bucket, created).await, applied) {
             continue;
         }
-        // Replicas look at the same moments: a while apart, the others find this one's and skip.
-        let jitter = Duration::from_millis(u64::from(std::process::id()) * 7919 % 4000);
+        // Replicas look at the same moments (and may share a process id, one per container): a
+        // random while apart, the others find this one's and skip.
+        let jitter = Duration::from_millis(rand::random::<u64>() % 4000);
         tokio::select! {
             _ = tokio::time::sleep(jitter) => {}
             _ = shutdown.cancelled() => return,
         }
-        if latest(bucket, created).await.is_some_and(|(seq, _)| live.applied_seq() < seq.saturating_add(every)) {
+        if !due(latest(bucket, created).await, live.applied_seq()) {
             continue;
         }
         let started = std::time::Instant::now();
@@ -332,17 +338,25 @@ pub async fn keep_writing(
 /// the object a write replaces), once untouched for [`LEFTOVER_AFTER`].
 async fn remove_leftovers(js: &jetstream::Context, bucket: &object_store::ObjectStore) -> anyhow::Result<()> {
     use futures::TryStreamExt;
-    let current = bucket.info(OBJECT).await.ok().map(|i| i.nuid);
-    let stream = js.get_stream(format!("OBJ_{BUCKET}")).await?;
+    // Which object is current must be known: on any doubt, nothing is removed.
+    let current = match bucket.info(OBJECT).await {
+        Ok(info) if !info.deleted => Some(info.nuid),
+        Ok(_) => None,
+        Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => None,
+        Err(e) => return Err(e).context("reading the current view checkpoint"),
+    };
+    let mut stream = js.get_stream(format!("OBJ_{BUCKET}")).await?;
+    // The server's clock, as the chunks' times are.
+    let now = stream.info().await?.state.last_timestamp.unix_timestamp();
     let prefix = format!("$O.{BUCKET}.C.");
     let subjects: Vec<(String, usize)> = stream.info_with_subjects(format!("{prefix}>")).await?.try_collect().await?;
     for (subject, _) in subjects {
         if current.as_deref().is_some_and(|nuid| subject.strip_prefix(&prefix) == Some(nuid)) {
             continue;
         }
-        let last = stream.get_last_raw_message_by_subject(&subject).await?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-        let idle = now.saturating_sub(u64::try_from(last.time.unix_timestamp()).unwrap_or(u64::MAX));
+        // Purged meanwhile by a write that replaced its object: nothing to do.
+        let Ok(last) = stream.get_last_raw_message_by_subject(&subject).await else { continue };
+        let idle = u64::try_from(now.saturating_sub(last.time.unix_timestamp())).unwrap_or(0);
         if idle >= LEFTOVER_AFTER.as_secs() {
             stream.purge().filter(&subject).await?;
             tracing::info!(subject, "removed a view checkpoint's leftover chunks");

@@ -199,6 +199,15 @@ impl Store {
     /// kept (the replay writes its entries again under the same keys), and so are the operators,
     /// sessions and communes, which are not part of the view.
     pub fn load_or_forget(&self) -> Result<Loaded, StoreError> {
+        // Records without a stored sequence are what an interrupted `restore` left: forgotten.
+        let trees = [&self.assets, &self.alarms, &self.commands, &self.kpis];
+        if self.meta.get(APPLIED_SEQ)?.is_none() && trees.iter().any(|t| !t.is_empty()) {
+            tracing::warn!("the stored view has no sequence (a restore was interrupted); it is rebuilt");
+            for tree in trees {
+                tree.clear()?;
+            }
+            self.db.flush()?;
+        }
         match self.load() {
             Err(e @ StoreError::Corrupt { .. }) => {
                 tracing::error!(error = %e, "the stored view cannot be read; it is rebuilt from the events stream");

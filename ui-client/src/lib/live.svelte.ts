@@ -132,6 +132,12 @@ export class LiveState {
         return;
       }
       if (this.link === "live") this.liveUntil = Date.now();
+      // 1012: the gateway replaced its view (a checkpoint, a recreated stream): what this page
+      // holds is not of it, and no resume can follow it. A fresh snapshot.
+      if (event.code === 1012) {
+        this.#snapshotSeen = false;
+        this.seq = 0;
+      }
       this.link = "reconnecting";
       // An expired token (or a refused upgrade, which a browser reports as 1006): a fresh token
       // first, then at once, resuming from the last sequence.

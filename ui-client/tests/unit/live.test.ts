@@ -203,3 +203,14 @@ test("a snapshot in several frames replaces the view once its last frame arrives
   assert.deepEqual([...live.assets.values()].map((a) => a.id), ["EP7"]);
   live.stop();
 });
+
+test("after 1012 (the gateway replaced its view) the console asks for a fresh snapshot, not a resume", () => {
+  const live = started();
+  last().frame(snapshot(10));
+  last().frame({ type: "delta", seq: 11, asset: lamp("EP1", 0.9) });
+  last().drop(1012, "the view was rebuilt; reconnect");
+  vi.advanceTimersByTime(5_000);
+  assert.equal(FakeSocket.opened.length, 2);
+  assert.equal(new URL(last().url).searchParams.get("resume_from"), null);
+  live.stop();
+});
