@@ -199,16 +199,22 @@ impl Store {
     /// kept (the replay writes its entries again under the same keys), and so are the operators,
     /// sessions and communes, which are not part of the view.
     pub fn load_or_forget(&self) -> Result<Loaded, StoreError> {
-        // Records without a stored sequence are what an interrupted `restore` left: forgotten.
-        let trees = [&self.assets, &self.alarms, &self.commands, &self.kpis];
-        if self.meta.get(APPLIED_SEQ)?.is_none() && trees.iter().any(|t| !t.is_empty()) {
-            tracing::warn!("the stored view has no sequence (a restore was interrupted); it is rebuilt");
-            for tree in trees {
-                tree.clear()?;
-            }
-            self.db.flush()?;
-        }
         match self.load() {
+            // Records without a stored sequence are what an interrupted `restore` left.
+            Ok(loaded)
+                if loaded.applied_seq == 0
+                    && !(loaded.assets.is_empty()
+                        && loaded.alarms.is_empty()
+                        && loaded.commands.is_empty()
+                        && loaded.kpis.is_empty()) =>
+            {
+                tracing::warn!("the stored view has no sequence (a restore was interrupted); it is rebuilt");
+                for tree in [&self.assets, &self.alarms, &self.commands, &self.kpis] {
+                    tree.clear()?;
+                }
+                self.db.flush()?;
+                Ok(Loaded::default())
+            }
             Err(e @ StoreError::Corrupt { .. }) => {
                 tracing::error!(error = %e, "the stored view cannot be read; it is rebuilt from the events stream");
                 crate::metrics::get().view_records_unreadable.inc();
