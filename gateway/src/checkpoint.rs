@@ -15,9 +15,9 @@
 
 use anyhow::Context;
 use async_nats::jetstream::{self, object_store};
-use proto::live::{AlarmState, AssetState, AuditEntry, CommandState, KpiState};
+use proto::live::AuditEntry;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -50,45 +50,20 @@ const MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long reading a checkpoint may take before the replica replays the stream instead.
 const READ_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The view at `applied_seq` of the stream created at `stream_created`.
+/// The view, at its `applied_seq`, of the stream created at `stream_created`.
 #[derive(Serialize, Deserialize)]
 pub struct Checkpoint {
     format: u32,
     /// Nanoseconds since 1970.
     pub stream_created: i128,
-    pub applied_seq: u64,
-    pub assets: HashMap<String, AssetState>,
-    pub alarms: HashMap<String, AlarmState>,
-    pub commands: BTreeMap<String, CommandState>,
-    pub kpis: HashMap<String, KpiState>,
-    /// The log book's entries of this stream, up to `applied_seq`.
+    pub view: Loaded,
+    /// The log book's entries of this stream, up to the view's sequence.
     pub audit: Vec<AuditEntry>,
 }
 
 impl Checkpoint {
     pub fn new(stream_created: i128, view: Loaded, audit: Vec<AuditEntry>) -> Checkpoint {
-        Checkpoint {
-            format: FORMAT,
-            stream_created,
-            applied_seq: view.applied_seq,
-            assets: view.assets,
-            alarms: view.alarms,
-            commands: view.commands,
-            kpis: view.kpis,
-            audit,
-        }
-    }
-
-    /// The view it holds, and its log book.
-    pub fn into_parts(self) -> (Loaded, Vec<AuditEntry>) {
-        let view = Loaded {
-            assets: self.assets,
-            alarms: self.alarms,
-            commands: self.commands,
-            kpis: self.kpis,
-            applied_seq: self.applied_seq,
-        };
-        (view, self.audit)
+        Checkpoint { format: FORMAT, stream_created, view, audit }
     }
 }
 
@@ -172,7 +147,7 @@ async fn latest(bucket: &object_store::ObjectStore, stream_created: i128) -> Opt
 
 /// Writes `checkpoint` as the latest.
 async fn write(bucket: &object_store::ObjectStore, checkpoint: Checkpoint) -> anyhow::Result<usize> {
-    let (seq, created) = (checkpoint.applied_seq, checkpoint.stream_created);
+    let (seq, created) = (checkpoint.view.applied_seq, checkpoint.stream_created);
     let bytes = tokio::task::spawn_blocking(move || serde_json::to_vec(&checkpoint)).await??;
     let size = bytes.len();
     let meta = object_store::ObjectMetadata {
@@ -214,7 +189,7 @@ pub async fn restore(
             return 0;
         }
     };
-    let seq = checkpoint.applied_seq;
+    let seq = checkpoint.view.applied_seq;
     if seq > last_in_stream {
         tracing::warn!(seq, last_in_stream, "the view checkpoint is not of this stream's sequences; not used");
         return 0;
@@ -222,18 +197,17 @@ pub async fn restore(
     if seq <= applied {
         return 0;
     }
-    let (view, audit) = checkpoint.into_parts();
+    let Checkpoint { view, audit, .. } = checkpoint;
     let assets = view.assets.len();
     // The store's writes and flush are blocking work: off the runtime's threads.
     let writing = store.clone();
-    let view = match tokio::task::spawn_blocking(move || writing.restore(&view, &audit).map(|()| view)).await {
-        Ok(Ok(view)) => view,
-        failed => {
-            let error = match failed {
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-                Ok(Ok(_)) => String::new(),
-            };
+    let stored = tokio::task::spawn_blocking(move || writing.restore(&view, &audit).map(|()| view))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|stored| stored.map_err(|e| e.to_string()));
+    let view = match stored {
+        Ok(view) => view,
+        Err(error) => {
             // The store's view may be cleared already: the view in memory follows it, and the
             // stream is replayed from its start.
             tracing::warn!(error, "the view checkpoint could not be stored; replaying the events stream");

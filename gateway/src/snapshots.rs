@@ -66,10 +66,6 @@ impl SnapshotFrames {
         self.0.iter().map(|f| f.len()).sum()
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -67,8 +67,8 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
-/// The persisted view.
-#[derive(Default)]
+/// The persisted view (also what a checkpoint carries: see `checkpoint`).
+#[derive(Default, Serialize, serde::Deserialize)]
 pub struct Loaded {
     pub assets: HashMap<String, AssetState>,
     pub alarms: HashMap<String, AlarmState>,

@@ -74,6 +74,11 @@ pub fn use_token(host_port: &str, token: &str) {
     }
 }
 
+/// The value of metric `name` in a Prometheus (OpenMetrics) text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A GET: (status, body).
 pub async fn http_get(host_port: &str, path: &str) -> Result<(u16, String)> {
     http_get_as(host_port, path, token_for(host_port).as_deref()).await

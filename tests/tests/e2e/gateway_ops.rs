@@ -423,19 +423,16 @@ async fn operators_work_alarms_on_one_replica_and_every_replica_follows() -> Res
     // Prometheus metrics: the gateway's on its HTTP address, the lighting service's on its own.
     let (status, text) = tests::http_get(&a, "/metrics").await?;
     assert_eq!(status, 200);
-    let value = |text: &str, name: &str| -> Option<f64> {
-        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-    };
-    assert!(value(&text, "vigie_gateway_events_applied_total").is_some_and(|n| n >= 10.0), "{text}");
-    assert!(value(&text, "vigie_gateway_ws_clients").is_some_and(|n| n >= 0.0), "{text}");
-    assert!(value(&text, "vigie_gateway_consumer_pending").is_some(), "{text}");
+    assert!(tests::metric(&text, "vigie_gateway_events_applied_total").is_some_and(|n| n >= 10.0), "{text}");
+    assert!(tests::metric(&text, "vigie_gateway_ws_clients").is_some_and(|n| n >= 0.0), "{text}");
+    assert!(tests::metric(&text, "vigie_gateway_consumer_pending").is_some(), "{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text");
     let lighting_metrics = slice.lighting.wait_for_addr("metrics listening", 0)?;
     let (status, text) = tests::http_get(&lighting_metrics, "/metrics").await?;
     assert_eq!(status, 200);
-    assert!(value(&text, "vigie_outbox_published_total").is_some_and(|n| n >= 2.0), "{text}");
-    assert_eq!(value(&text, "vigie_ingest_accepted_total"), Some(4.0), "the lamp faults streamed: {text}");
-    assert!(value(&text, "vigie_outbox_depth").is_some(), "{text}");
+    assert!(tests::metric(&text, "vigie_outbox_published_total").is_some_and(|n| n >= 2.0), "{text}");
+    assert_eq!(tests::metric(&text, "vigie_ingest_accepted_total"), Some(4.0), "the lamp faults streamed: {text}");
+    assert!(tests::metric(&text, "vigie_outbox_depth").is_some(), "{text}");
 
     // A restarted replica has the same view and audit log.
     let audit_before = items(&a, "/api/v1/audit").await?;

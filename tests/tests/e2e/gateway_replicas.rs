@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-use tests::{LiveClient, Slice, TEST_PASSWORD, http_get_as, http_post_json_as};
+use tests::{LiveClient, Slice, TEST_PASSWORD, http_get_as, http_post_json_as, metric};
 
 /// Logs in with the harness's password; returns (access token, refresh token).
 async fn session(gateway: &str, login: &str) -> Result<(String, String)> {
@@ -35,6 +35,18 @@ async fn logout_closes_socket(a: &str, b: &str, access: &str, within: Duration) 
     let code = tokio::time::timeout(within, at_b.close_code()).await??;
     assert_eq!(code, proto::live::close_code::REVOKED);
     Ok(logged_out.elapsed())
+}
+
+/// A lamp failure as its controller reports it, now.
+fn lamp_failure(lamp: &str) -> proto::lighting::TelemetryMessage {
+    proto::lighting::TelemetryMessage {
+        message: Some(proto::lighting::telemetry_message::Message::Fault(proto::lighting::FaultReport {
+            streetlight_id: lamp.into(),
+            observed_at: Some(std::time::SystemTime::now().into()),
+            fault: proto::lighting::TalqFault::LampFailure as i32,
+            active: true,
+        })),
+    }
 }
 
 /// Every delta of a live socket until `done`: (event id, seq) in the order received.
@@ -149,15 +161,7 @@ async fn two_gateway_replicas_share_the_access_directory_and_the_stream() -> Res
     let mut watch_b = LiveClient::connect(&format!("ws://{b}/ws?coalesce=false")).await?;
     assert_eq!(watch_a.next().await?["type"], "snapshot");
     assert_eq!(watch_b.next().await?["type"], "snapshot");
-    let failure = proto::lighting::TelemetryMessage {
-        message: Some(proto::lighting::telemetry_message::Message::Fault(proto::lighting::FaultReport {
-            streetlight_id: "EP-W".into(),
-            observed_at: Some(std::time::SystemTime::now().into()),
-            fault: proto::lighting::TalqFault::LampFailure as i32,
-            active: true,
-        })),
-    };
-    lighting.stream_telemetry(futures::stream::iter(vec![failure])).await?;
+    lighting.stream_telemetry(futures::stream::iter(vec![lamp_failure("EP-W")])).await?;
     let key = "lighting/lamp_failure/EP-W";
     for gateway in [&a, &b] {
         tests::eventually("the alarm in both views", Duration::from_secs(10), || async {
@@ -324,11 +328,6 @@ async fn a_logout_without_the_bus_is_kept_and_a_removed_login_loses_its_credenti
     Ok(())
 }
 
-/// A number in a Prometheus text exposition.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 async fn metrics_of(gateway: &str) -> Result<String> {
     Ok(tests::http_get(gateway, "/metrics").await?.1)
 }
@@ -369,15 +368,7 @@ async fn a_new_replica_starts_from_the_latest_checkpoint_and_replays_only_the_ev
         lighting.report_status(report(format!("EP-CK-{i:02}"), 0.5)).await?;
     }
     // An operator's action: the log book must come across too.
-    let failure = proto::lighting::TelemetryMessage {
-        message: Some(proto::lighting::telemetry_message::Message::Fault(proto::lighting::FaultReport {
-            streetlight_id: "EP-CK-03".into(),
-            observed_at: Some(std::time::SystemTime::now().into()),
-            fault: proto::lighting::TalqFault::LampFailure as i32,
-            active: true,
-        })),
-    };
-    lighting.stream_telemetry(futures::stream::iter(vec![failure])).await?;
+    lighting.stream_telemetry(futures::stream::iter(vec![lamp_failure("EP-CK-03")])).await?;
     let key = "lighting/lamp_failure/EP-CK-03";
     tests::eventually("the alarm in the view", Duration::from_secs(10), || async {
         let (_, body) = tests::http_get_json_as(&a, "/api/v1/alarms", Some(&supervisor)).await?;

@@ -630,9 +630,9 @@ async fn s5(bench: &mut Bench, (per_idle, per_busy): (f64, f64)) -> Result<()> {
     Ok(())
 }
 
-/// A number in a Prometheus text exposition.
+/// A counter or a sequence in a Prometheus text exposition (see [`tests::metric`]).
 fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
+    tests::metric(text, name).map(|v| v as u64)
 }
 
 /// Waits until the gateway at `addr` has applied the stream up to `last`.
