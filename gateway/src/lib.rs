@@ -528,8 +528,11 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             let (stop, timeout) = (shutdown.clone(), config.common.shutdown_timeout);
             Some(tokio::spawn(async move {
                 let names = [<OpsViewServer<opsview::OpsViewApi> as NamedService>::NAME];
+                // Always SERVING while it runs: when its NATS link or its store fails, the
+                // OpsView still serves the last view, marked stale (`upstream` in its frames).
+                let ready = runtime::grpc::always_ready();
                 if let Err(e) =
-                    runtime::grpc::serve_until_shutdown(listener, routes, &names, security, stop, timeout).await
+                    runtime::grpc::serve_until_shutdown(listener, routes, &names, ready, security, stop, timeout).await
                 {
                     tracing::error!(error = format!("{e:#}"), "gRPC server failed");
                 }

@@ -44,12 +44,6 @@ pub mod vigie {
             tonic::include_proto!("vigie.ops.v1");
         }
     }
-    /// The benchmark's raw gRPC baseline (served by the benchmark only).
-    pub mod bench {
-        pub mod v1 {
-            tonic::include_proto!("vigie.bench.v1");
-        }
-    }
     pub mod water {
         /// Water network (`vigie.water.v1`).
         pub mod v1 {
@@ -71,7 +65,6 @@ pub mod transit_realtime {
     tonic::include_proto!("transit_realtime");
 }
 
-pub use vigie::bench::v1 as bench;
 pub use vigie::lighting::v1 as lighting;
 pub use vigie::ops::v1 as ops;
 pub use vigie::reports::v1 as reports;

@@ -108,6 +108,35 @@ impl Service {
         });
     }
 
+    /// Whether this instance can take writes now (its gRPC health says so, see
+    /// [`crate::grpc::Readiness`]). Its NATS link being down alone does not stop it: the outbox
+    /// keeps what it accepts until the link is back. What does:
+    /// - its store failed to write (a full or failing disk): writes are refused until it restarts;
+    ///   or stopped answering (see [`crate::store_fault`]);
+    /// - with `--standby`, its lease lapsed (another instance may be active), or NATS is
+    ///   unreachable (a write is acknowledged only once JetStream holds it).
+    fn readiness(&self) -> crate::grpc::Readiness {
+        let fence = self.lease.as_ref().map(|(fence, _, _)| fence.clone());
+        let nats = self.nats.clone();
+        std::sync::Arc::new(move || {
+            if crate::store_fault::failed() {
+                return Err("its store failed to write (a full or failing disk); writes are refused".into());
+            }
+            if let Some(stalled) = crate::store_fault::stalled_for() {
+                return Err(format!("its store has not finished a flush in {} s", stalled.as_secs()));
+            }
+            if let Some(fence) = &fence {
+                if !fence.holds() {
+                    return Err("it no longer holds the lease of the active instance".into());
+                }
+                if !matches!(nats.connection_state(), async_nats::connection::State::Connected) {
+                    return Err("NATS is unreachable, and with --standby a write waits for JetStream".into());
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Serves gRPC until `shutdown`, then stops the service in order (see the module's comment).
     pub async fn serve_grpc(
         self,
@@ -118,8 +147,17 @@ impl Service {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
-        let served =
-            crate::grpc::serve_until_shutdown(listener, routes, service_names, security, shutdown, self.timeout).await;
+        let readiness = self.readiness();
+        let served = crate::grpc::serve_until_shutdown(
+            listener,
+            routes,
+            service_names,
+            readiness,
+            security,
+            shutdown,
+            self.timeout,
+        )
+        .await;
         // No call is in flight any more: once the background work has stopped, what the outbox
         // holds is all there is to publish.
         self.background.cancel();

@@ -18,10 +18,33 @@ fn the_benchmark_runs_every_scenario_and_loses_nothing() -> Result<()> {
     let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
     assert!(output.status.success(), "vigie-bench --smoke failed: {tail:#?}");
     let report = std::fs::read_to_string(&report_path)?;
-    for section in
-        ["## Machine", "## S1", "**B1**", "**B3**", "## S2", "B2 (raw broadcast)", "## S3", "## S4", "## S5", "## S6"]
-    {
+    for section in [
+        "## Machine",
+        "## S1",
+        "**B1**",
+        "**B3**",
+        "## S2",
+        "B2 (raw broadcast)",
+        "## S3",
+        "## S4",
+        "## Scaling",
+        "### The console's first load",
+        "## S5",
+        "## S6",
+    ] {
         assert!(report.contains(section), "the report has no {section:?}:\n{report}");
+    }
+    // Where the console is built and Chromium is there (as in CI), its first load is measured.
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ui = tests::repo_root().join("ui-client");
+    if ui.join("dist/index.html").exists() && ui.join("node_modules/playwright-core").exists() {
+        if std::path::Path::new(&chromium).exists() {
+            assert!(report.contains("- The snapshot: "), "the console's first load was not measured:\n{report}");
+        } else {
+            eprintln!("SKIP the console's first load: no Chromium at {chromium}");
+        }
+    } else {
+        eprintln!("SKIP the console's first load: the console is not built (cd ui-client && npm ci && npm run build)");
     }
     // Whatever the pace on a busy machine, every accepted report reached every client.
     assert!(!report.contains("(LOSS)"), "{report}");

@@ -13,6 +13,7 @@ mod failover;
 mod faults;
 mod gateway_ops;
 mod gateway_replicas;
+mod grpc_faces;
 mod lighting_domain;
 mod lighting_slice;
 mod live_protocol;

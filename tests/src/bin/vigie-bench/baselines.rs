@@ -7,6 +7,12 @@
 //!   behind them.
 
 use anyhow::{Context, Result};
+
+/// B3's echo service (`tests/proto/vigie/bench/v1/echo.proto`, compiled by `tests/build.rs`).
+#[allow(clippy::all)]
+mod bench {
+    tonic::include_proto!("vigie.bench.v1");
+}
 use async_nats::jetstream::{self, stream};
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -118,15 +124,15 @@ pub async fn play(frames: &broadcast::Sender<axum::extract::ws::Utf8Bytes>, rate
 /// B3's server: echoes every message of a stream.
 struct Echo;
 
-type EchoStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::bench::Blob, tonic::Status>> + Send>>;
+type EchoStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<bench::Blob, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
-impl proto::bench::echo_server::Echo for Echo {
+impl bench::echo_server::Echo for Echo {
     type EchoStream = EchoStream;
 
     async fn echo(
         &self,
-        request: tonic::Request<tonic::Streaming<proto::bench::Blob>>,
+        request: tonic::Request<tonic::Streaming<bench::Blob>>,
     ) -> Result<tonic::Response<EchoStream>, tonic::Status> {
         Ok(tonic::Response::new(Box::pin(request.into_inner())))
     }
@@ -136,12 +142,12 @@ impl proto::bench::echo_server::Echo for Echo {
 /// `count / streams` messages of `size` bytes as fast as the stream takes them; messages echoed
 /// per second.
 pub async fn raw_tonic_echo(count: usize, size: usize, streams: usize) -> Result<f64> {
-    use proto::bench::echo_client::EchoClient;
+    use bench::echo_client::EchoClient;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(proto::bench::echo_server::EchoServer::new(Echo))
+            .add_service(bench::echo_server::EchoServer::new(Echo))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
@@ -151,7 +157,7 @@ pub async fn raw_tonic_echo(count: usize, size: usize, streams: usize) -> Result
     for _ in 0..streams.max(1) {
         let mut client = EchoClient::new(channel.clone());
         running.push(tokio::spawn(async move {
-            let blob = proto::bench::Blob { data: vec![b'x'; size] };
+            let blob = bench::Blob { data: vec![b'x'; size] };
             let outgoing = futures::stream::iter(std::iter::repeat_n(blob, per_stream));
             let mut echoed = client.echo(outgoing).await?.into_inner();
             let mut received = 0usize;

@@ -2,11 +2,21 @@
 //! delta, the time from the event's `observed_at` (set by the load generator to the moment the
 //! event was due to be sent: open loop, no coordinated omission) to its arrival. Stalled clients
 //! connect and then never read.
+//!
+//! A fleet runs in a process of its own ([`spawn`]: this binary again, with `--fleet`), so that
+//! its clients share neither the benchmark's runtime (the load generator's pace) nor its CPU
+//! figure: the clients' CPU is reported apart. The process answers on its standard output:
+//! `connected` once every client is, then, when told to stop (a line on its standard input),
+//! what its measuring clients saw as one JSON line.
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -33,6 +43,30 @@ impl Seen {
         let _ = self.alarm.add(&other.alarm);
         self.deltas += other.deltas;
         self.dropped += other.dropped;
+    }
+}
+
+impl Seen {
+    /// As one JSON line: each histogram as its recorded `[value, count]` pairs.
+    fn to_json(&self) -> Value {
+        let pairs = |h: &Histogram<u64>| -> Vec<[u64; 2]> {
+            h.iter_recorded().map(|v| [v.value_iterated_to(), v.count_at_value()]).collect()
+        };
+        json!({ "asset": pairs(&self.asset), "alarm": pairs(&self.alarm), "deltas": self.deltas, "dropped": self.dropped })
+    }
+
+    fn from_json(value: &Value) -> Result<Seen> {
+        let mut seen = Seen::new();
+        for (name, histogram) in [("asset", &mut seen.asset), ("alarm", &mut seen.alarm)] {
+            let pairs: Vec<[u64; 2]> =
+                serde_json::from_value(value[name].clone()).with_context(|| format!("the fleet's {name} histogram"))?;
+            for [v, count] in pairs {
+                histogram.record_n(v, count)?;
+            }
+        }
+        seen.deltas = value["deltas"].as_u64().context("the fleet's deltas")?;
+        seen.dropped = value["dropped"].as_u64().context("the fleet's dropped")?;
+        Ok(seen)
     }
 }
 
@@ -92,10 +126,78 @@ impl Fleet {
         }
         (seen, dropped)
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.clients.len()
+/// A fleet of clients in a process of its own (see the module's documentation).
+pub struct RemoteFleet {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    len: usize,
+    pid: u32,
+}
+
+/// Starts a fleet process: `roles.len()` clients connected to `url` (with `token` as for
+/// [`connect`]); returns once every one is connected.
+pub async fn spawn(url: &str, token: Option<&str>, roles: &[Role]) -> Result<RemoteFleet> {
+    let count = |role| roles.iter().filter(|r| **r == role).count().to_string();
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["--fleet", url, "--fleet-roles"])
+        .arg(format!("{},{},{}", count(Role::Measuring), count(Role::Reading), count(Role::Stalled)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(token) = token {
+        // Not on the command line, where every process of the machine reads it.
+        command.env("VIGIE_BENCH_FLEET_TOKEN", token);
     }
+    let mut child = command.spawn().context("starting a fleet process")?;
+    let pid = child.id().context("the fleet process has no pid")?;
+    let stdin = child.stdin.take().context("the fleet's stdin")?;
+    let mut stdout = BufReader::new(child.stdout.take().context("the fleet's stdout")?).lines();
+    match stdout.next_line().await? {
+        Some(line) if line == "connected" => {}
+        other => anyhow::bail!("the fleet process did not connect its clients: {other:?}"),
+    }
+    Ok(RemoteFleet { child, stdin, stdout, len: roles.len(), pid })
+}
+
+impl RemoteFleet {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Stops its clients: what the measuring ones saw, and how many of all were dropped.
+    pub async fn finish(mut self) -> Result<(Seen, u64)> {
+        self.stdin.write_all(b"stop\n").await?;
+        self.stdin.flush().await?;
+        let line = self.stdout.next_line().await?.context("the fleet process ended without its figures")?;
+        let seen = Seen::from_json(&serde_json::from_str(&line)?)?;
+        self.child.wait().await?;
+        let dropped = seen.dropped;
+        Ok((seen, dropped))
+    }
+}
+
+/// The fleet process's body (`--fleet URL --fleet-roles M,R,S`): connects, says so, waits for
+/// the word to stop, prints what was seen.
+pub async fn fleet_main(url: &str, roles: &str) -> Result<()> {
+    let counts: Vec<usize> = roles.split(',').map(str::parse).collect::<Result<_, _>>().context("--fleet-roles")?;
+    let [measuring, reading, stalled] = counts[..] else { anyhow::bail!("--fleet-roles takes M,R,S") };
+    let token = std::env::var("VIGIE_BENCH_FLEET_TOKEN").ok();
+    let fleet = connect(url, token.as_deref(), &self::roles(measuring + reading + stalled, measuring, stalled)).await?;
+    println!("connected");
+    let mut line = String::new();
+    BufReader::new(tokio::io::stdin()).read_line(&mut line).await?;
+    let (mut seen, dropped) = fleet.finish().await;
+    seen.dropped = dropped;
+    println!("{}", seen.to_json());
+    Ok(())
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -104,13 +206,18 @@ async fn run(mut socket: Socket, role: Role, stop: CancellationToken) -> Seen {
     let mut seen = Seen::new();
     if role == Role::Stalled {
         stop.cancelled().await;
+        close(&mut socket).await;
         return seen;
     }
     loop {
         let message = tokio::select! {
             m = socket.next() => m,
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => None,
         };
+        if stop.is_cancelled() {
+            close(&mut socket).await;
+            break;
+        }
         match message {
             Some(Ok(Message::Text(text))) => {
                 if role == Role::Measuring {
@@ -125,6 +232,11 @@ async fn run(mut socket: Socket, role: Role, stop: CancellationToken) -> Seen {
         }
     }
     seen
+}
+
+/// Ends a client as a console would (a close frame), not with a reset the gateway logs.
+async fn close(socket: &mut Socket) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
 }
 
 /// Records a delta's latency: now minus its event's `observed_at`.

@@ -15,13 +15,19 @@ use tests::AuthChannel;
 
 type Client = LightingServiceClient<AuthChannel>;
 
-/// Registers `n` lamps on a grid over the test territory's two communes.
-pub async fn register(client: &mut Client, n: usize) -> Result<Vec<String>> {
+/// The identifier of the benchmark's lamp `i`.
+pub fn lamp_id(i: usize) -> String {
+    format!("BENCH{i:06}")
+}
+
+/// Registers lamps `range` (by their index) on a grid over the test territory's two communes,
+/// sized for `range.end` lamps.
+pub async fn register(client: &mut Client, range: std::ops::Range<usize>) -> Result<Vec<String>> {
     // An even number of columns: none falls on the border between the communes (3.9°E).
-    let side = ((n as f64).sqrt().ceil() as usize).next_multiple_of(2);
-    let lamps: Vec<Streetlight> = (0..n)
+    let side = ((range.end as f64).sqrt().ceil() as usize).next_multiple_of(2);
+    let lamps: Vec<Streetlight> = range
         .map(|i| Streetlight {
-            id: format!("BENCH{i:06}"),
+            id: lamp_id(i),
             lat: 43.51 + 0.18 * ((i / side) as f64 + 0.5) / side as f64,
             lon: 3.81 + 0.18 * ((i % side) as f64 + 0.5) / side as f64,
             lamp_type: "LED".into(),
@@ -101,9 +107,20 @@ pub struct Sent {
     pub achieved: f64,
 }
 
+/// How long past its planned duration a load may take to be sent and acknowledged before the
+/// run fails (a system that stopped taking reports must not hang the benchmark).
+const PLAY_GRACE: Duration = Duration::from_secs(90);
+
 /// Plays `load` on the lamps; `round` continues the alternation of earlier runs (reports must be
 /// newer than the lamp's last one: they are, as their time is the time they are due).
 pub async fn play(channel: &AuthChannel, lamps: &[String], load: &Load, first: u64) -> Result<(Sent, u64)> {
+    let within = load.duration + PLAY_GRACE;
+    tokio::time::timeout(within, play_unbounded(channel, lamps, load, first)).await.map_err(|_| {
+        anyhow::anyhow!("the load was not sent and acknowledged within {within:?}: the system stopped taking reports")
+    })?
+}
+
+async fn play_unbounded(channel: &AuthChannel, lamps: &[String], load: &Load, first: u64) -> Result<(Sent, u64)> {
     let (mut senders, mut streams) = (Vec::new(), Vec::new());
     for _ in 0..load.streams.max(1) {
         let (sender, receiver) = tokio::sync::mpsc::channel::<TelemetryMessage>(4096);

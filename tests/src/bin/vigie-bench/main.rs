@@ -32,8 +32,14 @@ struct Args {
     /// The scenarios to run (s1, s2 for S2 to S4, s5, s6, unsynced for S1 without per-message
     /// sync, standby for S1 on a cluster); all by default. A partial run is for profiling: do not
     /// commit its report.
-    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s5,s6,unsynced,standby")]
+    #[arg(long, value_delimiter = ',', default_value = "s1,s2,scaling,s5,s6,unsynced,standby")]
     scenarios: Vec<String>,
+    /// Internal: run as a fleet of WebSocket clients connected to this URL (see `clients`).
+    #[arg(long, hide = true)]
+    fleet: Option<String>,
+    /// Internal: the fleet's measuring, reading and stalled clients, `M,R,S`.
+    #[arg(long, hide = true, default_value = "0,0,0")]
+    fleet_roles: String,
 }
 
 /// The scale of a run.
@@ -48,6 +54,10 @@ struct Scale {
     fanout_rate: f64,
     fanout_clients: Vec<usize>,
     memory_clients: usize,
+    /// The territory's sizes of the scaling table (1×, 2×, 4×), streetlights.
+    scaling_lamps: Vec<usize>,
+    /// The ingest steps tried at each size.
+    scaling_ladder: Vec<f64>,
     view_assets: usize,
     rebuild_events: usize,
     measuring: usize,
@@ -65,6 +75,8 @@ impl Scale {
             fanout_rate: 1_000.0,
             fanout_clients: vec![500, 1_000, 2_000, 5_000],
             memory_clients: 1_000,
+            scaling_lamps: vec![30_000, 60_000, 120_000],
+            scaling_ladder: vec![2_000.0, 3_000.0, 4_000.0, 5_000.0],
             view_assets: 100_000,
             rebuild_events: 1_000_000,
             measuring: 20,
@@ -82,6 +94,8 @@ impl Scale {
             fanout_rate: 100.0,
             fanout_clients: vec![10, 20],
             memory_clients: 20,
+            scaling_lamps: vec![500, 1_000, 2_000],
+            scaling_ladder: vec![100.0],
             view_assets: 2_000,
             rebuild_events: 5_000,
             measuring: 4,
@@ -109,12 +123,40 @@ fn p99_ms(h: &Histogram<u64>) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0)
 }
 
+/// What one run of load saw.
+struct Run {
+    sent: load::Sent,
+    /// What the measuring clients saw.
+    seen: Seen,
+    /// Clients whose connection ended before the end.
+    dropped: u64,
+    /// Cores each process kept busy on average while the load played, out of the machine's.
+    cores: Cores,
+}
+
+/// Cores busy on average over a window: nats-server, the lighting service, the gateway, this
+/// benchmark (the load generator) and the clients' process.
+#[derive(Clone, Copy, Default)]
+struct Cores([f64; 5]);
+
+impl Cores {
+    fn all(&self) -> String {
+        self.0.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" · ")
+    }
+
+    /// The gateway's and the clients' (what fan-out costs).
+    fn gateway_clients(&self) -> String {
+        format!("{:.2} · {:.2}", self.0[2], self.0[4])
+    }
+}
+
 struct Bench {
     slice: Slice,
     channel: AuthChannel,
-    lamps: Vec<String>,
+    lamps: std::sync::Arc<Vec<String>>,
     next: u64,
-    /// Streetlights in the view (S5 adds many).
+    /// Streetlights registered and in the view (lamps `0..view_assets`: the scaling table and S5
+    /// add many).
     view_assets: usize,
     ws: String,
     token: String,
@@ -139,7 +181,7 @@ impl Bench {
     async fn on(slice: Slice, scale: Scale, report: String, smoke: bool) -> Result<Bench> {
         let channel = tests::channel_with_token(&slice.lighting_addr, Some(&slice.service_token)).await?;
         let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(channel.clone());
-        let lamps = load::register(&mut lighting, scale.lamps).await?;
+        let lamps = load::register(&mut lighting, 0..scale.lamps).await?;
         let token = tests::login_token(&slice.gateway_addr, tests::SUPERVISOR).await?;
         // The console's kind of client: snapshots in frames of about 16 KiB.
         let ws = format!("ws://{}/ws?split_snapshots=true", slice.gateway_addr);
@@ -148,7 +190,7 @@ impl Bench {
             slice,
             channel,
             view_assets: lamps.len(),
-            lamps,
+            lamps: std::sync::Arc::new(lamps),
             next: 0,
             ws,
             token,
@@ -182,50 +224,85 @@ impl Bench {
         }
     }
 
-    /// Plays `load` while `roles` clients are connected; what the measuring ones saw.
-    async fn run(
-        &mut self,
-        rate: f64,
-        duration: Duration,
-        roles: &[Role],
-        coalesce: bool,
-    ) -> Result<(load::Sent, Seen, u64)> {
+    /// Plays reports at `rate` on the benchmark's lamps while `roles` clients (in a process of
+    /// their own) are connected.
+    async fn run(&mut self, rate: f64, duration: Duration, roles: &[Role], coalesce: bool) -> Result<Run> {
+        let lamps = self.lamps.clone();
+        self.run_on(&lamps, load::Load { rate, duration, alarm_every: 50, streams: 4 }, roles, coalesce).await
+    }
+
+    /// Plays `plan` on `lamps` while `roles` clients are connected; what the measuring ones saw.
+    async fn run_on(&mut self, lamps: &[String], plan: load::Load, roles: &[Role], coalesce: bool) -> Result<Run> {
         let drained = self.drain().await?;
         if drained > Duration::from_secs(2) {
             println!("  (waited {:.1} s for the previous run's backlog)", drained.as_secs_f64());
         }
         let url = if coalesce { self.ws.clone() } else { format!("{}&coalesce=false", self.ws) };
-        let fleet = clients::connect(&url, Some(&self.token), roles).await?;
+        let fleet = clients::spawn(&url, Some(&self.token), roles).await?;
         // The snapshot each client gets first is not what is measured.
         tokio::time::sleep(Duration::from_millis(500 + fleet.len() as u64)).await;
-        let plan = load::Load { rate, duration, alarm_every: 50, streams: 4 };
-        let (sent, next) = load::play(&self.channel, &self.lamps, &plan, self.next).await?;
+        let (before, start) = (self.cpu(fleet.pid()), Instant::now());
+        let (sent, next) = load::play(&self.channel, lamps, &plan, self.next).await?;
         self.next = next;
         clients::settle().await;
-        let (seen, dropped) = fleet.finish().await;
-        Ok((sent, seen, dropped))
+        let cores = cores_between(before, self.cpu(fleet.pid()), start.elapsed());
+        let (seen, dropped) = fleet.finish().await?;
+        Ok(Run { sent, seen, dropped, cores })
+    }
+
+    /// Grows the territory to `n` streetlights (lamps `0..n`), each new one reported once, and
+    /// waits for the view to hold them all; returns every lamp's identifier.
+    async fn grow_to(&mut self, n: usize) -> Result<Vec<String>> {
+        let have = self.view_assets;
+        if n > have {
+            let mut lighting =
+                proto::lighting::lighting_service_client::LightingServiceClient::new(self.channel.clone());
+            let new = load::register(&mut lighting, have..n).await?;
+            let rate = if self.smoke { 1_000.0 } else { 5_000.0 };
+            let plan = load::Load {
+                rate,
+                duration: Duration::from_secs_f64(new.len() as f64 / rate),
+                alarm_every: 0,
+                streams: 4,
+            };
+            let (_, next) = load::play(&self.channel, &new, &plan, self.next).await?;
+            self.next = next;
+            self.view_assets = n;
+        }
+        self.drain().await?;
+        Ok((0..n).map(load::lamp_id).collect())
     }
 
     fn gateway_pid(&self) -> Result<u32> {
         self.slice.gateway.pid().context("the gateway is not running")
     }
 
-    /// CPU seconds so far of nats-server, the lighting service, the gateway and this benchmark.
-    fn cpu(&self) -> [f64; 4] {
+    /// CPU seconds so far of nats-server, the lighting service, the gateway, this benchmark and
+    /// the clients' process `fleet`.
+    fn cpu(&self, fleet: u32) -> [f64; 5] {
         let of = |pid: Option<u32>| pid.map(cpu_seconds).unwrap_or(0.0);
         [
             of(self.slice.nats.pid()),
             of(self.slice.lighting.pid()),
             of(self.slice.gateway.pid()),
             cpu_seconds(std::process::id()),
+            cpu_seconds(fleet),
         ]
     }
+}
+
+fn cores_between(before: [f64; 5], after: [f64; 5], wall: Duration) -> Cores {
+    let wall = wall.as_secs_f64().max(1e-9);
+    Cores(std::array::from_fn(|i| (after[i] - before[i]).max(0.0) / wall))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = <Args as clap::Parser>::parse();
     raise_open_files();
+    if let Some(url) = &args.fleet {
+        return clients::fleet_main(url, &args.fleet_roles).await;
+    }
     let scale = if args.smoke { Scale::smoke() } else { Scale::full() };
     let started = Instant::now();
     let mut report = String::new();
@@ -239,7 +316,7 @@ async fn main() -> Result<()> {
     writeln!(report, "## Machine\n\n{}", machine())?;
     writeln!(
         report,
-        "Everything shares these cores: nats-server, the lighting service, the gateway, and this benchmark's load generator and WebSocket clients.\n"
+        "Everything shares these cores: nats-server, the lighting service, the gateway, this benchmark's load generator, and its WebSocket clients (in a process of their own, so that they share neither the load generator's runtime nor its CPU figure; the tables give the clients' CPU apart).\n"
     )?;
     writeln!(
         report,
@@ -272,29 +349,59 @@ async fn main() -> Result<()> {
     let slice = Slice::start_on(nats, territory, LIGHTING_FLAGS, GATEWAY_FLAGS).await?;
     let mut bench = Bench::on(slice, scale.clone(), report, args.smoke).await?;
 
+    // Each scenario's section is saved as soon as it is written; a scenario that fails says so
+    // in the report, the others still run, and the run ends in failure.
     let run = |name: &str| args.scenarios.iter().any(|s| s == name);
-    let per_client = if run("s5") { Some(s5_clients(&mut bench).await?) } else { None };
+    let mut failed = Vec::new();
+    let per_client = if run("s5") {
+        match s5_clients(&mut bench).await {
+            Ok(measured) => Some(measured),
+            Err(e) => {
+                outcome(&mut bench.report, &mut failed, "S5", Err(e))?;
+                None
+            }
+        }
+    } else {
+        None
+    };
     if run("s1") {
-        s1(&mut bench, b1_synced, b3).await?;
+        let result = s1(&mut bench, b1_synced, b3).await;
+        outcome(&mut bench.report, &mut failed, "S1", result)?;
+        save(&args.out, &bench.report)?;
     }
     if run("s2") {
-        s2_s3_s4(&mut bench).await?;
+        let result = s2_s3_s4(&mut bench).await;
+        outcome(&mut bench.report, &mut failed, "S2 to S4", result)?;
+        save(&args.out, &bench.report)?;
+    }
+    if run("scaling") {
+        let result = scaling(&mut bench).await;
+        outcome(&mut bench.report, &mut failed, "Scaling", result)?;
+        save(&args.out, &bench.report)?;
     }
     if let Some(per_client) = per_client {
-        s5(&mut bench, per_client).await?;
+        let result = s5(&mut bench, per_client).await;
+        outcome(&mut bench.report, &mut failed, "S5", result)?;
+        save(&args.out, &bench.report)?;
     }
     if run("s6") {
-        s6(&mut bench).await?;
+        let result = s6(&mut bench).await;
+        outcome(&mut bench.report, &mut failed, "S6", result)?;
+        save(&args.out, &bench.report)?;
     }
     let mut report = bench.report;
     drop(bench.slice);
     if run("unsynced") {
-        let b1_unsynced = b1(1, JetStreamSync::Default).await?;
-        s1_unsynced(&scale, args.smoke, b1_unsynced, &mut report).await?;
+        let result = async { s1_unsynced(&scale, args.smoke, b1(1, JetStreamSync::Default).await?, &mut report).await };
+        let result = result.await;
+        outcome(&mut report, &mut failed, "S1 without per-message sync", result)?;
+        save(&args.out, &report)?;
     }
     if run("standby") {
-        let b1_cluster = b1(3, JetStreamSync::Always).await?;
-        s1_standby(&scale, args.smoke, b1_cluster, &mut report).await?;
+        let result = async { s1_standby(&scale, args.smoke, b1(3, JetStreamSync::Always).await?, &mut report).await };
+        let result = result.await;
+        outcome(&mut report, &mut failed, "S1 with a standby", result)?;
+        save(&args.out, &report)?;
     }
 
     writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64())?;
@@ -302,12 +409,35 @@ async fn main() -> Result<()> {
         report,
         "\nWhat limits these figures, from profiling, and what to change next: [benchmarks-notes.md](benchmarks-notes.md)."
     )?;
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, &report)?;
+    save(&args.out, &report)?;
     println!("{report}");
     println!("written to {}", args.out.display());
+    anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// A scenario's failure, in the report (its section says FAILED and why) and in `failed`.
+fn outcome(report: &mut String, failed: &mut Vec<String>, name: &str, result: Result<()>) -> Result<()> {
+    if let Err(e) = result {
+        eprintln!("{name} FAILED: {e:#}");
+        writeln!(
+            report,
+            "## {name} · FAILED
+
+{e:#}
+"
+        )?;
+        failed.push(name.to_owned());
+    }
+    Ok(())
+}
+
+/// Writes the report as it stands (the run goes on; a later failure keeps what was measured).
+fn save(out: &std::path::Path, report: &str) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, report)?;
     Ok(())
 }
 
@@ -324,7 +454,7 @@ async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
     writeln!(r, "{table}")?;
     writeln!(
         r,
-        "CPU: cores each process kept busy on average over the step, out of {}.\n",
+        "CPU: cores each process kept busy on average while the step's load played (and settled), out of {}; load is this benchmark's sender, clients the process of its WebSocket clients.\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     )?;
     writeln!(
@@ -421,34 +551,21 @@ async fn s1_standby(scale: &Scale, smoke: bool, b1: f64, report: &mut String) ->
 /// The S1 ladder on `bench`'s system: the table of its steps and the highest step sustained.
 async fn ladder(bench: &mut Bench, clients: usize) -> Result<(String, f64)> {
     let mut table = String::from(
-        "| offered (events/s) | sent (events/s) | accepted | delivered to each client | asset update latency | CPU: nats · lighting · gateway · bench |\n|---|---|---|---|---|---|\n",
+        "| offered (events/s) | sent (events/s) | accepted | delivered to each client | asset update latency | CPU: nats · lighting · gateway · load · clients |\n|---|---|---|---|---|---|\n",
     );
     let mut best = 0.0f64;
     for rate in bench.scale.ladder.clone() {
         println!("S1: {rate} events/s");
-        let measuring = 2;
-        let roles = clients::roles(clients, measuring, 0);
-        let (cpu_before, start) = (bench.cpu(), Instant::now());
-        let (sent, seen, dropped) = bench.run(rate, bench.scale.step, &roles, false).await?;
-        let wall = start.elapsed().as_secs_f64();
-        let cpu_after = bench.cpu();
-        // Cores busy on average over the step (connecting, sending, settling).
-        let cores: Vec<String> = (0..4).map(|i| format!("{:.2}", (cpu_after[i] - cpu_before[i]) / wall)).collect();
-        // Each accepted report is one streetlight_status delta to every client (uncoalesced).
-        let delivered = seen.asset.len() / measuring as u64;
-        let kept_up = sent.achieved >= 0.95 * rate;
-        let lossless = delivered == sent.accepted && sent.refused == 0 && dropped == 0;
-        let timely = p99_ms(&seen.asset).is_some_and(|p99| p99 < 1_000.0);
-        writeln!(
-            table,
-            "| {rate:.0} | {:.0} | {} | {delivered}{} | {} | {} |",
-            sent.achieved,
-            sent.accepted,
-            if lossless { "" } else { " (LOSS)" },
-            summary(&seen.asset),
-            cores.join(" · ")
-        )?;
-        if kept_up && lossless && timely {
+        // A step whose load could not be played (the system stopped taking reports) fails.
+        let run = match bench.run(rate, bench.scale.step, &clients::roles(clients, S1_MEASURING, 0), false).await {
+            Ok(run) => run,
+            Err(e) => {
+                writeln!(table, "| {rate:.0} | FAILED: {e:#} | | | | |")?;
+                break;
+            }
+        };
+        let sustained = ladder_row(&mut table, rate, &run)?;
+        if sustained {
             best = best.max(rate);
         } else {
             break;
@@ -457,44 +574,75 @@ async fn ladder(bench: &mut Bench, clients: usize) -> Result<(String, f64)> {
     Ok((table, best))
 }
 
+/// Clients that measure in a ladder's step (each receives every update: `coalesce=false`).
+const S1_MEASURING: usize = 2;
+
+/// A ladder step's row; whether the step was sustained: the sender kept the pace, every accepted
+/// report reached every client, and p99 stayed under 1 s.
+fn ladder_row(table: &mut String, rate: f64, run: &Run) -> Result<bool> {
+    let Run { sent, seen, dropped, cores } = run;
+    // Each accepted report is one streetlight_status delta to every client (uncoalesced).
+    let delivered = seen.asset.len() / S1_MEASURING as u64;
+    let kept_up = sent.achieved >= 0.95 * rate;
+    let lossless = delivered == sent.accepted && sent.refused == 0 && *dropped == 0;
+    let timely = p99_ms(&seen.asset).is_some_and(|p99| p99 < 1_000.0);
+    writeln!(
+        table,
+        "| {rate:.0} | {:.0} | {} | {delivered}{} | {} | {} |",
+        sent.achieved,
+        sent.accepted,
+        if lossless { "" } else { " (LOSS)" },
+        summary(&seen.asset),
+        cores.all()
+    )?;
+    Ok(kept_up && lossless && timely)
+}
+
 /// S2 latencies, S3 fan-out, S4 slow consumers; B2 at the same rates and client counts.
 async fn s2_s3_s4(bench: &mut Bench) -> Result<()> {
     let (b2_url, b2_frames) = baselines::broadcast_server().await?;
     let measuring = bench.scale.measuring;
     let duration = bench.scale.step;
+    // B2's clients run in a process of their own too; the cores it reports are the broadcast
+    // server's (this process) and the clients'.
     let b2 = |rate: f64, clients: usize| {
         let (url, frames) = (b2_url.clone(), b2_frames.clone());
         async move {
-            let fleet = clients::connect(&url, None, &clients::roles(clients, measuring, 0)).await?;
+            let fleet = clients::spawn(&url, None, &clients::roles(clients, measuring, 0)).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let cpu = || [cpu_seconds(std::process::id()), cpu_seconds(fleet.pid())];
+            let (before, start) = (cpu(), Instant::now());
             baselines::play(&frames, rate, duration).await;
             clients::settle().await;
-            anyhow::Ok(fleet.finish().await.0)
+            let (after, wall) = (cpu(), start.elapsed().as_secs_f64());
+            let cores = format!("{:.2} · {:.2}", (after[0] - before[0]) / wall, (after[1] - before[1]) / wall);
+            anyhow::Ok((fleet.finish().await?.0, cores))
         }
     };
 
     let mut table = String::from(
-        "| events/s | clients | asset updates | alarms | B2 (raw broadcast) | p99 Vigie / B2 |\n|---|---|---|---|---|---|\n",
+        "| events/s | clients | asset updates | alarms | CPU: gateway · clients | B2 (raw broadcast) | CPU: B2 · clients | p99 Vigie / B2 |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut s4_reference = None;
     for rate in bench.scale.latency_rates.clone() {
         for clients in bench.scale.latency_clients.clone() {
             println!("S2: {rate} events/s, {clients} clients");
-            let (_, seen, _) = bench.run(rate, duration, &clients::roles(clients, measuring, 0), true).await?;
-            let raw = b2(rate, clients).await?;
-            let ratio = match (p99_ms(&seen.asset), p99_ms(&raw.asset)) {
+            let run = bench.run(rate, duration, &clients::roles(clients, measuring, 0), true).await?;
+            let (raw, raw_cores) = b2(rate, clients).await?;
+            let ratio = match (p99_ms(&run.seen.asset), p99_ms(&raw.asset)) {
                 (Some(v), Some(b)) if b > 0.0 => format!("{:.1}", v / b),
                 _ => "n/a".into(),
             };
             writeln!(
                 table,
-                "| {rate:.0} | {clients} | {} | {} | {} | {ratio} |",
-                summary(&seen.asset),
-                summary(&seen.alarm),
+                "| {rate:.0} | {clients} | {} | {} | {} | {} | {raw_cores} | {ratio} |",
+                summary(&run.seen.asset),
+                summary(&run.seen.alarm),
+                run.cores.gateway_clients(),
                 summary(&raw.asset)
             )?;
             if rate == bench.scale.latency_rates[0] && clients == *bench.scale.latency_clients.last().unwrap_or(&0) {
-                s4_reference = Some((clients, seen.asset.clone()));
+                s4_reference = Some((clients, run.seen.asset.clone()));
             }
         }
     }
@@ -507,7 +655,9 @@ async fn s2_s3_s4(bench: &mut Bench) -> Result<()> {
     writeln!(r, "{table}")?;
 
     // S3: the most clients with asset updates p99 ≤ 250 ms, against B2 the same way.
-    let mut table = String::from("| clients | Vigie asset updates | B2 |\n|---|---|---|\n");
+    let mut table = String::from(
+        "| clients | Vigie asset updates | CPU: gateway · clients | B2 | CPU: B2 · clients |\n|---|---|---|---|---|\n",
+    );
     let (mut vigie_best, mut raw_best) = (0usize, 0usize);
     let mut vigie_done = false;
     for clients in bench.scale.fanout_clients.clone() {
@@ -516,30 +666,26 @@ async fn s2_s3_s4(bench: &mut Bench) -> Result<()> {
         let vigie = if vigie_done {
             None
         } else {
-            let (_, seen, dropped) = bench.run(rate, duration, &clients::roles(clients, measuring, 0), true).await?;
-            Some((seen, dropped))
+            Some(bench.run(rate, duration, &clients::roles(clients, measuring, 0), true).await?)
         };
-        let raw = b2(rate, clients).await?;
-        let vigie_text = match &vigie {
-            Some((seen, dropped)) => {
+        let (raw, raw_cores) = b2(rate, clients).await?;
+        let (vigie_text, vigie_cores) = match &vigie {
+            Some(Run { seen, dropped, cores, .. }) => {
                 let ok = p99_ms(&seen.asset).is_some_and(|p| p <= 250.0) && *dropped == 0;
                 if ok {
                     vigie_best = clients;
                 } else {
                     vigie_done = true;
                 }
-                format!(
-                    "{}{}",
-                    summary(&seen.asset),
-                    if *dropped > 0 { format!(", {dropped} dropped") } else { String::new() }
-                )
+                let dropped = if *dropped > 0 { format!(", {dropped} dropped") } else { String::new() };
+                (format!("{}{dropped}", summary(&seen.asset)), cores.gateway_clients())
             }
-            None => "not run (a smaller count failed)".into(),
+            None => ("not run (a smaller count failed)".into(), String::new()),
         };
         if p99_ms(&raw.asset).is_some_and(|p| p <= 250.0) {
             raw_best = clients;
         }
-        writeln!(table, "| {clients} | {vigie_text} | {} |", summary(&raw.asset))?;
+        writeln!(table, "| {clients} | {vigie_text} | {vigie_cores} | {} | {raw_cores} |", summary(&raw.asset))?;
     }
     let r = &mut bench.report;
     writeln!(r, "## S3 · Fan-out\n")?;
@@ -564,7 +710,8 @@ async fn s2_s3_s4(bench: &mut Bench) -> Result<()> {
     let stalled = (clients / 20).max(1);
     println!("S4: {clients} clients, {stalled} stalled");
     let rate = bench.scale.latency_rates[0];
-    let (_, seen, dropped) = bench.run(rate, duration, &clients::roles(clients, measuring, stalled), true).await?;
+    let Run { seen, dropped, .. } =
+        bench.run(rate, duration, &clients::roles(clients, measuring, stalled), true).await?;
     let r = &mut bench.report;
     writeln!(r, "## S4 · Slow consumers\n")?;
     writeln!(r, "{rate:.0} events/s to {clients} clients of which {stalled} (5 %) never read after connecting.\n")?;
@@ -579,6 +726,138 @@ async fn s2_s3_s4(bench: &mut Bench) -> Result<()> {
     Ok(())
 }
 
+/// The scaling table: the territory at 1×, 2× and 4× (streetlights registered as more of the
+/// benchmark's lamps, each reported once), and at each size the ingest ladder, S2's latencies,
+/// and the gateway's memory. At 1×, the console's first load in a real browser.
+async fn scaling(bench: &mut Bench) -> Result<()> {
+    let pid = bench.gateway_pid()?;
+    let clients = *bench.scale.latency_clients.first().unwrap_or(&100);
+    let measuring = bench.scale.measuring.min(clients);
+    let latency_rate = bench.scale.latency_rates[0];
+    let mut table = format!(
+        "| streetlights | ingest sustained (events/s) | asset updates at {latency_rate:.0} events/s, {clients} clients | alarms | view (its own estimate) | gateway RSS | RSS per streetlight added |\n|---|---|---|---|---|---|---|\n"
+    );
+    let mut steps = String::from(
+        "| streetlights | offered (events/s) | sent (events/s) | accepted | delivered to each client | asset update latency | CPU: nats · lighting · gateway · load · clients |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut first_load = None;
+    let mut previous: Option<(usize, u64)> = None;
+    for n in bench.scale.scaling_lamps.clone() {
+        println!("scaling: {n} streetlights");
+        let lamps = bench.grow_to(n).await?;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let memory = rss(pid)?;
+        let (_, metrics) = tests::http_get(&bench.slice.gateway_addr, "/metrics").await?;
+        let view = metric(&metrics, "vigie_gateway_view_bytes").unwrap_or(0);
+        if first_load.is_none() {
+            println!("scaling: the console's first load on {n} streetlights");
+            first_load = Some(console_first_load(bench).await);
+        }
+        let mut best = 0.0f64;
+        for rate in bench.scale.scaling_ladder.clone() {
+            println!("scaling: {n} streetlights, {rate} events/s");
+            let plan = load::Load { rate, duration: bench.scale.step, alarm_every: 0, streams: 4 };
+            let run = bench.run_on(&lamps, plan, &clients::roles(10, S1_MEASURING, 0), false).await?;
+            let mut row = String::new();
+            let sustained = ladder_row(&mut row, rate, &run)?;
+            write!(steps, "| {n} | {}", row.trim_start_matches('|').trim_start())?;
+            if !sustained {
+                break;
+            }
+            best = rate;
+        }
+        println!("scaling: {n} streetlights, latency");
+        let plan = load::Load { rate: latency_rate, duration: bench.scale.step, alarm_every: 50, streams: 4 };
+        let run = bench.run_on(&lamps, plan, &clients::roles(clients, measuring, 0), true).await?;
+        let added = match previous {
+            Some((before_n, before_rss)) => format!(
+                "{:.2} KiB",
+                memory.saturating_sub(before_rss) as f64 / 1024.0 / n.saturating_sub(before_n).max(1) as f64
+            ),
+            None => "—".into(),
+        };
+        writeln!(
+            table,
+            "| {n} | {} | {} | {} | {:.1} MiB | {:.1} MiB | {added} |",
+            if best > 0.0 { format!("{best:.0}") } else { "none of the steps".into() },
+            summary(&run.seen.asset),
+            summary(&run.seen.alarm),
+            view as f64 / (1024.0 * 1024.0),
+            memory as f64 / (1024.0 * 1024.0)
+        )?;
+        previous = Some((n, memory));
+    }
+    let r = &mut bench.report;
+    writeln!(r, "## Scaling · the territory at 1×, 2× and 4×\n")?;
+    writeln!(
+        r,
+        "The territory grown to each size (streetlights registered and each reported once), then at that size: the S1 ladder's steps (reports spread over every streetlight, 10 clients receiving every update), and S2's latencies ({clients} console clients, one lamp in 50 failing). Memory is the gateway's after the growth; the view's estimate is its own (`vigie_gateway_view_bytes`). Per event the work should not grow with the territory, and memory should grow in proportion.\n"
+    )?;
+    writeln!(r, "{table}")?;
+    writeln!(r, "The ladder's steps at each size:\n\n{steps}")?;
+    writeln!(r, "### The console's first load\n")?;
+    writeln!(
+        r,
+        "A supervisor (the whole territory) opens the console in Chromium (playwright-core, software WebGL) on the territory's first size; `ui-client/tests/first-load.mjs` measures it.\n"
+    )?;
+    writeln!(r, "{}\n", first_load.unwrap_or_else(|| "not measured (no size ran)".into()))?;
+    Ok(())
+}
+
+/// The console's first load in a real browser, as a line of the report (or why it was not
+/// measured: the console not built, no browser).
+async fn console_first_load(bench: &Bench) -> String {
+    match first_load(bench).await {
+        Ok(text) => text,
+        Err(e) => format!("Not measured: {e:#}."),
+    }
+}
+
+async fn first_load(bench: &Bench) -> Result<String> {
+    let ui = tests::repo_root().join("ui-client");
+    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    for (needed, how) in [
+        (ui.join("dist/index.html"), "build the console: cd ui-client && npm ci && npm run build"),
+        (ui.join("node_modules/playwright-core"), "cd ui-client && npm ci"),
+        (std::path::PathBuf::from(&chromium), "install Chromium (deploy/install-tools.sh --browser)"),
+    ] {
+        anyhow::ensure!(needed.exists(), "{} is missing ({how})", needed.display());
+    }
+    let output = tokio::process::Command::new("node")
+        .arg("tests/first-load.mjs")
+        .current_dir(&ui)
+        .env("VIGIE_URL", format!("http://{}/", bench.slice.gateway_addr))
+        .env("VIGIE_LOGIN", tests::SUPERVISOR)
+        .env("VIGIE_PASSWORD", tests::TEST_PASSWORD)
+        .env("CHROMIUM_PATH", &chromium)
+        .output()
+        .await
+        .context("running node tests/first-load.mjs")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "first-load.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().context("first-load.mjs printed nothing")?;
+    let m: serde_json::Value = serde_json::from_str(line).context("first-load.mjs's figures")?;
+    let ms = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    Ok(format!(
+        "- The login page painted {:.0} ms after navigation (first contentful paint).\n\
+         - From the login's click: the link live {:.0} ms later, the streetlights first drawn on the map {:.0} ms later, the map idle (every tile drawn) {:.0} ms later.\n\
+         - The snapshot: {:.1} KiB in {} frames ({} assets, {} alarms); the page's JavaScript heap after the load: {:.1} MiB.",
+        ms("first_contentful_paint_ms"),
+        ms("live_ms"),
+        ms("assets_drawn_ms"),
+        ms("map_idle_ms"),
+        ms("snapshot_bytes") / 1024.0,
+        m["snapshot_frames"],
+        m["assets"],
+        m["alarms"],
+        ms("heap_bytes") / (1024.0 * 1024.0)
+    ))
+}
+
 /// S5: memory per WebSocket client, idle and at 10 updates/s, and for a view of many assets.
 /// S5's memory per client, measured first, on a gateway that no earlier scenario has grown (its
 /// allocator would reuse what they freed, and show nothing).
@@ -588,14 +867,14 @@ async fn s5_clients(bench: &mut Bench) -> Result<(f64, f64)> {
     println!("S5: memory per client");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss(pid)?;
-    let fleet = clients::connect(&bench.ws, Some(&bench.token), &clients::roles(clients, 0, 0)).await?;
+    let fleet = clients::spawn(&bench.ws, Some(&bench.token), &clients::roles(clients, 0, 0)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = rss(pid)?;
     let plan = load::Load { rate: 10.0, duration: Duration::from_secs(5), alarm_every: 0, streams: 1 };
     let (_, next) = load::play(&bench.channel, &bench.lamps, &plan, bench.next).await?;
     bench.next = next;
     let busy = rss(pid)?;
-    fleet.finish().await;
+    fleet.finish().await?;
     let per_idle = idle.saturating_sub(before) as f64 / clients as f64;
     let per_busy = busy.saturating_sub(before) as f64 / clients as f64;
     Ok((per_idle, per_busy))
@@ -605,18 +884,10 @@ async fn s5(bench: &mut Bench, (per_idle, per_busy): (f64, f64)) -> Result<()> {
     let pid = bench.gateway_pid()?;
     let clients = bench.scale.memory_clients;
     println!("S5: memory of a large view");
-    // A view of many assets: register and report each once; S6 measures the view a fresh gateway
-    // rebuilds from them (this gateway's memory holds what the earlier scenarios left).
-    let mut lighting = proto::lighting::lighting_service_client::LightingServiceClient::new(bench.channel.clone());
-    let all = load::register(&mut lighting, bench.scale.view_assets).await?;
-    let rate = if bench.smoke { 1_000.0 } else { 5_000.0 };
-    let plan =
-        load::Load { rate, duration: Duration::from_secs_f64(all.len() as f64 / rate), alarm_every: 0, streams: 4 };
-    // A fresh round of reports for every lamp, newer than any before.
-    let (_, next) =
-        load::play(&bench.channel, &all, &plan, bench.next.div_ceil(all.len() as u64) * all.len() as u64 * 2).await?;
-    bench.next = next;
-    bench.view_assets = all.len();
+    // A view of many assets (S6 measures the view a fresh gateway rebuilds from them; this
+    // gateway's memory holds what the earlier scenarios left). The scaling table may have grown
+    // it already.
+    bench.grow_to(bench.scale.view_assets).await?;
     let r = &mut bench.report;
     writeln!(r, "## S5 · Memory\n")?;
     writeln!(
@@ -626,7 +897,7 @@ async fn s5(bench: &mut Bench, (per_idle, per_busy): (f64, f64)) -> Result<()> {
     writeln!(r, "- {clients} idle WebSocket clients: **{:.1} KiB per client** (target ≤ 64 KiB).", per_idle / 1024.0)?;
     writeln!(r, "- The same clients receiving 10 updates/s: {:.1} KiB per client.", per_busy / 1024.0)?;
     writeln!(r, "- The gateway after the scenarios so far: {:.1} MiB.", rss(pid)? as f64 / (1024.0 * 1024.0))?;
-    writeln!(r, "- A view of {} streetlights: see S6, whose fresh gateway rebuilds it.\n", all.len())?;
+    writeln!(r, "- A view of {} streetlights: see S6, whose fresh gateway rebuilds it.\n", bench.view_assets)?;
     Ok(())
 }
 
