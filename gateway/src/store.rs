@@ -307,6 +307,8 @@ impl Store {
     /// The stored sequence goes first: a crash in between leaves a view that starts from nothing
     /// (the checkpoint is then read again), never an old sequence over a partial view.
     pub fn restore(&self, view: &Loaded, audit: &[AuditEntry]) -> Result<(), StoreError> {
+        // One transaction of the whole view: the store watchdog's flush waits for it.
+        let _bulk = runtime::store_fault::bulk_write();
         self.meta.remove(APPLIED_SEQ)?;
         self.db.flush()?;
         for tree in [&self.assets, &self.alarms, &self.commands, &self.kpis] {

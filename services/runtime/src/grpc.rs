@@ -46,8 +46,8 @@ impl Security {
 
 /// Serves `routes` (the services `service_names`, fully qualified) plus health and reflection
 /// until `shutdown` is cancelled, then finishes the requests in flight. The health service says
-/// what `readiness` says, for each of `service_names` and for the server (`""`), and NOT_SERVING
-/// from the shutdown on.
+/// what `readiness` says, for each of `service_names` and for the server (`""`); at the shutdown
+/// the health `Watch` streams still open are told NOT_SERVING (new connections are refused).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Routes,
@@ -96,7 +96,7 @@ pub async fn serve(
 }
 
 /// Keeps the health service's statuses what `readiness` says (logging each change), until the
-/// shutdown; then NOT_SERVING, so that balancing clients stop sending before the port closes.
+/// shutdown; then NOT_SERVING, for the `Watch` streams still open.
 async fn report_health(
     health: HealthReporter,
     names: Vec<String>,

@@ -112,7 +112,11 @@ impl Service {
     /// [`crate::grpc::Readiness`]). Its NATS link being down alone does not stop it: the outbox
     /// keeps what it accepts until the link is back. What does:
     /// - its store failed to write (a full or failing disk): writes are refused until it restarts;
-    ///   or stopped answering (see [`crate::store_fault`]);
+    ///   or stopped answering (see [`crate::store_fault`]). Reads would still work from the
+    ///   store, but an instance that cannot write leaves the balancing (a client's retry goes
+    ///   to another instance, or waits), which is what balancers and Kubernetes can express;
+    ///   (when every worker is parked inside a deadlocked store, the health itself cannot
+    ///   answer: the watchdog's exit is what ends it);
     /// - with `--standby`, its lease lapsed (another instance may be active), or NATS is
     ///   unreachable (a write is acknowledged only once JetStream holds it).
     fn readiness(&self) -> crate::grpc::Readiness {
@@ -122,8 +126,12 @@ impl Service {
             if crate::store_fault::failed() {
                 return Err("its store failed to write (a full or failing disk); writes are refused".into());
             }
-            if let Some(stalled) = crate::store_fault::stalled_for() {
-                return Err(format!("its store has not finished a flush in {} s", stalled.as_secs()));
+            // The reason stays the same while the stall lasts (the health does not flap).
+            if crate::store_fault::stalled_for().is_some() {
+                return Err(format!(
+                    "its store has not finished a flush for {} s or more",
+                    crate::store_fault::STALL_NOT_SERVING.as_secs()
+                ));
             }
             if let Some(fence) = &fence {
                 if !fence.holds() {

@@ -46,7 +46,11 @@ fn the_benchmark_runs_every_scenario_and_loses_nothing() -> Result<()> {
     } else {
         eprintln!("SKIP the console's first load: the console is not built (cd ui-client && npm ci && npm run build)");
     }
-    // Whatever the pace on a busy machine, every accepted report reached every client.
+    // Whatever the pace on a busy machine, every accepted report reached every client; every
+    // scenario ran (a failed one says FAILED, a ladder whose every step failed sustains 0).
     assert!(!report.contains("(LOSS)"), "{report}");
+    assert!(!report.contains("FAILED"), "{report}");
+    assert!(!report.contains("sustained: **0 events/s**"), "{report}");
+    assert!(!report.contains("none of the steps"), "{report}");
     Ok(())
 }

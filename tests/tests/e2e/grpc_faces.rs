@@ -14,6 +14,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use tests::{Slice, repo_root, test_territory};
 use tokio::io::AsyncWriteExt;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 /// What every server lists besides its own service.
 const STANDARD: [&str; 3] =
@@ -41,23 +43,41 @@ async fn reflect(addr: &str, token: Option<&str>, calls: &[Value]) -> Result<Val
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-/// The services a server lists by reflection `v1`, with tonic's reflection client.
-async fn list_v1(addr: &str) -> Result<BTreeSet<String>> {
+/// One request to a server's reflection `v1`, with tonic's reflection client: its answer, or the
+/// status the stream ended with (tonic's server ends it with NOT_FOUND for an unknown symbol).
+async fn ask_v1(addr: &str, request: MessageRequest) -> Result<Result<MessageResponse, tonic::Status>> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
     let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
+    let answer = async {
+        let mut answers = client.server_reflection_info(tokio_stream::once(request)).await?.into_inner();
+        answers
+            .message()
+            .await?
+            .and_then(|answer| answer.message_response)
+            .ok_or_else(|| tonic::Status::internal("an empty answer"))
     };
-    let mut answers = client.server_reflection_info(tokio_stream::once(request)).await?.into_inner();
-    let answer = answers.message().await?.context("no reflection answer")?;
-    match answer.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
+    Ok(answer.await)
+}
+
+/// The services a server lists by reflection `v1`.
+async fn list_v1(addr: &str) -> Result<BTreeSet<String>> {
+    match ask_v1(addr, MessageRequest::ListServices(String::new())).await?? {
+        MessageResponse::ListServicesResponse(list) => Ok(list.service.into_iter().map(|s| s.name).collect()),
         other => anyhow::bail!("not a list of services: {other:?}"),
+    }
+}
+
+/// Whether a server's reflection `v1` gives a descriptor for `request` (false: NOT_FOUND).
+async fn offers_v1(addr: &str, request: MessageRequest) -> Result<bool> {
+    let not_found = tonic::Code::NotFound;
+    match ask_v1(addr, request).await? {
+        Ok(MessageResponse::FileDescriptorResponse(files)) => Ok(!files.file_descriptor_proto.is_empty()),
+        Ok(MessageResponse::ErrorResponse(e)) if e.error_code == not_found as i32 => Ok(false),
+        Err(status) if status.code() == not_found => Ok(false),
+        other => anyhow::bail!("an unexpected answer: {other:?}"),
     }
 }
 
@@ -151,6 +171,15 @@ async fn every_grpc_server_is_usable_by_reflection_alone() -> Result<()> {
         eprintln!("[grpc faces] {name} at {addr}: {} calls by reflection alone", calls.len());
         if name == "vigie.lighting.v1.LightingService" {
             assert_eq!(outcomes[1]["response"]["streetlight"]["id"], "REFL-1", "{seen}");
+            // Its own descriptors and their imports, nothing of the other services'.
+            let symbol = |s: &str| MessageRequest::FileContainingSymbol(s.to_owned());
+            let file = |f: &str| MessageRequest::FileByFilename(f.to_owned());
+            assert!(offers_v1(&addr, symbol(name)).await?);
+            assert!(offers_v1(&addr, symbol("vigie.v1.StreamSummary")).await?);
+            assert!(offers_v1(&addr, file("google/protobuf/timestamp.proto")).await?);
+            assert!(!offers_v1(&addr, symbol("vigie.water.v1.WaterService")).await?);
+            assert!(!offers_v1(&addr, file("vigie/v1/event.proto")).await?);
+            assert!(!offers_v1(&addr, symbol("vigie.bench.v1.Echo")).await?);
         }
         if name == "vigie.ops.v1.OpsView" {
             let answer: Value = serde_json::from_str(outcomes[0]["response"]["json"].as_str().context("json")?)?;

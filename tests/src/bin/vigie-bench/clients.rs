@@ -87,7 +87,10 @@ pub struct Fleet {
 }
 
 /// Connects `roles.len()` clients to `url`, `token` as the gateway's subprotocol (none for the
-/// raw baseline), a few at a time (the server's accept loop is not what is measured).
+/// raw baseline), a few at a time (the server's accept loop is not what is measured). A client of
+/// the gateway is connected once its whole snapshot has arrived: a load played while snapshots
+/// are still being sent would measure them (their size grows with the territory) rather than
+/// the deltas.
 pub async fn connect(url: &str, token: Option<&str>, roles: &[Role]) -> Result<Fleet> {
     let stop = CancellationToken::new();
     let mut clients = Vec::with_capacity(roles.len());
@@ -98,10 +101,20 @@ pub async fn connect(url: &str, token: Option<&str>, roles: &[Role]) -> Result<F
             if let Some(token) = token {
                 request.headers_mut().insert("sec-websocket-protocol", format!("vigie.v1, bearer.{token}").parse()?);
             }
-            connecting.push(async move { (role, tokio_tungstenite::connect_async(request).await) });
+            let snapshot = token.is_some();
+            connecting.push(async move {
+                let connected = async {
+                    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+                    if snapshot {
+                        await_snapshot(&mut socket).await?;
+                    }
+                    anyhow::Ok(socket)
+                };
+                (role, connected.await)
+            });
         }
         for (role, connected) in futures::future::join_all(connecting).await {
-            let (socket, _) = connected.with_context(|| format!("connecting a client to {url}"))?;
+            let socket = connected.with_context(|| format!("connecting a client to {url}"))?;
             let stop = stop.clone();
             let role = *role;
             clients.push((role, tokio::spawn(run(socket, role, stop))));
@@ -128,12 +141,15 @@ impl Fleet {
     }
 }
 
+/// How long a fleet may take to connect its clients (their snapshots included), and to stop and
+/// give its figures.
+const FLEET_WITHIN: Duration = Duration::from_secs(300);
+
 /// A fleet of clients in a process of its own (see the module's documentation).
 pub struct RemoteFleet {
     child: Child,
     stdin: ChildStdin,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
-    len: usize,
     pid: u32,
 }
 
@@ -156,18 +172,18 @@ pub async fn spawn(url: &str, token: Option<&str>, roles: &[Role]) -> Result<Rem
     let pid = child.id().context("the fleet process has no pid")?;
     let stdin = child.stdin.take().context("the fleet's stdin")?;
     let mut stdout = BufReader::new(child.stdout.take().context("the fleet's stdout")?).lines();
-    match stdout.next_line().await? {
+    // A gateway that accepts connections but never answers them must not hang the run.
+    let connected = tokio::time::timeout(FLEET_WITHIN, stdout.next_line())
+        .await
+        .map_err(|_| anyhow::anyhow!("the fleet's {} clients did not connect within {FLEET_WITHIN:?}", roles.len()))?;
+    match connected? {
         Some(line) if line == "connected" => {}
         other => anyhow::bail!("the fleet process did not connect its clients: {other:?}"),
     }
-    Ok(RemoteFleet { child, stdin, stdout, len: roles.len(), pid })
+    Ok(RemoteFleet { child, stdin, stdout, pid })
 }
 
 impl RemoteFleet {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -176,7 +192,10 @@ impl RemoteFleet {
     pub async fn finish(mut self) -> Result<(Seen, u64)> {
         self.stdin.write_all(b"stop\n").await?;
         self.stdin.flush().await?;
-        let line = self.stdout.next_line().await?.context("the fleet process ended without its figures")?;
+        let line = tokio::time::timeout(FLEET_WITHIN, self.stdout.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("the fleet did not give its figures within {FLEET_WITHIN:?}"))??
+            .context("the fleet process ended without its figures")?;
         let seen = Seen::from_json(&serde_json::from_str(&line)?)?;
         self.child.wait().await?;
         let dropped = seen.dropped;
@@ -232,6 +251,21 @@ async fn run(mut socket: Socket, role: Role, stop: CancellationToken) -> Seen {
         }
     }
     seen
+}
+
+/// Reads a gateway client's first frames until its snapshot is whole (its last frame does not
+/// say `more`).
+async fn await_snapshot(socket: &mut Socket) -> Result<()> {
+    while let Some(message) = socket.next().await {
+        if let Message::Text(text) = message? {
+            let text = text.as_str();
+            let snapshot = text.find("\"type\":\"snapshot\"").is_some_and(|at| at < 64);
+            if snapshot && !text.ends_with("\"more\":true}") {
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("the connection ended before its snapshot was whole")
 }
 
 /// Ends a client as a console would (a close frame), not with a reset the gateway logs.

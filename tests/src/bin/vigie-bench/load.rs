@@ -2,7 +2,7 @@
 //! open loop at a fixed rate over a few telemetry streams (the path integrators and the
 //! simulator use). Each report's `observed_at` is the moment it was due, so a sender that falls
 //! behind shows in the latencies instead of hiding them. Some lamps fail every other round (an
-//! alarm raised, then cleared).
+//! alarm raised, then cleared); the others report switched off, whatever the hour.
 
 use anyhow::{Context, Result};
 use proto::lighting::lighting_service_client::LightingServiceClient;
@@ -140,13 +140,16 @@ async fn play_unbounded(channel: &AuthChannel, lamps: &[String], load: &Load, fi
             let round = k / n;
             let failing = load.alarm_every > 0 && lamp.is_multiple_of(load.alarm_every) && round.is_multiple_of(2);
             let observed = wall + pace.due(i);
+            // Switched off (a standby draw that varies): a lamp reported lit by day is a
+            // `lamp_on_in_daytime` alarm, and a run by day would then hold one alarm per lamp
+            // (the figures would depend on the hour).
             let report = StatusReport {
                 streetlight_id: lamps[lamp].clone(),
                 observed_at: Some(observed.into()),
                 status: if failing { LampStatus::DefectiveLamp } else { LampStatus::Ok } as i32,
-                power_state: PowerState::On as i32,
-                illuminance_level: 0.8,
-                power_consumption_w: 40.0 + (k % 7) as f64,
+                power_state: PowerState::Off as i32,
+                illuminance_level: 0.0,
+                power_consumption_w: 0.5 + (k % 7) as f64 * 0.1,
                 voltage_v: None,
             };
             let message = TelemetryMessage { message: Some(Telemetry::Status(report)) };

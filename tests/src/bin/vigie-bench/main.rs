@@ -238,9 +238,9 @@ impl Bench {
             println!("  (waited {:.1} s for the previous run's backlog)", drained.as_secs_f64());
         }
         let url = if coalesce { self.ws.clone() } else { format!("{}&coalesce=false", self.ws) };
+        // Connected: every client has its snapshot (not what is measured).
         let fleet = clients::spawn(&url, Some(&self.token), roles).await?;
-        // The snapshot each client gets first is not what is measured.
-        tokio::time::sleep(Duration::from_millis(500 + fleet.len() as u64)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (before, start) = (self.cpu(fleet.pid()), Instant::now());
         let (sent, next) = load::play(&self.channel, lamps, &plan, self.next).await?;
         self.next = next;
@@ -731,8 +731,10 @@ async fn s2_s3_s4(bench: &mut Bench) -> Result<()> {
 /// and the gateway's memory. At 1×, the console's first load in a real browser.
 async fn scaling(bench: &mut Bench) -> Result<()> {
     let pid = bench.gateway_pid()?;
-    let clients = *bench.scale.latency_clients.first().unwrap_or(&100);
-    let measuring = bench.scale.measuring.min(clients);
+    // Ten consoles of the whole territory: each snapshot is about 550 bytes per streetlight and
+    // per alarm (130 MB at 4× by day), and the fleet is connected once every one has arrived.
+    let clients = if bench.smoke { 4 } else { 10 };
+    let measuring = clients;
     let latency_rate = bench.scale.latency_rates[0];
     let mut table = format!(
         "| streetlights | ingest sustained (events/s) | asset updates at {latency_rate:.0} events/s, {clients} clients | alarms | view (its own estimate) | gateway RSS | RSS per streetlight added |\n|---|---|---|---|---|---|---|\n"
@@ -823,6 +825,7 @@ async fn first_load(bench: &Bench) -> Result<String> {
     ] {
         anyhow::ensure!(needed.exists(), "{} is missing ({how})", needed.display());
     }
+    let within = Duration::from_secs(300);
     let output = tokio::process::Command::new("node")
         .arg("tests/first-load.mjs")
         .current_dir(&ui)
@@ -830,8 +833,11 @@ async fn first_load(bench: &Bench) -> Result<String> {
         .env("VIGIE_LOGIN", tests::SUPERVISOR)
         .env("VIGIE_PASSWORD", tests::TEST_PASSWORD)
         .env("CHROMIUM_PATH", &chromium)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(within, output)
         .await
+        .map_err(|_| anyhow::anyhow!("first-load.mjs did not finish within {within:?}"))?
         .context("running node tests/first-load.mjs")?;
     anyhow::ensure!(
         output.status.success(),
@@ -841,6 +847,20 @@ async fn first_load(bench: &Bench) -> Result<String> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().context("first-load.mjs printed nothing")?;
     let m: serde_json::Value = serde_json::from_str(line).context("first-load.mjs's figures")?;
+    // Every figure a number: a missing one is a failure, not a "NaN" in the report.
+    for key in [
+        "first_contentful_paint_ms",
+        "live_ms",
+        "assets_drawn_ms",
+        "map_idle_ms",
+        "snapshot_bytes",
+        "snapshot_frames",
+        "assets",
+        "alarms",
+        "heap_bytes",
+    ] {
+        anyhow::ensure!(m[key].as_f64().is_some_and(f64::is_finite), "first-load.mjs gave no {key}: {m}");
+    }
     let ms = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
     Ok(format!(
         "- The login page painted {:.0} ms after navigation (first contentful paint).\n\
