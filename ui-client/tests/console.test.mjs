@@ -13,6 +13,7 @@ import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS } from "./chromium.mjs";
 
 // IBM's Equal Access engine (Apache-2.0) checks WCAG 2.1 A and AA in the page.
 const ACE = join(dirname(createRequire(import.meta.url).resolve("accessibility-checker-engine/package.json")), "ace.js");
@@ -24,18 +25,6 @@ const expected = JSON.parse(process.env.VIGIE_EXPECT ?? "{}");
 const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const skip = (!url || !control) && "VIGIE_URL and VIGIE_CONTROL are not set (run by the Rust test console_in_a_browser)";
 
-// Without the network flags, Chromium tries the network at every start (this machine has none).
-// WebGL (MapLibre) runs on SwiftShader, Chromium's software renderer.
-const ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--enable-unsafe-swiftshader",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 let browser;
 /** The first console (operator A) and, from scenario 3, a second one (operator B). */
@@ -105,7 +94,7 @@ const seqOf = async (page) => Number((await page.textContent("#counts")).match(/
 before(async () => {
   if (skip) return;
   mkdirSync(artifacts, { recursive: true });
-  browser = await chromium.launch({ executablePath: chromiumPath, args: ARGS });
+  browser = await chromium.launch({ executablePath: chromiumPath, args: CHROMIUM_ARGS });
 });
 
 after(async () => {

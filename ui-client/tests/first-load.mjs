@@ -9,6 +9,7 @@
 //   heap_bytes                 the page's JavaScript heap after the load
 // Environment: VIGIE_URL (the gateway's base URL), VIGIE_LOGIN, VIGIE_PASSWORD, CHROMIUM_PATH.
 import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS } from "./chromium.mjs";
 
 const url = process.env.VIGIE_URL;
 const login = process.env.VIGIE_LOGIN;
@@ -18,20 +19,11 @@ if (!url || !login || !password) {
   process.exit(2);
 }
 
-// The same flags as the console's end-to-end test: no network at start, software WebGL.
+// The console's end-to-end test's flags (no network at start, software WebGL), and the heap's
+// exact size.
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--enable-unsafe-swiftshader",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--enable-precise-memory-info",
-  ],
+  args: [...CHROMIUM_ARGS, "--enable-precise-memory-info"],
 });
 try {
   const context = await browser.newContext({ viewport: { width: 1600, height: 900 }, locale: "fr-FR" });

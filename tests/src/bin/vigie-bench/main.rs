@@ -357,7 +357,7 @@ async fn main() -> Result<()> {
         match s5_clients(&mut bench).await {
             Ok(measured) => Some(measured),
             Err(e) => {
-                outcome(&mut bench.report, &mut failed, "S5", Err(e))?;
+                outcome(&mut bench.report, &mut failed, &args.out, "S5", Err(e))?;
                 None
             }
         }
@@ -366,42 +366,35 @@ async fn main() -> Result<()> {
     };
     if run("s1") {
         let result = s1(&mut bench, b1_synced, b3).await;
-        outcome(&mut bench.report, &mut failed, "S1", result)?;
-        save(&args.out, &bench.report)?;
+        outcome(&mut bench.report, &mut failed, &args.out, "S1", result)?;
     }
     if run("s2") {
         let result = s2_s3_s4(&mut bench).await;
-        outcome(&mut bench.report, &mut failed, "S2 to S4", result)?;
-        save(&args.out, &bench.report)?;
+        outcome(&mut bench.report, &mut failed, &args.out, "S2 to S4", result)?;
     }
     if run("scaling") {
         let result = scaling(&mut bench).await;
-        outcome(&mut bench.report, &mut failed, "Scaling", result)?;
-        save(&args.out, &bench.report)?;
+        outcome(&mut bench.report, &mut failed, &args.out, "Scaling", result)?;
     }
     if let Some(per_client) = per_client {
         let result = s5(&mut bench, per_client).await;
-        outcome(&mut bench.report, &mut failed, "S5", result)?;
-        save(&args.out, &bench.report)?;
+        outcome(&mut bench.report, &mut failed, &args.out, "S5", result)?;
     }
     if run("s6") {
         let result = s6(&mut bench).await;
-        outcome(&mut bench.report, &mut failed, "S6", result)?;
-        save(&args.out, &bench.report)?;
+        outcome(&mut bench.report, &mut failed, &args.out, "S6", result)?;
     }
     let mut report = bench.report;
     drop(bench.slice);
     if run("unsynced") {
         let result = async { s1_unsynced(&scale, args.smoke, b1(1, JetStreamSync::Default).await?, &mut report).await };
         let result = result.await;
-        outcome(&mut report, &mut failed, "S1 without per-message sync", result)?;
-        save(&args.out, &report)?;
+        outcome(&mut report, &mut failed, &args.out, "S1 without per-message sync", result)?;
     }
     if run("standby") {
         let result = async { s1_standby(&scale, args.smoke, b1(3, JetStreamSync::Always).await?, &mut report).await };
         let result = result.await;
-        outcome(&mut report, &mut failed, "S1 with a standby", result)?;
-        save(&args.out, &report)?;
+        outcome(&mut report, &mut failed, &args.out, "S1 with a standby", result)?;
     }
 
     writeln!(report, "\nThe whole run took {:.0} s.", started.elapsed().as_secs_f64())?;
@@ -416,20 +409,21 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// A scenario's failure, in the report (its section says FAILED and why) and in `failed`.
-fn outcome(report: &mut String, failed: &mut Vec<String>, name: &str, result: Result<()>) -> Result<()> {
+/// A scenario's end: its failure, if any, in the report (its section says FAILED and why) and in
+/// `failed`; then the report as it stands saved to `out`.
+fn outcome(
+    report: &mut String,
+    failed: &mut Vec<String>,
+    out: &std::path::Path,
+    name: &str,
+    result: Result<()>,
+) -> Result<()> {
     if let Err(e) = result {
         eprintln!("{name} FAILED: {e:#}");
-        writeln!(
-            report,
-            "## {name} · FAILED
-
-{e:#}
-"
-        )?;
+        writeln!(report, "## {name} · FAILED\n\n{e:#}\n")?;
         failed.push(name.to_owned());
     }
-    Ok(())
+    save(out, report)
 }
 
 /// Writes the report as it stands (the run goes on; a later failure keeps what was measured).
