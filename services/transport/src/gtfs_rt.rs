@@ -144,27 +144,47 @@ pub fn trip_updates<'a>(
     let entity = sorted(vehicles, now_unix)
         .into_iter()
         .filter_map(|v| {
+            use rt::trip_update::stop_time_update::ScheduleRelationship;
             let p = v.state.position.as_ref()?;
-            let delay = v.state.delay_s?;
             let trip = network.trips.get(&p.trip_id)?;
-            let event = |a: &predict::Predicted| rt::trip_update::StopTimeEvent {
-                delay: a.delay_s.map(|d| d.round() as i32),
-                time: a.predicted_unix,
-                uncertainty: None,
-                scheduled_time: None,
+            let event = |a: &predict::Predicted| {
+                a.predicted_unix.map(|time| rt::trip_update::StopTimeEvent {
+                    delay: a.delay_s.map(|d| d.round() as i32),
+                    time: Some(time),
+                    uncertainty: None,
+                    scheduled_time: None,
+                })
             };
-            let stop_time_update = predict::arrivals(trip, Some(v), 0)
+            // Every vehicle of the positions feed has its trip update (MobilityData's W003): one
+            // whose adherence is not known yet (before its first stop, off its shape) says so
+            // stop by stop with NO_DATA, which carries no times.
+            let mut arrivals = predict::arrivals(trip, Some(v), 0);
+            if arrivals.is_empty() {
+                // At its last stop: that stop, so that the update is not empty (rule E041).
+                let last = trip.stop_times.last()?;
+                arrivals.push(predict::Predicted {
+                    stop_id: last.stop_id.clone(),
+                    stop_sequence: last.sequence,
+                    scheduled_unix: 0,
+                    predicted_unix: None,
+                    delay_s: None,
+                });
+            }
+            let stop_time_update = arrivals
                 .iter()
                 .map(|a| rt::trip_update::StopTimeUpdate {
                     stop_sequence: Some(a.stop_sequence),
                     stop_id: Some(a.stop_id.clone()),
-                    arrival: Some(event(a)),
-                    departure: Some(event(a)),
-                    schedule_relationship: Some(
-                        rt::trip_update::stop_time_update::ScheduleRelationship::Scheduled as i32,
-                    ),
+                    arrival: event(a),
+                    departure: event(a),
+                    schedule_relationship: Some(if a.predicted_unix.is_some() {
+                        ScheduleRelationship::Scheduled
+                    } else {
+                        ScheduleRelationship::NoData
+                    } as i32),
                 })
                 .collect();
+            let delay = v.state.delay_s;
             Some(rt::FeedEntity {
                 id: p.trip_id.clone(),
                 trip_update: Some(rt::TripUpdate {
@@ -172,7 +192,7 @@ pub fn trip_updates<'a>(
                     vehicle: Some(vehicle_descriptor(v)),
                     stop_time_update,
                     timestamp: Some(v.seen_unix_s),
-                    delay: Some(delay.round() as i32),
+                    delay: delay.map(|d| d.round() as i32),
                 }),
                 ..Default::default()
             })
@@ -294,6 +314,53 @@ mod tests {
         let trip = v.trip.as_ref().unwrap();
         assert_eq!(trip.start_date.as_deref(), Some("20231114"), "the service day of 1,700,000,000 in UTC");
         assert_eq!(feed.header.gtfs_realtime_version, "2.0");
+    }
+
+    #[test]
+    fn every_vehicle_has_its_trip_update_and_times_only_where_predicted() {
+        use crate::network::{StopTime, Trip};
+        use rt::trip_update::stop_time_update::ScheduleRelationship;
+        let now = 1_700_000_000;
+        let mut network = Network::default();
+        let stop_times = (1..=3)
+            .map(|i| StopTime {
+                stop_id: format!("S{i}"),
+                sequence: i,
+                // All three due the same minute (timetables round to minutes).
+                arrival_s: 36_000,
+                departure_s: 36_000,
+                dist_m: None,
+            })
+            .collect();
+        network.trips.insert(
+            "T1".into(),
+            Trip {
+                id: "T1".into(),
+                route_id: "R".into(),
+                service_id: "S".into(),
+                direction: 0,
+                shape_id: None,
+                headsign: String::new(),
+                stop_times,
+            },
+        );
+        let mut unknown = tracked("B", now, false);
+        unknown.state.delay_s = None;
+        let vehicles = [tracked("A", now, false), unknown];
+        let feed = trip_updates(vehicles.iter(), &network, &jiff::tz::TimeZone::UTC, now);
+        assert_eq!(feed.entity.len(), 2, "one update per vehicle of the positions feed");
+        let known = feed.entity[0].trip_update.as_ref().unwrap();
+        let times: Vec<i64> = known.stop_time_update.iter().filter_map(|u| u.arrival.as_ref()?.time).collect();
+        assert_eq!(times.len(), 2, "S2 and S3 ahead");
+        assert!(times[1] > times[0], "strictly increasing: {times:?}");
+        assert_eq!(known.delay, Some(90));
+        let no_data = feed.entity[1].trip_update.as_ref().unwrap();
+        assert_eq!(no_data.delay, None);
+        assert!(!no_data.stop_time_update.is_empty());
+        for update in &no_data.stop_time_update {
+            assert_eq!(update.schedule_relationship, Some(ScheduleRelationship::NoData as i32));
+            assert!(update.arrival.is_none() && update.departure.is_none(), "NO_DATA carries no times");
+        }
     }
 
     #[test]

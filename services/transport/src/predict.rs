@@ -52,18 +52,29 @@ pub fn arrivals(trip: &Trip, vehicle: Option<&Tracked>, origin_unix: i64) -> Vec
         }
     };
     let delay = vehicle.state.delay_s;
+    // A vehicle reaches its stops one after the other: each prediction is at least a second after
+    // the one before (timetables give consecutive stops the same minute, and early stops are all
+    // held at the observation), as GTFS-Realtime requires (MobilityData's rule E022).
+    let mut previous: Option<i64> = None;
     trip.stop_times
         .iter()
         .filter(ahead)
         .map(|st| {
             let scheduled = origin + i64::from(st.arrival_s);
+            // Never in the past of the observation: a vehicle cannot have arrived already.
+            let predicted = delay.map(|d| {
+                let at = (scheduled + d.round() as i64).max(vehicle.seen_unix_s as i64);
+                let at = previous.map_or(at, |p| at.max(p + 1));
+                previous = Some(at);
+                at
+            });
             Predicted {
                 stop_id: st.stop_id.clone(),
                 stop_sequence: st.sequence,
                 scheduled_unix: scheduled,
-                // Never in the past of the observation: a vehicle cannot have arrived already.
-                predicted_unix: delay.map(|d| (scheduled + d.round() as i64).max(vehicle.seen_unix_s as i64)),
-                delay_s: delay,
+                predicted_unix: predicted,
+                // The delay the prediction says, stop by stop.
+                delay_s: predicted.map(|p| (p - scheduled) as f64),
             }
         })
         .collect()
@@ -142,6 +153,15 @@ mod tests {
         for (v, expected, why) in cases {
             assert_eq!(summary(&arrivals(&t, Some(&v), 0)), expected, "{why}");
         }
+        // Two stops due at the same minute, and stops held at the observation: each prediction
+        // is a second after the one before, and its delay says so.
+        let mut same_minute = trip();
+        same_minute.stop_times[2].arrival_s = same_minute.stop_times[1].arrival_s;
+        let early = arrivals(&same_minute, Some(&vehicle(2, InTransitTo, 900.0, Some(-600.0))), 0);
+        assert_eq!(summary(&early), [(2, 29_100, Some(29_160)), (3, 29_100, Some(29_161))]);
+        assert_eq!(early.iter().map(|a| a.delay_s).collect::<Vec<_>>(), [Some(60.0), Some(61.0)]);
+        let late = arrivals(&same_minute, Some(&vehicle(2, InTransitTo, 900.0, Some(120.0))), 0);
+        assert_eq!(summary(&late), [(2, 29_100, Some(29_220)), (3, 29_100, Some(29_221))]);
         let mut finished = vehicle(3, StoppedAt, 2_000.0, Some(0.0));
         finished.state.trip_finished = true;
         assert!(arrivals(&t, Some(&finished), 0).is_empty());

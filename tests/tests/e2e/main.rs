@@ -14,6 +14,7 @@ mod faults;
 mod gateway_ops;
 mod gateway_replicas;
 mod grpc_faces;
+mod gtfs_rt_rules;
 mod lighting_domain;
 mod lighting_slice;
 mod live_protocol;
