@@ -432,7 +432,7 @@ impl Store {
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        runtime::store::flush(&self.db).await?;
         Ok(())
     }
 }

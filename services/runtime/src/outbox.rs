@@ -279,14 +279,7 @@ impl Outbox {
         if self.flushes.done.load(Ordering::Acquire) < ticket {
             // This flush begins now: it covers every commit numbered so far.
             let covered = self.flushes.asked.load(Ordering::Acquire);
-            // On tokio's blocking pool rather than `flush_async`: that hands the flush to
-            // sled's thread pool, whose every task wakes all its idle threads (measured: 7
-            // threads woken per flush, most of the lighting service's CPU at 4,000 reports/s).
-            let db = self.db.clone();
-            let flushed = tokio::task::spawn_blocking(move || db.flush())
-                .await
-                .unwrap_or_else(|e| Err(sled::Error::ReportableBug(format!("the flush's task failed: {e}"))));
-            if let Err(e) = flushed {
+            if let Err(e) = crate::store::flush(&self.db).await {
                 crate::store_fault::report(&e);
                 return Err(e);
             }

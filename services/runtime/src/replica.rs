@@ -401,7 +401,7 @@ async fn apply(
         database.outbox().record_state_seq(seq)?;
         applied.send_replace(seq);
         if flushed.elapsed() > Duration::from_secs(1) {
-            database.sled().flush_async().await?;
+            crate::store::flush(database.sled()).await?;
             flushed = tokio::time::Instant::now();
         }
     }

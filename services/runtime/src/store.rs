@@ -221,6 +221,17 @@ pub fn open_database(path: &Path) -> Result<sled::Db, StoreError> {
     Ok(db)
 }
 
+/// Makes every write to `db` so far durable, without blocking the runtime. On tokio's blocking
+/// pool rather than by sled's `flush_async`: that hands the flush to sled's own thread pool,
+/// whose every task wakes all its idle threads (seven; measured, most of the lighting service's
+/// CPU at 4,000 reports/s).
+pub async fn flush(db: &sled::Db) -> sled::Result<()> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush().map(drop))
+        .await
+        .unwrap_or_else(|e| Err(sled::Error::ReportableBug(format!("the flush's task failed: {e}"))))
+}
+
 /// A key as text, for errors (keys are ids; a binary key is shown lossily).
 fn key_text(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
