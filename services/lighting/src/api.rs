@@ -50,8 +50,7 @@ impl LightingService for LightingApi {
         request: Request<ReportStatusRequest>,
     ) -> Result<Response<ReportStatusResponse>, Status> {
         let caller = runtime::grpc_auth::caller(&request);
-        let event_id = self.core.record_status(request.into_inner().report.as_ref(), caller.as_ref())?;
-        self.core.settle()?;
+        let event_id = self.core.report_status(request.into_inner().report.as_ref(), caller.as_ref())?;
         self.core.flush().await?;
         Ok(Response::new(ReportStatusResponse { event_id }))
     }

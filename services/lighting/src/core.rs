@@ -278,10 +278,32 @@ impl Lighting {
     /// Records a status report (not yet committed); returns its event id. `caller`: a lamp of a
     /// commune its credential does not cover is not found.
     pub fn record_status(&self, report: Option<&StatusReport>, caller: Option<&Caller>) -> Result<String, Error> {
+        let mut rules = self.rules();
+        let (event_id, batch) = self.status_batch(&mut rules, report, caller)?;
+        self.store.write(batch)?;
+        Ok(event_id)
+    }
+
+    /// Records one status report and settles the alarms, in one transaction (not yet committed):
+    /// the report's change and the alarms it raises or clears are written together.
+    pub fn report_status(&self, report: Option<&StatusReport>, caller: Option<&Caller>) -> Result<String, Error> {
+        let mut rules = self.rules();
+        let (event_id, mut batch) = self.status_batch(&mut rules, report, caller)?;
+        add_alarm_changes(&mut batch, rules.settle(), now_ts())?;
+        self.store.write(batch)?;
+        Ok(event_id)
+    }
+
+    /// A status report's change and event, its rules observed (the caller holds the rules).
+    fn status_batch(
+        &self,
+        rules: &mut Rules,
+        report: Option<&StatusReport>,
+        caller: Option<&Caller>,
+    ) -> Result<(String, WriteBatch), Error> {
         let valid = domain::validate_report(report, SystemTime::now())?;
         let id = valid.streetlight_id;
-        let mut rules = self.rules();
-        let (place, mut state) = self.known_locked(&rules, &id, caller)?;
+        let (place, mut state) = self.known_locked(rules, &id, caller)?;
         let report = valid.report;
         if domain::is_newer(&report, state.last_report.as_ref()) {
             let was_lit = state.last_report.as_ref().is_some_and(domain::is_lit);
@@ -310,8 +332,7 @@ impl Lighting {
         let event_id = status_event.event.id.clone();
         let batch =
             WriteBatch { lamp_states: vec![(id.to_string(), state)], events: vec![status_event], ..Default::default() };
-        self.store.write(batch)?;
-        Ok(event_id)
+        Ok((event_id, batch))
     }
 
     /// Records a TALQ fault report (not yet committed); returns its event id. `caller`: as for
