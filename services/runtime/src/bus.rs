@@ -74,10 +74,12 @@ pub async fn connect(common: &crate::config::CommonConfig, client_name: &str) ->
 pub const JETSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The JetStream context every process uses on `nats` (requests wait [`JETSTREAM_TIMEOUT`]).
+/// An acknowledgement given up on (the relay stops waiting at the first failure of a batch)
+/// holds one of the context's 5,000 publish permits until its own timeout: that one is
+/// [`JETSTREAM_TIMEOUT`] too (30 s by default), so that a few failed batches of the relay's
+/// size do not leave the next one waiting for permits.
 pub fn jetstream(nats: &async_nats::Client) -> jetstream::Context {
-    let mut js = jetstream::new(nats.clone());
-    js.set_timeout(JETSTREAM_TIMEOUT);
-    js
+    jetstream::ContextBuilder::new().timeout(JETSTREAM_TIMEOUT).ack_timeout(JETSTREAM_TIMEOUT).build(nats.clone())
 }
 
 /// The configuration of the events stream for these settings.

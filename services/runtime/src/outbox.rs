@@ -352,6 +352,10 @@ pub struct RelaySettings {
     pub max_backoff: Duration,
 }
 
+/// What one batch of the relay may hold, in stored bytes (its entries are events, at most
+/// [`proto::event::MAX_EVENT_BYTES`] each, and state changes).
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings { batch: 2048, max_backoff: Duration::from_millis(500) }
@@ -506,7 +510,18 @@ async fn publish_batch(
         settled = settle(outbox, js).await?;
         state.uncertain = false;
     }
-    let entries: Vec<(sled::IVec, sled::IVec)> = outbox.tree.iter().take(batch).collect::<Result<_, _>>()?;
+    // At most `batch` entries and about MAX_BATCH_BYTES (one entry at least, whatever its size):
+    // each is held twice while in flight, stored and as the payload sent.
+    let mut entries: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+    let mut bytes = 0;
+    for entry in outbox.tree.iter().take(batch) {
+        let (key, value) = entry?;
+        bytes += value.len();
+        if !entries.is_empty() && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        entries.push((key, value));
+    }
     if entries.is_empty() {
         return Ok(settled);
     }
