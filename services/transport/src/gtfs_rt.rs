@@ -147,8 +147,10 @@ pub fn trip_updates<'a>(
             use rt::trip_update::stop_time_update::ScheduleRelationship;
             let p = v.state.position.as_ref()?;
             let trip = network.trips.get(&p.trip_id)?;
-            let event = |a: &predict::Predicted| {
-                a.predicted_unix.map(|time| rt::trip_update::StopTimeEvent {
+            // Arrival and departure have the same delay: the departure is the arrival plus the
+            // timetable's dwell.
+            let event = |a: &predict::Predicted, time: Option<i64>| {
+                time.map(|time| rt::trip_update::StopTimeEvent {
                     delay: a.delay_s.map(|d| d.round() as i32),
                     time: Some(time),
                     uncertainty: None,
@@ -167,6 +169,7 @@ pub fn trip_updates<'a>(
                     stop_sequence: last.sequence,
                     scheduled_unix: 0,
                     predicted_unix: None,
+                    predicted_departure_unix: None,
                     delay_s: None,
                 });
             }
@@ -175,8 +178,8 @@ pub fn trip_updates<'a>(
                 .map(|a| rt::trip_update::StopTimeUpdate {
                     stop_sequence: Some(a.stop_sequence),
                     stop_id: Some(a.stop_id.clone()),
-                    arrival: event(a),
-                    departure: event(a),
+                    arrival: event(a, a.predicted_unix),
+                    departure: event(a, a.predicted_departure_unix),
                     schedule_relationship: Some(if a.predicted_unix.is_some() {
                         ScheduleRelationship::Scheduled
                     } else {
@@ -186,7 +189,9 @@ pub fn trip_updates<'a>(
                 .collect();
             let delay = v.state.delay_s;
             Some(rt::FeedEntity {
-                id: p.trip_id.clone(),
+                // The vehicle's, as in the positions feed: two vehicles may be on one trip (a
+                // replacement, while the broken-down one is still heard), and ids are unique.
+                id: p.vehicle_id.clone(),
                 trip_update: Some(rt::TripUpdate {
                     trip: trip_descriptor(v, time_zone),
                     vehicle: Some(vehicle_descriptor(v)),

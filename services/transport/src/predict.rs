@@ -1,6 +1,10 @@
 //! Predicted arrivals, pure: the stops of a trip still ahead of its vehicle, with the vehicle's
 //! current delay carried forward (the method most AVL systems publish; it neither catches up
-//! recovery time nor adds dwell, and says so by being simple).
+//! recovery time nor adds dwell, and says so by being simple). Two rules bend it, so that the
+//! predictions are times a vehicle can keep: none is before the observation, and each stop is
+//! reached at least a second after the previous one was left (timetables give consecutive stops
+//! the same minute; GTFS-Realtime requires strictly increasing times). A stop's delay is then its
+//! own prediction's, a whole number of seconds.
 
 use proto::transport::VehicleStopStatus;
 
@@ -15,6 +19,9 @@ pub struct Predicted {
     pub scheduled_unix: i64,
     /// POSIX seconds; `None` without a vehicle delay.
     pub predicted_unix: Option<i64>,
+    /// When the vehicle leaves the stop, POSIX seconds: the predicted arrival plus the
+    /// timetable's dwell there; `None` without a vehicle delay.
+    pub predicted_departure_unix: Option<i64>,
     pub delay_s: Option<f64>,
 }
 
@@ -32,6 +39,7 @@ pub fn arrivals(trip: &Trip, vehicle: Option<&Tracked>, origin_unix: i64) -> Vec
                 stop_sequence: st.sequence,
                 scheduled_unix: origin_unix + i64::from(st.arrival_s),
                 predicted_unix: None,
+                predicted_departure_unix: None,
                 delay_s: None,
             })
             .collect();
@@ -52,20 +60,20 @@ pub fn arrivals(trip: &Trip, vehicle: Option<&Tracked>, origin_unix: i64) -> Vec
         }
     };
     let delay = vehicle.state.delay_s;
-    // A vehicle reaches its stops one after the other: each prediction is at least a second after
-    // the one before (timetables give consecutive stops the same minute, and early stops are all
-    // held at the observation), as GTFS-Realtime requires (MobilityData's rule E022).
-    let mut previous: Option<i64> = None;
+    // When the vehicle left the previous stop ahead: the next is reached at least a second later
+    // (MobilityData's rule E022).
+    let mut left_previous: Option<i64> = None;
     trip.stop_times
         .iter()
         .filter(ahead)
         .map(|st| {
             let scheduled = origin + i64::from(st.arrival_s);
+            let dwell = i64::from(st.departure_s.saturating_sub(st.arrival_s));
             // Never in the past of the observation: a vehicle cannot have arrived already.
             let predicted = delay.map(|d| {
                 let at = (scheduled + d.round() as i64).max(vehicle.seen_unix_s as i64);
-                let at = previous.map_or(at, |p| at.max(p + 1));
-                previous = Some(at);
+                let at = left_previous.map_or(at, |p| at.max(p + 1));
+                left_previous = Some(at + dwell);
                 at
             });
             Predicted {
@@ -73,6 +81,7 @@ pub fn arrivals(trip: &Trip, vehicle: Option<&Tracked>, origin_unix: i64) -> Vec
                 stop_sequence: st.sequence,
                 scheduled_unix: scheduled,
                 predicted_unix: predicted,
+                predicted_departure_unix: predicted.map(|at| at + dwell),
                 // The delay the prediction says, stop by stop.
                 delay_s: predicted.map(|p| (p - scheduled) as f64),
             }
@@ -162,6 +171,12 @@ mod tests {
         assert_eq!(early.iter().map(|a| a.delay_s).collect::<Vec<_>>(), [Some(60.0), Some(61.0)]);
         let late = arrivals(&same_minute, Some(&vehicle(2, InTransitTo, 900.0, Some(120.0))), 0);
         assert_eq!(summary(&late), [(2, 29_100, Some(29_220)), (3, 29_100, Some(29_221))]);
+        // A dwell of a minute at S2: S3 is reached after the vehicle left S2.
+        let mut dwell = same_minute.clone();
+        dwell.stop_times[1].departure_s += 60;
+        let waits = arrivals(&dwell, Some(&vehicle(2, InTransitTo, 900.0, Some(120.0))), 0);
+        assert_eq!(waits[0].predicted_departure_unix.map(|t| t - 1_000_000), Some(29_280));
+        assert_eq!(summary(&waits), [(2, 29_100, Some(29_220)), (3, 29_100, Some(29_281))]);
         let mut finished = vehicle(3, StoppedAt, 2_000.0, Some(0.0));
         finished.state.trip_finished = true;
         assert!(arrivals(&t, Some(&finished), 0).is_empty());
