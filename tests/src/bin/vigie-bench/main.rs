@@ -443,7 +443,7 @@ async fn s1(bench: &mut Bench, b1: f64, b3: f64) -> Result<()> {
     writeln!(r, "## S1 · Sustained ingest, end to end\n")?;
     writeln!(
         r,
-        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream (syncing every message, as deployed) → gateway (ordered consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client, and p99 stayed under 1 s. The ladder stops at the first step that fails.\n"
+        "Status reports over 4 gRPC telemetry streams → lighting service (sled, flushed before acknowledging) → outbox → JetStream (syncing every message, as deployed) → gateway (ordered consumer, view, sled) → {clients} WebSocket clients receiving every update (`coalesce=false`). A step counts when the sender kept the pace, every accepted report reached every client within 1.5 s of the load's end, and p99 stayed under 1 s; a step where some had not is marked *late* (they were still on their way behind the backlog: the next run waits until the view holds the stream's last event). The ladder stops at the first step that fails.\n"
     )?;
     writeln!(r, "{table}")?;
     writeln!(
@@ -578,18 +578,18 @@ fn ladder_row(table: &mut String, rate: f64, run: &Run) -> Result<bool> {
     // Each accepted report is one streetlight_status delta to every client (uncoalesced).
     let delivered = seen.asset.len() / S1_MEASURING as u64;
     let kept_up = sent.achieved >= 0.95 * rate;
-    let lossless = delivered == sent.accepted && sent.refused == 0 && *dropped == 0;
+    let complete = delivered == sent.accepted && sent.refused == 0 && *dropped == 0;
     let timely = p99_ms(&seen.asset).is_some_and(|p99| p99 < 1_000.0);
     writeln!(
         table,
         "| {rate:.0} | {:.0} | {} | {delivered}{} | {} | {} |",
         sent.achieved,
         sent.accepted,
-        if lossless { "" } else { " (LOSS)" },
+        if complete { "" } else { " (late)" },
         summary(&seen.asset),
         cores.all()
     )?;
-    Ok(kept_up && lossless && timely)
+    Ok(kept_up && complete && timely)
 }
 
 /// S2 latencies, S3 fan-out, S4 slow consumers; B2 at the same rates and client counts.
