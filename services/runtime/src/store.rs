@@ -223,8 +223,9 @@ pub fn open_database(path: &Path) -> Result<sled::Db, StoreError> {
 
 /// Makes every write to `db` so far durable, without blocking the runtime. On tokio's blocking
 /// pool rather than by sled's `flush_async`: that hands the flush to sled's own thread pool,
-/// whose every task wakes all its idle threads (seven; measured, most of the lighting service's
-/// CPU at 4,000 reports/s).
+/// whose every task wakes all its idle threads (seven). One such hop less per flush took the
+/// lighting service's p99 at 5,000 reports/s (without per-message sync) from 1.2 s to 116 ms;
+/// sled's own buffer writes still go through that pool.
 pub async fn flush(db: &sled::Db) -> sled::Result<()> {
     let db = db.clone();
     tokio::task::spawn_blocking(move || db.flush().map(drop))
