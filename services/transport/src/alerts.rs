@@ -223,18 +223,7 @@ mod tests {
                 dist_m: None,
             })
             .collect();
-        n.trips.insert(
-            "T".into(),
-            Trip {
-                id: "T".into(),
-                route_id: "R".into(),
-                service_id: "S".into(),
-                direction: 0,
-                shape_id: None,
-                headsign: String::new(),
-                stop_times,
-            },
-        );
+        n.trips.insert("T".into(), Trip::for_tests("T", stop_times));
         n
     }
 

@@ -337,18 +337,7 @@ mod tests {
                 dist_m: None,
             })
             .collect();
-        network.trips.insert(
-            "T1".into(),
-            Trip {
-                id: "T1".into(),
-                route_id: "R".into(),
-                service_id: "S".into(),
-                direction: 0,
-                shape_id: None,
-                headsign: String::new(),
-                stop_times,
-            },
-        );
+        network.trips.insert("T1".into(), Trip::for_tests("T1", stop_times));
         let mut unknown = tracked("B", now, false);
         unknown.state.delay_s = None;
         let vehicles = [tracked("A", now, false), unknown];

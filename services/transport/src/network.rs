@@ -56,6 +56,22 @@ pub struct Trip {
     pub stop_times: Vec<StopTime>,
 }
 
+#[cfg(test)]
+impl Trip {
+    /// A trip of route "R" and service "S", direction 0, without shape or headsign (unit tests).
+    pub fn for_tests(id: &str, stop_times: Vec<StopTime>) -> Trip {
+        Trip {
+            id: id.into(),
+            route_id: "R".into(),
+            service_id: "S".into(),
+            direction: 0,
+            shape_id: None,
+            headsign: String::new(),
+            stop_times,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct ServiceCalendar {
     weekdays: [bool; 7],

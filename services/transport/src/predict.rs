@@ -97,23 +97,16 @@ mod tests {
 
     /// Stops at 0, 1,000 and 2,000 m, due 08:00, 08:05 and 08:10.
     fn trip() -> Trip {
-        Trip {
-            id: "T1".into(),
-            route_id: "R".into(),
-            service_id: "S".into(),
-            direction: 0,
-            shape_id: None,
-            headsign: String::new(),
-            stop_times: (0..3)
-                .map(|i| StopTime {
-                    stop_id: format!("S{i}"),
-                    sequence: i + 1,
-                    arrival_s: 28_800 + i * 300,
-                    departure_s: 28_800 + i * 300,
-                    dist_m: Some(f64::from(i) * 1_000.0),
-                })
-                .collect(),
-        }
+        let stop_times = (0..3)
+            .map(|i| StopTime {
+                stop_id: format!("S{i}"),
+                sequence: i + 1,
+                arrival_s: 28_800 + i * 300,
+                departure_s: 28_800 + i * 300,
+                dist_m: Some(f64::from(i) * 1_000.0),
+            })
+            .collect();
+        Trip::for_tests("T1", stop_times)
     }
 
     /// Day origin: 1,000,000; observed at 08:06 (service time 29,160).
