@@ -10,6 +10,8 @@ pub struct LiveClient {
     socket: Socket,
     /// A snapshot whose frames are still coming (kept here: `next` may be cancelled between two).
     snapshot: Option<serde_json::Value>,
+    /// A message already read (the first snapshot, see [`LiveClient::subscribed`]), returned first.
+    read_ahead: Option<serde_json::Value>,
 }
 
 impl LiveClient {
@@ -33,12 +35,26 @@ impl LiveClient {
         }
         let (socket, _) =
             tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
-        Ok(LiveClient { socket, snapshot: None })
+        Ok(LiveClient { socket, snapshot: None, read_ahead: None })
+    }
+
+    /// Connects, then waits for the first snapshot (kept: `next` still returns it first). The
+    /// gateway takes a subscription's snapshot after the upgrade, so an event published before the
+    /// snapshot came may be inside it rather than a delta: a test that counts deltas starts here.
+    pub async fn subscribed(url: &str) -> Result<LiveClient> {
+        let mut client = LiveClient::connect(url).await?;
+        let first = client.next().await?;
+        anyhow::ensure!(first["type"] == "snapshot", "the first message is not a snapshot: {first}");
+        client.read_ahead = Some(first);
+        Ok(client)
     }
 
     /// The next server message as JSON: a text frame, or a whole snapshot however many frames
     /// carried it (their lists joined, `more` gone, and `frames` set to how many there were).
     pub async fn next(&mut self) -> Result<serde_json::Value> {
+        if let Some(message) = self.read_ahead.take() {
+            return Ok(message);
+        }
         loop {
             let mut frame = self.next_frame().await?;
             if frame["type"] != "snapshot" {
@@ -75,6 +91,9 @@ impl LiveClient {
 
     /// The next text frame as JSON, as it came.
     pub async fn next_frame(&mut self) -> Result<serde_json::Value> {
+        if let Some(message) = self.read_ahead.take() {
+            return Ok(message);
+        }
         loop {
             let message = tokio::time::timeout(WAIT, self.socket.next())
                 .await

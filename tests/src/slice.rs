@@ -295,9 +295,10 @@ impl Slice {
         Ok(LightingClient::new(channel_with_token(&self.lighting_addr, Some(&self.service_token)).await?))
     }
 
-    /// A live client that receives every update (not coalesced): tests count events.
+    /// A live client that receives every update (not coalesced): tests count events. Its
+    /// snapshot has come (and is its first message), so every later event arrives as a delta.
     pub async fn live_client(&self) -> Result<LiveClient> {
-        LiveClient::connect(&format!("ws://{}/ws?coalesce=false", self.gateway_addr)).await
+        LiveClient::subscribed(&format!("ws://{}/ws?coalesce=false", self.gateway_addr)).await
     }
 }
 
