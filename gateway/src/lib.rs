@@ -13,7 +13,8 @@
 //!   signed tokens; [`access`]: login, refresh, logout, the admin API and the middleware.
 //! - [`basemap`]: the territory for the console (communes, offline basemap as GeoJSON).
 //! - [`rest`]: the REST API under `/api/v1` (queries, audit log, alarm actions), with its OpenAPI
-//!   document; [`commands`]: operators' commands over REST, routed to the services over gRPC.
+//!   document; [`ngsild`]: the same view as NGSI-LD entities (`/ngsi-ld/v1/`, read only);
+//!   [`commands`]: operators' commands over REST, routed to the services over gRPC.
 
 pub mod access;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod history;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod ngsild;
 pub mod opsview;
 pub mod rest;
 pub mod routes;
@@ -567,6 +569,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             basemap::ConsoleSettings { targets, alarm_flood: config.alarm_flood },
             access.clone(),
         ))
+        .merge(ngsild::router(ngsild::NgsiState { live: live.clone(), access: access.clone() }))
         .merge(access::router(access))
         .merge(runtime::metrics::router(move || {
             metrics::get().applied_seq.set(scraped.applied_seq() as i64);

@@ -18,6 +18,7 @@ mod gtfs_rt_rules;
 mod lighting_domain;
 mod lighting_slice;
 mod live_protocol;
+mod ngsild;
 mod reliability;
 mod reports;
 mod shards;
