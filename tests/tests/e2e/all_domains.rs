@@ -124,5 +124,36 @@ async fn every_domain_reaches_one_operations_view() -> Result<()> {
     // The acting operator is the one logged in: the slice's supervisor.
     let audit = items(&gateway, "/api/v1/audit?actor=supervisor").await?;
     assert_eq!((audit.len(), &audit[0]["target"]), (1, &json!(key)));
+
+    // The same view over NGSI-LD, each domain with its Smart Data Models type.
+    let ngsi = |query: &str| {
+        let path = format!("/ngsi-ld/v1/entities?{query}");
+        let gateway = gateway.clone();
+        async move {
+            let (status, body) = http_get_json(&gateway, &path).await?;
+            anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
+            body.as_array().and_then(|a| a.first().cloned()).with_context(|| format!("GET {path}: no entity: {body}"))
+        }
+    };
+    let lamp = ngsi("type=Streetlight").await?;
+    assert_eq!((&lamp["id"], &lamp["powerState"]["value"]), (&json!("urn:ngsi-ld:Streetlight:EP-1"), &json!("on")));
+    assert_eq!(lamp["powerConsumption"]["unitCode"], "WTT", "{lamp}");
+    let vehicle = ngsi("type=Vehicle").await?;
+    assert_eq!(vehicle["id"], "urn:ngsi-ld:Vehicle:V1", "{vehicle}");
+    assert_eq!(vehicle["location"]["type"], "GeoProperty", "{vehicle}");
+    assert_eq!(vehicle["tripId"]["value"], "T1", "{vehicle}");
+    let request = ngsi("type=Open311ServiceRequest").await?;
+    assert_eq!(request["service_code"]["value"], "voirie-nid-de-poule", "{request}");
+    assert_eq!(request["status"]["value"], "open", "{request}");
+    let quality = ngsi("type=WaterQualityObserved").await?;
+    assert_eq!(quality["id"], "urn:ngsi-ld:WaterQualityObserved:Q-1", "{quality}");
+    assert_eq!((&quality["freeChlorine"]["value"], &quality["freeChlorine"]["unitCode"]), (&json!(0.02), &json!("M1")));
+    let alert = ngsi("type=Alert&attrs=alertSource,category,severity").await?;
+    assert_eq!(alert["id"], format!("urn:ngsi-ld:Alert:{key}"), "{alert}");
+    assert_eq!(alert["alertSource"]["object"], "urn:ngsi-ld:WaterQualityObserved:Q-1", "{alert}");
+    assert_eq!(alert["category"]["value"], "environment", "{alert}");
+    // The alert by its id, slashes and all.
+    let (status, by_id) = http_get_json(&gateway, &format!("/ngsi-ld/v1/entities/urn:ngsi-ld:Alert:{key}")).await?;
+    assert_eq!((status, &by_id["subCategory"]["value"]), (200, &json!("quality_breach")), "{by_id}");
     Ok(())
 }
