@@ -87,16 +87,24 @@ fn notices(report: &serde_json::Value) -> BTreeMap<String, (String, u64)> {
         .unwrap_or_default()
 }
 
+/// How long the validator may take on all the snapshots (about 20 s here).
+const VALIDATOR_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Runs the validator on the snapshots (a folder each: a file per feed, and `at`, its time: the
 /// validator's clock, the replay's time and not the wall clock); returns their reports.
-fn validate(gtfs: &Path, snapshots: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
+async fn validate(gtfs: &Path, snapshots: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
     let python = repo_root().join(".tools/venv/bin/python");
     anyhow::ensure!(python.is_file(), "{} is missing: run deploy/install-tools.sh --browser", python.display());
-    let output = std::process::Command::new(&python)
+    // A validator that hangs fails the test (and is killed) rather than holding CI.
+    let running = tokio::process::Command::new(&python)
         .arg(repo_root().join("tests/gtfs_rt_validate.py"))
         .arg(gtfs)
         .args(snapshots)
-        .output()?;
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(VALIDATOR_TIMEOUT, running)
+        .await
+        .with_context(|| format!("the GTFS-Realtime validator did not finish within {VALIDATOR_TIMEOUT:?}"))??;
     if !output.status.success() {
         bail!(
             "the GTFS-Realtime validator failed: {}{}",
@@ -174,7 +182,7 @@ async fn the_real_networks_feeds_pass_mobilitydatas_rules_under_the_simulators_l
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let mut fired: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    for report in validate(&gtfs, &snapshots)? {
+    for report in validate(&gtfs, &snapshots).await? {
         // The three messages read and validated (one it cannot read is no notice, but a system
         // error and a file skipped), E022 among the rules run.
         let summary = &report["summary"];
