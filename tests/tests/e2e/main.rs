@@ -19,6 +19,7 @@ mod lighting_domain;
 mod lighting_slice;
 mod live_protocol;
 mod ngsild;
+mod openapi_fuzz;
 mod reliability;
 mod reports;
 mod shards;
