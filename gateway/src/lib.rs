@@ -569,7 +569,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: Ca
             basemap::ConsoleSettings { targets, alarm_flood: config.alarm_flood },
             access.clone(),
         ))
-        .merge(ngsild::router(ngsild::NgsiState { live: live.clone(), access: access.clone() }))
+        .merge(ngsild::router(ngsild::NgsiState::new(live.clone(), access.clone())))
         .merge(access::router(access))
         .merge(runtime::metrics::router(move || {
             metrics::get().applied_seq.set(scraped.applied_seq() as i64);

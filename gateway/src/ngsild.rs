@@ -3,9 +3,12 @@
 //! geo-queries ([`query`]), paged, counted, as JSON with a `Link` to the context or as JSON-LD.
 //!
 //! The `@context` is Vigie's own, served by the gateway (`/ngsi-ld/contexts/vigie.jsonld`); the
-//! gateway never fetches one. A request's `Link` may name it or the NGSI-LD core context (the
-//! terms are the same); any other context is one this server cannot get: 504
-//! LdContextNotAvailable, as the specification says.
+//! gateway never fetches one. A request's `Link` may name it or the NGSI-LD core context (short
+//! names are then read as Vigie's context spells them: the Smart Data Models' terms); any other
+//! context is one this server cannot get: 504 LdContextNotAvailable, as the specification says.
+//!
+//! A query costs the view's size at worst (its candidates are cloned under the view's lock, then
+//! written off the async workers): two run at once, the others wait their turn.
 //!
 //! Tenancy as everywhere: the token decides the communes; `NGSILD-Tenant` (an INSEE code) narrows
 //! them to one, and a tenant outside the token's communes is answered as one that does not exist.
@@ -55,6 +58,24 @@ const MAX_COORDINATES_BYTES: usize = 64 * 1024;
 pub struct NgsiState {
     pub live: Arc<Live>,
     pub access: Access,
+    /// Queries that read the whole view, at most two at once (the view's lock is shared with the
+    /// consumer and the live sessions).
+    pub heavy: Arc<tokio::sync::Semaphore>,
+}
+
+impl NgsiState {
+    pub fn new(live: Arc<Live>, access: Access) -> NgsiState {
+        NgsiState { live, access, heavy: Arc::new(tokio::sync::Semaphore::new(2)) }
+    }
+
+    /// A turn for a query that reads the whole view.
+    async fn turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+        self.heavy
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "InternalError", "shutting down"))
+    }
 }
 
 pub fn router(state: NgsiState) -> Router {
@@ -629,8 +650,10 @@ async fn query_entities(
     let place = Place { scope: p.scope.clone(), tenant: pre.tenant.clone() };
 
     let names = commune_names(&state.access);
-    // The work is the whole view's at worst: off the async workers.
+    // The work is the whole view's at worst: off the async workers, two at once.
+    let turn = state.turn().await?;
     let (total, page) = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let sources = candidates(&state, &place, &filter);
         // Only q and attrs need the entity written to decide; otherwise its id is enough, and
         // only the page is written.
@@ -728,7 +751,9 @@ async fn types_present(
     state: NgsiState,
     place: Place,
 ) -> Result<BTreeMap<&'static str, (usize, BTreeSet<String>)>, Problem> {
+    let turn = state.turn().await?;
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let all = EntityFilter {
             types: Vec::new(),
             ids: BTreeSet::new(),

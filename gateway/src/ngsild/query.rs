@@ -3,9 +3,11 @@
 //!
 //! The `q` subset: `attr`, `attr[member]` (a compound value's member, nested), the comparisons
 //! `==`, `!=`, `<`, `<=`, `>`, `>=` with numbers, quoted strings, `true`/`false`, date-times
-//! (compared as RFC 3339 strings), value lists `a,b` and ranges `a..b` (with `==`, `!=`), the
-//! patterns `~=` and `!~=`, an attribute alone (it exists), `;` (and, the tighter), `|` (or) and
-//! parentheses. Geo: `near;maxDistance==m` / `near;minDistance==m` around a Point, `within`,
+//! (compared as instants when both sides are RFC 3339), value lists `a,b` and ranges `a..b` (with
+//! `==`, `!=`), the patterns `~=` and `!~=`, an attribute alone (it exists), `;` (and, the
+//! tighter), `|` (or) and parentheses. A value of another kind than the attribute's matches
+//! nothing, `!=` included (`commune!=34172` is a number against a string: quote it). An array
+//! attribute matches when one of its items does. Geo: `near;maxDistance==m` / `near;minDistance==m` around a Point, `within`,
 //! `intersects` and `disjoint` with a Polygon, on the `location` GeoProperty.
 
 use geo::{Contains, Distance, Haversine, Intersects};
@@ -354,10 +356,15 @@ fn attribute_value<'a>(entity: &'a Map<String, Value>, path: &[String]) -> Optio
 }
 
 fn test(value: &Value, test: &Test) -> bool {
+    // An array matches when one of its items does.
+    if let (Value::Array(items), false) = (value, matches!(test, Test::Exists)) {
+        return items.iter().any(|item| self::test(item, test));
+    }
     match test {
         Test::Exists => true,
         Test::Equal(operand) => equals(value, operand),
-        Test::Unequal(operand) => !equals(value, operand),
+        // Unequal: of the same kind, and not equal.
+        Test::Unequal(operand) => comparable(value, operand) && !equals(value, operand),
         Test::Less(s) => compare(value, s).is_some_and(|o| o.is_lt()),
         Test::LessOrEqual(s) => compare(value, s).is_some_and(|o| o.is_le()),
         Test::Greater(s) => compare(value, s).is_some_and(|o| o.is_gt()),
@@ -367,11 +374,19 @@ fn test(value: &Value, test: &Test) -> bool {
     }
 }
 
+/// Whether the value is of the operand's kind (a number for a number, ...).
+fn comparable(value: &Value, operand: &Operand) -> bool {
+    let first = match operand {
+        Operand::One(s) | Operand::Range(s, _) => s,
+        Operand::List(list) => match list.first() {
+            Some(s) => s,
+            None => return false,
+        },
+    };
+    compare(value, first).is_some()
+}
+
 fn equals(value: &Value, operand: &Operand) -> bool {
-    // A list value (an array attribute) equals when any of its items does.
-    if let Value::Array(items) = value {
-        return items.iter().any(|item| equals(item, operand));
-    }
     match operand {
         Operand::One(s) => compare(value, s).is_some_and(|o| o.is_eq()),
         Operand::List(list) => list.iter().any(|s| compare(value, s).is_some_and(|o| o.is_eq())),
@@ -556,8 +571,14 @@ mod tests {
         assert!(holds("refCommune==\"urn:ngsi-ld:Commune:34172\""));
         assert!(holds("powerState"));
         assert!(!holds("voltage"));
-        // A number does not compare with a string.
+        // A number does not compare with a string, for != neither.
         assert!(!holds("status>3"));
+        assert!(!holds("status!=3"));
+        assert!(holds("status!=\"ok\""));
+        // Patterns and orders on an array: one of its items.
+        assert!(holds("faults~=^supply"));
+        assert!(holds("faults!=lamp_failure"));
+        assert!(!holds("faults~=^relay"));
     }
 
     #[test]

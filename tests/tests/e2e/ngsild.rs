@@ -163,6 +163,8 @@ async fn an_ngsi_ld_client_queries_the_view_within_its_communes() -> Result<()> 
                 raw("tenant_east", entities, lamps.clone(), json!({"NGSILD-Tenant": "34129"})),
                 raw("near_east", entities, json!({"type": "Streetlight", "georel": "near;maxDistance==500",
                     "geometry": "Point", "coordinates": "[3.95,43.6]"}), no_headers.clone()),
+                raw("page", entities, json!({"type": "Streetlight", "limit": "2", "count": "true"}), no_headers.clone()),
+                {"name": "types", "kind": "types"},
             ]},
             {"name": "west_tenant", "token": west, "tenant": "34172", "steps": [
                 {"name": "lamps", "kind": "query", "type": "Streetlight"},
@@ -218,6 +220,7 @@ async fn an_ngsi_ld_client_queries_the_view_within_its_communes() -> Result<()> 
     // keyValues, attributes projected, JSON-LD.
     let kv = &s["key_values"];
     assert_eq!(kv["headers"]["Content-Type"], "application/ld+json");
+    assert_eq!(kv["body"].as_array().map(Vec::len), Some(3), "{kv}");
     for entity in kv["body"].as_array().context("key values")? {
         let mut keys: Vec<&String> = entity.as_object().context("entity")?.keys().collect();
         keys.sort();
@@ -265,6 +268,11 @@ async fn an_ngsi_ld_client_queries_the_view_within_its_communes() -> Result<()> 
     assert_eq!(w["east_1"]["error"], "NgsiResourceNotFoundError", "{}", w["east_1"]);
     problem(&w["tenant_east"], 404, "NonexistentTenant");
     assert_eq!(w["near_east"]["body"], json!([]), "{}", w["near_east"]);
+    // Counts and pages are the commune's: two lamps, one page.
+    assert_eq!(w["page"]["headers"]["NGSILD-Results-Count"], "2", "{}", w["page"]);
+    assert!(!w["page"]["headers"]["Link"].as_str().unwrap_or("").contains("rel=\"next\""), "{}", w["page"]);
+    let west_types = w["types"].as_array().context("west types")?;
+    assert!(west_types.contains(&json!("Streetlight")) && west_types.contains(&json!("Alert")), "{west_types:?}");
     assert_eq!(ids(&results["west_tenant"]["lamps"]), [WEST_1, WEST_2], "{}", results["west_tenant"]);
 
     // An administrator reads no operations; no token, no answer.
