@@ -370,10 +370,17 @@ enum Source {
 }
 
 impl Source {
+    fn entity_type(&self) -> &'static str {
+        match self {
+            Source::Asset(a) => entities::asset_type(a),
+            Source::Alarm(..) => entities::ALERT,
+        }
+    }
+
     fn entity_id(&self) -> String {
         match self {
-            Source::Asset(a) => entities::entity_id(entities::asset_type(a), &a.id),
-            Source::Alarm(a, _) => entities::entity_id(entities::ALERT, &a.key),
+            Source::Asset(a) => entities::entity_id(self.entity_type(), &a.id),
+            Source::Alarm(a, _) => entities::entity_id(self.entity_type(), &a.key),
         }
     }
 
@@ -473,24 +480,34 @@ fn raw(query: RawQuery) -> Result<Vec<(String, String)>, Problem> {
     query.map(|Query(q)| q).map_err(|e| Problem::bad_request(e.body_text()))
 }
 
-/// The request's checks every route makes: media, context, tenant.
+/// The request's checks every route makes: media, context, tenant; and the place it may see.
 struct Preamble {
     media: Media,
-    tenant: Option<String>,
+    place: Place,
 }
 
 fn preamble(headers: &HeaderMap, p: &Principal, state: &NgsiState) -> Result<Preamble, Problem> {
     let media = negotiate(headers)?;
     check_link(headers)?;
     let tenant = tenant_communes(headers, p, &state.access)?;
-    Ok(Preamble { media, tenant })
+    Ok(Preamble { media, place: Place { scope: p.scope.clone(), tenant } })
+}
+
+/// A `true`/`false` parameter (absent: false).
+fn flag(params: &BTreeMap<String, String>, name: &str) -> Result<bool, Problem> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(Problem::bad_request(format!("{name} is true or false"))),
+    }
 }
 
 fn commune_names(access: &Access) -> BTreeMap<String, String> {
     access.communes.read().map(|c| c.clone()).unwrap_or_default()
 }
 
-/// The filters of a query, parsed and bounded.
+/// The filters of a query, parsed and bounded (the default keeps everything).
+#[derive(Default)]
 struct EntityFilter {
     types: Vec<String>,
     ids: BTreeSet<String>,
@@ -595,7 +612,8 @@ async fn query_entities(
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, Problem> {
-    let pre = preamble(&headers, &p, &state)?;
+    let Preamble { media, place } = preamble(&headers, &p, &state)?;
+    let tenant = place.tenant.clone();
     let params = parameters(
         raw(query)?,
         &[
@@ -619,11 +637,7 @@ async fn query_entities(
     if !["type", "attrs", "q", "georel"].iter().any(|k| params.contains_key(*k)) {
         return Err(Problem::bad_request("a query names a type, attributes, q or a geo-query"));
     }
-    let count = match params.get("count").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(Problem::bad_request("count is true or false")),
-    };
+    let count = flag(&params, "count")?;
     let number = |name: &str| -> Result<Option<usize>, Problem> {
         params
             .get(name)
@@ -647,7 +661,6 @@ async fn query_entities(
     }
     let representation = representation(&params)?;
     let filter = EntityFilter::parse(&params)?;
-    let place = Place { scope: p.scope.clone(), tenant: pre.tenant.clone() };
 
     let names = commune_names(&state.access);
     // The work is the whole view's at worst: off the async workers, two at once.
@@ -695,7 +708,7 @@ async fn query_entities(
             }
         }
     }
-    Ok(answer(Value::Array(page), pre.media, &base, pre.tenant.as_deref(), extra))
+    Ok(answer(Value::Array(page), media, &base, tenant.as_deref(), extra))
 }
 
 /// An entity as the client asked for it: its attributes projected, simplified or not.
@@ -712,7 +725,8 @@ async fn retrieve_entity(
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, Problem> {
-    let pre = preamble(&headers, &p, &state)?;
+    let Preamble { media, place } = preamble(&headers, &p, &state)?;
+    let tenant = place.tenant.clone();
     let params = parameters(raw(query)?, &["type", "attrs", "options", "format", "local"])?;
     let representation = representation(&params)?;
     let types = list(&params, "type")?;
@@ -726,7 +740,6 @@ async fn retrieve_entity(
     if !types.is_empty() && !types.iter().any(|t| t == entity_type) {
         return Err(missing());
     }
-    let place = Place { scope: p.scope.clone(), tenant: pre.tenant.clone() };
     let source = state.live.read(|view| {
         if entity_type == entities::ALERT {
             let alarm = view.alarm(local).filter(|a| !a.closed && place.allows(&a.commune))?;
@@ -742,7 +755,7 @@ async fn retrieve_entity(
     // Outside the caller's communes is answered as absent.
     let source = source.ok_or_else(missing)?;
     let entity = written(source.entity(&commune_names(&state.access), representation), &attrs, representation);
-    Ok(answer(Value::Object(entity), pre.media, &base, pre.tenant.as_deref(), Vec::new()))
+    Ok(answer(Value::Object(entity), media, &base, tenant.as_deref(), Vec::new()))
 }
 
 /// Each type present in this place, with the attributes its entities have and how many there are
@@ -754,20 +767,11 @@ async fn types_present(
     let turn = state.turn().await?;
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let all = EntityFilter {
-            types: Vec::new(),
-            ids: BTreeSet::new(),
-            id_pattern: None,
-            attrs: Vec::new(),
-            q: None,
-            geo: None,
-        };
         let names = commune_names(&state.access);
         let mut present: BTreeMap<&'static str, (usize, BTreeSet<String>)> = BTreeMap::new();
-        for source in candidates(&state, &place, &all) {
+        for source in candidates(&state, &place, &EntityFilter::default()) {
             let entity = source.entity(&names, Representation::default());
-            let entity_type = entities::TYPES.into_iter().find(|t| entity["type"] == *t).unwrap_or(entities::DEVICE);
-            let (count, attributes) = present.entry(entity_type).or_default();
+            let (count, attributes) = present.entry(source.entity_type()).or_default();
             *count += 1;
             attributes.extend(entity.keys().filter(|k| !matches!(k.as_str(), "id" | "type")).cloned());
         }
@@ -784,14 +788,10 @@ async fn list_types(
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, Problem> {
-    let pre = preamble(&headers, &p, &state)?;
+    let Preamble { media, place } = preamble(&headers, &p, &state)?;
+    let tenant = place.tenant.clone();
     let params = parameters(raw(query)?, &["details", "local"])?;
-    let details = match params.get("details").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(Problem::bad_request("details is true or false")),
-    };
-    let place = Place { scope: p.scope.clone(), tenant: pre.tenant.clone() };
+    let details = flag(&params, "details")?;
     let present = types_present(state.clone(), place).await?;
     let body = if details {
         Value::Array(
@@ -810,7 +810,7 @@ async fn list_types(
             "typeList": present.keys().collect::<Vec<_>>(),
         })
     };
-    Ok(answer(body, pre.media, &base, pre.tenant.as_deref(), Vec::new()))
+    Ok(answer(body, media, &base, tenant.as_deref(), Vec::new()))
 }
 
 async fn type_info(
@@ -821,10 +821,10 @@ async fn type_info(
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, Problem> {
-    let pre = preamble(&headers, &p, &state)?;
+    let Preamble { media, place } = preamble(&headers, &p, &state)?;
+    let tenant = place.tenant.clone();
     parameters(raw(query)?, &["local"])?;
     let wanted = compact(&wanted);
-    let place = Place { scope: p.scope.clone(), tenant: pre.tenant.clone() };
     let present = types_present(state.clone(), place).await?;
     let (entity_type, (count, attributes)) = present.iter().find(|(t, _)| **t == wanted).ok_or_else(|| {
         Problem::not_found(format!("no entity of type {} here", wanted.chars().take(100).collect::<String>()))
@@ -847,7 +847,7 @@ async fn type_info(
         "entityCount": count,
         "attributeDetails": attribute_details,
     });
-    Ok(answer(body, pre.media, &base, pre.tenant.as_deref(), Vec::new()))
+    Ok(answer(body, media, &base, tenant.as_deref(), Vec::new()))
 }
 
 #[cfg(test)]

@@ -269,7 +269,7 @@ pub fn alarm_entity(alarm: &AlarmState, source_type: Option<&str>, commune_name:
     e.insert("severity".into(), property(alert_severity(&alarm.severity)));
     e.insert("alarmSeverity".into(), property(alarm.severity.as_str()));
     e.insert("domain".into(), property(alarm.domain.as_str()));
-    let source_type = source_type.or(domain_of_alarm(&alarm.domain)).unwrap_or(DEVICE);
+    let source_type = source_type.or(default_type_of_domain(&alarm.domain)).unwrap_or(DEVICE);
     e.insert("alertSource".into(), relationship(entity_id(source_type, &alarm.asset_id)));
     e.insert("dateIssued".into(), date_time(&alarm.first_raised_at));
     e.insert("validFrom".into(), date_time(&alarm.first_raised_at));
@@ -288,8 +288,9 @@ pub fn alarm_entity(alarm: &AlarmState, source_type: Option<&str>, commune_name:
     e
 }
 
-/// The default entity type of a domain's asset (water: its quality sensors).
-fn domain_of_alarm(domain: &str) -> Option<&'static str> {
+/// The entity type a domain's asset has by default (water: its quality sensors), for an alarm
+/// whose asset the view no longer holds.
+fn default_type_of_domain(domain: &str) -> Option<&'static str> {
     match domain {
         "lighting" => Some(STREETLIGHT),
         "transport" => Some(VEHICLE),
